@@ -1,0 +1,65 @@
+# carebus developer entry points. Works on a fresh Debian machine with python3:
+#   make run    install, start the local stack (`carebus up`), play the demo, show status
+#   make stop   stop the local stack (`carebus down`)
+#   make test   install, lint, type-check, and run the whole test suite (unit + integration)
+#   make lint   ruff + mypy
+
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+CAREBUS := $(VENV)/bin/carebus
+STAMP := $(VENV)/.installed
+
+.PHONY: install tools run stop status test lint unit integration
+
+install: tools $(STAMP)
+
+# Java runs the local Kafka broker, Maven fetches its jars, docker-compose validates the
+# production stack description. Debian's packages, installed once; PostgreSQL is installed by
+# `carebus up` / the test stack when it is missing.
+tools:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "needed: apt-get install -y --no-install-recommends$$missing (as root)" >&2; exit 1; \
+	  fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+# Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PYTHON) ]; then \
+	  python3 -m venv $(VENV) || { \
+	    echo "python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2; exit 1; }; \
+	fi
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: install
+	$(CAREBUS) up
+	$(PYTHON) -m producers.scenario
+	$(CAREBUS) status
+
+stop:
+	@if [ -x $(CAREBUS) ]; then $(CAREBUS) down; else echo "not installed; nothing to stop"; fi
+
+status: install
+	$(CAREBUS) status
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest
+
+unit: install
+	$(VENV)/bin/pytest tests/unit
+
+integration: install
+	$(VENV)/bin/pytest tests/integration

@@ -1,0 +1,182 @@
+"""The `carebus` command: run the local stack (up, down, status, logs) and manage API tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import asyncpg
+import click
+
+from carebus.config import Settings
+from carebus.stack import LocalStack, StackError
+from carebus.stack.process import tail
+from carebus.stack.supervisor import SERVICES
+from carebus.topics import AGENCIES
+
+
+def _stack(echo: bool = True) -> LocalStack:
+    return LocalStack(Settings(), durable=True, echo=click.echo if echo else _quiet)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _fail(exc: Exception) -> NoReturn:
+    click.echo(f"carebus: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def main() -> None:
+    """carebus: the interagency care-coordination message bus (local stack and tools)."""
+
+
+@main.command()
+def up() -> None:
+    """Start Kafka, PostgreSQL, topics, dev tokens and the services; return when all are healthy.
+
+    Components that already run are left alone, so running it twice is harmless.
+    """
+    try:
+        _stack().up()
+    except (StackError, OSError) as exc:
+        _fail(exc)
+    click.echo("carebus is up; `carebus status` shows the endpoints and dev tokens")
+
+
+@main.command()
+def down() -> None:
+    """Stop the services, Kafka and PostgreSQL of this state directory."""
+    try:
+        leftovers = _stack().down()
+    except (StackError, OSError) as exc:
+        _fail(exc)
+    if leftovers:
+        click.echo(f"killed {len(leftovers)} leftover process(es): {leftovers}")
+    click.echo("carebus is down")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable document.")
+def status(as_json: bool) -> None:
+    """Health of every component; exits 1 if anything is down."""
+    stack = _stack(echo=False)
+    components = stack.status()
+    healthy = all(component.ok for component in components)
+    if as_json:
+        click.echo(json.dumps(stack.status_document(), indent=2))
+    else:
+        for component in components:
+            click.echo(f"{component.name:<12} {component.state:<7} {component.detail}")
+        document = stack.status_document()
+        tokens = document["dev_tokens"]
+        if tokens:
+            click.echo("\ndev tokens (local only):")
+            orgs = tokens.get("orgs", {})
+            for name, token in tokens.items():
+                if name == "orgs":
+                    continue
+                org = orgs.get(name, orgs.get("municipality", ""))
+                click.echo(f"  {name:<16} {org:<10} {token}")
+    sys.exit(0 if healthy else 1)
+
+
+def _log_files(stack: LocalStack) -> dict[str, Path]:
+    settings = stack.settings
+    files = {"kafka": stack.kafka.log_path, "postgres": stack.postgres.log_path}
+    for spec in SERVICES:
+        files[spec.name] = settings.state_dir / "logs" / f"{spec.name}.log"
+    return files
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines of history.")
+def logs(name: str | None, follow: bool, lines: int) -> None:
+    """Show the log of one component (kafka, postgres, gateway, ...) or of all of them."""
+    files = _log_files(_stack(echo=False))
+    if name is not None:
+        key = name.replace("-", "_")
+        if key not in files:
+            _fail(ValueError(f"no component {name!r}; choose from {', '.join(files)}"))
+        files = {key: files[key]}
+    present = {key: path for key, path in files.items() if path.exists()}
+    if not present:
+        _fail(FileNotFoundError("no logs yet; run `carebus up` first"))
+    prefix = len(present) > 1
+    for key, path in present.items():
+        for line in tail(path, lines).splitlines():
+            click.echo(f"{key:<12}| {line}" if prefix else line)
+    if follow:
+        _follow(present, prefix)
+
+
+def _follow(files: dict[str, Path], prefix: bool) -> None:
+    offsets = {key: path.stat().st_size for key, path in files.items()}
+    try:
+        while True:
+            for key, path in files.items():
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    continue
+                if size < offsets[key]:  # rotated or truncated
+                    offsets[key] = 0
+                if size == offsets[key]:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offsets[key])
+                    chunk = handle.read(size - offsets[key])
+                # Print whole lines only; a partial last line waits for its newline.
+                complete = chunk.rfind(b"\n") + 1
+                offsets[key] += complete
+                for line in chunk[:complete].decode(errors="replace").splitlines():
+                    click.echo(f"{key:<12}| {line}" if prefix else line)
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        return
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("add")
+@click.option("--agency", required=True, type=click.Choice(AGENCIES))
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["system", "coordinator", "privacy_officer", "admin"]),
+)
+@click.option("--label", default="", help="What the token is for.")
+def token_add(agency: str, org_id: str, role: str, label: str) -> None:
+    """Create a token for an organisation (registered if new) and print it once."""
+    from carebus import auth
+
+    async def create() -> str:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await auth.create_token(
+                conn, agency=agency, org_id=org_id, role=role, label=label
+            )
+        finally:
+            await conn.close()
+
+    try:
+        created = asyncio.run(create())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        _fail(exc)
+    click.echo(created)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Typed settings for every carebus process, read once from `CAREBUS_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Everything a carebus process needs to know about its surroundings.
+
+    Defaults run the local stack that `carebus up` starts; production sets every value
+    through the environment (see docker-compose.yml).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CAREBUS_", extra="ignore")
+
+    environment: str = "local"
+    state_dir: Path = PROJECT_ROOT / ".carebus"
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    # Every person-scoped topic has this many partitions, so one subject key lands on the same
+    # partition number in each of them.
+    person_partitions: int = 4
+
+    postgres_dsn: str = "postgresql://carebus@127.0.0.1:55432/carebus"
+
+    # HMAC key for subject keys. The local default is public on purpose; production must set it.
+    subject_key_secret: SecretStr = SecretStr("carebus-local-development-secret")
+
+    http_host: str = "127.0.0.1"
+    gateway_port: int = 18080
+    registry_port: int = 18081
+    audit_port: int = 18082
+    inbox_port: int = 18083
+    # /metrics and /healthz of the event-store sink, which has no other HTTP surface.
+    event_store_metrics_port: int = 18090
+
+    # How long the gateway waits for the broker's delivery report before answering 503.
+    produce_timeout_s: float = 10.0
+    log_level: str = "info"
+    log_dir: Path | None = Field(default=None)
+
+    def service_url(self, port: int) -> str:
+        return f"http://{self.http_host}:{port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,89 @@
+"""Every Prometheus metric carebus exports, declared once; labels never carry personal data."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+HTTP_REQUESTS: Final = Counter(
+    "carebus_http_requests_total",
+    "HTTP requests answered, by service, route template and status code.",
+    ["service", "route", "method", "status"],
+)
+HTTP_LATENCY: Final = Histogram(
+    "carebus_http_request_duration_seconds",
+    "Time to answer an HTTP request, by service and route template.",
+    ["service", "route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+EVENTS_ACCEPTED: Final = Counter(
+    "carebus_events_accepted_total",
+    "Events the gateway accepted and the broker acknowledged, by type and source agency.",
+    ["event_type", "source_agency"],
+)
+EVENTS_DUPLICATE: Final = Counter(
+    "carebus_events_duplicate_total",
+    "Events re-posted with an event_id already accepted with the same content (not republished).",
+    ["source_agency"],
+)
+EVENTS_REJECTED: Final = Counter(
+    "carebus_events_rejected_total",
+    "Events the gateway refused, by reason (invalid, conflict, forbidden, unavailable).",
+    ["reason"],
+)
+PRODUCE_LATENCY: Final = Histogram(
+    "carebus_produce_duration_seconds",
+    "Time from handing records to the producer to the broker's acknowledgement, by topic.",
+    ["topic"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+SINK_ROWS: Final = Counter(
+    "carebus_sink_rows_total",
+    "Rows a store sink wrote (duplicates included, as no-ops), by sink.",
+    ["sink"],
+)
+SINK_BATCH_SECONDS: Final = Histogram(
+    "carebus_sink_batch_duration_seconds",
+    "Time to write one batch and commit its offsets, by sink.",
+    ["sink"],
+    buckets=_LATENCY_BUCKETS,
+)
+DEAD_LETTERS: Final = Counter(
+    "carebus_dead_letters_total",
+    "Records sent to the dead-letter topic, by consumer and reason code.",
+    ["consumer", "reason"],
+)
+CONSUMER_LAG: Final = Gauge(
+    "carebus_consumer_lag_records",
+    "Records between a consumer group's position and the end of a partition.",
+    ["group", "topic", "partition"],
+)
+SINK_SKIPPED: Final = Counter(
+    "carebus_sink_skipped_total",
+    "Records a store sink read and deliberately did not store (another record type), by schema.",
+    ["sink", "schema"],
+)
+SINK_RETRIES: Final = Counter(
+    "carebus_sink_retries_total",
+    "Batch steps a store sink retried after a transient database or broker failure, by step.",
+    ["sink", "step"],
+)

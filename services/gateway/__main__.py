@@ -1,0 +1,7 @@
+"""Run the gateway: `python -m services.gateway`."""
+
+from carebus.http import serve
+from services.gateway.app import build_app
+
+if __name__ == "__main__":
+    serve("gateway", build_app, lambda settings: settings.gateway_port)

@@ -1,0 +1,153 @@
+"""Accepting events: the idempotency ledger and the publish that must finish before `202`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from carebus import metrics, topics
+from carebus.auth import Connection
+from carebus.codec import Codec
+from carebus.events import Event, content_fingerprint, event_to_record
+from carebus.identity import subject_key
+from carebus.publisher import OutgoingRecord, Publisher
+from carebus.telemetry import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: str
+    subject_key: str
+
+
+class ConflictError(Exception):
+    """An event_id this source organisation already used for other content."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__("event_id already accepted with other content")
+        self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    index: int  # position in the request, for error messages
+    event: Event
+    subject_key: str
+    fingerprint: bytes
+
+
+class Ingest:
+    """Records each (source organisation, event_id) once and publishes it once.
+
+    The ledger row is inserted in a transaction that stays open until the broker has
+    acknowledged the record: a concurrent repeat of the same event waits on that row and then
+    sees it, and a failed publish rolls the row back so the client's retry publishes again.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, publisher: Publisher, codec: Codec, secret: bytes
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._codec = codec
+        self._secret = secret
+
+    async def accept(self, events: Sequence[Event]) -> list[Accepted]:
+        """Accept `events` all or nothing; raises ConflictError or BrokerUnavailableError."""
+        received_at = datetime.now(UTC)
+        prepared = self._deduplicate(
+            [
+                _Prepared(
+                    index, event, subject_key(event.nin, self._secret), content_fingerprint(event)
+                )
+                for index, event in enumerate(events)
+            ]
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            new_ids = await self._record(conn, prepared)
+            await self._check_repeats(conn, prepared, new_ids)
+            fresh = [p for p in prepared if (p.event.source_org, p.event.event_id) in new_ids]
+            await self._publisher.publish([self._outgoing(p, received_at) for p in fresh])
+        for p in fresh:
+            metrics.EVENTS_ACCEPTED.labels(p.event.event_type, p.event.source_agency).inc()
+            log.info(
+                "event_accepted",
+                event_id=p.event.event_id,
+                subject_key=p.subject_key,
+                event_type=p.event.event_type,
+            )
+        repeats = len(prepared) - len(fresh)
+        if repeats:
+            metrics.EVENTS_DUPLICATE.labels(prepared[0].event.source_agency).inc(repeats)
+        return [Accepted(p.event.event_id, p.subject_key) for p in prepared]
+
+    @staticmethod
+    def _deduplicate(prepared: list[_Prepared]) -> list[_Prepared]:
+        """The same event twice in a batch counts once; the same id with other content conflicts."""
+        seen: dict[tuple[str, str], bytes] = {}
+        unique: list[_Prepared] = []
+        for p in prepared:
+            identity = (p.event.source_org, p.event.event_id)
+            if identity in seen:
+                if seen[identity] != p.fingerprint:
+                    raise ConflictError(p.index)
+                continue
+            seen[identity] = p.fingerprint
+            unique.append(p)
+        return unique
+
+    @staticmethod
+    async def _record(conn: Connection, prepared: Sequence[_Prepared]) -> set[tuple[str, str]]:
+        rows = await conn.fetch(
+            """
+            INSERT INTO accepted_events
+                (source_org, event_id, content_hash, event_type, subject_key)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[])
+            ON CONFLICT (source_org, event_id) DO NOTHING
+            RETURNING source_org, event_id
+            """,
+            [p.event.source_org for p in prepared],
+            [p.event.event_id for p in prepared],
+            [p.fingerprint for p in prepared],
+            [p.event.event_type for p in prepared],
+            [p.subject_key for p in prepared],
+        )
+        return {(row["source_org"], row["event_id"]) for row in rows}
+
+    @staticmethod
+    async def _check_repeats(
+        conn: Connection, prepared: Sequence[_Prepared], new_ids: set[tuple[str, str]]
+    ) -> None:
+        repeats = [p for p in prepared if (p.event.source_org, p.event.event_id) not in new_ids]
+        if not repeats:
+            return
+        rows = await conn.fetch(
+            """
+            SELECT source_org, event_id, content_hash FROM accepted_events
+            WHERE (source_org, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+            """,
+            [p.event.source_org for p in repeats],
+            [p.event.event_id for p in repeats],
+        )
+        stored = {(row["source_org"], row["event_id"]): bytes(row["content_hash"]) for row in rows}
+        for p in repeats:
+            if stored.get((p.event.source_org, p.event.event_id)) != p.fingerprint:
+                raise ConflictError(p.index)
+
+    def _outgoing(self, p: _Prepared, received_at: datetime) -> OutgoingRecord:
+        record = event_to_record(p.event, p.subject_key, received_at)
+        return OutgoingRecord(
+            topic=topics.EVENTS,
+            key=p.subject_key.encode(),
+            value=self._codec.encode_event(record),
+            headers=(
+                ("carebus-event-id", p.event.event_id.encode()),
+                ("carebus-event-type", p.event.event_type.encode()),
+                ("carebus-source-org", p.event.source_org.encode()),
+            ),
+        )

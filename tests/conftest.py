@@ -1,0 +1,34 @@
+"""Session-wide test setup: one real local Kafka broker and PostgreSQL for the whole run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from carebus.testing import TestStack
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test, marked or not."""
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[TestStack]:
+    """A fresh broker and database on free ports, started once per session.
+
+    If Kafka or PostgreSQL cannot start, every test that needs them errors with the reason:
+    the integration suite is never silently skipped.
+    """
+    test_stack = TestStack()
+    test_stack.start()  # raises StackError (with the component's log tail) on failure
+    try:
+        yield test_stack
+    finally:
+        test_stack.stop()

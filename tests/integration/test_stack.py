@@ -1,0 +1,221 @@
+"""The local stack itself: broker, topics, migrations, partitioning, and `carebus up`/`down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from carebus import db, topics
+from carebus.config import Settings
+from carebus.kafka import consumer_config, producer_config
+from carebus.stack.kafka import broker_answers, default_libs_dir, fetch_libs
+from carebus.stack.process import processes_mentioning
+from carebus.stack.topics import apply_catalogue, load_catalogue
+from carebus.testing import TestStack, free_ports
+
+pytestmark = pytest.mark.integration
+
+
+def test_broker_answers_metadata(stack: TestStack) -> None:
+    """The broker of the session answers a metadata request."""
+    assert broker_answers(stack.settings.kafka_bootstrap)
+
+
+def test_catalogued_topics_exist_with_the_shared_partition_count(stack: TestStack) -> None:
+    """Every catalogue topic exists with Settings.person_partitions partitions (> 1)."""
+    metadata = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap}).list_topics(
+        timeout=10
+    )
+    assert stack.settings.person_partitions > 1
+    for spec in load_catalogue():
+        assert spec.name in metadata.topics, spec.name
+        assert len(metadata.topics[spec.name].partitions) == stack.settings.person_partitions
+
+
+def test_migrations_are_applied(stack: TestStack) -> None:
+    """The database is at the newest migration and its tables exist."""
+    assert db.current_revision(stack.settings.postgres_dsn) == db.head_revision()
+    with psycopg.connect(stack.settings.postgres_dsn) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert {"organisations", "api_tokens", "accepted_events", "events"} <= {r[0] for r in rows}
+
+
+def test_applying_the_catalogue_again_changes_nothing(stack: TestStack) -> None:
+    """Topics are applied idempotently: a second run only reports them as existing."""
+    lines = apply_catalogue(stack.settings.kafka_bootstrap, stack.settings.person_partitions)
+    assert all(line.startswith("exists") for line in lines), lines
+
+
+def test_produce_consume_round_trip(stack: TestStack) -> None:
+    """A record produced with the shared producer config is read back by a consumer."""
+    key, value = uuid.uuid4().hex.encode(), b"round trip"
+    producer = Producer(producer_config(stack.settings, "test-round-trip"))
+    reports: list[tuple[int, int]] = []
+    producer.produce(
+        topics.DEADLETTER,
+        key=key,
+        value=value,
+        on_delivery=lambda err, msg: reports.append((msg.partition(), msg.offset()))
+        if err is None
+        else pytest.fail(str(err)),
+    )
+    assert producer.flush(15) == 0
+    [(partition, offset)] = reports
+
+    consumer = Consumer(consumer_config(stack.settings, f"test-{uuid.uuid4().hex}"))
+    consumer.assign([TopicPartition(topics.DEADLETTER, partition, offset)])
+    try:
+        message = consumer.poll(15)
+    finally:
+        consumer.close()
+    assert message is not None
+    assert message.error() is None
+    assert (message.key(), message.value()) == (key, value)
+
+
+def _create_topic(stack: TestStack, partitions: int) -> str:
+    name = f"test.partitioning.{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        future.result(timeout=30)
+    return name
+
+
+def _confluent_partitions(stack: TestStack, topic: str, keys: list[bytes], **config: str) -> dict:
+    producer = Producer(producer_config(stack.settings, "test-partitioning", **config))
+    placed: dict[bytes, int] = {}
+
+    def delivered(err: object, msg: object) -> None:
+        assert err is None, err
+        placed[msg.key()] = msg.partition()  # type: ignore[attr-defined]
+
+    for key in keys:
+        producer.produce(topic, key=key, value=b"confluent", on_delivery=delivered)
+    assert producer.flush(30) == 0
+    return placed
+
+
+@pytest.mark.parametrize("partitions", [None, 12])
+async def test_confluent_and_aiokafka_put_a_key_on_the_same_partition(
+    stack: TestStack, partitions: int | None
+) -> None:
+    """murmur2_random in confluent-kafka and aiokafka's default agree for every key.
+
+    The broker reports where each record landed. As a control, librdkafka's default
+    partitioner (CRC32) disagrees for some keys, so the test would catch a wrong setting.
+    """
+    count = partitions or stack.settings.person_partitions
+    topic = _create_topic(stack, count)
+    keys = [uuid.uuid4().hex.encode() for _ in range(300)]
+
+    confluent = _confluent_partitions(stack, topic, keys)
+
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        aiokafka = {}
+        for key in keys:
+            metadata = await producer.send_and_wait(topic, b"aiokafka", key=key)
+            aiokafka[key] = metadata.partition
+    finally:
+        await producer.stop()
+
+    assert confluent == aiokafka
+    assert len(set(aiokafka.values())) == count  # the keys really spread over all partitions
+    crc32 = _confluent_partitions(stack, topic, keys, partitioner="consistent_random")
+    assert crc32 != aiokafka
+
+
+# -- carebus up / status / down as a user runs them --------------------------------------------
+
+
+@pytest.fixture
+def cli_env() -> Iterator[dict[str, str]]:
+    """Environment for a `carebus` CLI stack in a private 0700 directory on free ports.
+
+    Like CI's `mktemp -d` checkout, the postgres user cannot enter it, which exercises the
+    data directory fallback. The Kafka jars are linked from the project's state dir.
+    """
+    state_dir = Path(tempfile.mkdtemp(prefix="carebus-cli-")) / ".carebus"
+    libs = default_libs_dir(Settings())
+    fetch_libs(libs)
+    (state_dir / "kafka").mkdir(parents=True)
+    (state_dir / "kafka" / "libs").symlink_to(libs)
+    ports = free_ports(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
+    env.update(
+        CAREBUS_STATE_DIR=str(state_dir),
+        CAREBUS_KAFKA_BOOTSTRAP=f"127.0.0.1:{ports[0]}",
+        CAREBUS_KAFKA_CONTROLLER_PORT=str(ports[1]),
+        CAREBUS_POSTGRES_DSN=f"postgresql://carebus@127.0.0.1:{ports[2]}/carebus",
+        CAREBUS_GATEWAY_PORT=str(ports[3]),
+        CAREBUS_REGISTRY_PORT=str(ports[4]),
+        CAREBUS_AUDIT_PORT=str(ports[5]),
+        CAREBUS_INBOX_PORT=str(ports[6]),
+    )
+    yield env
+    carebus(env, "down")
+    location = state_dir / "postgres" / "location"
+    if location.exists():
+        shutil.rmtree(location.read_text().strip(), ignore_errors=True)
+    shutil.rmtree(state_dir.parent, ignore_errors=True)
+
+
+def carebus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "carebus.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
+    """`carebus up` is healthy and idempotent, status prints the contract, down stops all."""
+    first = carebus(cli_env, "up")
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = carebus(cli_env, "up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "started" not in again.stdout  # everything was left running
+
+    status = carebus(cli_env, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    document = json.loads(status.stdout)
+    assert set(document) == {"services", "kafka", "postgres", "dev_tokens"}
+    assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
+    assert document["postgres"] == cli_env["CAREBUS_POSTGRES_DSN"]
+    tokens = document["dev_tokens"]
+    assert set(tokens) == {*topics.AGENCIES, "coordinator", "privacy_officer", "admin", "orgs"}
+    assert set(tokens["orgs"]) == set(topics.AGENCIES)
+    token_file = Path(cli_env["CAREBUS_STATE_DIR"]) / "dev_tokens.json"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+    state_dir = Path(cli_env["CAREBUS_STATE_DIR"])
+    pg_root = Path((state_dir / "postgres" / "location").read_text().strip())
+    if os.geteuid() == 0:  # PostgreSQL runs as `postgres`, who cannot enter a 0700 checkout
+        assert pg_root.parent == Path("/var/tmp")
+
+    down = carebus(cli_env, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "leftover" not in down.stdout
+    assert processes_mentioning(
+        [str(state_dir), str(pg_root)], marker_env=f"CAREBUS_STACK_STATE_DIR={state_dir}"
+    ) == []
+    assert carebus(cli_env, "status").returncode != 0

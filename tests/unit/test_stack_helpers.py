@@ -1,0 +1,117 @@
+"""Pure parts of the local stack and of carebus.testing: settings, DSNs, pid files, events."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from carebus.config import Settings
+from carebus.events import EVENT_TYPES, parse_event
+from carebus.stack.devdata import DEV_ORGANISATIONS
+from carebus.stack.kafka import new_cluster_id
+from carebus.stack.postgres import Dsn
+from carebus.stack.process import PidRecord, running, start_detached, stop_recorded
+from carebus.stack.supervisor import SERVICES, service_named, settings_env
+from carebus.testing import EventFactory, free_ports
+
+
+def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process reading settings_env() sees the same settings, secret included."""
+    settings = Settings(
+        state_dir=Path("/tmp/x"), person_partitions=6, subject_key_secret=SecretStr("s3cret")
+    )
+    env = settings_env(settings)
+    assert env["CAREBUS_SUBJECT_KEY_SECRET"] == "s3cret"
+    for key in [k for k in os.environ if k.startswith("CAREBUS_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+
+
+def test_dsn_parts() -> None:
+    """The local cluster takes port, user and database from CAREBUS_POSTGRES_DSN."""
+    dsn = Dsn.parse("postgresql://carebus@127.0.0.1:55432/carebus")
+    assert (dsn.host, dsn.port) == ("127.0.0.1", 55432)
+    assert (dsn.user, dsn.database) == ("carebus", "carebus")
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """The storage tool would read an id starting with '-' as an option."""
+    ids = {new_cluster_id() for _ in range(2000)}
+    assert all(len(cluster_id) == 22 and not cluster_id.startswith("-") for cluster_id in ids)
+
+
+def test_dev_organisations_have_nine_digit_numbers() -> None:
+    """One organisation per agency, each with a 9-digit number, all distinct."""
+    assert all(len(org) == 9 and org.isdigit() for org in DEV_ORGANISATIONS.values())
+    assert len(set(DEV_ORGANISATIONS.values())) == len(DEV_ORGANISATIONS)
+
+
+def test_services_table_names_are_unique_and_found_by_dashed_name() -> None:
+    """`carebus logs event-store` and `event_store` mean the same service."""
+    assert len({spec.name for spec in SERVICES}) == len(SERVICES)
+    assert service_named("event-store").module == "consumers.event_store"
+
+
+def test_detached_process_is_recognised_and_stopped(tmp_path: Path) -> None:
+    """A pid file finds its own process; stopping it ends the whole process group."""
+    pid_file = tmp_path / "sleeper.pid"
+    proc, record = start_detached(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        log_path=tmp_path / "sleeper.log",
+        pid_path=pid_file,
+    )
+    assert running(pid_file) == record
+    assert stop_recorded(pid_file, timeout_s=5)
+    assert proc.wait(5) is not None
+    assert running(pid_file) is None
+    assert not pid_file.exists()
+
+
+def test_a_recycled_pid_is_not_mistaken_for_ours(tmp_path: Path) -> None:
+    """A pid file whose pid now runs another command is treated as not running."""
+    pid_file = tmp_path / "other.pid"
+    PidRecord(pid=os.getpid(), pgid=os.getpgid(0), argv=("java", "kafka.Kafka")).write(pid_file)
+    assert running(pid_file) is None
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_event_factory_makes_valid_events(event_type: str) -> None:
+    """Every event type the factory makes passes the gateway's validation."""
+    event, problems = parse_event(EventFactory(seed=1).event(event_type))
+    assert problems == []
+    assert event is not None
+
+
+def test_event_factory_every_type_is_about_one_person_with_unique_ids() -> None:
+    """every_type() gives one event per type, one person, distinct event ids."""
+    events = EventFactory(seed=2).every_type()
+    assert len({e["subject"]["nin"] for e in events}) == 1
+    assert len({e["event_id"] for e in events}) == len(EVENT_TYPES)
+
+
+def test_event_factory_payload_overrides_and_removals() -> None:
+    """Keyword fields replace payload fields; None removes an optional one."""
+    event = EventFactory(seed=3).event("admission", reason="psychosis", ward=None)
+    assert event["payload"]["reason"] == "psychosis"
+    assert "ward" not in event["payload"]
+
+
+def test_cli_help_lists_the_commands() -> None:
+    """The console script's commands are all wired up."""
+    result = subprocess.run(
+        [sys.executable, "-m", "carebus.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("up", "down", "status", "logs", "token"):
+        assert command in result.stdout
