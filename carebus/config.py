@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     audit_port: int = 18082
     inbox_port: int = 18083
     # /metrics and /healthz of the event-store sink, which has no other HTTP surface.
-    event_store_metrics_port: int = 18090
+    # Workers without an HTTP API (sinks, stream processors) serve /metrics and /healthz here;
+    # the local stack gives each worker its own port, containers all use one.
+    metrics_port: int = 18090
 
     # How long the gateway waits for the broker's delivery report before answering 503.
     produce_timeout_s: float = 10.0

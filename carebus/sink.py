@@ -448,9 +448,7 @@ async def run_sink(spec: SinkSpec, settings: Settings) -> None:
         # librdkafka's own log lines then come out as JSON like every other line.
         kafka_log = logging.getLogger("librdkafka")
         codec = Codec.default()
-        producer = Producer(
-            producer_config(settings, f"{spec.name}-deadletters", logger=kafka_log)
-        )
+        producer = Producer(producer_config(settings, f"{spec.name}-deadletters", logger=kafka_log))
         consumer = Consumer(
             consumer_config(settings, spec.group_id, **{"client.id": spec.name}, logger=kafka_log)
         )

@@ -249,10 +249,11 @@ class TestStack:
             spec = service_named(name_or_argv)
             argv = spec.argv()
             name = name or spec.name
+            if port is None and spec.port_setting is None and spec.metrics_port is not None:
+                port = free_ports(1)[0]  # never the local stack's fixed worker port
             if port is not None:
-                if spec.port_setting is None:
-                    raise ValueError(f"{spec.name} has no HTTP port to move")
-                extra.setdefault(f"CAREBUS_{spec.port_setting.upper()}", str(port))
+                for key, value in spec.env(port).items():
+                    extra.setdefault(key, value)
                 url = url or self.settings.service_url(port)
             url = url or spec.url(self.settings)
         else:
@@ -335,8 +336,10 @@ class EventFactory:
     def __init__(self, seed: int | None = None, *, orgs: Mapping[str, str] | None = None) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - test data, not secrets
         self.orgs = dict(orgs or DEV_ORGANISATIONS)
-        self.run = uuid.UUID(int=self.rng.getrandbits(128)).hex[:8] if seed is not None else (
-            uuid.uuid4().hex[:8]
+        self.run = (
+            uuid.UUID(int=self.rng.getrandbits(128)).hex[:8]
+            if seed is not None
+            else (uuid.uuid4().hex[:8])
         )
         self._counter = 0
 

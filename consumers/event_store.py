@@ -136,7 +136,7 @@ def spec(settings: Settings) -> SinkSpec:
         group_id=GROUP_ID,
         topics=(topics.EVENTS,),
         writer=EventStoreWriter(),
-        metrics_port=settings.event_store_metrics_port,
+        metrics_port=settings.metrics_port,
         batch_size=BATCH_SIZE,
     )
 

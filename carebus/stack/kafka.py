@@ -67,8 +67,14 @@ def fetch_libs(libs_dir: Path) -> bool:
         shutil.rmtree(staging, ignore_errors=True)
         result = subprocess.run(
             [
-                "mvn", "-q", "-B", "-f", str(POM), DEPENDENCY_PLUGIN,
-                f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                DEPENDENCY_PLUGIN,
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
             ],
             capture_output=True,
             text=True,

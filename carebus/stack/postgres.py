@@ -58,8 +58,13 @@ def install_server() -> Path:
     for argv in (
         ["apt-get", "update"],
         [
-            "apt-get", "install", "-y", "--no-install-recommends",
-            "-o", "Dpkg::Options::=--force-confold", "postgresql",
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            "postgresql",
         ],
     ):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
@@ -240,8 +245,16 @@ class PostgresCluster:
             self._write_config()
             self._run(
                 [
-                    str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                    "-w", "-t", "60", "-s", "start",
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_path),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-s",
+                    "start",
                 ],
                 "starting PostgreSQL",
             )
@@ -257,8 +270,18 @@ class PostgresCluster:
         if bin_dir is None:
             raise StackError("PostgreSQL is running but its pg_ctl binary is gone")
         self._run(
-            [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60", "-s",
-             "-m", "fast", "stop"],
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                "60",
+                "-s",
+                "-m",
+                "fast",
+                "stop",
+            ],
             "stopping PostgreSQL",
         )
         return True
@@ -283,8 +306,16 @@ class PostgresCluster:
                 shutil.chown(path, POSTGRES_USER, POSTGRES_USER)
         self._run(
             [
-                str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.dsn.user,
-                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-instructions",
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.dsn.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
             ],
             "initdb",
         )

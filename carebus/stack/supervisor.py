@@ -31,11 +31,16 @@ SETTLE_S = 2.0
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """One service: the module run with `python -m`, and its HTTP port if it has one."""
+    """One service: the module run with `python -m`, and the port it answers /healthz on.
+
+    An HTTP API names its port setting; a worker without an API has a fixed local
+    `metrics_port` for /metrics and /healthz, passed to it as CAREBUS_METRICS_PORT.
+    """
 
     name: str
     module: str
     port_setting: str | None = None
+    metrics_port: int | None = None
 
     def available(self) -> bool:
         """Whether `python -m <module>` can run (other engineers add services over time)."""
@@ -52,8 +57,16 @@ class ServiceSpec:
 
     def port(self, settings: Settings) -> int | None:
         if self.port_setting is None:
-            return None
+            return self.metrics_port
         return int(getattr(settings, self.port_setting))
+
+    def env(self, port: int | None = None) -> dict[str, str]:
+        """Extra environment that puts the service on `port` (its default when None)."""
+        if self.port_setting is not None:
+            return {f"CAREBUS_{self.port_setting.upper()}": str(port)} if port else {}
+        if self.metrics_port is not None:
+            return {"CAREBUS_METRICS_PORT": str(port or self.metrics_port)}
+        return {}
 
     def url(self, settings: Settings) -> str | None:
         port = self.port(settings)
@@ -65,7 +78,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "services.registry", "registry_port"),
     ServiceSpec("audit", "services.audit", "audit_port"),
     ServiceSpec("inbox", "services.inbox", "inbox_port"),
-    ServiceSpec("event_store", "consumers.event_store"),
+    ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
 )
 
 
@@ -91,9 +104,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("CAREBUS_")
-    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CAREBUS_")}
     env.update(settings_env(settings))
     env["PYTHONUNBUFFERED"] = "1"
     env[STACK_MARKER] = str(settings.state_dir)
@@ -146,7 +157,11 @@ def start_service(spec: ServiceSpec, settings: Settings) -> bool:
     if running(pids) is not None:
         return False
     _, record = start_detached(
-        spec.argv(), log_path=log, pid_path=pids, env=child_env(settings), cwd=PROJECT_ROOT
+        spec.argv(),
+        log_path=log,
+        pid_path=pids,
+        env=child_env(settings, spec.env()),
+        cwd=PROJECT_ROOT,
     )
     wait_started(spec.name, record.pid, url, log)
     return True

@@ -21,7 +21,7 @@ from carebus.codec import Codec
 from carebus.events import event_to_record, parse_event
 from carebus.identity import subject_key
 from carebus.kafka import consumer_config, producer_config
-from carebus.testing import EventFactory, ServiceProcess, TestStack, free_ports
+from carebus.testing import EventFactory, ServiceProcess, TestStack
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,7 @@ CODEC = Codec.default()
 @pytest.fixture(scope="module")
 def event_store(stack: TestStack) -> Iterator[ServiceProcess]:
     """The sink as its own process; /healthz on a free port tells when it is up."""
-    [port] = free_ports(1)
-    service = stack.start_service(
-        stack.python("consumers.event_store"),
-        name="event_store",
-        url=f"http://{stack.settings.http_host}:{port}",
-        env={"CAREBUS_EVENT_STORE_METRICS_PORT": str(port)},
-    )
+    service = stack.start_service("event_store")  # /metrics and /healthz on a free port
     yield service
     service.stop()
 
@@ -246,9 +240,7 @@ async def test_a_row_the_database_rejects_is_dead_lettered_and_its_batch_is_stor
     factory = EventFactory()
     records = [wire_record(stack, factory.event("admission")) for _ in range(5)]
     records[2]["payload"]["ward"] = "ward\x00 7"  # valid Avro, but jsonb cannot hold U+0000
-    placed = produce(
-        stack, [(r["subject_key"].encode(), CODEC.encode_event(r)) for r in records]
-    )
+    placed = produce(stack, [(r["subject_key"].encode(), CODEC.encode_event(r)) for r in records])
 
     good = [r["event_id"] for i, r in enumerate(records) if i != 2]
     assert await wait_for_rows(db, good) == 4
@@ -290,6 +282,10 @@ async def test_every_event_is_stored_exactly_once_across_a_kill(
 
     event_store.start()
     assert await wait_for_rows(db, event_ids, timeout_s=40) == 10_000
-    assert await db.fetchval(
-        "SELECT count(DISTINCT event_id) FROM events WHERE event_id = ANY($1::text[])", event_ids
-    ) == 10_000
+    assert (
+        await db.fetchval(
+            "SELECT count(DISTINCT event_id) FROM events WHERE event_id = ANY($1::text[])",
+            event_ids,
+        )
+        == 10_000
+    )

@@ -70,9 +70,11 @@ def test_produce_consume_round_trip(stack: TestStack) -> None:
         topics.DEADLETTER,
         key=key,
         value=value,
-        on_delivery=lambda err, msg: reports.append((msg.partition(), msg.offset()))
-        if err is None
-        else pytest.fail(str(err)),
+        on_delivery=lambda err, msg: (
+            reports.append((msg.partition(), msg.offset()))
+            if err is None
+            else pytest.fail(str(err))
+        ),
     )
     assert producer.flush(15) == 0
     [(partition, offset)] = reports
@@ -215,7 +217,10 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     down = carebus(cli_env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert "leftover" not in down.stdout
-    assert processes_mentioning(
-        [str(state_dir), str(pg_root)], marker_env=f"CAREBUS_STACK_STATE_DIR={state_dir}"
-    ) == []
+    assert (
+        processes_mentioning(
+            [str(state_dir), str(pg_root)], marker_env=f"CAREBUS_STACK_STATE_DIR={state_dir}"
+        )
+        == []
+    )
     assert carebus(cli_env, "status").returncode != 0
