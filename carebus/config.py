@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_dir: Path | None = Field(default=None)
 
+    # Routing: the reviewed policy file the router loads (and refuses to start on if invalid).
+    routing_policy: Path = PROJECT_ROOT / "policy" / "routing.yaml"
+
+    # The registry republishes outbox records a crash left behind this often.
+    outbox_relay_interval_s: float = 1.0
+
+    # Webhook delivery: 5xx and timeouts are retried with exponential backoff (capped) for at
+    # least `webhook_retry_for_s` (DESIGN: at least 24 h) before the delivery is dead-lettered.
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_initial_s: float = 1.0
+    webhook_backoff_max_s: float = 600.0
+    webhook_retry_for_s: float = 48 * 3600.0
+    webhook_concurrency: int = 32
+
     def service_url(self, port: int) -> str:
         return f"http://{self.http_host}:{port}"
 

@@ -79,6 +79,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("audit", "services.audit", "audit_port"),
     ServiceSpec("inbox", "services.inbox", "inbox_port"),
     ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
+    ServiceSpec("router", "services.router", metrics_port=18091),
+    ServiceSpec("audit_store", "consumers.audit_store", metrics_port=18093),
+    ServiceSpec("webhooks", "consumers.webhooks", metrics_port=18094),
 )
 
 
