@@ -178,5 +178,33 @@ def token_add(agency: str, org_id: str, role: str, label: str) -> None:
     click.echo(created)
 
 
+@main.group()
+def webhook() -> None:
+    """Webhook registrations (where an organisation receives its deliveries)."""
+
+
+@webhook.command("set")
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option("--url", required=True, help="The http or https URL deliveries are POSTed to.")
+def webhook_set(org_id: str, url: str) -> None:
+    """Register an organisation's webhook with a new signing secret and print the secret once."""
+    from carebus import webhook_registrations
+
+    async def register() -> str:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return (await webhook_registrations.set_webhook(conn, org_id, url)).secret
+        finally:
+            await conn.close()
+
+    try:
+        secret = asyncio.run(register())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        _fail(exc)
+    except webhook_registrations.UnknownOrganisationError as exc:
+        _fail(ValueError(f"{exc}; create a token for it first (`carebus token add`)"))
+    click.echo(secret)
+
+
 if __name__ == "__main__":
     main()

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Every person-scoped topic has this many partitions, so one subject key lands on the same
     # partition number in each of them.
     person_partitions: int = 4
+    # Replication of the topics faust creates for itself (table changelogs); 3 in production.
+    internal_topic_replication: int = 1
 
     postgres_dsn: str = "postgresql://carebus@127.0.0.1:55432/carebus"
 

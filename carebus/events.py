@@ -621,3 +621,13 @@ def content_fingerprint(event: Event) -> bytes:
         event_to_json(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def parse_time(
+    value: object, path: str, problems: list[Problem], *, required: bool
+) -> datetime | None:
+    """An RFC 3339 time with offset as a UTC datetime; else None and a Problem naming `path`.
+
+    The same rule events use, for other requests that carry times (the registry's consents).
+    """
+    return _time(value, path, problems, required=required)

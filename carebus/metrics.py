@@ -87,3 +87,58 @@ SINK_RETRIES: Final = Counter(
     "Batch steps a store sink retried after a transient database or broker failure, by step.",
     ["sink", "step"],
 )
+
+REGISTRY_CHANGES: Final = Counter(
+    "carebus_registry_changes_total",
+    "Consent and care-team changes the registry recorded (committed with their outbox record),"
+    " by kind (consent, care_team).",
+    ["kind"],
+)
+OUTBOX_PENDING: Final = Gauge(
+    "carebus_registry_outbox_pending",
+    "Registry outbox records committed but not yet acknowledged by the broker.",
+)
+OUTBOX_PUBLISHED: Final = Counter(
+    "carebus_registry_outbox_published_total",
+    "Registry outbox records published, by who published them (request, relay).",
+    ["by"],
+)
+
+WEBHOOK_PENDING: Final = Gauge(
+    "carebus_webhook_pending",
+    "Webhook deliveries queued and not yet delivered or dead, by recipient agency.",
+    ["agency"],
+)
+WEBHOOK_DELIVERED: Final = Counter(
+    "carebus_webhook_delivered_total",
+    "Webhook deliveries a receiver answered with 2xx, by recipient agency.",
+    ["agency"],
+)
+WEBHOOK_RETRIES: Final = Counter(
+    "carebus_webhook_retries_total",
+    "Webhook attempts that failed (5xx, 408, 429, timeout, connection) and were rescheduled.",
+    ["agency"],
+)
+WEBHOOK_DEAD: Final = Counter(
+    "carebus_webhook_dead_total",
+    "Webhook deliveries given up and dead-lettered, by recipient agency and reason code.",
+    ["agency", "reason"],
+)
+WEBHOOK_SKIPPED: Final = Counter(
+    "carebus_webhook_skipped_total",
+    "Deliveries for organisations without a webhook (they read GET /v1/deliveries), by agency.",
+    ["agency"],
+)
+WEBHOOK_SEND_SECONDS: Final = Histogram(
+    "carebus_webhook_send_duration_seconds",
+    "Time from sending a webhook request to its answer, timeout or error, by recipient agency.",
+    ["agency"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+ROUTING_DECISIONS: Final = Counter(
+    "carebus_routing_decisions_total",
+    "Routing decisions, by event type, outcome (delivered, withheld, no_candidate), basis and "
+    "withheld reason.",
+    ["event_type", "decision", "basis", "reason"],
+)

@@ -47,6 +47,7 @@ def configure_logging(service: str, settings: Settings) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

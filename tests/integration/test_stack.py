@@ -63,11 +63,13 @@ def test_applying_the_catalogue_again_changes_nothing(stack: TestStack) -> None:
 
 def test_produce_consume_round_trip(stack: TestStack) -> None:
     """A record produced with the shared producer config is read back by a consumer."""
+    # A topic of its own: raw bytes on a carebus topic would be garbage to other tests' readers.
+    topic = _create_topic(stack, 1)
     key, value = uuid.uuid4().hex.encode(), b"round trip"
     producer = Producer(producer_config(stack.settings, "test-round-trip"))
     reports: list[tuple[int, int]] = []
     producer.produce(
-        topics.DEADLETTER,
+        topic,
         key=key,
         value=value,
         on_delivery=lambda err, msg: (
@@ -80,7 +82,7 @@ def test_produce_consume_round_trip(stack: TestStack) -> None:
     [(partition, offset)] = reports
 
     consumer = Consumer(consumer_config(stack.settings, f"test-{uuid.uuid4().hex}"))
-    consumer.assign([TopicPartition(topics.DEADLETTER, partition, offset)])
+    consumer.assign([TopicPartition(topic, partition, offset)])
     try:
         message = consumer.poll(15)
     finally:

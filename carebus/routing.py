@@ -1,0 +1,505 @@
+"""Routing decisions: who may learn of an event, which fields, on which basis (pure, no I/O).
+
+The router feeds every record of `care.events.v1` for a person, in stream order, to `apply`,
+and routes each event with `route` against the state that includes that event. Consent and
+care-team changes arrive on the same ordered stream, so a decision never races a change the
+registry has already confirmed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from carebus.codec import event_schema_name
+from carebus.deliveries import delivery_id, no_candidate_audit_id
+from carebus.events import PAYLOAD_FIELDS, record_to_json, rfc3339
+from carebus.policy import CATEGORIES, EVENT_CATEGORY, HOME_MUNICIPALITY, Policy, Rule
+
+__all__ = [
+    "CARE_TEAM_CHANGE",
+    "CONSENT_CHANGE",
+    "DELIVERY",
+    "DISCLOSURE",
+    "Consent",
+    "Member",
+    "PersonState",
+    "Routing",
+    "apply",
+    "route",
+]
+
+CONSENT_CHANGE: Final = "no.carebus.v1.ConsentChange"
+CARE_TEAM_CHANGE: Final = "no.carebus.v1.CareTeamChange"
+DELIVERY: Final = "no.carebus.v1.Delivery"
+DISCLOSURE: Final = "no.carebus.v1.Disclosure"
+
+REGISTRY: Final = "registry"
+_PLAN: Final = "plan:"
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The latest consent, withdrawal or objection for one recipient (org_id None: the agency)."""
+
+    agency: str
+    org_id: str | None
+    status: str
+    categories: frozenset[str]
+    valid_from: datetime
+    valid_to: datetime | None
+    # When the registry recorded it: orders records, so a late re-publication of an older
+    # change (the outbox may publish twice) never overrides a newer one.
+    recorded_at: datetime
+
+    def covers(self, agency: str, org_id: str) -> bool:
+        return self.agency == agency and self.org_id in (None, org_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A care-team organisation; `sources` says who put it there (`registry`, `plan:<id>`)."""
+
+    agency: str
+    role: str
+    sources: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonState:
+    """What routing needs to know about one person, built from their ordered stream.
+
+    `consents` keeps only the latest record per (agency, org_id), in the order those records
+    arrived: the latest record covering a recipient is then the last one that covers it, the
+    same answer the full history gives, in a fraction of the memory. The full history stays in
+    the registry. `team` maps org_id to member; treat it as read-only (`apply` copies it).
+    """
+
+    consents: tuple[Consent, ...] = ()
+    team: Mapping[str, Member] = field(default_factory=dict)
+    home_municipality: str | None = None
+
+    def latest_consent(self, agency: str, org_id: str) -> Consent | None:
+        """The latest record covering `org_id` of `agency` (its own or one for the agency)."""
+        for consent in reversed(self.consents):
+            if consent.covers(agency, org_id):
+                return consent
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data (times RFC 3339 UTC); `from_json` reads it back."""
+        return {
+            "consents": [
+                [
+                    c.agency,
+                    c.org_id,
+                    c.status,
+                    sorted(c.categories),
+                    rfc3339(c.valid_from),
+                    None if c.valid_to is None else rfc3339(c.valid_to),
+                    rfc3339(c.recorded_at),
+                ]
+                for c in self.consents
+            ],
+            "team": {
+                org_id: [m.agency, m.role, sorted(m.sources)] for org_id, m in self.team.items()
+            },
+            "home": self.home_municipality,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PersonState:
+        """The state `to_json` wrote."""
+        return cls(
+            consents=tuple(
+                Consent(
+                    agency=agency,
+                    org_id=org_id,
+                    status=status,
+                    categories=frozenset(categories),
+                    valid_from=datetime.fromisoformat(valid_from),
+                    valid_to=None if valid_to is None else datetime.fromisoformat(valid_to),
+                    recorded_at=datetime.fromisoformat(recorded_at),
+                )
+                for (
+                    agency,
+                    org_id,
+                    status,
+                    categories,
+                    valid_from,
+                    valid_to,
+                    recorded_at,
+                ) in data.get("consents", ())
+            ),
+            team={
+                org_id: Member(agency=agency, role=role, sources=frozenset(sources))
+                for org_id, (agency, role, sources) in data.get("team", {}).items()
+            },
+            home_municipality=data.get("home"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """The outcome of routing one event: Delivery records and one Disclosure per candidate."""
+
+    deliveries: list[dict[str, Any]]
+    disclosures: list[dict[str, Any]]
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+def apply(state: PersonState, schema_name: str, record: Mapping[str, Any]) -> PersonState:
+    """`state` after one record of the person's stream (records that change nothing: `state`)."""
+    if schema_name == CONSENT_CHANGE:
+        return _consent_changed(state, record)
+    if schema_name == CARE_TEAM_CHANGE:
+        return _care_team_changed(state, record)
+    event_type = record.get("event_type")
+    if not isinstance(event_type, str) or schema_name != event_schema_name(event_type):
+        return state
+    payload = record.get("payload") or {}
+    if event_type == "admission" and payload.get("home_municipality_org"):
+        return PersonState(state.consents, state.team, payload["home_municipality_org"])
+    if event_type == "ip_update":
+        return _plan_updated(state, payload)
+    return state
+
+
+def _consent_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
+    recipient = record["recipient"]
+    consent = Consent(
+        agency=recipient["agency"],
+        org_id=recipient.get("org_id"),
+        status=record["status"],
+        categories=frozenset(record["categories"]),
+        valid_from=record["valid_from"],
+        valid_to=record.get("valid_to"),
+        recorded_at=record["recorded_at"],
+    )
+    scope = (consent.agency, consent.org_id)
+    if any(
+        (c.agency, c.org_id) == scope and c.recorded_at > consent.recorded_at
+        for c in state.consents
+    ):
+        return state  # a re-published or stale change: the newer record stands
+    kept = [c for c in state.consents if (c.agency, c.org_id) != scope]
+    ordered = sorted([*kept, consent], key=lambda c: c.recorded_at)
+    return PersonState(tuple(ordered), state.team, state.home_municipality)
+
+
+def _care_team_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
+    member = record["member"]
+    org_id = member["org_id"]
+    team = dict(state.team)
+    if record["status"] == "member":
+        sources = team[org_id].sources if org_id in team else frozenset()
+        team[org_id] = Member(member["agency"], record["role"], sources | {REGISTRY})
+    elif record["status"] == "removed":
+        # The registry is the system of record: its removal ends membership from every source
+        # (a later plan update naming the organisation adds it again).
+        team.pop(org_id, None)
+    else:
+        return state  # a status this reader does not know: change nothing rather than guess
+    return PersonState(state.consents, team, state.home_municipality)
+
+
+def _plan_members(payload: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """org_id -> (agency, role) of the organisations an ip_update payload names."""
+    named: dict[str, tuple[str, str]] = {}
+    for participant in payload.get("participants") or ():
+        role = "gp" if participant["agency"] == "fastlege" else "participant"
+        named[participant["org_id"]] = (participant["agency"], role)
+    coordinator = payload.get("coordinator")
+    if coordinator:
+        named[coordinator["org_id"]] = (coordinator["agency"], "coordinator")
+    return named
+
+
+def _plan_updated(state: PersonState, payload: Mapping[str, Any]) -> PersonState:
+    status = payload.get("status")
+    if status not in ("active", "closed"):
+        return state
+    source = f"{_PLAN}{payload['plan_id']}"
+    named = _plan_members(payload) if status == "active" else {}
+    team: dict[str, Member] = {}
+    # The plan's own membership is replaced wholesale: whom the plan no longer names, it no
+    # longer keeps in the team (a registry membership of the same organisation stays).
+    for org_id, member in state.team.items():
+        sources = member.sources - {source}
+        if sources:
+            team[org_id] = Member(member.agency, member.role, sources)
+    for org_id, (agency, role) in named.items():
+        sources = team[org_id].sources if org_id in team else frozenset()
+        team[org_id] = Member(agency, role, sources | {source})
+    return PersonState(state.consents, team, state.home_municipality)
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    org_id: str
+    agency: str
+    in_team: bool
+    home: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    rule: Rule | None
+    basis: str | None = None
+    categories: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    reason: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.reason is None
+
+
+def _candidates(event_record: Mapping[str, Any], state: PersonState) -> list[_Candidate]:
+    """The organisations that could receive the event, by org_id; never its source.
+
+    The care team, the home municipality, the named emergency recipients, and for an
+    ip_update the organisations the plan names: a plan being closed has already left the
+    state, yet its members must learn that it closed.
+    """
+    team: dict[str, str] = {org_id: member.agency for org_id, member in state.team.items()}
+    if event_record["event_type"] == "ip_update":
+        for org_id, (agency, _) in _plan_members(event_record["payload"]).items():
+            team.setdefault(org_id, agency)
+    found: dict[str, _Candidate] = {
+        org_id: _Candidate(org_id, agency, in_team=True, home=False)
+        for org_id, agency in team.items()
+    }
+    home = state.home_municipality
+    if home is not None:
+        agency = team.get(home, "municipality")
+        found[home] = _Candidate(home, agency, in_team=home in team, home=True)
+    emergency = event_record.get("emergency")
+    for recipient in emergency["recipients"] if emergency else ():
+        found.setdefault(
+            recipient["org_id"],
+            _Candidate(recipient["org_id"], recipient["agency"], in_team=False, home=False),
+        )
+    found.pop(event_record["source"]["org_id"], None)
+    return [found[org_id] for org_id in sorted(found)]
+
+
+def route(
+    event_record: Mapping[str, Any], state: PersonState, policy: Policy, now: datetime
+) -> Routing:
+    """Every routing decision for one event (Avro wire record) against `state` at time `now`.
+
+    `state` must already include the event (`apply` first). Returns Delivery records for the
+    deliveries made and one Disclosure record per candidate, or a single `no_candidate`.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    source_org = event_record["source"]["org_id"]
+    event_id = event_record["event_id"]
+    found = _candidates(event_record, state)
+    if not found:
+        return Routing(deliveries=[], disclosures=[_no_candidate(event_record, policy, now)])
+    deliveries: list[dict[str, Any]] = []
+    disclosures: list[dict[str, Any]] = []
+    for candidate in found:
+        decision = _decide(event_record, candidate, state, policy, now)
+        identity = delivery_id(source_org, event_id, candidate.org_id)
+        if decision.delivered:
+            deliveries.append(_delivery(event_record, candidate, decision, identity, policy, now))
+        disclosures.append(_disclosure(event_record, candidate, decision, identity, policy, now))
+    return Routing(deliveries=deliveries, disclosures=disclosures)
+
+
+def _decide(
+    event_record: Mapping[str, Any],
+    candidate: _Candidate,
+    state: PersonState,
+    policy: Policy,
+    now: datetime,
+) -> _Decision:
+    event_type = event_record["event_type"]
+    payload = event_record["payload"]
+    if event_record.get("emergency"):
+        grant = policy.emergency.get(event_type)
+        if grant is None:
+            return _Decision(rule=None, reason="not_permitted")
+        return _grant(grant, grant.categories, payload)
+    decision: _Decision | None = None
+    if candidate.in_team:
+        rule = policy.rule(event_type, candidate.agency)
+        decision = (
+            _judge(rule, candidate, state, payload, now)
+            if rule is not None
+            else _Decision(rule=None, reason="not_permitted")
+        )
+    if candidate.home and (decision is None or not decision.delivered):
+        # The home municipality's logistics notice is owed whatever its care-team rule says.
+        statutory = policy.rule(event_type, HOME_MUNICIPALITY)
+        if statutory is not None:
+            decision = _grant(statutory, statutory.categories, payload)
+    return decision or _Decision(rule=None, reason="not_permitted")
+
+
+def _judge(
+    rule: Rule,
+    candidate: _Candidate,
+    state: PersonState,
+    payload: Mapping[str, Any],
+    now: datetime,
+) -> _Decision:
+    if rule.basis == "statutory":
+        return _grant(rule, rule.categories, payload)
+    latest = state.latest_consent(candidate.agency, candidate.org_id)
+    if rule.basis == "presumed":
+        if latest is not None and latest.status == "objection":
+            return _Decision(rule=rule, reason="objection")
+        return _grant(rule, rule.categories, payload)
+    # consent: only a valid, current consent covering the event's own category lets anything out
+    reason = _consent_problem(latest, EVENT_CATEGORY.get(rule.event_type), now)
+    if reason is not None:
+        return _Decision(rule=rule, reason=reason)
+    assert latest is not None
+    return _grant(rule, latest.categories, payload)
+
+
+def _consent_problem(
+    latest: Consent | None, event_category: str | None, now: datetime
+) -> str | None:
+    if latest is None:
+        return "no_consent"
+    if latest.status == "withdrawn":
+        return "consent_withdrawn"
+    if latest.status == "objection":
+        return "objection"
+    if latest.status != "given":
+        return "no_consent"
+    if latest.valid_to is not None and now >= latest.valid_to:
+        return "consent_expired"
+    if now < latest.valid_from:
+        return "no_consent"
+    if event_category not in latest.categories:
+        return "category_not_consented"
+    return None
+
+
+def _grant(rule: Rule, allowed: Iterable[str], payload: Mapping[str, Any]) -> _Decision:
+    """Deliver the rule's fields of the `allowed` categories that the payload actually has."""
+    allowed = set(allowed)
+    permitted = {
+        name: category
+        for category, names in rule.categories.items()
+        if category in allowed
+        for name in names
+    }
+    fields = tuple(
+        name
+        for name in PAYLOAD_FIELDS[rule.event_type]
+        if name in permitted and payload.get(name) is not None
+    )
+    delivered = {permitted[name] for name in fields}
+    delivered.add(EVENT_CATEGORY[rule.event_type])
+    return _Decision(
+        rule=rule,
+        basis=rule.basis,
+        categories=tuple(category for category in CATEGORIES if category in delivered),
+        fields=fields,
+    )
+
+
+# --- records --------------------------------------------------------------------------------
+
+
+def _delivery(
+    event_record: Mapping[str, Any],
+    candidate: _Candidate,
+    decision: _Decision,
+    identity: str,
+    policy: Policy,
+    now: datetime,
+) -> dict[str, Any]:
+    assert decision.rule is not None
+    assert decision.basis is not None
+    payload = {name: event_record["payload"][name] for name in decision.fields}
+    emergency = event_record.get("emergency")
+    return {
+        "delivery_id": identity,
+        "event_id": event_record["event_id"],
+        "event_type": event_record["event_type"],
+        "occurred_at": event_record["occurred_at"],
+        "decided_at": now,
+        "source": dict(event_record["source"]),
+        "recipient": {"agency": candidate.agency, "org_id": candidate.org_id},
+        "subject": {"nin": event_record["subject"]["nin"]},
+        "subject_key": event_record["subject_key"],
+        "basis": decision.basis,
+        "categories": list(decision.categories),
+        "fields": list(decision.fields),
+        "payload_json": json.dumps(
+            record_to_json(payload), ensure_ascii=False, separators=(",", ":")
+        ),
+        "emergency": (
+            {"justification": emergency["justification"], "accountable": emergency["accountable"]}
+            if emergency
+            else None
+        ),
+        "rule_id": decision.rule.rule_id,
+        "policy_version": policy.version,
+    }
+
+
+def _disclosure(
+    event_record: Mapping[str, Any],
+    candidate: _Candidate,
+    decision: _Decision,
+    identity: str,
+    policy: Policy,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "audit_id": identity,
+        "event_id": event_record["event_id"],
+        "event_type": event_record["event_type"],
+        "source_org": event_record["source"]["org_id"],
+        "subject_key": event_record["subject_key"],
+        "recipient": {"agency": candidate.agency, "org_id": candidate.org_id},
+        "decision": "delivered" if decision.delivered else "withheld",
+        "reason": decision.reason,
+        "basis": decision.basis,
+        "categories": list(decision.categories),
+        "fields": list(decision.fields),
+        "rule_id": None if decision.rule is None else decision.rule.rule_id,
+        "policy_version": policy.version,
+        "decided_at": now,
+        "delivery_id": identity if decision.delivered else None,
+        "emergency": decision.basis == "emergency",
+    }
+
+
+def _no_candidate(event_record: Mapping[str, Any], policy: Policy, now: datetime) -> dict[str, Any]:
+    source_org = event_record["source"]["org_id"]
+    return {
+        "audit_id": no_candidate_audit_id(source_org, event_record["event_id"]),
+        "event_id": event_record["event_id"],
+        "event_type": event_record["event_type"],
+        "source_org": source_org,
+        "subject_key": event_record["subject_key"],
+        "recipient": None,
+        "decision": "no_candidate",
+        "reason": None,
+        "basis": None,
+        "categories": [],
+        "fields": [],
+        "rule_id": None,
+        "policy_version": policy.version,
+        "decided_at": now,
+        "delivery_id": None,
+        "emergency": False,
+    }

@@ -1,0 +1,267 @@
+"""The audit store sink: disclosure decisions and deliveries from Kafka into PostgreSQL.
+
+One process, one consumer group, seven topics:
+
+- `care.audit.v1` carries `no.carebus.v1.Disclosure` records, one per routing decision; each
+  becomes a row of `disclosures` (keyed by `audit_id`);
+- `care.deliveries.<agency>.v1` carry `no.carebus.v1.Delivery` records; each becomes a row of
+  `deliveries` (keyed by `delivery_id`) whose `body` is DESIGN's delivery JSON, which the audit
+  service serves to the recipient organisation.
+
+Both inserts are ON CONFLICT DO NOTHING, so a replayed batch or a record the router published
+twice leaves one row: the first one read. Records of another schema on these topics are skipped
+and counted; a record that contradicts itself (a `delivered` decision without a recipient, a
+delivery on another agency's topic, a payload that is not a JSON object) is dead-lettered.
+
+`deliveries.delivered_at` is the database clock when the row is inserted, taken after a
+transaction-level advisory lock, so rows become visible in `delivered_at` order even with
+several sink processes: a reader paging by (delivered_at, delivery_id) never skips a row that
+commits later (see services/audit/app.py).
+
+Run it with `python -m consumers.audit_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from confluent_kafka import Message
+
+from carebus import topics
+from carebus.codec import Decoded
+from carebus.config import Settings, get_settings
+from carebus.deliveries import delivery_to_json
+from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+
+NAME: Final = "audit-store"
+GROUP_ID: Final = "carebus-audit-store"
+BATCH_SIZE: Final = 1000
+
+DISCLOSURE_SCHEMA: Final = "no.carebus.v1.Disclosure"
+DELIVERY_SCHEMA: Final = "no.carebus.v1.Delivery"
+
+# Rows are tagged with their table, so one RowWriter serves both tables of one batch.
+_DISCLOSURE: Final = "disclosure"
+_DELIVERY: Final = "delivery"
+
+DISCLOSURE_COLUMNS: Final = (
+    "audit_id",
+    "event_id",
+    "event_type",
+    "source_org",
+    "subject_key",
+    "recipient_agency",
+    "recipient_org",
+    "decision",
+    "reason",
+    "basis",
+    "categories",
+    "fields",
+    "rule_id",
+    "policy_version",
+    "decided_at",
+    "delivery_id",
+    "emergency",
+)
+# delivered_at is not among them: the table's default (clock_timestamp()) sets it on insert.
+DELIVERY_COLUMNS: Final = (
+    "delivery_id",
+    "recipient_org",
+    "recipient_agency",
+    "event_id",
+    "event_type",
+    "subject_key",
+    "occurred_at",
+    "body",
+)
+_DECISIONS: Final = frozenset({"delivered", "withheld", "no_candidate"})
+# Any constant works; it only has to be the same in every audit-store process.
+_DELIVERIES_LOCK: Final = 0x6361726562757301  # "carebus" + 1
+
+_CREATE_STAGING: Final = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS incoming_disclosures
+        (LIKE disclosures INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+    CREATE TEMPORARY TABLE IF NOT EXISTS incoming_deliveries
+        (LIKE deliveries INCLUDING DEFAULTS, ordinal integer NOT NULL) ON COMMIT DELETE ROWS;
+"""
+# Column lists are spelled out (not joined from the tuples above) so the SQL reads as SQL.
+_INSERT_DISCLOSURES: Final = """
+    INSERT INTO disclosures (
+        audit_id, event_id, event_type, source_org, subject_key, recipient_agency,
+        recipient_org, decision, reason, basis, categories, fields, rule_id, policy_version,
+        decided_at, delivery_id, emergency)
+    SELECT audit_id, event_id, event_type, source_org, subject_key, recipient_agency,
+        recipient_org, decision, reason, basis, categories, fields, rule_id, policy_version,
+        decided_at, delivery_id, emergency
+    FROM incoming_disclosures
+    ON CONFLICT (audit_id) DO NOTHING
+"""
+# A single row (the row-by-row retry that isolates a poison row) skips the staging table,
+# which would otherwise still hold every earlier row of that transaction.
+_INSERT_DISCLOSURE: Final = """
+    INSERT INTO disclosures (
+        audit_id, event_id, event_type, source_org, subject_key, recipient_agency,
+        recipient_org, decision, reason, basis, categories, fields, rule_id, policy_version,
+        decided_at, delivery_id, emergency)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+    ON CONFLICT (audit_id) DO NOTHING
+"""
+# ORDER BY makes delivered_at follow the order the records were read in (ties, within one
+# microsecond, are listed by delivery_id).
+_INSERT_DELIVERIES: Final = """
+    INSERT INTO deliveries (
+        delivery_id, recipient_org, recipient_agency, event_id, event_type, subject_key,
+        occurred_at, body)
+    SELECT delivery_id, recipient_org, recipient_agency, event_id, event_type, subject_key,
+        occurred_at, body
+    FROM incoming_deliveries ORDER BY ordinal
+    ON CONFLICT (delivery_id) DO NOTHING
+"""
+_INSERT_DELIVERY: Final = """
+    INSERT INTO deliveries (
+        delivery_id, recipient_org, recipient_agency, event_id, event_type, subject_key,
+        occurred_at, body)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (delivery_id) DO NOTHING
+"""
+
+
+def _text(record: Mapping[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRecordError(f"`{name}` is empty")
+    return value
+
+
+def disclosure_row(record: Mapping[str, Any]) -> Row:
+    """The `disclosures` columns of a Disclosure record (without the table tag)."""
+    decision = record["decision"]
+    if decision not in _DECISIONS:
+        raise InvalidRecordError(f"decision `{decision}` is not one this store knows")
+    recipient = record.get("recipient")
+    if (recipient is None) != (decision == "no_candidate"):
+        raise InvalidRecordError(
+            "a `no_candidate` decision has no recipient; every other decision has one"
+        )
+    if decision == "withheld" and record.get("reason") is None:
+        raise InvalidRecordError("a `withheld` decision needs a reason")
+    if decision == "delivered" and record.get("basis") is None:
+        raise InvalidRecordError("a `delivered` decision needs a basis")
+    return (
+        _text(record, "audit_id"),
+        _text(record, "event_id"),
+        _text(record, "event_type"),
+        _text(record, "source_org"),
+        _text(record, "subject_key"),
+        recipient["agency"] if recipient else None,
+        recipient["org_id"] if recipient else None,
+        decision,
+        record.get("reason"),
+        record.get("basis"),
+        list(record.get("categories") or ()),
+        list(record.get("fields") or ()),
+        record.get("rule_id"),
+        record["policy_version"],
+        record["decided_at"],
+        record.get("delivery_id"),
+        bool(record.get("emergency")),
+    )
+
+
+def delivery_row(record: Mapping[str, Any], topic: str | None) -> Row:
+    """The `deliveries` columns of a Delivery record read from `topic` (without the tag)."""
+    recipient = record["recipient"]
+    if recipient["agency"] not in topics.AGENCIES:
+        raise InvalidRecordError("the delivery's recipient agency is not one this store knows")
+    if topic is not None and topic != topics.deliveries(recipient["agency"]):
+        raise InvalidRecordError("the delivery's recipient agency does not match its topic")
+    try:
+        body = delivery_to_json(record)
+    except ValueError:  # json.JSONDecodeError included
+        raise InvalidRecordError("`payload_json` is not valid JSON") from None
+    if not isinstance(body["payload"], dict):
+        raise InvalidRecordError("`payload_json` is not a JSON object")
+    try:
+        body_text = json.dumps(body, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise InvalidRecordError("a number in the payload is not finite") from None
+    return (
+        _text(record, "delivery_id"),
+        _text(recipient, "org_id"),
+        recipient["agency"],
+        _text(record, "event_id"),
+        record["event_type"],
+        _text(record, "subject_key"),
+        record["occurred_at"],
+        body_text,
+    )
+
+
+class AuditStoreWriter:
+    """Turns Disclosure and Delivery records into rows of their tables and writes them in bulk."""
+
+    async def prepare(self, conn: Connection) -> None:
+        await conn.execute(_CREATE_STAGING)
+
+    def row(self, decoded: Decoded, message: Message) -> Row | None:
+        if decoded.schema_name == DISCLOSURE_SCHEMA:
+            return (_DISCLOSURE, *disclosure_row(decoded.record))
+        if decoded.schema_name == DELIVERY_SCHEMA:
+            return (_DELIVERY, *delivery_row(decoded.record, message.topic()))
+        return None
+
+    async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
+        disclosures = [row[1:] for row in rows if row[0] == _DISCLOSURE]
+        deliveries = [row[1:] for row in rows if row[0] == _DELIVERY]
+        if disclosures:
+            await self._write_disclosures(conn, disclosures)
+        if deliveries:
+            await self._write_deliveries(conn, deliveries)
+
+    @staticmethod
+    async def _write_disclosures(conn: Connection, rows: Sequence[Row]) -> None:
+        if len(rows) == 1:
+            await conn.execute(_INSERT_DISCLOSURE, *rows[0])
+            return
+        await conn.copy_records_to_table(
+            "incoming_disclosures", records=rows, columns=DISCLOSURE_COLUMNS
+        )
+        await conn.execute(_INSERT_DISCLOSURES)
+
+    @staticmethod
+    async def _write_deliveries(conn: Connection, rows: Sequence[Row]) -> None:
+        # Serialises delivery inserts across sink processes until commit, so a row's
+        # delivered_at (taken after the lock) is later than that of every row committed before.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DELIVERIES_LOCK)
+        if len(rows) == 1:
+            await conn.execute(_INSERT_DELIVERY, *rows[0])
+            return
+        await conn.copy_records_to_table(
+            "incoming_deliveries",
+            records=[(*row, ordinal) for ordinal, row in enumerate(rows)],
+            columns=(*DELIVERY_COLUMNS, "ordinal"),
+        )
+        await conn.execute(_INSERT_DELIVERIES)
+
+
+def spec(settings: Settings) -> SinkSpec:
+    return SinkSpec(
+        name=NAME,
+        group_id=GROUP_ID,
+        topics=(topics.AUDIT, *topics.DELIVERIES),
+        writer=AuditStoreWriter(),
+        metrics_port=settings.metrics_port,
+        batch_size=BATCH_SIZE,
+    )
+
+
+def main() -> None:
+    settings = get_settings()
+    asyncio.run(run_sink(spec(settings), settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""What carebus promises a webhook receiver: the request, its signature, what each answer means.
+
+Pure functions over plain data, so every rule here is unit-tested without a network:
+
+- the body is the compact UTF-8 JSON of the delivery, stored once and sent unchanged on retries;
+- `X-Carebus-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`, keyed with the UTF-8
+  bytes of the organisation's registered secret; `Idempotency-Key` is the delivery id;
+- 2xx is delivered; 408, 429, 5xx, a timeout or a connection error is retried with capped
+  exponential backoff (with jitter) until the first failure after `retry_for_s` since the first
+  attempt; any other answer (4xx, and 1xx/3xx, which a POST receiver never legitimately sends
+  and redirects are not followed) is fatal and dead-lettered at once.
+
+DESIGN says "4xx fatal"; 408 (Request Timeout) and 429 (Too Many Requests) are retried all the
+same, because both mean "not now" — dead-lettering a delivery because a receiver shed load
+would lose it for a transient reason. A response body is never read or kept: a receiver can
+echo the nin back, and a dead letter's detail must carry no personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from carebus.deadletter import Reason
+from carebus.deliveries import delivery_to_json
+
+SIGNATURE_HEADER: Final = "X-Carebus-Signature"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+USER_AGENT: Final = "carebus-webhooks/1"
+
+# Answers that mean "try again later" although they are 4xx.
+_RETRYABLE_4XX: Final = frozenset({408, 429})
+_MEDIA_TYPE: Final = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+# No registered media type has a long digit run; a receiver-chosen one might hold a nin.
+_DIGIT_RUN: Final = re.compile(r"[0-9]{5,}")
+
+
+def webhook_body(record: Mapping[str, Any]) -> bytes:
+    """The exact bytes POSTed for a `no.carebus.v1.Delivery` record (compact UTF-8 JSON).
+
+    Raises ValueError for a record that cannot become JSON (payload_json not an object text,
+    a non-finite number); the message names the problem, never a value.
+    """
+    try:
+        document = delivery_to_json(record)
+    except json.JSONDecodeError:
+        raise ValueError("payload_json is not valid JSON") from None
+    if not isinstance(document["payload"], dict):
+        raise ValueError("payload_json is not a JSON object")
+    try:
+        text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        raise ValueError("a number in the delivery is not finite (NaN or infinity)") from None
+    return text.encode("utf-8")
+
+
+def signature(body: bytes, secret: str) -> str:
+    """The `X-Carebus-Signature` value: `sha256=` and the hex HMAC-SHA256 of `body`."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def request_headers(delivery_id: str, body: bytes, secret: str) -> dict[str, str]:
+    """Every header of a webhook request."""
+    return {
+        "Content-Type": "application/json",
+        IDEMPOTENCY_HEADER: delivery_id,
+        SIGNATURE_HEADER: signature(body, secret),
+        "User-Agent": USER_AGENT,
+    }
+
+
+class Failure(StrEnum):
+    """How an attempt went wrong before any HTTP answer arrived."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one request: an HTTP status (and its media type), or a failure."""
+
+    status: int | None = None
+    content_type: str | None = None
+    failure: Failure | None = None
+    error: str | None = None  # the exception's class name for a failure, never its message
+
+    @classmethod
+    def answered(cls, status: int, content_type: str | None = None) -> Attempt:
+        return cls(status=status, content_type=media_type(content_type))
+
+    @classmethod
+    def failed(cls, failure: Failure, error: str) -> Attempt:
+        return cls(failure=failure, error=error)
+
+    def describe(self) -> str:
+        """A short text for logs, the queue's last_error and dead letters; no personal data."""
+        if self.status is not None:
+            kind = self.content_type or "no content type"
+            return f"HTTP {self.status} ({kind})"
+        if self.failure is Failure.TIMEOUT:
+            return "timeout"
+        return f"connection error ({self.error or 'unknown'})"
+
+
+def media_type(content_type: str | None) -> str | None:
+    """The bare media type of a Content-Type header; parameters and oddities is dropped."""
+    if not content_type:
+        return None
+    match = _MEDIA_TYPE.fullmatch(content_type.split(";", 1)[0].strip())
+    if match is None or _DIGIT_RUN.search(match.group(0)):
+        return "unrecognised"
+    return match.group(0).lower()[:100]
+
+
+class Verdict(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a queued delivery after one attempt."""
+
+    verdict: Verdict
+    delay_s: float = 0.0
+    reason: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter, for at least `retry_for_s` after the 1st attempt."""
+
+    initial_s: float
+    maximum_s: float
+    retry_for_s: float
+
+    def delay(self, attempts: int, random: Callable[[], float]) -> float:
+        """The wait after failed attempt number `attempts`: half fixed, half random.
+
+        The fixed half keeps a struggling receiver from being hammered; the random half spreads
+        the retries of many lines that failed together.
+        """
+        exponent = min(max(attempts - 1, 0), 62)
+        base = min(self.maximum_s, self.initial_s * 2.0**exponent)
+        return base / 2 + random() * base / 2
+
+    def decide(
+        self, attempt: Attempt, *, attempts: int, elapsed_s: float, random: Callable[[], float]
+    ) -> Decision:
+        """The decision after `attempt`, the `attempts`-th, `elapsed_s` after the first one."""
+        status = attempt.status
+        if status is not None and 200 <= status < 300:
+            return Decision(Verdict.DELIVERED)
+        if status is not None and not (status >= 500 or status in _RETRYABLE_4XX):
+            return Decision(
+                Verdict.DEAD,
+                reason=Reason.WEBHOOK_REJECTED,
+                detail=(
+                    f"webhook answered {attempt.describe()} at attempt {attempts}; "
+                    "the response body is not kept"
+                ),
+            )
+        if elapsed_s >= self.retry_for_s:
+            return Decision(
+                Verdict.DEAD,
+                reason=Reason.WEBHOOK_RETRIES_EXHAUSTED,
+                detail=(
+                    f"no 2xx answer within {self.retry_for_s:.0f} s of the first attempt "
+                    f"({attempts} attempts); last: {attempt.describe()}"
+                ),
+            )
+        return Decision(Verdict.RETRY, delay_s=self.delay(attempts, random))

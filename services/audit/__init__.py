@@ -1,0 +1,1 @@
+"""The audit service: deliveries per organisation and the disclosure log, over HTTP."""

@@ -1,0 +1,7 @@
+"""Run the audit service: `python -m services.audit`."""
+
+from carebus.http import serve
+from services.audit.app import build_app
+
+if __name__ == "__main__":
+    serve("audit", build_app, lambda settings: settings.audit_port)

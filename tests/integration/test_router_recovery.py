@@ -1,0 +1,185 @@
+"""The router survives SIGKILL mid-stream: every decision is made and audited, and no
+organisation's webhook receives a delivery twice."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from carebus.auth import create_token
+from carebus.identity import random_nin
+from carebus.testing import TestStack, free_ports
+
+pytestmark = pytest.mark.integration
+
+DPS = "974705788"
+COORDINATOR_MUNICIPALITY = "921234562"
+PERSONS = 100
+EVENTS = 10_000
+
+
+class Receiver:
+    """A real webhook endpoint on loopback that records what it accepted."""
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+        self.bodies: list[bytes] = []
+        self.signatures: list[str] = []
+        self.lock = threading.Lock()
+        [self.port] = free_ports(1)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.accepted.append(self.headers["Idempotency-Key"])
+                    receiver.bodies.append(body)
+                    receiver.signatures.append(self.headers["X-Carebus-Signature"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/carebus"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+async def test_router_killed_mid_stream_loses_and_duplicates_nothing(
+    stack: TestStack, receiver: Receiver
+) -> None:
+    """SIGKILL in the middle of 10,000 events: all decided and audited, each delivery sent once."""
+    settings = stack.settings
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    dps = await create_token(conn, agency="dps", org_id=DPS, role="system")
+    registrar = await create_token(
+        conn, agency="municipality", org_id=COORDINATOR_MUNICIPALITY, role="system"
+    )
+    secret = "test-webhook-secret"
+    await conn.execute(
+        "INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)"
+        " ON CONFLICT (org_id) DO UPDATE SET url = EXCLUDED.url, secret = EXCLUDED.secret",
+        COORDINATOR_MUNICIPALITY,
+        receiver.url,
+        secret,
+    )
+    services = [
+        stack.start_service(name) for name in ("gateway", "registry", "audit_store", "webhooks")
+    ]
+    rng = random.Random(4242)
+    nins = [random_nin(rng) for _ in range(PERSONS)]
+    run = uuid.uuid4().hex[:8]
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            for nin in nins:
+                response = await client.post(
+                    settings.service_url(settings.registry_port) + "/v1/care-teams",
+                    json={
+                        "nin": nin,
+                        "agency": "municipality",
+                        "org_id": COORDINATOR_MUNICIPALITY,
+                        "role": "coordinator",
+                        "status": "member",
+                    },
+                    headers={"Authorization": f"Bearer {registrar}"},
+                )
+                assert response.status_code == 201, response.text
+            events = [
+                {
+                    "event_id": f"dps-{run}-{n:05d}",
+                    "event_type": "discharge_ready",
+                    "occurred_at": "2026-11-23T08:15:00+01:00",
+                    "source": {"agency": "dps", "org_id": DPS},
+                    "subject": {"nin": nins[n % PERSONS]},
+                    "payload": {
+                        "admission_event_id": f"dps-{run}-admission-{n % PERSONS}",
+                        "needs_municipal_services": True,
+                        "housing_status": "unstable",
+                    },
+                }
+                for n in range(EVENTS)
+            ]
+            for start in range(0, EVENTS, 1000):
+                response = await client.post(
+                    settings.service_url(settings.gateway_port) + "/v1/events:batch",
+                    json={"events": events[start : start + 1000]},
+                    headers={"Authorization": f"Bearer {dps}"},
+                )
+                assert response.status_code == 202, response.text
+
+        async def decided() -> int:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM disclosures WHERE event_id LIKE $1", f"dps-{run}-%"
+                )
+            )
+
+        router = stack.start_service("router")
+        services.append(router)
+        deadline = time.monotonic() + 120
+        while await decided() < EVENTS // 5:
+            assert time.monotonic() < deadline, "the router made no progress"
+            await asyncio.sleep(0.1)
+        router.kill()
+        before_restart = await decided()
+        assert before_restart < EVENTS, "the router finished before it could be killed"
+        router.start()
+
+        deadline = time.monotonic() + 180
+        while await decided() < EVENTS:
+            assert time.monotonic() < deadline, f"only {await decided()} of {EVENTS} decided"
+            await asyncio.sleep(0.5)
+        rows = await conn.fetch(
+            "SELECT event_id, decision, delivery_id FROM disclosures WHERE event_id LIKE $1",
+            f"dps-{run}-%",
+        )
+        assert len(rows) == EVENTS
+        assert len({row["event_id"] for row in rows}) == EVENTS
+        delivered = {row["delivery_id"] for row in rows if row["decision"] == "delivered"}
+        assert delivered, "the coordinator should receive discharge-ready notices"
+
+        deadline = time.monotonic() + 120
+        while len(set(receiver.accepted) & delivered) < len(delivered):
+            assert time.monotonic() < deadline, "not every delivery reached the webhook"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # anything sent twice would arrive by now
+        ours = [key for key in receiver.accepted if key in delivered]
+        duplicates = [key for key, count in Counter(ours).items() if count > 1]
+        assert duplicates == []
+        for body, signature in zip(receiver.bodies, receiver.signatures, strict=True):
+            expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            assert signature == f"sha256={expected}"
+            assert json.loads(body)["event_id"].startswith("dps-")
+    finally:
+        for service in services:
+            service.stop()
+        await conn.close()

@@ -1,0 +1,529 @@
+"""Webhook delivery against the real broker and database, POSTing to a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from carebus import topics
+from carebus.auth import ensure_organisation
+from carebus.codec import Codec
+from carebus.deliveries import delivery_id, delivery_to_json
+from carebus.identity import random_nin, subject_key
+from carebus.kafka import consumer_config, producer_config
+from carebus.testing import ServiceProcess, TestStack
+from consumers.webhooks.protocol import signature
+from consumers.webhooks.queue import WebhookQueue
+
+pytestmark = pytest.mark.integration
+
+CODEC = Codec.default()
+RNG = random.Random()
+SMALL_BACKOFF = {
+    "CAREBUS_WEBHOOK_BACKOFF_INITIAL_S": "0.1",
+    "CAREBUS_WEBHOOK_BACKOFF_MAX_S": "0.5",
+    "CAREBUS_WEBHOOK_TIMEOUT_S": "3",
+    # Fewer slots than lines, so that a second worker gets heads to send too.
+    "CAREBUS_WEBHOOK_CONCURRENCY": "2",
+}
+
+Answer = Callable[[str], int]  # delivery id -> HTTP status to answer
+
+
+@dataclass(frozen=True)
+class Received:
+    org_id: str
+    delivery_id: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records every request, answering per organisation."""
+
+    port: int = 0
+    answers: dict[str, Answer] = field(default_factory=dict)
+    requests: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, org_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/{org_id}"
+
+    def received(self, org_id: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.requests if r.org_id == org_id]
+
+    def delivered(self, org_id: str) -> list[Received]:
+        """Requests answered 2xx, in the order they arrived."""
+        return [r for r in self.received(org_id) if 200 <= r.status < 300]
+
+
+def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a production receiver would
+        disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            org_id = self.path.rsplit("/", 1)[-1]
+            key = self.headers.get("Idempotency-Key", "")
+            status = receiver.answers.get(org_id, lambda _key: 200)(key)
+            # A careless receiver echoes the request: the nin must still not reach a dead letter.
+            answer = json.dumps({"status": status, "echo": body.decode()}).encode()
+            with receiver.lock:
+                receiver.requests.append(
+                    Received(org_id, key, dict(self.headers), body, status, time.monotonic())
+                )
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 resets connections when many requests arrive at once.
+    request_queue_size = 128
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+    server = _Server(("127.0.0.1", 0), make_handler(state))
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, name="receiver", daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhooks(stack: TestStack) -> Iterator[ServiceProcess]:
+    """The worker as its own process; /healthz on a free port tells when it is up."""
+    service = stack.start_service("webhooks", env=SMALL_BACKOFF)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+async def db(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(stack.settings.postgres_dsn)
+    yield conn
+    await conn.close()
+
+
+def new_org_id() -> str:
+    return f"{RNG.randrange(10**8, 10**9)}"
+
+
+async def with_webhook(
+    db: asyncpg.Connection, receiver: Receiver, agency: str = "municipality"
+) -> tuple[str, str]:
+    """A new organisation with a webhook at the receiver; returns (org_id, secret)."""
+    org_id, secret = new_org_id(), uuid.uuid4().hex
+    await ensure_organisation(db, agency=agency, org_id=org_id)
+    await db.execute(
+        "INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)",
+        org_id,
+        receiver.url(org_id),
+        secret,
+    )
+    return org_id, secret
+
+
+@dataclass(frozen=True)
+class Person:
+    nin: str
+    key: str
+
+
+def person(stack: TestStack) -> Person:
+    nin = random_nin(RNG)
+    return Person(nin, subject_key(nin, stack.settings.subject_key_secret.get_secret_value()))
+
+
+def delivery(recipient: str, who: Person, *, agency: str = "municipality") -> dict[str, Any]:
+    """A Delivery record (schemas/avro/delivery.avsc) as the router would produce it."""
+    event_id = f"dps-974705788-{uuid.uuid4().hex[:12]}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {
+        "delivery_id": delivery_id("974705788", event_id, recipient),
+        "event_id": event_id,
+        "event_type": "discharge",
+        "occurred_at": now,
+        "decided_at": now,
+        "source": {"agency": "dps", "org_id": "974705788", "system": "DIPS"},
+        "recipient": {"agency": agency, "org_id": recipient},
+        "subject": {"nin": who.nin},
+        "subject_key": who.key,
+        "basis": "statutory",
+        "categories": ["logistics"],
+        "fields": ["destination"],
+        "payload_json": json.dumps({"destination": "home"}),
+        "emergency": None,
+        "rule_id": "discharge-home-municipality",
+        "policy_version": "test",
+    }
+
+
+Placed = tuple[str, int, int]  # topic, partition, offset
+
+
+def produce(stack: TestStack, messages: Sequence[tuple[str, bytes, bytes]]) -> list[Placed]:
+    """Produce (topic, key, value) in order; each one's (topic, partition, offset)."""
+    producer = Producer(producer_config(stack.settings, f"test-webhooks-{uuid.uuid4().hex}"))
+    placed: list[Placed | None] = [None] * len(messages)
+
+    def report(index: int) -> Callable[[Any, Any], None]:
+        def on_delivery(err: Any, msg: Any) -> None:
+            assert err is None, err
+            placed[index] = (msg.topic(), msg.partition(), msg.offset())
+
+        return on_delivery
+
+    for index, (topic, key, value) in enumerate(messages):
+        producer.produce(topic, value=value, key=key, on_delivery=report(index))
+    assert producer.flush(30) == 0
+    return [p for p in placed if p is not None]
+
+
+def produce_deliveries(stack: TestStack, records: Sequence[dict[str, Any]]) -> list[Placed]:
+    return produce(
+        stack,
+        [
+            (
+                topics.deliveries(r["recipient"]["agency"]),
+                r["subject_key"].encode(),
+                CODEC.encode("no.carebus.v1.Delivery", r),
+            )
+            for r in records
+        ],
+    )
+
+
+async def wait_until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
+
+
+def dead_letters(
+    stack: TestStack, expected: set[Placed], timeout_s: float = 20.0
+) -> dict[Placed, dict[str, Any]]:
+    """Dead letters of deliveries-topic messages, by the (topic, partition, offset) they name."""
+    consumer = Consumer(consumer_config(stack.settings, f"test-dlq-{uuid.uuid4().hex}"))
+    meta = consumer.list_topics(topics.DEADLETTER, timeout=10).topics[topics.DEADLETTER]
+    consumer.assign(
+        [TopicPartition(topics.DEADLETTER, p, OFFSET_BEGINNING) for p in meta.partitions]
+    )
+    found: dict[Placed, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not expected <= set(found):
+            for message in consumer.consume(100, 0.2):
+                if message.error():
+                    continue
+                record = CODEC.decode(message.value() or b"").record
+                where = (
+                    record["source_topic"],
+                    record["source_partition"],
+                    record["source_offset"],
+                )
+                if where in expected:
+                    found[where] = {**record, "key": message.key()}
+    finally:
+        consumer.close()
+    return found
+
+
+def in_order_exactly_once(received: list[Received], records: Sequence[dict[str, Any]]) -> None:
+    """Each delivery answered 2xx exactly once, and per person in production order, and no
+    request about a person went out before the previous delivery about them was done."""
+    delivered = [r.delivery_id for r in received if 200 <= r.status < 300]
+    assert sorted(delivered) == sorted({r["delivery_id"] for r in records})
+    by_person: dict[str, list[str]] = {}
+    for record in records:
+        line = by_person.setdefault(record["subject_key"], [])
+        if record["delivery_id"] not in line:
+            line.append(record["delivery_id"])
+    position = {d: (k, i) for k, line in by_person.items() for i, d in enumerate(line)}
+    done_upto: dict[str, int] = {}
+    for request in received:
+        who, index = position[request.delivery_id]
+        assert index == done_upto.get(who, 0), "a delivery was sent before its predecessor was done"
+        if 200 <= request.status < 300:
+            done_upto[who] = index + 1
+    assert all(done_upto[k] == len(line) for k, line in by_person.items())
+
+
+async def queue_statuses(db: asyncpg.Connection, org_id: str) -> dict[str, str]:
+    rows = await db.fetch("SELECT delivery_id, status FROM webhook_queue WHERE org_id = $1", org_id)
+    return {row["delivery_id"]: row["status"] for row in rows}
+
+
+async def test_deliveries_are_posted_signed_with_idempotency_key(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """Each delivery is POSTed as DESIGN's delivery JSON, signed, keyed by its delivery id."""
+    org_id, secret = await with_webhook(db, receiver)
+    people = [person(stack) for _ in range(3)]
+    records = [delivery(org_id, who) for who in people for _ in range(3)]
+    produce_deliveries(stack, records)
+
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= len(records))
+    received = receiver.received(org_id)
+    in_order_exactly_once(received, records)
+    by_id = {r["delivery_id"]: r for r in records}
+    for request in received:
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["X-Carebus-Signature"] == signature(request.body, secret)
+        expected = delivery_to_json(by_id[request.delivery_id])
+        assert json.loads(request.body) == expected
+        assert request.body == json.dumps(expected, separators=(",", ":")).encode()
+    await wait_until_statuses(db, org_id, {r["delivery_id"] for r in records}, "delivered")
+
+
+async def wait_until_statuses(
+    db: asyncpg.Connection, org_id: str, ids: set[str], status: str, timeout_s: float = 10.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    statuses = await queue_statuses(db, org_id)
+    while time.monotonic() < deadline and any(statuses.get(i) != status for i in ids):
+        await asyncio.sleep(0.05)
+        statuses = await queue_statuses(db, org_id)
+    assert {statuses.get(i) for i in ids} == {status}
+
+
+async def test_a_receiver_down_for_a_while_gets_everything_once_in_order(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """503 for the first 3 s, then 200: every delivery exactly once, in order per person —
+    with two worker processes sharing the queue, and some deliveries produced twice."""
+    second = stack.start_service("webhooks", name="webhooks-second", env=SMALL_BACKOFF)
+    try:
+        org_id, secret = await with_webhook(db, receiver)
+        first_seen: list[float] = []
+
+        def answer(_key: str) -> int:
+            time.sleep(0.02)  # requests overlap, across lines and across the two workers
+            first_seen.append(time.monotonic())
+            return 503 if time.monotonic() - first_seen[0] < 3.0 else 200
+
+        receiver.answers[org_id] = answer
+        people = [person(stack) for _ in range(6)]
+        records = [delivery(org_id, who) for _ in range(10) for who in people]
+        replayed = records[:7]  # a restarted router produces these again
+        produce_deliveries(stack, records[:30])
+        produce_deliveries(stack, replayed + records[30:])
+
+        await wait_until(lambda: len(receiver.delivered(org_id)) >= len(records), timeout_s=60)
+        await asyncio.sleep(1.0)  # late duplicates would show up now
+        received = receiver.received(org_id)
+        assert any(r.status == 503 for r in received)
+        in_order_exactly_once(received, records)
+        assert all(r.headers["X-Carebus-Signature"] == signature(r.body, secret) for r in received)
+        await wait_until_statuses(db, org_id, {r["delivery_id"] for r in records}, "delivered")
+        assert len(await queue_statuses(db, org_id)) == len(records)
+        # Which worker sent what is up to timing (usually both send some); what must hold
+        # either way is the exactly-once, in-order result above.
+    finally:
+        assert second.stop() == 0
+
+
+async def test_only_the_head_of_a_line_is_due(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """Rows behind a pending head wait at infinity; they become due one by one as heads finish."""
+    org_id, _secret = await with_webhook(db, receiver)
+    receiver.answers[org_id] = lambda _key: 503
+    who = person(stack)
+    records = [delivery(org_id, who) for _ in range(3)]
+    produce_deliveries(stack, records)
+    await wait_until(lambda: len(receiver.received(org_id)) >= 2)
+    rows = await db.fetch(
+        "SELECT delivery_id, next_attempt_at = 'infinity' AS waiting FROM webhook_queue"
+        " WHERE org_id = $1 ORDER BY seq",
+        org_id,
+    )
+    assert [(r["delivery_id"], r["waiting"]) for r in rows] == [
+        (records[0]["delivery_id"], False),
+        (records[1]["delivery_id"], True),
+        (records[2]["delivery_id"], True),
+    ]
+    assert {r.delivery_id for r in receiver.received(org_id)} == {records[0]["delivery_id"]}
+    receiver.answers[org_id] = lambda _key: 200
+    await wait_until(lambda: len(receiver.delivered(org_id)) == 3)
+    in_order_exactly_once(receiver.received(org_id), records)
+
+
+async def test_a_head_left_waiting_is_swept_up(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """The safety net: a head wrongly left at infinity is made due and delivered."""
+    org_id, _secret = await with_webhook(db, receiver)
+    who = person(stack)
+    record = delivery(org_id, who)
+    body = json.dumps(delivery_to_json(record), separators=(",", ":")).encode()
+    await db.execute(
+        """
+        INSERT INTO webhook_queue (delivery_id, org_id, agency, subject_key, body, source_topic,
+            source_partition, source_offset, source_value, next_attempt_at)
+        VALUES ($1, $2, 'municipality', $3, $4, $5, 0, 0, $6, 'infinity')
+        """,
+        record["delivery_id"],
+        org_id,
+        who.key,
+        body,
+        topics.deliveries("municipality"),
+        CODEC.encode("no.carebus.v1.Delivery", record),
+    )
+    pool = await asyncpg.create_pool(stack.settings.postgres_dsn, min_size=1, max_size=1)
+    try:
+        assert await WebhookQueue(pool).unstick() == 1
+    finally:
+        await pool.close()
+    # Nothing new is produced: the dispatcher's idle round finds the row.
+    await wait_until(lambda: len(receiver.delivered(org_id)) == 1, timeout_s=15)
+    assert [r.body for r in receiver.delivered(org_id)] == [body]
+
+
+async def test_a_delivery_produced_again_later_is_not_sent_again(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A delivery re-produced after it was delivered is recognised by its delivery id."""
+    org_id, _secret = await with_webhook(db, receiver)
+    who = person(stack)
+    record = delivery(org_id, who)
+    produce_deliveries(stack, [record])
+    await wait_until(lambda: len(receiver.delivered(org_id)) == 1)
+    marker = delivery(org_id, who)  # same line, after the duplicate: proves it was read
+    produce_deliveries(stack, [record, marker])
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= 2)
+    await asyncio.sleep(0.5)
+    assert [r.delivery_id for r in receiver.received(org_id)] == [
+        record["delivery_id"],
+        marker["delivery_id"],
+    ]
+
+
+async def test_a_4xx_is_dead_lettered_and_the_next_delivery_still_arrives(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """422 is fatal: one attempt, a dead letter with status and content type but no body,
+    and the person's next delivery goes through."""
+    org_id, _secret = await with_webhook(db, receiver, agency="nav")
+    who = person(stack)
+    rejected, following = delivery(org_id, who, agency="nav"), delivery(org_id, who, agency="nav")
+    receiver.answers[org_id] = lambda key: 422 if key == rejected["delivery_id"] else 200
+    placed = produce_deliveries(stack, [rejected, following])
+
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= 1)
+    assert [(r.delivery_id, r.status) for r in receiver.received(org_id)] == [
+        (rejected["delivery_id"], 422),
+        (following["delivery_id"], 200),
+    ]
+    letters = dead_letters(stack, {placed[0]})
+    letter = letters[placed[0]]
+    assert letter["reason"] == "webhook_rejected"
+    assert letter["consumer"] == "webhooks"
+    assert "HTTP 422 (application/json)" in letter["detail"]
+    assert who.nin not in letter["detail"]
+    assert letter["key"] == who.key.encode()
+    assert CODEC.decode(letter["original_value"]).record["delivery_id"] == rejected["delivery_id"]
+    statuses = await queue_statuses(db, org_id)
+    assert statuses[rejected["delivery_id"]] == "dead"
+
+
+async def test_an_organisation_without_webhook_is_skipped(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """Deliveries for an organisation that reads over HTTP are not queued, only counted."""
+    org_id, _secret = await with_webhook(db, receiver, agency="housing")
+    reader = new_org_id()
+    await ensure_organisation(db, agency="housing", org_id=reader)
+    who = person(stack)
+    skipped = delivery(reader, who, agency="housing")
+    marker = delivery(org_id, who, agency="housing")  # same partition, after it
+    produce_deliveries(stack, [skipped, marker])
+    await wait_until(lambda: len(receiver.delivered(org_id)) == 1)
+    assert receiver.received(reader) == []
+    assert await queue_statuses(db, reader) == {}
+    async with httpx.AsyncClient() as client:
+        exposition = (await client.get(f"{webhooks.url}/metrics")).text
+    assert 'carebus_webhook_skipped_total{agency="housing"}' in exposition
+    assert 'carebus_webhook_delivered_total{agency="housing"}' in exposition
+
+
+async def test_undecodable_messages_are_dead_lettered(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """Garbage on a deliveries topic is dead-lettered and the partition goes on."""
+    org_id, _secret = await with_webhook(db, receiver, agency="police")
+    who = person(stack)
+    topic = topics.deliveries("police")
+    marker = delivery(org_id, who, agency="police")
+    placed = produce(
+        stack,
+        [
+            (topic, who.key.encode(), b"not avro"),
+            (topic, who.key.encode(), CODEC.encode("no.carebus.v1.Delivery", marker)),
+        ],
+    )
+    await wait_until(lambda: len(receiver.delivered(org_id)) == 1)
+    letter = dead_letters(stack, {placed[0]})[placed[0]]
+    assert letter["reason"] == "not_single_object"
+
+
+async def test_retries_end_in_a_dead_letter_and_sigterm_is_clean(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A receiver that never recovers: retried for webhook_retry_for_s, then dead-lettered.
+
+    Runs with a 2 s retry window, so the worker is restarted (SIGTERM exits 0) with it.
+    """
+    assert webhooks.stop() == 0
+    webhooks.env["CAREBUS_WEBHOOK_RETRY_FOR_S"] = "2"
+    webhooks.proc = None
+    webhooks.start()
+    try:
+        org_id, _secret = await with_webhook(db, receiver, agency="fastlege")
+        receiver.answers[org_id] = lambda _key: 503
+        who = person(stack)
+        record = delivery(org_id, who, agency="fastlege")
+        placed = produce_deliveries(stack, [record])
+        letter = dead_letters(stack, set(placed), timeout_s=30)[placed[0]]
+        assert letter["reason"] == "webhook_retries_exhausted"
+        assert "HTTP 503" in letter["detail"]
+        assert len(receiver.received(org_id)) >= 3
+        await wait_until_statuses(db, org_id, {record["delivery_id"]}, "dead")
+    finally:
+        assert webhooks.stop() == 0
+        del webhooks.env["CAREBUS_WEBHOOK_RETRY_FOR_S"]
+        webhooks.proc = None
+        webhooks.start()

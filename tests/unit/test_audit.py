@@ -1,0 +1,252 @@
+"""The audit sink's row building and the audit service's paging, without broker or database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from carebus import topics
+from carebus.codec import Codec
+from carebus.deliveries import delivery_id
+from carebus.sink import InvalidRecordError
+from consumers.audit_store import AuditStoreWriter, delivery_row, disclosure_row
+from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
+from services.audit.store import disclosure_json
+
+NOW = datetime(2026, 11, 23, 8, 15, 30, 123456, tzinfo=UTC)
+NIN = "01010050053"
+DPS = "974705788"
+MUNICIPALITY = "940493021"
+
+
+def disclosure(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "audit_id": delivery_id(DPS, "e-1", MUNICIPALITY),
+        "event_id": "e-1",
+        "event_type": "admission",
+        "source_org": DPS,
+        "subject_key": "ab" * 32,
+        "recipient": {"agency": "municipality", "org_id": MUNICIPALITY},
+        "decision": "delivered",
+        "reason": None,
+        "basis": "statutory",
+        "categories": ["logistics"],
+        "fields": ["needs_municipal_services"],
+        "rule_id": "admission-home-municipality",
+        "policy_version": "2026-1",
+        "decided_at": NOW,
+        "delivery_id": delivery_id(DPS, "e-1", MUNICIPALITY),
+        "emergency": False,
+    }
+    record.update(changes)
+    return record
+
+
+def delivery(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "delivery_id": delivery_id(DPS, "e-1", MUNICIPALITY),
+        "event_id": "e-1",
+        "event_type": "admission",
+        "occurred_at": NOW - timedelta(hours=1),
+        "decided_at": NOW,
+        "source": {"agency": "dps", "org_id": DPS, "system": "DIPS"},
+        "recipient": {"agency": "municipality", "org_id": MUNICIPALITY},
+        "subject": {"nin": NIN},
+        "subject_key": "ab" * 32,
+        "basis": "statutory",
+        "categories": ["logistics"],
+        "fields": ["needs_municipal_services"],
+        "payload_json": '{"needs_municipal_services":true}',
+        "emergency": None,
+        "rule_id": "admission-home-municipality",
+        "policy_version": "2026-1",
+    }
+    record.update(changes)
+    return record
+
+
+class TestRows:
+    def test_records_round_trip_the_codec_into_rows(self) -> None:
+        """Records written with the real schemas decode into rows tagged with their table."""
+
+        class Message:
+            def topic(self) -> str:
+                return topics.deliveries("municipality")
+
+        codec = Codec.default()
+        writer = AuditStoreWriter()
+        audit_row = writer.row(
+            codec.decode(codec.encode("no.carebus.v1.Disclosure", disclosure())), Message()
+        )
+        delivery_row_ = writer.row(
+            codec.decode(codec.encode("no.carebus.v1.Delivery", delivery())), Message()
+        )
+        assert audit_row is not None
+        assert audit_row[0] == "disclosure"
+        assert delivery_row_ is not None
+        assert delivery_row_[0] == "delivery"
+        body = json.loads(delivery_row_[-1])
+        assert body == {
+            "delivery_id": delivery_id(DPS, "e-1", MUNICIPALITY),
+            "event_id": "e-1",
+            "event_type": "admission",
+            "occurred_at": "2026-11-23T07:15:30.123456Z",
+            "subject": {"nin": NIN},
+            "basis": "statutory",
+            "categories": ["logistics"],
+            "payload": {"needs_municipal_services": True},
+        }
+
+    def test_other_schemas_are_skipped(self) -> None:
+        """A dead letter (or any other record type) on these topics is not stored."""
+        codec = Codec.default()
+        dead_letter = codec.encode(
+            "no.carebus.v1.DeadLetter",
+            {
+                "reason": "other",
+                "detail": "x",
+                "source_topic": "t",
+                "source_partition": 0,
+                "source_offset": 0,
+                "consumer": "c",
+                "original_key": None,
+                "original_value": b"",
+                "dead_lettered_at": NOW,
+            },
+        )
+        assert AuditStoreWriter().row(codec.decode(dead_letter), None) is None  # type: ignore[arg-type]
+
+    def test_no_candidate_has_no_recipient(self) -> None:
+        """`no_candidate` rows have null recipient columns."""
+        row = disclosure_row(
+            disclosure(decision="no_candidate", recipient=None, basis=None, delivery_id=None)
+        )
+        assert row[5:8] == (None, None, "no_candidate")
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"recipient": None},
+            {"decision": "no_candidate"},
+            {"decision": "unknown"},
+            {"decision": "withheld", "reason": None, "basis": None},
+            {"basis": None},
+            {"audit_id": ""},
+        ],
+    )
+    def test_contradictory_disclosures_are_invalid(self, changes: dict[str, Any]) -> None:
+        """A decision that contradicts itself is dead-lettered, with a text naming no value."""
+        with pytest.raises(InvalidRecordError) as caught:
+            disclosure_row(disclosure(**changes))
+        assert NIN not in caught.value.detail
+
+    @pytest.mark.parametrize(
+        ("changes", "topic"),
+        [
+            ({}, topics.deliveries("nav")),
+            ({"payload_json": "not json"}, topics.deliveries("municipality")),
+            ({"payload_json": "[1, 2]"}, topics.deliveries("municipality")),
+            ({"payload_json": '{"x": NaN}'}, topics.deliveries("municipality")),
+            (
+                {"recipient": {"agency": "unknown", "org_id": MUNICIPALITY}},
+                topics.deliveries("municipality"),
+            ),
+        ],
+    )
+    def test_bad_deliveries_are_invalid(self, changes: dict[str, Any], topic: str) -> None:
+        """A delivery on another agency's topic or with a payload that is no JSON object."""
+        with pytest.raises(InvalidRecordError):
+            delivery_row(delivery(**changes), topic)
+
+    def test_emergency_deliveries_carry_the_notice(self) -> None:
+        """The stored body has `emergency` only for emergency disclosures."""
+        notice = {"justification": "risk of harm", "accountable": "Dr. A"}
+        row = delivery_row(delivery(basis="emergency", emergency=notice), None)
+        assert json.loads(row[-1])["emergency"] == notice
+
+
+class TestDisclosureJson:
+    def test_withheld_has_reason_and_no_basis(self) -> None:
+        """Withheld items carry `reason`; delivered ones `basis` and `fields`."""
+        row = {
+            "event_id": "e-1",
+            "event_type": "admission",
+            "recipient_agency": "nav",
+            "recipient_org": "889640782",
+            "decision": "withheld",
+            "reason": "no_consent",
+            "basis": None,
+            "fields": [],
+            "rule_id": "admission-nav",
+            "policy_version": "2026-1",
+            "decided_at": NOW,
+        }
+        assert disclosure_json(row) == {
+            "event_id": "e-1",
+            "event_type": "admission",
+            "recipient": {"agency": "nav", "org_id": "889640782"},
+            "decision": "withheld",
+            "reason": "no_consent",
+            "rule_id": "admission-nav",
+            "policy_version": "2026-1",
+            "decided_at": "2026-11-23T08:15:30.123456Z",
+        }
+        delivered = disclosure_json(
+            {**row, "decision": "delivered", "basis": "consent", "fields": ["ward"]}
+        )
+        assert set(delivered) == {
+            "event_id",
+            "event_type",
+            "recipient",
+            "decision",
+            "basis",
+            "fields",
+            "rule_id",
+            "policy_version",
+            "decided_at",
+        }
+        assert (delivered["basis"], delivered["fields"]) == ("consent", ["ward"])
+
+
+class TestPaging:
+    def test_cursor_round_trips_and_is_url_safe(self) -> None:
+        """A cursor decodes to the exact (time, id) it was made from, in URL-safe characters."""
+        cursor = Cursor(NOW, "d/1+2")
+        token = cursor.encode()
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        assert Cursor.decode(token) == cursor
+        assert looks_like_cursor(token)
+
+    @pytest.mark.parametrize("token", ["", "!!!", "eyJ4IjoxfQ", "WyJ4IiwxXQ", "WzEsMl0"])
+    def test_foreign_cursors_are_refused(self, token: str) -> None:
+        """Anything the service did not issue is a PagingError, not a crash."""
+        with pytest.raises(PagingError):
+            Cursor.decode(token)
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2026-11-23T08:15:00+01:00", datetime(2026, 11, 23, 7, 15, tzinfo=UTC)),
+            ("2026-11-23T08:15:00 01:00", datetime(2026, 11, 23, 7, 15, tzinfo=UTC)),
+            ("2026-11-23t07:15:00z", datetime(2026, 11, 23, 7, 15, tzinfo=UTC)),
+            ("2026-11-23T07:15:00.5Z", datetime(2026, 11, 23, 7, 15, 0, 500000, tzinfo=UTC)),
+            (
+                "2026-11-23T07:15:00.0000001Z",
+                datetime(2026, 11, 23, 7, 15, 0, 1, tzinfo=UTC),
+            ),
+        ],
+    )
+    def test_since_is_rfc3339_with_offset(self, text: str, expected: datetime) -> None:
+        """Offsets are honoured; sub-microsecond digits round up so `>= since` stays true."""
+        assert parse_since(text) == expected
+
+    @pytest.mark.parametrize(
+        "text", ["2026-11-23", "2026-11-23T08:15:00", "yesterday", "2026-13-01T00:00:00Z"]
+    )
+    def test_bad_since_is_refused(self, text: str) -> None:
+        """Dates, naive times and impossible times are refused."""
+        with pytest.raises(PagingError):
+            parse_since(text)

@@ -1,0 +1,366 @@
+"""The dispatcher loop against an in-memory queue, a fake broker and httpx's mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from carebus.codec import Codec
+from carebus.deadletter import DeadLetterPolicy
+from carebus.sink import Backoff
+from consumers.webhooks.dispatcher import Dispatcher
+from consumers.webhooks.protocol import RetryPolicy, signature
+from consumers.webhooks.queue import Claim, QueuedSource
+
+CODEC = Codec.default()
+SECRET = "webhook-secret"
+
+
+@dataclass
+class Row:
+    seq: int
+    delivery_id: str
+    subject_key: str
+    body: bytes
+    status: str = "pending"
+    attempts: int = 0
+    first_at: float | None = None
+    next_at: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class FakeQueue:
+    """webhook_queue's rules in memory: one line per subject key, heads only, leases."""
+
+    url: str | None = "http://receiver.test/hook"
+    rows: list[Row] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, delivery_id: str, subject_key: str = "a" * 64) -> None:
+        body = f'{{"delivery_id":"{delivery_id}"}}'.encode()
+        self.rows.append(Row(len(self.rows) + 1, delivery_id, subject_key, body))
+
+    def _heads(self) -> list[Row]:
+        seen: set[str] = set()
+        heads = []
+        for row in self.rows:
+            if row.status == "pending" and row.subject_key not in seen:
+                seen.add(row.subject_key)
+                heads.append(row)
+        return heads
+
+    async def claim(self, limit: int, lease_s: float) -> list[Claim]:
+        now = time.monotonic()
+        due = [row for row in self._heads() if row.next_at <= now][:limit]
+        claims = []
+        for row in due:
+            row.attempts += 1
+            row.first_at = row.first_at or now
+            row.next_at = now + lease_s
+            claims.append(
+                Claim(
+                    seq=row.seq,
+                    delivery_id=row.delivery_id,
+                    org_id="940493021",
+                    agency="municipality",
+                    subject_key=row.subject_key,
+                    body=row.body,
+                    attempts=row.attempts,
+                    elapsed_s=now - row.first_at,
+                    url=self.url,
+                    secret=SECRET if self.url else None,
+                )
+            )
+        return claims
+
+    async def next_due_in(self) -> float | None:
+        heads = self._heads()
+        return min(row.next_at for row in heads) - time.monotonic() if heads else None
+
+    def _held(self, claim: Claim) -> Row | None:
+        row = self.rows[claim.seq - 1]
+        ok = row.status == "pending" and row.attempts == claim.attempts
+        return row if ok else None
+
+    async def delivered(self, claim: Claim, status: int) -> bool:
+        row = self._held(claim)
+        if row:
+            row.status = "delivered"
+            self.events.append(("delivered", claim.delivery_id))
+        return row is not None
+
+    async def reschedule(
+        self, claim: Claim, delay_s: float, status: int | None, error: str
+    ) -> bool:
+        row = self._held(claim)
+        if row:
+            row.next_at = time.monotonic() + delay_s
+            row.last_error = error
+            self.events.append(("retry", claim.delivery_id))
+        return row is not None
+
+    async def dead(self, claim: Claim, status: int | None, error: str) -> bool:
+        row = self._held(claim)
+        if row:
+            row.status, row.last_error = "dead", error
+            self.events.append(("dead", claim.delivery_id))
+        return row is not None
+
+    async def source(self, claim: Claim) -> QueuedSource:
+        return QueuedSource("care.deliveries.municipality.v1", 1, claim.seq, b"k" * 64, b"avro")
+
+    async def unstick(self) -> int:
+        return 0
+
+    async def pending_by_agency(self) -> dict[str, int]:
+        return {"municipality": sum(1 for row in self.rows if row.status == "pending")}
+
+
+@dataclass
+class FakeProducer:
+    """Acknowledges every dead letter on flush, and notes it in the queue's event list."""
+
+    queue: FakeQueue
+    produced: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[Callable[[Any, Any], None]] = field(default_factory=list)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        self.produced.append(CODEC.decode(value or b"").record)
+        if on_delivery:
+            self.reports.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        for report in self.reports:
+            report(None, None)
+            self.queue.events.append(("dead_letter_acknowledged", ""))
+        self.reports.clear()
+        return 0
+
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+async def dispatch(
+    queue: FakeQueue,
+    handler: Handler,
+    *,
+    until: Callable[[], bool],
+    concurrency: int = 4,
+    retry_for_s: float = 60.0,
+    timeout_s: float = 2.0,
+) -> FakeProducer:
+    """Run a dispatcher until `until()` holds (or 10 s pass), then stop it."""
+    producer = FakeProducer(queue)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    dispatcher = Dispatcher(
+        queue=queue,  # type: ignore[arg-type]
+        client=client,
+        dead_letters=DeadLetterPolicy(producer, CODEC, "webhooks"),
+        retry=RetryPolicy(initial_s=0.02, maximum_s=0.05, retry_for_s=retry_for_s),
+        concurrency=concurrency,
+        timeout_s=timeout_s,
+        idle_s=0.2,
+        backoff=Backoff(initial_s=0.01, maximum_s=0.05),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if until():
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await client.aclose()
+    assert until(), "the dispatcher did not get there within 10 s"
+    return producer
+
+
+def finished(queue: FakeQueue) -> Callable[[], bool]:
+    return lambda: all(row.status != "pending" for row in queue.rows)
+
+
+async def test_posts_signed_json_with_idempotency_key() -> None:
+    """Each delivery is POSTed once, signed over the exact body, keyed by its delivery id."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    queue.add("d-2", subject_key="b" * 64)
+    requests: list[httpx.Request] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(204)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    assert sorted(r.headers["Idempotency-Key"] for r in requests) == ["d-1", "d-2"]
+    for request in requests:
+        assert request.method == "POST"
+        assert request.url == "http://receiver.test/hook"
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["X-Carebus-Signature"] == signature(request.content, SECRET)
+    assert {row.status for row in queue.rows} == {"delivered"}
+
+
+async def test_one_line_is_sent_in_order_one_at_a_time() -> None:
+    """A person's next delivery is sent only after the previous one got its 2xx."""
+    queue = FakeQueue()
+    for n in range(5):
+        queue.add(f"d-{n}")
+    calls = 0
+    sent: list[str] = []
+    active = 0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal calls, active
+        active += 1
+        assert active == 1
+        calls += 1
+        await asyncio.sleep(0.01)
+        active -= 1
+        if calls % 2:  # every other attempt fails
+            return httpx.Response(503)
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    assert sent == [f"d-{n}" for n in range(5)]
+
+
+async def test_concurrency_is_bounded() -> None:
+    """No more than `concurrency` requests are in flight, across many lines."""
+    queue = FakeQueue()
+    for n in range(20):
+        queue.add(f"d-{n}", subject_key=f"{n:064x}")
+    active = peak = 0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02)
+        active -= 1
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=finished(queue), concurrency=3)
+    assert peak == 3
+
+
+async def test_4xx_is_dead_lettered_before_the_row_is_marked_dead() -> None:
+    """A 4xx dead-letters at once (no body kept), and the line moves on."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    queue.add("d-2")
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        if request.headers["Idempotency-Key"] == "d-1":
+            return httpx.Response(422, json={"echo": "01017012345"})
+        return httpx.Response(200)
+
+    producer = await dispatch(queue, receiver, until=finished(queue))
+    assert [row.status for row in queue.rows] == ["dead", "delivered"]
+    assert queue.events[:3] == [
+        ("dead_letter_acknowledged", ""),
+        ("dead", "d-1"),
+        ("delivered", "d-2"),
+    ]
+    (letter,) = producer.produced
+    assert letter["reason"] == "webhook_rejected"
+    assert "HTTP 422 (application/json)" in letter["detail"]
+    assert "01017012345" not in letter["detail"]
+    assert letter["source_topic"] == "care.deliveries.municipality.v1"
+    assert letter["original_value"] == b"avro"
+
+
+async def test_retries_until_retry_for_then_dead_letters() -> None:
+    """5xx and connection errors are retried with backoff; after retry_for_s, dead."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    calls = 0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(503)
+
+    producer = await dispatch(queue, receiver, until=finished(queue), retry_for_s=0.3)
+    assert calls >= 4
+    (letter,) = producer.produced
+    assert letter["reason"] == "webhook_retries_exhausted"
+    assert queue.rows[0].status == "dead"
+
+
+async def test_a_hanging_receiver_times_out_and_is_retried() -> None:
+    """A request that outlives the timeout counts as a failed attempt."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    calls = 0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=finished(queue), timeout_s=0.2)
+    assert calls == 2
+    assert queue.rows[0].status == "delivered"
+
+
+async def test_removed_webhook_is_dead_lettered_not_dropped() -> None:
+    """A row whose organisation no longer has a webhook is dead-lettered (reason other)."""
+    queue = FakeQueue(url=None)
+    queue.add("d-1")
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    producer = await dispatch(queue, receiver, until=finished(queue))
+    assert [letter["reason"] for letter in producer.produced] == ["other"]
+
+
+async def test_stop_lets_requests_in_flight_finish_and_be_recorded() -> None:
+    """On stop, a request in flight completes and its outcome is recorded."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    started = asyncio.Event()
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(0.2)
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=started.is_set)
+    assert queue.rows[0].status == "delivered"
+
+
+def test_concurrency_must_be_positive() -> None:
+    """A zero concurrency setting is refused with a clear message."""
+    with pytest.raises(ValueError, match="webhook_concurrency"):
+        Dispatcher(
+            queue=FakeQueue(),  # type: ignore[arg-type]
+            client=httpx.AsyncClient(),
+            dead_letters=DeadLetterPolicy(FakeProducer(FakeQueue()), CODEC, "webhooks"),
+            retry=RetryPolicy(1, 1, 1),
+            concurrency=0,
+            timeout_s=1,
+        )
