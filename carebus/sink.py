@@ -55,7 +55,7 @@ _DATA_ERRORS: Final = (
     asyncpg.exceptions.IntegrityConstraintViolationError,
 )
 # Worth waiting out: connection loss, a restarting or overloaded server, broker outages.
-_TRANSIENT_ERRORS: Final = (
+TRANSIENT_ERRORS: Final = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
@@ -123,7 +123,7 @@ class Backoff:
             try:
                 await attempt()
                 return
-            except _TRANSIENT_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 metrics.SINK_RETRIES.labels(sink, step).inc()
                 log.warning(
                     "sink.retry", step=step, error=type(exc).__name__, retry_in_s=round(delay, 2)

@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-import asyncpg
 import httpx
-from confluent_kafka import KafkaException
 
 from carebus import metrics
-from carebus.deadletter import DeadLetterPolicy, DeadLettersUnacknowledgedError, Reason
-from carebus.sink import Backoff, StopRequestedError
+from carebus.deadletter import DeadLetterPolicy, Reason
+from carebus.sink import TRANSIENT_ERRORS, Backoff, StopRequestedError
 from carebus.telemetry import get_logger
 from carebus.topics import AGENCIES
 
@@ -36,15 +34,6 @@ NAME: Final = "webhooks"
 _DRAIN_LIMIT: Final = 64 * 1024
 # The shortest sleep when a head is due but was not claimed (another dispatcher had it locked).
 _MIN_WAIT_S: Final = 0.05
-# Outages worth waiting out (the same kinds carebus.sink retries).
-_TRANSIENT_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    KafkaException,
-    DeadLettersUnacknowledgedError,
-)
 _WEBHOOK_REMOVED: Final = (
     "the organisation's webhook was removed before delivery; "
     "the delivery stays readable over GET /v1/deliveries"
@@ -117,7 +106,7 @@ class Dispatcher:
                 try:
                     timeout = await self._dispatch_once(stop)
                     delay = self._backoff.initial_s
-                except _TRANSIENT_ERRORS as exc:
+                except TRANSIENT_ERRORS as exc:  # outages worth waiting out, as every sink does
                     metrics.SINK_RETRIES.labels(NAME, "dispatch").inc()
                     log.warning("webhooks.dispatch_retry", error=type(exc).__name__)
                     timeout, delay = delay, min(delay * 2, self._backoff.maximum_s)
