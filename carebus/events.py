@@ -354,9 +354,13 @@ def _event_ref(value: object, path: str, problems: list[Problem]) -> str | None:
     return None
 
 
-def _org_id(value: object, path: str, problems: list[Problem]) -> str | None:
+def check_org_id(
+    value: object, path: str, problems: list[Problem], *, required: bool = True
+) -> str | None:
+    """A 9-digit organisation number at `path`, or None with the problem recorded."""
     if value is None:
-        problems.append(Problem(path, "is required"))
+        if required:
+            problems.append(Problem(path, "is required"))
     elif not isinstance(value, str) or not _ORG_ID.fullmatch(value):
         problems.append(Problem(path, ORG_ID_PROBLEM))
     else:
@@ -364,9 +368,10 @@ def _org_id(value: object, path: str, problems: list[Problem]) -> str | None:
     return None
 
 
-def _choice(
+def check_choice(
     value: object, symbols: tuple[str, ...], path: str, problems: list[Problem]
 ) -> str | None:
+    """One of `symbols` at `path`, or None with the problem recorded."""
     if value is None:
         problems.append(Problem(path, "is required"))
     elif not isinstance(value, str) or value not in symbols:
@@ -418,8 +423,8 @@ def _organisation(value: object, path: str, problems: list[Problem]) -> dict[str
         problems.append(Problem(path, "must be an object with agency and org_id"))
         return None
     _unknown_fields(value, frozenset({"agency", "org_id"}), path, "an organisation", problems)
-    agency = _choice(value.get("agency"), AGENCIES, _join(path, "agency"), problems)
-    org_id = _org_id(value.get("org_id"), _join(path, "org_id"), problems)
+    agency = check_choice(value.get("agency"), AGENCIES, _join(path, "agency"), problems)
+    org_id = check_org_id(value.get("org_id"), _join(path, "org_id"), problems)
     if agency is None or org_id is None:
         return None
     return {"agency": agency, "org_id": org_id}
@@ -452,8 +457,8 @@ def _source(value: object, problems: list[Problem]) -> tuple[str, str, str | Non
         problems.append(Problem("source", "must be an object with agency, org_id and system"))
         return None
     _unknown_fields(value, frozenset({"agency", "org_id", "system"}), "source", "source", problems)
-    agency = _choice(value.get("agency"), AGENCIES, "source.agency", problems)
-    org_id = _org_id(value.get("org_id"), "source.org_id", problems)
+    agency = check_choice(value.get("agency"), AGENCIES, "source.agency", problems)
+    org_id = check_org_id(value.get("org_id"), "source.org_id", problems)
     system = value.get("system")
     if system is not None:
         system = _text(system, "source.system", problems)
@@ -486,7 +491,7 @@ _Validator = Callable[[object, str, list[Problem]], object]
 
 _VALIDATORS: Final[Mapping[str, _Validator]] = {
     "bool": _bool,
-    "org": _org_id,
+    "org": check_org_id,
     "time": lambda value, path, problems: _time(value, path, problems, required=True),
     "event_ref": _event_ref,
     "text": _text,
@@ -515,7 +520,7 @@ def _payload(value: object, event_type: object, problems: list[Problem]) -> dict
         if raw is None and not spec.required:
             continue  # an optional field sent as null is the same as one left out
         if spec.kind == "enum":
-            parsed: object = _choice(raw, spec.symbols, path, problems)
+            parsed: object = check_choice(raw, spec.symbols, path, problems)
         else:
             parsed = _VALIDATORS[spec.kind](raw, path, problems)
         if parsed is not None:

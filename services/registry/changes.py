@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from carebus.events import ORG_ID_PROBLEM, Problem, parse_time
+from carebus.events import Problem, check_choice, check_org_id, parse_time
 from carebus.identity import validate_nin
 from carebus.topics import AGENCIES
 
@@ -21,7 +20,6 @@ CARE_TEAM_ROLES: Final = ("coordinator", "gp", "participant")
 MEMBERSHIP_STATUSES: Final = ("member", "removed")
 MAX_RECORDED_BY: Final = 200
 
-_ORG_ID: Final = re.compile(r"[0-9]{9}")
 _CONSENT_FIELDS: Final = frozenset(
     {"nin", "recipient", "categories", "status", "valid_from", "valid_to", "recorded_by"}
 )
@@ -60,7 +58,7 @@ def parse_consent(raw: object) -> tuple[Consent | None, list[Problem]]:
     problems = _unknown_fields(raw, _CONSENT_FIELDS, "", "a consent")
     nin = _nin(raw.get("nin"), problems)
     recipient = _recipient(raw.get("recipient"), problems)
-    status = _choice(raw.get("status"), CONSENT_STATUSES, "status", problems)
+    status = check_choice(raw.get("status"), CONSENT_STATUSES, "status", problems)
     categories = _categories(raw.get("categories"), status, problems)
     valid_from = parse_time(raw.get("valid_from"), "valid_from", problems, required=True)
     valid_to = parse_time(raw.get("valid_to"), "valid_to", problems, required=False)
@@ -95,10 +93,10 @@ def parse_care_team_change(raw: object) -> tuple[CareTeamChange | None, list[Pro
         return None, [Problem("body", "must be a JSON object")]
     problems = _unknown_fields(raw, _CARE_TEAM_FIELDS, "", "a care-team change")
     nin = _nin(raw.get("nin"), problems)
-    agency = _choice(raw.get("agency"), AGENCIES, "agency", problems)
-    org_id = _org_id(raw.get("org_id"), "org_id", problems, required=True)
-    role = _choice(raw.get("role"), CARE_TEAM_ROLES, "role", problems)
-    status = _choice(raw.get("status"), MEMBERSHIP_STATUSES, "status", problems)
+    agency = check_choice(raw.get("agency"), AGENCIES, "agency", problems)
+    org_id = check_org_id(raw.get("org_id"), "org_id", problems, required=True)
+    role = check_choice(raw.get("role"), CARE_TEAM_ROLES, "role", problems)
+    status = check_choice(raw.get("status"), MEMBERSHIP_STATUSES, "status", problems)
     if problems:
         return None, problems
     assert nin is not None
@@ -177,29 +175,6 @@ def _nin(value: object, problems: list[Problem]) -> str | None:
     return value
 
 
-def _choice(
-    value: object, symbols: tuple[str, ...], path: str, problems: list[Problem]
-) -> str | None:
-    if value is None:
-        problems.append(Problem(path, "is required"))
-    elif not isinstance(value, str) or value not in symbols:
-        problems.append(Problem(path, "must be one of: " + ", ".join(symbols)))
-    else:
-        return value
-    return None
-
-
-def _org_id(value: object, path: str, problems: list[Problem], *, required: bool) -> str | None:
-    if value is None:
-        if required:
-            problems.append(Problem(path, "is required"))
-    elif not isinstance(value, str) or not _ORG_ID.fullmatch(value):
-        problems.append(Problem(path, ORG_ID_PROBLEM))
-    else:
-        return value
-    return None
-
-
 def _text(value: object, path: str, problems: list[Problem]) -> str | None:
     if value is None:
         problems.append(Problem(path, "is required"))
@@ -225,8 +200,8 @@ def _recipient(value: object, problems: list[Problem]) -> tuple[str, str | None]
     problems.extend(
         _unknown_fields(value, frozenset({"agency", "org_id"}), "recipient", "a recipient")
     )
-    agency = _choice(value.get("agency"), AGENCIES, "recipient.agency", problems)
-    org_id = _org_id(value.get("org_id"), "recipient.org_id", problems, required=False)
+    agency = check_choice(value.get("agency"), AGENCIES, "recipient.agency", problems)
+    org_id = check_org_id(value.get("org_id"), "recipient.org_id", problems, required=False)
     if agency is None or len(problems) > before:
         return None
     return agency, org_id
