@@ -15,13 +15,16 @@ STAMP := $(VENV)/.installed
 install: tools $(STAMP)
 
 # Java runs the local Kafka broker, Maven fetches its jars, docker-compose validates the
-# production stack description. Debian's packages, installed once; PostgreSQL is installed by
-# `carebus up` / the test stack when it is missing.
+# production stack description, chromium + chromium-driver run the browser test (tests/e2e)
+# offline. Debian's packages, installed once; PostgreSQL is installed by `carebus up` / the
+# test stack when it is missing.
 tools:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "needed: apt-get install -y --no-install-recommends$$missing (as root)" >&2; exit 1; \

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     webhook_retry_for_s: float = 48 * 3600.0
     webhook_concurrency: int = 32
 
+    # Deadline alerts: the reviewed SLA rule file, and a file of the same format whose rules
+    # replace same-id rules for one run (`carebus up --sla-rules FILE`: tests use seconds).
+    sla_rules: Path = PROJECT_ROOT / "policy" / "sla.yaml"
+    sla_rules_override: Path | None = None
+    # How often the SLA engine scans the deadline index for breached obligations.
+    sla_scan_interval_s: float = 1.0
+    # How often the inbox flags alerts left unacknowledged past their escalation time.
+    inbox_escalation_interval_s: float = 1.0
+
     def service_url(self, port: int) -> str:
         return f"http://{self.http_host}:{port}"
 

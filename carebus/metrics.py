@@ -142,3 +142,26 @@ ROUTING_DECISIONS: Final = Counter(
     "withheld reason.",
     ["event_type", "decision", "basis", "reason"],
 )
+
+ALERTS_ESCALATED: Final = Counter(
+    "carebus_alerts_escalated_total",
+    "Alerts the inbox flagged escalated: still open past their rule's escalation time.",
+)
+INBOX_ACTIONS: Final = Counter(
+    "carebus_inbox_actions_total",
+    "Acknowledge and resolve calls on alerts, by action (ack, resolve) and result (changed, "
+    "unchanged: a repeat or an alert already past that state).",
+    ["action", "result"],
+)
+INBOX_STREAMS: Final = Gauge(
+    "carebus_inbox_streams",
+    "Live alert streams (GET /v1/alerts/stream) open on this inbox process.",
+)
+INBOX_STREAM_FRAMES: Final = Counter(
+    "carebus_inbox_stream_frames_total",
+    "Alert changes sent to live streams, one per stream that may see the alert.",
+)
+INBOX_LISTEN_RECONNECTS: Final = Counter(
+    "carebus_inbox_listen_reconnects_total",
+    "Times the inbox re-established its LISTEN connection for alert changes after losing it.",
+)

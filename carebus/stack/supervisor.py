@@ -80,8 +80,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("inbox", "services.inbox", "inbox_port"),
     ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
     ServiceSpec("router", "services.router", metrics_port=18091),
+    ServiceSpec("sla", "services.sla", metrics_port=18092),
     ServiceSpec("audit_store", "consumers.audit_store", metrics_port=18093),
     ServiceSpec("webhooks", "consumers.webhooks", metrics_port=18094),
+    ServiceSpec("alert_store", "consumers.alert_store", metrics_port=18095),
 )
 
 

@@ -183,7 +183,14 @@ def test_every_event_type_has_a_schema(codec: Codec) -> None:
         "no.carebus.v1.DischargeReadyWithdrawnEvent"
     )
     assert DEAD_LETTER in codec.catalogue
-    others = {"DeadLetter", "ConsentChange", "CareTeamChange", "Delivery", "Disclosure"}
+    others = {
+        "DeadLetter",
+        "ConsentChange",
+        "CareTeamChange",
+        "Delivery",
+        "Disclosure",
+        "Alert",
+    }
     assert set(codec.catalogue.names) == {
         *(event_schema_name(t) for t in EVENT_TYPES),
         *(f"no.carebus.v1.{name}" for name in others),

@@ -1,0 +1,154 @@
+"""The alert store sink: the SLA engine's alerts from `care.alerts.v1` into the inbox table.
+
+Every `no.carebus.v1.Alert` record is written idempotently to `alerts` (keyed by `alert_id`):
+
+- an alert not yet stored is inserted as the record says (`open`, or `resolved` with
+  `resolved_at` = the record's `changed_at`); a null recipient is the unassigned queue;
+- a `resolved` record for a stored alert that is not resolved yet resolves it, whatever a
+  coordinator did with it meanwhile: the engine's resolution (fulfilment, cancellation) wins
+  over `open` and `acknowledged`, and its `event_ids` (trigger and fulfilment) replace the row's;
+- anything else is a replay and changes nothing.
+
+Each row inserted or changed is announced with `pg_notify('carebus_alerts', alert_id)` in the
+same transaction, so the inbox's live stream hears of it exactly when it becomes visible. The
+payload is the alert id only, never personal data.
+
+Records of another schema are skipped and counted; a record that contradicts itself (an
+unknown status or audience, a privacy-officer alert without a recipient) is dead-lettered.
+
+Run it with `python -m consumers.alert_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from confluent_kafka import Message
+
+from carebus import topics
+from carebus.codec import Decoded
+from carebus.config import Settings, get_settings
+from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+
+NAME: Final = "alert-store"
+GROUP_ID: Final = "carebus-alert-store"
+BATCH_SIZE: Final = 1000
+
+ALERT_SCHEMA: Final = "no.carebus.v1.Alert"
+# The channel the inbox LISTENs on (services/inbox/live.py names the same channel).
+CHANNEL: Final = "carebus_alerts"
+
+_STATUSES: Final = frozenset({"open", "resolved"})
+_AUDIENCES: Final = frozenset({"coordinator", "privacy_officer"})
+
+# One statement per record: the INSERT and the UPDATE see the same snapshot, so the UPDATE
+# only ever touches a row stored before this record (an insert leaves nothing to resolve).
+# Records of one batch run one after another, so "open, then resolved" in one batch works.
+_STORE_ALERT: Final = """
+    WITH inserted AS (
+        INSERT INTO alerts (
+            alert_id, rule_id, title, kind, status, resolution, subject_key, nin,
+            recipient_agency, recipient_org, audience, contact_agency, contact_org, deadline,
+            breached_at, escalate_at, summary, event_ids, rules_version, resolved_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                $18, $19, CASE WHEN $5 = 'resolved' THEN $20::timestamptz END)
+        ON CONFLICT (alert_id) DO NOTHING
+        RETURNING alert_id
+    ), resolved AS (
+        UPDATE alerts
+        SET status = 'resolved', resolution = $6, resolved_at = $20, event_ids = $18,
+            updated_at = clock_timestamp()
+        WHERE alert_id = $1 AND $5 = 'resolved' AND status <> 'resolved'
+        RETURNING alert_id
+    )
+    SELECT pg_notify('carebus_alerts', changed.alert_id)
+    FROM (SELECT alert_id FROM inserted UNION ALL SELECT alert_id FROM resolved) AS changed
+"""
+
+
+def _text(record: Mapping[str, Any], name: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidRecordError(f"`{name}` is empty")
+    return value
+
+
+def _organisation(value: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    return value["agency"], _text(value, "org_id")
+
+
+def alert_row(record: Mapping[str, Any]) -> Row:
+    """The parameters of `_STORE_ALERT` for one Alert record; InvalidRecordError if it is
+    self-contradicting."""
+    status = record["status"]
+    if status not in _STATUSES:
+        raise InvalidRecordError(f"status `{status}` is not one this store knows")
+    audience = record["audience"]
+    if audience not in _AUDIENCES:
+        raise InvalidRecordError(f"audience `{audience}` is not one this store knows")
+    recipient_agency, recipient_org = _organisation(record.get("recipient"))
+    if audience == "privacy_officer" and recipient_org is None:
+        raise InvalidRecordError("a privacy-officer alert needs a recipient organisation")
+    contact_agency, contact_org = _organisation(record.get("contact"))
+    subject = record.get("subject")
+    return (
+        _text(record, "alert_id"),
+        _text(record, "rule_id"),
+        record["title"],
+        record["kind"],
+        status,
+        record.get("resolution"),
+        _text(record, "subject_key"),
+        subject["nin"] if subject else None,
+        recipient_agency,
+        recipient_org,
+        audience,
+        contact_agency,
+        contact_org,
+        record.get("deadline"),
+        record["breached_at"],
+        record["escalate_at"],
+        record["summary"],
+        list(record["event_ids"]),
+        record["rules_version"],
+        record["changed_at"],
+    )
+
+
+class AlertStoreWriter:
+    """Turns Alert records into inserts or engine resolutions of `alerts`, each announced."""
+
+    async def prepare(self, conn: Connection) -> None:
+        return None
+
+    def row(self, decoded: Decoded, message: Message) -> Row | None:
+        if decoded.schema_name != ALERT_SCHEMA:
+            return None
+        return alert_row(decoded.record)
+
+    async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
+        await conn.executemany(_STORE_ALERT, rows)
+
+
+def spec(settings: Settings) -> SinkSpec:
+    return SinkSpec(
+        name=NAME,
+        group_id=GROUP_ID,
+        topics=(topics.ALERTS,),
+        writer=AlertStoreWriter(),
+        metrics_port=settings.metrics_port,
+        batch_size=BATCH_SIZE,
+    )
+
+
+def main() -> None:
+    settings = get_settings()
+    asyncio.run(run_sink(spec(settings), settings))
+
+
+if __name__ == "__main__":
+    main()

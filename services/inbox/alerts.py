@@ -1,0 +1,99 @@
+"""What the inbox knows about alerts without any I/O: who may see one, its JSON, the filters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from carebus.events import rfc3339
+
+# A row of `alerts` as asyncpg returns it, or any mapping with the same keys (tests).
+AlertRow = asyncpg.Record | Mapping[str, Any]
+
+STATUSES: Final = ("open", "acknowledged", "resolved")
+INBOX_ROLES: Final = ("coordinator", "privacy_officer")
+MAX_RULE_ID: Final = 200
+
+
+def can_see(role: str, org_id: str, recipient_org: str | None, audience: str) -> bool:
+    """Whether a caller of `role` in `org_id` may see an alert sent to `recipient_org`.
+
+    A coordinator sees its organisation's coordinator alerts; a privacy officer sees its
+    organisation's privacy-officer alerts and the unassigned queue (no recipient known).
+    """
+    if role == "coordinator":
+        return recipient_org == org_id and audience == "coordinator"
+    if role == "privacy_officer":
+        return recipient_org is None or (recipient_org == org_id and audience == "privacy_officer")
+    return False
+
+
+def _time(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment is not None else None
+
+
+def _organisation(agency: str | None, org_id: str | None) -> dict[str, str] | None:
+    if agency is None or org_id is None:
+        return None
+    return {"agency": agency, "org_id": org_id}
+
+
+def alert_json(row: AlertRow) -> dict[str, Any]:
+    """One alert as the inbox serves it; `subject` only when the recipient may know the person."""
+    alert: dict[str, Any] = {
+        "alert_id": row["alert_id"],
+        "rule_id": row["rule_id"],
+        "title": row["title"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "resolution": row["resolution"],
+        "escalated": row["escalated"],
+        "deadline": _time(row["deadline"]),
+        "breached_at": rfc3339(row["breached_at"]),
+        "escalate_at": rfc3339(row["escalate_at"]),
+        "recipient": _organisation(row["recipient_agency"], row["recipient_org"]),
+    }
+    if row["nin"] is not None:
+        alert["subject"] = {"nin": row["nin"]}
+    alert["contact"] = _organisation(row["contact_agency"], row["contact_org"])
+    alert["summary"] = row["summary"]
+    alert["event_ids"] = list(row["event_ids"])
+    alert["acknowledged_at"] = _time(row["acknowledged_at"])
+    alert["resolved_at"] = _time(row["resolved_at"])
+    return alert
+
+
+class FilterError(ValueError):
+    """A query parameter the inbox cannot use; `problem` is safe to show the caller."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """Which of the caller's alerts a list asks for; None means any."""
+
+    status: str | None = None
+    rule_id: str | None = None
+    escalated: bool | None = None
+
+
+def parse_filter(status: str | None, rule_id: str | None, escalated: str | None) -> AlertFilter:
+    """The filter of `GET /v1/alerts`; FilterError naming the parameter at fault."""
+    if status is not None and status not in STATUSES:
+        raise FilterError("status", f"must be one of {', '.join(STATUSES)}")
+    if rule_id is not None and not 0 < len(rule_id) <= MAX_RULE_ID:
+        raise FilterError("rule_id", f"must be 1 to {MAX_RULE_ID} characters")
+    flag: bool | None = None
+    if escalated is not None:
+        if escalated not in ("true", "false"):
+            raise FilterError("escalated", "must be true or false")
+        flag = escalated == "true"
+    return AlertFilter(status=status, rule_id=rule_id, escalated=flag)

@@ -1,0 +1,257 @@
+"""The inbox service: coordinators' and privacy officers' alerts over HTTP, live, and as a page.
+
+Wiring only: the rules (who sees what, the JSON, the filters) are in `alerts.py`, the SQL in
+`store.py`, the live fan-out in `live.py`. Two background tasks run with the app: the feed's
+LISTEN connection and the escalation scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import asyncpg
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from carebus import metrics
+from carebus.auth import Principal, TokenCache
+from carebus.config import Settings, get_settings
+from carebus.db import create_pool
+from carebus.http import ApiError, create_app, principal_dependency
+from carebus.telemetry import get_logger
+from services.inbox.alerts import AlertRow, FilterError, alert_json, can_see, parse_filter
+from services.inbox.live import AlertFeed, Subscriber
+from services.inbox.paging import Cursor, CursorError
+from services.inbox.store import AlertStore, Change
+
+log = get_logger(__name__)
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+KEEPALIVE_S: Final = 15.0
+PAGE: Final = Path(__file__).parent / "static" / "index.html"
+PAGE_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+        "style-src 'self' 'unsafe-inline'; connect-src 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+_DATABASE_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Organisation(BaseModel):
+    agency: str
+    org_id: str
+
+
+class Subject(BaseModel):
+    nin: str
+
+
+class Alert(BaseModel):
+    alert_id: str
+    rule_id: str
+    title: str
+    kind: str
+    status: Literal["open", "acknowledged", "resolved"]
+    resolution: str | None = Field(
+        description="fulfilled_late, fulfilled_late_report, cancelled or resolved_by_recipient."
+    )
+    escalated: bool
+    deadline: datetime | None
+    breached_at: datetime
+    escalate_at: datetime
+    recipient: Organisation | None = Field(description="null: the unassigned queue.")
+    subject: Subject | None = Field(
+        default=None, description="Present only when the recipient may know the person."
+    )
+    contact: Organisation | None
+    summary: str
+    event_ids: list[str]
+    acknowledged_at: datetime | None
+    resolved_at: datetime | None
+
+
+class AlertList(BaseModel):
+    items: list[Alert]
+    next: str | None = Field(description="Cursor for the next page; null when none follows.")
+
+
+_LIST_DOC = (
+    "The caller's alerts, ordered by breached_at then alert_id. A coordinator sees its "
+    "organisation's coordinator alerts; a privacy officer its organisation's privacy-officer "
+    "alerts and the unassigned queue."
+)
+_STREAM_DOC = (
+    "Server-sent events: `event: alert` with the alert JSON whenever one the caller may see is "
+    "raised or changes, `event: resync` when changes may have been missed (reload the list), "
+    "and a `: keepalive` comment every 15 s."
+)
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    """The inbox app wired to the real database."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings, min_size=1, max_size=10)
+        store = AlertStore(pool)
+        feed = AlertFeed(settings.postgres_dsn, store.load)
+        app.state.tokens = TokenCache(pool)
+        app.state.store = store
+        app.state.feed = feed
+        background = [
+            asyncio.create_task(feed.run(), name="inbox-feed"),
+            asyncio.create_task(
+                escalate_forever(store, settings.inbox_escalation_interval_s),
+                name="inbox-escalation",
+            ),
+        ]
+        try:
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await pool.close()
+
+    app = create_app("inbox", title="carebus inbox", lifespan=lifespan)
+    inbox_roles = principal_dependency("coordinator", "privacy_officer")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return Response(PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
+
+    @app.get("/v1/alerts", response_model=AlertList, description=_LIST_DOC)
+    async def list_alerts(
+        request: Request,
+        status: str | None = Query(default=None, description="open, acknowledged or resolved."),
+        rule_id: str | None = Query(default=None),
+        escalated: str | None = Query(default=None, description="true or false."),
+        cursor: str | None = Query(default=None, description="`next` of the previous page."),
+        limit: int = Query(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+        caller: Principal = Depends(inbox_roles),
+    ) -> JSONResponse:
+        try:
+            wanted = parse_filter(status, rule_id, escalated)
+        except FilterError as error:
+            raise ApiError(
+                422, f"`{error.field}` is invalid", [(error.field, error.problem)]
+            ) from None
+        try:
+            after = Cursor.decode(cursor) if cursor is not None else None
+        except CursorError as error:
+            raise ApiError(422, "`cursor` is invalid", [("cursor", str(error))]) from None
+        store: AlertStore = request.app.state.store
+        found = await store.page(caller, wanted, after=after, limit=limit)
+        return JSONResponse(
+            {
+                "items": [alert_json(row) for row in found.rows],
+                "next": found.next.encode() if found.next else None,
+            }
+        )
+
+    # Declared before /v1/alerts/{alert_id}, which would otherwise take "stream" for an id.
+    @app.get(
+        "/v1/alerts/stream",
+        description=_STREAM_DOC,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def stream_alerts(
+        request: Request, caller: Principal = Depends(inbox_roles)
+    ) -> StreamingResponse:
+        feed: AlertFeed = request.app.state.feed
+        return StreamingResponse(
+            _frames(feed, caller), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
+
+    @app.get("/v1/alerts/{alert_id}", response_model=Alert)
+    async def get_alert(
+        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+    ) -> JSONResponse:
+        store: AlertStore = request.app.state.store
+        return JSONResponse(alert_json(_visible(await store.get(alert_id), caller)))
+
+    @app.post("/v1/alerts/{alert_id}/ack", response_model=Alert)
+    async def acknowledge(
+        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+    ) -> JSONResponse:
+        store: AlertStore = request.app.state.store
+        _visible(await store.get(alert_id), caller)
+        change = await store.acknowledge(alert_id, caller.token_id)
+        return _changed("ack", change)
+
+    @app.post("/v1/alerts/{alert_id}/resolve", response_model=Alert)
+    async def resolve(
+        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+    ) -> JSONResponse:
+        store: AlertStore = request.app.state.store
+        _visible(await store.get(alert_id), caller)
+        change = await store.resolve(alert_id, caller.token_id)
+        return _changed("resolve", change)
+
+    return app
+
+
+def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:
+    """The alert if `caller` may see it; 404 if there is none, 403 if it is someone else's."""
+    if row is None:
+        raise ApiError(404, "no such alert", [("alert_id", "unknown")])
+    if not can_see(caller.role, caller.org_id, row["recipient_org"], row["audience"]):
+        raise ApiError(403, "the alert is not addressed to you", [("alert_id", "not yours")])
+    return row
+
+
+def _changed(action: str, change: Change | None) -> JSONResponse:
+    if change is None:  # visible a moment ago; alerts are never deleted, but be exact
+        raise ApiError(404, "no such alert", [("alert_id", "unknown")])
+    result = "changed" if change.changed else "unchanged"
+    metrics.INBOX_ACTIONS.labels(action, result).inc()
+    log.info(f"inbox.{action}", alert_id=change.row["alert_id"], result=result)
+    return JSONResponse(alert_json(change.row))
+
+
+async def _frames(feed: AlertFeed, caller: Principal) -> AsyncIterator[str]:
+    """The caller's stream: subscribed before the first line, so nothing after it is missed."""
+    subscriber: Subscriber = feed.subscribe(caller)
+    try:
+        yield ": connected\n\n"
+        while True:
+            try:
+                frame = await asyncio.wait_for(subscriber.frames.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if frame is None:
+                return
+            yield frame
+    finally:
+        feed.unsubscribe(subscriber)
+
+
+async def escalate_forever(store: AlertStore, interval_s: float) -> None:
+    """Flag alerts left open past their escalation time, every `interval_s`, until cancelled."""
+    while True:
+        try:
+            escalated = await store.escalate_due()
+        except _DATABASE_ERRORS as exc:
+            log.warning("inbox.escalation_failed", error=type(exc).__name__)
+        else:
+            if escalated:
+                metrics.ALERTS_ESCALATED.inc(len(escalated))
+                log.info("inbox.escalated", alerts=len(escalated))
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,178 @@
+"""Live alert changes: one LISTEN connection per inbox process, fanned out to its SSE streams.
+
+The alert store sink and the inbox itself `pg_notify('carebus_alerts', alert_id)` in the
+transaction that changes an alert. The feed queues the ids it hears, loads those alerts in
+notification order (one loader, so a later state is never overtaken by an earlier one) and
+hands each one, as a ready SSE frame, to every stream whose caller may see it.
+
+A stream that falls too far behind is closed (its client reconnects and reloads the list). When
+the LISTEN connection is lost the feed reconnects with backoff and tells every stream to reload,
+since changes made while it was away were not heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+from carebus import metrics
+from carebus.auth import Principal
+from carebus.telemetry import get_logger
+from services.inbox.alerts import AlertRow, alert_json, can_see
+from services.inbox.store import CHANNEL
+
+log = get_logger(__name__)
+
+# The LISTEN connection's application_name, so operators (and tests) can find it.
+LISTENER_NAME: Final = "carebus-inbox-listen"
+# Sent to a stream after the LISTEN connection came back: changes may have been missed.
+RESYNC_FRAME: Final = "event: resync\ndata: {}\n\n"
+_CONNECTION_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+Loader = Callable[[Sequence[str]], Awaitable[Sequence[AlertRow]]]
+
+
+def alert_frame(alert: dict[str, Any]) -> str:
+    """One alert as a server-sent event (JSON has no raw newline, so one `data:` line)."""
+    return "event: alert\ndata: " + json.dumps(alert, separators=(",", ":")) + "\n\n"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One open stream: who is reading it, and the frames waiting to be sent (None: close)."""
+
+    role: str
+    org_id: str
+    frames: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(1000))
+
+    def offer(self, frame: str) -> None:
+        """Queue `frame`; a stream that cannot keep up is told to close instead."""
+        try:
+            self.frames.put_nowait(frame)
+        except asyncio.QueueFull:
+            while not self.frames.empty():
+                self.frames.get_nowait()
+            self.frames.put_nowait(None)
+
+
+class AlertFeed:
+    """Listens for alert changes and hands each to the streams allowed to see it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        load: Loader,
+        *,
+        ping_interval_s: float = 5.0,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._load = load
+        self._ping_interval_s = ping_interval_s
+        self._max_backoff_s = max_backoff_s
+        self._subscribers: set[Subscriber] = set()
+        self._heard: asyncio.Queue[str] = asyncio.Queue()
+        self.connected = False
+
+    def subscribe(self, caller: Principal) -> Subscriber:
+        subscriber = Subscriber(caller.role, caller.org_id)
+        self._subscribers.add(subscriber)
+        metrics.INBOX_STREAMS.set(len(self._subscribers))
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        metrics.INBOX_STREAMS.set(len(self._subscribers))
+
+    async def run(self) -> None:
+        """Listen and fan out until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._listen())
+            tasks.create_task(self._fan_out())
+
+    def publish(self, rows: Sequence[AlertRow]) -> None:
+        """Hand each alert to every stream whose caller may see it."""
+        for row in rows:
+            frame: str | None = None
+            for subscriber in list(self._subscribers):
+                if not can_see(
+                    subscriber.role, subscriber.org_id, row["recipient_org"], row["audience"]
+                ):
+                    continue
+                frame = frame or alert_frame(alert_json(row))
+                subscriber.offer(frame)
+                metrics.INBOX_STREAM_FRAMES.inc()
+
+    def _heard_change(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self._heard.put_nowait(str(payload))
+
+    def _resync(self) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.offer(RESYNC_FRAME)
+
+    async def _fan_out(self) -> None:
+        while True:
+            alert_ids = [await self._heard.get()]
+            while not self._heard.empty():
+                alert_ids.append(self._heard.get_nowait())
+            # An alert changed twice since the last load is loaded (and sent) once.
+            unique = list(dict.fromkeys(alert_ids))
+            try:
+                rows = await self._load(unique)
+            except _CONNECTION_ERRORS as exc:
+                log.warning("inbox.feed_load_failed", error=type(exc).__name__)
+                self._resync()
+                continue
+            self.publish(rows)
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        first = True
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": LISTENER_NAME}
+                )
+            except _CONNECTION_ERRORS as exc:
+                log.warning("inbox.listen_connect_failed", error=type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+                continue
+            try:
+                await self._listen_on(conn, first=first)
+            except _CONNECTION_ERRORS as exc:
+                log.warning("inbox.listen_lost", error=type(exc).__name__)
+            finally:
+                self.connected = False
+                with contextlib.suppress(*_CONNECTION_ERRORS):
+                    conn.terminate()
+            first = False
+            backoff = 0.2
+            await asyncio.sleep(backoff)
+
+    async def _listen_on(self, conn: asyncpg.Connection, *, first: bool) -> None:
+        """Until the connection is lost: LISTEN, and ping so a silent loss is noticed too."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, self._heard_change)
+        self.connected = True
+        log.info("inbox.listening", reconnected=not first)
+        if not first:
+            metrics.INBOX_LISTEN_RECONNECTS.inc()
+            self._resync()
+        while not lost.is_set():
+            try:
+                await asyncio.wait_for(lost.wait(), self._ping_interval_s)
+            except TimeoutError:
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), self._ping_interval_s)

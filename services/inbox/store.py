@@ -1,0 +1,151 @@
+"""The inbox's reads and writes on `alerts`; every change is announced on `carebus_alerts`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import asyncpg
+
+from carebus.auth import Principal
+from services.inbox.alerts import AlertFilter, AlertRow
+from services.inbox.paging import Cursor
+
+# The channel the alert store sink and this service notify, with the alert id as payload.
+CHANNEL: Final = "carebus_alerts"
+
+_COLUMNS: Final = """
+    alert_id, rule_id, title, kind, status, resolution, escalated, nin, recipient_agency,
+    recipient_org, audience, contact_agency, contact_org, deadline, breached_at, escalate_at,
+    summary, event_ids, acknowledged_at, resolved_at
+"""
+# services.inbox.alerts.can_see in SQL, one condition per role ($1: the caller's org_id).
+_VISIBLE: Final = {
+    "coordinator": "recipient_org = $1 AND audience = 'coordinator'",
+    "privacy_officer": (
+        "((recipient_org = $1 AND audience = 'privacy_officer') OR recipient_org IS NULL)"
+    ),
+}
+# Bounds that every stored row satisfies, so one statement serves the first page and the rest.
+_BEGINNING: Final = Cursor(datetime.fromisoformat("0001-01-01T00:00:00+00:00"), "")
+
+_PAGE: Final = """
+    SELECT {columns} FROM alerts
+    WHERE {visible}
+      AND ($2::text IS NULL OR status = $2)
+      AND ($3::text IS NULL OR rule_id = $3)
+      AND ($4::boolean IS NULL OR escalated = $4)
+      AND (breached_at, alert_id) > ($5, $6)
+    ORDER BY breached_at, alert_id
+    LIMIT $7
+"""
+_ONE: Final = f"SELECT {_COLUMNS} FROM alerts WHERE alert_id = $1"  # noqa: S608
+_SOME: Final = f"SELECT {_COLUMNS} FROM alerts WHERE alert_id = ANY($1::text[])"  # noqa: S608
+_ACKNOWLEDGE: Final = f"""
+    UPDATE alerts
+    SET status = 'acknowledged', acknowledged_at = clock_timestamp(), acknowledged_by = $2,
+        updated_at = clock_timestamp()
+    WHERE alert_id = $1 AND status = 'open'
+    RETURNING {_COLUMNS}
+"""  # noqa: S608
+_RESOLVE: Final = f"""
+    UPDATE alerts
+    SET status = 'resolved', resolution = 'resolved_by_recipient',
+        resolved_at = clock_timestamp(), resolved_by = $2, updated_at = clock_timestamp()
+    WHERE alert_id = $1 AND status <> 'resolved'
+    RETURNING {_COLUMNS}
+"""  # noqa: S608
+# Row locks make two inbox processes escalate each alert once: the second re-checks
+# `NOT escalated` after the first commits.
+_ESCALATE: Final = """
+    WITH escalated AS (
+        UPDATE alerts
+        SET escalated = true, escalated_at = clock_timestamp(), updated_at = clock_timestamp()
+        WHERE status = 'open' AND NOT escalated AND escalate_at <= clock_timestamp()
+        RETURNING alert_id
+    )
+    SELECT alert_id FROM escalated
+"""
+_NOTIFY: Final = "SELECT pg_notify($1, alert_id) FROM unnest($2::text[]) AS alert_id"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPage:
+    """Alert rows in list order and the cursor after the last one, if more follow."""
+
+    rows: Sequence[AlertRow]
+    next: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An alert after an acknowledge or resolve call, and whether the call changed it."""
+
+    row: AlertRow
+    changed: bool
+
+
+class AlertStore:
+    """Queries and state changes over the table the alert store sink fills."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def page(
+        self, caller: Principal, wanted: AlertFilter, *, after: Cursor | None, limit: int
+    ) -> AlertPage:
+        """Up to `limit` alerts `caller` may see, matching `wanted`, after `after`."""
+        start = after or _BEGINNING
+        query = _PAGE.format(columns=_COLUMNS, visible=_VISIBLE[caller.role])
+        rows = await self._pool.fetch(
+            query,
+            caller.org_id,
+            wanted.status,
+            wanted.rule_id,
+            wanted.escalated,
+            start.breached_at,
+            start.alert_id,
+            limit + 1,  # one more than asked tells whether another page follows
+        )
+        page = rows[:limit]
+        more = len(rows) > limit
+        cursor = Cursor(page[-1]["breached_at"], page[-1]["alert_id"]) if more else None
+        return AlertPage(page, cursor)
+
+    async def get(self, alert_id: str) -> AlertRow | None:
+        row: AlertRow | None = await self._pool.fetchrow(_ONE, alert_id)
+        return row
+
+    async def load(self, alert_ids: Sequence[str]) -> list[AlertRow]:
+        """The alerts with these ids that exist, in the order of `alert_ids`."""
+        rows = await self._pool.fetch(_SOME, list(alert_ids))
+        by_id = {row["alert_id"]: row for row in rows}
+        return [by_id[alert_id] for alert_id in alert_ids if alert_id in by_id]
+
+    async def acknowledge(self, alert_id: str, token_id: uuid.UUID) -> Change | None:
+        """open -> acknowledged; any other state is left as it is. None if unknown."""
+        return await self._change(_ACKNOWLEDGE, alert_id, token_id)
+
+    async def resolve(self, alert_id: str, token_id: uuid.UUID) -> Change | None:
+        """-> resolved by the recipient, unless already resolved. None if unknown."""
+        return await self._change(_RESOLVE, alert_id, token_id)
+
+    async def _change(self, statement: str, alert_id: str, token_id: uuid.UUID) -> Change | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(statement, alert_id, token_id)
+            if row is not None:
+                await conn.execute(_NOTIFY, CHANNEL, [alert_id])
+                return Change(row, changed=True)
+            current = await conn.fetchrow(_ONE, alert_id)
+            return Change(current, changed=False) if current is not None else None
+
+    async def escalate_due(self) -> list[str]:
+        """Flag every open alert past its escalation time; the ids flagged, each announced."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            alert_ids = [row["alert_id"] for row in await conn.fetch(_ESCALATE)]
+            if alert_ids:
+                await conn.execute(_NOTIFY, CHANNEL, alert_ids)
+            return alert_ids

@@ -1,0 +1,300 @@
+"""The inbox page in headless Chromium: sign in, see a new alert arrive live, acknowledge it."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from carebus import topics
+from carebus.auth import create_token
+from carebus.codec import Codec
+from carebus.identity import subject_key
+from carebus.kafka import producer_config
+from carebus.testing import EventFactory, ServiceProcess, TestStack
+from services.inbox.live import LISTENER_NAME
+
+pytestmark = pytest.mark.integration
+
+CODEC = Codec.default()
+ALERT = "no.carebus.v1.Alert"
+FACTORY = EventFactory()
+OSLO = ZoneInfo("Europe/Oslo")
+WAIT_S = 30.0
+SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL | re.IGNORECASE)
+T = TypeVar("T")
+
+
+def new_org() -> str:
+    """A fresh 9-digit organisation number, so the page shows only this test's alerts."""
+    return f"7{uuid.uuid4().int % 10**8:08d}"
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    org_id: str
+    token: str
+
+
+@pytest.fixture
+async def coordinator(db: asyncpg.Connection) -> Coordinator:
+    org_id = new_org()
+    token = await create_token(db, agency="municipality", org_id=org_id, role="coordinator")
+    return Coordinator(org_id, token)
+
+
+def alert(
+    stack: TestStack,
+    recipient: str | None,
+    *,
+    audience: str = "coordinator",
+    title: str = "Reply to a discharge-ready notice",
+    overdue: timedelta = timedelta(hours=3, minutes=12, seconds=30),
+) -> dict[str, Any]:
+    """An open Alert record as the SLA engine writes it (alert.avsc), deadline `overdue` ago."""
+    nin = FACTORY.nin()
+    now = datetime.now(UTC).replace(microsecond=0)
+    return {
+        "alert_id": f"alert-e2e-{uuid.uuid4().hex}",
+        "rule_id": "discharge-ready-reply",
+        "title": title,
+        "kind": "deadline_missed",
+        "status": "open",
+        "resolution": None,
+        "subject_key": subject_key(nin, stack.settings.subject_key_secret.get_secret_value()),
+        "subject": {"nin": nin},
+        "recipient": {"agency": "municipality", "org_id": recipient} if recipient else None,
+        "audience": audience,
+        "contact": {"agency": "dps", "org_id": "974705788"},
+        "deadline": now - overdue,
+        "breached_at": now - overdue + timedelta(minutes=1),
+        "escalate_at": now + timedelta(days=1),
+        "summary": "No reply to the discharge-ready notice.",
+        "event_ids": [f"dps-974705788-{uuid.uuid4().hex[:12]}"],
+        "rules_version": "test-1",
+        "changed_at": now,
+    }
+
+
+def produce(stack: TestStack, records: Sequence[dict[str, Any]]) -> None:
+    """Produce alert records on care.alerts.v1 and wait for the broker's acknowledgement."""
+    producer = Producer(producer_config(stack.settings, f"test-e2e-{uuid.uuid4().hex}"))
+    failures: list[Any] = []
+    for record in records:
+        producer.produce(
+            topics.ALERTS,
+            key=record["subject_key"].encode(),
+            value=CODEC.encode(ALERT, record),
+            on_delivery=lambda e, _m: failures.append(e),
+        )
+    assert producer.flush(30) == 0
+    assert [e for e in failures if e is not None] == []
+
+
+def until(condition: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
+    """Poll `condition` (outside the browser) until it returns something other than None."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result is not None:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(0.1)
+
+
+class InboxPage:
+    """The inbox page as the DOM contract describes it (services/inbox/static/index.html)."""
+
+    def __init__(self, driver: WebDriver, inbox: ServiceProcess) -> None:
+        self.driver = driver
+        self.inbox = inbox
+
+    def open(self) -> None:
+        self.driver.get(f"{self.inbox.url}/")
+
+    def sign_in(self, token: str) -> None:
+        self.driver.find_element(By.CSS_SELECTOR, "input#token").send_keys(token)
+        self.driver.find_element(By.CSS_SELECTOR, "button#signin").click()
+
+    def element(self, selector: str) -> WebElement:
+        return self.driver.find_element(By.CSS_SELECTOR, selector)
+
+    def text(self, selector: str) -> str:
+        return self.element(selector).text.strip()
+
+    def row(self, alert_id: str) -> WebElement | None:
+        rows = self.driver.find_elements(
+            By.CSS_SELECTOR, f'table#alerts tbody tr[data-alert-id="{alert_id}"]'
+        )
+        return rows[0] if rows else None
+
+    def row_ids(self) -> list[str]:
+        rows = self.driver.find_elements(By.CSS_SELECTOR, "table#alerts tbody tr[data-alert-id]")
+        return [str(row.get_attribute("data-alert-id")) for row in rows]
+
+    def wait(self, condition: Callable[[], T | None], what: str, timeout_s: float = WAIT_S) -> T:
+        """Until `condition` returns something truthy, or fail with what the browser shows."""
+        try:
+            result = WebDriverWait(
+                self.driver,
+                timeout_s,
+                poll_frequency=0.1,
+                ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+            ).until(lambda _driver: condition() or False)
+        except TimeoutException:
+            raise AssertionError(
+                f"not within {timeout_s:.0f} s: {what}\n{self.diagnostics()}"
+            ) from None
+        return result
+
+    def diagnostics(self) -> str:
+        """The page's DOM tail, the browser console and the inbox log, for failure messages."""
+        parts = []
+        try:
+            # Without the inline script, the tail of the source is the table and its rows.
+            source = SCRIPT.sub("<script>…</script>", self.driver.page_source)
+            parts.append(f"--- page source (tail) ---\n{source[-4000:]}")
+            console = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+            lines = [f"{entry['level']} {entry['message']}" for entry in console]
+            parts.append("--- browser console ---\n" + ("\n".join(lines) or "(empty)"))
+        except WebDriverException as exc:
+            parts.append(f"--- browser unavailable: {exc.msg} ---")
+        parts.append(f"--- inbox log (tail) ---\n{self.inbox.log_tail(30)}")
+        return "\n".join(parts)
+
+
+def stored_values(driver: WebDriver) -> list[str]:
+    """Every value the page keeps in sessionStorage."""
+    return list(driver.execute_script("return Object.values(sessionStorage);"))
+
+
+def listening(stack: TestStack) -> bool | None:
+    """True once the inbox's LISTEN connection is in the database (else None, to poll on)."""
+    with psycopg.connect(stack.settings.postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (LISTENER_NAME,)
+        ).fetchone()
+    return True if row and row[0] > 0 else None
+
+
+def refused(http: httpx.Client, token: str, alert_id: str) -> int | None:
+    """403 once the alert is stored but not the caller's (404 before it is stored: None)."""
+    response = http.get(f"/v1/alerts/{alert_id}", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code in {403, 404}, response.text
+    return response.status_code if response.status_code == 403 else None
+
+
+def test_a_new_alert_appears_live_and_can_be_acknowledged(
+    stack: TestStack, inbox: ServiceProcess, browser: WebDriver, coordinator: Coordinator
+) -> None:
+    """An alert raised after sign-in shows up without reload, others' never; ack reaches the API."""
+    page = InboxPage(browser, inbox)
+    page.open()
+    assert not page.element("#signed-in").is_displayed(), page.diagnostics()
+    assert page.text("#live") == "offline", page.diagnostics()
+
+    page.sign_in(coordinator.token)
+    page.wait(lambda: page.element("#signed-in").is_displayed(), "#signed-in is shown")
+    page.wait(lambda: page.text("#live") == "live", '#live reads "live"')
+    assert coordinator.token in stored_values(browser), "the token is kept in sessionStorage"
+    assert browser.get_cookies() == []
+    assert coordinator.token not in browser.current_url
+    until(lambda: listening(stack), "the inbox LISTENs for alert changes")
+
+    browser.execute_script("window.__marker = 1;")
+    mine = alert(stack, coordinator.org_id, title=f"Reply overdue {uuid.uuid4().hex[:8]}")
+    not_mine = [
+        alert(stack, new_org()),  # another organisation's coordinator alert
+        alert(stack, coordinator.org_id, audience="privacy_officer"),  # not a coordinator's
+        alert(stack, None),  # the unassigned queue is the privacy officers'
+    ]
+    produce(stack, [*not_mine, mine])
+
+    row = page.wait(lambda: page.row(mine["alert_id"]), "the new alert's row appears")
+    assert browser.execute_script("return window.__marker;") == 1, "the page was reloaded"
+    cells = {
+        field: row.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text.strip()
+        for field in ("subject", "title", "deadline", "overdue", "status")
+    }
+    deadline_oslo = mine["deadline"].astimezone(OSLO)
+    assert cells["subject"] == mine["subject"]["nin"], cells
+    assert cells["title"] == mine["title"], cells
+    assert cells["status"] == "open", cells
+    assert deadline_oslo.strftime("%H:%M") in cells["deadline"], (cells, deadline_oslo)
+    assert re.fullmatch(r"3 h 1[23] min overdue", cells["overdue"]), cells
+    ack = row.find_element(By.CSS_SELECTOR, 'button[data-action="ack"]')
+    resolve = row.find_element(By.CSS_SELECTOR, 'button[data-action="resolve"]')
+    assert ack.is_enabled(), page.diagnostics()
+    assert resolve.is_enabled(), page.diagnostics()
+
+    # The feed hands notifications on in the order they were committed: once all the invisible
+    # alerts are stored, an alert produced after them arrives after any frame they caused.
+    with httpx.Client(base_url=inbox.url or "", timeout=10) as http:
+        for record in not_mine:
+            until(
+                partial(refused, http, coordinator.token, record["alert_id"]),
+                "another audience's alert is stored and refused to this coordinator",
+            )
+        later = alert(stack, coordinator.org_id)
+        produce(stack, [later])
+        page.wait(lambda: page.row(later["alert_id"]), "a later alert's row appears")
+        assert sorted(page.row_ids()) == sorted([mine["alert_id"], later["alert_id"]]), (
+            page.diagnostics()
+        )
+
+        ack.click()
+        page.wait(
+            lambda: (
+                row.find_element(By.CSS_SELECTOR, '[data-field="status"]').text.strip()
+                == "acknowledged"
+            ),
+            'the status cell reads "acknowledged" after Acknowledge',
+        )
+        assert not ack.is_enabled(), page.diagnostics()
+        assert resolve.is_enabled(), page.diagnostics()
+        assert not page.element("#error").is_displayed(), page.diagnostics()
+        assert browser.execute_script("return window.__marker;") == 1, "the page was reloaded"
+
+        response = http.get(
+            f"/v1/alerts/{mine['alert_id']}",
+            headers={"Authorization": f"Bearer {coordinator.token}"},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "acknowledged", body
+    assert body["acknowledged_at"] is not None, body
+
+
+def test_an_unknown_token_is_refused_on_the_page(inbox: ServiceProcess, browser: WebDriver) -> None:
+    """Signing in with an unknown token shows an error, stays signed out and stores nothing."""
+    page = InboxPage(browser, inbox)
+    page.open()
+    unknown = f"cb_{uuid.uuid4().hex}"
+    page.sign_in(unknown)
+    page.wait(lambda: page.element("#error").is_displayed(), "#error is shown")
+    assert page.text("#error"), page.diagnostics()
+    assert not page.element("#signed-in").is_displayed(), page.diagnostics()
+    assert page.text("#live") == "offline", page.diagnostics()
+    assert unknown not in stored_values(browser), "a refused token is not kept"

@@ -1,0 +1,269 @@
+"""The inbox's pure parts: visibility, alert JSON, filters, cursors, record checks, fan-out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from carebus.auth import Principal
+from carebus.sink import InvalidRecordError
+from consumers.alert_store import alert_row
+from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
+from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
+from services.inbox.paging import Cursor, CursorError
+
+ORG = "940493021"
+OTHER = "974705788"
+MOMENT = datetime(2026, 11, 23, 7, 15, 0, 250000, tzinfo=UTC)
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    """A row of `alerts` as the store selects it."""
+    base: dict[str, Any] = {
+        "alert_id": "alert-1",
+        "rule_id": "discharge-ready-reply",
+        "title": "Reply to a discharge-ready notice",
+        "kind": "deadline_missed",
+        "status": "open",
+        "resolution": None,
+        "escalated": False,
+        "nin": "12345678901",
+        "recipient_agency": "municipality",
+        "recipient_org": ORG,
+        "audience": "coordinator",
+        "contact_agency": "dps",
+        "contact_org": OTHER,
+        "deadline": MOMENT,
+        "breached_at": MOMENT + timedelta(hours=1),
+        "escalate_at": MOMENT + timedelta(hours=2),
+        "summary": "No reply.",
+        "event_ids": ["dps-1"],
+        "acknowledged_at": None,
+        "resolved_at": None,
+    }
+    base.update(changes)
+    return base
+
+
+def record(**changes: Any) -> dict[str, Any]:
+    """A decoded no.carebus.v1.Alert record."""
+    base: dict[str, Any] = {
+        "alert_id": "alert-1",
+        "rule_id": "discharge-ready-reply",
+        "title": "Reply to a discharge-ready notice",
+        "kind": "deadline_missed",
+        "status": "open",
+        "resolution": None,
+        "subject_key": "ab" * 32,
+        "subject": {"nin": "12345678901"},
+        "recipient": {"agency": "municipality", "org_id": ORG},
+        "audience": "coordinator",
+        "contact": None,
+        "deadline": None,
+        "breached_at": MOMENT,
+        "escalate_at": MOMENT,
+        "summary": "No reply.",
+        "event_ids": ["dps-1"],
+        "rules_version": "1",
+        "changed_at": MOMENT,
+    }
+    base.update(changes)
+    return base
+
+
+# --- who sees what --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "recipient_org", "audience", "visible"),
+    [
+        ("coordinator", ORG, "coordinator", True),
+        ("coordinator", ORG, "privacy_officer", False),
+        ("coordinator", OTHER, "coordinator", False),
+        ("coordinator", None, "coordinator", False),
+        ("privacy_officer", ORG, "privacy_officer", True),
+        ("privacy_officer", ORG, "coordinator", False),
+        ("privacy_officer", OTHER, "privacy_officer", False),
+        ("privacy_officer", None, "coordinator", True),
+        ("system", ORG, "coordinator", False),
+        ("admin", None, "coordinator", False),
+    ],
+)
+def test_visibility_follows_role_organisation_and_audience(
+    role: str, recipient_org: str | None, audience: str, visible: bool
+) -> None:
+    """Coordinators see their org's coordinator alerts; officers theirs plus the queue."""
+    assert can_see(role, ORG, recipient_org, audience) is visible
+
+
+# --- the alert JSON -------------------------------------------------------------------------
+
+
+def test_alert_json_has_the_contract_fields_in_utc() -> None:
+    """Times are RFC 3339 UTC with Z, organisations are objects, the nin is the subject."""
+    alert = alert_json(row())
+    assert alert == {
+        "alert_id": "alert-1",
+        "rule_id": "discharge-ready-reply",
+        "title": "Reply to a discharge-ready notice",
+        "kind": "deadline_missed",
+        "status": "open",
+        "resolution": None,
+        "escalated": False,
+        "deadline": "2026-11-23T07:15:00.250000Z",
+        "breached_at": "2026-11-23T08:15:00.250000Z",
+        "escalate_at": "2026-11-23T09:15:00.250000Z",
+        "recipient": {"agency": "municipality", "org_id": ORG},
+        "subject": {"nin": "12345678901"},
+        "contact": {"agency": "dps", "org_id": OTHER},
+        "summary": "No reply.",
+        "event_ids": ["dps-1"],
+        "acknowledged_at": None,
+        "resolved_at": None,
+    }
+
+
+def test_alert_json_omits_the_subject_the_recipient_may_not_know() -> None:
+    """Without a nin the `subject` key is absent; no recipient or contact is null."""
+    alert = alert_json(
+        row(nin=None, recipient_agency=None, recipient_org=None, contact_org=None, deadline=None)
+    )
+    assert "subject" not in alert
+    assert alert["recipient"] is None
+    assert alert["contact"] is None
+    assert alert["deadline"] is None
+
+
+# --- filters and cursors --------------------------------------------------------------------
+
+
+def test_filters_parse_each_allowed_value() -> None:
+    """Absent parameters mean any; status, rule and escalated narrow the list."""
+    assert parse_filter(None, None, None) == AlertFilter()
+    assert parse_filter("acknowledged", "r", "true") == AlertFilter("acknowledged", "r", True)
+    assert parse_filter("open", None, "false").escalated is False
+
+
+@pytest.mark.parametrize(
+    ("status", "rule_id", "escalated", "field"),
+    [
+        ("closed", None, None, "status"),
+        ("OPEN", None, None, "status"),
+        (None, "", None, "rule_id"),
+        (None, "x" * 201, None, "rule_id"),
+        (None, None, "yes", "escalated"),
+        (None, None, "1", "escalated"),
+    ],
+)
+def test_bad_filters_name_their_parameter(
+    status: str | None, rule_id: str | None, escalated: str | None, field: str
+) -> None:
+    """Every unusable value is refused with the parameter it came in."""
+    with pytest.raises(FilterError) as caught:
+        parse_filter(status, rule_id, escalated)
+    assert caught.value.field == field
+
+
+def test_a_cursor_survives_its_round_trip() -> None:
+    """Decoding an encoded cursor gives the same position, in UTC."""
+    cursor = Cursor(MOMENT, "alert-9")
+    token = cursor.encode()
+    assert "=" not in token
+    assert Cursor.decode(token) == cursor
+
+
+@pytest.mark.parametrize("token", ["", "not-a-cursor", "WzEsMiwzXQ", "WyIyMDI2LTExLTIzIiwgMV0"])
+def test_foreign_cursors_are_refused(token: str) -> None:
+    """Anything `encode` did not produce is a CursorError."""
+    with pytest.raises(CursorError):
+        Cursor.decode(token)
+
+
+# --- the alert store's record checks --------------------------------------------------------
+
+
+def test_an_alert_record_becomes_its_row() -> None:
+    """The row carries the nin, the recipient and the change time for resolved_at."""
+    values = alert_row(record(status="resolved", resolution="cancelled"))
+    assert values[0] == "alert-1"
+    assert values[4:6] == ("resolved", "cancelled")
+    assert values[7] == "12345678901"
+    assert values[8:11] == ("municipality", ORG, "coordinator")
+    assert values[-1] == MOMENT
+
+
+def test_the_unassigned_queue_has_no_recipient() -> None:
+    """A coordinator alert without recipient is stored with recipient NULL, no nin if none."""
+    values = alert_row(record(recipient=None, subject=None))
+    assert values[7:10] == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"status": "unknown"},
+        {"audience": "unknown"},
+        {"audience": "privacy_officer", "recipient": None},
+        {"alert_id": ""},
+        {"subject_key": ""},
+    ],
+)
+def test_self_contradicting_records_are_invalid(changes: dict[str, Any]) -> None:
+    """Unknown status or audience and an officer alert to nobody can never be stored."""
+    with pytest.raises(InvalidRecordError) as caught:
+        alert_row(record(**changes))
+    assert "12345678901" not in caught.value.detail
+
+
+# --- fan-out --------------------------------------------------------------------------------
+
+
+async def _unused_loader(_ids: Any) -> list[Any]:
+    return []
+
+
+def principal(role: str, org_id: str) -> Principal:
+    return Principal(uuid.uuid4(), org_id, "municipality", role)
+
+
+async def test_a_change_reaches_only_the_streams_that_may_see_it() -> None:
+    """One alert frame per stream allowed to see it; other organisations' streams get nothing."""
+    feed = AlertFeed("postgresql://unused/x", _unused_loader)
+    mine = feed.subscribe(principal("coordinator", ORG))
+    officer = feed.subscribe(principal("privacy_officer", ORG))
+    other = feed.subscribe(principal("coordinator", OTHER))
+    feed.publish([row(), row(alert_id="queued", recipient_org=None, recipient_agency=None)])
+
+    frame = mine.frames.get_nowait()
+    assert frame is not None
+    assert frame == alert_frame(alert_json(row()))
+    assert mine.frames.empty()
+    queued = officer.frames.get_nowait()
+    assert queued is not None
+    assert json.loads(queued.split("data: ", 1)[1])["alert_id"] == "queued"
+    assert officer.frames.empty()
+    assert other.frames.empty()
+
+    feed.unsubscribe(mine)
+    feed.publish([row()])
+    assert mine.frames.empty()
+
+
+async def test_a_stream_that_falls_behind_is_told_to_close() -> None:
+    """When its queue is full the stream's pending frames are replaced by the close marker."""
+    subscriber = Subscriber("coordinator", ORG)
+    for _ in range(subscriber.frames.maxsize):
+        subscriber.offer(RESYNC_FRAME)
+    subscriber.offer(RESYNC_FRAME)
+    assert subscriber.frames.qsize() == 1
+    assert subscriber.frames.get_nowait() is None
+
+
+def test_an_alert_frame_is_one_sse_event() -> None:
+    """`event: alert`, one `data:` line of JSON, and a blank line."""
+    frame = alert_frame({"summary": "two\nlines"})
+    assert frame == 'event: alert\ndata: {"summary":"two\\nlines"}\n\n'
