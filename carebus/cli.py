@@ -13,14 +13,15 @@ import asyncpg
 import click
 
 from carebus.config import Settings
+from carebus.sla import SlaRulesError, load_rules
 from carebus.stack import LocalStack, StackError
 from carebus.stack.process import tail
-from carebus.stack.supervisor import SERVICES
+from carebus.stack.supervisor import SERVICES, service_named, stop_service
 from carebus.topics import AGENCIES
 
 
-def _stack(echo: bool = True) -> LocalStack:
-    return LocalStack(Settings(), durable=True, echo=click.echo if echo else _quiet)
+def _stack(echo: bool = True, settings: Settings | None = None) -> LocalStack:
+    return LocalStack(settings or Settings(), durable=True, echo=click.echo if echo else _quiet)
 
 
 def _quiet(_: str) -> None:
@@ -38,13 +39,30 @@ def main() -> None:
 
 
 @main.command()
-def up() -> None:
+@click.option(
+    "--sla-rules",
+    "sla_rules",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A rule file of policy/sla.yaml's format whose rules replace same-id rules for this "
+    "run (e.g. deadlines in seconds); the SLA engine is restarted with it.",
+)
+def up(sla_rules: Path | None) -> None:
     """Start Kafka, PostgreSQL, topics, dev tokens and the services; return when all are healthy.
 
     Components that already run are left alone, so running it twice is harmless.
     """
+    settings = Settings()
+    if sla_rules is not None:
+        settings = settings.model_copy(update={"sla_rules_override": sla_rules.resolve()})
+        try:
+            load_rules(settings.sla_rules, settings.sla_rules_override)
+        except SlaRulesError as exc:
+            _fail(exc)
     try:
-        _stack().up()
+        stack = _stack(settings=settings)
+        if sla_rules is not None:
+            stop_service(service_named("sla"), settings)
+        stack.up()
     except (StackError, OSError) as exc:
         _fail(exc)
     click.echo("carebus is up; `carebus status` shows the endpoints and dev tokens")

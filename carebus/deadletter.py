@@ -215,6 +215,31 @@ __all__ = [
     "DECODE_DETAILS",
     "DeadLetterPolicy",
     "DeadLettersUnacknowledgedError",
+    "FaustMessage",
     "Reason",
     "SourceMessage",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class FaustMessage:
+    """A consumed faust message in the shape the dead-letter policy reads."""
+
+    message: Any
+
+    def topic(self) -> str:
+        return str(self.message.topic)
+
+    def partition(self) -> int:
+        return int(self.message.partition)
+
+    def offset(self) -> int:
+        return int(self.message.offset)
+
+    def key(self) -> bytes | None:
+        key = self.message.key
+        return key if key is None or isinstance(key, bytes) else str(key).encode()
+
+    def value(self) -> bytes | None:
+        value = self.message.value
+        return value if value is None or isinstance(value, bytes) else bytes(value)

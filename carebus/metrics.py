@@ -165,3 +165,27 @@ INBOX_LISTEN_RECONNECTS: Final = Counter(
     "carebus_inbox_listen_reconnects_total",
     "Times the inbox re-established its LISTEN connection for alert changes after losing it.",
 )
+
+# --- SLA engine ------------------------------------------------------------------------------
+SLA_ALERTS: Final = Counter(
+    "carebus_sla_alerts_total",
+    "Alert records the SLA engine published, by rule, kind and status (open, resolved).",
+    ["rule_id", "kind", "status"],
+)
+SLA_OPEN_OBLIGATIONS: Final = Gauge(
+    "carebus_sla_open_obligations",
+    "Open obligations with a known deadline (rows of the deadline index).",
+)
+SLA_OVERDUE_OBLIGATIONS: Final = Gauge(
+    "carebus_sla_overdue_obligations",
+    "Open obligations past their deadline that the due scan has not breached yet.",
+)
+SLA_SCAN_SECONDS: Final = Histogram(
+    "carebus_sla_scan_seconds",
+    "Time one due scan took, including publishing the alerts it raised.",
+)
+SLA_EVENTS: Final = Counter(
+    "carebus_sla_events_total",
+    "Records the SLA engine read, by outcome (applied, replayed, dead_lettered).",
+    ["outcome"],
+)

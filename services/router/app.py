@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ from faust.types import EventT
 from carebus import metrics, topics
 from carebus.codec import Codec, DecodeError
 from carebus.config import Settings
-from carebus.deadletter import DeadLetterPolicy, Reason
+from carebus.deadletter import DeadLetterPolicy, FaustMessage, Reason
 from carebus.kafka import producer_config
 from carebus.policy import Policy, load_policy
 from carebus.routing import PersonState, apply, route
@@ -35,30 +34,6 @@ CONSENT_CHANGE = "no.carebus.v1.ConsentChange"
 CARETEAM_CHANGE = "no.carebus.v1.CareTeamChange"
 DELIVERY = "no.carebus.v1.Delivery"
 DISCLOSURE = "no.carebus.v1.Disclosure"
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    """A consumed faust message in the shape the dead-letter policy reads."""
-
-    message: Any
-
-    def topic(self) -> str:
-        return str(self.message.topic)
-
-    def partition(self) -> int:
-        return int(self.message.partition)
-
-    def offset(self) -> int:
-        return int(self.message.offset)
-
-    def key(self) -> bytes | None:
-        key = self.message.key
-        return key if key is None or isinstance(key, bytes) else str(key).encode()
-
-    def value(self) -> bytes | None:
-        value = self.message.value
-        return value if value is None or isinstance(value, bytes) else bytes(value)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -144,7 +119,7 @@ class Router:
                 subject_key=_text(event.message.key),
             )
             self._dead_letters.send(
-                _Message(event.message),
+                FaustMessage(event.message),
                 Reason.INVALID_RECORD,
                 f"routing failed: {type(error).__name__}",
             )
@@ -156,7 +131,7 @@ class Router:
         try:
             decoded = self._codec.decode(message.value or b"")
         except DecodeError as error:
-            self._dead_letters.send_undecodable(_Message(message), error.reason)
+            self._dead_letters.send_undecodable(FaustMessage(message), error.reason)
             self._dead_letters.flush(timeout=30.0)
             return
         table_key = subject_key.encode()

@@ -1,0 +1,234 @@
+"""Alerts as their recipients may see them: recipients with fallbacks, routing's cut, audit.
+
+An alert is a disclosure too. For each recipient organisation the trigger event is routed
+as if it were delivered to it (`carebus.routing.route`): when routing lets the organisation
+learn of the event (or it is the event's own source), the alert names the person and the
+event; otherwise it says only which deadline was missed and whom to contact. Every alert to
+an organisation comes with a Disclosure record for the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from carebus.policy import Policy
+from carebus.routing import PersonState, route
+from carebus.sla import OSLO, Rule, parse_rfc3339, stamp
+
+__all__ = ["AlertContext", "build_alerts", "resolved"]
+
+# The category of the payload fields SLA trigger conditions read; a recipient learns the
+# rule's specific title only if routing lets it see each of these categories.
+FIELD_CATEGORY: Final[dict[str, str]] = {
+    "reason": "health",
+    "admission_kind": "health",
+    "housing_status": "social",
+}
+KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertContext:
+    """What building an alert needs besides the rule and the events."""
+
+    now: datetime
+    routing: PersonState
+    policy: Policy
+    rules_version: str
+
+
+def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None) -> str:
+    text = "\x1f".join(
+        (rule_id, trigger["source"]["org_id"], trigger["event_id"], recipient_org or "unassigned")
+    )
+    return "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def recipients(
+    rule: Rule, trigger: Mapping[str, Any], routing: PersonState
+) -> list[dict[str, Any] | None]:
+    """One organisation per fallback chain (None: the unassigned queue), each at most once."""
+    chosen: list[dict[str, Any] | None] = []
+    for chain in rule.recipients:
+        for role in chain:
+            found = _resolve(role, trigger, routing)
+            if found is not False:
+                if found not in chosen:
+                    chosen.append(found)
+                break
+    return chosen
+
+
+def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any:
+    if role == "source":
+        return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
+    if role == "coordinator":
+        for org_id in sorted(routing.team):
+            member = routing.team[org_id]
+            if member.role == "coordinator":
+                return {"agency": member.agency, "org_id": org_id}
+        return False
+    if role == "home_municipality":
+        home = routing.home_municipality
+        return {"agency": "municipality", "org_id": home} if home else False
+    return None  # unassigned
+
+
+def build_alerts(
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    event_ids: Sequence[str],
+    deadline: str | None,
+    context: AlertContext,
+) -> list[dict[str, Any]]:
+    """The Alert records (JSON form) a breach of `rule` raises, one per recipient."""
+    built = []
+    now = stamp(context.now)
+    contact = _contact(rule, trigger, context.routing)
+    for recipient in recipients(rule, trigger, context.routing):
+        org_id = None if recipient is None else recipient["org_id"]
+        disclosure = _disclosure_for(trigger, org_id, context)
+        knows = disclosure is not None
+        specific = knows and (
+            org_id == trigger["source"]["org_id"]
+            or all(
+                FIELD_CATEGORY.get(name.split(".")[-1], "logistics")
+                in (disclosure or {}).get("categories", ())
+                for name in rule.condition_fields()
+            )
+        )
+        title = rule.title if specific else rule.neutral_title
+        identity = alert_id(rule.rule_id, trigger, org_id)
+        alert: dict[str, Any] = {
+            "alert_id": identity,
+            "rule_id": rule.rule_id,
+            "title": title,
+            "kind": "emergency_disclosure" if rule.kind == "immediate" else KIND[rule.kind],
+            "status": "open",
+            "resolution": None,
+            "subject_key": trigger["subject_key"],
+            "subject": {"nin": trigger["subject"]["nin"]} if knows else None,
+            "recipient": recipient,
+            "audience": rule.audience,
+            "contact": contact,
+            "deadline": deadline,
+            "breached_at": now,
+            "escalate_at": stamp(rule.escalation.after(context.now)),
+            "summary": _summary(rule, title, trigger, event_ids, deadline, contact, knows),
+            "event_ids": list(event_ids),
+            "rules_version": context.rules_version,
+            "changed_at": now,
+        }
+        if disclosure is not None and disclosure.get("basis") is not None:
+            # A disclosure to another organisation is audited on routing's basis. An alert to
+            # the event's own source tells it nothing it does not hold, and one that names no
+            # person discloses no personal data: neither is a disclosure to record.
+            alert["disclosure"] = _audit(alert, trigger, disclosure, context)
+        built.append(alert)
+    return built
+
+
+def resolved(
+    alert: Mapping[str, Any], resolution: str, event_id: str, now: datetime
+) -> dict[str, Any]:
+    """The alert re-published as resolved by the engine (fulfilment or cancellation)."""
+    again = {key: value for key, value in alert.items() if key != "disclosure"}
+    again.update(
+        status="resolved",
+        resolution=resolution,
+        event_ids=[*alert["event_ids"], event_id],
+        changed_at=stamp(now),
+    )
+    return again
+
+
+def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> dict[str, Any]:
+    if rule.contact == "home_municipality" and routing.home_municipality:
+        return {"agency": "municipality", "org_id": routing.home_municipality}
+    return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
+
+
+def _disclosure_for(
+    trigger: Mapping[str, Any], org_id: str | None, context: AlertContext
+) -> dict[str, Any] | None:
+    """What routing lets `org_id` know of the trigger (None: nothing); its own event: all."""
+    if org_id is None:
+        return None
+    if org_id == trigger["source"]["org_id"]:
+        return {
+            "basis": None,
+            "categories": ["logistics", "health", "social", "police"],
+            "fields": [],
+        }
+    routing = route(trigger, context.routing, context.policy, context.now)
+    for decision in routing.disclosures:
+        recipient = decision.get("recipient") or {}
+        if recipient.get("org_id") == org_id and decision["decision"] == "delivered":
+            return decision
+    return None
+
+
+def _summary(
+    rule: Rule,
+    title: str,
+    trigger: Mapping[str, Any],
+    event_ids: Sequence[str],
+    deadline: str | None,
+    contact: Mapping[str, Any],
+    knows: bool,
+) -> str:
+    whom = f"{contact['agency']} {contact['org_id']}"
+    if not knows:
+        return f"{title}. The details are not disclosed to your organisation; contact {whom}."
+    when = _oslo(trigger["occurred_at"])
+    source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
+    if rule.kind == "window":
+        return (
+            f"{title}: {len(event_ids)} events within {rule.window.text if rule.window else ''}, "
+            f"the latest a {trigger['event_type']} at {when} from {source}."
+        )
+    if rule.kind == "immediate":
+        emergency = trigger.get("emergency") or {}
+        named = ", ".join(f"{r['agency']} {r['org_id']}" for r in emergency.get("recipients") or ())
+        return (
+            f"{title}: {trigger['event_type']} at {when} disclosed in an emergency to {named}. "
+            f"Justification: {emergency.get('justification', '')}. "
+            f"Accountable: {emergency.get('accountable', '')}."
+        )
+    due = f"; the deadline was {_oslo(deadline)}" if deadline else ""
+    return f"{title}: {trigger['event_type']} at {when} from {source}{due}. Contact {whom}."
+
+
+def _oslo(moment: str) -> str:
+    return parse_rfc3339(moment).astimezone(OSLO).strftime("%Y-%m-%d %H:%M (Oslo)")
+
+
+def _audit(
+    alert: Mapping[str, Any],
+    trigger: Mapping[str, Any],
+    disclosure: Mapping[str, Any],
+    context: AlertContext,
+) -> dict[str, Any]:
+    recipient = alert["recipient"]
+    return {
+        "audit_id": alert["alert_id"],
+        "event_id": trigger["event_id"],
+        "event_type": "alert",
+        "source_org": trigger["source"]["org_id"],
+        "subject_key": trigger["subject_key"],
+        "recipient": {"agency": recipient["agency"], "org_id": recipient["org_id"]},
+        "decision": "delivered",
+        "reason": None,
+        "basis": disclosure["basis"],
+        "categories": ["logistics"],
+        "fields": ["subject.nin", "event_type", "occurred_at"],
+        "rule_id": f"sla:{alert['rule_id']}",
+        "policy_version": alert["rules_version"],
+        "decided_at": alert["changed_at"],
+        "delivery_id": None,
+        "emergency": alert["kind"] == "emergency_disclosure",
+    }

@@ -1,0 +1,1 @@
+"""The SLA engine: obligations between agencies, tracked in PostgreSQL, breaches as alerts."""

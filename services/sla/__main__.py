@@ -1,0 +1,23 @@
+"""Run the SLA engine worker: `python -m services.sla`."""
+
+from __future__ import annotations
+
+import faust
+
+from carebus.config import get_settings
+from carebus.sink import serve_metrics
+from carebus.telemetry import configure_logging
+from services.sla.app import create_app
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging("sla", settings)
+    app = create_app(settings)
+    serve_metrics(settings.http_host, settings.metrics_port, lambda: True)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

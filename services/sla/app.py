@@ -1,0 +1,293 @@
+"""The SLA engine: reads every person's ordered stream and raises alerts when deadlines pass.
+
+One faust agent reads `care.events.v1`. For each record it locks the person's row of
+`sla_persons`, applies the record to the person's routing state (`carebus.routing.apply`) and
+SLA state (`carebus.obligations.observe`), publishes the Alert and Disclosure records that
+causes, and writes the new state, the person's rows of the deadline index and the record's
+offset in ONE transaction. A replayed record (offset at or below the stored one) is skipped,
+so the database sees every record once although faust delivers at least once.
+
+A timer scans the deadline index (`sla_deadlines`, ordered by deadline: never the persons'
+state) for obligations past their deadline and breaches them under the same row lock. Alerts
+are published before the transaction commits; a crash in between publishes the same
+`alert_id`s again, which the inbox and the audit store keep once. The scan is safe to run
+twice and on several workers at once (`FOR UPDATE SKIP LOCKED`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+import faust
+from confluent_kafka import Producer
+from faust.types import EventT
+
+from carebus import metrics, topics
+from carebus.alerts import AlertContext
+from carebus.auth import Connection
+from carebus.codec import Codec, DecodeError
+from carebus.config import Settings
+from carebus.deadletter import DeadLetterPolicy, FaustMessage, Reason
+from carebus.events import record_to_json
+from carebus.kafka import producer_config
+from carebus.obligations import SlaState, breach_due, observe
+from carebus.policy import Policy, load_policy
+from carebus.publisher import OutgoingRecord, Publisher
+from carebus.routing import CARE_TEAM_CHANGE, CONSENT_CHANGE, PersonState, apply
+from carebus.sla import RuleSet, load_rules, parse_rfc3339
+from carebus.telemetry import get_logger
+
+log = get_logger(__name__)
+
+ALERT: Final = "no.carebus.v1.Alert"
+DISCLOSURE: Final = "no.carebus.v1.Disclosure"
+_ALERT_TIMES: Final = ("deadline", "breached_at", "escalate_at", "changed_at")
+SCAN_BATCH: Final = 500
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The SLA engine's faust app wired to the broker, the database and its rules."""
+    rules = load_rules(settings.sla_rules, settings.sla_rules_override)
+    policy = load_policy(settings.routing_policy)
+    codec = Codec.default()
+    app = faust.App(
+        "carebus-sla",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(settings.state_dir / "sla"),
+        topic_partitions=settings.person_partitions,
+        topic_replication_factor=settings.internal_topic_replication,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        stream_wait_empty=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+    )
+    events_topic = app.topic(
+        topics.EVENTS,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    dead_letters = DeadLetterPolicy(
+        Producer(producer_config(settings, "carebus-sla-deadletters")), codec, consumer="sla"
+    )
+    engine = SlaEngine(settings, rules, policy, codec, dead_letters)
+
+    @app.agent(events_topic)
+    async def track(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await engine.handle(event)
+            yield None
+
+    @app.timer(interval=settings.sla_scan_interval_s)  # type: ignore[untyped-decorator]
+    async def scan() -> None:
+        await engine.scan()
+
+    log.info("sla_rules_loaded", version=rules.version, rules=len(rules.rules))
+    app.sla_engine = engine  # type: ignore[attr-defined]
+    return app
+
+
+class SlaEngine:
+    """What the agent and the timer do; kept apart from faust's wiring so it reads plainly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        policy: Policy,
+        codec: Codec,
+        dead_letters: DeadLetterPolicy,
+    ) -> None:
+        self._settings = settings
+        self._rules = rules
+        self._policy = policy
+        self._codec = codec
+        self._dead_letters = dead_letters
+        self._publisher = Publisher(settings, "carebus-sla")
+        self._pool: asyncpg.Pool | None = None
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self._settings.postgres_dsn, min_size=1, max_size=4
+            )
+        return self._pool
+
+    async def handle(self, event: EventT[bytes]) -> None:
+        """Apply one record; one that cannot be applied is dead-lettered, never retried forever.
+
+        A database or broker outage is not the record's fault: it raises, faust restarts the
+        agent and the record is read again (the offset table makes that harmless).
+        """
+        message = event.message
+        try:
+            decoded = self._codec.decode(message.value or b"")
+        except DecodeError as error:
+            self._dead_letters.send_undecodable(FaustMessage(message), error.reason)
+            self._dead_letters.flush(timeout=30.0)
+            metrics.SLA_EVENTS.labels("dead_lettered").inc()
+            return
+        try:
+            await self._apply(message, decoded.schema_name, decoded.record)
+        except (asyncpg.PostgresConnectionError, OSError, TimeoutError):
+            raise
+        except Exception as error:  # a record the engine cannot apply is a dead letter
+            log.error("sla_record_failed", error_type=type(error).__name__)
+            self._dead_letters.send(
+                FaustMessage(message), Reason.INVALID_RECORD, f"sla failed: {type(error).__name__}"
+            )
+            self._dead_letters.flush(timeout=30.0)
+            metrics.SLA_EVENTS.labels("dead_lettered").inc()
+
+    async def _apply(self, message: Any, schema_name: str, record: dict[str, Any]) -> None:
+        subject_key = _text(message.key)
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            last = await conn.fetchval(
+                'SELECT "offset" FROM sla_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE',
+                message.topic,
+                message.partition,
+            )
+            if last is not None and message.offset <= last:
+                metrics.SLA_EVENTS.labels("replayed").inc()
+                return
+            routing, state = await _load(conn, subject_key, skip_locked=False)
+            routing = apply(routing or PersonState(), schema_name, record)
+            state = state or SlaState()
+            alerts: list[dict[str, Any]] = []
+            if "event_type" in record and schema_name not in (CONSENT_CHANGE, CARE_TEAM_CHANGE):
+                context = self._context(routing)
+                state, alerts = observe(state, record_to_json(record), self._rules, context)
+            await self._publish(subject_key, alerts)
+            await _save(conn, subject_key, state, routing)
+            await conn.execute(
+                'INSERT INTO sla_offsets (topic, partition, "offset") VALUES ($1, $2, $3) '
+                'ON CONFLICT (topic, partition) DO UPDATE SET "offset" = EXCLUDED."offset"',
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+        metrics.SLA_EVENTS.labels("applied").inc()
+
+    async def scan(self) -> int:
+        """Breach every obligation past its deadline; the number of alert records published."""
+        started = time.perf_counter()
+        pool = await self.pool()
+        now = datetime.now(UTC)
+        due = await pool.fetch(
+            "SELECT subject_key FROM sla_deadlines WHERE deadline <= $1 "
+            "GROUP BY subject_key ORDER BY min(deadline) LIMIT $2",
+            now,
+            SCAN_BATCH,
+        )
+        published = 0
+        for row in due:
+            async with pool.acquire() as conn, conn.transaction():
+                routing, state = await _load(conn, row["subject_key"], skip_locked=True)
+                if state is None:
+                    continue  # another worker holds this person right now
+                state, alerts = breach_due(state, self._rules, self._context(routing))
+                await self._publish(row["subject_key"], alerts)
+                await _save(conn, row["subject_key"], state, routing or PersonState())
+                published += len(alerts)
+        counts = await pool.fetchrow(
+            "SELECT count(*) AS open, count(*) FILTER (WHERE deadline <= now()) AS overdue "
+            "FROM sla_deadlines"
+        )
+        assert counts is not None
+        metrics.SLA_OPEN_OBLIGATIONS.set(counts["open"])
+        metrics.SLA_OVERDUE_OBLIGATIONS.set(counts["overdue"])
+        metrics.SLA_SCAN_SECONDS.observe(time.perf_counter() - started)
+        return published
+
+    def _context(self, routing: PersonState | None) -> AlertContext:
+        return AlertContext(
+            now=datetime.now(UTC),
+            routing=routing or PersonState(),
+            policy=self._policy,
+            rules_version=self._rules.version,
+        )
+
+    async def _publish(self, subject_key: str, alerts: Sequence[dict[str, Any]]) -> None:
+        if not alerts:
+            return
+        key = subject_key.encode()
+        outgoing = []
+        for alert in alerts:
+            disclosure = alert.get("disclosure")
+            outgoing.append(
+                OutgoingRecord(topics.ALERTS, key, self._codec.encode(ALERT, alert_record(alert)))
+            )
+            if disclosure is not None:
+                audit = {**disclosure, "decided_at": parse_rfc3339(disclosure["decided_at"])}
+                outgoing.append(
+                    OutgoingRecord(topics.AUDIT, key, self._codec.encode(DISCLOSURE, audit))
+                )
+        await self._publisher.publish(outgoing)
+        for alert in alerts:
+            metrics.SLA_ALERTS.labels(alert["rule_id"], alert["kind"], alert["status"]).inc()
+            log.info(
+                "alert_published",
+                alert_id=alert["alert_id"],
+                rule_id=alert["rule_id"],
+                status=alert["status"],
+                subject_key=subject_key,
+            )
+
+
+def alert_record(alert: dict[str, Any]) -> dict[str, Any]:
+    """The Avro record of an alert in the engine's JSON form (times as datetimes)."""
+    record = {key: value for key, value in alert.items() if key != "disclosure"}
+    for name in _ALERT_TIMES:
+        if record.get(name) is not None:
+            record[name] = parse_rfc3339(record[name])
+    return record
+
+
+async def _load(
+    conn: Connection, subject_key: str, *, skip_locked: bool
+) -> tuple[PersonState | None, SlaState | None]:
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
+    row = await conn.fetchrow(
+        f"SELECT state, routing FROM sla_persons WHERE subject_key = $1 {lock}",  # noqa: S608
+        subject_key,
+    )
+    if row is None:
+        return None, None
+    return (
+        PersonState.from_json(json.loads(row["routing"])),
+        SlaState.from_json(json.loads(row["state"])),
+    )
+
+
+async def _save(conn: Connection, subject_key: str, state: SlaState, routing: PersonState) -> None:
+    await conn.execute(
+        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::jsonb, $3::jsonb) "
+        "ON CONFLICT (subject_key) DO UPDATE SET state = EXCLUDED.state, "
+        "routing = EXCLUDED.routing, updated_at = clock_timestamp()",
+        subject_key,
+        json.dumps(state.to_json(), separators=(",", ":")),
+        json.dumps(routing.to_json(), separators=(",", ":")),
+    )
+    await conn.execute("DELETE FROM sla_deadlines WHERE subject_key = $1", subject_key)
+    deadlines = state.deadlines()
+    if deadlines:
+        await conn.executemany(
+            "INSERT INTO sla_deadlines (subject_key, obligation_id, deadline) VALUES ($1, $2, $3)",
+            [(subject_key, oid, deadline) for oid, deadline in deadlines.items()],
+        )
+
+
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)

@@ -1,0 +1,355 @@
+"""Deadline alerts end to end: gateway → care.events.v1 → SLA engine → care.alerts.v1 → inbox.
+
+Durations are overridden to seconds (a rule file of the same format, as `carebus up
+--sla-rules FILE` passes it), so every obligation here is due within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from carebus.auth import create_token
+from carebus.events import rfc3339
+from carebus.identity import random_nin
+from carebus.testing import ServiceProcess, TestStack
+
+pytestmark = pytest.mark.integration
+
+ORGS = {
+    "dps": "974705788",
+    "municipality": "940493021",
+    "fastlege": "912345675",
+    "nav": "889640782",
+    "police": "974760673",
+    "housing": "987654325",
+}
+DEADLINE_S = 3
+WAIT_S = 60.0
+OVERRIDE = f"""
+version: "test"
+rules:
+  - {{id: health_info.after_admission, deadline: PT{DEADLINE_S}S}}
+  - {{id: municipal_reply.discharge_ready, deadline: PT{DEADLINE_S}S}}
+  - {{id: followup.after_overdose, deadline: PT{DEADLINE_S}S}}
+  - {{id: followup.after_suicide_attempt, deadline: PT{DEADLINE_S}S}}
+  - {{id: epikrise.after_discharge, deadline: PT{DEADLINE_S}S}}
+"""
+
+
+class Bus:
+    """The running services, tokens and a database connection for looking at alerts."""
+
+    def __init__(self, stack: TestStack, tokens: dict[str, str], conn: asyncpg.Connection) -> None:
+        settings = stack.settings
+        self.gateway = httpx.AsyncClient(base_url=settings.service_url(settings.gateway_port))
+        self.registry = httpx.AsyncClient(base_url=settings.service_url(settings.registry_port))
+        self.inbox = httpx.AsyncClient(base_url=settings.service_url(settings.inbox_port))
+        self.tokens = tokens
+        self.conn = conn
+        self.rng = random.Random()
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def publish(
+        self,
+        agency: str,
+        event_type: str,
+        nin: str,
+        payload: dict[str, Any],
+        *,
+        occurred_at: datetime | None = None,
+    ) -> str:
+        event_id = f"{agency}-{uuid.uuid4().hex[:16]}"
+        body = {
+            "event_id": event_id,
+            "event_type": event_type,
+            "occurred_at": rfc3339(occurred_at or datetime.now(UTC)),
+            "source": {"agency": agency, "org_id": ORGS[agency]},
+            "subject": {"nin": nin},
+            "payload": payload,
+        }
+        response = await self.gateway.post("/v1/events", json=body, headers=self.auth(agency))
+        assert response.status_code == 202, response.text
+        return event_id
+
+    async def coordinator(self, nin: str) -> None:
+        body = {
+            "nin": nin,
+            "agency": "municipality",
+            "org_id": ORGS["municipality"],
+            "role": "coordinator",
+            "status": "member",
+        }
+        response = await self.registry.post("/v1/care-teams", json=body, headers=self.auth("admin"))
+        assert response.status_code == 201, response.text
+
+    async def alerts(self, event_id: str, rule_id: str | None = None) -> list[dict[str, Any]]:
+        """Every stored alert whose events include `event_id` (any recipient)."""
+        rows = await self.conn.fetch(
+            "SELECT alert_id, rule_id, status, resolution, recipient_org, nin, audience, "
+            "event_ids FROM alerts "
+            "WHERE $1 = ANY(event_ids) AND ($2::text IS NULL OR rule_id = $2)",
+            event_id,
+            rule_id,
+        )
+        return [dict(row) for row in rows]
+
+    async def alerts_eventually(
+        self, event_id: str, rule_id: str, count: int, timeout_s: float = WAIT_S
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            found = await self.alerts(event_id, rule_id)
+            if len(found) >= count:
+                return found
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"expected {count} alerts of {rule_id}, found {found}")
+
+    async def tracked(self, nin_event_id: str, timeout_s: float = WAIT_S) -> None:
+        """Wait until the SLA engine has applied the event (its person row holds it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = await self.conn.fetchval(
+                "SELECT count(*) FROM sla_persons WHERE state::text LIKE $1",
+                f"%{nin_event_id}%",
+            )
+            if found:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the SLA engine never applied {nin_event_id}")
+
+    async def close(self) -> None:
+        for client in (self.gateway, self.registry, self.inbox):
+            await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def rules_override(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sla") / "sla-seconds.yaml"
+    path.write_text(OVERRIDE, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def services(stack: TestStack, rules_override: Path) -> Iterator[dict[str, ServiceProcess]]:
+    started = {
+        name: stack.start_service(name, env={"CAREBUS_SLA_RULES_OVERRIDE": str(rules_override)})
+        for name in ("gateway", "registry", "sla", "alert_store", "audit_store", "inbox")
+    }
+    yield started
+    for service in reversed(list(started.values())):
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+async def bus(stack: TestStack, services: dict[str, ServiceProcess]) -> AsyncIterator[Bus]:
+    conn = await asyncpg.connect(stack.settings.postgres_dsn)
+    tokens = {
+        agency: await create_token(conn, agency=agency, org_id=org, role="system")
+        for agency, org in ORGS.items()
+    }
+    tokens["coordinator"] = await create_token(
+        conn, agency="municipality", org_id=ORGS["municipality"], role="coordinator"
+    )
+    tokens["admin"] = await create_token(
+        conn, agency="municipality", org_id=ORGS["municipality"], role="admin"
+    )
+    bus = Bus(stack, tokens, conn)
+    # A freshly started faust worker joins its group and catches up with what earlier tests
+    # left on the stream before it applies anything new: wait for one event.
+    warmup = await bus.publish("police", "police_callout", random_nin(bus.rng), callout())
+    await bus.tracked(warmup, timeout_s=180)
+    yield bus
+    await bus.close()
+    await conn.close()
+
+
+def admission(**changes: Any) -> dict[str, Any]:
+    return {
+        "reason": "psychosis",
+        "admission_kind": "voluntary",
+        "housing_status": "stable",
+        "needs_municipal_services": True,
+        "home_municipality_org": ORGS["municipality"],
+        **changes,
+    }
+
+
+def callout() -> dict[str, Any]:
+    return {"kind": "welfare_check", "injuries": False, "location_type": "home"}
+
+
+def discharge_ready(admission_event_id: str) -> dict[str, Any]:
+    return {
+        "admission_event_id": admission_event_id,
+        "needs_municipal_services": True,
+        "housing_status": "homeless",
+    }
+
+
+async def settle() -> None:
+    """Long enough for a deadline of DEADLINE_S to pass and a few scans to run."""
+    await asyncio.sleep(DEADLINE_S + 4)
+
+
+async def test_admission_without_health_information_alerts_once(bus: Bus) -> None:
+    """No health_info_sent after an admission: one alert to DPS and one to the municipality."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission())
+    alerts = await bus.alerts_eventually(admitted, "health_info.after_admission", 2)
+    await settle()
+    alerts = await bus.alerts(admitted, "health_info.after_admission")
+    assert sorted(a["recipient_org"] for a in alerts) == sorted([ORGS["dps"], ORGS["municipality"]])
+    assert all(a["status"] == "open" and a["nin"] == nin for a in alerts)
+    response = await bus.inbox.get(
+        "/v1/alerts", params={"status": "open"}, headers=bus.auth("coordinator")
+    )
+    assert response.status_code == 200, response.text
+    mine = [i for i in response.json()["items"] if admitted in i["event_ids"]]
+    assert len(mine) == 1
+    assert mine[0]["subject"] == {"nin": nin}
+    assert mine[0]["recipient"] == {"agency": "municipality", "org_id": ORGS["municipality"]}
+    audited = await bus.conn.fetchval(
+        "SELECT count(*) FROM disclosures WHERE event_type = 'alert' AND event_id = $1", admitted
+    )
+    assert audited == 1  # the municipality's; DPS's alert is about its own event
+
+
+async def test_health_information_in_time_raises_nothing(bus: Bus) -> None:
+    """health_info_sent before the deadline closes the obligation: no alert, ever."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission())
+    await bus.publish("dps", "health_info_sent", nin, {"admission_event_id": admitted})
+    await settle()
+    assert await bus.alerts(admitted, "health_info.after_admission") == []
+
+
+async def test_late_health_information_resolves_the_alert(bus: Bus) -> None:
+    """health_info_sent that occurred after the deadline resolves the alerts as fulfilled_late."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission())
+    await bus.alerts_eventually(admitted, "health_info.after_admission", 2)
+    sent = await bus.publish("dps", "health_info_sent", nin, {"admission_event_id": admitted})
+    deadline = time.monotonic() + WAIT_S
+    alerts = await bus.alerts(admitted, "health_info.after_admission")
+    while time.monotonic() < deadline and any(a["status"] != "resolved" for a in alerts):
+        await asyncio.sleep(0.25)
+        alerts = await bus.alerts(admitted, "health_info.after_admission")
+    assert [(a["status"], a["resolution"]) for a in alerts] == [("resolved", "fulfilled_late")] * 2
+    assert all(sent in a["event_ids"] for a in alerts)
+
+
+async def test_overdose_discharge_without_followup_alerts_the_coordinator(bus: Bus) -> None:
+    """A discharge after an overdose admission with no followup_contact: one coordinator alert."""
+    nin = random_nin(bus.rng)
+    await bus.coordinator(nin)
+    admitted = await bus.publish(
+        "dps", "admission", nin, admission(reason="overdose", needs_municipal_services=False)
+    )
+    discharged = await bus.publish(
+        "dps",
+        "discharge",
+        nin,
+        {"admission_event_id": admitted, "destination": "home", "crisis_plan": True},
+    )
+    await bus.alerts_eventually(discharged, "followup.after_overdose", 1)
+    await settle()
+    alerts = await bus.alerts(discharged, "followup.after_overdose")
+    assert [(a["recipient_org"], a["audience"], a["nin"]) for a in alerts] == [
+        (ORGS["municipality"], "coordinator", nin)
+    ]
+    assert await bus.alerts(discharged, "followup.after_suicide_attempt") == []
+
+
+async def test_discharge_ready_without_reply_alerts_and_withdrawal_cancels(bus: Bus) -> None:
+    """No municipal_reply to a discharge-ready notice: one alert; withdrawn in time: none."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission())
+    unanswered = await bus.publish("dps", "discharge_ready", nin, discharge_ready(admitted))
+    withdrawn = await bus.publish("dps", "discharge_ready", nin, discharge_ready(admitted))
+    await bus.publish(
+        "dps", "discharge_ready_withdrawn", nin, {"discharge_ready_event_id": withdrawn}
+    )
+    alerts = await bus.alerts_eventually(unanswered, "municipal_reply.discharge_ready", 2)
+    await settle()
+    alerts = await bus.alerts(unanswered, "municipal_reply.discharge_ready")
+    assert sorted(a["recipient_org"] for a in alerts) == sorted([ORGS["municipality"], ORGS["dps"]])
+    assert await bus.alerts(withdrawn, "municipal_reply.discharge_ready") == []
+
+
+async def test_homeless_admission_without_housing_work_alerts(bus: Bus) -> None:
+    """A homeless admission, then discharge_ready with no housing_work_started: one alert."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish(
+        "dps",
+        "admission",
+        nin,
+        admission(housing_status="homeless", needs_municipal_services=False),
+    )
+    housed = await bus.publish(
+        "dps",
+        "admission",
+        nin,
+        admission(housing_status="homeless", needs_municipal_services=False),
+    )
+    await bus.publish("municipality", "housing_work_started", nin, {"admission_event_id": housed})
+    await bus.publish("dps", "discharge_ready", nin, discharge_ready(admitted))
+    await bus.publish("dps", "discharge_ready", nin, discharge_ready(housed))
+    alerts = await bus.alerts_eventually(admitted, "housing_work.homeless_admission", 1)
+    await settle()
+    alerts = await bus.alerts(admitted, "housing_work.homeless_admission")
+    assert [a["recipient_org"] for a in alerts] == [ORGS["municipality"]]
+    assert await bus.alerts(housed, "housing_work.homeless_admission") == []
+
+
+async def test_five_police_callouts_raise_one_meeting_alert(bus: Bus) -> None:
+    """Five callouts for one person within the window: exactly one care-team-meeting alert."""
+    nin = random_nin(bus.rng)
+    await bus.coordinator(nin)
+    start = datetime.now(UTC) - timedelta(days=5)
+    callouts = [
+        await bus.publish(
+            "police", "police_callout", nin, callout(), occurred_at=start + timedelta(days=day)
+        )
+        for day in range(5)
+    ]
+    await bus.alerts_eventually(callouts[2], "care_team_meeting.repeated_incidents", 1)
+    await settle()
+    rows = await bus.conn.fetch(
+        "SELECT alert_id, recipient_org FROM alerts WHERE rule_id = $1 AND event_ids && $2",
+        "care_team_meeting.repeated_incidents",
+        callouts,
+    )
+    assert [row["recipient_org"] for row in rows] == [ORGS["municipality"]]
+
+
+async def test_sla_worker_killed_between_trigger_and_deadline(
+    bus: Bus, stack: TestStack, services: dict[str, ServiceProcess]
+) -> None:
+    """SIGKILL after the trigger is applied, restart after the deadline: the alert comes, once."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission())
+    await bus.tracked(admitted)
+    sla = services["sla"]
+    sla.kill()
+    await asyncio.sleep(DEADLINE_S + 1)
+    assert await bus.alerts(admitted, "health_info.after_admission") == []
+    sla.restart()
+    await bus.alerts_eventually(admitted, "health_info.after_admission", 2, timeout_s=180)
+    await settle()
+    alerts = await bus.alerts(admitted, "health_info.after_admission")
+    assert len(alerts) == 2
+    assert len({a["alert_id"] for a in alerts}) == 2
