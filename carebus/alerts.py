@@ -57,7 +57,8 @@ def recipients(
         for role in chain:
             found = _resolve(role, trigger, routing)
             if found is not False:
-                if found not in chosen:
+                org_ids = [None if c is None else c["org_id"] for c in chosen]
+                if (None if found is None else found["org_id"]) not in org_ids:
                     chosen.append(found)
                 break
     return chosen

@@ -39,7 +39,9 @@ class SlaState:
     """One person's SLA state, JSON-ready (`to_json` / `from_json`).
 
     obligations  obligation_id -> {rule_id, identity, trigger (event JSON), deadline,
-                 status open|breached, breached_at, alerts (raised Alert JSON), fulfilled_by}
+                 status open|breached|closed, breached_at, closed_at, alerts (raised Alert
+                 JSON)}. A closed obligation is kept (for MEMORY) so that a replayed trigger or
+                 fulfilment changes nothing; an immediate rule's alert is kept as breached.
     early        fulfilling or cancelling events seen before their trigger (event JSON)
     admissions   admission event_id -> the fields trigger conditions read, and occurred_at
     windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
@@ -110,7 +112,7 @@ def observe(
         elif rule.kind == "window":
             _count(state, rule, event, alerts, context)
         elif rule.kind == "immediate":
-            alerts.extend(_raise(rule, event, [event], None, context))
+            _raise_immediate(state, rule, event, alerts, context)
     more_state, more_alerts = breach_due(state, rules, context)
     return more_state, alerts + more_alerts
 
@@ -194,8 +196,6 @@ def _open(
             if links_to(rule.before, early, trigger):
                 obligation["deadline"] = early["occurred_at"]
     for early in list(state.early):
-        if parse_rfc3339(early["occurred_at"]) < parse_rfc3339(trigger["occurred_at"]):
-            continue  # happened before the trigger: it answers an earlier one, not this one
         if _settle(state, oid, rule, early, alerts, context):
             state.early.remove(early)
             break
@@ -229,6 +229,10 @@ def _settle(
     cancels = any(links_to(link, event, trigger) for link in rule.cancelled_by)
     if not (fulfils or cancels):
         return False
+    if parse_rfc3339(event["occurred_at"]) < parse_rfc3339(trigger["occurred_at"]):
+        return False  # happened before the trigger: it answers an earlier one, not this one
+    if obligation["status"] == "closed":
+        return True  # a replay, or a second fulfilment: the obligation is settled already
     if obligation["status"] == "open" and obligation.get("deadline") and fulfils:
         occurred = parse_rfc3339(event["occurred_at"])
         if occurred > parse_rfc3339(obligation["deadline"]):
@@ -248,7 +252,7 @@ def _settle(
             resolved(alert, resolution, event["event_id"], context.now)
             for alert in obligation["alerts"]
         )
-    del state.obligations[oid]
+    obligation.update(status="closed", closed_at=stamp(context.now))
     return True
 
 
@@ -309,6 +313,29 @@ def _count(
     alerts.extend(_raise(rule, event, involved, None, context))
 
 
+def _raise_immediate(
+    state: SlaState,
+    rule: Rule,
+    event: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> None:
+    oid = obligation_id(rule.rule_id, event["event_id"], event["source"]["org_id"])
+    if oid in state.obligations:
+        return  # a replayed event: its alert is raised already
+    raised = _raise(rule, event, [event], None, context)
+    state.obligations[oid] = {
+        "rule_id": rule.rule_id,
+        "identity": _identity(rule, event),
+        "trigger": dict(event),
+        "deadline": None,
+        "status": "breached",
+        "breached_at": stamp(context.now),
+        "alerts": raised,
+    }
+    alerts.extend(raised)
+
+
 def _minus(rule: Rule, moment: datetime) -> datetime:
     """`moment` minus the rule's window (the calendar part approximated by 30-day months)."""
     assert rule.window is not None
@@ -338,5 +365,6 @@ def _forget_old(state: SlaState, now: datetime) -> None:
     state.obligations = {
         oid: obligation
         for oid, obligation in state.obligations.items()
-        if obligation["status"] == "open" or parse_rfc3339(obligation["breached_at"]) > horizon
+        if obligation["status"] == "open"
+        or parse_rfc3339(obligation.get("closed_at") or obligation["breached_at"]) > horizon
     }

@@ -74,7 +74,8 @@ class Duration:
             wall = local.replace(tzinfo=None, year=year, month=month, day=day)
             wall += timedelta(days=self.days)
             result = wall.replace(tzinfo=OSLO)
-        return (result + timedelta(seconds=self.seconds)).astimezone(UTC)
+        # Exact time is added in UTC: arithmetic on a zoned datetime moves its wall clock.
+        return result.astimezone(UTC) + timedelta(seconds=self.seconds)
 
 
 def parse_duration(text: str) -> Duration:
@@ -171,6 +172,10 @@ _RULE_KEYS: Final = frozenset(
     }
 )
 
+# A misspelt key inside a trigger or link would silently drop a condition (`wen:` for `when:`).
+_TRIGGER_KEYS: Final = frozenset({"event_type", "event_types", "when", "emergency"})
+_LINK_KEYS: Final = frozenset({"event_type", "link", "when", "differs", "present"})
+
 
 def load_rules(path: Path | str, override: Path | str | None = None) -> RuleSet:
     """The checked rules of `path`, with the rules of `override` replacing same-id rules key
@@ -180,7 +185,9 @@ def load_rules(path: Path | str, override: Path | str | None = None) -> RuleSet:
     version = str(document.get("version", ""))
     if override is not None:
         extra, extra_digest = _read(override)
-        by_id = {rule.get("id"): index for index, rule in enumerate(raw_rules)}
+        by_id = {
+            rule.get("id"): index for index, rule in enumerate(raw_rules) if isinstance(rule, dict)
+        }
         for rule in extra.get("rules") or []:
             if isinstance(rule, dict) and rule.get("id") in by_id:
                 index = by_id[rule["id"]]
@@ -248,6 +255,8 @@ def _rule(raw: object, index: int, problems: list[str]) -> Rule | None:
     if not isinstance(trigger, dict):
         problem("trigger: required mapping")
     else:
+        for key in sorted(set(trigger) - _TRIGGER_KEYS):
+            problem(f"trigger: unknown key {key!r}")
         listed = trigger.get(
             "event_types", [trigger["event_type"]] if "event_type" in trigger else []
         )
@@ -361,6 +370,8 @@ def _link(raw: object, name: str, problem: Any) -> Link | None:
     if not isinstance(raw, dict) or raw.get("event_type") not in EVENT_TYPES:
         problem(f"{name}: needs a known event_type")
         return None
+    for key in sorted(set(raw) - _LINK_KEYS):
+        problem(f"{name}: unknown key {key!r}")
     link = raw.get("link")
     if not isinstance(link, dict) or len(link) != 1:
         problem(f"{name}: link must map one field of the event to one field of the trigger")

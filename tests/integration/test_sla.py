@@ -41,8 +41,8 @@ version: "test"
 rules:
   - {{id: health_info.after_admission, deadline: PT{DEADLINE_S}S}}
   - {{id: municipal_reply.discharge_ready, deadline: PT{DEADLINE_S}S}}
-  - {{id: followup.after_overdose, deadline: PT{DEADLINE_S}S}}
-  - {{id: followup.after_suicide_attempt, deadline: PT{DEADLINE_S}S}}
+  - {{id: followup.discharge_48h, deadline: PT{DEADLINE_S}S}}
+  - {{id: followup.discharge_7d, deadline: PT{DEADLINE_S}S}}
   - {{id: epikrise.after_discharge, deadline: PT{DEADLINE_S}S}}
 """
 
@@ -265,13 +265,13 @@ async def test_overdose_discharge_without_followup_alerts_the_coordinator(bus: B
         nin,
         {"admission_event_id": admitted, "destination": "home", "crisis_plan": True},
     )
-    await bus.alerts_eventually(discharged, "followup.after_overdose", 1)
+    await bus.alerts_eventually(discharged, "followup.discharge_48h", 1)
     await settle()
-    alerts = await bus.alerts(discharged, "followup.after_overdose")
+    alerts = await bus.alerts(discharged, "followup.discharge_48h")
     assert [(a["recipient_org"], a["audience"], a["nin"]) for a in alerts] == [
         (ORGS["municipality"], "coordinator", nin)
     ]
-    assert await bus.alerts(discharged, "followup.after_suicide_attempt") == []
+    assert await bus.alerts(discharged, "followup.discharge_7d") == []
 
 
 async def test_discharge_ready_without_reply_alerts_and_withdrawal_cancels(bus: Bus) -> None:

@@ -1,0 +1,986 @@
+"""Tests for the SLA engine, rule by rule: carebus.sla, carebus.obligations, carebus.alerts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from carebus.alerts import AlertContext
+from carebus.codec import event_schema_name
+from carebus.config import PROJECT_ROOT
+from carebus.events import EXAMPLE_PAYLOADS, rfc3339
+from carebus.obligations import SlaState, breach_due, observe
+from carebus.policy import Policy, load_policy
+from carebus.routing import Member, PersonState, apply
+from carebus.sla import OSLO, RuleSet, SlaRulesError, load_rules, parse_duration
+
+RULES_FILE = PROJECT_ROOT / "policy" / "sla.yaml"
+RULES: RuleSet = load_rules(RULES_FILE)
+POLICY: Policy = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+NIN = "12345678901"
+SUBJECT_KEY = "7" * 64
+
+DPS = ("dps", "974705788")  # the source of hospital events
+MUNI = ("municipality", "940493039")  # the source of applications
+HOME = "940493021"  # the person's home municipality
+COORDINATOR = "940493047"  # a municipality organisation that coordinates the care team
+NAV = "889640790"
+
+
+# --- building events and driving the engine --------------------------------------------------
+
+
+def event(
+    event_type: str,
+    event_id: str,
+    occurred: datetime,
+    *,
+    source: tuple[str, str] = DPS,
+    emergency: dict[str, Any] | None = None,
+    **payload: Any,
+) -> dict[str, Any]:
+    """An event in JSON form (what the SLA service feeds `observe`): example payload + changes."""
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "occurred_at": rfc3339(occurred),
+        "source": {"agency": source[0], "org_id": source[1], "system": "test"},
+        "subject": {"nin": NIN},
+        "subject_key": SUBJECT_KEY,
+        "payload": {**EXAMPLE_PAYLOADS[event_type], **payload},
+        "emergency": emergency,
+    }
+
+
+def routing_with(
+    *, coordinator: str | None, home: str | None, agency: str = "municipality"
+) -> PersonState:
+    """A person's routing state with an optional care-team coordinator and home municipality."""
+    team = {}
+    if coordinator is not None:
+        team[coordinator] = Member(agency, "coordinator", frozenset({"registry"}))
+    return PersonState(team=team, home_municipality=home)
+
+
+SETUPS: dict[str, PersonState] = {
+    "coordinator_and_home": routing_with(coordinator=COORDINATOR, home=HOME),
+    "coordinator_only": routing_with(coordinator=COORDINATOR, home=None),
+    "home_only": routing_with(coordinator=None, home=HOME),
+    "nobody": routing_with(coordinator=None, home=None),
+}
+
+
+class Person:
+    """One person's SLA and routing state, fed events and scans like the SLA service does."""
+
+    def __init__(self, routing: PersonState | None = None, rules: RuleSet = RULES) -> None:
+        self.state = SlaState()
+        self.routing = routing or SETUPS["coordinator_and_home"]
+        self.rules = rules
+
+    def context(self, now: datetime) -> AlertContext:
+        return AlertContext(now, self.routing, POLICY, self.rules.version)
+
+    def see(self, record: dict[str, Any], at: datetime | None = None) -> list[dict[str, Any]]:
+        """Observe `record` arriving at `at` (default: a minute after it occurred)."""
+        now = at or _time(record["occurred_at"]) + MINUTE
+        self.routing = apply(self.routing, event_schema_name(record["event_type"]), record)
+        # A JSON round trip: the state is stored as JSON between events.
+        self.state = SlaState.from_json(json.loads(json.dumps(self.state.to_json())))
+        self.state, alerts = observe(self.state, record, self.rules, self.context(now))
+        return alerts
+
+    def scan(self, now: datetime) -> list[dict[str, Any]]:
+        """The due scan at wall-clock time `now`."""
+        self.state, alerts = breach_due(self.state, self.rules, self.context(now))
+        return alerts
+
+    def deadlines(self, rule_id: str) -> list[datetime]:
+        return sorted(
+            deadline
+            for oid, deadline in self.state.deadlines().items()
+            if self.state.obligations[oid]["rule_id"] == rule_id
+        )
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def of(rule_id: str, alerts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [alert for alert in alerts if alert["rule_id"] == rule_id]
+
+
+def orgs(alerts: Sequence[dict[str, Any]]) -> list[str | None]:
+    return [None if a["recipient"] is None else a["recipient"]["org_id"] for a in alerts]
+
+
+# --- the deadline rules as a table ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to trigger, fulfil and cancel one deadline rule, and whom its breach alerts."""
+
+    rule_id: str
+    prior: Callable[[], list[dict[str, Any]]]  # events the trigger condition needs
+    trigger: Callable[[datetime], dict[str, Any]]
+    deadline: Callable[[datetime], datetime]  # from the trigger's occurred_at
+    fulfil: Callable[[datetime], dict[str, Any]]
+    cancel: Callable[[datetime], dict[str, Any]] | None
+    recipients: Recipients  # per SETUPS key
+
+    def __str__(self) -> str:
+        return self.rule_id
+
+
+def _none() -> list[dict[str, Any]]:
+    return []
+
+
+def _admission_for(reason: str) -> Callable[[], list[dict[str, Any]]]:
+    def prior() -> list[dict[str, Any]]:
+        return [
+            event(
+                "admission",
+                "adm-1",
+                T0 - 3 * DAY,
+                reason=reason,
+                housing_status="stable",
+                needs_municipal_services=False,
+                home_municipality_org=None,
+            )
+        ]
+
+    return prior
+
+
+def _plan(at: datetime, event_id: str, **changes: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "plan_id": "IP-1",
+        "status": "active",
+        "coordinator": None,
+        "participants": [{"agency": "dps", "org_id": DPS[1]}],
+        "next_review_at": rfc3339(T0 + 30 * DAY),
+        **changes,
+    }
+    return event("ip_update", event_id, at, **payload)
+
+
+Recipients = dict[str, list[str | None]]
+EVERYWHERE_SOURCE: Recipients = {setup: [DPS[1]] for setup in SETUPS}
+CHAIN_COORDINATOR_HOME: Recipients = {
+    "coordinator_and_home": [COORDINATOR],
+    "coordinator_only": [COORDINATOR],
+    "home_only": [HOME],
+    "nobody": [None],
+}
+
+CASES: list[Case] = [
+    Case(
+        rule_id="health_info.after_admission",
+        prior=_none,
+        trigger=lambda at: event(
+            "admission",
+            "adm-1",
+            at,
+            needs_municipal_services=True,
+            housing_status="stable",
+            home_municipality_org=None,
+        ),
+        deadline=lambda at: at + 24 * HOUR,
+        fulfil=lambda at: event("health_info_sent", "hi-1", at, admission_event_id="adm-1"),
+        cancel=None,
+        recipients={
+            "coordinator_and_home": [DPS[1], HOME],
+            "coordinator_only": [DPS[1]],
+            "home_only": [DPS[1], HOME],
+            "nobody": [DPS[1]],
+        },
+    ),
+    Case(
+        rule_id="municipal_reply.discharge_ready",
+        prior=_none,
+        trigger=lambda at: event("discharge_ready", "dr-1", at, admission_event_id="adm-0"),
+        deadline=lambda at: at + 4 * HOUR,
+        fulfil=lambda at: event(
+            "municipal_reply", "mr-1", at, source=MUNI, discharge_ready_event_id="dr-1"
+        ),
+        cancel=lambda at: event(
+            "discharge_ready_withdrawn", "drw-1", at, discharge_ready_event_id="dr-1"
+        ),
+        recipients={
+            "coordinator_and_home": [HOME, DPS[1]],
+            "coordinator_only": [COORDINATOR, DPS[1]],
+            "home_only": [HOME, DPS[1]],
+            "nobody": [None, DPS[1]],
+        },
+    ),
+    Case(
+        rule_id="epikrise.after_discharge",
+        prior=_none,
+        trigger=lambda at: event("discharge", "dis-1", at, admission_event_id="adm-1"),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event("epikrise_sent", "epi-1", at, admission_event_id="adm-1"),
+        cancel=None,
+        recipients=EVERYWHERE_SOURCE,
+    ),
+    Case(
+        rule_id="followup.discharge_7d",
+        prior=_admission_for("suicide_attempt"),
+        trigger=lambda at: event("discharge", "dis-1", at, admission_event_id="adm-1"),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.discharge_48h",
+        prior=_admission_for("overdose"),
+        trigger=lambda at: event("discharge", "dis-1", at, admission_event_id="adm-1"),
+        deadline=lambda at: at + 48 * HOUR,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="application.preliminary_reply",
+        prior=_none,
+        trigger=lambda at: event(
+            "application_received", "app-1", at, source=MUNI, application_id="APP-1"
+        ),
+        deadline=lambda at: datetime(2026, 12, 23, 8, 0, tzinfo=UTC),  # P1M on the Oslo calendar
+        fulfil=lambda at: event(
+            "application_preliminary_reply", "pre-1", at, source=MUNI, application_id="APP-1"
+        ),
+        cancel=None,
+        recipients={setup: [MUNI[1]] for setup in SETUPS},
+    ),
+    Case(
+        rule_id="ip.review_due",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1"),
+        deadline=lambda at: T0 + 30 * DAY,
+        fulfil=lambda at: _plan(at, "ip-2", next_review_at=rfc3339(T0 + 100 * DAY)),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="ip.coordinator_missing",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1"),
+        deadline=lambda at: at + 14 * DAY,
+        fulfil=lambda at: _plan(
+            at, "ip-2", coordinator={"agency": "municipality", "org_id": COORDINATOR}
+        ),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients={
+            "coordinator_and_home": [HOME],
+            "coordinator_only": [None],
+            "home_only": [HOME],
+            "nobody": [None],
+        },
+    ),
+]
+CANCELLABLE = [case for case in CASES if case.cancel is not None]
+BY_RULE = pytest.mark.parametrize("case", CASES, ids=str)
+
+
+def triggered(case: Case, person: Person | None = None) -> tuple[Person, datetime]:
+    """A person with the case's trigger seen (occurred T0) and the rule's deadline."""
+    person = person or Person()
+    for record in case.prior():
+        person.see(record)
+    assert of(case.rule_id, person.see(case.trigger(T0))) == []
+    return person, case.deadline(T0)
+
+
+def breached(case: Case, person: Person | None = None) -> tuple[Person, datetime, list[Any]]:
+    """A person whose obligation of `case` was breached by a scan a minute after the deadline."""
+    person, deadline = triggered(case, person)
+    alerts = of(case.rule_id, person.scan(deadline + MINUTE))
+    assert alerts
+    return person, deadline, alerts
+
+
+def test_every_rule_of_the_file_is_covered() -> None:
+    """Each rule of policy/sla.yaml has a table case or a dedicated suite below."""
+    dedicated = {
+        "housing_work.homeless_admission",
+        "care_team_meeting.repeated_incidents",
+        "emergency_disclosure",
+    }
+    assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
+
+
+@BY_RULE
+def test_trigger_opens_an_obligation_without_an_alert(case: Case) -> None:
+    """The trigger opens one obligation with the rule's deadline and alerts nobody before it."""
+    person, deadline = triggered(case)
+    assert person.deadlines(case.rule_id) == [deadline]
+    assert of(case.rule_id, person.scan(deadline - timedelta(seconds=1))) == []
+
+
+@BY_RULE
+def test_fulfilled_in_time_never_alerts(case: Case) -> None:
+    """A fulfilment on time closes the obligation: no alert, not even long after the deadline."""
+    person, deadline = triggered(case)
+    assert of(case.rule_id, person.see(case.fulfil(deadline - HOUR))) == []
+    assert person.deadlines(case.rule_id) == (
+        [T0 + 100 * DAY] if case.rule_id == "ip.review_due" else []
+    )
+    assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
+
+
+@BY_RULE
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_breach_alerts_each_recipient_organisation_once(case: Case, setup: str) -> None:
+    """A scan after the deadline raises one open alert per recipient, fallbacks included."""
+    person, _, alerts = breached(case, Person(SETUPS[setup]))
+    assert orgs(alerts) == case.recipients[setup]
+    deadline = case.deadline(T0)
+    for alert in alerts:
+        assert alert["status"] == "open"
+        assert alert["resolution"] is None
+        assert alert["deadline"] == rfc3339(deadline)
+        assert alert["event_ids"] == [case.trigger(T0)["event_id"]]
+        assert alert["kind"] == "deadline_missed"
+    assert len({alert["alert_id"] for alert in alerts}) == len(alerts)
+    assert person.scan(deadline + DAY) == []
+
+
+@BY_RULE
+def test_fulfilled_late_resolves_the_alert(case: Case) -> None:
+    """A fulfilment that occurred after the deadline re-publishes the alerts as fulfilled_late."""
+    person, deadline, raised = breached(case)
+    fulfilment = case.fulfil(deadline + HOUR)
+    resolved = of(case.rule_id, person.see(fulfilment, deadline + 2 * HOUR))
+    assert [a["alert_id"] for a in resolved] == [a["alert_id"] for a in raised]
+    for alert in resolved:
+        assert (alert["status"], alert["resolution"]) == ("resolved", "fulfilled_late")
+        assert alert["event_ids"] == [case.trigger(T0)["event_id"], fulfilment["event_id"]]
+    assert of(case.rule_id, person.scan(deadline + 20 * DAY)) == []
+
+
+@BY_RULE
+def test_reported_late_resolves_as_late_report(case: Case) -> None:
+    """A fulfilment on time that arrives after the breach resolves as fulfilled_late_report."""
+    person, deadline, raised = breached(case)
+    resolved = of(case.rule_id, person.see(case.fulfil(deadline - HOUR), deadline + HOUR))
+    assert [a["alert_id"] for a in resolved] == [a["alert_id"] for a in raised]
+    assert {(a["status"], a["resolution"]) for a in resolved} == {
+        ("resolved", "fulfilled_late_report")
+    }
+
+
+@BY_RULE
+def test_fulfilment_arriving_before_its_trigger_closes_it(case: Case) -> None:
+    """A fulfilment that arrives first but occurred after the trigger is kept and closes it."""
+    person = Person()
+    for record in case.prior():
+        person.see(record)
+    person.see(case.fulfil(T0 + HOUR), T0 + HOUR)
+    assert of(case.rule_id, person.see(case.trigger(T0), T0 + 2 * HOUR)) == []
+    deadline = case.deadline(T0)
+    assert deadline not in person.deadlines(case.rule_id)
+    assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
+
+
+@BY_RULE
+def test_backdated_trigger_alerts_at_once(case: Case) -> None:
+    """A trigger arriving after its deadline has passed is breached by `observe` itself."""
+    person = Person()
+    for record in case.prior():
+        person.see(record)
+    deadline = case.deadline(T0)
+    alerts = of(case.rule_id, person.see(case.trigger(T0), deadline + HOUR))
+    assert orgs(alerts) == case.recipients["coordinator_and_home"]
+    assert {a["status"] for a in alerts} == {"open"}
+    assert person.scan(deadline + 2 * HOUR) == []
+
+
+@BY_RULE
+def test_backdated_fulfilment_before_a_scan_still_counts_the_breach(case: Case) -> None:
+    """A late fulfilment that arrives before any scan raises the breach and resolves it."""
+    person, deadline = triggered(case)
+    alerts = of(case.rule_id, person.see(case.fulfil(deadline + HOUR), deadline + 2 * HOUR))
+    assert [a["status"] for a in alerts] == ["open"] * (len(alerts) // 2) + ["resolved"] * (
+        len(alerts) // 2
+    )
+    assert alerts
+    assert {a["resolution"] for a in alerts if a["status"] == "resolved"} == {"fulfilled_late"}
+
+
+@BY_RULE
+def test_replays_change_nothing(case: Case) -> None:
+    """Every event seen a second time, at any point, raises or resolves nothing new."""
+    person, deadline = triggered(case)
+    assert of(case.rule_id, person.see(case.trigger(T0), T0 + HOUR)) == []
+    assert person.deadlines(case.rule_id)[:1] == [deadline]
+    raised = of(case.rule_id, person.scan(deadline + MINUTE))
+    assert raised
+    assert of(case.rule_id, person.see(case.trigger(T0), deadline + HOUR)) == []
+    fulfilment = case.fulfil(deadline + HOUR)
+    assert len(of(case.rule_id, person.see(fulfilment, deadline + 2 * HOUR))) == len(raised)
+    for record in [*case.prior(), case.trigger(T0), fulfilment]:
+        assert of(case.rule_id, person.see(record, deadline + 3 * HOUR)) == []
+    assert of(case.rule_id, person.scan(deadline + 20 * DAY)) == []
+
+
+@BY_RULE
+def test_trigger_replayed_after_fulfilment_opens_nothing(case: Case) -> None:
+    """A trigger published twice, the copy after the fulfilment, never alerts."""
+    person, deadline = triggered(case)
+    person.see(case.fulfil(T0 + HOUR))
+    assert of(case.rule_id, person.see(case.trigger(T0), T0 + 2 * HOUR)) == []
+    assert of(case.rule_id, person.scan(deadline + 20 * DAY)) == []
+
+
+@BY_RULE
+def test_alert_ids_are_deterministic(case: Case) -> None:
+    """The same history gives the same alert ids; each recipient has its own."""
+    first = breached(case)[2]
+    second = breached(case)[2]
+    assert [a["alert_id"] for a in first] == [a["alert_id"] for a in second]
+    assert all(a["alert_id"].startswith("alert-") for a in first)
+
+
+@pytest.mark.parametrize("case", CANCELLABLE, ids=str)
+def test_cancelled_obligation_never_alerts(case: Case) -> None:
+    """A cancellation before the deadline closes the obligation without an alert."""
+    assert case.cancel is not None
+    person, deadline = triggered(case)
+    assert of(case.rule_id, person.see(case.cancel(T0 + HOUR))) == []
+    assert person.deadlines(case.rule_id) == []
+    assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
+
+
+@pytest.mark.parametrize("case", CANCELLABLE, ids=str)
+def test_cancellation_after_breach_resolves_as_cancelled(case: Case) -> None:
+    """A cancellation after the breach re-publishes each alert resolved as cancelled."""
+    assert case.cancel is not None
+    person, deadline, raised = breached(case)
+    cancel = case.cancel(deadline + HOUR)
+    resolved = of(case.rule_id, person.see(cancel))
+    assert [a["alert_id"] for a in resolved] == [a["alert_id"] for a in raised]
+    assert {(a["status"], a["resolution"]) for a in resolved} == {("resolved", "cancelled")}
+    assert all(a["event_ids"][-1] == cancel["event_id"] for a in resolved)
+
+
+@pytest.mark.parametrize(
+    ("case", "fulfilment"),
+    [
+        (
+            CASES[3],
+            event("followup_contact", "fu-9", T0 + DAY, source=MUNI, related_event_id="adm-1"),
+        ),
+        (
+            CASES[4],
+            event("followup_contact", "fu-9", T0 + DAY, source=MUNI, related_event_id="adm-1"),
+        ),
+        (
+            CASES[5],
+            event("application_decided", "dec-1", T0 + DAY, source=MUNI, application_id="APP-1"),
+        ),
+    ],
+    ids=str,
+)
+def test_second_fulfilling_link_fulfils_too(case: Case, fulfilment: dict[str, Any]) -> None:
+    """Each `fulfilled_by` entry of a rule closes its obligation on its own."""
+    person, deadline = triggered(case)
+    person.see(fulfilment)
+    assert person.deadlines(case.rule_id) == []
+    assert of(case.rule_id, person.scan(deadline + DAY)) == []
+
+
+def test_followup_before_the_discharge_does_not_count() -> None:
+    """A follow-up contact that occurred before the discharge does not fulfil the follow-up."""
+    case = CASES[4]
+    person, deadline = triggered(case)
+    early = event("followup_contact", "fu-0", T0 - DAY, source=MUNI, related_event_id="adm-1")
+    person.see(early, T0 + HOUR)
+    assert person.deadlines(case.rule_id) == [deadline]
+    assert orgs(of(case.rule_id, person.scan(deadline + MINUTE))) == [COORDINATOR]
+
+
+def test_follow_up_rules_need_the_admission_reason() -> None:
+    """A discharge after an admission for another reason opens no follow-up obligation."""
+    person = Person()
+    person.see(_admission_for("psychosis")()[0])
+    person.see(CASES[3].trigger(T0))
+    assert person.deadlines("followup.discharge_7d") == []
+    assert person.deadlines("followup.discharge_48h") == []
+    assert len(person.deadlines("epikrise.after_discharge")) == 1
+
+
+# --- ip.review_due ------------------------------------------------------------------------------
+
+
+def test_review_deadline_is_the_plans_review_date() -> None:
+    """The deadline is next_review_at, not a duration after the update."""
+    person = Person()
+    person.see(_plan(T0, "ip-1", next_review_at="2027-02-01T09:00:00+01:00"))
+    assert person.deadlines("ip.review_due") == [datetime(2027, 2, 1, 8, 0, tzinfo=UTC)]
+
+
+def test_new_review_date_fulfils_and_opens_the_next() -> None:
+    """An update with a new review date closes the old obligation and tracks the new date."""
+    person = Person()
+    person.see(_plan(T0, "ip-1"))
+    person.see(_plan(T0 + DAY, "ip-2", next_review_at=rfc3339(T0 + 60 * DAY)))
+    assert person.deadlines("ip.review_due") == [T0 + 60 * DAY]
+    assert of("ip.review_due", person.scan(T0 + 31 * DAY)) == []
+    assert len(of("ip.review_due", person.scan(T0 + 61 * DAY))) == 1
+
+
+def test_same_review_date_again_opens_nothing_new() -> None:
+    """Another update with the same review date neither fulfils nor opens an obligation."""
+    person = Person()
+    person.see(_plan(T0, "ip-1"))
+    person.see(_plan(T0 + DAY, "ip-2", participants=[]))
+    assert person.deadlines("ip.review_due") == [T0 + 30 * DAY]
+    alerts = of("ip.review_due", person.scan(T0 + 31 * DAY))
+    assert [a["event_ids"] for a in alerts] == [["ip-1"]]
+
+
+def test_older_plan_update_arriving_late_does_not_close_the_newer_date() -> None:
+    """An update that occurred before the current one, arriving after it, leaves it tracked."""
+    person = Person()
+    person.see(_plan(T0 + DAY, "ip-2", next_review_at=rfc3339(T0 + 60 * DAY)), T0 + DAY)
+    person.see(_plan(T0, "ip-1"), T0 + 2 * DAY)
+    assert person.deadlines("ip.review_due") == [T0 + 60 * DAY]
+    assert of("ip.review_due", person.scan(T0 + 31 * DAY)) == []
+
+
+# --- housing_work.homeless_admission ------------------------------------------------------------
+
+HOUSING = "housing_work.homeless_admission"
+
+
+def homeless_admission(at: datetime = T0) -> dict[str, Any]:
+    return event(
+        "admission",
+        "adm-1",
+        at,
+        housing_status="homeless",
+        needs_municipal_services=False,
+        home_municipality_org=None,
+    )
+
+
+def discharge_ready(at: datetime) -> dict[str, Any]:
+    return event("discharge_ready", "dr-1", at, admission_event_id="adm-1")
+
+
+def housing_work(at: datetime) -> dict[str, Any]:
+    return event("housing_work_started", "hw-1", at, source=MUNI, admission_event_id="adm-1")
+
+
+def test_housing_obligation_has_no_deadline_until_discharge_ready() -> None:
+    """A homeless admission opens an obligation that no scan breaches before discharge-ready."""
+    person = Person()
+    assert of(HOUSING, person.see(homeless_admission())) == []
+    assert person.deadlines(HOUSING) == []
+    assert HOUSING in {ob["rule_id"] for ob in person.state.obligations.values()}
+    assert of(HOUSING, person.scan(T0 + 60 * DAY)) == []
+
+
+def test_housing_only_for_homeless_admissions() -> None:
+    """An admission of a person with stable housing opens no housing-work obligation."""
+    person = Person()
+    person.see(event("admission", "adm-1", T0, housing_status="stable"))
+    assert HOUSING not in {ob["rule_id"] for ob in person.state.obligations.values()}
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_discharge_ready_without_housing_work_alerts_at_once(setup: str) -> None:
+    """Discharge-ready with no housing work started breaches at once, deadline = its time."""
+    person = Person(SETUPS[setup])
+    person.see(homeless_admission())
+    alerts = of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))
+    assert orgs(alerts) == CHAIN_COORDINATOR_HOME[setup]
+    assert [a["deadline"] for a in alerts] == [rfc3339(T0 + 5 * DAY)]
+    assert [a["event_ids"] for a in alerts] == [["adm-1"]]
+    assert of(HOUSING, person.scan(T0 + 6 * DAY)) == []
+
+
+def test_housing_work_before_discharge_ready_fulfils() -> None:
+    """Housing work started before discharge-ready means no alert."""
+    person = Person()
+    person.see(homeless_admission())
+    assert of(HOUSING, person.see(housing_work(T0 + DAY))) == []
+    assert of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY))) == []
+    assert of(HOUSING, person.scan(T0 + 60 * DAY)) == []
+
+
+def test_housing_work_after_discharge_ready_resolves_late() -> None:
+    """Housing work started after discharge-ready resolves the alert as fulfilled_late."""
+    person = Person()
+    person.see(homeless_admission())
+    raised = of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))
+    resolved = of(HOUSING, person.see(housing_work(T0 + 6 * DAY)))
+    assert [a["alert_id"] for a in resolved] == [a["alert_id"] for a in raised]
+    assert {(a["status"], a["resolution"]) for a in resolved} == {("resolved", "fulfilled_late")}
+
+
+def test_housing_work_reported_after_discharge_ready_resolves_as_late_report() -> None:
+    """Housing work that started before discharge-ready but is reported after it: late report."""
+    person = Person()
+    person.see(homeless_admission())
+    assert of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))
+    resolved = of(HOUSING, person.see(housing_work(T0 + 4 * DAY), T0 + 6 * DAY))
+    assert {(a["status"], a["resolution"]) for a in resolved} == {
+        ("resolved", "fulfilled_late_report")
+    }
+
+
+def test_discharge_ready_arriving_before_the_admission_sets_the_deadline() -> None:
+    """A discharge-ready seen before its admission still gives the obligation its deadline."""
+    person = Person()
+    person.see(discharge_ready(T0 + 5 * DAY), T0 + 5 * DAY)
+    alerts = of(HOUSING, person.see(homeless_admission(), T0 + 5 * DAY + HOUR))
+    assert [a["deadline"] for a in alerts] == [rfc3339(T0 + 5 * DAY)]
+
+
+def test_housing_replays_change_nothing() -> None:
+    """Admission, discharge-ready and housing work seen twice raise nothing new."""
+    person = Person()
+    person.see(homeless_admission())
+    assert len(of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))) == 1
+    assert of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY))) == []
+    assert of(HOUSING, person.see(homeless_admission(), T0 + 5 * DAY + HOUR)) == []
+    assert len(of(HOUSING, person.see(housing_work(T0 + 6 * DAY)))) == 1
+    for record in (homeless_admission(), discharge_ready(T0 + 5 * DAY), housing_work(T0 + 6 * DAY)):
+        assert of(HOUSING, person.see(record, T0 + 7 * DAY)) == []
+    assert of(HOUSING, person.scan(T0 + 60 * DAY)) == []
+
+
+# --- care_team_meeting.repeated_incidents (window) ----------------------------------------------
+
+WINDOW = "care_team_meeting.repeated_incidents"
+
+
+def callout(number: int, at: datetime) -> dict[str, Any]:
+    return event("police_callout", f"pol-{number}", at, source=("police", "974760673"))
+
+
+def incident(number: int, at: datetime) -> dict[str, Any]:
+    return event("housing_incident", f"inc-{number}", at, source=("housing", "987654321"))
+
+
+def feed(person: Person, records: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [of(WINDOW, person.see(record)) for record in records]
+
+
+def test_three_incidents_within_the_window_raise_one_alert() -> None:
+    """A third callout or incident within P30D raises one care-team-meeting alert."""
+    person = Person()
+    seen = feed(person, [callout(1, T0), incident(2, T0 + 10 * DAY), callout(3, T0 + 20 * DAY)])
+    assert [len(alerts) for alerts in seen] == [0, 0, 1]
+    (alert,) = seen[2]
+    assert alert["kind"] == "care_team_meeting"
+    assert alert["recipient"] == {"agency": "municipality", "org_id": COORDINATOR}
+    assert alert["event_ids"] == ["pol-1", "inc-2", "pol-3"]
+
+
+def test_three_incidents_spread_over_more_than_the_window_raise_nothing() -> None:
+    """Three events that never fall within one P30D window raise nothing."""
+    person = Person()
+    seen = feed(person, [callout(1, T0), callout(2, T0 + 20 * DAY), callout(3, T0 + 31 * DAY)])
+    assert seen == [[], [], []]
+
+
+def test_five_incidents_in_one_episode_raise_one_alert() -> None:
+    """The fourth and fifth events of the same episode raise no further alert."""
+    person = Person()
+    seen = feed(person, [callout(n, T0 + n * DAY) for n in range(1, 6)])
+    assert [len(alerts) for alerts in seen] == [0, 0, 1, 0, 0]
+
+
+def test_new_episode_after_a_full_window_since_the_alert() -> None:
+    """After a full window since the alert, the threshold reached again raises a new alert."""
+    person = Person()
+    first = feed(person, [callout(n, T0 + n * DAY) for n in range(1, 4)])  # alert at day 3
+    assert [len(alerts) for alerts in first] == [0, 0, 1]
+    inside = feed(person, [callout(4, T0 + 25 * DAY), callout(5, T0 + 30 * DAY)])
+    assert inside == [[], []]  # threshold reached, but within the episode
+    (again,) = feed(person, [callout(6, T0 + 34 * DAY)])
+    assert len(again) == 1
+    assert again[0]["alert_id"] != first[2][0]["alert_id"]
+    assert again[0]["event_ids"] == ["pol-4", "pol-5", "pol-6"]
+
+
+def test_window_replay_is_not_counted_twice() -> None:
+    """The same callout seen twice counts once."""
+    person = Person()
+    seen = feed(person, [callout(1, T0), callout(2, T0 + DAY), callout(2, T0 + DAY)])
+    assert seen == [[], [], []]
+
+
+# --- emergency_disclosure (immediate) -----------------------------------------------------------
+
+EMERGENCY = {
+    "justification": "Risk to life",
+    "accountable": "Overlege",
+    "recipients": [{"agency": "police", "org_id": "974760673"}],
+}
+
+
+def test_emergency_event_alerts_the_source_privacy_officer_at_once() -> None:
+    """An event disclosed in an emergency raises one privacy-officer alert to its source."""
+    person = Person()
+    record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
+    (alert,) = of("emergency_disclosure", person.see(record))
+    assert alert["audience"] == "privacy_officer"
+    assert alert["kind"] == "emergency_disclosure"
+    assert alert["recipient"] == {"agency": DPS[0], "org_id": DPS[1]}
+    assert alert["event_ids"] == ["dis-9"]
+    assert alert["subject"] == {"nin": NIN}
+    assert "Risk to life" in alert["summary"]
+
+
+def test_event_without_emergency_raises_no_emergency_alert() -> None:
+    """An ordinary event raises no emergency alert."""
+    assert of("emergency_disclosure", Person().see(event("discharge", "dis-9", T0))) == []
+
+
+def test_emergency_replay_raises_nothing_new() -> None:
+    """The same emergency event seen twice raises its alert once."""
+    person = Person()
+    record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
+    assert len(of("emergency_disclosure", person.see(record))) == 1
+    assert of("emergency_disclosure", person.see(record, T0 + HOUR)) == []
+
+
+# --- routing's cut ------------------------------------------------------------------------------
+
+
+def suicide_followup_breach(routing: PersonState) -> list[dict[str, Any]]:
+    return breached(CASES[3], Person(routing))[2]
+
+
+def test_alert_to_a_recipient_routing_withholds_from_is_cut() -> None:
+    """A coordinator routing lets see nothing (NAV, no consent) gets no nin, a neutral title."""
+    (alert,) = suicide_followup_breach(routing_with(coordinator=NAV, home=HOME, agency="nav"))
+    rule = RULES.rule("followup.discharge_7d")
+    assert rule is not None
+    assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
+    assert alert["subject"] is None
+    assert alert["title"] == rule.neutral_title != rule.title
+    assert NIN not in json.dumps(alert)
+    assert "suicid" not in (alert["title"] + alert["summary"]).lower()
+    assert "not disclosed" in alert["summary"]
+
+
+def test_alert_to_a_presumed_basis_member_carries_the_nin() -> None:
+    """A care-team coordinator on a presumed basis learns whom the alert is about."""
+    (alert,) = suicide_followup_breach(routing_with(coordinator=COORDINATOR, home=HOME))
+    assert alert["recipient"] == {"agency": "municipality", "org_id": COORDINATOR}
+    assert alert["subject"] == {"nin": NIN}
+    assert alert["disclosure"]["basis"] == "presumed"
+
+
+def test_alert_to_the_unassigned_queue_carries_no_nin() -> None:
+    """The unassigned queue gets the neutral title and no nin."""
+    (alert,) = suicide_followup_breach(routing_with(coordinator=None, home=None))
+    assert alert["recipient"] is None
+    assert alert["subject"] is None
+    assert alert["title"] == "No follow-up contact after discharge"
+    assert "disclosure" not in alert
+
+
+def test_alert_to_the_source_carries_the_nin_and_specific_title() -> None:
+    """The trigger's own organisation sees everything about its own event."""
+    alerts = breached(CASES[0])[2]
+    source = next(a for a in alerts if a["recipient"]["org_id"] == DPS[1])
+    assert source["subject"] == {"nin": NIN}
+    assert source["title"] == "Health information to the municipality after admission not sent"
+
+
+def test_home_municipality_outside_the_team_gets_the_neutral_housing_title() -> None:
+    """A statutory (logistics-only) recipient learns the person but not the housing status."""
+    person = Person(routing_with(coordinator=None, home=HOME))
+    person.see(homeless_admission())
+    (alert,) = of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))
+    assert alert["subject"] == {"nin": NIN}
+    assert alert["title"] == "Housing work not started before discharge-ready"
+
+
+# --- load_rules ---------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_rule_file_loads_every_rule() -> None:
+    """The reviewed file loads with a version that names its content."""
+    assert RULES.version.startswith("2026.1+")
+    assert len(RULES.rules) == 11
+
+
+def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
+    """An override with only id and deadline changes that rule's deadline and nothing else."""
+    override = write(
+        tmp_path, "rules:\n  - {id: municipal_reply.discharge_ready, deadline: PT2S}\n"
+    )
+    merged = load_rules(RULES_FILE, override)
+    before = RULES.rule("municipal_reply.discharge_ready")
+    after = merged.rule("municipal_reply.discharge_ready")
+    assert before is not None
+    assert after is not None
+    assert after.deadline is not None
+    assert after.deadline.after(T0) == T0 + timedelta(seconds=2)
+    assert after.cancelled_by == before.cancelled_by
+    assert after.recipients == before.recipients
+    assert after.title == before.title
+    unchanged = [r for r in merged.rules if r.rule_id != "municipal_reply.discharge_ready"]
+    assert unchanged == [r for r in RULES.rules if r.rule_id != after.rule_id]
+    assert merged.version != RULES.version
+
+
+@pytest.mark.parametrize(
+    ("change", "rule_id", "words"),
+    [
+        ("{id: epikrise.after_discharge, deadlin: P7D}", "epikrise.after_discharge", "deadlin"),
+        (
+            "{id: epikrise.after_discharge, deadline: 7 days}",
+            "epikrise.after_discharge",
+            "deadline",
+        ),
+        (
+            "{id: epikrise.after_discharge, trigger: {event_type: discharged}}",
+            "epikrise.after_discharge",
+            "discharged",
+        ),
+        (
+            "{id: epikrise.after_discharge, recipients: [[gp]]}",
+            "epikrise.after_discharge",
+            "'gp'",
+        ),
+        (
+            "{id: ip.review_due, fulfilled_by: [{event_type: ip_updated, link: {a: a}}]}",
+            "ip.review_due",
+            "fulfilled_by[0]",
+        ),
+        (
+            "{id: followup.discharge_48h, trigger: {event_type: discharge, wen: {x: 1}}}",
+            "followup.discharge_48h",
+            "wen",
+        ),
+        (
+            "{id: epikrise.after_discharge, escalation: PT}",
+            "epikrise.after_discharge",
+            "escalation",
+        ),
+    ],
+)
+def test_bad_rule_is_refused_naming_rule_and_field(
+    tmp_path: Path, change: str, rule_id: str, words: str
+) -> None:
+    """A wrong key, duration, event type or role is refused with the rule and field named."""
+    override = write(tmp_path, f"rules:\n  - {change}\n")
+    with pytest.raises(SlaRulesError) as refused:
+        load_rules(RULES_FILE, override)
+    problems = refused.value.problems
+    assert any(p.startswith(f"rule {rule_id}:") and words in p for p in problems), problems
+    assert all(p.startswith(f"rule {rule_id}:") for p in problems)
+
+
+def test_bad_file_reports_every_problem(tmp_path: Path) -> None:
+    """Several broken rules are all named in one refusal."""
+    path = write(
+        tmp_path,
+        'version: "x"\nrules:\n'
+        "  - {id: a, title: A, kind: deadline, trigger: {event_type: nope}, deadline: P1X,\n"
+        "     fulfilled_by: [{event_type: discharge, link: {a: b}}], recipients: [[source]],\n"
+        '     source: "carebus-default: test"}\n'
+        "  - {id: b, title: B, kind: sometimes, source: nowhere}\n",
+    )
+    with pytest.raises(SlaRulesError) as refused:
+        load_rules(path)
+    text = str(refused.value)
+    for expected in ("rule a: trigger", "rule a: deadline", "rule b: kind", "rule b: source"):
+        assert expected in text
+
+
+def test_unreadable_or_malformed_files_are_refused(tmp_path: Path) -> None:
+    """A missing file, invalid YAML or a file without rules raises SlaRulesError."""
+    for path in (
+        tmp_path / "missing.yaml",
+        write(tmp_path, "rules: [\n", "broken.yaml"),
+        write(tmp_path, "version: x\n", "empty.yaml"),
+    ):
+        with pytest.raises(SlaRulesError):
+            load_rules(path)
+
+
+# --- durations ----------------------------------------------------------------------------------
+
+
+def oslo(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=OSLO)
+
+
+def test_one_day_keeps_the_oslo_wall_clock_across_dst() -> None:
+    """P1D from noon before the spring change is noon the next day (23 hours later)."""
+    start = oslo(2026, 3, 28, 12, 0)
+    after = parse_duration("P1D").after(start)
+    assert after.astimezone(OSLO).replace(tzinfo=None) == datetime(2026, 3, 29, 12, 0)
+    assert after - start == timedelta(hours=23)
+    autumn = oslo(2026, 10, 24, 12, 0)
+    assert parse_duration("P1D").after(autumn) - autumn == timedelta(hours=25)
+
+
+def test_twenty_four_hours_is_exact_across_dst() -> None:
+    """PT24H is 24 hours of elapsed time even when the clocks change."""
+    start = oslo(2026, 3, 28, 12, 0)
+    after = parse_duration("PT24H").after(start)
+    assert after - start == timedelta(hours=24)
+    assert after.astimezone(OSLO).hour == 13
+
+
+def test_one_month_clamps_to_the_end_of_february() -> None:
+    """P1M from January 31 is February 28 (2027 is no leap year) at the same wall time."""
+    after = parse_duration("P1M").after(oslo(2027, 1, 31, 10, 0))
+    assert after.astimezone(OSLO).replace(tzinfo=None) == datetime(2027, 2, 28, 10, 0)
+
+
+def test_one_month_from_late_oslo_evening_uses_the_oslo_date() -> None:
+    """P1M counts from the Oslo calendar date, not the UTC one."""
+    start = datetime(2027, 1, 31, 23, 30, tzinfo=UTC)  # 1 Feb 00:30 in Oslo
+    after = parse_duration("P1M").after(start)
+    assert after.astimezone(OSLO).replace(tzinfo=None) == datetime(2027, 3, 1, 0, 30)
+
+
+@pytest.mark.parametrize("text", ["", "P", "PT", "P1DT", "4H", "P-1D", "PT1.5H", "P1X"])
+def test_bad_durations_are_refused(text: str) -> None:
+    """Anything but an ISO 8601 duration is a ValueError naming the text."""
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "months", "days", "seconds"),
+    [("P1Y2M", 14, 0, 0.0), ("P2W3D", 0, 17, 0.0), ("PT1H30M2.5S", 0, 0, 5402.5)],
+)
+def test_duration_parts(text: str, months: int, days: int, seconds: float) -> None:
+    """Years and months are calendar months, weeks days, the time part seconds."""
+    duration = parse_duration(text)
+    assert (duration.months, duration.days, duration.seconds) == (months, days, seconds)
