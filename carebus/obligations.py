@@ -365,6 +365,16 @@ def _forget_old(state: SlaState, now: datetime) -> None:
     state.obligations = {
         oid: obligation
         for oid, obligation in state.obligations.items()
-        if obligation["status"] == "open"
-        or parse_rfc3339(obligation.get("closed_at") or obligation["breached_at"]) > horizon
+        if _remembered(obligation, horizon)
     }
+
+
+def _remembered(obligation: Mapping[str, Any], horizon: datetime) -> bool:
+    """Whether to keep an obligation: open ones with a deadline always; an open one still
+    waiting for the event that sets its deadline (a discharge-ready that never came) and a
+    closed or breached one until MEMORY has passed."""
+    if obligation["status"] == "open":
+        if obligation.get("deadline"):
+            return True
+        return parse_rfc3339(obligation["trigger"]["occurred_at"]) > horizon
+    return parse_rfc3339(obligation.get("closed_at") or obligation["breached_at"]) > horizon

@@ -15,7 +15,7 @@ from carebus.alerts import AlertContext
 from carebus.codec import event_schema_name
 from carebus.config import PROJECT_ROOT
 from carebus.events import EXAMPLE_PAYLOADS, rfc3339
-from carebus.obligations import SlaState, breach_due, observe
+from carebus.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.policy import Policy, load_policy
 from carebus.routing import Member, PersonState, apply
 from carebus.sla import OSLO, RuleSet, SlaRulesError, load_rules, parse_duration
@@ -597,6 +597,17 @@ def test_housing_obligation_has_no_deadline_until_discharge_ready() -> None:
     assert person.deadlines(HOUSING) == []
     assert HOUSING in {ob["rule_id"] for ob in person.state.obligations.values()}
     assert of(HOUSING, person.scan(T0 + 60 * DAY)) == []
+
+
+def test_housing_obligation_without_discharge_ready_is_forgotten_after_the_memory() -> None:
+    """An obligation still waiting for its discharge-ready is dropped once MEMORY has passed."""
+    person = Person()
+    person.see(homeless_admission())
+    later = event(
+        "police_callout", "police-late", T0 + MEMORY + DAY, source=("police", "974760673")
+    )
+    person.see(later)
+    assert HOUSING not in {ob["rule_id"] for ob in person.state.obligations.values()}
 
 
 def test_housing_only_for_homeless_admissions() -> None:
