@@ -48,6 +48,9 @@ ALERT: Final = "no.carebus.v1.Alert"
 DISCLOSURE: Final = "no.carebus.v1.Disclosure"
 _ALERT_TIMES: Final = ("deadline", "breached_at", "escalate_at", "changed_at")
 SCAN_BATCH: Final = 500
+# Records applied per transaction while catching up; a lone record waits at most this long.
+BATCH_SIZE: Final = 500
+BATCH_WITHIN_S: Final = 0.05
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -85,8 +88,11 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events_topic)
     async def track(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await engine.handle(event)
+        # take_events acks a batch only after the loop body has processed it.
+        # faust-streaming has take_events on Stream but not on its StreamT protocol.
+        batches = stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S)  # type: ignore[attr-defined]
+        async for batch in batches:
+            await engine.handle_batch(batch)
             yield None
 
     @app.timer(interval=settings.sla_scan_interval_s)  # type: ignore[untyped-decorator]
@@ -124,61 +130,84 @@ class SlaEngine:
             )
         return self._pool
 
-    async def handle(self, event: EventT[bytes]) -> None:
-        """Apply one record; one that cannot be applied is dead-lettered, never retried forever.
+    async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
+        """Apply a batch of records in one transaction.
 
-        A database or broker outage is not the record's fault: it raises, faust restarts the
-        agent and the record is read again (the offset table makes that harmless).
+        A record that cannot be decoded or applied is dead-lettered and the rest go on, so one
+        bad record never stops a partition. A database or broker outage is not the records'
+        fault: it raises, faust restarts the agent and the batch is read again (the offset
+        table makes that harmless).
         """
-        message = event.message
+        messages = [event.message for event in batch]
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            stored = {
+                (row["topic"], row["partition"]): row["offset"]
+                for row in await conn.fetch(
+                    'SELECT topic, partition, "offset" FROM sla_offsets '
+                    "WHERE topic = ANY($1::text[]) ORDER BY topic, partition FOR UPDATE",
+                    sorted({str(m.topic) for m in messages}),
+                )
+            }
+            fresh = [
+                m for m in messages if m.offset > stored.get((str(m.topic), int(m.partition)), -1)
+            ]
+            metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
+            persons = await _load_many(conn, sorted({_text(m.key) for m in fresh}))
+            alerts: list[tuple[str, dict[str, Any]]] = []
+            for message in fresh:
+                alerts.extend(self._apply(message, persons))
+            await self._publish(alerts)
+            await _save_many(conn, persons)
+            latest: dict[tuple[str, int], int] = {}
+            for m in fresh:
+                place = (str(m.topic), int(m.partition))
+                latest[place] = max(latest.get(place, -1), int(m.offset))
+            await conn.executemany(
+                'INSERT INTO sla_offsets (topic, partition, "offset") VALUES ($1, $2, $3) '
+                'ON CONFLICT (topic, partition) DO UPDATE SET "offset" = EXCLUDED."offset"',
+                [(topic, partition, offset) for (topic, partition), offset in latest.items()],
+            )
+        self._dead_letters.flush(timeout=30.0)
+
+    def _apply(
+        self, message: Any, persons: dict[str, tuple[PersonState, SlaState]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Apply one record to its person's states in `persons`; the alerts it raises."""
+        subject_key = _text(message.key)
         try:
             decoded = self._codec.decode(message.value or b"")
         except DecodeError as error:
             self._dead_letters.send_undecodable(FaustMessage(message), error.reason)
-            self._dead_letters.flush(timeout=30.0)
             metrics.SLA_EVENTS.labels("dead_lettered").inc()
-            return
+            return []
+        routing, state = persons.get(subject_key, (PersonState(), SlaState()))
+        before = json.dumps(state.to_json())
         try:
-            await self._apply(message, decoded.schema_name, decoded.record)
-        except (asyncpg.PostgresConnectionError, OSError, TimeoutError):
-            raise
+            record = decoded.record
+            routing = apply(routing, decoded.schema_name, record)
+            alerts: list[dict[str, Any]] = []
+            if "event_type" in record and decoded.schema_name not in (
+                CONSENT_CHANGE,
+                CARE_TEAM_CHANGE,
+            ):
+                context = self._context(routing)
+                state, alerts = observe(state, record_to_json(record), self._rules, context)
         except Exception as error:  # a record the engine cannot apply is a dead letter
-            log.error("sla_record_failed", error_type=type(error).__name__)
+            log.error("sla_record_failed", error_type=type(error).__name__, subject_key=subject_key)
             self._dead_letters.send(
                 FaustMessage(message), Reason.INVALID_RECORD, f"sla failed: {type(error).__name__}"
             )
-            self._dead_letters.flush(timeout=30.0)
             metrics.SLA_EVENTS.labels("dead_lettered").inc()
-
-    async def _apply(self, message: Any, schema_name: str, record: dict[str, Any]) -> None:
-        subject_key = _text(message.key)
-        pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            last = await conn.fetchval(
-                'SELECT "offset" FROM sla_offsets WHERE topic = $1 AND partition = $2 FOR UPDATE',
-                message.topic,
-                message.partition,
-            )
-            if last is not None and message.offset <= last:
-                metrics.SLA_EVENTS.labels("replayed").inc()
-                return
-            routing, state = await _load(conn, subject_key, skip_locked=False)
-            routing = apply(routing or PersonState(), schema_name, record)
-            state = state or SlaState()
-            alerts: list[dict[str, Any]] = []
-            if "event_type" in record and schema_name not in (CONSENT_CHANGE, CARE_TEAM_CHANGE):
-                context = self._context(routing)
-                state, alerts = observe(state, record_to_json(record), self._rules, context)
-            await self._publish(subject_key, alerts)
-            await _save(conn, subject_key, state, routing)
-            await conn.execute(
-                'INSERT INTO sla_offsets (topic, partition, "offset") VALUES ($1, $2, $3) '
-                'ON CONFLICT (topic, partition) DO UPDATE SET "offset" = EXCLUDED."offset"',
-                message.topic,
-                message.partition,
-                message.offset,
-            )
+            if subject_key in persons:
+                persons[subject_key] = (
+                    persons[subject_key][0],
+                    SlaState.from_json(json.loads(before)),
+                )
+            return []
+        persons[subject_key] = (routing, state)
         metrics.SLA_EVENTS.labels("applied").inc()
+        return [(subject_key, alert) for alert in alerts]
 
     async def scan(self) -> int:
         """Breach every obligation past its deadline; the number of alert records published."""
@@ -198,8 +227,8 @@ class SlaEngine:
                 if state is None:
                     continue  # another worker holds this person right now
                 state, alerts = breach_due(state, self._rules, self._context(routing))
-                await self._publish(row["subject_key"], alerts)
-                await _save(conn, row["subject_key"], state, routing or PersonState())
+                await self._publish([(row["subject_key"], alert) for alert in alerts])
+                await _save_many(conn, {row["subject_key"]: (routing or PersonState(), state)})
                 published += len(alerts)
         counts = await pool.fetchrow(
             "SELECT count(*) AS open, count(*) FILTER (WHERE deadline <= now()) AS overdue "
@@ -219,12 +248,12 @@ class SlaEngine:
             rules_version=self._rules.version,
         )
 
-    async def _publish(self, subject_key: str, alerts: Sequence[dict[str, Any]]) -> None:
+    async def _publish(self, alerts: Sequence[tuple[str, dict[str, Any]]]) -> None:
         if not alerts:
             return
-        key = subject_key.encode()
         outgoing = []
-        for alert in alerts:
+        for subject_key, alert in alerts:
+            key = subject_key.encode()
             disclosure = alert.get("disclosure")
             outgoing.append(
                 OutgoingRecord(topics.ALERTS, key, self._codec.encode(ALERT, alert_record(alert)))
@@ -235,7 +264,7 @@ class SlaEngine:
                     OutgoingRecord(topics.AUDIT, key, self._codec.encode(DISCLOSURE, audit))
                 )
         await self._publisher.publish(outgoing)
-        for alert in alerts:
+        for subject_key, alert in alerts:
             metrics.SLA_ALERTS.labels(alert["rule_id"], alert["kind"], alert["status"]).inc()
             log.info(
                 "alert_published",
@@ -271,21 +300,52 @@ async def _load(
     )
 
 
-async def _save(conn: Connection, subject_key: str, state: SlaState, routing: PersonState) -> None:
-    await conn.execute(
+async def _load_many(
+    conn: Connection, subject_keys: Sequence[str]
+) -> dict[str, tuple[PersonState, SlaState]]:
+    """The stored states of these persons, locked (in key order, so lockers never deadlock)."""
+    rows = await conn.fetch(
+        "SELECT subject_key, state, routing FROM sla_persons WHERE subject_key = ANY($1::text[]) "
+        "ORDER BY subject_key FOR UPDATE",
+        list(subject_keys),
+    )
+    return {
+        row["subject_key"]: (
+            PersonState.from_json(json.loads(row["routing"])),
+            SlaState.from_json(json.loads(row["state"])),
+        )
+        for row in rows
+    }
+
+
+async def _save_many(conn: Connection, persons: dict[str, tuple[PersonState, SlaState]]) -> None:
+    """Write the persons' states and replace their rows of the deadline index."""
+    if not persons:
+        return
+    keys = list(persons)
+    await conn.executemany(
         "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::jsonb, $3::jsonb) "
         "ON CONFLICT (subject_key) DO UPDATE SET state = EXCLUDED.state, "
         "routing = EXCLUDED.routing, updated_at = clock_timestamp()",
-        subject_key,
-        json.dumps(state.to_json(), separators=(",", ":")),
-        json.dumps(routing.to_json(), separators=(",", ":")),
+        [
+            (
+                key,
+                json.dumps(state.to_json(), separators=(",", ":")),
+                json.dumps(routing.to_json(), separators=(",", ":")),
+            )
+            for key, (routing, state) in persons.items()
+        ],
     )
-    await conn.execute("DELETE FROM sla_deadlines WHERE subject_key = $1", subject_key)
-    deadlines = state.deadlines()
-    if deadlines:
+    await conn.execute("DELETE FROM sla_deadlines WHERE subject_key = ANY($1::text[])", keys)
+    rows = [
+        (key, oid, deadline)
+        for key, (_, state) in persons.items()
+        for oid, deadline in state.deadlines().items()
+    ]
+    if rows:
         await conn.executemany(
             "INSERT INTO sla_deadlines (subject_key, obligation_id, deadline) VALUES ($1, $2, $3)",
-            [(subject_key, oid, deadline) for oid, deadline in deadlines.items()],
+            rows,
         )
 
 
