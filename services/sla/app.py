@@ -16,6 +16,7 @@ twice and on several workers at once (`FOR UPDATE SKIP LOCKED`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -37,7 +38,7 @@ from carebus.events import record_to_json
 from carebus.kafka import producer_config
 from carebus.obligations import SlaState, breach_due, observe
 from carebus.policy import Policy, load_policy
-from carebus.publisher import OutgoingRecord, Publisher
+from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
 from carebus.routing import CARE_TEAM_CHANGE, CONSENT_CHANGE, PersonState, apply
 from carebus.sla import RuleSet, load_rules, parse_rfc3339
 from carebus.telemetry import get_logger
@@ -48,6 +49,15 @@ ALERT: Final = "no.carebus.v1.Alert"
 DISCLOSURE: Final = "no.carebus.v1.Disclosure"
 _ALERT_TIMES: Final = ("deadline", "breached_at", "escalate_at", "changed_at")
 SCAN_BATCH: Final = 500
+# Failures that are not the records' fault: retried until they pass.
+_OUTAGE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    BrokerUnavailableError,
+)
 # Records applied per transaction while catching up; a lone record waits at most this long.
 BATCH_SIZE: Final = 500
 BATCH_WITHIN_S: Final = 0.05
@@ -131,14 +141,50 @@ class SlaEngine:
         return self._pool
 
     async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
-        """Apply a batch of records in one transaction.
+        """Apply a batch of records; never raises, so the agent never stops.
 
         A record that cannot be decoded or applied is dead-lettered and the rest go on, so one
-        bad record never stops a partition. A database or broker outage is not the records'
-        fault: it raises, faust restarts the agent and the batch is read again (the offset
-        table makes that harmless).
+        bad record never stops a partition. When the database refuses the batch (a value it
+        cannot store), the records are applied one by one so that only the culprit is
+        dead-lettered. A database or broker outage is not the records' fault: the batch is
+        retried with backoff until it goes through (the offset table makes a retry harmless).
         """
         messages = [event.message for event in batch]
+        delay = 0.5
+        while True:
+            try:
+                await self._apply_batch(messages)
+                return
+            except _OUTAGE as error:
+                log.warning("sla_batch_retry", error_type=type(error).__name__, wait_s=delay)
+            except asyncpg.PostgresError as error:
+                log.error("sla_batch_refused", error_type=type(error).__name__)
+                await self._apply_one_by_one(messages)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _apply_one_by_one(self, messages: Sequence[Any]) -> None:
+        for message in messages:
+            delay = 0.5
+            while True:
+                try:
+                    await self._apply_batch([message])
+                    break
+                except _OUTAGE:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                except asyncpg.PostgresError as error:
+                    self._dead_letters.send(
+                        FaustMessage(message),
+                        Reason.INVALID_RECORD,
+                        f"sla state not storable: {type(error).__name__}",
+                    )
+                    self._dead_letters.flush(timeout=30.0)
+                    metrics.SLA_EVENTS.labels("dead_lettered").inc()
+                    break
+
+    async def _apply_batch(self, messages: Sequence[Any]) -> None:
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             stored = {
@@ -324,7 +370,7 @@ async def _save_many(conn: Connection, persons: dict[str, tuple[PersonState, Sla
         return
     keys = list(persons)
     await conn.executemany(
-        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::jsonb, $3::jsonb) "
+        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::json, $3::json) "
         "ON CONFLICT (subject_key) DO UPDATE SET state = EXCLUDED.state, "
         "routing = EXCLUDED.routing, updated_at = clock_timestamp()",
         [

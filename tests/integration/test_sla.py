@@ -18,10 +18,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from confluent_kafka import Producer
 
+from carebus import topics
 from carebus.auth import create_token
-from carebus.events import rfc3339
-from carebus.identity import random_nin
+from carebus.codec import Codec
+from carebus.events import event_to_record, parse_event, rfc3339
+from carebus.identity import random_nin, subject_key
+from carebus.kafka import producer_config
 from carebus.testing import ServiceProcess, TestStack
 
 pytestmark = pytest.mark.integration
@@ -353,3 +357,33 @@ async def test_sla_worker_killed_between_trigger_and_deadline(
     alerts = await bus.alerts(admitted, "health_info.after_admission")
     assert len(alerts) == 2
     assert len({a["alert_id"] for a in alerts}) == 2
+
+
+async def test_a_text_postgresql_jsonb_refuses_does_not_stop_the_engine(
+    bus: Bus, stack: TestStack
+) -> None:
+    """An admission whose ward holds U+0000 (valid Avro) is tracked and alerts like any other."""
+    nin = random_nin(bus.rng)
+    event = {
+        "event_id": f"dps-{uuid.uuid4().hex[:16]}",
+        "event_type": "admission",
+        "occurred_at": rfc3339(datetime.now(UTC)),
+        "source": {"agency": "dps", "org_id": ORGS["dps"]},
+        "subject": {"nin": nin},
+        "payload": admission(ward="ward 7"),
+    }
+    parsed, problems = parse_event(event)
+    assert parsed is not None, problems
+    secret = stack.settings.subject_key_secret.get_secret_value()
+    record = event_to_record(parsed, subject_key(nin, secret), datetime.now(UTC))
+    record["payload"]["ward"] = "ward\x00 7"
+    producer = Producer(producer_config(stack.settings, f"test-sla-{uuid.uuid4().hex}"))
+    producer.produce(
+        topics.EVENTS,
+        key=record["subject_key"].encode(),
+        value=Codec.default().encode_event(record),
+    )
+    assert producer.flush(30) == 0
+    await bus.alerts_eventually(event["event_id"], "health_info.after_admission", 2)
+    later = await bus.publish("dps", "admission", random_nin(bus.rng), admission())
+    await bus.tracked(later)

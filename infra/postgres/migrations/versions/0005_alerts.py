@@ -17,11 +17,13 @@ def upgrade() -> None:
         """
         -- The SLA engine's state per person: its open obligations, early fulfilments, window
         -- history (`state`) and what routing needs to cut alerts (`routing`), both JSON. One
-        -- row per person, locked while an event or the due scan changes it.
+        -- row per person, locked while an event or the due scan changes it. `json`, not
+        -- `jsonb`: event texts may hold characters jsonb refuses (U+0000), and nothing queries
+        -- inside the documents.
         CREATE TABLE sla_persons (
             subject_key  text PRIMARY KEY,
-            state        jsonb NOT NULL,
-            routing      jsonb NOT NULL,
+            state        json NOT NULL,
+            routing      json NOT NULL,
             updated_at   timestamptz NOT NULL DEFAULT clock_timestamp()
         );
 
