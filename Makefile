@@ -16,8 +16,9 @@ install: tools $(STAMP)
 
 # Java runs the local Kafka broker, Maven fetches its jars, docker-compose validates the
 # production stack description, chromium + chromium-driver run the browser test (tests/e2e)
-# offline. Debian's packages, installed once; PostgreSQL is installed by `carebus up` / the
-# test stack when it is missing.
+# offline, prometheus brings promtool, which checks and unit-tests the alerting rules
+# (infra/prometheus). Debian's packages, installed once; PostgreSQL is installed by
+# `carebus up` / the test stack when it is missing.
 tools:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
@@ -25,6 +26,7 @@ tools:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "needed: apt-get install -y --no-install-recommends$$missing (as root)" >&2; exit 1; \

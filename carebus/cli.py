@@ -46,7 +46,14 @@ def main() -> None:
     help="A rule file of policy/sla.yaml's format whose rules replace same-id rules for this "
     "run (e.g. deadlines in seconds); the SLA engine is restarted with it.",
 )
-def up(sla_rules: Path | None) -> None:
+@click.option(
+    "--with-prometheus",
+    "with_prometheus",
+    is_flag=True,
+    help="Also start Debian's Prometheus (http://127.0.0.1:19090) scraping the local services "
+    "with the production alert rules of infra/prometheus/rules.",
+)
+def up(sla_rules: Path | None, with_prometheus: bool) -> None:
     """Start Kafka, PostgreSQL, topics, dev tokens and the services; return when all are healthy.
 
     Components that already run are left alone, so running it twice is harmless.
@@ -63,6 +70,8 @@ def up(sla_rules: Path | None) -> None:
         if sla_rules is not None:
             stop_service(service_named("sla"), settings)
         stack.up()
+        if with_prometheus:
+            stack.start_prometheus()
     except (StackError, OSError) as exc:
         _fail(exc)
     click.echo("carebus is up; `carebus status` shows the endpoints and dev tokens")
@@ -222,6 +231,48 @@ def webhook_set(org_id: str, url: str) -> None:
     except webhook_registrations.UnknownOrganisationError as exc:
         _fail(ValueError(f"{exc}; create a token for it first (`carebus token add`)"))
     click.echo(secret)
+
+
+@main.command("trace")
+@click.argument("event_id")
+@click.option(
+    "--source-org",
+    "source_org",
+    help="The source organisation (event ids are unique per source); default: every one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable document.")
+def trace_command(event_id: str, source_org: str | None, as_json: bool) -> None:
+    """Print an event's path: received, stored, routed, delivered, tracked, alerted.
+
+    Exits 1 if the event store does not hold it (showing what the other stores hold).
+    """
+    from carebus import trace
+
+    settings = Settings()
+
+    async def gather() -> list[trace.EventTrace]:
+        rules = load_rules(settings.sla_rules, settings.sla_rules_override)
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            return await trace.trace(conn, event_id, rules, source_org=source_org)
+        finally:
+            await conn.close()
+
+    try:
+        traces = asyncio.run(gather())
+    except (SlaRulesError, OSError, asyncpg.PostgresError) as exc:
+        _fail(exc)
+    if as_json:
+        document = {"event_id": event_id, "sources": [trace.trace_json(t) for t in traces]}
+        click.echo(json.dumps(document, indent=2))
+    elif traces:
+        click.echo("\n\n".join(trace.render(t) for t in traces))
+    if not traces:
+        source = f" from {source_org}" if source_org else ""
+        _fail(LookupError(f"no event {event_id}{source} in the event store or any other store"))
+    missing = [t.source_org for t in traces if t.stored is None]
+    if missing:
+        _fail(LookupError(f"no event {event_id} from {', '.join(missing)} in the event store"))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # Workers without an HTTP API (sinks, stream processors) serve /metrics and /healthz here;
     # the local stack gives each worker its own port, containers all use one.
     metrics_port: int = 18090
+    # `carebus up --with-prometheus`: Debian's Prometheus on the local stack.
+    prometheus_port: int = 19090
 
     # How long the gateway waits for the broker's delivery report before answering 503.
     produce_timeout_s: float = 10.0

@@ -109,6 +109,8 @@ class DeadLetterPolicy:
         self._producer = producer
         self._codec = codec
         self._consumer = consumer
+        for reason in Reason:  # every series from the start, so increase() sees the first one
+            metrics.DEAD_LETTERS.labels(consumer, reason.value)
         self._topic = topic
         self._clock = clock
         self._letters: list[_Letter] = []

@@ -109,6 +109,11 @@ WEBHOOK_PENDING: Final = Gauge(
     "Webhook deliveries queued and not yet delivered or dead, by recipient agency.",
     ["agency"],
 )
+WEBHOOK_OLDEST_PENDING: Final = Gauge(
+    "carebus_webhook_oldest_pending_seconds",
+    "Age of the oldest webhook delivery still queued (0 when none), by recipient agency.",
+    ["agency"],
+)
 WEBHOOK_DELIVERED: Final = Counter(
     "carebus_webhook_delivered_total",
     "Webhook deliveries a receiver answered with 2xx, by recipient agency.",
@@ -136,13 +141,46 @@ WEBHOOK_SEND_SECONDS: Final = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+ROUTING_DELAY: Final = Histogram(
+    "carebus_routing_delay_seconds",
+    "Time from the gateway's acceptance of an event to the router handing its deliveries and "
+    "audit records to the producer: how late agencies learn of it, by event type.",
+    ["event_type"],
+    buckets=_LATENCY_BUCKETS,
+)
 ROUTING_DECISIONS: Final = Counter(
     "carebus_routing_decisions_total",
-    "Routing decisions, by event type, outcome (delivered, withheld, no_candidate), basis and "
-    "withheld reason.",
-    ["event_type", "decision", "basis", "reason"],
+    "Routing decisions, one per candidate recipient, by event type, recipient agency, outcome "
+    "(delivered, withheld, no_candidate), basis and withheld reason.",
+    ["event_type", "agency", "decision", "basis", "reason"],
 )
 
+# Acknowledgement is human work: minutes to days.
+_ACK_BUCKETS: Final = (
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    4 * 3600.0,
+    8 * 3600.0,
+    24 * 3600.0,
+    48 * 3600.0,
+    7 * 24 * 3600.0,
+)
+
+ALERTS: Final = Gauge(
+    "carebus_alerts",
+    "Alerts in the inbox, by status (open, acknowledged) and whether they are escalated; "
+    "refreshed by the inbox's escalation loop.",
+    ["status", "escalated"],
+)
+ALERT_ACK_LATENCY: Final = Histogram(
+    "carebus_alert_ack_latency_seconds",
+    "Time from an alert's breach to its first acknowledgement in the inbox, by rule.",
+    ["rule_id"],
+    buckets=_ACK_BUCKETS,
+)
 ALERTS_ESCALATED: Final = Counter(
     "carebus_alerts_escalated_total",
     "Alerts the inbox flagged escalated: still open past their rule's escalation time.",
@@ -174,11 +212,26 @@ SLA_ALERTS: Final = Counter(
 )
 SLA_OPEN_OBLIGATIONS: Final = Gauge(
     "carebus_sla_open_obligations",
-    "Open obligations with a known deadline (rows of the deadline index).",
+    "Open obligations with a known deadline (rows of the deadline index), by rule.",
+    ["rule_id"],
 )
 SLA_OVERDUE_OBLIGATIONS: Final = Gauge(
     "carebus_sla_overdue_obligations",
-    "Open obligations past their deadline that the due scan has not breached yet.",
+    "Open obligations past their deadline that the due scan has not breached yet, by rule.",
+    ["rule_id"],
+)
+SLA_BREACHES: Final = Counter(
+    "carebus_sla_breaches_total",
+    "Obligations breached (deadline passed without fulfilment), by rule; one per obligation, "
+    "however many recipients it alerts.",
+    ["rule_id"],
+)
+SLA_ALERT_DELAY: Final = Histogram(
+    "carebus_sla_alert_delay_seconds",
+    "Time from an obligation's deadline to the due scan's publication of its breach alert, by "
+    "rule (breaches of late or backdated triggers, raised on arrival, are not counted).",
+    ["rule_id"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
 )
 SLA_SCAN_SECONDS: Final = Histogram(
     "carebus_sla_scan_seconds",

@@ -39,9 +39,10 @@ class SlaState:
     """One person's SLA state, JSON-ready (`to_json` / `from_json`).
 
     obligations  obligation_id -> {rule_id, identity, trigger (event JSON), deadline,
-                 status open|breached|closed, breached_at, closed_at, alerts (raised Alert
-                 JSON)}. A closed obligation is kept (for MEMORY) so that a replayed trigger or
-                 fulfilment changes nothing; an immediate rule's alert is kept as breached.
+                 status open|breached|closed|rule_removed, breached_at, closed_at,
+                 alerts (raised Alert JSON)}. A closed obligation is kept (for MEMORY) so that
+                 a replayed trigger or fulfilment changes nothing; an immediate rule's alert is
+                 kept as breached.
     early        fulfilling or cancelling events seen before their trigger (event JSON)
     admissions   admission event_id -> the fields trigger conditions read, and occurred_at
     windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
@@ -130,7 +131,11 @@ def breach_due(
             continue
         rule = rules.rule(obligation["rule_id"])
         if rule is None:
-            continue  # a rule removed from the file: its obligations wait, nothing is alerted
+            # The rule was removed from the reviewed file: nobody asked for this alert any more.
+            # Closing it (not leaving it open) keeps it out of the deadline index, which would
+            # otherwise offer it to every scan for ever.
+            obligation.update(status="rule_removed", closed_at=stamp(context.now))
+            continue
         raised = _raise(rule, obligation["trigger"], [obligation["trigger"]], deadline, context)
         obligation.update(status="breached", breached_at=stamp(context.now), alerts=raised)
         alerts.extend(raised)

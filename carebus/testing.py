@@ -49,6 +49,18 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`carebus <args>` in a subprocess with `env`, as a user runs it; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "carebus.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 class ServiceProcess:
     """One service started by a test: signal it, restart it, read its log."""
 

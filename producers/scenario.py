@@ -252,14 +252,20 @@ async def show_event_store(dsn: str, event_ids: list[str], timeout_s: float = 30
                 break
             await asyncio.sleep(0.5)
         print(f"\nevent store: {len(rows)} of {len(event_ids)} scenario events stored")
-        print(f"{'subject key':<14} {'occurred at (UTC)':<20} {'source':<13} event type")
+        print(
+            f"{'subject key':<14} {'occurred at (UTC)':<20} {'source':<13} {'event type':<22} "
+            "event id"
+        )
         for row in rows:
             print(
                 f"{row['sk']:<14} {row['occurred_at']:%Y-%m-%d %H:%M}     "
-                f"{row['source_agency']:<13} {row['event_type']}"
+                f"{row['source_agency']:<13} {row['event_type']:<22} {row['event_id']}"
             )
         if len(rows) != len(event_ids):
             raise SystemExit("not every scenario event reached the event store; see `carebus logs`")
+        admission = next((r["event_id"] for r in rows if r["event_type"] == "admission"), None)
+        if admission is not None:
+            print(f"\nfollow one event through the bus: .venv/bin/carebus trace {admission}")
     finally:
         await conn.close()
 

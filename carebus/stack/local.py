@@ -18,6 +18,7 @@ from carebus.stack import devdata
 from carebus.stack.kafka import KafkaBroker, broker_answers
 from carebus.stack.postgres import PostgresCluster
 from carebus.stack.process import StackError, is_alive, processes_mentioning
+from carebus.stack.prometheus import LocalPrometheus
 from carebus.stack.supervisor import (
     SERVICES,
     STACK_MARKER,
@@ -61,6 +62,7 @@ class LocalStack:
             settings, libs_dir=libs_dir, offsets_partitions=offsets_partitions
         )
         self.postgres = PostgresCluster.from_settings(settings, durable=durable)
+        self.prometheus = LocalPrometheus(settings)
 
     # -- up -----------------------------------------------------------------------------
 
@@ -102,10 +104,20 @@ class LocalStack:
             where = spec.url(self.settings) or "no HTTP endpoint"
             self.echo(f"{spec.name:<12} {'started' if started else 'running'} ({where})")
 
+    def start_prometheus(self) -> None:
+        """Debian's Prometheus scraping this stack with the production alert rules."""
+        started = self.prometheus.start()
+        self.echo(
+            f"prometheus   {'started' if started else 'reloaded'} ({self.prometheus.url}, "
+            f"config {self.prometheus.config_path})"
+        )
+
     # -- down ---------------------------------------------------------------------------
 
     def down(self) -> list[int]:
         """Stop services, Kafka and PostgreSQL; return pids that had to be killed afterwards."""
+        if self.prometheus.stop():
+            self.echo("prometheus   stopped")
         for spec in reversed(SERVICES):
             if stop_service(spec, self.settings):
                 self.echo(f"{spec.name:<12} stopped")
@@ -161,6 +173,15 @@ class LocalStack:
                     spec.url(self.settings) or "process",
                 )
             )
+        if self.prometheus.is_running():
+            ready = self.prometheus.ready()
+            components.append(
+                ComponentStatus(
+                    "prometheus",
+                    "up" if ready else "down",
+                    self.prometheus.url if ready else "running, but not ready",
+                )
+            )
         return components
 
     def status_document(self) -> dict[str, Any]:
@@ -170,6 +191,8 @@ class LocalStack:
             for spec in SERVICES
             if spec.port_setting is not None and spec.available()
         }
+        if self.prometheus.is_running():
+            services["prometheus"] = self.prometheus.url
         return {
             "services": services,
             "kafka": self.settings.kafka_bootstrap,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from collections.abc import Callable
@@ -61,6 +62,9 @@ class Dispatcher:
     ) -> None:
         if concurrency < 1:
             raise ValueError("webhook_concurrency must be at least 1")
+        for agency in AGENCIES:  # every series from the start, so increase() sees the first one
+            metrics.WEBHOOK_DELIVERED.labels(agency)
+            metrics.WEBHOOK_RETRIES.labels(agency)
         self._queue = queue
         self._client = client
         self._dead_letters = dead_letters
@@ -214,6 +218,7 @@ class Dispatcher:
         described = attempt.describe() if attempt else "not sent"
         fields = {
             "delivery_id": claim.delivery_id,
+            "event_id": _event_id(claim.body),
             "subject_key": claim.subject_key,
             "org_id": claim.org_id,
             "agency": claim.agency,
@@ -291,8 +296,19 @@ class Dispatcher:
         self._gauge_at = now
         pending = await self._queue.pending_by_agency()
         for agency in {*AGENCIES, *pending}:
-            metrics.WEBHOOK_PENDING.labels(agency).set(pending.get(agency, 0))
+            count, oldest_s = pending.get(agency, (0, 0.0))
+            metrics.WEBHOOK_PENDING.labels(agency).set(count)
+            metrics.WEBHOOK_OLDEST_PENDING.labels(agency).set(oldest_s)
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+
+
+def _event_id(body: bytes) -> str | None:
+    """The event a delivery body is about, for log lines (the body is the delivery JSON)."""
+    try:
+        event_id = json.loads(body).get("event_id")
+    except (ValueError, AttributeError):
+        return None
+    return event_id if isinstance(event_id, str) else None

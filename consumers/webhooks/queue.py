@@ -145,7 +145,9 @@ _SOURCE: Final = """
     FROM webhook_queue WHERE seq = $1
 """
 _PENDING_BY_AGENCY: Final = """
-    SELECT agency, count(*) FROM webhook_queue WHERE status = 'pending' GROUP BY agency
+    SELECT agency, count(*),
+           extract(epoch FROM clock_timestamp() - min(enqueued_at))::float8 AS oldest_s
+    FROM webhook_queue WHERE status = 'pending' GROUP BY agency
 """
 
 
@@ -306,9 +308,10 @@ class WebhookQueue:
             bytes(row["source_value"]),
         )
 
-    async def pending_by_agency(self) -> dict[str, int]:
+    async def pending_by_agency(self) -> dict[str, tuple[int, float]]:
+        """Per agency: deliveries pending and the age in seconds of the oldest of them."""
         rows = await self._pool.fetch(_PENDING_BY_AGENCY)
-        return {row["agency"]: int(row["count"]) for row in rows}
+        return {row["agency"]: (int(row["count"]), float(row["oldest_s"])) for row in rows}
 
 
 def _claim(row: Any) -> Claim:

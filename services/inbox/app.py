@@ -221,6 +221,10 @@ def _changed(action: str, change: Change | None) -> JSONResponse:
         raise ApiError(404, "no such alert", [("alert_id", "unknown")])
     result = "changed" if change.changed else "unchanged"
     metrics.INBOX_ACTIONS.labels(action, result).inc()
+    row = change.row
+    if action == "ack" and change.changed and row["acknowledged_at"] is not None:
+        waited = (row["acknowledged_at"] - row["breached_at"]).total_seconds()
+        metrics.ALERT_ACK_LATENCY.labels(row["rule_id"]).observe(max(0.0, waited))
     log.info(f"inbox.{action}", alert_id=change.row["alert_id"], result=result)
     return JSONResponse(alert_json(change.row))
 
@@ -254,4 +258,14 @@ async def escalate_forever(store: AlertStore, interval_s: float) -> None:
             if escalated:
                 metrics.ALERTS_ESCALATED.inc(len(escalated))
                 log.info("inbox.escalated", alerts=len(escalated))
+        try:
+            counts = await store.counts()
+        except _DATABASE_ERRORS as exc:
+            log.warning("inbox.count_failed", error=type(exc).__name__)
+        else:
+            for status in ("open", "acknowledged"):
+                for flag in (False, True):
+                    metrics.ALERTS.labels(status, str(flag).lower()).set(
+                        counts.get((status, flag), 0)
+                    )
         await asyncio.sleep(interval_s)

@@ -142,6 +142,14 @@ class AlertStore:
             current = await conn.fetchrow(_ONE, alert_id)
             return Change(current, changed=False) if current is not None else None
 
+    async def counts(self) -> dict[tuple[str, bool], int]:
+        """Unresolved alerts by (status, escalated)."""
+        rows = await self._pool.fetch(
+            "SELECT status, escalated, count(*) AS n FROM alerts "
+            "WHERE status <> 'resolved' GROUP BY status, escalated"
+        )
+        return {(row["status"], row["escalated"]): row["n"] for row in rows}
+
     async def escalate_due(self) -> list[str]:
         """Flag every open alert past its escalation time; the ids flagged, each announced."""
         async with self._pool.acquire() as conn, conn.transaction():

@@ -156,10 +156,16 @@ class Router:
             )
             metrics.ROUTING_DECISIONS.labels(
                 disclosure["event_type"],
+                disclosure["recipient"]["agency"] if disclosure["recipient"] else "",
                 disclosure["decision"],
                 disclosure["basis"] or "",
                 disclosure["reason"] or "",
             ).inc()
+        received_at = decoded.record.get("received_at")
+        if isinstance(received_at, datetime):
+            metrics.ROUTING_DELAY.labels(decoded.record["event_type"]).observe(
+                max(0.0, (datetime.now(UTC) - received_at).total_seconds())
+            )
         log.info(
             "event_routed",
             event_id=decoded.record["event_id"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faust
 
 from carebus.config import get_settings
+from carebus.lag import LagReporter
 from carebus.sink import serve_metrics
 from carebus.telemetry import configure_logging
 from services.sla.app import create_app
@@ -15,6 +16,7 @@ def main() -> None:
     configure_logging("sla", settings)
     app = create_app(settings)
     serve_metrics(settings.http_host, settings.metrics_port, lambda: True)
+    LagReporter(settings, app.conf.id).start()
     worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
     worker.execute_from_commandline()
 

@@ -61,6 +61,8 @@ _OUTAGE: Final = (
 # Records applied per transaction while catching up; a lone record waits at most this long.
 BATCH_SIZE: Final = 500
 BATCH_WITHIN_S: Final = 0.05
+# The per-rule obligation gauges count the whole deadline index: at most this often.
+GAUGE_INTERVAL_S: Final = 10.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -107,7 +109,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=settings.sla_scan_interval_s)  # type: ignore[untyped-decorator]
     async def scan() -> None:
-        await engine.scan()
+        # An exception would end faust's timer for good: a failed pass is logged, the next
+        # one retries (CarebusSlaScanStalled fires if they keep failing).
+        try:
+            await engine.scan()
+        except Exception as error:
+            log.error("sla_scan_failed", error_type=type(error).__name__)
 
     log.info("sla_rules_loaded", version=rules.version, rules=len(rules.rules))
     app.sla_engine = engine  # type: ignore[attr-defined]
@@ -132,6 +139,9 @@ class SlaEngine:
         self._dead_letters = dead_letters
         self._publisher = Publisher(settings, "carebus-sla")
         self._pool: asyncpg.Pool | None = None
+        self._gauges_due = 0.0
+        for rule in rules.rules:  # every series from the start, so increase() sees the first one
+            metrics.SLA_BREACHES.labels(rule.rule_id)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -276,15 +286,25 @@ class SlaEngine:
                 await self._publish([(row["subject_key"], alert) for alert in alerts])
                 await _save_many(conn, {row["subject_key"]: (routing or PersonState(), state)})
                 published += len(alerts)
-        counts = await pool.fetchrow(
-            "SELECT count(*) AS open, count(*) FILTER (WHERE deadline <= now()) AS overdue "
-            "FROM sla_deadlines"
-        )
-        assert counts is not None
-        metrics.SLA_OPEN_OBLIGATIONS.set(counts["open"])
-        metrics.SLA_OVERDUE_OBLIGATIONS.set(counts["overdue"])
+                _observe_alert_delay(alerts)
         metrics.SLA_SCAN_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() >= self._gauges_due:
+            await self._refresh_gauges(pool)
         return published
+
+    async def _refresh_gauges(self, pool: asyncpg.Pool) -> None:
+        """Open and overdue obligations per rule: counts the whole index, so not on every scan."""
+        self._gauges_due = time.monotonic() + GAUGE_INTERVAL_S
+        rows = await pool.fetch(
+            "SELECT split_part(obligation_id, ':', 1) AS rule_id, count(*) AS open, "
+            "count(*) FILTER (WHERE deadline <= now()) AS overdue "
+            "FROM sla_deadlines GROUP BY 1"
+        )
+        counts = {row["rule_id"]: (row["open"], row["overdue"]) for row in rows}
+        for rule_id in {*(rule.rule_id for rule in self._rules.rules), *counts}:
+            open_, overdue = counts.get(rule_id, (0, 0))
+            metrics.SLA_OPEN_OBLIGATIONS.labels(rule_id).set(open_)
+            metrics.SLA_OVERDUE_OBLIGATIONS.labels(rule_id).set(overdue)
 
     def _context(self, routing: PersonState | None) -> AlertContext:
         return AlertContext(
@@ -310,6 +330,13 @@ class SlaEngine:
                     OutgoingRecord(topics.AUDIT, key, self._codec.encode(DISCLOSURE, audit))
                 )
         await self._publisher.publish(outgoing)
+        breaches = {
+            (subject_key, alert["rule_id"], tuple(alert["event_ids"]))
+            for subject_key, alert in alerts
+            if alert["status"] == "open"
+        }
+        for _, rule_id, _ in breaches:
+            metrics.SLA_BREACHES.labels(rule_id).inc()
         for subject_key, alert in alerts:
             metrics.SLA_ALERTS.labels(alert["rule_id"], alert["kind"], alert["status"]).inc()
             log.info(
@@ -317,8 +344,24 @@ class SlaEngine:
                 alert_id=alert["alert_id"],
                 rule_id=alert["rule_id"],
                 status=alert["status"],
+                event_ids=alert["event_ids"],
                 subject_key=subject_key,
             )
+
+
+def _observe_alert_delay(alerts: Sequence[dict[str, Any]]) -> None:
+    """How long after its deadline the scan published each breach (one per obligation)."""
+    published = datetime.now(UTC)
+    seen = set()
+    for alert in alerts:
+        if alert["status"] != "open" or alert.get("deadline") is None:
+            continue
+        breach = (alert["rule_id"], tuple(alert["event_ids"]))
+        if breach in seen:
+            continue
+        seen.add(breach)
+        delay = (published - parse_rfc3339(alert["deadline"])).total_seconds()
+        metrics.SLA_ALERT_DELAY.labels(alert["rule_id"]).observe(max(0.0, delay))
 
 
 def alert_record(alert: dict[str, Any]) -> dict[str, Any]:

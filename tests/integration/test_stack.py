@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,12 +14,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from carebus import db, topics
-from carebus.config import Settings
 from carebus.kafka import consumer_config, producer_config
-from carebus.stack.kafka import broker_answers, default_libs_dir, fetch_libs
+from carebus.stack.kafka import broker_answers
 from carebus.stack.process import processes_mentioning
 from carebus.stack.topics import apply_catalogue, load_catalogue
-from carebus.testing import TestStack, free_ports
+from carebus.testing import TestStack, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -148,58 +142,15 @@ async def test_confluent_and_aiokafka_put_a_key_on_the_same_partition(
 # -- carebus up / status / down as a user runs them --------------------------------------------
 
 
-@pytest.fixture
-def cli_env() -> Iterator[dict[str, str]]:
-    """Environment for a `carebus` CLI stack in a private 0700 directory on free ports.
-
-    Like CI's `mktemp -d` checkout, the postgres user cannot enter it, which exercises the
-    data directory fallback. The Kafka jars are linked from the project's state dir.
-    """
-    state_dir = Path(tempfile.mkdtemp(prefix="carebus-cli-")) / ".carebus"
-    libs = default_libs_dir(Settings())
-    fetch_libs(libs)
-    (state_dir / "kafka").mkdir(parents=True)
-    (state_dir / "kafka" / "libs").symlink_to(libs)
-    ports = free_ports(7)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
-    env.update(
-        CAREBUS_STATE_DIR=str(state_dir),
-        CAREBUS_KAFKA_BOOTSTRAP=f"127.0.0.1:{ports[0]}",
-        CAREBUS_KAFKA_CONTROLLER_PORT=str(ports[1]),
-        CAREBUS_POSTGRES_DSN=f"postgresql://carebus@127.0.0.1:{ports[2]}/carebus",
-        CAREBUS_GATEWAY_PORT=str(ports[3]),
-        CAREBUS_REGISTRY_PORT=str(ports[4]),
-        CAREBUS_AUDIT_PORT=str(ports[5]),
-        CAREBUS_INBOX_PORT=str(ports[6]),
-    )
-    yield env
-    carebus(env, "down")
-    location = state_dir / "postgres" / "location"
-    if location.exists():
-        shutil.rmtree(location.read_text().strip(), ignore_errors=True)
-    shutil.rmtree(state_dir.parent, ignore_errors=True)
-
-
-def carebus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "carebus.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     """`carebus up` is healthy and idempotent, status prints the contract, down stops all."""
-    first = carebus(cli_env, "up")
+    first = run_cli(cli_env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
-    again = carebus(cli_env, "up")
+    again = run_cli(cli_env, "up")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "started" not in again.stdout  # everything was left running
 
-    status = carebus(cli_env, "status", "--json")
+    status = run_cli(cli_env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     document = json.loads(status.stdout)
     assert set(document) == {"services", "kafka", "postgres", "dev_tokens"}
@@ -216,7 +167,7 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     if os.geteuid() == 0:  # PostgreSQL runs as `postgres`, who cannot enter a 0700 checkout
         assert pg_root.parent == Path("/var/tmp")
 
-    down = carebus(cli_env, "down")
+    down = run_cli(cli_env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
     assert "leftover" not in down.stdout
     assert (
@@ -225,4 +176,4 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
         )
         == []
     )
-    assert carebus(cli_env, "status").returncode != 0
+    assert run_cli(cli_env, "status").returncode != 0

@@ -15,9 +15,6 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
-DASHBOARDS_PROVIDER = (
-    PROJECT_ROOT / "infra" / "grafana" / "provisioning" / "dashboards" / "carebus.yml"
-)
 
 # Variables the stack refuses to start without; none of them has a safe default.
 REQUIRED_ENV = {
@@ -38,6 +35,7 @@ WORKERS = {
     "sla": "services.sla",
     "event-store": "consumers.event_store",
     "audit-store": "consumers.audit_store",
+    "alert-store": "consumers.alert_store",
     "webhooks": "consumers.webhooks",
 }
 DEPLOYABLES = HTTP_SERVICES | WORKERS
@@ -258,17 +256,68 @@ def test_prometheus_scrapes_every_deployable(services: dict[str, dict[str, Any]]
     assert "./infra/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
 
 
-def test_grafana_loads_dashboards_from_the_mounted_folder(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    """The dashboards provider reads the folder the stack mounts infra/grafana/dashboards on."""
-    provider = yaml.safe_load(DASHBOARDS_PROVIDER.read_text(encoding="utf-8"))
-    path = provider["providers"][0]["options"]["path"]
-    mounts = {
-        str(volume).split(":")[1]: str(volume).split(":")[0]
-        for volume in services["grafana"]["volumes"]
-    }
-    assert mounts.get(path) == "./infra/grafana/dashboards"
+def _repository_source(service: dict[str, Any], container_path: str) -> tuple[str, bool]:
+    """The repository path a bind mount puts at `container_path`, and whether it is read-only.
+
+    The deepest mount that contains the path wins, as in the container.
+    """
+    best: tuple[str, str, bool] | None = None
+    for volume in service.get("volumes", []):
+        source, target, *options = str(volume).split(":")
+        if container_path != target and not container_path.startswith(f"{target}/"):
+            continue
+        if best is None or len(target) > len(best[1]):
+            best = (source, target, "ro" in options)
+    assert best is not None, f"nothing is mounted at {container_path}"
+    source, target, read_only = best
+    assert source.startswith("./"), f"{container_path} is not from the repository"
+    return source + container_path[len(target) :], read_only
+
+
+def _pinned(image: str) -> bool:
+    _name, _, tag = image.rpartition(":")
+    return bool(_name) and tag not in {"", "latest"}
+
+
+def test_prometheus_runs_the_repository_config(services: dict[str, dict[str, Any]]) -> None:
+    """Prometheus reads the repository's config and rules read-only; its data is in a volume."""
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    assert _pinned(prometheus["image"])
+    assert _repository_source(prometheus, "/etc/prometheus/prometheus.yml") == (
+        "./infra/prometheus/prometheus.yml",
+        True,
+    )
+    assert _repository_source(prometheus, "/etc/prometheus/rules") == (
+        "./infra/prometheus/rules",
+        True,
+    )
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    [storage] = [flag for flag in prometheus["command"] if flag.startswith("--storage.tsdb.path=")]
+    assert f"prometheus-data:{storage.split('=', 1)[1]}" in prometheus["volumes"]
+    assert _published_ports(prometheus) == ["127.0.0.1:9090:9090"]
+
+
+def test_grafana_runs_the_repository_provisioning(services: dict[str, dict[str, Any]]) -> None:
+    """Grafana loads the repository's datasource and dashboards, read-only, after Prometheus."""
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert _pinned(grafana["image"])
+    assert _repository_source(grafana, "/etc/grafana/provisioning") == (
+        "./infra/grafana/provisioning",
+        True,
+    )
+    assert "prometheus" in grafana["depends_on"]
+    assert _published_ports(grafana) == ["3000:3000"]
+
+
+def test_grafana_has_no_default_login(services: dict[str, dict[str, Any]]) -> None:
+    """The admin password comes from a required variable and anonymous viewers are refused."""
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == (
+        "${CAREBUS_GRAFANA_ADMIN_PASSWORD:?set CAREBUS_GRAFANA_ADMIN_PASSWORD}"
+    )
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
 
 def test_image_runs_as_a_non_root_user() -> None:

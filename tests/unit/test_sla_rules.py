@@ -328,6 +328,19 @@ def test_every_rule_of_the_file_is_covered() -> None:
 
 
 @BY_RULE
+def test_obligation_of_a_removed_rule_closes_without_alert(case: Case) -> None:
+    """A rule removed from the file: its open obligations leave the deadline index silently."""
+    person, deadline = triggered(case)
+    person.rules = RuleSet(
+        RULES.version, tuple(rule for rule in RULES.rules if rule.rule_id != case.rule_id)
+    )
+    assert of(case.rule_id, person.scan(deadline + MINUTE)) == []
+    assert person.deadlines(case.rule_id) == []
+    person.rules = RULES  # put back: the closed obligation stays closed
+    assert of(case.rule_id, person.scan(deadline + 2 * MINUTE)) == []
+
+
+@BY_RULE
 def test_trigger_opens_an_obligation_without_an_alert(case: Case) -> None:
     """The trigger opens one obligation with the rule's deadline and alerts nobody before it."""
     person, deadline = triggered(case)

@@ -119,8 +119,8 @@ class FakeQueue:
     async def unstick(self) -> int:
         return 0
 
-    async def pending_by_agency(self) -> dict[str, int]:
-        return {"municipality": sum(1 for row in self.rows if row.status == "pending")}
+    async def pending_by_agency(self) -> dict[str, tuple[int, float]]:
+        return {"municipality": (sum(1 for row in self.rows if row.status == "pending"), 0.0)}
 
 
 @dataclass
