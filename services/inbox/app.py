@@ -225,7 +225,12 @@ def _changed(action: str, change: Change | None) -> JSONResponse:
     if action == "ack" and change.changed and row["acknowledged_at"] is not None:
         waited = (row["acknowledged_at"] - row["breached_at"]).total_seconds()
         metrics.ALERT_ACK_LATENCY.labels(row["rule_id"]).observe(max(0.0, waited))
-    log.info(f"inbox.{action}", alert_id=change.row["alert_id"], result=result)
+    log.info(
+        f"inbox.{action}",
+        alert_id=row["alert_id"],
+        event_ids=list(row["event_ids"]),
+        result=result,
+    )
     return JSONResponse(alert_json(change.row))
 
 

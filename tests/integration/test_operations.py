@@ -36,6 +36,7 @@ EXPECTED_AFTER_DEMO = {
     "carebus_sink_rows_total": {"sink": "event-store"},
     "carebus_sla_events_total": {"outcome": "applied"},
     "carebus_consumer_lag_records": {"group": "carebus-router"},
+    "carebus_routing_delay_seconds_count": {"event_type": "admission"},
     "carebus_webhook_pending": {"agency": "municipality"},
 }
 # Ten or more digits in a label value could be a national identity number: never allowed.
