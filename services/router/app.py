@@ -4,14 +4,18 @@ One faust agent reads the person-keyed stream in order. Consent and care-team ch
 table of person state (backed by a changelog topic, so a restarted or rebalanced worker recovers
 it); each event first updates that state and is then routed by the pure decisions in
 `carebus.routing`: deliveries to `care.deliveries.<agency>.v1`, one disclosure per candidate to
-`care.audit.v1`. Processing is at-least-once: faust flushes what was produced before it commits
-an offset, ids are deterministic and every sink is idempotent.
+`care.audit.v1`. Records are taken in batches; a batch's deliveries and disclosures go out
+through one confluent-kafka producer (murmur2, so keys land where faust puts them) and the batch
+is acknowledged to faust only when the broker has all of them. Processing is at-least-once:
+faust commits offsets only of acknowledged records (and flushes the table's changelog first),
+ids are deterministic and every sink is idempotent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,9 +26,15 @@ from faust.types import EventT
 from carebus import metrics, topics
 from carebus.codec import Codec, DecodeError
 from carebus.config import Settings
-from carebus.deadletter import DeadLetterPolicy, FaustMessage, Reason
+from carebus.deadletter import (
+    DeadLetterPolicy,
+    DeadLettersUnacknowledgedError,
+    FaustMessage,
+    Reason,
+)
 from carebus.kafka import producer_config
 from carebus.policy import Policy, load_policy
+from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
 from carebus.routing import PersonState, apply, route
 from carebus.telemetry import get_logger
 
@@ -34,6 +44,9 @@ CONSENT_CHANGE = "no.carebus.v1.ConsentChange"
 CARETEAM_CHANGE = "no.carebus.v1.CareTeamChange"
 DELIVERY = "no.carebus.v1.Delivery"
 DISCLOSURE = "no.carebus.v1.Disclosure"
+# Records routed per broker round trip while catching up; a lone record waits at most this long.
+BATCH_SIZE = 500
+BATCH_WITHIN_S = 0.01
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -66,24 +79,30 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    outgoing = {
-        name: app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-        for name in (topics.AUDIT, *topics.DELIVERIES)
-    }
+    # Written while a batch is routed, outside faust's per-event context, so the changelog
+    # partition comes from the partitioner: murmur2 of the subject key, the very partition the
+    # person's events are on (the gateway and the registry produce with murmur2 too).
     persons = app.Table(
-        "persons", partitions=settings.person_partitions, key_type=bytes, value_type=bytes
+        "persons",
+        partitions=settings.person_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
     )
     dead_letters = DeadLetterPolicy(
         Producer(producer_config(settings, "carebus-router-deadletters")), codec, consumer="router"
     )
-    router = Router(policy, codec, persons, outgoing, dead_letters)
+    publisher = Publisher(settings, "carebus-router")
+    router = Router(policy, codec, persons, publisher, dead_letters)
 
     @app.agent(events_topic)
     async def route_events(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await router.handle(event)
+        # take_events acks a batch only after the loop body has processed it: its records are
+        # acknowledged by the broker before faust may commit their offsets.
+        # faust-streaming has take_events on Stream but not on its StreamT protocol.
+        batches = stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S)  # type: ignore[attr-defined]
+        async for batch in batches:
+            await router.handle_batch(batch)
             yield None
 
     app.router_core = router  # type: ignore[attr-defined]
@@ -91,49 +110,68 @@ def create_app(settings: Settings) -> faust.App:
 
 
 class Router:
-    """What the agent does with one record; kept apart from faust's wiring so it reads plainly."""
+    """What the agent does with records; kept apart from faust's wiring so it reads plainly."""
 
     def __init__(
         self,
         policy: Policy,
         codec: Codec,
         persons: Any,
-        outgoing: dict[str, Any],
+        publisher: Publisher,
         dead_letters: DeadLetterPolicy,
     ) -> None:
         self._policy = policy
         self._codec = codec
         self._persons = persons
-        self._outgoing = outgoing
+        self._publisher = publisher
         self._dead_letters = dead_letters
 
-    async def handle(self, event: EventT[bytes]) -> None:
-        """Route one record; a record that cannot be routed is dead-lettered, never retried
-        forever, so one bad record cannot stop a person's partition."""
+    async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
+        """Route a batch of records and return once the broker has every record it produced.
+
+        Records are routed one by one in stream order (a person's state changes between them);
+        their deliveries and disclosures go out together. A record that cannot be routed is
+        dead-lettered, never retried forever, so one bad record cannot stop a person's
+        partition. A broker outage is retried with backoff until the batch is out: faust must
+        not commit offsets whose output the broker does not have.
+        """
+        outgoing: list[OutgoingRecord] = []
+        for event in batch:
+            outgoing.extend(self.route_one(event.message))
+        delay = 0.5
+        while True:
+            try:
+                if self._dead_letters.outstanding:
+                    self._dead_letters.flush(timeout=30.0)
+                await self._publisher.publish_all(outgoing)
+                return
+            except (BrokerUnavailableError, DeadLettersUnacknowledgedError):
+                log.warning("router_publish_retry", records=len(outgoing), wait_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def route_one(self, message: Any) -> list[OutgoingRecord]:
+        """The records routing one stream record produces; [] and a dead letter if it fails."""
         try:
-            await self._handle(event)
+            return self._route(message)
         except Exception as error:  # any failure of one record is a dead letter
             log.error(
-                "routing_failed",
-                error_type=type(error).__name__,
-                subject_key=_text(event.message.key),
+                "routing_failed", error_type=type(error).__name__, subject_key=_text(message.key)
             )
             self._dead_letters.send(
-                FaustMessage(event.message),
+                FaustMessage(message),
                 Reason.INVALID_RECORD,
                 f"routing failed: {type(error).__name__}",
             )
-            self._dead_letters.flush(timeout=30.0)
+            return []
 
-    async def _handle(self, event: EventT[bytes]) -> None:
-        message = event.message
+    def _route(self, message: Any) -> list[OutgoingRecord]:
         subject_key = _text(message.key)
         try:
             decoded = self._codec.decode(message.value or b"")
         except DecodeError as error:
             self._dead_letters.send_undecodable(FaustMessage(message), error.reason)
-            self._dead_letters.flush(timeout=30.0)
-            return
+            return []
         table_key = subject_key.encode()
         stored = self._persons.get(table_key)
         before = PersonState.from_json(json.loads(stored)) if stored else PersonState()
@@ -144,15 +182,19 @@ class Router:
             CONSENT_CHANGE,
             CARETEAM_CHANGE,
         ):
-            return
+            return []
         routing = route(decoded.record, state, self._policy, datetime.now(UTC))
-        key = subject_key.encode()
-        for delivery in routing.deliveries:
-            topic = topics.deliveries(delivery["recipient"]["agency"])
-            await self._outgoing[topic].send(key=key, value=self._codec.encode(DELIVERY, delivery))
+        records = [
+            OutgoingRecord(
+                topics.deliveries(delivery["recipient"]["agency"]),
+                table_key,
+                self._codec.encode(DELIVERY, delivery),
+            )
+            for delivery in routing.deliveries
+        ]
         for disclosure in routing.disclosures:
-            await self._outgoing[topics.AUDIT].send(
-                key=key, value=self._codec.encode(DISCLOSURE, disclosure)
+            records.append(
+                OutgoingRecord(topics.AUDIT, table_key, self._codec.encode(DISCLOSURE, disclosure))
             )
             metrics.ROUTING_DECISIONS.labels(
                 disclosure["event_type"],
@@ -173,6 +215,7 @@ class Router:
             deliveries=len(routing.deliveries),
             decisions=len(routing.disclosures),
         )
+        return records
 
 
 def _text(key: Any) -> str:
