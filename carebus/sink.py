@@ -26,7 +26,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -142,6 +142,18 @@ class _Pending:
     row: Row
 
 
+@dataclass
+class _Batch:
+    """One consumed batch, decoded: the rows to write and what was set aside."""
+
+    messages: Sequence[Message]
+    started: float
+    pending: list[_Pending] = field(default_factory=list)
+    skipped: int = 0
+    undecodable: list[tuple[Message, str]] = field(default_factory=list)  # with decoder's code
+    invalid: list[tuple[Message, str]] = field(default_factory=list)  # with a fixed detail
+
+
 class BatchSink:
     """Runs the batch loop for one consumer group and one RowWriter."""
 
@@ -178,50 +190,80 @@ class BatchSink:
         return time.monotonic() - self._last_progress < stale_after_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until `stop` is set; the batch in hand is finished and committed."""
+        """Process batches until `stop` is set; the batch in hand is finished and committed.
+
+        Two batches are in flight: while one is written and committed, the next is consumed
+        and decoded, so Python's decoding overlaps PostgreSQL's work. Offsets still move only
+        after a batch is written, in order, so a crash replays at most the two batches.
+        """
         log.info("sink.started", group=self._group_id, batch_size=self._batch_size)
-        while not stop.is_set():
-            messages = await asyncio.to_thread(
-                self._consumer.consume, self._batch_size, self._poll_timeout_s
-            )
-            if messages:
-                try:
-                    await self.process(messages, stop)
-                except StopRequestedError as exc:
-                    log.warning("sink.batch_abandoned", step=str(exc), messages=len(messages))
-                    break
-            self._last_progress = time.monotonic()
-            self._update_lag()
+        ahead: asyncio.Task[_Batch] = asyncio.create_task(self._next_batch())
+        try:
+            while not stop.is_set():
+                batch = await ahead
+                ahead = asyncio.create_task(self._next_batch())
+                if batch.messages:
+                    try:
+                        await self._store(batch, stop)
+                    except StopRequestedError as exc:
+                        log.warning(
+                            "sink.batch_abandoned", step=str(exc), messages=len(batch.messages)
+                        )
+                        break
+                self._last_progress = time.monotonic()
+                self._update_lag()
+        finally:
+            # The consumer is used by the thread of the batch read ahead: let it finish; its
+            # offsets are not committed, so it is read again after a restart.
+            with contextlib.suppress(Exception):
+                await ahead
         log.info("sink.stopped")
 
     async def process(self, messages: Sequence[Message], stop: asyncio.Event) -> None:
         """Store one batch and commit its offsets; see the module docstring for the steps."""
-        started = time.perf_counter()
-        pending: list[_Pending] = []
-        skipped = dead_lettered = 0
+        await self._store(self._prepare(messages), stop)
+
+    async def _next_batch(self) -> _Batch:
+        messages = await asyncio.to_thread(
+            self._consumer.consume, self._batch_size, self._poll_timeout_s
+        )
+        return self._prepare(messages)
+
+    def _prepare(self, messages: Sequence[Message]) -> _Batch:
+        """Steps 1–2: decode the batch into rows; note what can never be stored."""
+        batch = _Batch(messages=messages, started=time.perf_counter())
         for message in messages:
             if _consumer_error(message):
                 continue
             try:
                 decoded = self._codec.decode(message.value() or b"")
             except DecodeError as exc:
-                reason = self._dead_letters.send_undecodable(message, exc.reason)
-                self._log_dead_letter(message, reason)
-                dead_lettered += 1
+                batch.undecodable.append((message, exc.reason))
                 continue
             try:
                 row = self._writer.row(decoded, message)
             except InvalidRecordError as exc:
-                self._dead_letters.send(message, Reason.INVALID_RECORD, exc.detail)
-                self._log_dead_letter(message, Reason.INVALID_RECORD)
-                dead_lettered += 1
+                batch.invalid.append((message, exc.detail))
                 continue
             if row is None:
-                skipped += 1
+                batch.skipped += 1
                 metrics.SINK_SKIPPED.labels(self.name, decoded.schema_name).inc()
                 continue
-            pending.append(_Pending(message, row))
+            batch.pending.append(_Pending(message, row))
+        return batch
 
+    async def _store(self, batch: _Batch, stop: asyncio.Event) -> None:
+        """Steps 3–5: write the rows, wait for the dead letters, commit the offsets."""
+        pending, messages = batch.pending, batch.messages
+        # Dead letters are handed over here, not while decoding: the batch read ahead must not
+        # add letters while this batch's flush (in a thread) waits for its own.
+        for message, decode_reason in batch.undecodable:
+            self._log_dead_letter(
+                message, self._dead_letters.send_undecodable(message, decode_reason)
+            )
+        for message, detail in batch.invalid:
+            self._dead_letters.send(message, Reason.INVALID_RECORD, detail)
+            self._log_dead_letter(message, Reason.INVALID_RECORD)
         rejected: list[tuple[Message, str]] = []
 
         async def write() -> None:
@@ -244,13 +286,13 @@ class BatchSink:
 
         written = len(pending) - len(rejected)
         metrics.SINK_ROWS.labels(self.name).inc(written)
-        metrics.SINK_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - batch.started)
         log.info(
             "sink.batch_committed",
             messages=len(messages),
             rows=written,
-            skipped=skipped,
-            dead_lettered=dead_lettered + len(rejected),
+            skipped=batch.skipped,
+            dead_lettered=len(batch.undecodable) + len(batch.invalid) + len(rejected),
         )
 
     async def _write(self, pending: Sequence[_Pending]) -> list[tuple[Message, str]]:

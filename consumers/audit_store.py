@@ -38,7 +38,9 @@ from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
 
 NAME: Final = "audit-store"
 GROUP_ID: Final = "carebus-audit-store"
-BATCH_SIZE: Final = 1000
+# Rows per transaction: commit and per-statement costs spread over more rows (5,000 measured
+# about twice the throughput of 1,000; docs/performance.md).
+BATCH_SIZE: Final = 5000
 
 DISCLOSURE_SCHEMA: Final = "no.carebus.v1.Disclosure"
 DELIVERY_SCHEMA: Final = "no.carebus.v1.Delivery"

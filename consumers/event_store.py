@@ -29,7 +29,9 @@ from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
 
 NAME: Final = "event-store"
 GROUP_ID: Final = "carebus-event-store"
-BATCH_SIZE: Final = 1000
+# Rows per transaction: commit and per-statement costs spread over more rows (5,000 measured
+# about twice the throughput of 1,000; docs/performance.md).
+BATCH_SIZE: Final = 5000
 
 COLUMNS: Final = (
     "source_org",
