@@ -9,10 +9,10 @@ lag that matters for at-least-once processing — what a restarted worker would 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Final
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from carebus import metrics
 from carebus.config import Settings
@@ -25,16 +25,28 @@ _TIMEOUT_S: Final = 10.0
 
 
 class LagReporter:
-    """Sets the lag gauge of one group's committed partitions every `interval_s` seconds."""
+    """Sets the lag gauge of one group on `topics` every `interval_s` seconds."""
 
-    def __init__(self, settings: Settings, group_id: str, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        topics: Sequence[str],
+        interval_s: float = INTERVAL_S,
+    ) -> None:
         self._group_id = group_id
+        self._topics = tuple(topics)
         self._interval_s = interval_s
-        bootstrap = {"bootstrap.servers": settings.kafka_bootstrap}
-        self._admin = AdminClient({**bootstrap, "client.id": f"{group_id}-lag"})
-        # Only for watermarks: never subscribes, never joins or commits for the group.
-        self._ends = Consumer(
-            {**bootstrap, "group.id": f"{group_id}-lag", "enable.auto.commit": False}
+        # A member of the group that never subscribes: it reads the group's committed offsets
+        # (OffsetFetch) without joining it. Not the AdminClient's list_consumer_group_offsets,
+        # which crashes librdkafka when a fresh broker answers NOT_COORDINATOR (librdkafka #5040).
+        self._reader = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": group_id,
+                "client.id": f"{group_id}-lag",
+                "enable.auto.commit": False,
+            }
         )
         self._stop = threading.Event()
         self._reported: set[tuple[str, int]] = set()
@@ -47,18 +59,22 @@ class LagReporter:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=_TIMEOUT_S)
-        self._ends.close()
+        self._reader.close()
 
     def report(self) -> int:
         """Read the group's lag once and set the gauge; the number of partitions reported."""
-        request = [ConsumerGroupTopicPartitions(self._group_id)]
-        futures = self._admin.list_consumer_group_offsets(request, request_timeout=_TIMEOUT_S)
-        committed = futures[self._group_id].result().topic_partitions or []
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in self._topics
+            for partition in self._reader.list_topics(topic, timeout=_TIMEOUT_S)
+            .topics[topic]
+            .partitions
+        ]
         current: set[tuple[str, int]] = set()
-        for tp in committed:
+        for tp in self._reader.committed(partitions, timeout=_TIMEOUT_S):
             if tp.offset < 0:
                 continue  # no commit on this partition yet
-            _low, high = self._ends.get_watermark_offsets(
+            _low, high = self._reader.get_watermark_offsets(
                 TopicPartition(tp.topic, tp.partition), timeout=_TIMEOUT_S
             )
             metrics.CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(
@@ -74,6 +90,6 @@ class LagReporter:
         while not self._stop.is_set():
             try:
                 self.report()
-            except (KafkaException, RuntimeError) as exc:  # broker away: next round
+            except (KafkaException, RuntimeError, KeyError) as exc:  # broker away: next round
                 log.warning("lag.read_failed", group=self._group_id, error=type(exc).__name__)
             self._stop.wait(self._interval_s)
