@@ -3,6 +3,7 @@
 #   make stop   stop the local stack (`carebus down`)
 #   make test   install, lint, type-check, and run the whole test suite (unit + integration)
 #   make lint   ruff + mypy
+#   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
 
 SHELL := /bin/bash
 VENV := .venv
@@ -10,7 +11,7 @@ PYTHON := $(VENV)/bin/python
 CAREBUS := $(VENV)/bin/carebus
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run stop status test lint unit integration
+.PHONY: install tools run stop status test lint unit integration bench
 
 install: tools $(STAMP)
 
@@ -68,3 +69,8 @@ unit: install
 
 integration: install
 	$(VENV)/bin/pytest tests/integration
+
+# Benchmarks (not part of `make test`, which runs only their smoke test): prints one table and
+# saves it with the machine's description under bench/results/. See docs/performance.md.
+bench: install
+	$(PYTHON) -m bench

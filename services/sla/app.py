@@ -61,8 +61,8 @@ _OUTAGE: Final = (
 # Records applied per transaction while catching up; a lone record waits at most this long.
 BATCH_SIZE: Final = 500
 BATCH_WITHIN_S: Final = 0.05
-# The per-rule obligation gauges count the whole deadline index: at most this often.
-GAUGE_INTERVAL_S: Final = 10.0
+# The per-rule obligation gauges count the whole deadline index: on their own timer, this often.
+GAUGE_INTERVAL_S: Final = 15.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -116,6 +116,13 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as error:
             log.error("sla_scan_failed", error_type=type(error).__name__)
 
+    @app.timer(interval=GAUGE_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def gauges() -> None:
+        try:
+            await engine.refresh_gauges()
+        except Exception as error:
+            log.warning("sla_gauges_failed", error_type=type(error).__name__)
+
     log.info("sla_rules_loaded", version=rules.version, rules=len(rules.rules))
     app.sla_engine = engine  # type: ignore[attr-defined]
     return app
@@ -139,7 +146,6 @@ class SlaEngine:
         self._dead_letters = dead_letters
         self._publisher = Publisher(settings, "carebus-sla")
         self._pool: asyncpg.Pool | None = None
-        self._gauges_due = 0.0
         for rule in rules.rules:  # every series from the start, so increase() sees the first one
             metrics.SLA_BREACHES.labels(rule.rule_id)
 
@@ -288,13 +294,12 @@ class SlaEngine:
                 published += len(alerts)
                 _observe_alert_delay(alerts)
         metrics.SLA_SCAN_SECONDS.observe(time.perf_counter() - started)
-        if time.monotonic() >= self._gauges_due:
-            await self._refresh_gauges(pool)
         return published
 
-    async def _refresh_gauges(self, pool: asyncpg.Pool) -> None:
-        """Open and overdue obligations per rule: counts the whole index, so not on every scan."""
-        self._gauges_due = time.monotonic() + GAUGE_INTERVAL_S
+    async def refresh_gauges(self) -> None:
+        """Open and overdue obligations per rule. It counts the whole index (0.3 s at a million
+        open obligations), so it runs on its own slow timer, never inside the due scan."""
+        pool = await self.pool()
         rows = await pool.fetch(
             "SELECT split_part(obligation_id, ':', 1) AS rule_id, count(*) AS open, "
             "count(*) FILTER (WHERE deadline <= now()) AS overdue "

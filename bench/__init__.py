@@ -1,0 +1,1 @@
+"""carebus benchmarks: `make bench` (or `python -m bench`); see docs/performance.md."""
