@@ -253,8 +253,10 @@ async def test_a_row_the_database_rejects_is_dead_lettered_and_its_batch_is_stor
 async def test_every_event_is_stored_exactly_once_across_a_kill(
     stack: TestStack, event_store: ServiceProcess, db: asyncpg.Connection
 ) -> None:
-    """SIGKILL in the middle of 10,000 events, then a restart: 10,000 rows, none missing."""
+    """SIGKILL in the middle of 50,000 events (ten batches), then a restart: every row, once."""
     assert event_store.stop() == 0  # SIGTERM: finishes its batch, commits, exits cleanly
+    # Ten of the sink's 5,000-row batches, so the kill lands between two of them.
+    events = 50_000
 
     factory = EventFactory()
     nins = [factory.nin() for _ in range(100)]
@@ -262,7 +264,7 @@ async def test_every_event_is_stored_exactly_once_across_a_kill(
     secret = stack.settings.subject_key_secret.get_secret_value()
     keys = [subject_key(nin, secret) for nin in nins]
     run = uuid.uuid4().hex[:8]
-    event_ids = [f"police-{run}-{n:05d}" for n in range(10_000)]
+    event_ids = [f"police-{run}-{n:05d}" for n in range(events)]
     messages = []
     for n, event_id in enumerate(event_ids):
         record = {
@@ -278,14 +280,14 @@ async def test_every_event_is_stored_exactly_once_across_a_kill(
     await wait_for_rows(db, event_ids, at_least=1, timeout_s=30, poll_s=0.01)
     event_store.kill(signal.SIGKILL)
     stored_at_kill = await stored(db, event_ids)
-    assert 0 < stored_at_kill < 10_000, "the kill should land in the middle of the stream"
+    assert 0 < stored_at_kill < events, "the kill should land in the middle of the stream"
 
     event_store.start()
-    assert await wait_for_rows(db, event_ids, timeout_s=40) == 10_000
+    assert await wait_for_rows(db, event_ids, timeout_s=60) == events
     assert (
         await db.fetchval(
             "SELECT count(DISTINCT event_id) FROM events WHERE event_id = ANY($1::text[])",
             event_ids,
         )
-        == 10_000
+        == events
     )
