@@ -38,7 +38,10 @@ class Workload:
         self.secret = secret
         self.factory = EventFactory(seed)
         self.codec = Codec.default()
-        self.nins = [self.factory.nin() for _ in range(persons)]
+        nins: dict[str, None] = {}  # random nins can repeat: draw until `persons` distinct
+        while len(nins) < persons:
+            nins[self.factory.nin()] = None
+        self.nins = list(nins)
         self.keys = [subject_key(nin, secret).encode() for nin in self.nins]
         assert set(MIX) <= set(EVENT_TYPES)
 

@@ -96,32 +96,40 @@ class LocalPrometheus:
             # Re-read the config (new services, changed rules) without losing the data.
             httpx.post(f"{self.url}/-/reload", timeout=5.0)
             return False
-        _, record = start_detached(
-            [
-                str(binary),
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.home / 'data'}",
-                "--storage.tsdb.retention.time=7d",
-                f"--web.listen-address=127.0.0.1:{self.settings.prometheus_port}",
-                "--web.enable-lifecycle",
-            ],
-            log_path=self.log_path,
-            pid_path=self.pid_path,
-            env=child_env(self.settings),
-            cwd=self.home,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.is_running():
+        failure = ""
+        for _attempt in range(2):  # a start that dies at once is tried once more, then reported
+            proc, record = start_detached(
+                [
+                    str(binary),
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.home / 'data'}",
+                    "--storage.tsdb.retention.time=7d",
+                    f"--web.listen-address=127.0.0.1:{self.settings.prometheus_port}",
+                    "--web.enable-lifecycle",
+                ],
+                log_path=self.log_path,
+                pid_path=self.pid_path,
+                env=child_env(self.settings),
+                cwd=self.home,
+            )
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                # The child's own exit status, not the pid file: it is ours and just started.
+                if proc.poll() is not None:
+                    failure = (
+                        f"prometheus exited with status {proc.returncode} while starting; last "
+                        f"lines of {self.log_path}:\n{tail(self.log_path, 30)}"
+                    )
+                    break
+                if self.ready(timeout_s=1.0):
+                    return True
+                time.sleep(0.2)
+            else:
+                stop_recorded(self.pid_path)
                 raise StackError(
-                    f"prometheus exited while starting; last lines of {self.log_path}:\n"
-                    f"{tail(self.log_path, 30)}"
+                    f"prometheus (pid {record.pid}) was not ready within {timeout_s:.0f} s"
                 )
-            if self.ready(timeout_s=1.0):
-                return True
-            time.sleep(0.2)
-        stop_recorded(self.pid_path)
-        raise StackError(f"prometheus (pid {record.pid}) was not ready within {timeout_s:.0f} s")
+        raise StackError(failure)
 
     def stop(self) -> bool:
         return stop_recorded(self.pid_path)
