@@ -29,7 +29,7 @@ from carebus.identity import random_nin
 from carebus.stack.devdata import DEV_ORGANISATIONS
 from carebus.stack.kafka import default_libs_dir
 from carebus.stack.local import LocalStack
-from carebus.stack.process import StackError, group_alive, tail
+from carebus.stack.process import StackError, is_alive, pids_in_group, tail
 from carebus.stack.supervisor import child_env, healthz, service_named
 
 __all__ = ["EventFactory", "ServiceProcess", "StackError", "TestStack", "capture_logs"]
@@ -80,6 +80,7 @@ class ServiceProcess:
         self.url = url
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
+        self._swept = False  # whether stop() has swept the process group of `proc`
 
     @property
     def pid(self) -> int:
@@ -103,6 +104,7 @@ class ServiceProcess:
         if self.alive:
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._swept = False
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -165,10 +167,15 @@ class ServiceProcess:
                 self.proc.wait(timeout=10)
             except ProcessLookupError:
                 pass
-        # Children the service started (in its group) must not outlive it either.
-        if group_alive(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        # Children the service started (in its group) must not outlive it either. The leader is
+        # reaped by now, so a live process with its pid is a stranger that was given the pid
+        # again (pids wrap within minutes under a test run), and a second stop() must not sweep
+        # at all: the group may by then be that stranger's.
+        if not self._swept:
+            self._swept = True
+            if any(pid != self.proc.pid and is_alive(pid) for pid in pids_in_group(self.proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.returncode
 
     def restart(self, *, wait: bool = True) -> ServiceProcess:

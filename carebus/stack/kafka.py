@@ -20,7 +20,7 @@ from string import Template
 from confluent_kafka.admin import AdminClient
 
 from carebus.config import PROJECT_ROOT, Settings
-from carebus.stack.process import StackError, running, start_detached, stop_recorded, tail
+from carebus.stack.process import StackError, running, start_until_ready, stop_recorded, tail
 
 KAFKA_INFRA = PROJECT_ROOT / "infra" / "kafka"
 POM = KAFKA_INFRA / "pom.xml"
@@ -218,7 +218,8 @@ class KafkaBroker:
                 )
         self._write_config()
         self._format_storage(java)
-        start_detached(
+        start_until_ready(
+            "the Kafka broker",
             [
                 java,
                 f"-Xms{self.heap_mb}m",
@@ -232,11 +233,14 @@ class KafkaBroker:
                 "kafka.Kafka",
                 str(self.config_path),
             ],
+            lambda: (
+                port_open("127.0.0.1", self.broker_port) and broker_answers(self.bootstrap, 5.0)
+            ),
             log_path=self.log_path,
             pid_path=self.pid_path,
+            timeout_s=timeout_s,
             cwd=self.home,
         )
-        self.wait_ready(timeout_s)
         return True
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from carebus.config import Settings
 from carebus.stack.kafka import port_open
-from carebus.stack.process import StackError, is_alive, tail
+from carebus.stack.process import StackError, cmdline, is_alive, tail
 
 POSTGRES_USER = "postgres"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -218,7 +218,11 @@ class PostgresCluster:
             pid = int(first)
         except (OSError, ValueError, IndexError):
             return None
-        return pid if is_alive(pid) else None
+        # A postmaster.pid left by a killed server names a pid that may since have been given
+        # to another process; only a live postgres started on this data dir counts.
+        if not is_alive(pid) or str(self.data_dir) not in " ".join(cmdline(pid)):
+            return None
+        return pid
 
     def is_running(self) -> bool:
         return self.postmaster_pid() is not None

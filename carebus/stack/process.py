@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +126,58 @@ def start_detached(
     record = PidRecord(pid=proc.pid, pgid=proc.pid, argv=cmdline(proc.pid) or tuple(argv))
     record.write(pid_path)
     return proc, record
+
+
+def exit_description(returncode: int) -> str:
+    """`returncode` of a child in words: "exit status 1" or "killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def start_until_ready(
+    name: str,
+    argv: Sequence[str],
+    ready: Callable[[], bool],
+    *,
+    log_path: Path,
+    pid_path: Path,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> PidRecord:
+    """Start `argv` detached and wait until `ready()`; a start that dies at once is tried again.
+
+    Whether the child died is judged by its own exit status (it is our child), never by the
+    pid file. A child that dies before `ready()` is started once more — a fresh broker or
+    Prometheus on a busy box has been seen gone within its first second with nothing logged —
+    and a second death is reported with the exit status and the log's last lines.
+    """
+    failure = ""
+    for _attempt in range(2):
+        proc, record = start_detached(argv, log_path=log_path, pid_path=pid_path, env=env, cwd=cwd)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                failure = (
+                    f"{name} (pid {record.pid}) {exit_description(proc.returncode)} while "
+                    f"starting; last lines of {log_path}:\n{tail(log_path, 30)}"
+                )
+                break
+            if ready():
+                return record
+            time.sleep(0.2)
+        else:
+            stop_group(record.pgid)
+            pid_path.unlink(missing_ok=True)
+            raise StackError(
+                f"{name} (pid {record.pid}) was not ready within {timeout_s:.0f} s; last lines "
+                f"of {log_path}:\n{tail(log_path, 30)}"
+            )
+    raise StackError(failure)
 
 
 def stop_group(pgid: int, *, timeout_s: float = 10.0) -> bool:

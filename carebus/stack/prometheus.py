@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,7 +17,7 @@ import httpx
 import yaml
 
 from carebus.config import PROJECT_ROOT, Settings
-from carebus.stack.process import StackError, running, start_detached, stop_recorded, tail
+from carebus.stack.process import StackError, running, start_until_ready, stop_recorded
 from carebus.stack.supervisor import SERVICES, child_env, log_path, pid_path
 
 NAME: Final = "prometheus"
@@ -96,40 +95,24 @@ class LocalPrometheus:
             # Re-read the config (new services, changed rules) without losing the data.
             httpx.post(f"{self.url}/-/reload", timeout=5.0)
             return False
-        failure = ""
-        for _attempt in range(2):  # a start that dies at once is tried once more, then reported
-            proc, record = start_detached(
-                [
-                    str(binary),
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self.home / 'data'}",
-                    "--storage.tsdb.retention.time=7d",
-                    f"--web.listen-address=127.0.0.1:{self.settings.prometheus_port}",
-                    "--web.enable-lifecycle",
-                ],
-                log_path=self.log_path,
-                pid_path=self.pid_path,
-                env=child_env(self.settings),
-                cwd=self.home,
-            )
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                # The child's own exit status, not the pid file: it is ours and just started.
-                if proc.poll() is not None:
-                    failure = (
-                        f"prometheus exited with status {proc.returncode} while starting; last "
-                        f"lines of {self.log_path}:\n{tail(self.log_path, 30)}"
-                    )
-                    break
-                if self.ready(timeout_s=1.0):
-                    return True
-                time.sleep(0.2)
-            else:
-                stop_recorded(self.pid_path)
-                raise StackError(
-                    f"prometheus (pid {record.pid}) was not ready within {timeout_s:.0f} s"
-                )
-        raise StackError(failure)
+        start_until_ready(
+            NAME,
+            [
+                str(binary),
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.home / 'data'}",
+                "--storage.tsdb.retention.time=7d",
+                f"--web.listen-address=127.0.0.1:{self.settings.prometheus_port}",
+                "--web.enable-lifecycle",
+            ],
+            lambda: self.ready(timeout_s=1.0),
+            log_path=self.log_path,
+            pid_path=self.pid_path,
+            timeout_s=timeout_s,
+            env=child_env(self.settings),
+            cwd=self.home,
+        )
+        return True
 
     def stop(self) -> bool:
         return stop_recorded(self.pid_path)

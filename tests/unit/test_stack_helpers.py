@@ -10,14 +10,23 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+import carebus.testing
 from carebus.config import Settings
 from carebus.events import EVENT_TYPES, parse_event
 from carebus.stack.devdata import DEV_ORGANISATIONS
 from carebus.stack.kafka import new_cluster_id
-from carebus.stack.postgres import Dsn
-from carebus.stack.process import PidRecord, running, start_detached, stop_recorded
+from carebus.stack.postgres import Dsn, PostgresCluster
+from carebus.stack.process import (
+    PidRecord,
+    StackError,
+    exit_description,
+    running,
+    start_detached,
+    start_until_ready,
+    stop_recorded,
+)
 from carebus.stack.supervisor import SERVICES, service_named, settings_env
-from carebus.testing import EventFactory, free_ports
+from carebus.testing import EventFactory, ServiceProcess, free_ports
 
 
 def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +88,79 @@ def test_a_recycled_pid_is_not_mistaken_for_ours(tmp_path: Path) -> None:
     pid_file = tmp_path / "other.pid"
     PidRecord(pid=os.getpid(), pgid=os.getpgid(0), argv=("java", "kafka.Kafka")).write(pid_file)
     assert running(pid_file) is None
+
+
+def test_exit_descriptions_name_the_signal() -> None:
+    assert exit_description(1) == "exit status 1"
+    assert exit_description(-9) == "killed by SIGKILL"
+
+
+def test_a_start_that_dies_at_once_is_tried_once_more(tmp_path: Path) -> None:
+    """The first start dies, the second lives: ready, and the pid file names the second."""
+    marker = tmp_path / "tried"
+    script = (
+        "import pathlib, sys, time\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists():\n"
+        "    m.write_text('1'); sys.exit(3)\n"
+        f"pathlib.Path({str(tmp_path / 'ready')!r}).write_text('yes'); time.sleep(60)\n"
+    )
+    pid_path = tmp_path / "run" / "p.pid"
+    record = start_until_ready(
+        "the sleeper",
+        [sys.executable, "-c", script],
+        lambda: (tmp_path / "ready").exists(),
+        log_path=tmp_path / "p.log",
+        pid_path=pid_path,
+        timeout_s=30,
+    )
+    try:
+        assert running(pid_path) == record
+    finally:
+        assert stop_recorded(pid_path)
+
+
+def test_a_start_that_dies_twice_is_reported_with_its_exit_status(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match=r"the quitter \(pid \d+\) exit status 7 while starting"):
+        start_until_ready(
+            "the quitter",
+            [sys.executable, "-c", "print('no luck'); raise SystemExit(7)"],
+            lambda: False,
+            log_path=tmp_path / "q.log",
+            pid_path=tmp_path / "q.pid",
+            timeout_s=30,
+        )
+    assert (tmp_path / "q.log").read_text().count("no luck") == 2
+
+
+def test_a_second_stop_never_signals_the_old_process_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the leader is reaped its pid may be given to a stranger; stop() twice must not
+    signal that group again (a stranger's broker was once killed that way)."""
+    service = ServiceProcess(
+        "sleeper",
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        dict(os.environ),
+        tmp_path / "s.log",
+    ).start(wait=False)
+    assert service.stop() is not None
+    # A stranger now leads a group with the old pid, with a child of its own.
+    monkeypatch.setattr(carebus.testing, "pids_in_group", lambda pgid: [pgid, pgid + 1])
+    monkeypatch.setattr(carebus.testing, "is_alive", lambda pid: True)
+    signalled: list[int] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: signalled.append(pgid))
+    service.stop()
+    assert signalled == []
+
+
+def test_a_stale_postmaster_pid_file_does_not_name_a_stranger(tmp_path: Path) -> None:
+    """postmaster.pid left by a killed server, its pid now another live process: not ours."""
+    postgres = PostgresCluster(state_dir=tmp_path, dsn=Dsn.parse("postgresql://c@127.0.0.1:5999/c"))
+    postgres.data_dir.mkdir(parents=True)
+    (postgres.data_dir / "postmaster.pid").write_text(f"{os.getpid()}\n{postgres.data_dir}\n")
+    assert postgres.postmaster_pid() is None
+    assert not postgres.is_running()
 
 
 def test_free_ports_are_distinct() -> None:
