@@ -15,6 +15,7 @@ import fastavro
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from carebus.avro_writer import MismatchError, compile_writer
 from carebus.config import PROJECT_ROOT
 from carebus.events import EVENT_TYPES
 
@@ -212,6 +213,13 @@ class SchemaEntry:
     # Every named type in the schema by full name, for explaining encode failures.
     named_types: dict[str, Any] = field(repr=False)
     check: Callable[[object], str | None] = field(repr=False)
+    # Checks and writes in one pass (carebus.avro_writer); None: check, then fastavro.
+    write: Callable[[Any], bytes] | None = field(repr=False)
+
+    @property
+    def header(self) -> bytes:
+        """The single-object header: C3 01 and the fingerprint."""
+        return MAGIC + self.fingerprint
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any]) -> SchemaEntry:
@@ -224,6 +232,7 @@ class SchemaEntry:
             fingerprint=fingerprint_of(canonical_form),
             named_types=_named_types(schema, {}),
             check=compile_check(schema),
+            write=compile_writer(schema),
         )
 
 
@@ -385,13 +394,18 @@ class Codec:
 
     def _encode(self, entry: SchemaEntry, record: Mapping[str, Any]) -> bytes:
         # fastavro coerces some wrong types silently ("true" for a boolean) and its errors quote
-        # the value, which may be a nin: check first, and report only the field path.
-        mismatch = entry.check(record)
-        if mismatch is not None:
-            raise EncodeError(f"record does not match {entry.name}: {mismatch}")
+        # the value, which may be a nin: the compiled writer checks each value as it writes it
+        # and names only the field path; a schema it cannot compile is checked, then fastavro.
+        if entry.write is not None:
+            try:
+                return entry.header + entry.write(record)
+            except MismatchError as mismatch:
+                raise EncodeError(f"record does not match {entry.name}: {mismatch}") from None
+        problem = entry.check(record)
+        if problem is not None:
+            raise EncodeError(f"record does not match {entry.name}: {problem}")
         buffer = io.BytesIO()
-        buffer.write(MAGIC)
-        buffer.write(entry.fingerprint)
+        buffer.write(entry.header)
         try:
             fastavro.schemaless_writer(buffer, entry.parsed, record)
         except Exception:  # the cause may quote personal data; name no value

@@ -430,3 +430,40 @@ class EventFactory:
         """One event of each type, all about the same person."""
         nin = nin or self.nin()
         return [self.event(event_type, nin=nin) for event_type in EVENT_TYPES]
+
+
+def dead_letters(
+    settings: Settings, key: bytes, consumer: str, expected: int = 1, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """The dead letters `consumer` wrote for records keyed `key`, read from the beginning.
+
+    Waits until `expected` are there, then reads one more second, so a dead letter sent twice
+    shows up as two.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from carebus import topics
+    from carebus.codec import Codec
+    from carebus.kafka import consumer_config
+
+    reader = Consumer(consumer_config(settings, f"test-dlq-{uuid.uuid4().hex}"))
+    partitions = reader.list_topics(topics.DEADLETTER, timeout=10).topics[topics.DEADLETTER]
+    reader.assign(
+        [TopicPartition(topics.DEADLETTER, p, OFFSET_BEGINNING) for p in partitions.partitions]
+    )
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    linger_until: float | None = None
+    try:
+        while time.monotonic() < (linger_until or deadline):
+            for message in reader.consume(100, 0.2):
+                if message.error() or message.key() != key:
+                    continue
+                record = Codec.default().decode(message.value() or b"").record
+                if record["consumer"] == consumer:
+                    found.append(record)
+            if linger_until is None and len(found) >= expected:
+                linger_until = time.monotonic() + 1.0
+    finally:
+        reader.close()
+    return found

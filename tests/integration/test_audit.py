@@ -14,15 +14,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from carebus import topics
 from carebus.auth import create_token
 from carebus.codec import Codec
 from carebus.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
 from carebus.identity import random_nin, subject_key
-from carebus.kafka import consumer_config, producer_config
-from carebus.testing import ServiceProcess, TestStack
+from carebus.kafka import producer_config
+from carebus.testing import ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -295,7 +295,7 @@ async def test_bad_records_are_dead_lettered_and_the_sink_goes_on(
     assert await wait_for(db, "disclosures", "audit_id", [bad["audit_id"]], 0) == 0
     assert await wait_for(db, "deliveries", "delivery_id", [misrouted["delivery_id"]], 0) == 0
 
-    letters = dead_letters(stack, key, expected=3)
+    letters = dead_letters(stack.settings, key, "audit-store", expected=3)
     reasons = sorted((letter["source_topic"], letter["reason"]) for letter in letters)
     assert reasons == sorted(
         [
@@ -306,30 +306,6 @@ async def test_bad_records_are_dead_lettered_and_the_sink_goes_on(
     )
     assert all(letter["consumer"] == "audit-store" for letter in letters)
     assert all(person.nin not in letter["detail"] for letter in letters)
-
-
-def dead_letters(
-    stack: TestStack, key: bytes, expected: int, timeout_s: float = 20.0
-) -> list[dict[str, Any]]:
-    """The audit store's dead letters keyed `key`, once `expected` of them are there."""
-    consumer = Consumer(consumer_config(stack.settings, f"test-dlq-{uuid.uuid4().hex}"))
-    partitions = consumer.list_topics(topics.DEADLETTER, timeout=10).topics[topics.DEADLETTER]
-    consumer.assign(
-        [TopicPartition(topics.DEADLETTER, p, OFFSET_BEGINNING) for p in partitions.partitions]
-    )
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.2):
-                if message.error() or message.key() != key:
-                    continue
-                record = CODEC.decode(message.value() or b"").record
-                if record["consumer"] == "audit-store":
-                    found.append(record)
-    finally:
-        consumer.close()
-    return found
 
 
 # --- GET /v1/deliveries -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from carebus.codec import Codec
 from carebus.events import event_to_record, parse_event, rfc3339
 from carebus.identity import random_nin, subject_key
 from carebus.kafka import producer_config
-from carebus.testing import ServiceProcess, TestStack
+from carebus.testing import ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -359,10 +359,8 @@ async def test_sla_worker_killed_between_trigger_and_deadline(
     assert len({a["alert_id"] for a in alerts}) == 2
 
 
-async def test_a_text_postgresql_jsonb_refuses_does_not_stop_the_engine(
-    bus: Bus, stack: TestStack
-) -> None:
-    """An admission whose ward holds U+0000 (valid Avro) is tracked and alerts like any other."""
+def admission_record(bus: Bus, stack: TestStack, **payload: Any) -> tuple[str, str, dict[str, Any]]:
+    """(event_id, nin, Avro record) of an admission as the gateway would publish it."""
     nin = random_nin(bus.rng)
     event = {
         "event_id": f"dps-{uuid.uuid4().hex[:16]}",
@@ -370,20 +368,61 @@ async def test_a_text_postgresql_jsonb_refuses_does_not_stop_the_engine(
         "occurred_at": rfc3339(datetime.now(UTC)),
         "source": {"agency": "dps", "org_id": ORGS["dps"]},
         "subject": {"nin": nin},
-        "payload": admission(ward="ward 7"),
+        "payload": admission(**payload),
     }
     parsed, problems = parse_event(event)
     assert parsed is not None, problems
     secret = stack.settings.subject_key_secret.get_secret_value()
-    record = event_to_record(parsed, subject_key(nin, secret), datetime.now(UTC))
-    record["payload"]["ward"] = "ward\x00 7"
-    producer = Producer(producer_config(stack.settings, f"test-sla-{uuid.uuid4().hex}"))
-    producer.produce(
-        topics.EVENTS,
-        key=record["subject_key"].encode(),
-        value=Codec.default().encode_event(record),
+    return (
+        event["event_id"],
+        nin,
+        event_to_record(parsed, subject_key(nin, secret), datetime.now(UTC)),
     )
+
+
+def produce_records(stack: TestStack, records: list[dict[str, Any]]) -> None:
+    """Straight onto care.events.v1 (past the gateway's checks), in one flush."""
+    producer = Producer(producer_config(stack.settings, f"test-sla-{uuid.uuid4().hex}"))
+    for record in records:
+        producer.produce(
+            topics.EVENTS,
+            key=record["subject_key"].encode(),
+            value=Codec.default().encode_event(record),
+        )
     assert producer.flush(30) == 0
-    await bus.alerts_eventually(event["event_id"], "health_info.after_admission", 2)
+
+
+async def test_a_text_postgresql_jsonb_refuses_does_not_stop_the_engine(
+    bus: Bus, stack: TestStack
+) -> None:
+    """An admission whose ward holds U+0000 (valid Avro) is tracked and alerts like any other."""
+    event_id, _, record = admission_record(bus, stack, ward="ward 7")
+    record["payload"]["ward"] = "ward\x00 7"
+    produce_records(stack, [record])
+    await bus.alerts_eventually(event_id, "health_info.after_admission", 2)
     later = await bus.publish("dps", "admission", random_nin(bus.rng), admission())
     await bus.tracked(later)
+
+
+async def test_a_record_the_engine_cannot_apply_is_dead_lettered_and_its_batch_goes_on(
+    bus: Bus, stack: TestStack
+) -> None:
+    """An admission dated 9999-12-31 (valid Avro, but its deadline overflows) between two good
+    ones, produced together so they share a batch: it is dead-lettered, the others alert."""
+    good, poison, also_good = (admission_record(bus, stack) for _ in range(3))
+    poison[2]["occurred_at"] = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    produce_records(stack, [good[2], poison[2], also_good[2]])
+    for event_id, _, _ in (good, also_good):
+        await bus.alerts_eventually(event_id, "health_info.after_admission", 2)
+    poison_id, poison_nin, poison_record = poison
+    assert await bus.alerts(poison_id) == []
+    letters = dead_letters(stack.settings, poison_record["subject_key"].encode(), consumer="sla")
+    assert [(letter["reason"], letter["consumer"]) for letter in letters] == [
+        ("invalid_record", "sla")
+    ]
+    assert "OverflowError" in letters[0]["detail"]
+    assert poison_nin not in letters[0]["detail"]
+    stored = await bus.conn.fetchval(
+        "SELECT count(*) FROM sla_persons WHERE subject_key = $1", poison_record["subject_key"]
+    )
+    assert stored == 0  # its half-applied state was dropped, not written

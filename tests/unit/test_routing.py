@@ -813,3 +813,16 @@ def test_a_late_republished_consent_never_overrides_a_newer_one() -> None:
     assert latest is not None
     assert latest.status == "withdrawn"
     assert PersonState.from_json(state.to_json()) == state
+
+
+@pytest.mark.parametrize("recipient", ["987654321", "-", "ø/æ/å 1"])
+def test_delivery_ids_are_the_rfc_4122_version_5_uuids_of_their_names(recipient: str) -> None:
+    """The hand-rolled id is exactly uuid5: ids stored before it keep matching."""
+    namespace = uuid.UUID("6f1c2a4e-1f7d-5b8e-9c3a-2d4b6e8f0a1c")
+    event_id = str(uuid.uuid4())
+    assert delivery_id("111111111", event_id, recipient) == str(
+        uuid.uuid5(namespace, f"event/111111111/{event_id}/{recipient}")
+    )
+    assert no_candidate_audit_id("111111111", event_id) == str(
+        uuid.uuid5(namespace, f"event/111111111/{event_id}/-")
+    )
