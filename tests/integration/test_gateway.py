@@ -345,7 +345,7 @@ async def test_broker_unavailable_is_503_with_retry_after(
 def test_no_nin_in_gateway_logs(stack: TestStack, gateway: str) -> None:
     """The gateway's log never contains a national identity number."""
     log_text = stack.service_log("gateway").read_text()
-    assert "event_accepted" in log_text
+    assert "events_accepted" in log_text
     candidates = re.findall(r"(?<![0-9A-Za-z])\d{11}(?![0-9A-Za-z])", log_text)
     assert [c for c in candidates if validate_nin(c) is None] == []
 
