@@ -38,6 +38,7 @@ POLL_S: Final = 0.5
 MIN_RATE: Final = 200.0  # events/s below which a replay is given up as stuck
 CRASH_WINDOW_S: Final = 20.0  # a worker alive this long after its start has survived starting
 MAX_CRASHES: Final = 2
+GOAL_EVENTS: Final = 1_000_000  # issue 6: a replay of a million events in at most two minutes
 
 Records = list[tuple[bytes, bytes]]
 
@@ -246,7 +247,8 @@ def run(bench: Bench) -> None:
                     seconds,
                     "s",
                     baseline="kafka.read_replay_s",
-                    goal=Goal("<=", 120),
+                    # The goal is for a million events; a smaller replay is judged by its rate.
+                    goal=Goal("<=", 120) if count == GOAL_EVENTS else None,
                     note=(
                         f"{count:,} events of {persons:,} persons; process start → its group "
                         f"committed the end of {topics.EVENTS} (commits every ~3 s); "
@@ -261,7 +263,8 @@ def run(bench: Bench) -> None:
                     count / seconds,
                     "events/s",
                     baseline="kafka.consume",
-                    note="one worker process, its start included",
+                    goal=Goal(">=", GOAL_EVENTS / 120),
+                    note="one worker process, its start included; the goal is 1,000,000 in 120 s",
                 )
             )
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
+
+import orjson
 
 from carebus.events import rfc3339
 
@@ -46,7 +47,7 @@ def delivery_to_json(record: Mapping[str, Any]) -> dict[str, Any]:
         "subject": {"nin": record["subject"]["nin"]},
         "basis": record["basis"],
         "categories": list(record["categories"]),
-        "payload": json.loads(record["payload_json"]),
+        "payload": orjson.loads(record["payload_json"]),
     }
     if record.get("emergency"):
         body["emergency"] = {

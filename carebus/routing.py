@@ -8,11 +8,12 @@ registry has already confirmed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
+
+import orjson
 
 from carebus.codec import event_schema_name
 from carebus.deliveries import delivery_id, no_candidate_audit_id
@@ -442,9 +443,7 @@ def _delivery(
         "basis": decision.basis,
         "categories": list(decision.categories),
         "fields": list(decision.fields),
-        "payload_json": json.dumps(
-            record_to_json(payload), ensure_ascii=False, separators=(",", ":")
-        ),
+        "payload_json": orjson.dumps(record_to_json(payload)).decode(),
         "emergency": (
             {"justification": emergency["justification"], "accountable": emergency["accountable"]}
             if emergency

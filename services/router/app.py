@@ -14,12 +14,12 @@ ids are deterministic and every sink is idempotent.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from confluent_kafka import Producer
 from faust.types import EventT
 
@@ -187,10 +187,10 @@ class Router:
             return []
         table_key = subject_key.encode()
         stored = self._persons.get(table_key)
-        before = PersonState.from_json(json.loads(stored)) if stored else PersonState()
+        before = PersonState.from_json(orjson.loads(stored)) if stored else PersonState()
         state = apply(before, decoded.schema_name, decoded.record)
         if state is not before:
-            self._persons[table_key] = json.dumps(state.to_json(), separators=(",", ":")).encode()
+            self._persons[table_key] = orjson.dumps(state.to_json())
         if "event_type" not in decoded.record or decoded.schema_name in (
             CONSENT_CHANGE,
             CARETEAM_CHANGE,

@@ -17,7 +17,6 @@ twice and on several workers at once (`FOR UPDATE SKIP LOCKED`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import Any, Final
 
 import asyncpg
 import faust
+import orjson
 from confluent_kafka import Producer
 from faust.types import EventT
 
@@ -424,8 +424,8 @@ async def _load_many(
     )
     return {
         row["subject_key"]: (
-            PersonState.from_json(json.loads(row["routing"])),
-            SlaState.from_json(json.loads(row["state"])),
+            PersonState.from_json(orjson.loads(row["routing"])),
+            SlaState.from_json(orjson.loads(row["state"])),
         )
         for row in rows
     }
@@ -443,8 +443,8 @@ async def _save_many(conn: Connection, persons: dict[str, tuple[PersonState, Sla
         [
             (
                 key,
-                json.dumps(state.to_json(), separators=(",", ":")),
-                json.dumps(routing.to_json(), separators=(",", ":")),
+                orjson.dumps(state.to_json()).decode(),
+                orjson.dumps(routing.to_json()).decode(),
             )
             for key, (routing, state) in persons.items()
         ],

@@ -74,7 +74,12 @@ def test_body_carries_the_emergency_notice() -> None:
 
 @pytest.mark.parametrize(
     ("payload_json", "problem"),
-    [("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object"), ('{"a": NaN}', "finite")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"a": NaN}', "not valid JSON"),
+        ('{"a": -Infinity}', "not valid JSON"),
+    ],
 )
 def test_body_refuses_a_bad_payload_without_quoting_it(payload_json: str, problem: str) -> None:
     """A payload that cannot become the body is refused with a message naming no value."""
