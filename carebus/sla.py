@@ -10,6 +10,7 @@ return the new state and the `Alert` records to publish (raised or resolved), bu
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -441,7 +442,10 @@ def deadline_of(rule: Rule, trigger: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_rfc3339(text: str) -> datetime:
+    # Cached: the SLA engine reads the same deadlines and event times of a person's state on
+    # every event of that person (a third of a million calls per 10,000 events).
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

@@ -44,7 +44,8 @@ CONSENT_CHANGE = "no.carebus.v1.ConsentChange"
 CARETEAM_CHANGE = "no.carebus.v1.CareTeamChange"
 DELIVERY = "no.carebus.v1.Delivery"
 DISCLOSURE = "no.carebus.v1.Disclosure"
-# Records routed per broker round trip while catching up; a lone record waits at most this long.
+# Records routed per broker round trip while catching up; a lone record waits at most this long
+# (the batch is cut when full or when this has passed, so under load batches fill first).
 BATCH_SIZE = 500
 BATCH_WITHIN_S = 0.01
 
