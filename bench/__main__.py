@@ -18,7 +18,17 @@ from typing import Final
 
 from bench.harness import FULL, QUICK, RESULTS_DIR, Bench
 
-SECTIONS: Final = ("baseline", "gateway", "router", "latency", "sla", "sinks", "replay", "memory")
+SECTIONS: Final = (
+    "baseline",
+    "cpu",
+    "gateway",
+    "router",
+    "latency",
+    "sla",
+    "sinks",
+    "replay",
+    "memory",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

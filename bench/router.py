@@ -189,6 +189,7 @@ def measure(
             lambda: offsets.group_members() == workers and offsets.caught_up(),
             STARTUP_TIMEOUT_S,
             "fold the registry history",
+            offsets.describe,
         )
         startup_s = time.perf_counter() - started
         if offsets.total(topics.AUDIT):
@@ -202,6 +203,7 @@ def measure(
                 offsets.caught_up,
                 max(STARTUP_TIMEOUT_S, len(events) / 200),
                 "route the events",
+                offsets.describe,
             )
         finally:
             watcher.stop()
@@ -222,7 +224,11 @@ def measure(
 
 
 def await_routers(
-    routers: Sequence[ServiceProcess], done: Callable[[], bool], timeout_s: float, what: str
+    routers: Sequence[ServiceProcess],
+    done: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    progress: Callable[[], str] = lambda: "",
 ) -> None:
     """Poll `done` until it holds; raises if a router exits or `timeout_s` passes first."""
     deadline = time.perf_counter() + timeout_s
@@ -236,8 +242,8 @@ def await_routers(
                 )
         if time.perf_counter() > deadline:
             raise TimeoutError(
-                f"{len(routers)} router(s) did not {what} within {timeout_s:.0f} s; "
-                f"last lines of router-0:\n{routers[0].log_tail(10)}"
+                f"{len(routers)} router(s) did not {what} within {timeout_s:.0f} s "
+                f"({progress()}); last lines of router-0:\n{routers[0].log_tail(10)}"
             )
         time.sleep(0.2)
 
@@ -299,6 +305,21 @@ class Offsets:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def describe(self) -> str:
+        """The group's state and every partition's committed and end offset, for errors."""
+        [future] = self._admin.describe_consumer_groups([GROUP]).values()
+        group = future.result(timeout=10)
+        wanted = [TopicPartition(topics.EVENTS, p) for p in range(PARTITIONS)]
+        ends = [self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in wanted]
+        places = ", ".join(
+            f"p{tp.partition} {tp.offset}/{ends[tp.partition]}"
+            for tp in self._committed.committed(wanted, timeout=10)
+        )
+        return (
+            f"group {str(group.state).rsplit('.', 1)[-1]}, {len(group.members)} members, "
+            f"{self.group_members()} holding events partitions; committed/end: {places}"
+        )
 
     def caught_up(self) -> bool:
         """Whether the router group has committed every record of the events topic."""

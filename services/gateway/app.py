@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,10 @@ from services.gateway.ingest import Accepted, ConflictError, Ingest
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = "5"
+# An event cannot have happened after it is sent: a day of leeway for wrong clocks and time zones;
+# beyond that it is a typo or a broken clock (year 9999 overflowed every deadline computed from it).
+FUTURE_TOLERANCE = timedelta(days=1)
+FUTURE_PROBLEM = "is more than a day in the future"
 
 _EVENT_BODY = {
     "requestBody": {
@@ -127,8 +132,12 @@ def _checked(raws: list[Any], principal: Principal, *, batch: bool) -> list[Even
     """Parse every event; 422 with every problem, then 403 for a source that is not the caller."""
     events: list[Event] = []
     problems: list[tuple[str, str]] = []
+    latest = datetime.now(UTC) + FUTURE_TOLERANCE
     for index, raw in enumerate(raws):
         event, found = parse_event(raw)
+        if event is not None and event.occurred_at > latest:
+            found = [Problem("occurred_at", FUTURE_PROBLEM)]
+            event = None
         problems.extend((_field(index, p, batch=batch), p.problem) for p in found)
         if event is not None:
             events.append(event)

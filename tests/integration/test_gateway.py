@@ -8,7 +8,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from carebus import topics
 from carebus.auth import create_token
 from carebus.codec import Codec
+from carebus.events import rfc3339
 from carebus.identity import random_nin, subject_key, validate_nin
 from carebus.kafka import consumer_config
 from carebus.testing import TestStack
@@ -158,6 +159,35 @@ async def test_invalid_payload_names_every_problem(gateway: str, tokens: dict[st
         "payload.needs_municipal_services",
         "payload.housing_status",
     } <= fields
+
+
+async def test_an_event_from_the_future_is_422_naming_occurred_at(
+    gateway: str, tokens: dict[str, str]
+) -> None:
+    """More than a day ahead of the gateway's clock is refused (year 9999 once overflowed the
+    SLA engine's deadlines); an hour ahead, a wrong clock, is accepted."""
+    soon = rfc3339(datetime.now(UTC) + timedelta(hours=1))
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        far = await client.post(
+            "/v1/events",
+            json=admission(occurred_at="9999-12-31T23:59:59Z"),
+            headers=auth(tokens["dps"]),
+        )
+        near = await client.post(
+            "/v1/events", json=admission(occurred_at=soon), headers=auth(tokens["dps"])
+        )
+        batch = await client.post(
+            "/v1/events:batch",
+            json={"events": [admission(), admission(occurred_at="2999-01-01T00:00:00Z")]},
+            headers=auth(tokens["dps"]),
+        )
+    assert far.status_code == 422
+    assert far.json()["error"]["details"] == [
+        {"field": "occurred_at", "problem": "is more than a day in the future"}
+    ]
+    assert near.status_code == 202, near.text
+    assert batch.status_code == 422
+    assert [d["field"] for d in batch.json()["error"]["details"]] == ["events[1].occurred_at"]
 
 
 async def test_unknown_event_type_is_422(gateway: str, tokens: dict[str, str]) -> None:
