@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,6 +242,11 @@ def produce_all(
     stack: TestStack, records: Sequence[tuple[bytes, bytes]], topic: str = topics.EVENTS
 ) -> float:
     """Produce (key, value) records with carebus's producer settings; seconds until all acked."""
+    return produce_to(stack, ((topic, key, value) for key, value in records))
+
+
+def produce_to(stack: TestStack, records: Iterable[tuple[str, bytes, bytes]]) -> float:
+    """Produce (topic, key, value) records in order; seconds until the broker acked them all."""
     producer = Producer(producer_config(stack.settings, f"bench-{uuid.uuid4().hex[:8]}"))
     failed: list[str] = []
 
@@ -250,7 +255,7 @@ def produce_all(
             failed.append(str(err))
 
     started = time.perf_counter()
-    for key, value in records:
+    for topic, key, value in records:
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=report)

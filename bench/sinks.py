@@ -18,20 +18,18 @@ import os
 import re
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import psycopg
-from confluent_kafka import Producer
 
-from bench.harness import Bench, Goal, Row, end_offsets, private_stack
+from bench.harness import Bench, Goal, Row, end_offsets, private_stack, produce_to
 from bench.workload import Workload
 from carebus import topics
 from carebus.codec import Codec
-from carebus.kafka import producer_config
 from carebus.policy import load_policy
 from carebus.routing import PersonState, apply, route
 from carebus.testing import ServiceProcess, TestStack
@@ -111,38 +109,25 @@ def produce_backlog(stack: TestStack, count: int) -> None:
     codec = Codec.default()
     policy = load_policy(settings.routing_policy)
     persons: dict[bytes, PersonState] = {}
-    producer = Producer(producer_config(settings, "bench-sinks"))
-    failed: list[str] = []
 
-    def report(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failed.append(str(err))
-
-    def send(topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=report)
-                return
-            except BufferError:
-                producer.poll(0.05)
-
-    for key, value in workload.records(count):
-        send(topics.EVENTS, key, value)
-        decoded = codec.decode(value)
-        state = persons[key] = apply(
-            persons.get(key, PersonState()), decoded.schema_name, decoded.record
-        )
-        routing = route(decoded.record, state, policy, datetime.now(UTC))
-        for delivery in routing.deliveries:
-            send(
-                topics.deliveries(delivery["recipient"]["agency"]),
-                key,
-                codec.encode(audit_store.DELIVERY_SCHEMA, delivery),
+    def backlog() -> Iterator[tuple[str, bytes, bytes]]:
+        for key, value in workload.records(count):
+            yield topics.EVENTS, key, value
+            decoded = codec.decode(value)
+            state = persons[key] = apply(
+                persons.get(key, PersonState()), decoded.schema_name, decoded.record
             )
-        for disclosure in routing.disclosures:
-            send(topics.AUDIT, key, codec.encode(audit_store.DISCLOSURE_SCHEMA, disclosure))
-    if producer.flush(120) or failed:
-        raise RuntimeError(f"the backlog was not all acknowledged: {failed[:3]}")
+            routing = route(decoded.record, state, policy, datetime.now(UTC))
+            for delivery in routing.deliveries:
+                yield (
+                    topics.deliveries(delivery["recipient"]["agency"]),
+                    key,
+                    codec.encode(audit_store.DELIVERY_SCHEMA, delivery),
+                )
+            for disclosure in routing.disclosures:
+                yield topics.AUDIT, key, codec.encode(audit_store.DISCLOSURE_SCHEMA, disclosure)
+
+    produce_to(stack, backlog())
 
 
 class _Sample(NamedTuple):

@@ -215,11 +215,7 @@ class SchemaEntry:
     check: Callable[[object], str | None] = field(repr=False)
     # Checks and writes in one pass (carebus.avro_writer); None: check, then fastavro.
     write: Callable[[Any], bytes] | None = field(repr=False)
-
-    @property
-    def header(self) -> bytes:
-        """The single-object header: C3 01 and the fingerprint."""
-        return MAGIC + self.fingerprint
+    header: bytes = field(repr=False)  # the single-object header: C3 01 and the fingerprint
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any]) -> SchemaEntry:
@@ -233,6 +229,7 @@ class SchemaEntry:
             named_types=_named_types(schema, {}),
             check=compile_check(schema),
             write=compile_writer(schema),
+            header=MAGIC + fingerprint_of(canonical_form),
         )
 
 

@@ -21,11 +21,15 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from structlog.testing import capture_logs
 
+from carebus import topics
+from carebus.codec import Codec
 from carebus.config import PROJECT_ROOT, Settings
 from carebus.events import EVENT_TYPES, EXAMPLE_PAYLOADS
 from carebus.identity import random_nin
+from carebus.kafka import consumer_config
 from carebus.stack.devdata import DEV_ORGANISATIONS
 from carebus.stack.kafka import default_libs_dir
 from carebus.stack.local import LocalStack
@@ -440,12 +444,6 @@ def dead_letters(
     Waits until `expected` are there, then reads one more second, so a dead letter sent twice
     shows up as two.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from carebus import topics
-    from carebus.codec import Codec
-    from carebus.kafka import consumer_config
-
     reader = Consumer(consumer_config(settings, f"test-dlq-{uuid.uuid4().hex}"))
     partitions = reader.list_topics(topics.DEADLETTER, timeout=10).topics[topics.DEADLETTER]
     reader.assign(

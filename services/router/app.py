@@ -126,9 +126,8 @@ class Router:
         self._persons = persons
         self._publisher = publisher
         self._dead_letters = dead_letters
-        # Metric children by label values: `labels()` takes a lock and builds a key per call.
-        self._decisions: dict[tuple[str, str, str, str, str], Any] = {}
-        self._delays: dict[str, Any] = {}
+        # Metric children by metric and label values: `labels()` takes a lock per call.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._routed: list[str] = []  # event ids of the batch being routed, for its log line
 
     async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
@@ -214,14 +213,19 @@ class Router:
             records.append(
                 OutgoingRecord(topics.AUDIT, table_key, self._codec.encode(DISCLOSURE, disclosure))
             )
-            self._count_decision(disclosure)
-        event_type = decoded.record["event_type"]
+            self._child(
+                metrics.ROUTING_DECISIONS,
+                disclosure["event_type"],
+                disclosure["recipient"]["agency"] if disclosure["recipient"] else "",
+                disclosure["decision"],
+                disclosure["basis"] or "",
+                disclosure["reason"] or "",
+            ).inc()
         received_at = decoded.record.get("received_at")
         if isinstance(received_at, datetime):
-            delays = self._delays.get(event_type)
-            if delays is None:
-                delays = self._delays[event_type] = metrics.ROUTING_DELAY.labels(event_type)
-            delays.observe(max(0.0, (datetime.now(UTC) - received_at).total_seconds()))
+            self._child(metrics.ROUTING_DELAY, decoded.record["event_type"]).observe(
+                max(0.0, (datetime.now(UTC) - received_at).total_seconds())
+            )
         self._routed.append(decoded.record["event_id"])
         log.debug(
             "event_routed",
@@ -232,18 +236,12 @@ class Router:
         )
         return records
 
-    def _count_decision(self, disclosure: dict[str, Any]) -> None:
-        labels = (
-            disclosure["event_type"],
-            disclosure["recipient"]["agency"] if disclosure["recipient"] else "",
-            disclosure["decision"],
-            disclosure["basis"] or "",
-            disclosure["reason"] or "",
-        )
-        counter = self._decisions.get(labels)
-        if counter is None:
-            counter = self._decisions[labels] = metrics.ROUTING_DECISIONS.labels(*labels)
-        counter.inc()
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 def _text(key: Any) -> str:

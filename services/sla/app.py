@@ -224,11 +224,14 @@ class SlaEngine:
             fresh = [
                 m for m in messages if m.offset > stored.get((str(m.topic), int(m.partition)), -1)
             ]
-            metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
             persons = await _load_many(conn, sorted({_text(m.key) for m in fresh}))
             alerts: list[tuple[str, dict[str, Any]]] = []
+            applied = 0
             for message in fresh:
-                alerts.extend(self._apply(message, persons, alone=len(messages) == 1))
+                raised = self._apply(message, persons, alone=len(messages) == 1)
+                if raised is not None:
+                    applied += 1
+                    alerts.extend(raised)
             await self._publish(alerts)
             await _save_many(conn, persons)
             latest: dict[tuple[str, int], int] = {}
@@ -240,26 +243,33 @@ class SlaEngine:
                 'ON CONFLICT (topic, partition) DO UPDATE SET "offset" = EXCLUDED."offset"',
                 [(topic, partition, offset) for (topic, partition), offset in latest.items()],
             )
+        # Counted once committed: a batch that is rolled back and applied again counts once.
+        metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
+        metrics.SLA_EVENTS.labels("applied").inc(applied)
         self._dead_letters.flush(timeout=30.0)
 
     def _apply(
         self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Apply one record to its person's states in `persons`; the alerts it raises.
+    ) -> list[tuple[str, dict[str, Any]]] | None:
+        """Apply one record to its person's states in `persons`; the alerts it raises, or None
+        if it was dead-lettered.
 
         A record the engine cannot apply may have changed the person's state half-way, and
         states are changed in place (copying ~6 KB of state per record to undo it was a third
-        of a replay's cost). So in a batch such a record aborts the batch, which is applied
-        again one record per transaction (`alone`); alone, it is dead-lettered and the person's
-        half-changed state is dropped unwritten, so the stored one stays as it was.
+        of a replay's cost). So in a batch such a record — or one that does not decode — aborts
+        the batch, which is applied again one record per transaction (`alone`): nothing is
+        dead-lettered twice. Alone, it is dead-lettered and the person's half-changed state is
+        dropped unwritten, so the stored one stays as it was.
         """
         subject_key = _text(message.key)
         try:
             decoded = self._codec.decode(message.value or b"")
         except DecodeError as error:
+            if not alone:
+                raise RecordFailedError(error.reason) from None
             self._dead_letters.send_undecodable(FaustMessage(message), error.reason)
             metrics.SLA_EVENTS.labels("dead_lettered").inc()
-            return []
+            return None
         routing, state = persons.get(subject_key, (PersonState(), SlaState()))
         try:
             record = decoded.record
@@ -280,9 +290,8 @@ class SlaEngine:
             )
             metrics.SLA_EVENTS.labels("dead_lettered").inc()
             persons.pop(subject_key, None)
-            return []
+            return None
         persons[subject_key] = (routing, state)
-        metrics.SLA_EVENTS.labels("applied").inc()
         return [(subject_key, alert) for alert in alerts]
 
     async def scan(self) -> int:

@@ -380,10 +380,14 @@ def admission_record(bus: Bus, stack: TestStack, **payload: Any) -> tuple[str, s
     )
 
 
-def produce_records(stack: TestStack, records: list[dict[str, Any]]) -> None:
-    """Straight onto care.events.v1 (past the gateway's checks), in one flush."""
+def produce_records(stack: TestStack, records: list[dict[str, Any] | tuple[bytes, bytes]]) -> None:
+    """Straight onto care.events.v1 (past the gateway's checks), in one flush; a (key, value)
+    pair is produced as it is."""
     producer = Producer(producer_config(stack.settings, f"test-sla-{uuid.uuid4().hex}"))
     for record in records:
+        if isinstance(record, tuple):
+            producer.produce(topics.EVENTS, key=record[0], value=record[1])
+            continue
         producer.produce(
             topics.EVENTS,
             key=record["subject_key"].encode(),
@@ -407,11 +411,13 @@ async def test_a_text_postgresql_jsonb_refuses_does_not_stop_the_engine(
 async def test_a_record_the_engine_cannot_apply_is_dead_lettered_and_its_batch_goes_on(
     bus: Bus, stack: TestStack
 ) -> None:
-    """An admission dated 9999-12-31 (valid Avro, but its deadline overflows) between two good
-    ones, produced together so they share a batch: it is dead-lettered, the others alert."""
+    """An admission dated 9999-12-31 (valid Avro, but its deadline overflows) and bytes that are
+    no Avro between two good admissions, produced together so they share a batch: each bad one
+    is dead-lettered exactly once, the others alert."""
     good, poison, also_good = (admission_record(bus, stack) for _ in range(3))
     poison[2]["occurred_at"] = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
-    produce_records(stack, [good[2], poison[2], also_good[2]])
+    garbage_key = f"{uuid.uuid4().hex}{uuid.uuid4().hex}".encode()
+    produce_records(stack, [good[2], (garbage_key, b"not avro"), poison[2], also_good[2]])
     for event_id, _, _ in (good, also_good):
         await bus.alerts_eventually(event_id, "health_info.after_admission", 2)
     poison_id, poison_nin, poison_record = poison
@@ -426,3 +432,5 @@ async def test_a_record_the_engine_cannot_apply_is_dead_lettered_and_its_batch_g
         "SELECT count(*) FROM sla_persons WHERE subject_key = $1", poison_record["subject_key"]
     )
     assert stored == 0  # its half-applied state was dropped, not written
+    garbage = dead_letters(stack.settings, garbage_key, consumer="sla")
+    assert [letter["reason"] for letter in garbage] == ["not_single_object"]
