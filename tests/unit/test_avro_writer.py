@@ -8,6 +8,8 @@ from typing import Any
 
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carebus.avro_writer import MismatchError, compile_writer, write_long
 from carebus.codec import SchemaCatalogue
@@ -182,3 +184,97 @@ def test_no_catalogued_schema_has_a_float_or_double_field() -> None:
     used = set().union(*(kinds(entry.schema) for entry in CATALOGUE))
     assert "string" in used
     assert used.isdisjoint({"float", "double"})
+
+
+# --- the generated fast paths and their boundaries -------------------------------------------
+
+BOUNDARIES: dict[str, Any] = {
+    "type": "record",
+    "name": "t.Edges",
+    "fields": [
+        {"name": "s", "type": "string"},
+        {"name": "o", "type": ["null", "string"]},
+        {"name": "n", "type": "long"},
+        {"name": "k", "type": "int"},
+        {
+            "name": "e",
+            "type": {"type": "enum", "name": "t.Wide", "symbols": [f"s{i}" for i in range(100)]},
+        },
+        {"name": "when", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "list", "type": {"type": "array", "items": "t.Wide"}},
+        {
+            "name": "inner",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "t.Inner",
+                    "fields": [{"name": "text", "type": "string"}],
+                },
+            },
+        },
+    ],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.integers(0, 9000).map(lambda size: "x" * size),
+    ),
+    optional=st.one_of(st.none(), st.text(max_size=80)),
+    number=st.integers(-(2**63), 2**63 - 1),
+    small=st.integers(-(2**31), 2**31 - 1),
+    symbols=st.lists(st.integers(0, 99), max_size=5),
+    micros=st.integers(-(10**15), 10**16),
+)
+def test_generated_fast_paths_write_fastavros_bytes(
+    text: str, optional: str | None, number: int, small: int, symbols: list[int], micros: int
+) -> None:
+    when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    record = {
+        "s": text,
+        "o": optional,
+        "n": number,
+        "k": small,
+        "e": f"s{symbols[0] if symbols else 99}",
+        "when": when,
+        "list": [f"s{symbol}" for symbol in symbols],
+        "inner": [{"text": text}, {"text": optional or ""}],
+    }
+    try:
+        expected = fastavro_bytes(BOUNDARIES, record)
+    except UnicodeEncodeError:  # a lone surrogate: fastavro fails, the writer names the field
+        with pytest.raises(MismatchError, match="expected a string of valid Unicode"):
+            compiled(BOUNDARIES)(record)
+        return
+    write = compiled(BOUNDARIES)
+    assert write(record) == expected
+    assert write(record) == expected  # the same datetime again: written from its kept bytes
+    later = {**record, "when": when + timedelta(microseconds=1)}
+    assert write(later) == fastavro_bytes(BOUNDARIES, later)
+
+
+def test_a_timestamp_that_is_none_is_refused_not_written_from_the_kept_bytes() -> None:
+    record = {"s": "a", "o": None, "n": 1, "k": 1, "e": "s1", "when": None, "list": [], "inner": []}
+    with pytest.raises(MismatchError, match=r"^when: expected a timezone-aware datetime$"):
+        compiled(BOUNDARIES)(record)
+
+
+def test_a_mismatch_inside_an_array_of_records_names_the_item_and_field() -> None:
+    record = {
+        "s": "a",
+        "o": None,
+        "n": 1,
+        "k": 1,
+        "e": "s1",
+        "when": datetime(2026, 1, 1, tzinfo=UTC),
+        "list": ["s1", "nope"],
+        "inner": [],
+    }
+    with pytest.raises(MismatchError, match=r"^list\[1\]: expected a symbol of t\.Wide$"):
+        compiled(BOUNDARIES)(record)
+    record = {**record, "list": [], "inner": [{"text": "ok"}, {"text": 7}]}
+    with pytest.raises(MismatchError, match=r"^inner\[1\]\.text: expected string$"):
+        compiled(BOUNDARIES)(record)
