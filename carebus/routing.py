@@ -155,7 +155,13 @@ class Routing:
 
 
 def apply(state: PersonState, schema_name: str, record: Mapping[str, Any]) -> PersonState:
-    """`state` after one record of the person's stream (records that change nothing: `state`)."""
+    """`state` after one record of the person's stream (records that change nothing: `state`
+    itself, so the router writes its table and changelog only for a real change)."""
+    changed = _changed(state, schema_name, record)
+    return state if changed is state or changed == state else changed
+
+
+def _changed(state: PersonState, schema_name: str, record: Mapping[str, Any]) -> PersonState:
     if schema_name == CONSENT_CHANGE:
         return _consent_changed(state, record)
     if schema_name == CARE_TEAM_CHANGE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from carebus.events import (
     parse_event,
     record_to_json,
 )
+from carebus.testing import EventFactory
 
 NIN = "14038512324"
 D_NUMBER = "54038512318"
@@ -670,6 +672,26 @@ def test_a_payload_change_changes_the_fingerprint() -> None:
     assert content_fingerprint(parse_ok(raw_event())) != content_fingerprint(
         parse_ok(with_payload(reason="psychosis"))
     )
+
+
+def _stdlib_fingerprint(event: Any) -> bytes:
+    """How the fingerprint was computed when the ledger's first rows were written."""
+    canonical = json.dumps(
+        events.event_to_json(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+@pytest.mark.parametrize("event_type", events.EVENT_TYPES)
+def test_fingerprints_are_those_the_ledger_already_holds(event_type: str) -> None:
+    """The ledger keeps fingerprints across upgrades: a client's retry after one must not be a
+    409. Every event type, including text with quotes, controls and non-ASCII characters."""
+    factory = EventFactory(seed=5)
+    for _ in range(25):
+        event = parse_ok(factory.event(event_type))
+        assert content_fingerprint(event) == _stdlib_fingerprint(event)
+    tricky = parse_ok(with_payload(ward='Ø "st" \\ \t\n\u0001 \u2028 🙂'))
+    assert content_fingerprint(tricky) == _stdlib_fingerprint(tricky)
 
 
 def test_module_exports() -> None:

@@ -785,6 +785,22 @@ def test_apply_ignores_records_that_change_nothing() -> None:
     assert apply(state, CARE_TEAM_CHANGE, unknown) is state
 
 
+def test_apply_returns_the_same_state_when_a_record_repeats_what_it_knows() -> None:
+    """An admission naming the known home municipality, a plan update naming the same members
+    and a re-published change leave the state object as it was: the router writes its table
+    and changelog only for a real change."""
+    admission = (event_schema_name("admission"), event("admission"))
+    plan = (event_schema_name("ip_update"), event("ip_update"))
+    state = state_of(member("dps"), consent("nav"), admission, plan)
+    for schema_name, record in (admission, plan, member("dps"), consent("nav")):
+        assert apply(state, schema_name, record) is state
+    moved = event("admission", home_municipality_org=OTHER["municipality"])
+    assert (
+        apply(state, event_schema_name("admission"), moved).home_municipality
+        == (OTHER["municipality"])
+    )
+
+
 def test_a_late_republished_consent_never_overrides_a_newer_one() -> None:
     """An outbox re-publication of an older change arriving after a newer one changes nothing."""
     from datetime import UTC, datetime
