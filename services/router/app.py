@@ -36,6 +36,7 @@ from carebus.kafka import producer_config
 from carebus.policy import Policy, load_policy
 from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
 from carebus.routing import PersonState, apply, route
+from carebus.streams import StreamApp
 from carebus.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> faust.App:
     """The router's faust app wired to the broker, its topics, its table and its agent."""
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
-    app = faust.App(
+    app = StreamApp(
         "carebus-router",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",

@@ -41,6 +41,7 @@ from carebus.policy import Policy, load_policy
 from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
 from carebus.routing import CARE_TEAM_CHANGE, CONSENT_CHANGE, PersonState, apply
 from carebus.sla import RuleSet, load_rules, parse_rfc3339
+from carebus.streams import StreamApp
 from carebus.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -72,7 +73,7 @@ def create_app(settings: Settings) -> faust.App:
     rules = load_rules(settings.sla_rules, settings.sla_rules_override)
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
-    app = faust.App(
+    app = StreamApp(
         "carebus-sla",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",

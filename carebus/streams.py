@@ -1,0 +1,67 @@
+"""The faust app the stream processors (router, SLA engine) run on, with one fix to faust.
+
+faust can leave a partition assigned and never processed after a rebalance (faust-streaming
+#629, open): found in carebus's router benchmark, where 4 workers starting together left one
+events partition with no committed offset and no record ever handed to the agent, for good.
+The mechanism, seen in the stalled worker's consumer state: aiokafka fetched the partition's
+records while faust had not yet made it active (during the start-up rebalance and table
+recovery), faust dropped them, and aiokafka's position stayed past them. After recovery faust
+"seeks to committed offsets", but aiokafka's `seek_to_committed` moves only partitions with a
+committed offset above 0 — a partition never committed keeps the position past the dropped
+records, and nothing reads them again.
+
+`StreamApp` seeks such partitions of the consumed topics to their beginning (what
+`auto_offset_reset=earliest` means for a partition nobody has committed), so the records are
+read again. At-least-once with deterministic ids makes a second read harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+# faust's internal topic for electing the group leader: no stream records, nothing to re-read.
+_LEADER_TOPIC_SUFFIX = "__assignor-__leader"
+
+
+def never_committed(
+    committed: Mapping[Any, int | None], changelog_topics: Sequence[str] | frozenset[str]
+) -> list[Any]:
+    """The partitions of consumed topics that `seek_to_committed` left where they were."""
+    return [
+        tp
+        for tp, offset in committed.items()
+        if not offset
+        and tp.topic not in changelog_topics
+        and not tp.topic.endswith(_LEADER_TOPIC_SUFFIX)
+    ]
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed: Mapping[TP, int] = await super().seek_to_committed()
+        rewind = never_committed(committed, frozenset(self.consumer.app.tables.changelog_topics))
+        if rewind:
+            self.log.info("Seeking never-committed partitions to their beginning: %r", rewind)
+            await self.call_thread(self._ensure_consumer().seek_to_beginning, *rewind)
+        return committed
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class StreamApp(faust.App):
+    """faust.App whose consumer re-reads partitions that were never committed (see above)."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
