@@ -26,6 +26,7 @@ from carebus.obligations import SlaState
 from carebus.policy import load_policy
 from carebus.routing import PersonState
 from carebus.sla import load_rules
+from carebus.telemetry import configure_logging
 from services.router.app import DELIVERY, DISCLOSURE, Router
 from services.sla.app import SlaEngine
 
@@ -64,6 +65,9 @@ def run(bench: Bench) -> None:
     events = max(2_000, bench.scale.router_events // 5)
     with private_stack() as stack:  # the SLA engine's producer needs a broker to talk to
         settings = stack.settings
+        # Logging as the services configure it (INFO): unconfigured, structlog would print the
+        # router's per-event debug line and the figure would measure the terminal.
+        configure_logging("bench", settings)
         secret = settings.subject_key_secret.get_secret_value()
         workload = Workload(secret, persons=min(PERSONS, events // 5))
         records = list(workload.records(events))
