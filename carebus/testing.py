@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from carebus import topics
 from carebus.codec import Codec
 from carebus.config import PROJECT_ROOT, Settings
-from carebus.events import EVENT_TYPES, EXAMPLE_PAYLOADS
+from carebus.events import EVENT_TYPES, EXAMPLE_PAYLOADS, rfc3339
 from carebus.identity import random_nin
 from carebus.kafka import consumer_config
 from carebus.stack.devdata import DEV_ORGANISATIONS
@@ -465,3 +465,50 @@ def dead_letters(
     finally:
         reader.close()
     return found
+
+
+class ServiceClients:
+    """HTTP clients for a running stack's gateway, registry and inbox, its tokens and a database
+    connection: what integration tests that drive the system through its API share."""
+
+    def __init__(self, stack: TestStack, *, tokens: dict[str, str], conn: Any) -> None:
+        import httpx  # only integration tests need an HTTP client
+
+        settings = stack.settings
+        self.gateway = httpx.AsyncClient(base_url=settings.service_url(settings.gateway_port))
+        self.registry = httpx.AsyncClient(base_url=settings.service_url(settings.registry_port))
+        self.inbox = httpx.AsyncClient(base_url=settings.service_url(settings.inbox_port))
+        self.tokens = tokens
+        self.conn = conn
+        self.rng = random.Random()  # noqa: S311 - test data, not secrets
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def post_event(
+        self,
+        source: Mapping[str, str],
+        event_type: str,
+        nin: str,
+        payload: Mapping[str, Any],
+        *,
+        token: str,
+        occurred_at: datetime | None = None,
+    ) -> str:
+        """POST one event from `source` ({agency, org_id[, system]}); its event_id after a 202."""
+        event_id = f"{source['agency']}-{uuid.uuid4().hex[:16]}"
+        body = {
+            "event_id": event_id,
+            "event_type": event_type,
+            "occurred_at": rfc3339(occurred_at or datetime.now(UTC)),
+            "source": dict(source),
+            "subject": {"nin": nin},
+            "payload": dict(payload),
+        }
+        response = await self.gateway.post("/v1/events", json=body, headers=self.auth(token))
+        assert response.status_code == 202, response.text
+        return event_id
+
+    async def close(self) -> None:
+        for client in (self.gateway, self.registry, self.inbox):
+            await client.aclose()

@@ -7,7 +7,6 @@ Durations are overridden to seconds (a rule file of the same format, as `carebus
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from confluent_kafka import Producer
 
@@ -26,7 +24,7 @@ from carebus.codec import Codec
 from carebus.events import event_to_record, parse_event, rfc3339
 from carebus.identity import random_nin, subject_key
 from carebus.kafka import producer_config
-from carebus.testing import ServiceProcess, TestStack, dead_letters
+from carebus.testing import ServiceClients, ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -51,20 +49,8 @@ rules:
 """
 
 
-class Bus:
-    """The running services, tokens and a database connection for looking at alerts."""
-
-    def __init__(self, stack: TestStack, tokens: dict[str, str], conn: asyncpg.Connection) -> None:
-        settings = stack.settings
-        self.gateway = httpx.AsyncClient(base_url=settings.service_url(settings.gateway_port))
-        self.registry = httpx.AsyncClient(base_url=settings.service_url(settings.registry_port))
-        self.inbox = httpx.AsyncClient(base_url=settings.service_url(settings.inbox_port))
-        self.tokens = tokens
-        self.conn = conn
-        self.rng = random.Random()
-
-    def auth(self, who: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[who]}"}
+class Bus(ServiceClients):
+    """The running services' clients, tokens and a database connection for looking at alerts."""
 
     async def publish(
         self,
@@ -75,18 +61,10 @@ class Bus:
         *,
         occurred_at: datetime | None = None,
     ) -> str:
-        event_id = f"{agency}-{uuid.uuid4().hex[:16]}"
-        body = {
-            "event_id": event_id,
-            "event_type": event_type,
-            "occurred_at": rfc3339(occurred_at or datetime.now(UTC)),
-            "source": {"agency": agency, "org_id": ORGS[agency]},
-            "subject": {"nin": nin},
-            "payload": payload,
-        }
-        response = await self.gateway.post("/v1/events", json=body, headers=self.auth(agency))
-        assert response.status_code == 202, response.text
-        return event_id
+        source = {"agency": agency, "org_id": ORGS[agency]}
+        return await self.post_event(
+            source, event_type, nin, payload, token=agency, occurred_at=occurred_at
+        )
 
     async def coordinator(self, nin: str) -> None:
         body = {
@@ -135,10 +113,6 @@ class Bus:
             await asyncio.sleep(0.2)
         raise AssertionError(f"the SLA engine never applied {nin_event_id}")
 
-    async def close(self) -> None:
-        for client in (self.gateway, self.registry, self.inbox):
-            await client.aclose()
-
 
 @pytest.fixture(scope="module")
 def rules_override(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -171,7 +145,7 @@ async def bus(stack: TestStack, services: dict[str, ServiceProcess]) -> AsyncIte
     tokens["admin"] = await create_token(
         conn, agency="municipality", org_id=ORGS["municipality"], role="admin"
     )
-    bus = Bus(stack, tokens, conn)
+    bus = Bus(stack, tokens=tokens, conn=conn)
     # A freshly started faust worker joins its group and catches up with what earlier tests
     # left on the stream before it applies anything new: wait for one event.
     warmup = await bus.publish("police", "police_callout", random_nin(bus.rng), callout())

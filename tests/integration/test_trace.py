@@ -9,28 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import httpx
 import pytest
 
 from carebus.auth import create_token
-from carebus.events import rfc3339
 from carebus.identity import random_nin
 from carebus.sla import load_rules
 from carebus.stack.devdata import DEV_ORGANISATIONS
-from carebus.testing import ServiceProcess, TestStack
+from carebus.testing import ServiceClients, ServiceProcess, TestStack
 from carebus.trace import EventTrace, render, trace
 from carebus.webhook_registrations import delete_webhook, set_webhook
 from producers import scenario
@@ -107,38 +103,12 @@ def services(stack: TestStack, rules_override: Path) -> Iterator[None]:
         service.stop()
 
 
-class Bus:
-    """Tokens, HTTP clients and a database connection for one module."""
-
-    def __init__(self, stack: TestStack, conn: asyncpg.Connection, tokens: dict[str, str]):
-        settings = stack.settings
-        self.gateway = httpx.AsyncClient(base_url=settings.service_url(settings.gateway_port))
-        self.registry = httpx.AsyncClient(base_url=settings.service_url(settings.registry_port))
-        self.inbox = httpx.AsyncClient(base_url=settings.service_url(settings.inbox_port))
-        self.conn = conn
-        self.tokens = tokens
-        self.rng = random.Random()
-
-    def auth(self, who: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[who]}"}
+class Bus(ServiceClients):
+    """The running services' clients; events come from the DPS."""
 
     async def publish(self, event_type: str, nin: str, payload: dict[str, Any]) -> str:
-        event_id = f"dps-{DPS}-{uuid.uuid4().hex[:16]}"
-        body = {
-            "event_id": event_id,
-            "event_type": event_type,
-            "occurred_at": rfc3339(datetime.now(UTC)),
-            "source": {"agency": "dps", "org_id": DPS, "system": "DIPS"},
-            "subject": {"nin": nin},
-            "payload": payload,
-        }
-        response = await self.gateway.post("/v1/events", json=body, headers=self.auth("dps"))
-        assert response.status_code == 202, response.text
-        return event_id
-
-    async def close(self) -> None:
-        for client in (self.gateway, self.registry, self.inbox):
-            await client.aclose()
+        source = {"agency": "dps", "org_id": DPS, "system": "DIPS"}
+        return await self.post_event(source, event_type, nin, payload, token="dps")
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], timeout_s: float = WAIT_S) -> T:
@@ -167,7 +137,7 @@ async def bus(stack: TestStack, services: None, receiver_url: str) -> AsyncItera
         ),
     }
     await set_webhook(conn, HOME, receiver_url)
-    bus = Bus(stack, conn, tokens)
+    bus = Bus(stack, tokens=tokens, conn=conn)
     # Freshly started workers join their groups and catch up with what earlier modules left
     # on the stream: wait until the router, the event store and the SLA engine have one event.
     warmup = await bus.publish(
