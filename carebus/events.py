@@ -338,9 +338,21 @@ def _text(value: object, path: str, problems: list[Problem], limit: int = MAX_TE
         problems.append(Problem(path, "must not be empty"))
     elif len(value) > limit:
         problems.append(Problem(path, f"must be at most {limit} characters"))
+    elif not value.isascii() and not _encodable(value):
+        # A lone surrogate ("\ud800" in the JSON) decodes to a str no UTF-8 writer accepts:
+        # refused here, by name, instead of failing later in the fingerprint or the encoder.
+        problems.append(Problem(path, "must be valid Unicode text"))
     else:
         return value
     return None
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _event_ref(value: object, path: str, problems: list[Problem]) -> str | None:

@@ -287,6 +287,7 @@ INVALID: list[tuple[str, object, str, str]] = [
     ("ward-empty", with_payload(ward=" "), "payload.ward", "must not be empty"),
     ("ward-number", with_payload(ward=2), "payload.ward", "must be a string"),
     ("ward-too-long", with_payload(ward="w" * 201), "payload.ward", "at most 200"),
+    ("ward-lone-surrogate", with_payload(ward="Ø\ud800"), "payload.ward", "valid Unicode"),
     (
         "optional-time-naive",
         with_payload(expected_discharge_at="2026-11-30T12:00:00"),
