@@ -218,18 +218,21 @@ class SchemaEntry:
     header: bytes = field(repr=False)  # the single-object header: C3 01 and the fingerprint
 
     @classmethod
-    def from_schema(cls, schema: dict[str, Any]) -> SchemaEntry:
+    def from_schema(cls, schema: dict[str, Any], *, written: bool = True) -> SchemaEntry:
+        """The entry for `schema`; a released schema (`written=False`) is only ever read, so it
+        gets no compiled writer (generating one costs a few ms per schema at every start)."""
         canonical_form = to_parsing_canonical_form(schema)
+        fingerprint = fingerprint_of(canonical_form)
         return cls(
             name=schema["name"],
             schema=schema,
             parsed=fastavro.parse_schema(schema),
             canonical_form=canonical_form,
-            fingerprint=fingerprint_of(canonical_form),
+            fingerprint=fingerprint,
             named_types=_named_types(schema, {}),
             check=compile_check(schema),
-            write=compile_writer(schema),
-            header=MAGIC + fingerprint_of(canonical_form),
+            write=compile_writer(schema) if written else None,
+            header=MAGIC + fingerprint,
         )
 
 
@@ -257,7 +260,7 @@ class SchemaCatalogue:
     ) -> None:
         self._current = {name: SchemaEntry.from_schema(s) for name, s in current.items()}
         self._releases = {
-            number: {name: SchemaEntry.from_schema(s) for name, s in schemas.items()}
+            number: {name: SchemaEntry.from_schema(s, written=False) for name, s in schemas.items()}
             for number, schemas in (releases or {}).items()
         }
         self._writers: dict[bytes, SchemaEntry] = {}

@@ -17,7 +17,7 @@ read again. At-least-once with deterministic ids makes a second read harmless.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import faust
@@ -29,7 +29,7 @@ _LEADER_TOPIC_SUFFIX = "__assignor-__leader"
 
 
 def never_committed(
-    committed: Mapping[Any, int | None], changelog_topics: Sequence[str] | frozenset[str]
+    committed: Mapping[Any, int | None], changelog_topics: Collection[str]
 ) -> list[Any]:
     """The partitions of consumed topics that `seek_to_committed` left where they were."""
     return [
@@ -44,7 +44,7 @@ def never_committed(
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
-        rewind = never_committed(committed, frozenset(self.consumer.app.tables.changelog_topics))
+        rewind = never_committed(committed, self.consumer.app.tables.changelog_topics)
         if rewind:
             self.log.info("Seeking never-committed partitions to their beginning: %r", rewind)
             await self.call_thread(self._ensure_consumer().seek_to_beginning, *rewind)

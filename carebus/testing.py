@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
+import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from structlog.testing import capture_logs
 
@@ -471,9 +473,9 @@ class ServiceClients:
     """HTTP clients for a running stack's gateway, registry and inbox, its tokens and a database
     connection: what integration tests that drive the system through its API share."""
 
-    def __init__(self, stack: TestStack, *, tokens: dict[str, str], conn: Any) -> None:
-        import httpx  # only integration tests need an HTTP client
-
+    def __init__(
+        self, stack: TestStack, *, tokens: dict[str, str], conn: asyncpg.Connection
+    ) -> None:
         settings = stack.settings
         self.gateway = httpx.AsyncClient(base_url=settings.service_url(settings.gateway_port))
         self.registry = httpx.AsyncClient(base_url=settings.service_url(settings.registry_port))

@@ -336,8 +336,9 @@ async def test_sla_worker_killed_between_trigger_and_deadline(
 def admission_record(bus: Bus, stack: TestStack, **payload: Any) -> tuple[str, str, dict[str, Any]]:
     """(event_id, nin, Avro record) of an admission as the gateway would publish it."""
     nin = random_nin(bus.rng)
+    event_id = f"dps-{uuid.uuid4().hex[:16]}"
     event = {
-        "event_id": f"dps-{uuid.uuid4().hex[:16]}",
+        "event_id": event_id,
         "event_type": "admission",
         "occurred_at": rfc3339(datetime.now(UTC)),
         "source": {"agency": "dps", "org_id": ORGS["dps"]},
@@ -348,7 +349,7 @@ def admission_record(bus: Bus, stack: TestStack, **payload: Any) -> tuple[str, s
     assert parsed is not None, problems
     secret = stack.settings.subject_key_secret.get_secret_value()
     return (
-        event["event_id"],
+        event_id,
         nin,
         event_to_record(parsed, subject_key(nin, secret), datetime.now(UTC)),
     )
