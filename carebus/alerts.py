@@ -10,16 +10,18 @@ an organisation comes with a Disclosure record for the audit trail.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from carebus.policy import Policy
 from carebus.routing import PersonState, route
 from carebus.sla import OSLO, Rule, parse_rfc3339, stamp
+from carebus.topics import AGENCIES
 
-__all__ = ["AlertContext", "build_alerts", "resolved"]
+__all__ = ["AlertContext", "build_alerts", "operator_action_alert", "resolved"]
 
 # The category of the payload fields SLA trigger conditions read; a recipient learns the
 # rule's specific title only if routing lets it see each of these categories.
@@ -51,16 +53,28 @@ def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None
 def recipients(
     rule: Rule, trigger: Mapping[str, Any], routing: PersonState
 ) -> list[dict[str, Any] | None]:
-    """One organisation per fallback chain (None: the unassigned queue), each at most once."""
+    """One organisation per fallback chain (None: the unassigned queue), each at most once.
+
+    An emergency rule also alerts every organisation the emergency names: each one received
+    the person's data without consent (helsepersonelloven §23 no. 4), so each one's privacy
+    officer reviews the disclosure, not only the source's (issue 12, item 9).
+    """
     chosen: list[dict[str, Any] | None] = []
+
+    def choose(found: dict[str, Any] | None) -> None:
+        org_ids = [None if c is None else c["org_id"] for c in chosen]
+        if (None if found is None else found["org_id"]) not in org_ids:
+            chosen.append(found)
+
     for chain in rule.recipients:
         for role in chain:
             found = _resolve(role, trigger, routing)
             if found is not False:
-                org_ids = [None if c is None else c["org_id"] for c in chosen]
-                if (None if found is None else found["org_id"]) not in org_ids:
-                    chosen.append(found)
+                choose(found)
                 break
+    if rule.emergency:
+        for named in (trigger.get("emergency") or {}).get("recipients") or ():
+            choose({"agency": named["agency"], "org_id": named["org_id"]})
     return chosen
 
 
@@ -205,7 +219,11 @@ def _summary(
 
 
 def _oslo(moment: str) -> str:
-    return parse_rfc3339(moment).astimezone(OSLO).strftime("%Y-%m-%d %H:%M (Oslo)")
+    return _oslo_time(parse_rfc3339(moment))
+
+
+def _oslo_time(moment: datetime) -> str:
+    return moment.astimezone(OSLO).strftime("%Y-%m-%d %H:%M (Oslo)")
 
 
 def _audit(
@@ -232,4 +250,90 @@ def _audit(
         "decided_at": alert["changed_at"],
         "delivery_id": None,
         "emergency": alert["kind"] == "emergency_disclosure",
+    }
+
+
+# --- operator actions -----------------------------------------------------------------------
+
+OPERATOR_ACTION: Final = "operator_action"
+OPERATOR_ACTION_TITLE: Final = "The carebus operator acted on your organisation - review it"
+# Not raised by an SLA rule; the version says which wording of these alerts a record carries.
+OPERATOR_ACTION_VERSION: Final = "operator_action.1"
+# A review, not a deadline: flagged escalated when nobody has looked at it within a working day.
+OPERATOR_ACTION_ESCALATION: Final = timedelta(hours=24)
+_ACTION_NAME: Final = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+_ORG_ID: Final = re.compile(r"[0-9]{9}")
+# What the target organisation's privacy officer reads, by action, in plain words and without
+# personal data. An action without words here is still alerted, by its name.
+OPERATOR_ACTIONS: Final[dict[str, str]] = {
+    "organisation_registered": "registered your organisation in the carebus directory",
+    "organisation_changed": "changed your organisation's entry in the carebus directory",
+    "token_issued": "issued an API token for your organisation",
+    "token_revoked": "revoked an API token of your organisation",
+    "webhook_changed": "changed the address carebus delivers your organisation's data to",
+    "gp_list_changed": "changed the GP list entry of a person on your organisation's list",
+    "home_municipality_changed": (
+        "recorded your organisation as a person's home municipality in the population register"
+    ),
+}
+
+
+def operator_action_alert(
+    action: str,
+    operator_org: str,
+    target_org: str,
+    target_agency: str,
+    at: datetime,
+    action_id: str,
+    *,
+    subject_key: str | None = None,
+) -> dict[str, Any]:
+    """The Alert record (Avro form, times as datetimes) telling `target_org`'s privacy officer
+    that the operator did `action` to it; publish it on care.alerts.v1 keyed by its
+    `subject_key`.
+
+    The alert names no person. `subject_key` links an action about one person (a register
+    entry) to that person's stream; without one the alert is keyed by the target organisation,
+    so one organisation's operator alerts stay in order. The `alert_id` comes from `action_id`,
+    so publishing the same action twice raises one alert. ValueError naming the argument for
+    anything that could not be stored or shown.
+    """
+    if not _ACTION_NAME.fullmatch(action):
+        raise ValueError("action: must be a lower-case name such as token_issued")
+    for name, org_id in (("operator_org", operator_org), ("target_org", target_org)):
+        if not _ORG_ID.fullmatch(org_id):
+            raise ValueError(f"{name}: must be a 9-digit organisation number")
+    if target_agency not in AGENCIES:
+        raise ValueError(f"target_agency: must be one of {', '.join(AGENCIES)}")
+    if target_org == operator_org:
+        raise ValueError("target_org: the operator's own organisation is not alerted")
+    if not action_id:
+        raise ValueError("action_id: must not be empty")
+    if at.tzinfo is None:
+        raise ValueError("at: must be timezone-aware")
+    text = "\x1f".join((OPERATOR_ACTION, action_id, target_org))
+    done = OPERATOR_ACTIONS.get(action, f"took the action {action} concerning your organisation")
+    return {
+        "alert_id": "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32],
+        "rule_id": OPERATOR_ACTION,
+        "title": OPERATOR_ACTION_TITLE,
+        "kind": OPERATOR_ACTION,
+        "status": "open",
+        "resolution": None,
+        "subject_key": subject_key or f"organisation:{target_org}",
+        "subject": None,
+        "recipient": {"agency": target_agency, "org_id": target_org},
+        "audience": "privacy_officer",
+        # The operator is not an agency (no Organisation record can name it): the summary does.
+        "contact": None,
+        "deadline": None,
+        "breached_at": at,
+        "escalate_at": at + OPERATOR_ACTION_ESCALATION,
+        "summary": (
+            f"The carebus operator (organisation {operator_org}) {done} at {_oslo_time(at)}. "
+            "If your organisation did not ask for this, contact the carebus operator."
+        ),
+        "event_ids": [action_id],
+        "rules_version": OPERATOR_ACTION_VERSION,
+        "changed_at": at,
     }

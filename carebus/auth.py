@@ -15,7 +15,18 @@ from asyncpg.pool import PoolConnectionProxy
 
 from carebus.topics import AGENCIES
 
-ROLES: Final = ("system", "coordinator", "privacy_officer", "admin")
+# `admin` is an agency's own administrator (its organisation's tokens and webhook); `operator`
+# belongs to the organisation that runs carebus (the directory, the registers, every token);
+# `patient` is a person reading their own disclosure log, bound to their subject key.
+ROLES: Final = ("system", "coordinator", "privacy_officer", "admin", "operator", "patient")
+# The operator's realm is not an agency: it sends no events and receives no deliveries.
+OPERATOR: Final = "operator"
+REALMS: Final = (*AGENCIES, OPERATOR)
+# Roles each realm's tokens may have.
+_REALM_ROLES: Final = {
+    OPERATOR: ("operator", "privacy_officer", "patient"),
+    **dict.fromkeys(AGENCIES, ("system", "coordinator", "privacy_officer", "admin")),
+}
 # A plain connection or one borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
 _ORG_ID: Final = re.compile(r"^[0-9]{9}$")
@@ -30,6 +41,12 @@ class Principal:
     org_id: str
     agency: str
     role: str
+    # Only for `patient` tokens: the person the token reads about.
+    subject_key: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.agency == OPERATOR
 
 
 def generate_token() -> str:
@@ -43,8 +60,8 @@ def hash_token(token: str) -> bytes:
 
 
 def check_organisation(agency: str, org_id: str) -> None:
-    if agency not in AGENCIES:
-        raise ValueError(f"unknown agency {agency!r}; expected one of {', '.join(AGENCIES)}")
+    if agency not in REALMS:
+        raise ValueError(f"unknown agency {agency!r}; expected one of {', '.join(REALMS)}")
     if not _ORG_ID.fullmatch(org_id):
         raise ValueError("org_id must be a 9-digit organisation number")
 
@@ -65,23 +82,43 @@ async def ensure_organisation(conn: Connection, *, agency: str, org_id: str) -> 
         raise ValueError(f"organisation {org_id} is registered as {registered}, not {agency}")
 
 
-async def create_token(
-    conn: Connection, *, agency: str, org_id: str, role: str, label: str = ""
-) -> str:
-    """Create a token for `org_id` with `role`; only its digest is stored, the token is returned."""
+def check_role(agency: str, role: str, subject_key: str | None = None) -> None:
+    """Refuse a role the realm cannot have, and a patient token not bound to one person."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    allowed = _REALM_ROLES.get(agency, ())
+    if role not in allowed:
+        raise ValueError(f"a {agency} organisation's tokens have the roles {', '.join(allowed)}")
+    if (role == "patient") != (subject_key is not None):
+        raise ValueError("a patient token, and only a patient token, is bound to one person")
+
+
+async def create_token(
+    conn: Connection,
+    *,
+    agency: str,
+    org_id: str,
+    role: str,
+    label: str = "",
+    subject_key: str | None = None,
+) -> str:
+    """Create a token for `org_id` with `role`; only its digest is stored, the token is returned.
+
+    A `patient` token is issued by the operator and bound to `subject_key`.
+    """
+    check_role(agency, role, subject_key)
     token = generate_token()
     async with conn.transaction():
         await ensure_organisation(conn, agency=agency, org_id=org_id)
         await conn.execute(
-            "INSERT INTO api_tokens (token_id, token_hash, org_id, role, label)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (token_id, token_hash, org_id, role, label, subject_key)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
             uuid.uuid4(),
             hash_token(token),
             org_id,
             role,
             label,
+            subject_key,
         )
     return token
 
@@ -90,7 +127,7 @@ async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal
     """The principal behind a bearer token, or None if it is unknown or revoked."""
     row = await conn.fetchrow(
         """
-        SELECT t.token_id, t.org_id, o.agency, t.role
+        SELECT t.token_id, t.org_id, o.agency, t.role, t.subject_key
         FROM api_tokens t JOIN organisations o USING (org_id)
         WHERE t.token_hash = $1 AND t.revoked_at IS NULL
         """,
@@ -98,7 +135,7 @@ async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal
     )
     if row is None:
         return None
-    return Principal(row["token_id"], row["org_id"], row["agency"], row["role"])
+    return Principal(row["token_id"], row["org_id"], row["agency"], row["role"], row["subject_key"])
 
 
 class TokenCache:

@@ -12,12 +12,12 @@ from typing import NoReturn
 import asyncpg
 import click
 
+from carebus.auth import REALMS, ROLES
 from carebus.config import Settings
 from carebus.sla import SlaRulesError, load_rules
 from carebus.stack import LocalStack, StackError
 from carebus.stack.process import tail
 from carebus.stack.supervisor import SERVICES, service_named, stop_service
-from carebus.topics import AGENCIES
 
 
 def _stack(echo: bool = True, settings: Settings | None = None) -> LocalStack:
@@ -107,9 +107,14 @@ def status(as_json: bool) -> None:
             click.echo("\ndev tokens (local only):")
             orgs = tokens.get("orgs", {})
             for name, token in tokens.items():
-                if name == "orgs":
+                if name in ("orgs", "operator_org"):
                     continue
-                org = orgs.get(name, orgs.get("municipality", ""))
+                operator = name.startswith("operator")
+                org = (
+                    tokens.get("operator_org", "")
+                    if operator
+                    else orgs.get(name, orgs.get("municipality", ""))
+                )
                 click.echo(f"  {name:<16} {org:<10} {token}")
     sys.exit(0 if healthy else 1)
 
@@ -177,23 +182,39 @@ def token() -> None:
 
 
 @token.command("add")
-@click.option("--agency", required=True, type=click.Choice(AGENCIES))
-@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option("--agency", required=True, type=click.Choice(REALMS))
 @click.option(
-    "--role",
-    required=True,
-    type=click.Choice(["system", "coordinator", "privacy_officer", "admin"]),
+    "--org", "org_id", help="9-digit organisation number (default for patient: the operator's)."
 )
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--nin", help="patient tokens only: the person the token reads about.")
 @click.option("--label", default="", help="What the token is for.")
-def token_add(agency: str, org_id: str, role: str, label: str) -> None:
-    """Create a token for an organisation (registered if new) and print it once."""
+def token_add(agency: str, org_id: str | None, role: str, nin: str | None, label: str) -> None:
+    """Create a token for an organisation (registered if new) and print it once.
+
+    A patient token (`--agency operator --role patient --nin ...`) reads only its own person's
+    disclosure log; it is issued by the operator's organisation.
+    """
     from carebus import auth
+    from carebus.identity import subject_key, validate_nin
+    from carebus.stack.devdata import OPERATOR_ORG
+
+    settings = Settings()
+    key = None
+    if nin is not None:
+        problem = validate_nin(nin)
+        if problem is not None:
+            _fail(ValueError(f"--nin {problem}"))
+        key = subject_key(nin, settings.subject_key_secret.get_secret_value().encode())
+    organisation = org_id or (OPERATOR_ORG if agency == auth.OPERATOR else None)
+    if organisation is None:
+        _fail(ValueError("--org is required"))
 
     async def create() -> str:
-        conn = await asyncpg.connect(Settings().postgres_dsn)
+        conn = await asyncpg.connect(settings.postgres_dsn)
         try:
             return await auth.create_token(
-                conn, agency=agency, org_id=org_id, role=role, label=label
+                conn, agency=agency, org_id=organisation, role=role, label=label, subject_key=key
             )
         finally:
             await conn.close()
@@ -203,6 +224,57 @@ def token_add(agency: str, org_id: str, role: str, label: str) -> None:
     except (ValueError, OSError, asyncpg.PostgresError) as exc:
         _fail(exc)
     click.echo(created)
+
+
+@main.group()
+def org() -> None:
+    """The organisation directory (every organisation events and requests may name)."""
+
+
+@org.command("add")
+@click.option("--agency", required=True, type=click.Choice(REALMS))
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option("--name", required=True, help="The organisation's name.")
+@click.option("--her-id", "her_id", help="Its HER-id in the national address register.")
+def org_add(agency: str, org_id: str, name: str, her_id: str | None) -> None:
+    """Register an organisation (or update its name and HER-id) and print its entry."""
+    from carebus import directory
+
+    async def add() -> directory.Organisation:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await directory.add_organisation(
+                conn, agency=agency, org_id=org_id, name=name, her_id=her_id
+            )
+        finally:
+            await conn.close()
+
+    try:
+        entry = asyncio.run(add())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(entry.to_json()))
+
+
+@org.command("list")
+@click.option("--agency", type=click.Choice(REALMS), help="Only this agency's organisations.")
+def org_list(agency: str | None) -> None:
+    """Print the directory, one JSON object a line."""
+    from carebus import directory
+
+    async def read() -> list[directory.Organisation]:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await directory.list_organisations(conn, agency)
+        finally:
+            await conn.close()
+
+    try:
+        entries = asyncio.run(read())
+    except (OSError, asyncpg.PostgresError) as exc:
+        _fail(exc)
+    for entry in entries:
+        click.echo(json.dumps(entry.to_json()))
 
 
 @main.group()

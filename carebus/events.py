@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ __all__ = [
     "Event",
     "FieldSpec",
     "Problem",
+    "check_text",
     "content_fingerprint",
     "event_to_json",
     "event_to_record",
@@ -237,6 +239,7 @@ _RFC3339: Final = re.compile(
 
 EVENT_ID_PROBLEM: Final = "must be 1 to 200 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"
 ORG_ID_PROBLEM: Final = "must be a 9-digit organisation number"
+CONTROL_PROBLEM: Final = "must not contain control or format characters (Unicode Cc, Cf)"
 TIME_PROBLEM: Final = "must be an RFC 3339 time with offset, e.g. 2026-11-23T08:15:00+01:00"
 NO_OFFSET_PROBLEM: Final = "must include a UTC offset, e.g. +01:00 or Z"
 
@@ -329,7 +332,9 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _text(value: object, path: str, problems: list[Problem], limit: int = MAX_TEXT) -> str | None:
+def check_text(
+    value: object, path: str, problems: list[Problem], limit: int = MAX_TEXT
+) -> str | None:
     if value is None:
         problems.append(Problem(path, "is required"))
     elif not isinstance(value, str):
@@ -342,9 +347,18 @@ def _text(value: object, path: str, problems: list[Problem], limit: int = MAX_TE
         # A lone surrogate ("\ud800" in the JSON) decodes to a str no UTF-8 writer accepts:
         # refused here, by name, instead of failing later in the fingerprint or the encoder.
         problems.append(Problem(path, "must be valid Unicode text"))
+    elif not value.isprintable() and _has_control(value):
+        # U+0000 cannot be stored by PostgreSQL (an accepted event would miss the event
+        # store), and bidi overrides and other format characters disguise what text says.
+        problems.append(Problem(path, CONTROL_PROBLEM))
     else:
         return value
     return None
+
+
+def _has_control(value: str) -> bool:
+    """Whether `value` holds a control (Cc) or format (Cf) character."""
+    return any(unicodedata.category(character) in ("Cc", "Cf") for character in value)
 
 
 def _encodable(value: str) -> bool:
@@ -474,7 +488,7 @@ def _source(value: object, problems: list[Problem]) -> tuple[str, str, str | Non
     org_id = check_org_id(value.get("org_id"), "source.org_id", problems)
     system = value.get("system")
     if system is not None:
-        system = _text(system, "source.system", problems)
+        system = check_text(system, "source.system", problems)
     if agency is None or org_id is None:
         return None
     return agency, org_id, system
@@ -507,7 +521,7 @@ _VALIDATORS: Final[Mapping[str, _Validator]] = {
     "org": check_org_id,
     "time": lambda value, path, problems: _time(value, path, problems, required=True),
     "event_ref": _event_ref,
-    "text": _text,
+    "text": check_text,
     "organisation": _organisation,
     "organisations": lambda value, path, problems: _organisations(
         value, path, problems, non_empty=False
@@ -551,10 +565,10 @@ def _emergency(value: object, problems: list[Problem]) -> dict[str, Any] | None:
         return None
     allowed = frozenset({"justification", "accountable", "recipients"})
     _unknown_fields(value, allowed, "emergency", "emergency", problems)
-    justification = _text(
+    justification = check_text(
         value.get("justification"), "emergency.justification", problems, MAX_JUSTIFICATION
     )
-    accountable = _text(value.get("accountable"), "emergency.accountable", problems)
+    accountable = check_text(value.get("accountable"), "emergency.accountable", problems)
     recipients = _organisations(
         value.get("recipients"), "emergency.recipients", problems, non_empty=True
     )

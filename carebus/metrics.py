@@ -94,6 +94,12 @@ REGISTRY_CHANGES: Final = Counter(
     " by kind (consent, care_team).",
     ["kind"],
 )
+AUTHORITY_REFUSALS: Final = Counter(
+    "carebus_authority_refusals_total",
+    "Statements about a person refused because their sender is not entitled to make them, by"
+    " the rule of policy/authority.yaml that refused them.",
+    ["rule"],
+)
 OUTBOX_PENDING: Final = Gauge(
     "carebus_registry_outbox_pending",
     "Registry outbox records committed but not yet acknowledged by the broker.",

@@ -9,7 +9,7 @@ registry has already confirmed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -25,6 +25,8 @@ __all__ = [
     "CONSENT_CHANGE",
     "DELIVERY",
     "DISCLOSURE",
+    "REGISTER_CHANGE",
+    "STATE_SENDERS",
     "Consent",
     "Member",
     "PersonState",
@@ -35,11 +37,25 @@ __all__ = [
 
 CONSENT_CHANGE: Final = "no.carebus.v1.ConsentChange"
 CARE_TEAM_CHANGE: Final = "no.carebus.v1.CareTeamChange"
+REGISTER_CHANGE: Final = "no.carebus.v1.RegisterChange"
 DELIVERY: Final = "no.carebus.v1.Delivery"
 DISCLOSURE: Final = "no.carebus.v1.Disclosure"
 
-REGISTRY: Final = "registry"
+# Who put a member in the care team: `registry:<recording org>` or `plan:<owner org>:<plan_id>`.
+# Each source is removed only by whoever added it (or by the member itself stepping out).
+_REGISTRY: Final = "registry:"
 _PLAN: Final = "plan:"
+# The events that change a person's state, and the only agencies whose events may change it.
+# policy/authority.yaml's `senders` decides who may send them at all; the fold repeats the
+# check so a record that reached the stream some other way changes nothing (a unit test keeps
+# the two equal).
+STATE_SENDERS: Final[Mapping[str, frozenset[str]]] = {
+    "admission": frozenset({"dps"}),
+    "discharge": frozenset({"dps"}),
+    "ip_update": frozenset({"municipality", "dps"}),
+}
+HOME_FROM_REGISTER: Final = "register"
+HOME_FROM_ADMISSION: Final = "admission"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +78,8 @@ class Consent:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A care-team organisation; `sources` says who put it there (`registry`, `plan:<id>`)."""
+    """A care-team organisation; `sources` says who put it there (`registry:<org>`,
+    `plan:<owner>:<plan_id>`)."""
 
     agency: str
     role: str
@@ -82,6 +99,26 @@ class PersonState:
     consents: tuple[Consent, ...] = ()
     team: Mapping[str, Member] = field(default_factory=dict)
     home_municipality: str | None = None
+    # Where the home municipality came from: the population register (the operator's entry)
+    # outranks a DPS admission's statement.
+    home_source: str | None = None
+    # The GP on the GP list (the operator's entry): a relation, not a care-team membership.
+    gp: str | None = None
+    # DPS org_id -> ids of its admissions of the person not yet followed by a discharge.
+    admissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def relations(self, org_id: str) -> frozenset[str]:
+        """How `org_id` is related to the person: care_team, home_municipality, gp, admitting."""
+        found: set[str] = set()
+        if org_id in self.team:
+            found.add("care_team")
+        if org_id == self.home_municipality:
+            found.add("home_municipality")
+        if org_id == self.gp:
+            found.add("gp")
+        if self.admissions.get(org_id):
+            found.add("admitting")
+        return frozenset(found)
 
     def latest_consent(self, agency: str, org_id: str) -> Consent | None:
         """The latest record covering `org_id` of `agency` (its own or one for the agency)."""
@@ -109,6 +146,9 @@ class PersonState:
                 org_id: [m.agency, m.role, sorted(m.sources)] for org_id, m in self.team.items()
             },
             "home": self.home_municipality,
+            "home_source": self.home_source,
+            "gp": self.gp,
+            "admissions": {org_id: sorted(ids) for org_id, ids in self.admissions.items()},
         }
 
     @classmethod
@@ -140,6 +180,11 @@ class PersonState:
                 for org_id, (agency, role, sources) in data.get("team", {}).items()
             },
             home_municipality=data.get("home"),
+            home_source=data.get("home_source"),
+            gp=data.get("gp"),
+            admissions={
+                org_id: frozenset(ids) for org_id, ids in (data.get("admissions") or {}).items()
+            },
         )
 
 
@@ -166,14 +211,51 @@ def _changed(state: PersonState, schema_name: str, record: Mapping[str, Any]) ->
         return _consent_changed(state, record)
     if schema_name == CARE_TEAM_CHANGE:
         return _care_team_changed(state, record)
+    if schema_name == REGISTER_CHANGE:
+        return _register_changed(state, record)
     event_type = record.get("event_type")
     if not isinstance(event_type, str) or schema_name != event_schema_name(event_type):
         return state
+    source = record["source"]
+    if source["agency"] not in STATE_SENDERS.get(event_type, ()):
+        return state
     payload = record.get("payload") or {}
-    if event_type == "admission" and payload.get("home_municipality_org"):
-        return PersonState(state.consents, state.team, payload["home_municipality_org"])
-    if event_type == "ip_update":
-        return _plan_updated(state, payload)
+    if event_type == "admission":
+        return _admitted(state, source["org_id"], record["event_id"], payload)
+    if event_type == "discharge":
+        return _discharged(state, source["org_id"], payload)
+    return _plan_updated(state, source["org_id"], payload)
+
+
+def _admitted(
+    state: PersonState, dps: str, event_id: str, payload: Mapping[str, Any]
+) -> PersonState:
+    admissions = dict(state.admissions)
+    admissions[dps] = admissions.get(dps, frozenset()) | {event_id}
+    home, home_source = state.home_municipality, state.home_source
+    if payload.get("home_municipality_org") and home_source != HOME_FROM_REGISTER:
+        home, home_source = payload["home_municipality_org"], HOME_FROM_ADMISSION
+    return replace(state, admissions=admissions, home_municipality=home, home_source=home_source)
+
+
+def _discharged(state: PersonState, dps: str, payload: Mapping[str, Any]) -> PersonState:
+    open_ids = state.admissions.get(dps, frozenset()) - {payload.get("admission_event_id")}
+    admissions = {org_id: ids for org_id, ids in state.admissions.items() if org_id != dps}
+    if open_ids:
+        admissions[dps] = open_ids
+    return replace(state, admissions=admissions)
+
+
+def _register_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
+    organisation = record.get("organisation")
+    org_id = organisation["org_id"] if organisation else None
+    if record["register"] == "gp":
+        return replace(state, gp=org_id)
+    if record["register"] == "home_municipality":
+        # Clearing the register entry leaves no home: an admission names it again.
+        return replace(
+            state, home_municipality=org_id, home_source=HOME_FROM_REGISTER if org_id else None
+        )
     return state
 
 
@@ -196,23 +278,34 @@ def _consent_changed(state: PersonState, record: Mapping[str, Any]) -> PersonSta
         return state  # a re-published or stale change: the newer record stands
     kept = [c for c in state.consents if (c.agency, c.org_id) != scope]
     ordered = sorted([*kept, consent], key=lambda c: c.recorded_at)
-    return PersonState(tuple(ordered), state.team, state.home_municipality)
+    return replace(state, consents=tuple(ordered))
 
 
 def _care_team_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
     member = record["member"]
     org_id = member["org_id"]
+    recorder = record["recorded_by_org"]
     team = dict(state.team)
     if record["status"] == "member":
         sources = team[org_id].sources if org_id in team else frozenset()
-        team[org_id] = Member(member["agency"], record["role"], sources | {REGISTRY})
+        team[org_id] = Member(member["agency"], record["role"], sources | {_REGISTRY + recorder})
     elif record["status"] == "removed":
-        # The registry is the system of record: its removal ends membership from every source
-        # (a later plan update naming the organisation adds it again).
-        team.pop(org_id, None)
+        if org_id not in team:
+            return state
+        # An organisation may always step out (every source); anyone else takes back only the
+        # membership it recorded itself, so no one can cut another's member out of the team.
+        if recorder == org_id:
+            del team[org_id]
+        else:
+            current = team[org_id]
+            sources = current.sources - {_REGISTRY + recorder}
+            if sources:
+                team[org_id] = Member(current.agency, current.role, sources)
+            else:
+                del team[org_id]
     else:
         return state  # a status this reader does not know: change nothing rather than guess
-    return PersonState(state.consents, team, state.home_municipality)
+    return replace(state, team=team)
 
 
 def _plan_members(payload: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
@@ -227,11 +320,13 @@ def _plan_members(payload: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     return named
 
 
-def _plan_updated(state: PersonState, payload: Mapping[str, Any]) -> PersonState:
+def _plan_updated(state: PersonState, owner: str, payload: Mapping[str, Any]) -> PersonState:
     status = payload.get("status")
     if status not in ("active", "closed"):
         return state
-    source = f"{_PLAN}{payload['plan_id']}"
+    # A plan is identified by its owner and its id: another organisation's plan of the same id
+    # is another plan, so only the owner changes or closes it.
+    source = f"{_PLAN}{owner}:{payload['plan_id']}"
     named = _plan_members(payload) if status == "active" else {}
     team: dict[str, Member] = {}
     # The plan's own membership is replaced wholesale: whom the plan no longer names, it no
@@ -243,7 +338,7 @@ def _plan_updated(state: PersonState, payload: Mapping[str, Any]) -> PersonState
     for org_id, (agency, role) in named.items():
         sources = team[org_id].sources if org_id in team else frozenset()
         team[org_id] = Member(agency, role, sources | {source})
-    return PersonState(state.consents, team, state.home_municipality)
+    return replace(state, team=team)
 
 
 # --- decisions ------------------------------------------------------------------------------
@@ -274,11 +369,12 @@ def _candidates(event_record: Mapping[str, Any], state: PersonState) -> list[_Ca
     """The organisations that could receive the event, by org_id; never its source.
 
     The care team, the home municipality, the named emergency recipients, and for an
-    ip_update the organisations the plan names: a plan being closed has already left the
-    state, yet its members must learn that it closed.
+    ip_update from an organisation that may send plans, the organisations the plan names: a
+    plan being closed has already left the state, yet its members must learn that it closed.
     """
     team: dict[str, str] = {org_id: member.agency for org_id, member in state.team.items()}
-    if event_record["event_type"] == "ip_update":
+    source = event_record["source"]
+    if event_record["event_type"] == "ip_update" and source["agency"] in STATE_SENDERS["ip_update"]:
         for org_id, (agency, _) in _plan_members(event_record["payload"]).items():
             team.setdefault(org_id, agency)
     found: dict[str, _Candidate] = {
@@ -295,7 +391,7 @@ def _candidates(event_record: Mapping[str, Any], state: PersonState) -> list[_Ca
             recipient["org_id"],
             _Candidate(recipient["org_id"], recipient["agency"], in_team=False, home=False),
         )
-    found.pop(event_record["source"]["org_id"], None)
+    found.pop(source["org_id"], None)
     return [found[org_id] for org_id in sorted(found)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -467,6 +468,21 @@ def dead_letters(
     finally:
         reader.close()
     return found
+
+
+async def at_least(
+    probe: Callable[[], Awaitable[list[dict[str, Any]]]], count: int, timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
+    """The probe's answer once it holds `count` items (records arrive through Kafka and the
+    sinks); fails with the last answer after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        found = await probe()
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"expected {count} records, found {len(found)}: {found}")
 
 
 class ServiceClients:

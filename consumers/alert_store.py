@@ -3,7 +3,8 @@
 Every `no.carebus.v1.Alert` record is written idempotently to `alerts` (keyed by `alert_id`):
 
 - an alert not yet stored is inserted as the record says (`open`, or `resolved` with
-  `resolved_at` = the record's `changed_at`); a null recipient is the unassigned queue;
+  `resolved_at` = the record's `changed_at`); a null recipient is the unassigned queue,
+  which the operator works;
 - a `resolved` record for a stored alert that is not resolved yet resolves it, whatever a
   coordinator did with it meanwhile: the engine's resolution (fulfilment, cancellation) wins
   over `open` and `acknowledged`, and its `event_ids` (trigger and fulfilment) replace the row's;

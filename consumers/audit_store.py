@@ -1,14 +1,16 @@
-"""The audit store sink: disclosure decisions and deliveries from Kafka into PostgreSQL.
+"""The audit store sink: disclosure decisions, refusals and deliveries from Kafka into PostgreSQL.
 
 One process, one consumer group, seven topics:
 
 - `care.audit.v1` carries `no.carebus.v1.Disclosure` records, one per routing decision; each
-  becomes a row of `disclosures` (keyed by `audit_id`);
+  becomes a row of `disclosures` (keyed by `audit_id`). It also carries
+  `no.carebus.v1.AuthorityRefusal` records, one per statement the gateway or the registry refused
+  for want of authority; each becomes a row of `authority_refusals` (keyed by `audit_id`);
 - `care.deliveries.<agency>.v1` carry `no.carebus.v1.Delivery` records; each becomes a row of
   `deliveries` (keyed by `delivery_id`) whose `body` is DESIGN's delivery JSON, which the audit
   service serves to the recipient organisation.
 
-Both inserts are ON CONFLICT DO NOTHING, so a replayed batch or a record the router published
+Every insert is ON CONFLICT DO NOTHING, so a replayed batch or a record the router published
 twice leaves one row: the first one read. Records of another schema on these topics are skipped
 and counted; a record that contradicts itself (a `delivered` decision without a recipient, a
 delivery on another agency's topic, a payload that is not a JSON object) is dead-lettered.
@@ -44,10 +46,12 @@ BATCH_SIZE: Final = 5000
 
 DISCLOSURE_SCHEMA: Final = "no.carebus.v1.Disclosure"
 DELIVERY_SCHEMA: Final = "no.carebus.v1.Delivery"
+REFUSAL_SCHEMA: Final = "no.carebus.v1.AuthorityRefusal"
 
-# Rows are tagged with their table, so one RowWriter serves both tables of one batch.
+# Rows are tagged with their table, so one RowWriter serves every table of one batch.
 _DISCLOSURE: Final = "disclosure"
 _DELIVERY: Final = "delivery"
+_REFUSAL: Final = "refusal"
 
 DISCLOSURE_COLUMNS: Final = (
     "audit_id",
@@ -129,6 +133,14 @@ _INSERT_DELIVERY: Final = """
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (delivery_id) DO NOTHING
 """
+# Refusals come one per refused request, not thousands per second: no staging table.
+_INSERT_REFUSAL: Final = """
+    INSERT INTO authority_refusals (
+        audit_id, subject_key, actor_org, actor_agency, actor_role, statement, rule_id, field,
+        policy_version, decided_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (audit_id) DO NOTHING
+"""
 
 
 def _text(record: Mapping[str, Any], name: str) -> str:
@@ -199,8 +211,24 @@ def delivery_row(record: Mapping[str, Any], topic: str | None) -> Row:
     )
 
 
+def refusal_row(record: Mapping[str, Any]) -> Row:
+    """The `authority_refusals` columns of an AuthorityRefusal record (without the tag)."""
+    return (
+        _text(record, "audit_id"),
+        record.get("subject_key"),
+        _text(record, "actor_org"),
+        _text(record, "actor_agency"),
+        _text(record, "actor_role"),
+        _text(record, "statement"),
+        _text(record, "rule_id"),
+        record.get("field"),
+        _text(record, "policy_version"),
+        record["decided_at"],
+    )
+
+
 class AuditStoreWriter:
-    """Turns Disclosure and Delivery records into rows of their tables and writes them in bulk."""
+    """Turns Disclosure, AuthorityRefusal and Delivery records into rows and writes them in bulk."""
 
     async def prepare(self, conn: Connection) -> None:
         await conn.execute(_CREATE_STAGING)
@@ -210,13 +238,18 @@ class AuditStoreWriter:
             return (_DISCLOSURE, *disclosure_row(decoded.record))
         if decoded.schema_name == DELIVERY_SCHEMA:
             return (_DELIVERY, *delivery_row(decoded.record, message.topic()))
+        if decoded.schema_name == REFUSAL_SCHEMA:
+            return (_REFUSAL, *refusal_row(decoded.record))
         return None
 
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
         disclosures = [row[1:] for row in rows if row[0] == _DISCLOSURE]
         deliveries = [row[1:] for row in rows if row[0] == _DELIVERY]
+        refusals = [row[1:] for row in rows if row[0] == _REFUSAL]
         if disclosures:
             await self._write_disclosures(conn, disclosures)
+        if refusals:
+            await conn.executemany(_INSERT_REFUSAL, refusals)
         if deliveries:
             await self._write_deliveries(conn, deliveries)
 

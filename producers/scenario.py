@@ -24,6 +24,7 @@ from carebus.identity import random_nin
 @dataclass(frozen=True)
 class Stack:
     gateway: str
+    registry: str
     postgres: str
     tokens: dict[str, str]
     orgs: dict[str, str]
@@ -40,6 +41,7 @@ def read_stack() -> Stack:
     tokens = status["dev_tokens"]
     return Stack(
         status["services"]["gateway"],
+        status["services"]["registry"],
         status["postgres"],
         {k: v for k, v in tokens.items() if isinstance(v, str)},
         tokens["orgs"],
@@ -270,6 +272,61 @@ async def show_event_store(dsn: str, event_ids: list[str], timeout_s: float = 30
         await conn.close()
 
 
+async def show_authority(stack: Stack, seed: int) -> None:
+    """Two statements no organisation may make, refused as the authority policy says: the
+    police naming itself a person's coordinator, NAV granting itself consent."""
+    nin = random_nin(random.Random(seed + 1))
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    police = stack.orgs["police"]
+    attempts = [
+        (
+            "police names itself coordinator in a plan",
+            f"{stack.gateway}/v1/events",
+            "police",
+            {
+                "event_id": f"police-demo-{seed}",
+                "event_type": "ip_update",
+                "occurred_at": now,
+                "source": {"agency": "police", "org_id": police},
+                "subject": {"nin": nin},
+                "payload": {
+                    "plan_id": "demo",
+                    "status": "active",
+                    "coordinator": {"agency": "police", "org_id": police},
+                    "participants": [],
+                    "next_review_at": now,
+                    "crisis_plan": False,
+                },
+            },
+        ),
+        (
+            "NAV records consent for itself",
+            f"{stack.registry}/v1/consents",
+            "nav",
+            {
+                "nin": nin,
+                "recipient": {"agency": "nav", "org_id": stack.orgs["nav"]},
+                "categories": ["health"],
+                "status": "given",
+                "valid_from": now,
+                "recorded_by": "demo",
+            },
+        ),
+    ]
+    print("\nauthority (policy/authority.yaml): who may say what about a person")
+    async with httpx.AsyncClient(timeout=30) as client:
+        for what, url, who, body in attempts:
+            headers = {"Authorization": f"Bearer {stack.tokens[who]}"}
+            response = await client.post(url, json=body, headers=headers)
+            if response.status_code != 403:
+                raise SystemExit(f"{what}: expected 403, got {response.status_code}")
+            print(f"  refused: {what}: {response.json()['error']['message']}")
+    print(
+        "  every refusal is audited on care.audit.v1 and counted in"
+        " carebus_authority_refusals_total"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seed", type=int, default=2026)
@@ -279,6 +336,7 @@ def main() -> None:
     event_ids = asyncio.run(play(stack, run, args.seed))
     print(f"posted {len(event_ids)} events for 3 persons through {stack.gateway}")
     asyncio.run(show_event_store(stack.postgres, event_ids))
+    asyncio.run(show_authority(stack, args.seed))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,23 @@ DEV_ORGANISATIONS: dict[str, str] = {
     "housing": "987654325",
 }
 DEMO_MUNICIPALITY = DEV_ORGANISATIONS["municipality"]
-# Roles besides `system` that get a token at the demo municipality.
+# Roles besides `system` that get a token at the demo municipality (`admin`: the municipality's
+# own administrator, who manages only its own tokens and webhook).
 MUNICIPAL_ROLES = ("coordinator", "privacy_officer", "admin")
+# The organisation that runs carebus: a realm of its own, not an agency. Its `operator` token
+# manages the directory, the registers and tokens; its privacy officer is the bus's data
+# protection officer, who may see every disclosure.
+OPERATOR_ORG = "918000008"
+OPERATOR_TOKENS = {"operator": "operator", "operator_privacy_officer": "privacy_officer"}
+DEV_NAMES: dict[str, str] = {
+    "dps": "Demo DPS (specialist mental health and addiction care)",
+    "municipality": "Demo municipality",
+    "fastlege": "Demo GP office",
+    "nav": "Demo NAV office",
+    "police": "Demo police district",
+    "housing": "Demo housing office",
+    "operator": "carebus operator",
+}
 LABEL = "carebus dev token"
 
 
@@ -54,16 +69,22 @@ def _wanted() -> dict[str, tuple[str, str, str]]:
     wanted = {agency: (agency, DEV_ORGANISATIONS[agency], "system") for agency in AGENCIES}
     for role in MUNICIPAL_ROLES:
         wanted[role] = ("municipality", DEMO_MUNICIPALITY, role)
+    for name, role in OPERATOR_TOKENS.items():
+        wanted[name] = ("operator", OPERATOR_ORG, role)
     return wanted
 
 
 async def _ensure(settings: Settings) -> dict[str, Any]:
-    from carebus import auth  # the lead's module; imported late so the stack runs without it
+    from carebus import auth, directory  # imported late so the stack runs without them
 
     previous = read_dev_tokens(settings) or {}
     tokens: dict[str, Any] = {}
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
+        for agency, org_id in [*DEV_ORGANISATIONS.items(), ("operator", OPERATOR_ORG)]:
+            await directory.add_organisation(
+                conn, agency=agency, org_id=org_id, name=DEV_NAMES[agency]
+            )
         for name, (agency, org_id, role) in _wanted().items():
             token = previous.get(name)
             if isinstance(token, str):
@@ -76,7 +97,9 @@ async def _ensure(settings: Settings) -> dict[str, Any]:
             )
     finally:
         await conn.close()
+    # `orgs` lists the agencies' organisations only (each has a system token of its name).
     tokens["orgs"] = dict(DEV_ORGANISATIONS)
+    tokens["operator_org"] = OPERATOR_ORG
     return tokens
 
 

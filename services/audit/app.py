@@ -1,13 +1,15 @@
 """The audit service: an organisation reads its own deliveries; a privacy officer, a person's
-disclosures."""
+disclosures; a patient, their own log."""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +22,7 @@ from carebus.http import ApiError, create_app, principal_dependency
 from carebus.identity import subject_key, validate_nin
 from carebus.telemetry import get_logger
 from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
-from services.audit.store import AuditStore
+from services.audit.store import AuditStore, Looker
 
 log = get_logger(__name__)
 
@@ -33,6 +35,11 @@ SINCE_OR_CURSOR_PROBLEM = (
 )
 
 Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
+Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
+MAX_PURPOSE: Final = 200
+# Control and format characters (and lone surrogates, line and paragraph separators) could
+# forge or hide text in the patient's log, where the purpose is shown as written.
+_REFUSED_IN_PURPOSE: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _DELIVERIES_DOC = f"""
 The caller organisation's deliveries, oldest first (by the time the bus stored them, then by
@@ -51,16 +58,46 @@ Each item has exactly the keys `delivery_id`, `event_id`, `event_type`, `occurre
 `subject`, `basis`, `categories`, `payload` and, for emergency disclosures, `emergency`.
 """
 
-_DISCLOSURES_DOC = """
-Every routing decision about one person, ordered by `decided_at`: who received what (`basis`,
-`fields`) and what was withheld from whom (`reason`). Events that had no candidate recipient at
-all are recorded but not listed, since they name no recipient.
+_DISCLOSURES_DOC = f"""
+The routing decisions about one person in which the caller's organisation took part, ordered by
+`decided_at`: what it sent (it is the event's source) or what it received or was refused (it is
+the recipient), with `basis` and `fields`, or the `reason` it was withheld. Events that had no
+candidate recipient at all are recorded but not listed, since they name no recipient.
 
 Only `privacy_officer` tokens may ask, and only about a person their organisation has data on:
 it published an event about the person, was a candidate recipient of one (delivered or
 withheld), is or was in the person's care team, or recorded a consent or care-team change for
 them. Otherwise the answer is `403` with the same message whether or not carebus knows the
-person at all. The nin travels in the body only, never in the URL.
+person at all. The operator's privacy officer (carebus's data protection officer) sees every
+decision about anyone. The nin travels in the body only, never in the URL.
+
+`purpose` (optional, at most {MAX_PURPOSE} characters, no control characters) says why you look.
+Every answered query is recorded (who, when, why, how many items) before it is answered, and
+shows in later answers and in the person's own log (`GET /v1/me/disclosures`).
+
+Besides `items`: `lookups`, the earlier queries about the person by the caller's organisation
+(by anyone, for the data protection officer); and `refusals`, the statements about the person
+the caller's organisation made and carebus refused for want of authority (everyone's, for the
+data protection officer).
+"""
+
+_ME_DOC = """
+The patient's own log (pasientjournalloven §18): everything carebus did with information about
+the person the token is bound to, oldest first. Only `patient` tokens may ask, and a patient
+token reads only its own person's log; it takes no parameters.
+
+Each row has `at`, `kind` and `text`, one sentence in plain words naming each organisation
+(its name, agency and organisation number), plus the structured fields of its kind:
+
+- `delivered`: an organisation was told about an event (`source`, `recipient`, `event_type`,
+  `basis`, `categories`); `withheld`: it was not (`reason`);
+- `consent`: a consent, withdrawal or objection was recorded (`status`, `state`, `recipient`,
+  `categories`, `recorded_by`, `valid_from`, `valid_to`); `consent_confirmed`: a pending
+  consent was confirmed and took effect (`confirmed_by`);
+- `lookup`: a privacy officer looked at who received information about the person (`by`,
+  `role`, `purpose`);
+- `refusal`: an organisation tried to say something about the person that it is not entitled
+  to say, and carebus refused (`actor`, `statement`, `rule_id`).
 """
 
 
@@ -78,7 +115,12 @@ _QUERY_BODY = {
                             "type": "string",
                             "description": "National identity number (fødselsnummer or "
                             "D-nummer) of the person.",
-                        }
+                        },
+                        "purpose": {
+                            "type": "string",
+                            "maxLength": MAX_PURPOSE,
+                            "description": "Why you look (recorded, and shown to the person).",
+                        },
                     },
                     "required": ["nin"],
                     "additionalProperties": False,
@@ -136,8 +178,98 @@ class Disclosure(BaseModel):
     decided_at: datetime
 
 
+class DisclosureLookup(BaseModel):
+    org_id: str
+    agency: Realm
+    role: str
+    purpose: str | None
+    looked_at: datetime
+
+
+class AuthorityRefusal(BaseModel):
+    actor: Organisation
+    statement: str = Field(description="`event:<event_type>`, `care_team_change`, `consent`, …")
+    rule_id: str = Field(description="The rule of policy/authority.yaml that refused it.")
+    field: str | None
+    decided_at: datetime
+
+
 class Disclosures(BaseModel):
     items: list[Disclosure]
+    lookups: list[DisclosureLookup] = Field(description="Who looked, when and why.")
+    refusals: list[AuthorityRefusal] = Field(description="Statements refused: no authority.")
+
+
+class Party(BaseModel):
+    agency: str
+    org_id: str | None = Field(description="null for a consent covering a whole agency.")
+    name: str | None = Field(description="The organisation's name, when the directory has one.")
+
+
+class _Row(BaseModel):
+    at: datetime
+    text: str = Field(description="One sentence in plain words.")
+
+
+class DecisionRow(_Row):
+    kind: Literal["delivered", "withheld"]
+    event_id: str
+    event_type: str
+    source: Party
+    recipient: Party
+    basis: str | None = Field(default=None, description="Only when delivered.")
+    categories: list[str] | None = Field(default=None, description="Only when delivered.")
+    reason: str | None = Field(default=None, description="Only when withheld.")
+
+
+class ConsentRow(_Row):
+    kind: Literal["consent"]
+    status: Literal["given", "withdrawn", "objection"]
+    state: Literal["effective", "pending", "confirmed"]
+    recipient: Party
+    categories: list[str]
+    recorded_by: Party
+    valid_from: datetime
+    valid_to: datetime | None
+
+
+class ConfirmationRow(_Row):
+    kind: Literal["consent_confirmed"]
+    status: str
+    recipient: Party
+    categories: list[str]
+    confirmed_by: Party | None
+
+
+class LookupRow(_Row):
+    kind: Literal["lookup"]
+    by: Party
+    role: str
+    purpose: str | None
+
+
+class RefusalRow(_Row):
+    kind: Literal["refusal"]
+    actor: Party
+    statement: str
+    rule_id: str
+
+
+class PatientLog(BaseModel):
+    items: list[
+        Annotated[
+            DecisionRow | ConsentRow | ConfirmationRow | LookupRow | RefusalRow,
+            Field(discriminator="kind"),
+        ]
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DisclosureQuery:
+    """A valid disclosure query: the person, and why the caller looks (if it said)."""
+
+    nin: str
+    purpose: str | None
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -158,6 +290,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = create_app("audit", title="carebus audit", lifespan=lifespan)
     system_only = principal_dependency("system")
     privacy_officer_only = principal_dependency("privacy_officer")
+    patient_only = principal_dependency("patient")
 
     @app.get("/v1/deliveries", response_model=DeliveryPage, description=_DELIVERIES_DOC)
     async def get_deliveries(
@@ -184,15 +317,35 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def query_disclosures(
         request: Request, principal: Principal = Depends(privacy_officer_only)
     ) -> JSONResponse:
-        nin = _nin(await request.body())
-        key = subject_key(nin, secret)
+        query = _query(await request.body())
+        key = subject_key(query.nin, secret)
         store: AuditStore = request.app.state.store
-        if not await store.related(principal.org_id, key):
+        # The operator's privacy officer is carebus's data protection officer: every decision.
+        scope = None if principal.is_operator else principal.org_id
+        if scope is not None and not await store.related(scope, key):
             log.info("disclosures.refused", org_id=principal.org_id, subject_key=key)
             raise ApiError(403, NOT_RELATED, [("nin", "no relation to this organisation")])
-        items = await store.disclosures(key)
-        log.info("disclosures.queried", org_id=principal.org_id, subject_key=key, items=len(items))
-        return JSONResponse({"items": items})
+        looker = Looker(principal.token_id, principal.org_id, principal.role)
+        report = await store.report(key, scope, looker, query.purpose)
+        log.info(
+            "disclosures.queried",
+            org_id=principal.org_id,
+            subject_key=key,
+            items=len(report.items),
+            everything=scope is None,
+        )
+        return JSONResponse(report.to_json())
+
+    @app.get("/v1/me/disclosures", response_model=PatientLog, description=_ME_DOC)
+    async def my_disclosures(
+        request: Request, principal: Principal = Depends(patient_only)
+    ) -> JSONResponse:
+        if principal.subject_key is None:  # the database forbids it; never read "everyone"
+            raise ApiError(403, "this token is not bound to a person")
+        store: AuditStore = request.app.state.store
+        rows = await store.patient_log(principal.subject_key)
+        log.info("patient_log.read", subject_key=principal.subject_key, rows=len(rows))
+        return JSONResponse({"items": rows})
 
     return app
 
@@ -215,8 +368,8 @@ def _paging(since: str | None, cursor: str | None) -> tuple[datetime | None, Cur
     return start, after
 
 
-def _nin(body: bytes) -> str:
-    """The valid nin of a query body; 400 for malformed JSON, 422 naming the field at fault."""
+def _query(body: bytes) -> DisclosureQuery:
+    """The valid query of a body; 400 for malformed JSON, 422 naming every field at fault."""
     if len(body) > MAX_QUERY_BYTES:
         raise ApiError(413, "the request body is too large")
     try:
@@ -225,13 +378,31 @@ def _nin(body: bytes) -> str:
         raise ApiError(400, "the body is not valid JSON", [("body", "malformed JSON")]) from None
     if not isinstance(raw, dict):
         raise ApiError(422, "the body must be an object", [("body", 'must be {"nin": ...}')])
-    unknown = sorted(set(raw) - {"nin"})
+    unknown = sorted(set(raw) - {"nin", "purpose"})
     if unknown:
         raise ApiError(422, "the query has unknown fields", [(unknown[0], "not a query field")])
-    if "nin" not in raw:
-        raise ApiError(422, "the nin is missing", [("nin", "is required")])
-    problem = validate_nin(raw["nin"])
-    if problem is not None:
-        raise ApiError(422, "the nin is invalid", [("nin", problem)])
-    nin: str = raw["nin"]
-    return nin
+    problems: list[tuple[str, str]] = []
+    nin_problem = "is required" if "nin" not in raw else validate_nin(raw["nin"])
+    if nin_problem is not None:
+        problems.append(("nin", nin_problem))
+    purpose = raw.get("purpose")
+    purpose_problem = purpose_problem_of(purpose)
+    if purpose_problem is not None:
+        problems.append(("purpose", purpose_problem))
+    if problems:
+        raise ApiError(422, "the query is invalid", problems)
+    text = purpose.strip() if purpose else ""
+    return DisclosureQuery(raw["nin"], text or None)  # a blank purpose says no more than none
+
+
+def purpose_problem_of(purpose: object) -> str | None:
+    """What is wrong with a query's `purpose` (None or text), or None if nothing is."""
+    if purpose is None:
+        return None
+    if not isinstance(purpose, str):
+        return "must be a string"
+    if len(purpose) > MAX_PURPOSE:
+        return f"must be at most {MAX_PURPOSE} characters"
+    if any(unicodedata.category(char) in _REFUSED_IN_PURPOSE for char in purpose):
+        return "must not contain control or format characters"
+    return None

@@ -1,8 +1,10 @@
-"""The audit service's reads: an organisation's deliveries and a person's disclosures."""
+"""The audit service's reads: an organisation's deliveries, a person's disclosures and the
+patient's own log; and the one thing it writes, the record of who looked."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -11,6 +13,14 @@ import asyncpg
 
 from carebus.events import rfc3339
 from services.audit.paging import Cursor
+from services.audit.patient_log import (
+    ConsentChange,
+    Decision,
+    Lookup,
+    Party,
+    Refusal,
+    patient_log,
+)
 
 # Bounds that every stored row satisfies, so one statement (and one index range scan on
 # (recipient_org, delivered_at, delivery_id)) serves every combination of since and cursor.
@@ -40,14 +50,62 @@ _RELATED: Final = """
 """
 
 # `no_candidate` rows stay in the table but are not decisions about a recipient, and the
-# contract's decision is delivered | withheld.
+# contract's decision is delivered | withheld. $2 is the caller's organisation, or NULL for
+# everything (the operator's data protection officer, the patient).
 _DISCLOSURES: Final = """
-    SELECT event_id, event_type, recipient_agency, recipient_org, decision, reason, basis,
-           fields, rule_id, policy_version, decided_at
+    SELECT event_id, event_type, source_org, recipient_agency, recipient_org, decision, reason,
+           basis, categories, fields, rule_id, policy_version, decided_at
     FROM disclosures
     WHERE subject_key = $1 AND decision IN ('delivered', 'withheld')
+      AND ($2::text IS NULL OR source_org = $2 OR recipient_org = $2)
     ORDER BY decided_at, audit_id
 """
+# Every looking organisation had a token, and a token's organisation is registered.
+_LOOKUPS: Final = """
+    SELECT l.org_id, o.agency, l.role, l.purpose, l.looked_at
+    FROM disclosure_lookups l JOIN organisations o USING (org_id)
+    WHERE l.subject_key = $1 AND ($2::text IS NULL OR l.org_id = $2)
+    ORDER BY l.looked_at, l.lookup_id
+"""
+_REFUSALS: Final = """
+    SELECT actor_org, actor_agency, statement, rule_id, field, decided_at
+    FROM authority_refusals
+    WHERE subject_key = $1 AND ($2::text IS NULL OR actor_org = $2)
+    ORDER BY decided_at, audit_id
+"""
+_RECORD_LOOKUP: Final = """
+    INSERT INTO disclosure_lookups (lookup_id, subject_key, org_id, role, token_id, purpose, items)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+_CONSENTS: Final = """
+    SELECT recipient_agency, recipient_org, categories, status, state, recorded_by_org,
+           recorded_at, valid_from, valid_to, confirmed_by_org, confirmed_at
+    FROM consents
+    WHERE subject_key = $1
+    ORDER BY recorded_at, consent_id
+"""
+_DIRECTORY: Final = "SELECT org_id, agency, name FROM organisations WHERE org_id = ANY($1::text[])"
+
+
+@dataclass(frozen=True, slots=True)
+class Looker:
+    """Who runs a disclosure query: the token, its organisation and role."""
+
+    token_id: uuid.UUID
+    org_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A disclosure query's answer: decisions, lookups and refusals, in DESIGN's JSON shapes."""
+
+    items: list[dict[str, Any]]
+    lookups: list[dict[str, Any]]
+    refusals: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"items": self.items, "lookups": self.lookups, "refusals": self.refusals}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +144,46 @@ class AuditStore:
         """Whether `org_id` has data on the person (see `_RELATED`)."""
         return bool(await self._pool.fetchval(_RELATED, subject_key, org_id))
 
-    async def disclosures(self, subject_key: str) -> list[dict[str, Any]]:
-        """Every delivered or withheld decision about the person, in DESIGN's shape, by time."""
-        rows = await self._pool.fetch(_DISCLOSURES, subject_key)
-        return [disclosure_json(row) for row in rows]
+    async def report(
+        self, subject_key: str, scope: str | None, looker: Looker, purpose: str | None
+    ) -> Report:
+        """The person's decisions, lookups and refusals that involve `scope` (None: all), oldest
+        first; the lookup itself is recorded in the same transaction, so no answer goes out
+        unrecorded."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            items = [disclosure_json(r) for r in await conn.fetch(_DISCLOSURES, subject_key, scope)]
+            lookups = [lookup_json(r) for r in await conn.fetch(_LOOKUPS, subject_key, scope)]
+            refusals = [refusal_json(r) for r in await conn.fetch(_REFUSALS, subject_key, scope)]
+            await conn.execute(
+                _RECORD_LOOKUP,
+                uuid.uuid4(),
+                subject_key,
+                looker.org_id,
+                looker.role,
+                looker.token_id,
+                purpose,
+                len(items),
+            )
+        return Report(items, lookups, refusals)
+
+    async def patient_log(self, subject_key: str) -> list[dict[str, Any]]:
+        """Everything about the person, in plain words, oldest first (see patient_log.py)."""
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            decisions = await conn.fetch(_DISCLOSURES, subject_key, None)
+            consents = await conn.fetch(_CONSENTS, subject_key)
+            lookups = await conn.fetch(_LOOKUPS, subject_key, None)
+            refusals = await conn.fetch(_REFUSALS, subject_key, None)
+            named = _named_orgs(decisions, consents, lookups, refusals)
+            directory = _Directory(await conn.fetch(_DIRECTORY, sorted(named)))
+        return patient_log(
+            [directory.decision(row) for row in decisions],
+            [directory.consent(row) for row in consents],
+            [directory.lookup(row) for row in lookups],
+            [directory.refusal(row) for row in refusals],
+        )
 
 
 def disclosure_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
@@ -109,3 +203,107 @@ def disclosure_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     item["policy_version"] = row["policy_version"]
     item["decided_at"] = rfc3339(row["decided_at"])
     return item
+
+
+def lookup_json(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
+    """One lookup of a disclosure report: who looked, when and why."""
+    return {
+        "org_id": row["org_id"],
+        "agency": row["agency"],
+        "role": row["role"],
+        "purpose": row["purpose"],
+        "looked_at": rfc3339(row["looked_at"]),
+    }
+
+
+def refusal_json(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
+    """One refusal of a disclosure report: who tried what, and the rule that said no."""
+    return {
+        "actor": {"agency": row["actor_agency"], "org_id": row["actor_org"]},
+        "statement": row["statement"],
+        "rule_id": row["rule_id"],
+        "field": row["field"],
+        "decided_at": rfc3339(row["decided_at"]),
+    }
+
+
+_ORG_COLUMNS: Final = (
+    "source_org",
+    "recipient_org",
+    "recorded_by_org",
+    "confirmed_by_org",
+    "org_id",
+    "actor_org",
+)
+
+
+def _named_orgs(*row_lists: Iterable[asyncpg.Record]) -> set[str]:
+    """Every organisation number the patient's rows name, to look their names up at once."""
+    return {
+        org_id
+        for rows in row_lists
+        for row in rows
+        for column in _ORG_COLUMNS
+        if (org_id := row.get(column))
+    }
+
+
+class _Directory:
+    """The directory entries of the organisations a patient's rows name, and the records built
+    from those rows with each organisation's name."""
+
+    def __init__(self, entries: Iterable[asyncpg.Record]) -> None:
+        self._entries = {entry["org_id"]: entry for entry in entries}
+
+    def party(self, org_id: str, agency: str | None = None) -> Party:
+        """The organisation; a row's own agency wins over the directory's (they agree)."""
+        entry = self._entries.get(org_id)
+        if entry is None:
+            return Party(agency or "", org_id)
+        return Party(agency or entry["agency"], org_id, entry["name"] or "")
+
+    def decision(self, row: asyncpg.Record) -> Decision:
+        return Decision(
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            source=self.party(row["source_org"]),
+            recipient=self.party(row["recipient_org"], row["recipient_agency"]),
+            decision=row["decision"],
+            reason=row["reason"],
+            basis=row["basis"],
+            categories=list(row["categories"]),
+            decided_at=row["decided_at"],
+        )
+
+    def consent(self, row: asyncpg.Record) -> ConsentChange:
+        recipient_org, confirmed_by = row["recipient_org"], row["confirmed_by_org"]
+        return ConsentChange(
+            # Without an org_id the consent covers every organisation of the agency.
+            recipient=(
+                self.party(recipient_org, row["recipient_agency"])
+                if recipient_org
+                else Party(row["recipient_agency"], "")
+            ),
+            categories=list(row["categories"]),
+            status=row["status"],
+            state=row["state"],
+            recorded_by=self.party(row["recorded_by_org"]),
+            recorded_at=row["recorded_at"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            confirmed_by=self.party(confirmed_by) if confirmed_by else None,
+            confirmed_at=row["confirmed_at"],
+        )
+
+    def lookup(self, row: asyncpg.Record) -> Lookup:
+        return Lookup(
+            self.party(row["org_id"], row["agency"]), row["role"], row["purpose"], row["looked_at"]
+        )
+
+    def refusal(self, row: asyncpg.Record) -> Refusal:
+        return Refusal(
+            self.party(row["actor_org"], row["actor_agency"]),
+            row["statement"],
+            row["rule_id"],
+            row["decided_at"],
+        )

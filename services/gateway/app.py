@@ -14,11 +14,22 @@ from fastapi.responses import JSONResponse
 
 from carebus import metrics
 from carebus.auth import Principal, TokenCache
+from carebus.authority import (
+    Actor,
+    AuthorityPolicy,
+    NotEntitledError,
+    Refusal,
+    event_claims,
+    load_authority,
+)
 from carebus.codec import Codec
 from carebus.config import Settings, get_settings
+from carebus.directory import Directory, claim_problems
 from carebus.events import Event, Problem, parse_event
 from carebus.http import ApiError, create_app, principal_dependency
+from carebus.identity import subject_key
 from carebus.publisher import BrokerUnavailableError, Publisher
+from carebus.refusals import RefusalLog
 from services.gateway.ingest import Accepted, ConflictError, Ingest
 
 MAX_BATCH = 1000
@@ -61,14 +72,19 @@ _BATCH_BODY = {
 def build_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app wired to the real pool, producer and codec."""
     settings = settings or get_settings()
+    authority = load_authority()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=10)
         publisher = Publisher(settings, client_id="carebus-gateway")
-        secret = settings.subject_key_secret.get_secret_value().encode()
+        codec = Codec.default()
+        app.state.secret = secret = settings.subject_key_secret.get_secret_value().encode()
         app.state.tokens = TokenCache(pool)
-        app.state.ingest = Ingest(pool, publisher, Codec.default(), secret)
+        app.state.authority = authority
+        app.state.directory = Directory(pool)
+        app.state.refusals = RefusalLog(publisher, codec, authority.version)
+        app.state.ingest = Ingest(pool, publisher, codec, secret, authority)
         try:
             yield
         finally:
@@ -84,7 +100,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     ) -> JSONResponse:
         raw = await _json_body(request)
         event = _checked([raw], principal, batch=False)[0]
-        accepted = await _accept(request, [event], batch=False)
+        await _authorised(request, principal, [event], batch=False)
+        accepted = await _accept(request, principal, [event], batch=False)
         return JSONResponse(_accepted_json(accepted[0]), status_code=202)
 
     @app.post("/v1/events:batch", status_code=202, openapi_extra=_BATCH_BODY)
@@ -111,7 +128,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         if not raw["events"]:
             raise ApiError(422, "the batch is empty", [("events", "must not be empty")])
         events = _checked(raw["events"], principal, batch=True)
-        accepted = await _accept(request, events, batch=True)
+        await _authorised(request, principal, events, batch=True)
+        accepted = await _accept(request, principal, events, batch=True)
         return JSONResponse({"accepted": [_accepted_json(a) for a in accepted]}, status_code=202)
 
     return app
@@ -164,10 +182,76 @@ def _field(index: int, problem: Problem, *, batch: bool) -> str:
     return f"events[{index}].{problem.field}" if problem.field else f"events[{index}]"
 
 
-async def _accept(request: Request, events: list[Event], *, batch: bool) -> list[Accepted]:
+async def _authorised(
+    request: Request, principal: Principal, events: list[Event], *, batch: bool
+) -> None:
+    """403 for an event its agency may not send; 422 for an organisation it names that is not
+    registered as the agency it claims (policy/authority.yaml, the organisation directory)."""
+    authority: AuthorityPolicy = request.app.state.authority
+    actor = Actor(principal.org_id, principal.agency, principal.role)
+    for index, event in enumerate(events):
+        refusal = authority.sender_refusal(actor, event.event_type, event.emergency is not None)
+        if refusal is not None:
+            key = subject_key(event.nin, request.app.state.secret)
+            raise await _refusal(request, principal, event, index, refusal, key, batch=batch)
+    claims = [
+        (index, event_claims(event.payload, event.emergency)) for index, event in enumerate(events)
+    ]
+    directory: Directory = request.app.state.directory
+    # One look-up for the whole batch, however many organisations its events name.
+    registered = await directory.agencies(c.org_id for _, named in claims for c in named)
+    problems = [
+        (_field(index, problem, batch=batch), problem.problem)
+        for index, named in claims
+        for problem in claim_problems(named, registered)
+    ]
+    if problems:
+        metrics.EVENTS_REJECTED.labels("invalid").inc()
+        raise ApiError(
+            422, "the event names an organisation that is not registered as claimed", problems
+        )
+
+
+async def _refusal(
+    request: Request,
+    principal: Principal,
+    event: Event,
+    index: int,
+    refusal: Refusal,
+    key: str | None,
+    *,
+    batch: bool,
+) -> ApiError:
+    """Audit and count the refusal; the 403 to answer, naming the field at fault and the rule."""
+    metrics.EVENTS_REJECTED.labels("forbidden").inc()
+    refusals: RefusalLog = request.app.state.refusals
+    await refusals.refused(principal, f"event:{event.event_type}", refusal, key)
+    return ApiError(
+        403,
+        f"not entitled (rule {refusal.rule_id} of the authority policy)",
+        [(_field(index, Problem(refusal.field, refusal.message), batch=batch), refusal.message)],
+    )
+
+
+async def _accept(
+    request: Request, principal: Principal, events: list[Event], *, batch: bool
+) -> list[Accepted]:
     ingest: Ingest = request.app.state.ingest
     try:
-        return await ingest.accept(events)
+        return await ingest.accept(
+            events, Actor(principal.org_id, principal.agency, principal.role)
+        )
+    except NotEntitledError as refused:
+        event = events[refused.index]
+        raise await _refusal(
+            request,
+            principal,
+            event,
+            refused.index,
+            refused.refusal,
+            refused.subject_key,
+            batch=batch,
+        ) from refused
     except ConflictError as conflict:
         metrics.EVENTS_REJECTED.labels("conflict").inc()
         field = f"events[{conflict.index}].event_id" if batch else "event_id"

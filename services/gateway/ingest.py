@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from carebus import metrics, topics
+from carebus import facts, metrics, topics
 from carebus.auth import Connection
-from carebus.codec import Codec
+from carebus.authority import Actor, AuthorityPolicy, NotEntitledError
+from carebus.codec import Codec, event_schema_name
 from carebus.events import Event, content_fingerprint, event_to_record
 from carebus.identity import subject_key
 from carebus.publisher import OutgoingRecord, Publisher
+from carebus.routing import STATE_SENDERS, PersonState, apply
 from carebus.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -51,15 +53,26 @@ class Ingest:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, publisher: Publisher, codec: Codec, secret: bytes
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        codec: Codec,
+        secret: bytes,
+        authority: AuthorityPolicy,
     ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._codec = codec
         self._secret = secret
+        self._authority = authority
 
-    async def accept(self, events: Sequence[Event]) -> list[Accepted]:
-        """Accept `events` all or nothing; raises ConflictError or BrokerUnavailableError."""
+    async def accept(self, events: Sequence[Event], actor: Actor) -> list[Accepted]:
+        """Accept `events` all or nothing.
+
+        Raises ConflictError, NotEntitledError (a claim `actor` may not make about a person,
+        judged against every claim accepted before it) or BrokerUnavailableError; nothing is
+        recorded or published then.
+        """
         received_at = datetime.now(UTC)
         prepared = self._deduplicate(
             [
@@ -73,7 +86,11 @@ class Ingest:
             new_ids = await self._record(conn, prepared)
             await self._check_repeats(conn, prepared, new_ids)
             fresh = [p for p in prepared if (p.event.source_org, p.event.event_id) in new_ids]
-            await self._publisher.publish([self._outgoing(p, received_at) for p in fresh])
+            records = [event_to_record(p.event, p.subject_key, received_at) for p in fresh]
+            await self._judge(conn, fresh, records, actor)
+            await self._publisher.publish(
+                [self._outgoing(p, record) for p, record in zip(fresh, records, strict=True)]
+            )
         if fresh:
             counts = Counter((p.event.event_type, p.event.source_agency) for p in fresh)
             for (event_type, agency), count in counts.items():
@@ -143,8 +160,36 @@ class Ingest:
             if stored.get((p.event.source_org, p.event.event_id)) != p.fingerprint:
                 raise ConflictError(p.index)
 
-    def _outgoing(self, p: _Prepared, received_at: datetime) -> OutgoingRecord:
-        record = event_to_record(p.event, p.subject_key, received_at)
+    async def _judge(
+        self,
+        conn: Connection,
+        fresh: Sequence[_Prepared],
+        records: Sequence[dict[str, object]],
+        actor: Actor,
+    ) -> None:
+        """Judge the events that change who learns about a person, in order, and keep the
+        person facts they change (locked until the transaction ends)."""
+        stateful = [
+            (p, record)
+            for p, record in zip(fresh, records, strict=True)
+            if p.event.event_type in STATE_SENDERS
+        ]
+        if not stateful:
+            return
+        states = await facts.lock(conn, (p.subject_key for p, _ in stateful))
+        changed: dict[str, PersonState] = {}
+        for p, record in stateful:
+            state = changed.get(p.subject_key, states[p.subject_key])
+            event = p.event
+            refusal = self._authority.event_refusal(state, actor, event.event_type, event.payload)
+            if refusal is not None:
+                raise NotEntitledError(refusal, p.subject_key, p.index)
+            after = apply(state, event_schema_name(event.event_type), record)
+            if after is not state:
+                changed[p.subject_key] = after
+        await facts.save(conn, changed)
+
+    def _outgoing(self, p: _Prepared, record: dict[str, object]) -> OutgoingRecord:
         return OutgoingRecord(
             topic=topics.EVENTS,
             key=p.subject_key.encode(),

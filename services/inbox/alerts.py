@@ -9,27 +9,42 @@ from typing import Any, Final
 
 import asyncpg
 
+from carebus.auth import Principal
 from carebus.events import rfc3339
 
 # A row of `alerts` as asyncpg returns it, or any mapping with the same keys (tests).
 AlertRow = asyncpg.Record | Mapping[str, Any]
 
 STATUSES: Final = ("open", "acknowledged", "resolved")
-INBOX_ROLES: Final = ("coordinator", "privacy_officer")
+INBOX_ROLES: Final = ("coordinator", "privacy_officer", "operator")
 MAX_RULE_ID: Final = 200
+# The audience of its own organisation's alerts each role works. The operator works the
+# operator realm's coordinator alerts, as a coordinator would an agency's.
+AUDIENCE_OF_ROLE: Final = {
+    "coordinator": "coordinator",
+    "privacy_officer": "privacy_officer",
+    "operator": "coordinator",
+}
+# Roles of the operator realm that work the unassigned queue (no recipient organisation found).
+QUEUE_ROLES: Final = ("operator", "privacy_officer")
 
 
-def can_see(role: str, org_id: str, recipient_org: str | None, audience: str) -> bool:
-    """Whether a caller of `role` in `org_id` may see an alert sent to `recipient_org`.
+def can_see(caller: Principal, recipient_org: str | None, audience: str) -> bool:
+    """Whether `caller` may see an alert sent to `recipient_org` for `audience`.
 
-    A coordinator sees its organisation's coordinator alerts; a privacy officer sees its
-    organisation's privacy-officer alerts and the unassigned queue (no recipient known).
+    A coordinator sees its organisation's coordinator alerts, a privacy officer its
+    organisation's privacy-officer alerts. The unassigned queue is the operator's: only the
+    operator realm's operators and privacy officer see it, never an agency's privacy officer:
+    the queue holds other organisations' missed obligations.
     """
-    if role == "coordinator":
-        return recipient_org == org_id and audience == "coordinator"
-    if role == "privacy_officer":
-        return recipient_org is None or (recipient_org == org_id and audience == "privacy_officer")
-    return False
+    if recipient_org is None:
+        return works_the_queue(caller)
+    return recipient_org == caller.org_id and audience == AUDIENCE_OF_ROLE.get(caller.role)
+
+
+def works_the_queue(caller: Principal) -> bool:
+    """Whether `caller` is of the operator realm in a role that works the unassigned queue."""
+    return caller.is_operator and caller.role in QUEUE_ROLES
 
 
 def _time(moment: datetime | None) -> str | None:

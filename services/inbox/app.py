@@ -1,4 +1,5 @@
-"""The inbox service: coordinators' and privacy officers' alerts over HTTP, live, and as a page.
+"""The inbox service: coordinators', privacy officers' and the operator's alerts over HTTP, live,
+and as a page.
 
 Wiring only: the rules (who sees what, the JSON, the filters) are in `alerts.py`, the SQL in
 `store.py`, the live fan-out in `live.py`. Two background tasks run with the app: the feed's
@@ -26,7 +27,14 @@ from carebus.config import Settings, get_settings
 from carebus.db import create_pool
 from carebus.http import ApiError, create_app, principal_dependency
 from carebus.telemetry import get_logger
-from services.inbox.alerts import AlertRow, FilterError, alert_json, can_see, parse_filter
+from services.inbox.alerts import (
+    INBOX_ROLES,
+    AlertRow,
+    FilterError,
+    alert_json,
+    can_see,
+    parse_filter,
+)
 from services.inbox.live import AlertFeed, Subscriber
 from services.inbox.paging import Cursor, CursorError
 from services.inbox.store import AlertStore, Change
@@ -90,7 +98,9 @@ class AlertList(BaseModel):
 _LIST_DOC = (
     "The caller's alerts, ordered by breached_at then alert_id. A coordinator sees its "
     "organisation's coordinator alerts; a privacy officer its organisation's privacy-officer "
-    "alerts and the unassigned queue."
+    "alerts (emergency disclosures, operator actions). The unassigned queue (no recipient "
+    "organisation found) is the operator's: only the operator realm's `operator` and "
+    "`privacy_officer` tokens see it."
 )
 _STREAM_DOC = (
     "Server-sent events: `event: alert` with the alert JSON whenever one the caller may see is "
@@ -129,7 +139,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await pool.close()
 
     app = create_app("inbox", title="carebus inbox", lifespan=lifespan)
-    inbox_roles = principal_dependency("coordinator", "privacy_officer")
+    inbox_roles = principal_dependency(*INBOX_ROLES)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -208,11 +218,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:
-    """The alert if `caller` may see it; 404 if there is none, 403 if it is someone else's."""
-    if row is None:
+    """The alert if `caller` may see it; 404 otherwise.
+
+    Someone else's alert is 404 like an unknown one: alert ids are derived from event ids and
+    organisation numbers, so a 403 would tell a prober that another organisation was alerted
+    about an event.
+    """
+    if row is None or not can_see(caller, row["recipient_org"], row["audience"]):
         raise ApiError(404, "no such alert", [("alert_id", "unknown")])
-    if not can_see(caller.role, caller.org_id, row["recipient_org"], row["audience"]):
-        raise ApiError(403, "the alert is not addressed to you", [("alert_id", "not yours")])
     return row
 
 

@@ -52,8 +52,7 @@ def alert_frame(alert: dict[str, Any]) -> str:
 class Subscriber:
     """One open stream: who is reading it, and the frames waiting to be sent (None: close)."""
 
-    role: str
-    org_id: str
+    caller: Principal
     frames: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(1000))
 
     def offer(self, frame: str) -> None:
@@ -86,7 +85,7 @@ class AlertFeed:
         self.connected = False
 
     def subscribe(self, caller: Principal) -> Subscriber:
-        subscriber = Subscriber(caller.role, caller.org_id)
+        subscriber = Subscriber(caller)
         self._subscribers.add(subscriber)
         metrics.INBOX_STREAMS.set(len(self._subscribers))
         return subscriber
@@ -106,9 +105,7 @@ class AlertFeed:
         for row in rows:
             frame: str | None = None
             for subscriber in list(self._subscribers):
-                if not can_see(
-                    subscriber.role, subscriber.org_id, row["recipient_org"], row["audience"]
-                ):
+                if not can_see(subscriber.caller, row["recipient_org"], row["audience"]):
                     continue
                 frame = frame or alert_frame(alert_json(row))
                 subscriber.offer(frame)

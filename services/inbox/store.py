@@ -11,7 +11,7 @@ from typing import Final
 import asyncpg
 
 from carebus.auth import Principal
-from services.inbox.alerts import AlertFilter, AlertRow
+from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
 from services.inbox.paging import Cursor
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
@@ -22,13 +22,13 @@ _COLUMNS: Final = """
     recipient_org, audience, contact_agency, contact_org, deadline, breached_at, escalate_at,
     summary, event_ids, acknowledged_at, resolved_at
 """
-# services.inbox.alerts.can_see in SQL, one condition per role ($1: the caller's org_id).
-_VISIBLE: Final = {
-    "coordinator": "recipient_org = $1 AND audience = 'coordinator'",
-    "privacy_officer": (
-        "((recipient_org = $1 AND audience = 'privacy_officer') OR recipient_org IS NULL)"
-    ),
+# services.inbox.alerts.can_see in SQL ($1: the caller's org_id). Fixed texts only: the
+# audience comes from AUDIENCE_OF_ROLE, never from the request.
+_OWN: Final = {
+    audience: f"(recipient_org = $1 AND audience = '{audience}')"
+    for audience in set(AUDIENCE_OF_ROLE.values())
 }
+_QUEUE: Final = "recipient_org IS NULL"
 # Bounds that every stored row satisfies, so one statement serves the first page and the rest.
 _BEGINNING: Final = Cursor(datetime.fromisoformat("0001-01-01T00:00:00+00:00"), "")
 
@@ -72,6 +72,19 @@ _ESCALATE: Final = """
 _NOTIFY: Final = "SELECT pg_notify($1, alert_id) FROM unnest($2::text[]) AS alert_id"
 
 
+def visible_to(caller: Principal) -> str:
+    """The SQL condition on `alerts` for the rows `caller` may see (`can_see`, as SQL)."""
+    conditions = []
+    audience = AUDIENCE_OF_ROLE.get(caller.role)
+    if audience is not None:
+        conditions.append(_OWN[audience])
+    if works_the_queue(caller):
+        conditions.append(_QUEUE)
+    if not conditions:
+        return "false AND $1::text IS NULL"  # keeps $1 typed; the route's roles never get here
+    return "(" + " OR ".join(conditions) + ")"
+
+
 @dataclass(frozen=True, slots=True)
 class AlertPage:
     """Alert rows in list order and the cursor after the last one, if more follow."""
@@ -99,7 +112,7 @@ class AlertStore:
     ) -> AlertPage:
         """Up to `limit` alerts `caller` may see, matching `wanted`, after `after`."""
         start = after or _BEGINNING
-        query = _PAGE.format(columns=_COLUMNS, visible=_VISIBLE[caller.role])
+        query = _PAGE.format(columns=_COLUMNS, visible=visible_to(caller))
         rows = await self._pool.fetch(
             query,
             caller.org_id,

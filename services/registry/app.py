@@ -1,6 +1,8 @@
-"""The registry: the system of record for organisations, tokens, consents, care teams and webhooks.
+"""The registry: the system of record for organisations, tokens, consents, care teams,
+the operator's registers and webhooks.
 
-Consent and care-team changes are appended to their history in PostgreSQL and streamed onto
+Consent, care-team and register changes are judged by the authority policy
+(`policy/authority.yaml`), appended to their history in PostgreSQL and streamed onto
 care.events.v1 (key: the subject key) before the registry answers `201`, so every event
 accepted after that answer is ordered after the change (see `services.registry.outbox`).
 """
@@ -11,22 +13,26 @@ import asyncio
 import contextlib
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from carebus import webhook_registrations
+from carebus import directory, webhook_registrations
 from carebus.auth import Principal, TokenCache, create_token
+from carebus.authority import Actor, NotEntitledError, Refusal, load_authority
 from carebus.codec import Codec
 from carebus.config import Settings, get_settings
 from carebus.db import create_pool
-from carebus.events import ORG_ID_PROBLEM, Problem, rfc3339
+from carebus.events import ORG_ID_PROBLEM, Problem, check_text, rfc3339
 from carebus.http import ApiError, create_app, principal_dependency
+from carebus.identity import validate_nin
 from carebus.publisher import Publisher
+from carebus.refusals import RefusalLog
 from carebus.telemetry import get_logger
 from services.registry.changes import (
     CARE_TEAM_ROLES,
@@ -36,20 +42,33 @@ from services.registry.changes import (
     parse_care_team_change,
     parse_consent,
 )
-from services.registry.history import ChangeNotPublishedError, History, OrganisationMismatchError
+from services.registry.history import (
+    ChangeNotPublishedError,
+    History,
+    OrganisationMismatchError,
+    UnknownConsentError,
+)
+from services.registry.operator import OperatorActions
 from services.registry.outbox import Outbox
 
 log = get_logger(__name__)
 
 Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
-Role = Literal["system", "coordinator", "privacy_officer", "admin"]
+Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
+Role = Literal["system", "coordinator", "privacy_officer", "admin", "operator", "patient"]
 
-# Who may record consents and care-team changes: agency systems, coordinators and registry
-# administrators. Not the privacy officer: that role audits the disclosures these records
-# permit, and keeping it read-only separates recording a basis from auditing its use.
-CHANGE_ROLES: Final = ("system", "coordinator", "admin")
-# A system registers its own organisation's webhook; an admin may register any organisation's.
-WEBHOOK_ROLES: Final = ("system", "admin")
+# Who may record care-team changes: agency systems and coordinators, for persons their
+# organisation has a relation to (policy/authority.yaml). Not the privacy officer: that role
+# audits the disclosures these records permit, and keeping it read-only separates recording a
+# basis from auditing its use. Not an agency's admin (its own tokens and webhook only), not
+# the operator (not a party to anyone's care).
+CHANGE_ROLES: Final = ("system", "coordinator")
+# Consents also from the patient, about themself (an objection, their own consent).
+CONSENT_ROLES: Final = (*CHANGE_ROLES, "patient")
+# A system or an agency's admin manages its own organisation's webhook; the operator any.
+WEBHOOK_ROLES: Final = ("system", "admin", "operator")
+# An agency's admin issues tokens for its own organisation; the operator for any.
+TOKEN_ROLES: Final = ("admin", "operator")
 MAX_BODY_BYTES: Final = 64 * 1024
 RETRY_AFTER_S: Final = "5"
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
@@ -123,24 +142,97 @@ _WEBHOOK_BODY: Final = _body(
 )
 
 
+def _nin_field(value: object) -> str:
+    problem = validate_nin(value)
+    if problem is not None:
+        raise ValueError(problem)  # the problem names the rule, never the number
+    assert isinstance(value, str)
+    return value
+
+
+def _plain_text(value: str) -> str:
+    problems: list[Problem] = []
+    checked = check_text(value, "", problems)
+    if checked is None:
+        raise ValueError(problems[0].problem)
+    return checked
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agency: Agency
+    agency: Realm
     org_id: str = Field(pattern=r"^[0-9]{9}$", description="9-digit organisation number")
     role: Role
     label: str = Field(default="", max_length=200)
+    nin: str | None = Field(
+        default=None,
+        description="patient tokens only (operator): the person the token reads about",
+        json_schema_extra={"writeOnly": True},
+    )
+
+    _label = field_validator("label")(lambda value: _plain_text(value) if value else value)
+    _nin = field_validator("nin")(lambda value: None if value is None else _nin_field(value))
 
 
 class TokenCreated(BaseModel):
     token: str
-    agency: Agency
+    agency: Realm
     org_id: str
     role: Role
 
 
+class OrganisationEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    org_id: str = Field(pattern=r"^[0-9]{9}$", description="9-digit organisation number")
+    agency: Realm
+    name: str = Field(min_length=1, max_length=directory.MAX_NAME)
+    her_id: str | None = Field(default=None, pattern=r"^[0-9]{1,9}$")
+
+    _name = field_validator("name")(_plain_text)
+
+
+class Organisations(BaseModel):
+    items: list[OrganisationEntry]
+
+
+class HomeMunicipalityEntry(BaseModel):
+    """A population-register entry: the person's home municipality (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nin: str = Field(json_schema_extra={"writeOnly": True})
+    home_municipality_org: str | None = Field(pattern=r"^[0-9]{9}$")
+
+    _nin = field_validator("nin")(_nin_field)
+
+
+class GpListEntry(BaseModel):
+    """A GP-list entry: the person's GP office (null clears it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nin: str = Field(json_schema_extra={"writeOnly": True})
+    org_id: str | None = Field(pattern=r"^[0-9]{9}$")
+
+    _nin = field_validator("nin")(_nin_field)
+
+
+class ChangeRecorded(BaseModel):
+    change_id: str
+
+
 class ConsentRecorded(BaseModel):
     consent_id: str
+    state: Literal["effective", "pending", "confirmed"] = Field(
+        description="effective: on the person's stream now; pending: waits for a health"
+        " organisation with a relation that is not its recipient, or the patient, to confirm"
+        " it (POST /v1/consents/{consent_id}/confirm)"
+    )
+    pending_reason: str | None = Field(
+        default=None, description="The rule of policy/authority.yaml that made it pending."
+    )
 
 
 class CareTeamChangeRecorded(BaseModel):
@@ -163,16 +255,20 @@ class WebhookShown(BaseModel):
 def build_app(settings: Settings | None = None) -> FastAPI:
     """The registry app wired to the real pool, producer, codec and outbox relay."""
     settings = settings or get_settings()
+    authority = load_authority()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
         publisher = Publisher(settings, client_id="carebus-registry")
+        codec = Codec.default()
         outbox = Outbox(pool, publisher)
         secret = settings.subject_key_secret.get_secret_value().encode()
         app.state.pool = pool
         app.state.tokens = TokenCache(pool)
-        app.state.history = History(pool, outbox, Codec.default(), secret)
+        app.state.history = History(pool, outbox, codec, secret, authority)
+        app.state.refusals = RefusalLog(publisher, codec, authority.version)
+        app.state.operator = OperatorActions(pool, publisher, codec)
         relay = asyncio.create_task(outbox.run_relay(settings.outbox_relay_interval_s))
         try:
             yield
@@ -184,25 +280,109 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await pool.close()
 
     app = create_app("registry", title="carebus registry", lifespan=lifespan)
-    admin_only = principal_dependency("admin")
+    token_issuer = principal_dependency(*TOKEN_ROLES)
+    operator_only = principal_dependency("operator")
+    anyone = principal_dependency()
     recorder = principal_dependency(*CHANGE_ROLES)
+    consent_recorder = principal_dependency(*CONSENT_ROLES)
     webhook_owner = principal_dependency(*WEBHOOK_ROLES)
 
     @app.post("/v1/tokens", status_code=201, response_model=TokenCreated)
     async def post_token(
-        body: TokenRequest, request: Request, principal: Principal = Depends(admin_only)
+        body: TokenRequest, request: Request, principal: Principal = Depends(token_issuer)
     ) -> TokenCreated:
-        """Issue a token for an organisation and role; the token is shown once, stored hashed."""
+        """Issue a token; shown once, stored hashed. An agency's admin issues tokens for its own
+        organisation only; the operator for any organisation, and patient tokens bound to a nin."""
+        if not principal.is_operator and (body.org_id, body.agency) != (
+            principal.org_id,
+            principal.agency,
+        ):
+            raise await _refused(
+                request,
+                principal,
+                "token",
+                Refusal(
+                    "operator.realm",
+                    "org_id",
+                    "an organisation's admin issues tokens for its own organisation only",
+                ),
+            )
+        history: History = request.app.state.history
+        key = None if body.nin is None else history.subject_key(body.nin)
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
                 token = await create_token(
-                    conn, agency=body.agency, org_id=body.org_id, role=body.role, label=body.label
+                    conn,
+                    agency=body.agency,
+                    org_id=body.org_id,
+                    role=body.role,
+                    label=body.label,
+                    subject_key=key,
+                )
+            except ValueError as error:
+                raise ApiError(422, str(error), [("role", str(error))]) from error
+        log.info("token_issued", org_id=body.org_id, role=body.role, by_org=principal.org_id)
+        operator: OperatorActions = request.app.state.operator
+        await operator.touched(
+            principal, "token_issued", body.org_id, body.agency, {"role": body.role}, key
+        )
+        return TokenCreated(token=token, agency=body.agency, org_id=body.org_id, role=body.role)
+
+    @app.get("/v1/organisations", response_model=Organisations)
+    async def get_organisations(
+        request: Request,
+        agency: Realm | None = Query(default=None, description="only this agency's"),
+        principal: Principal = Depends(anyone),
+    ) -> Organisations:
+        """The organisation directory (any token): whom events and requests may name."""
+        found = await directory.list_organisations(request.app.state.pool, agency)
+        return Organisations(items=[OrganisationEntry(**o.to_json()) for o in found])  # type: ignore[arg-type]
+
+    @app.post("/v1/organisations", status_code=201, response_model=OrganisationEntry)
+    async def post_organisation(
+        body: OrganisationEntry, request: Request, principal: Principal = Depends(operator_only)
+    ) -> OrganisationEntry:
+        """Register an organisation or update its name and HER-id (the operator only)."""
+        pool: asyncpg.Pool = request.app.state.pool
+        async with pool.acquire() as conn:
+            try:
+                entry = await directory.add_organisation(
+                    conn, agency=body.agency, org_id=body.org_id, name=body.name, her_id=body.her_id
                 )
             except ValueError as error:
                 raise ApiError(422, str(error), [("org_id", str(error))]) from error
-        log.info("token_issued", org_id=body.org_id, role=body.role, by_org=principal.org_id)
-        return TokenCreated(token=token, agency=body.agency, org_id=body.org_id, role=body.role)
+        operator: OperatorActions = request.app.state.operator
+        await operator.touched(principal, "organisation_registered", entry.org_id, entry.agency)
+        return OrganisationEntry(**entry.to_json())  # type: ignore[arg-type]
+
+    @app.post("/v1/population-register", status_code=201, response_model=ChangeRecorded)
+    async def post_home_municipality(
+        body: HomeMunicipalityEntry,
+        request: Request,
+        principal: Principal = Depends(operator_only),
+    ) -> ChangeRecorded:
+        """Set a person's home municipality (a stand-in for the national population register;
+        the operator only). It outranks the home municipality a DPS admission states."""
+        return await _register(
+            request,
+            principal,
+            body.nin,
+            "home_municipality",
+            "municipality",
+            body.home_municipality_org,
+            "home_municipality_org",
+        )
+
+    @app.post("/v1/gp-list", status_code=201, response_model=ChangeRecorded)
+    async def post_gp(
+        body: GpListEntry, request: Request, principal: Principal = Depends(operator_only)
+    ) -> ChangeRecorded:
+        """Set a person's GP (a stand-in for the national GP register; the operator only). The
+        GP then has a relation to the person; it is not added to the care team."""
+        return await _register(
+            request, principal, body.nin, "gp", "fastlege", body.org_id, "org_id"
+        )
 
     @app.post(
         "/v1/consents",
@@ -211,16 +391,52 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         openapi_extra=_CONSENT_BODY,
     )
     async def post_consent(
-        request: Request, principal: Principal = Depends(recorder)
+        request: Request, principal: Principal = Depends(consent_recorder)
     ) -> ConsentRecorded:
-        """Record a consent, withdrawal or objection; 201 once it is on the person's stream."""
+        """Record a consent, withdrawal or objection; 201 once it is on the person's stream, or
+        once stored as `pending` when it widens access and needs a confirmation."""
         consent, problems = parse_consent(await _json_body(request))
         if consent is None:
             raise _invalid("the consent is invalid", problems)
         history: History = request.app.state.history
-        async with _recording():
-            consent_id = await history.record_consent(consent, recorded_by_org=principal.org_id)
-        return ConsentRecorded(consent_id=consent_id)
+        if (
+            principal.role == "patient"
+            and history.subject_key(consent.nin) != principal.subject_key
+        ):
+            raise ApiError(
+                403,
+                "a patient token speaks only for its own person",
+                [("nin", "is not the token's person")],
+            )
+        async with _recording(request, principal, "consent"):
+            recorded = await history.record_consent(consent, _actor(principal))
+        return ConsentRecorded(
+            consent_id=recorded.consent_id,
+            state=recorded.state,  # type: ignore[arg-type]
+            pending_reason=recorded.pending_reason,
+        )
+
+    @app.post("/v1/consents/{consent_id}/confirm", response_model=ConsentRecorded)
+    async def confirm_consent(
+        consent_id: str, request: Request, principal: Principal = Depends(consent_recorder)
+    ) -> ConsentRecorded:
+        """Confirm a pending consent: a health organisation with a relation to the person that
+        is not the consent's recipient, or the patient. Confirming again is harmless."""
+        try:
+            identity = uuid.UUID(consent_id)
+        except ValueError:
+            raise ApiError(404, "no such consent") from None
+        history: History = request.app.state.history
+        async with _recording(request, principal, "consent_confirmation"):
+            try:
+                recorded = await history.confirm_consent(
+                    identity,
+                    _actor(principal),
+                    principal.subject_key if principal.role == "patient" else None,
+                )
+            except UnknownConsentError:
+                raise ApiError(404, "no such consent") from None
+        return ConsentRecorded(consent_id=recorded.consent_id, state=recorded.state)  # type: ignore[arg-type]
 
     @app.post(
         "/v1/care-teams",
@@ -236,10 +452,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         if change is None:
             raise _invalid("the care-team change is invalid", problems)
         history: History = request.app.state.history
-        async with _recording():
-            change_id = await history.record_care_team_change(
-                change, recorded_by_org=principal.org_id
-            )
+        async with _recording(request, principal, "care_team_change"):
+            change_id = await history.record_care_team_change(change, _actor(principal))
         return CareTeamChangeRecorded(change_id=change_id)
 
     @app.put("/v1/webhooks", response_model=WebhookRegistered, openapi_extra=_WEBHOOK_BODY)
@@ -262,7 +476,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         if problems:
             raise _invalid("the webhook is invalid", problems)
         assert isinstance(url, str)
-        org_id = _webhook_org(principal, raw.get("org_id"))
+        org_id = await _webhook_org(request, principal, raw.get("org_id"))
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
@@ -272,16 +486,20 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                     422, str(error), [("org_id", "is not a registered organisation")]
                 ) from error
         log.info("webhook_registered", org_id=org_id, by_org=principal.org_id)
+        operator: OperatorActions = request.app.state.operator
+        await operator.touched(principal, "webhook_registered", org_id)
         return WebhookRegistered(org_id=webhook.org_id, url=webhook.url, secret=webhook.secret)
 
     @app.get("/v1/webhooks", response_model=WebhookShown)
     async def get_webhook(
         request: Request,
-        org_id: str | None = Query(default=None, description="admin only; default: the caller's"),
+        org_id: str | None = Query(
+            default=None, description="operator only; default: the caller's"
+        ),
         principal: Principal = Depends(webhook_owner),
     ) -> WebhookShown:
         """The organisation's webhook URL (never its secret); 404 if none is registered."""
-        org = _webhook_org(principal, org_id)
+        org = await _webhook_org(request, principal, org_id)
         webhook = await webhook_registrations.get_webhook(request.app.state.pool, org)
         if webhook is None:
             raise ApiError(404, f"organisation {org} has no webhook")
@@ -295,16 +513,59 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @app.delete("/v1/webhooks", status_code=204)
     async def delete_webhook(
         request: Request,
-        org_id: str | None = Query(default=None, description="admin only; default: the caller's"),
+        org_id: str | None = Query(
+            default=None, description="operator only; default: the caller's"
+        ),
         principal: Principal = Depends(webhook_owner),
     ) -> Response:
         """Stop webhook delivery for the organisation; deleting a missing webhook is harmless."""
-        org = _webhook_org(principal, org_id)
+        org = await _webhook_org(request, principal, org_id)
         if await webhook_registrations.delete_webhook(request.app.state.pool, org):
             log.info("webhook_deleted", org_id=org, by_org=principal.org_id)
+            operator: OperatorActions = request.app.state.operator
+            await operator.touched(principal, "webhook_deleted", org)
         return Response(status_code=204)
 
     return app
+
+
+def _actor(principal: Principal) -> Actor:
+    return Actor(principal.org_id, principal.agency, principal.role)
+
+
+async def _register(
+    request: Request,
+    principal: Principal,
+    nin: str,
+    register: str,
+    agency: str,
+    org_id: str | None,
+    field: str,
+) -> ChangeRecorded:
+    history: History = request.app.state.history
+    async with _recording(request, principal, "register_change", field=field):
+        change_id = await history.record_register_change(
+            nin, register, agency, org_id, principal.org_id
+        )
+    if org_id is not None:
+        operator: OperatorActions = request.app.state.operator
+        await operator.touched(
+            principal, f"{register}_set", org_id, agency, subject_key=history.subject_key(nin)
+        )
+    return ChangeRecorded(change_id=change_id)
+
+
+async def _refused(
+    request: Request, principal: Principal, statement: str, refusal: Refusal, key: str | None = None
+) -> ApiError:
+    """Audit and count a refusal; the 403 to answer."""
+    refusals: RefusalLog = request.app.state.refusals
+    await refusals.refused(principal, statement, refusal, key)
+    return ApiError(
+        403,
+        f"not entitled (rule {refusal.rule_id} of the authority policy)",
+        [(refusal.field, refusal.message)],
+    )
 
 
 async def _json_body(request: Request) -> Any:
@@ -321,31 +582,42 @@ def _invalid(message: str, problems: Sequence[Problem]) -> ApiError:
     return ApiError(422, message, [(p.field, p.problem) for p in problems])
 
 
-def _webhook_org(principal: Principal, requested: object) -> str:
-    """The organisation a webhook call is about: the caller's, or any for an admin."""
+async def _webhook_org(request: Request, principal: Principal, requested: object) -> str:
+    """The organisation a webhook call is about: the caller's, or any for the operator."""
     if requested is None:
         return principal.org_id
     if not isinstance(requested, str) or not _ORG_ID.fullmatch(requested):
         raise ApiError(422, "org_id is invalid", [("org_id", ORG_ID_PROBLEM)])
-    if requested != principal.org_id and principal.role != "admin":
-        raise ApiError(
-            403,
-            "a system token manages only its own organisation's webhook",
-            [("org_id", "must be the token's organisation")],
+    if requested != principal.org_id and not principal.is_operator:
+        raise await _refused(
+            request,
+            principal,
+            "webhook",
+            Refusal(
+                "operator.realm",
+                "org_id",
+                "an organisation manages only its own webhook; the operator manages any",
+            ),
         )
     return requested
 
 
 @asynccontextmanager
-async def _recording() -> AsyncIterator[None]:
-    """Map the history's failures to DESIGN's answers."""
+async def _recording(
+    request: Request, principal: Principal, statement: str, *, field: str | None = None
+) -> AsyncIterator[None]:
+    """Map the history's failures to DESIGN's answers; refusals are audited."""
     try:
         yield
+    except NotEntitledError as refused:
+        raise await _refused(
+            request, principal, statement, refused.refusal, refused.subject_key
+        ) from refused
     except OrganisationMismatchError as error:
         raise ApiError(
             422,
-            "an organisation is registered under another agency",
-            [(error.field, error.problem)],
+            "the request names an organisation that is not registered as claimed",
+            [(field or error.field, error.problem)],
         ) from error
     except ChangeNotPublishedError as error:
         # Committed, so the relay publishes it; repeating the request is harmless (a second,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from carebus.events import Problem, check_choice, check_org_id, parse_time
+from carebus.events import Problem, check_choice, check_org_id, check_text, parse_time
 from carebus.identity import validate_nin
 from carebus.topics import AGENCIES
 
@@ -21,7 +21,16 @@ MEMBERSHIP_STATUSES: Final = ("member", "removed")
 MAX_RECORDED_BY: Final = 200
 
 _CONSENT_FIELDS: Final = frozenset(
-    {"nin", "recipient", "categories", "status", "valid_from", "valid_to", "recorded_by"}
+    {
+        "nin",
+        "recipient",
+        "categories",
+        "status",
+        "valid_from",
+        "valid_to",
+        "recorded_by",
+        "statement_ref",
+    }
 )
 _CARE_TEAM_FIELDS: Final = frozenset({"nin", "agency", "org_id", "role", "status"})
 
@@ -38,6 +47,8 @@ class Consent:
     valid_from: datetime
     valid_to: datetime | None
     recorded_by: str = field(repr=False)  # a staff reference may name a person
+    # Where the patient's statement is kept (a journal note, a signed form): proof of consent.
+    statement_ref: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +75,12 @@ def parse_consent(raw: object) -> tuple[Consent | None, list[Problem]]:
     valid_to = parse_time(raw.get("valid_to"), "valid_to", problems, required=False)
     if valid_from is not None and valid_to is not None and valid_to <= valid_from:
         problems.append(Problem("valid_to", "must be after valid_from"))
-    recorded_by = _text(raw.get("recorded_by"), "recorded_by", problems)
+    recorded_by = check_text(raw.get("recorded_by"), "recorded_by", problems, MAX_RECORDED_BY)
+    statement_ref = (
+        None
+        if raw.get("statement_ref") is None
+        else check_text(raw.get("statement_ref"), "statement_ref", problems, MAX_RECORDED_BY)
+    )
     if problems:
         return None, problems
     # Each check above reported a problem for anything missing, so these hold here.
@@ -83,6 +99,7 @@ def parse_consent(raw: object) -> tuple[Consent | None, list[Problem]]:
         valid_from=valid_from,
         valid_to=valid_to,
         recorded_by=recorded_by,
+        statement_ref=statement_ref,
     )
     return consent, []
 
@@ -173,20 +190,6 @@ def _nin(value: object, problems: list[Problem]) -> str | None:
         return None
     assert isinstance(value, str)
     return value
-
-
-def _text(value: object, path: str, problems: list[Problem]) -> str | None:
-    if value is None:
-        problems.append(Problem(path, "is required"))
-    elif not isinstance(value, str):
-        problems.append(Problem(path, "must be a string"))
-    elif not value.strip():
-        problems.append(Problem(path, "must not be empty"))
-    elif len(value) > MAX_RECORDED_BY:
-        problems.append(Problem(path, f"must be at most {MAX_RECORDED_BY} characters"))
-    else:
-        return value
-    return None
 
 
 def _recipient(value: object, problems: list[Problem]) -> tuple[str, str | None] | None:

@@ -478,6 +478,7 @@ async def test_the_disclosure_query_lists_every_decision_about_the_person(
     """Delivered and withheld decisions, by time, with reasons; no_candidate is not listed."""
     person = Person(stack)
     bystander = Person(stack)
+    source = ("dps", "974705788")  # every record's source: it sees every decision
     municipality = ("municipality", new_org())
     gp = ("fastlege", new_org())
     nav = ("nav", new_org())
@@ -507,11 +508,12 @@ async def test_the_disclosure_query_lists_every_decision_about_the_person(
     produce_disclosures(stack, records[::-1])
     assert await wait_for(db, "disclosures", "audit_id", [r["audit_id"] for r in records]) == 5
 
-    officer = await token(db, *municipality, role="privacy_officer")
+    officer = await token(db, *source, role="privacy_officer")
     response = await client.post(
         "/v1/disclosures/query", json={"nin": person.nin}, headers=auth(officer)
     )
     assert response.status_code == 200, response.text
+    assert set(response.json()) == {"items", "lookups", "refusals"}
     items = response.json()["items"]
     assert [(i["recipient"]["org_id"], i["decision"]) for i in items] == [
         (gp[1], "delivered"),

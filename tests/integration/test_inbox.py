@@ -16,10 +16,12 @@ import pytest
 from confluent_kafka import Producer
 
 from carebus import topics
-from carebus.auth import create_token
+from carebus.alerts import operator_action_alert
+from carebus.auth import create_token, hash_token
 from carebus.codec import Codec
 from carebus.identity import subject_key
 from carebus.kafka import producer_config
+from carebus.stack.devdata import OPERATOR_ORG
 from carebus.testing import EventFactory, ServiceProcess, TestStack
 from services.inbox.live import LISTENER_NAME
 
@@ -318,12 +320,13 @@ async def test_self_contradicting_records_are_not_stored(
 async def test_each_caller_sees_only_alerts_addressed_to_its_role(
     stack: TestStack, inbox: ServiceProcess, client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    """Coordinators see their org's coordinator alerts; privacy officers theirs and the queue."""
+    """Coordinators see their org's coordinator alerts, privacy officers their org's officer
+    alerts; anything else is 404 like an unknown id, and a refused call changes nothing."""
     org_a, org_b = new_org(), new_org()
     mine = alert(stack, org_a)
     theirs = alert(stack, org_b)
     for_officer = alert(stack, org_a, audience="privacy_officer", rule_id="emergency")
-    queue = alert(stack, None)
+    queue = alert(stack, None, rule_id=f"queue-{uuid.uuid4().hex}")
     produce(stack, [mine, theirs, for_officer, queue])
     await stored(db, [r["alert_id"] for r in (mine, theirs, for_officer, queue)])
 
@@ -334,29 +337,33 @@ async def test_each_caller_sees_only_alerts_addressed_to_its_role(
     items, _ = await all_pages(client, coordinator, {})
     assert [i["alert_id"] for i in items] == [mine["alert_id"]]
     items, _ = await all_pages(client, officer, {})
-    seen = {i["alert_id"] for i in items}
-    assert {for_officer["alert_id"], queue["alert_id"]} <= seen
-    assert not {mine["alert_id"], theirs["alert_id"]} & seen
+    assert [i["alert_id"] for i in items] == [for_officer["alert_id"]]
 
-    for path in (
-        f"/v1/alerts/{theirs['alert_id']}",
-        f"/v1/alerts/{for_officer['alert_id']}",
-        f"/v1/alerts/{queue['alert_id']}",
+    for bearer, alert_id in (
+        (coordinator, theirs["alert_id"]),
+        (coordinator, for_officer["alert_id"]),
+        (coordinator, queue["alert_id"]),
+        (officer, mine["alert_id"]),
+        (officer, queue["alert_id"]),
     ):
-        response = await client.get(path, headers=auth(coordinator))
-        assert response.status_code == 403, path
-        assert response.json()["error"]["code"] == "forbidden"
+        response = await client.get(f"/v1/alerts/{alert_id}", headers=auth(bearer))
+        assert response.status_code == 404, alert_id
+        assert response.json()["error"]["code"] == "not_found"
+        for action in ("ack", "resolve"):
+            refused = await client.post(f"/v1/alerts/{alert_id}/{action}", headers=auth(bearer))
+            assert refused.status_code == 404, (alert_id, action)
     for action in ("ack", "resolve"):
-        forbidden = f"/v1/alerts/{theirs['alert_id']}/{action}"
-        assert (await client.post(forbidden, headers=auth(coordinator))).status_code == 403
         unknown = await client.post(f"/v1/alerts/no-such-alert/{action}", headers=auth(officer))
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "not_found"
     assert (await client.get("/v1/alerts/nope", headers=auth(coordinator))).status_code == 404
-    row = await db.fetchrow("SELECT status FROM alerts WHERE alert_id = $1", theirs["alert_id"])
-    assert row["status"] == "open"  # the refused calls changed nothing
+    rows = await db.fetch(
+        "SELECT status FROM alerts WHERE alert_id = ANY($1::text[])",
+        [r["alert_id"] for r in (mine, theirs, for_officer, queue)],
+    )
+    assert [row["status"] for row in rows] == ["open"] * 4  # the refused calls changed nothing
 
-    ok = await client.get(f"/v1/alerts/{queue['alert_id']}", headers=auth(officer))
+    ok = await client.get(f"/v1/alerts/{for_officer['alert_id']}", headers=auth(officer))
     assert ok.status_code == 200
     assert (await client.get("/v1/alerts", headers=auth(system))).status_code == 403
     assert (await client.get("/v1/alerts/stream", headers=auth(system))).status_code == 403
@@ -365,6 +372,133 @@ async def test_each_caller_sees_only_alerts_addressed_to_its_role(
     assert set(unauthenticated.json()["error"]) == {"code", "message", "details"}
     bogus = await client.post(f"/v1/alerts/{mine['alert_id']}/ack", headers=auth("cbt_nope"))
     assert bogus.status_code == 401
+
+
+async def test_the_unassigned_queue_is_the_operators(
+    stack: TestStack, inbox: ServiceProcess, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Only the operator realm's operator and privacy officer list, read, ack and resolve the
+    queue; an agency's privacy officer does not even see that it exists."""
+    rule_id = f"queue-{uuid.uuid4().hex}"
+    # As the engine raises them: no organisation found, so nobody may learn the person.
+    acked, done = (alert(stack, None, rule_id=rule_id, nin=None) for _ in range(2))
+    produce(stack, [acked, done])
+    await stored(db, [acked["alert_id"], done["alert_id"]])
+    operator = await token(db, "operator", OPERATOR_ORG, "operator")
+    operator_officer = await token(db, "operator", OPERATOR_ORG, "privacy_officer")
+    agency_officer = await token(db, "municipality", new_org(), "privacy_officer")
+    expected = sorted([acked["alert_id"], done["alert_id"]])
+
+    for bearer in (operator, operator_officer):
+        items, _ = await all_pages(client, bearer, {"rule_id": rule_id})
+        assert sorted(i["alert_id"] for i in items) == expected
+        assert all(i["recipient"] is None and "subject" not in i for i in items)
+    items, _ = await all_pages(client, agency_officer, {"rule_id": rule_id})
+    assert items == []
+
+    ack = await client.post(f"/v1/alerts/{acked['alert_id']}/ack", headers=auth(operator))
+    assert ack.status_code == 200, ack.text
+    assert ack.json()["status"] == "acknowledged"
+    url = f"/v1/alerts/{done['alert_id']}/resolve"
+    resolved_ = await client.post(url, headers=auth(operator_officer))
+    assert resolved_.status_code == 200, resolved_.text
+    assert resolved_.json()["status"] == "resolved"
+    by_operator = await db.fetchval(
+        "SELECT token_id FROM api_tokens WHERE token_hash = $1", hash_token(operator)
+    )
+    row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", acked["alert_id"])
+    assert row is not None
+    assert row["acknowledged_by"] == by_operator
+
+
+async def test_only_the_operator_streams_the_unassigned_queue(
+    stack: TestStack, inbox: ServiceProcess, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A queue alert reaches the operator's live stream and never an agency privacy officer's."""
+    org = new_org()
+    operator = await token(db, "operator", OPERATOR_ORG, "operator")
+    officer = await token(db, "municipality", org, "privacy_officer")
+    queue = alert(stack, None)
+    mine = alert(stack, org, audience="privacy_officer")
+    mine["subject_key"] = queue["subject_key"]  # one partition: the queue alert is stored first
+
+    async with (
+        client.stream("GET", "/v1/alerts/stream", headers=auth(operator)) as to_operator,
+        client.stream("GET", "/v1/alerts/stream", headers=auth(officer)) as to_officer,
+    ):
+        assert (to_operator.status_code, to_officer.status_code) == (200, 200)
+        operator_lines, officer_lines = to_operator.aiter_lines(), to_officer.aiter_lines()
+        assert await asyncio.wait_for(anext(operator_lines), 10) == ": connected"
+        assert await asyncio.wait_for(anext(officer_lines), 10) == ": connected"
+        await asyncio.to_thread(produce, stack, [queue, mine])
+        first_for_officer = await asyncio.wait_for(next_alert(officer_lines), 30)
+        for_operator = await asyncio.wait_for(next_alert(operator_lines, queue["alert_id"]), 30)
+    assert first_for_officer["alert_id"] == mine["alert_id"]
+    assert for_operator["recipient"] is None
+
+
+async def next_alert(lines: AsyncIterator[str], alert_id: str | None = None) -> dict[str, Any]:
+    """The next `event: alert` of a stream (with `alert_id`, the next one of that alert)."""
+    event = None
+    async for line in lines:
+        if line.startswith("event: "):
+            event = line.removeprefix("event: ")
+        elif line.startswith("data: ") and event == "alert":
+            found = dict(json.loads(line.removeprefix("data: ")))
+            if alert_id is None or found["alert_id"] == alert_id:
+                return found
+    raise AssertionError("the stream ended")
+
+
+# --- operator actions -----------------------------------------------------------------------
+
+
+async def test_an_operator_action_reaches_the_target_privacy_officer_only(
+    stack: TestStack, inbox: ServiceProcess, client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The operator's alert about an organisation is in its privacy officer's inbox, naming no
+    person, and in nobody else's: not its coordinator's, another officer's or the operator's."""
+    target, other = new_org(), new_org()
+    record = operator_action_alert(
+        "token_issued",
+        OPERATOR_ORG,
+        target,
+        "municipality",
+        datetime.now(UTC).replace(microsecond=0),
+        str(uuid.uuid4()),
+    )
+    produce(stack, [record])
+    await stored(db, [record["alert_id"]])
+    officer = await token(db, "municipality", target, "privacy_officer")
+
+    items, _ = await all_pages(client, officer, {})
+    assert [i["alert_id"] for i in items] == [record["alert_id"]]
+    (shown,) = items
+    assert set(shown) == ALERT_KEYS - {"subject"}
+    assert (shown["kind"], shown["rule_id"], shown["status"]) == (
+        "operator_action",
+        "operator_action",
+        "open",
+    )
+    assert shown["recipient"] == {"agency": "municipality", "org_id": target}
+    assert shown["summary"] == record["summary"]
+    assert "issued an API token for your organisation" in shown["summary"]
+
+    others = [
+        await token(db, "municipality", target, "coordinator"),
+        await token(db, "municipality", other, "privacy_officer"),
+        await token(db, "operator", OPERATOR_ORG, "operator"),
+        await token(db, "operator", OPERATOR_ORG, "privacy_officer"),
+    ]
+    for bearer in others:
+        items, _ = await all_pages(client, bearer, {"rule_id": "operator_action"})
+        assert record["alert_id"] not in {i["alert_id"] for i in items}
+        hidden = await client.get(f"/v1/alerts/{record['alert_id']}", headers=auth(bearer))
+        assert hidden.status_code == 404
+
+    ack = await client.post(f"/v1/alerts/{record['alert_id']}/ack", headers=auth(officer))
+    assert ack.status_code == 200, ack.text
+    assert ack.json()["status"] == "acknowledged"
 
 
 # --- acknowledge and resolve ----------------------------------------------------------------
@@ -452,20 +586,10 @@ async def test_the_stream_sends_the_callers_new_and_changed_alerts(
         lines = response.aiter_lines()
         assert await asyncio.wait_for(anext(lines), 10) == ": connected"
         await asyncio.to_thread(produce, stack, [theirs, mine])
-
-        async def next_alert() -> dict[str, Any]:
-            event = None
-            async for line in lines:
-                if line.startswith("event: "):
-                    event = line.removeprefix("event: ")
-                elif line.startswith("data: ") and event == "alert":
-                    return dict(json.loads(line.removeprefix("data: ")))
-            raise AssertionError("the stream ended")
-
-        received.append(await asyncio.wait_for(next_alert(), 30))
+        received.append(await asyncio.wait_for(next_alert(lines), 30))
         ack = await client.post(f"/v1/alerts/{mine['alert_id']}/ack", headers=auth(bearer))
         assert ack.status_code == 200
-        received.append(await asyncio.wait_for(next_alert(), 10))
+        received.append(await asyncio.wait_for(next_alert(lines), 10))
 
     assert [(a["alert_id"], a["status"]) for a in received] == [
         (mine["alert_id"], "open"),

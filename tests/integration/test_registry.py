@@ -25,6 +25,7 @@ from carebus.auth import create_token
 from carebus.codec import Codec, DecodeError
 from carebus.identity import random_nin, subject_key, validate_nin
 from carebus.kafka import consumer_config
+from carebus.stack.devdata import OPERATOR_ORG
 from carebus.testing import EventFactory, TestStack
 
 pytestmark = pytest.mark.integration
@@ -82,11 +83,24 @@ async def tokens(db: asyncpg.Connection) -> dict[str, str]:
         "coordinator": await token("municipality", MUNICIPALITY_ORG, "coordinator"),
         "privacy_officer": await token("municipality", MUNICIPALITY_ORG, "privacy_officer"),
         "admin": await token("municipality", MUNICIPALITY_ORG, "admin"),
+        "operator": await token("operator", OPERATOR_ORG, "operator"),
     }
 
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def relate(registry: str, tokens: dict[str, str], nin: str) -> None:
+    """Make the demo municipality the person's home municipality (the operator's population
+    register), so it has the relation that recording consents and care-team changes needs."""
+    async with httpx.AsyncClient(base_url=registry) as client:
+        response = await client.post(
+            "/v1/population-register",
+            json={"nin": nin, "home_municipality_org": MUNICIPALITY_ORG},
+            headers=auth(tokens["operator"]),
+        )
+    assert response.status_code == 201, response.text
 
 
 def new_nin() -> str:
@@ -203,6 +217,7 @@ async def test_consent_is_recorded_without_nin_and_on_the_persons_partition_befo
     nin = new_nin()
     key = key_of(stack, nin)
     event = EventFactory().event("admission", nin=nin)
+    await relate(registry, tokens, nin)
     async with httpx.AsyncClient() as client:
         response = await client.post(
             f"{registry}/v1/consents", json=consent(nin), headers=auth(tokens["coordinator"])
@@ -211,7 +226,11 @@ async def test_consent_is_recorded_without_nin_and_on_the_persons_partition_befo
         posted = await client.post(f"{gateway}/v1/events", json=event, headers=auth(tokens["dps"]))
     assert posted.status_code == 202, posted.text
     consent_id = response.json()["consent_id"]
-    assert response.json() == {"consent_id": consent_id}
+    assert response.json() == {
+        "consent_id": consent_id,
+        "state": "effective",
+        "pending_reason": None,
+    }
 
     row = await db.fetchrow("SELECT * FROM consents WHERE consent_id = $1", uuid.UUID(consent_id))
     assert row is not None
@@ -250,14 +269,18 @@ async def test_consent_is_recorded_without_nin_and_on_the_persons_partition_befo
 async def test_history_is_appended_and_streamed_in_answer_order(
     stack: TestStack, registry: str, db: asyncpg.Connection, tokens: dict[str, str]
 ) -> None:
-    """A consent then its withdrawal are two history rows and two records, in that order."""
+    """A consent then its withdrawal (by its recipient, restricting its own access) are two
+    history rows and two records, in that order."""
     nin = new_nin()
+    await relate(registry, tokens, nin)
     async with httpx.AsyncClient(base_url=registry) as client:
-        given = await client.post("/v1/consents", json=consent(nin), headers=auth(tokens["dps"]))
+        given = await client.post(
+            "/v1/consents", json=consent(nin), headers=auth(tokens["coordinator"])
+        )
         withdrawn = await client.post(
             "/v1/consents",
             json=consent(nin, status="withdrawn", categories=[], valid_to=None),
-            headers=auth(tokens["admin"]),
+            headers=auth(tokens["nav"]),
         )
     assert (given.status_code, withdrawn.status_code) == (201, 201)
     ids = [given.json()["consent_id"], withdrawn.json()["consent_id"]]
@@ -353,17 +376,37 @@ async def test_authentication_and_roles(registry: str, tokens: dict[str, str]) -
         assert set(response.json()["error"]) == {"code", "message", "details"}
 
 
-async def test_admin_still_issues_tokens(registry: str, tokens: dict[str, str]) -> None:
-    """POST /v1/tokens (the foundation's route) still issues a working token."""
+async def test_tokens_are_issued_by_the_operator_or_an_organisations_own_admin(
+    registry: str, db: asyncpg.Connection, tokens: dict[str, str]
+) -> None:
+    """POST /v1/tokens: an agency's admin issues working tokens for its own organisation only;
+    the operator for any organisation, which is recorded as an operator action."""
     async with httpx.AsyncClient(base_url=registry) as client:
-        issued = await client.post(
+        own = await client.post(
+            "/v1/tokens",
+            json={"agency": "municipality", "org_id": MUNICIPALITY_ORG, "role": "system"},
+            headers=auth(tokens["admin"]),
+        )
+        other = await client.post(
             "/v1/tokens",
             json={"agency": "nav", "org_id": NAV_ORG, "role": "system", "label": "test"},
             headers=auth(tokens["admin"]),
         )
+        issued = await client.post(
+            "/v1/tokens",
+            json={"agency": "nav", "org_id": NAV_ORG, "role": "system", "label": "test"},
+            headers=auth(tokens["operator"]),
+        )
         assert issued.status_code == 201, issued.text
         used = await client.get("/v1/webhooks", headers=auth(issued.json()["token"]))
+    assert own.status_code == 201, own.text
+    assert other.status_code == 403, other.text
+    assert other.json()["error"]["details"][0]["field"] == "org_id"
     assert used.status_code in (200, 404)
+    actions = await db.fetch(
+        "SELECT action, operator_org FROM operator_actions WHERE target_org = $1", NAV_ORG
+    )
+    assert ("token_issued", OPERATOR_ORG) in [(a["action"], a["operator_org"]) for a in actions]
 
 
 # --- care teams ----------------------------------------------------------------------------
@@ -375,6 +418,7 @@ async def test_care_team_change_is_recorded_and_streamed(
     """A care-team change is 201 with its change_id, a history row and a keyed record."""
     nin = new_nin()
     key = key_of(stack, nin)
+    await relate(registry, tokens, nin)
     async with httpx.AsyncClient(base_url=registry) as client:
         joined = await client.post(
             "/v1/care-teams", json=care_team_change(nin), headers=auth(tokens["coordinator"])
@@ -477,6 +521,7 @@ async def test_concurrent_changes_through_two_registries_stream_in_commit_order(
     second = stack.start_service("registry", name="registry-second", port=_free_port())
     nin = new_nin()
     key = key_of(stack, nin)
+    await relate(registry, tokens, nin)
     urls = [registry, second.url or ""]
     statuses = ["given", "withdrawn", "objection"]
     try:
@@ -495,7 +540,9 @@ async def test_concurrent_changes_through_two_registries_stream_in_commit_order(
         second.stop()
     assert [r.status_code for r in responses] == [201] * 24
     committed = await db.fetch("SELECT value FROM outbox WHERE key = $1 ORDER BY id", key.encode())
-    in_commit_order = [CODEC.decode(row["value"]).record["change_id"] for row in committed]
+    decoded = [CODEC.decode(row["value"]) for row in committed]
+    # The population-register entry that gave the municipality its relation comes first.
+    in_commit_order = [d.record["change_id"] for d in decoded if d.schema_name == CONSENT_CHANGE]
     assert sorted(in_commit_order) == sorted(r.json()["consent_id"] for r in responses)
     streamed = changes_on_stream(stack, set(in_commit_order))
     assert [r.record["change_id"] for r in streamed] == in_commit_order
@@ -518,6 +565,7 @@ async def test_broker_unavailable_is_503_and_the_relay_publishes_later(
     )
     nin = new_nin()
     key = key_of(stack, nin)
+    await relate(registry, tokens, nin)
     try:
         async with httpx.AsyncClient(
             base_url=stack.settings.service_url(port), timeout=30
@@ -549,7 +597,8 @@ async def test_webhook_registration(
     registry: str, db: asyncpg.Connection, tokens: dict[str, str]
 ) -> None:
     """A system registers its own webhook (a new secret each time), reads it without the secret
-    and deletes it; an admin may manage another organisation's; a system may not."""
+    and deletes it; the operator may manage another organisation's; a system or an agency's
+    admin may not."""
     url = "https://nav.example/carebus"
     async with httpx.AsyncClient(base_url=registry) as client:
         first = await client.put("/v1/webhooks", json={"url": url}, headers=auth(tokens["nav"]))
@@ -563,18 +612,23 @@ async def test_webhook_registration(
             json={"url": url, "org_id": DPS_ORG},
             headers=auth(tokens["nav"]),
         )
+        not_own_admin = await client.put(
+            "/v1/webhooks",
+            json={"url": url, "org_id": DPS_ORG},
+            headers=auth(tokens["admin"]),
+        )
         by_admin = await client.put(
             "/v1/webhooks",
             json={"url": "http://127.0.0.1:9/dps", "org_id": DPS_ORG},
-            headers=auth(tokens["admin"]),
+            headers=auth(tokens["operator"]),
         )
         unknown_org = await client.put(
             "/v1/webhooks",
             json={"url": url, "org_id": "123456785"},
-            headers=auth(tokens["admin"]),
+            headers=auth(tokens["operator"]),
         )
         admin_reads = await client.get(
-            "/v1/webhooks", params={"org_id": DPS_ORG}, headers=auth(tokens["admin"])
+            "/v1/webhooks", params={"org_id": DPS_ORG}, headers=auth(tokens["operator"])
         )
         deleted = await client.delete("/v1/webhooks", headers=auth(tokens["nav"]))
         gone = await client.get("/v1/webhooks", headers=auth(tokens["nav"]))
@@ -592,6 +646,7 @@ async def test_webhook_registration(
     assert bad_url.status_code == 422
     assert [d["field"] for d in bad_url.json()["error"]["details"]] == ["url"]
     assert not_own.status_code == 403
+    assert not_own_admin.status_code == 403
     assert by_admin.status_code == 200
     assert by_admin.json()["org_id"] == DPS_ORG
     assert unknown_org.status_code == 422
@@ -636,9 +691,11 @@ async def test_cli_webhook_set_prints_a_new_secret(
 
 async def test_service_routes_and_metrics(registry: str, tokens: dict[str, str]) -> None:
     """/healthz, /openapi.json (every registry path) and /metrics with the registry's metrics."""
+    nin = new_nin()
+    await relate(registry, tokens, nin)
     async with httpx.AsyncClient(base_url=registry) as client:
         await client.post(
-            "/v1/care-teams", json=care_team_change(new_nin()), headers=auth(tokens["dps"])
+            "/v1/care-teams", json=care_team_change(nin), headers=auth(tokens["coordinator"])
         )
         health = await client.get("/healthz")
         openapi = await client.get("/openapi.json")

@@ -22,6 +22,7 @@ import pytest
 
 from carebus.auth import create_token
 from carebus.identity import random_nin
+from carebus.stack.devdata import OPERATOR_ORG
 from carebus.testing import TestStack, free_ports
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,7 @@ async def test_router_killed_mid_stream_loses_and_duplicates_nothing(
     registrar = await create_token(
         conn, agency="municipality", org_id=COORDINATOR_MUNICIPALITY, role="system"
     )
+    operator = await create_token(conn, agency="operator", org_id=OPERATOR_ORG, role="operator")
     secret = "test-webhook-secret"
     await conn.execute(
         "INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)"
@@ -101,6 +103,14 @@ async def test_router_killed_mid_stream_loses_and_duplicates_nothing(
     try:
         async with httpx.AsyncClient(timeout=60) as client:
             for nin in nins:
+                # The operator's population register makes the municipality the person's home
+                # municipality, which may then name itself coordinator.
+                home = await client.post(
+                    settings.service_url(settings.registry_port) + "/v1/population-register",
+                    json={"nin": nin, "home_municipality_org": COORDINATOR_MUNICIPALITY},
+                    headers={"Authorization": f"Bearer {operator}"},
+                )
+                assert home.status_code == 201, home.text
                 response = await client.post(
                     settings.service_url(settings.registry_port) + "/v1/care-teams",
                     json={

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -15,7 +13,8 @@ import pytest
 
 from carebus.auth import create_token
 from carebus.identity import random_nin
-from carebus.testing import TestStack
+from carebus.stack.devdata import OPERATOR_ORG
+from carebus.testing import TestStack, at_least
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +27,6 @@ ORGS = {
     "housing": "987654325",
 }
 OTHER_MUNICIPALITY = "964338531"
-WAIT_S = 30.0
 
 
 class Bus:
@@ -41,6 +39,20 @@ class Bus:
         self.audit = httpx.AsyncClient(base_url=settings.service_url(settings.audit_port))
         self.tokens = tokens
         self.rng = random.Random()
+        self.related: set[str] = set()
+
+    async def relate(self, nin: str) -> None:
+        """Make the demo municipality the person's home municipality (the operator's population
+        register): the relation it needs to record consents and care-team changes."""
+        if nin in self.related:
+            return
+        response = await self.registry.post(
+            "/v1/population-register",
+            json={"nin": nin, "home_municipality_org": ORGS["municipality"]},
+            headers=self.auth("operator"),
+        )
+        assert response.status_code == 201, response.text
+        self.related.add(nin)
 
     def auth(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -71,6 +83,7 @@ class Bus:
         org_id: str | None = None,
         **extra: Any,
     ) -> None:
+        await self.relate(nin)
         recipient = {"agency": agency, **({"org_id": org_id} if org_id else {})}
         body = {
             "nin": nin,
@@ -89,6 +102,7 @@ class Bus:
     async def member(
         self, nin: str, agency: str, role: str, org_id: str | None = None, status: str = "member"
     ) -> None:
+        await self.relate(nin)
         body = {
             "nin": nin,
             "agency": agency,
@@ -116,14 +130,14 @@ class Bus:
 
     async def decisions(self, nin: str) -> list[dict[str, Any]]:
         response = await self.audit.post(
-            "/v1/disclosures/query", json={"nin": nin}, headers=self.auth("privacy_officer")
+            "/v1/disclosures/query", json={"nin": nin}, headers=self.auth("dpo")
         )
         assert response.status_code == 200, response.text
         return list(response.json()["items"])
 
     async def decisions_for(self, nin: str, event_id: str, count: int) -> list[dict[str, Any]]:
         """The audit records of `event_id`, once `count` of them are stored."""
-        return await eventually(lambda: self._decisions_of(nin, event_id), count)
+        return await at_least(lambda: self._decisions_of(nin, event_id), count)
 
     async def _decisions_of(self, nin: str, event_id: str) -> list[dict[str, Any]]:
         return [d for d in await self.decisions(nin) if d["event_id"] == event_id]
@@ -131,19 +145,6 @@ class Bus:
     async def close(self) -> None:
         for client in (self.gateway, self.registry, self.audit):
             await client.aclose()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[list[dict[str, Any]]]], count: int, timeout_s: float = WAIT_S
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        found = await probe()
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"expected {count} records, found {len(found)}: {found}")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,14 @@ async def bus(stack: TestStack, services: None) -> AsyncIterator[Bus]:
         tokens["privacy_officer"] = await create_token(
             conn, agency="municipality", org_id=ORGS["municipality"], role="privacy_officer"
         )
+        # The operator keeps the population register; its privacy officer (the bus's data
+        # protection officer) sees every decision about a person.
+        tokens["operator"] = await create_token(
+            conn, agency="operator", org_id=OPERATOR_ORG, role="operator"
+        )
+        tokens["dpo"] = await create_token(
+            conn, agency="operator", org_id=OPERATOR_ORG, role="privacy_officer"
+        )
     finally:
         await conn.close()
     bus = Bus(stack, tokens)
@@ -186,7 +195,7 @@ async def bus(stack: TestStack, services: None) -> AsyncIterator[Bus]:
             )
             return [dict(row) for row in rows]
 
-        await eventually(audited, 1, timeout_s=180)
+        await at_least(audited, 1, timeout_s=180)
     finally:
         await conn.close()
     yield bus
@@ -218,7 +227,7 @@ async def test_consent_given_then_withdrawn(bus: Bus) -> None:
     await bus.member(nin, "nav", "participant")
     await bus.consent(nin, "nav", "given", ["logistics", "social"])
     admitted = await bus.publish("dps", "admission", nin, admission())
-    [delivery] = await eventually(lambda: bus.deliveries("nav", admitted), 1)
+    [delivery] = await at_least(lambda: bus.deliveries("nav", admitted), 1)
     assert delivery["basis"] == "consent"
     assert delivery["subject"] == {"nin": nin}
     assert "reason" not in delivery["payload"]
@@ -250,7 +259,7 @@ async def test_objection_blocks_presumed(bus: Bus) -> None:
     nin = random_nin(bus.rng)
     await bus.member(nin, "fastlege", "gp")
     admitted = await bus.publish("dps", "admission", nin, admission())
-    [delivered] = await eventually(lambda: bus.deliveries("fastlege", admitted), 1)
+    [delivered] = await at_least(lambda: bus.deliveries("fastlege", admitted), 1)
     assert delivered["basis"] == "presumed"
     await bus.consent(
         nin, "fastlege", "objection", ["logistics", "health"], org_id=ORGS["fastlege"]
@@ -265,7 +274,7 @@ async def test_home_municipality_gets_logistics_only_without_consent(bus: Bus) -
     """The home municipality outside the care team gets the admission's logistics, no health."""
     nin = random_nin(bus.rng)
     admitted = await bus.publish("dps", "admission", nin, admission())
-    [delivery] = await eventually(lambda: bus.deliveries("municipality", admitted), 1)
+    [delivery] = await at_least(lambda: bus.deliveries("municipality", admitted), 1)
     assert delivery["basis"] == "statutory"
     assert delivery["categories"] == ["logistics"]
     assert set(delivery["payload"]) <= {
@@ -281,7 +290,7 @@ async def test_another_municipality_never_sees_the_person(bus: Bus) -> None:
     """A second municipality's deliveries never include the first municipality's person."""
     nin = random_nin(bus.rng)
     admitted = await bus.publish("dps", "admission", nin, admission())
-    await eventually(lambda: bus.deliveries("municipality", admitted), 1)
+    await at_least(lambda: bus.deliveries("municipality", admitted), 1)
     assert await bus.deliveries("other_municipality", admitted) == []
 
 
@@ -303,7 +312,7 @@ async def test_no_candidate_is_audited(bus: Bus, stack: TestStack) -> None:
             )
             return [dict(row) for row in found]
 
-        assert await eventually(rows, 1) == [{"decision": "no_candidate", "recipient_org": None}]
+        assert await at_least(rows, 1) == [{"decision": "no_candidate", "recipient_org": None}]
     finally:
         await conn.close()
 

@@ -24,6 +24,7 @@ from carebus.codec import Codec
 from carebus.events import event_to_record, parse_event, rfc3339
 from carebus.identity import random_nin, subject_key
 from carebus.kafka import producer_config
+from carebus.stack.devdata import OPERATOR_ORG
 from carebus.testing import ServiceClients, ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
@@ -67,6 +68,14 @@ class Bus(ServiceClients):
         )
 
     async def coordinator(self, nin: str) -> None:
+        """The demo municipality becomes the person's coordinator: the operator registers it as
+        home municipality, and the home municipality may name itself coordinator."""
+        home = await self.registry.post(
+            "/v1/population-register",
+            json={"nin": nin, "home_municipality_org": ORGS["municipality"]},
+            headers=self.auth("operator"),
+        )
+        assert home.status_code == 201, home.text
         body = {
             "nin": nin,
             "agency": "municipality",
@@ -74,7 +83,9 @@ class Bus(ServiceClients):
             "role": "coordinator",
             "status": "member",
         }
-        response = await self.registry.post("/v1/care-teams", json=body, headers=self.auth("admin"))
+        response = await self.registry.post(
+            "/v1/care-teams", json=body, headers=self.auth("municipality")
+        )
         assert response.status_code == 201, response.text
 
     async def alerts(self, event_id: str, rule_id: str | None = None) -> list[dict[str, Any]]:
@@ -142,8 +153,8 @@ async def bus(stack: TestStack, services: dict[str, ServiceProcess]) -> AsyncIte
     tokens["coordinator"] = await create_token(
         conn, agency="municipality", org_id=ORGS["municipality"], role="coordinator"
     )
-    tokens["admin"] = await create_token(
-        conn, agency="municipality", org_id=ORGS["municipality"], role="admin"
+    tokens["operator"] = await create_token(
+        conn, agency="operator", org_id=OPERATOR_ORG, role="operator"
     )
     bus = Bus(stack, tokens=tokens, conn=conn)
     # A freshly started faust worker joins its group and catches up with what earlier tests
@@ -409,3 +420,52 @@ async def test_a_record_the_engine_cannot_apply_is_dead_lettered_and_its_batch_g
     assert stored == 0  # its half-applied state was dropped, not written
     garbage = dead_letters(stack.settings, garbage_key, consumer="sla")
     assert [letter["reason"] for letter in garbage] == ["not_single_object"]
+
+
+async def test_an_emergency_alerts_the_privacy_officer_of_every_party(
+    bus: Bus, stack: TestStack
+) -> None:
+    """A DPS admission disclosed in an emergency to the police and NAV: one privacy-officer
+    alert each to the DPS, the police and NAV; the two recipients' alerts name the person and
+    are audited as emergency disclosures; nobody else is alerted."""
+    event_id, nin, record = admission_record(bus, stack)
+    named = [{"agency": agency, "org_id": ORGS[agency]} for agency in ("police", "nav")]
+    record["emergency"] = {
+        "justification": "Risk to life",
+        "accountable": "Overlege",
+        "recipients": named,
+    }
+    produce_records(stack, [record])
+    await bus.alerts_eventually(event_id, "emergency_disclosure", 3)
+    await settle()
+    alerts = {a["recipient_org"]: a for a in await bus.alerts(event_id, "emergency_disclosure")}
+    assert sorted(alerts) == sorted(ORGS[agency] for agency in ("dps", "police", "nav"))
+    assert {a["audience"] for a in alerts.values()} == {"privacy_officer"}
+    assert [alerts[ORGS[agency]]["nin"] for agency in ("dps", "police", "nav")] == [nin] * 3
+
+    audited = await bus.conn.fetch(
+        "SELECT recipient_org, basis, emergency FROM disclosures "
+        "WHERE event_type = 'alert' AND event_id = $1 AND rule_id = 'sla:emergency_disclosure'",
+        event_id,
+    )
+    assert sorted((row["recipient_org"], row["basis"], row["emergency"]) for row in audited) == (
+        sorted((ORGS[agency], "emergency", True) for agency in ("police", "nav"))
+    )
+
+    police_officer = await create_token(
+        bus.conn, agency="police", org_id=ORGS["police"], role="privacy_officer"
+    )
+    response = await bus.inbox.get(
+        "/v1/alerts",
+        params={"rule_id": "emergency_disclosure"},
+        headers={"Authorization": f"Bearer {police_officer}"},
+    )
+    assert response.status_code == 200, response.text
+    (shown,) = [i for i in response.json()["items"] if event_id in i["event_ids"]]
+    assert shown["subject"] == {"nin": nin}
+    assert shown["recipient"] == {"agency": "police", "org_id": ORGS["police"]}
+    assert shown["contact"] == {"agency": "dps", "org_id": ORGS["dps"]}
+    coordinator = await bus.inbox.get(
+        "/v1/alerts", params={"rule_id": "emergency_disclosure"}, headers=bus.auth("coordinator")
+    )
+    assert [i for i in coordinator.json()["items"] if event_id in i["event_ids"]] == []

@@ -157,8 +157,18 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
     assert document["postgres"] == cli_env["CAREBUS_POSTGRES_DSN"]
     tokens = document["dev_tokens"]
-    assert set(tokens) == {*topics.AGENCIES, "coordinator", "privacy_officer", "admin", "orgs"}
+    assert set(tokens) == {
+        *topics.AGENCIES,
+        "coordinator",
+        "privacy_officer",
+        "admin",
+        "orgs",
+        "operator",
+        "operator_privacy_officer",
+        "operator_org",
+    }
     assert set(tokens["orgs"]) == set(topics.AGENCIES)
+    assert tokens["operator_org"] not in tokens["orgs"].values()
     token_file = Path(cli_env["CAREBUS_STATE_DIR"]) / "dev_tokens.json"
     assert token_file.stat().st_mode & 0o777 == 0o600
 

@@ -25,7 +25,7 @@ import pytest
 from carebus.auth import create_token
 from carebus.identity import random_nin
 from carebus.sla import load_rules
-from carebus.stack.devdata import DEV_ORGANISATIONS
+from carebus.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
 from carebus.testing import ServiceClients, ServiceProcess, TestStack
 from carebus.trace import EventTrace, render, trace
 from carebus.webhook_registrations import delete_webhook, set_webhook
@@ -135,6 +135,9 @@ async def bus(stack: TestStack, services: None, receiver_url: str) -> AsyncItera
         "coordinator": await create_token(
             conn, agency="municipality", org_id=HOME, role="coordinator"
         ),
+        "operator": await create_token(
+            conn, agency="operator", org_id=OPERATOR_ORG, role="operator"
+        ),
     }
     await set_webhook(conn, HOME, receiver_url)
     bus = Bus(stack, tokens=tokens, conn=conn)
@@ -192,6 +195,12 @@ async def test_trace_shows_every_hop_of_an_admission_and_its_late_fulfilment(
     """Received, stored, routed (delivered and withheld), delivered, handed to the webhook,
     obligation opened, alerted, acknowledged and resolved by the late fulfilment."""
     nin = random_nin(bus.rng)
+    # The operator's population register makes HOME the home municipality: its relation.
+    home = {"nin": nin, "home_municipality_org": HOME}
+    registered = await bus.registry.post(
+        "/v1/population-register", json=home, headers=bus.auth("operator")
+    )
+    assert registered.status_code == 201, registered.text
     member = {"nin": nin, "agency": "nav", "org_id": NAV, "role": "participant", "status": "member"}
     response = await bus.registry.post("/v1/care-teams", json=member, headers=bus.auth("home"))
     assert response.status_code == 201, response.text
@@ -314,6 +323,7 @@ async def test_a_demo_scenario_admission_shows_every_hop(bus: Bus, stack: TestSt
     run = uuid.uuid4().hex[:8]
     demo = scenario.Stack(
         gateway=stack.settings.service_url(stack.settings.gateway_port),
+        registry=stack.settings.service_url(stack.settings.registry_port),
         postgres=stack.settings.postgres_dsn,
         tokens={agency: bus.tokens[agency] for agency in DEV_ORGANISATIONS},
         orgs=DEV_ORGANISATIONS,

@@ -12,9 +12,10 @@ from carebus import topics
 from carebus.codec import Codec
 from carebus.deliveries import delivery_id
 from carebus.sink import InvalidRecordError
-from consumers.audit_store import AuditStoreWriter, delivery_row, disclosure_row
+from consumers.audit_store import AuditStoreWriter, delivery_row, disclosure_row, refusal_row
+from services.audit.app import MAX_PURPOSE, purpose_problem_of
 from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
-from services.audit.store import disclosure_json
+from services.audit.store import disclosure_json, lookup_json, refusal_json
 
 NOW = datetime(2026, 11, 23, 8, 15, 30, 123456, tzinfo=UTC)
 NIN = "01010050053"
@@ -166,6 +167,112 @@ class TestRows:
         notice = {"justification": "risk of harm", "accountable": "Dr. A"}
         row = delivery_row(delivery(basis="emergency", emergency=notice), None)
         assert json.loads(row[-1])["emergency"] == notice
+
+
+def refusal(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "audit_id": "5b0f0c52-7c1e-4a59-9d0e-0d1f7b0c2a11",
+        "subject_key": "ab" * 32,
+        "actor_org": "987654321",
+        "actor_agency": "police",
+        "actor_role": "system",
+        "statement": "event:ip_update",
+        "rule_id": "sender.event_type",
+        "field": "event_type",
+        "policy_version": "2026.1",
+        "decided_at": NOW,
+    }
+    record.update(changes)
+    return record
+
+
+class TestRefusalRows:
+    def test_refusals_round_trip_the_codec_into_rows(self) -> None:
+        """An AuthorityRefusal written with the real schema becomes an `authority_refusals` row."""
+        codec = Codec.default()
+        row = AuditStoreWriter().row(
+            codec.decode(codec.encode("no.carebus.v1.AuthorityRefusal", refusal())),
+            None,  # type: ignore[arg-type]
+        )
+        assert row == (
+            "refusal",
+            "5b0f0c52-7c1e-4a59-9d0e-0d1f7b0c2a11",
+            "ab" * 32,
+            "987654321",
+            "police",
+            "system",
+            "event:ip_update",
+            "sender.event_type",
+            "event_type",
+            "2026.1",
+            NOW,
+        )
+
+    def test_a_refusal_about_no_person_has_no_subject_key(self) -> None:
+        """A refused token or webhook change names no person: the subject key column is null."""
+        row = refusal_row(refusal(subject_key=None, field=None, statement="token"))
+        assert (row[1], row[7]) == (None, None)
+
+    @pytest.mark.parametrize("name", ["audit_id", "actor_org", "statement", "rule_id"])
+    def test_refusals_without_who_or_what_are_invalid(self, name: str) -> None:
+        """A refusal that does not say who tried what, under which rule, is dead-lettered."""
+        with pytest.raises(InvalidRecordError):
+            refusal_row(refusal(**{name: ""}))
+
+
+class TestReportJson:
+    def test_lookups_and_refusals_have_the_documented_keys(self) -> None:
+        """Lookups say who looked, when and why; refusals who tried what and the rule."""
+        lookup = lookup_json(
+            {
+                "org_id": MUNICIPALITY,
+                "agency": "municipality",
+                "role": "privacy_officer",
+                "purpose": None,
+                "looked_at": NOW,
+            }
+        )
+        assert lookup == {
+            "org_id": MUNICIPALITY,
+            "agency": "municipality",
+            "role": "privacy_officer",
+            "purpose": None,
+            "looked_at": "2026-11-23T08:15:30.123456Z",
+        }
+        assert refusal_json(refusal()) == {
+            "actor": {"agency": "police", "org_id": "987654321"},
+            "statement": "event:ip_update",
+            "rule_id": "sender.event_type",
+            "field": "event_type",
+            "decided_at": "2026-11-23T08:15:30.123456Z",
+        }
+
+
+class TestPurpose:
+    @pytest.mark.parametrize(
+        "purpose", [None, "", "Patient asked for a copy (§18)", "Innsyn – «klage»", "x" * 200]
+    )
+    def test_plain_text_up_to_the_limit_is_accepted(self, purpose: str | None) -> None:
+        """Any printable text, letters of any script and punctuation, up to the limit."""
+        assert purpose_problem_of(purpose) is None
+
+    @pytest.mark.parametrize(
+        ("purpose", "problem"),
+        [
+            (12, "must be a string"),
+            (["why"], "must be a string"),
+            ("x" * (MAX_PURPOSE + 1), f"must be at most {MAX_PURPOSE} characters"),
+            ("why\nnot", "must not contain control or format characters"),
+            ("tab\there", "must not contain control or format characters"),
+            ("\u202eevil", "must not contain control or format characters"),  # RTL override
+            ("zero\u200bwidth", "must not contain control or format characters"),
+            ("\ud800", "must not contain control or format characters"),  # lone surrogate
+            ("line\u2028break", "must not contain control or format characters"),
+        ],
+    )
+    def test_control_and_format_characters_are_refused(self, purpose: object, problem: str) -> None:
+        """Characters that could forge or hide text in the patient's log are refused."""
+        assert purpose_problem_of(purpose) == problem
 
 
 class TestDisclosureJson:

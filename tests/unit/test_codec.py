@@ -190,6 +190,8 @@ def test_every_event_type_has_a_schema(codec: Codec) -> None:
         "Delivery",
         "Disclosure",
         "Alert",
+        "RegisterChange",
+        "AuthorityRefusal",
     }
     assert set(codec.catalogue.names) == {
         *(event_schema_name(t) for t in EVENT_TYPES),

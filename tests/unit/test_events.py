@@ -288,6 +288,11 @@ INVALID: list[tuple[str, object, str, str]] = [
     ("ward-number", with_payload(ward=2), "payload.ward", "must be a string"),
     ("ward-too-long", with_payload(ward="w" * 201), "payload.ward", "at most 200"),
     ("ward-lone-surrogate", with_payload(ward="Ø\ud800"), "payload.ward", "valid Unicode"),
+    # PostgreSQL refuses U+0000 (the event would miss the event store after its 202); bidi
+    # overrides disguise text; other controls have no place in a short text field.
+    ("ward-nul", with_payload(ward="A\u0000B"), "payload.ward", "control or format"),
+    ("ward-bidi-override", with_payload(ward="A\u202eB"), "payload.ward", "control or format"),
+    ("ward-newline", with_payload(ward="A\nB"), "payload.ward", "control or format"),
     (
         "optional-time-naive",
         with_payload(expected_discharge_at="2026-11-30T12:00:00"),
@@ -691,7 +696,7 @@ def test_fingerprints_are_those_the_ledger_already_holds(event_type: str) -> Non
     for _ in range(25):
         event = parse_ok(factory.event(event_type))
         assert content_fingerprint(event) == _stdlib_fingerprint(event)
-    tricky = parse_ok(with_payload(ward='Ø "st" \\ \t\n\u0001 \u2028 🙂'))
+    tricky = parse_ok(with_payload(ward='Ø "st" \\ \u2028 \u00a0 🙂'))
     assert content_fingerprint(tricky) == _stdlib_fingerprint(tricky)
 
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from carebus.alerts import operator_action_alert
 from carebus.auth import Principal
 from carebus.sink import InvalidRecordError
 from consumers.alert_store import alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
 from services.inbox.paging import Cursor, CursorError
+from services.inbox.store import visible_to
 
 ORG = "940493021"
 OTHER = "974705788"
@@ -77,9 +79,30 @@ def record(**changes: Any) -> dict[str, Any]:
 
 # --- who sees what --------------------------------------------------------------------------
 
+OPERATOR_ORG = "918000008"
+
+
+def principal(role: str, org_id: str = ORG, agency: str = "municipality") -> Principal:
+    return Principal(uuid.uuid4(), org_id, agency, role)
+
+
+def operator(role: str) -> Principal:
+    return principal(role, OPERATOR_ORG, "operator")
+
+
+CALLERS = {
+    "coordinator": principal("coordinator"),
+    "privacy_officer": principal("privacy_officer"),
+    "system": principal("system"),
+    "admin": principal("admin"),
+    "operator": operator("operator"),
+    "operator_privacy_officer": operator("privacy_officer"),
+    "operator_patient": Principal(uuid.uuid4(), OPERATOR_ORG, "operator", "patient", "ab" * 32),
+}
+
 
 @pytest.mark.parametrize(
-    ("role", "recipient_org", "audience", "visible"),
+    ("caller", "recipient_org", "audience", "visible"),
     [
         ("coordinator", ORG, "coordinator", True),
         ("coordinator", ORG, "privacy_officer", False),
@@ -88,16 +111,50 @@ def record(**changes: Any) -> dict[str, Any]:
         ("privacy_officer", ORG, "privacy_officer", True),
         ("privacy_officer", ORG, "coordinator", False),
         ("privacy_officer", OTHER, "privacy_officer", False),
-        ("privacy_officer", None, "coordinator", True),
+        # The unassigned queue is the operator's, not every privacy officer's.
+        ("privacy_officer", None, "coordinator", False),
         ("system", ORG, "coordinator", False),
+        ("system", None, "coordinator", False),
+        ("admin", ORG, "privacy_officer", False),
         ("admin", None, "coordinator", False),
+        ("operator", None, "coordinator", True),
+        ("operator", ORG, "coordinator", False),
+        ("operator", ORG, "privacy_officer", False),
+        ("operator", OPERATOR_ORG, "coordinator", True),
+        ("operator", OPERATOR_ORG, "privacy_officer", False),
+        ("operator_privacy_officer", None, "coordinator", True),
+        ("operator_privacy_officer", ORG, "privacy_officer", False),
+        ("operator_privacy_officer", OPERATOR_ORG, "privacy_officer", True),
+        ("operator_privacy_officer", OPERATOR_ORG, "coordinator", False),
+        ("operator_patient", None, "coordinator", False),
     ],
 )
-def test_visibility_follows_role_organisation_and_audience(
-    role: str, recipient_org: str | None, audience: str, visible: bool
+def test_visibility_follows_realm_role_organisation_and_audience(
+    caller: str, recipient_org: str | None, audience: str, visible: bool
 ) -> None:
-    """Coordinators see their org's coordinator alerts; officers theirs plus the queue."""
-    assert can_see(role, ORG, recipient_org, audience) is visible
+    """Each role sees its organisation's alerts of its audience; only the operator the queue."""
+    assert can_see(CALLERS[caller], recipient_org, audience) is visible
+
+
+@pytest.mark.parametrize(
+    ("caller", "condition"),
+    [
+        ("coordinator", "((recipient_org = $1 AND audience = 'coordinator'))"),
+        ("privacy_officer", "((recipient_org = $1 AND audience = 'privacy_officer'))"),
+        (
+            "operator",
+            "((recipient_org = $1 AND audience = 'coordinator') OR recipient_org IS NULL)",
+        ),
+        (
+            "operator_privacy_officer",
+            "((recipient_org = $1 AND audience = 'privacy_officer') OR recipient_org IS NULL)",
+        ),
+        ("system", "false AND $1::text IS NULL"),
+    ],
+)
+def test_the_list_query_asks_for_what_can_see_allows(caller: str, condition: str) -> None:
+    """The SQL condition is can_see's: the queue only for the operator realm."""
+    assert visible_to(CALLERS[caller]) == condition
 
 
 # --- the alert JSON -------------------------------------------------------------------------
@@ -202,6 +259,17 @@ def test_the_unassigned_queue_has_no_recipient() -> None:
     assert values[7:10] == (None, None, None)
 
 
+def test_an_operator_action_alert_is_stored_for_the_target_privacy_officer() -> None:
+    """The store keeps it as a privacy-officer alert of the target organisation, with no nin."""
+    record = operator_action_alert(
+        "webhook_changed", OPERATOR_ORG, ORG, "municipality", MOMENT, "action-1"
+    )
+    values = alert_row(record)
+    assert values[3:5] == ("operator_action", "open")
+    assert values[6] == f"organisation:{ORG}"
+    assert values[7:11] == (None, "municipality", ORG, "privacy_officer")
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -226,25 +294,23 @@ async def _unused_loader(_ids: Any) -> list[Any]:
     return []
 
 
-def principal(role: str, org_id: str) -> Principal:
-    return Principal(uuid.uuid4(), org_id, "municipality", role)
-
-
 async def test_a_change_reaches_only_the_streams_that_may_see_it() -> None:
-    """One alert frame per stream allowed to see it; other organisations' streams get nothing."""
+    """One alert frame per stream allowed to see it; the queue goes to the operator's only."""
     feed = AlertFeed("postgresql://unused/x", _unused_loader)
     mine = feed.subscribe(principal("coordinator", ORG))
     officer = feed.subscribe(principal("privacy_officer", ORG))
     other = feed.subscribe(principal("coordinator", OTHER))
+    queue = feed.subscribe(operator("operator"))
     feed.publish([row(), row(alert_id="queued", recipient_org=None, recipient_agency=None)])
 
     frame = mine.frames.get_nowait()
     assert frame is not None
     assert frame == alert_frame(alert_json(row()))
     assert mine.frames.empty()
-    queued = officer.frames.get_nowait()
+    queued = queue.frames.get_nowait()
     assert queued is not None
     assert json.loads(queued.split("data: ", 1)[1])["alert_id"] == "queued"
+    assert queue.frames.empty()
     assert officer.frames.empty()
     assert other.frames.empty()
 
@@ -255,7 +321,7 @@ async def test_a_change_reaches_only_the_streams_that_may_see_it() -> None:
 
 async def test_a_stream_that_falls_behind_is_told_to_close() -> None:
     """When its queue is full the stream's pending frames are replaced by the close marker."""
-    subscriber = Subscriber("coordinator", ORG)
+    subscriber = Subscriber(principal("coordinator", ORG))
     for _ in range(subscriber.frames.maxsize):
         subscriber.offer(RESYNC_FRAME)
     subscriber.offer(RESYNC_FRAME)

@@ -123,7 +123,12 @@ def consent(
 
 
 def member(
-    agency: str, org_id: str | None = None, *, role: str = "participant", status: str = "member"
+    agency: str,
+    org_id: str | None = None,
+    *,
+    role: str = "participant",
+    status: str = "member",
+    recorded_by: str = SOURCE["municipality"],
 ) -> Change:
     """A CareTeamChange record as the registry writes it."""
     record = {
@@ -132,7 +137,7 @@ def member(
         "member": {"agency": agency, "org_id": org_id or MEMBER[agency]},
         "role": role,
         "status": status,
-        "recorded_by_org": SOURCE["municipality"],
+        "recorded_by_org": recorded_by,
         "recorded_at": NOW - DAY,
     }
     return CARE_TEAM_CHANGE, over_the_wire(CARE_TEAM_CHANGE, record)
@@ -595,7 +600,9 @@ def test_closing_a_plan_removes_its_members_but_tells_them() -> None:
     assert {MEMBER["dps"], MEMBER["fastlege"]} <= recipients(routing)
     after = apply(state, event_schema_name("ip_update"), closed)
     assert set(after.team) == {MEMBER["fastlege"]}
-    assert after.team[MEMBER["fastlege"]].sources == frozenset({"registry"})
+    assert after.team[MEMBER["fastlege"]].sources == frozenset(
+        {f"registry:{SOURCE['municipality']}"}
+    )
 
 
 def test_a_plan_that_drops_a_participant_drops_it_from_the_team() -> None:
@@ -609,12 +616,38 @@ def test_a_plan_that_drops_a_participant_drops_it_from_the_team() -> None:
     assert MEMBER["housing"] in state.team
 
 
-def test_a_registry_removal_ends_membership_from_every_source() -> None:
-    """The registry removing an organisation removes it even if a plan had added it."""
+def test_a_member_stepping_out_ends_its_membership_from_every_source() -> None:
+    """An organisation removing itself leaves the team even if a plan and a registry call had
+    added it: restricting its own access always takes effect."""
     plan = event("ip_update", participants=[{"agency": "dps", "org_id": MEMBER["dps"]}])
-    state = state_of((event_schema_name("ip_update"), plan), member("dps", status="removed"))
+    state = state_of(
+        (event_schema_name("ip_update"), plan),
+        member("dps"),
+        member("dps", status="removed", recorded_by=MEMBER["dps"]),
+    )
     assert MEMBER["dps"] not in state.team
     assert MEMBER["dps"] not in recipients(routed(event("discharge"), state))
+
+
+def test_a_removal_by_another_organisation_takes_back_only_its_own_membership() -> None:
+    """No organisation can cut another's member out of the team: a removal by someone else
+    ends only the membership that organisation recorded; the plan's stays."""
+    plan = event("ip_update", participants=[{"agency": "dps", "org_id": MEMBER["dps"]}])
+    state = state_of(
+        (event_schema_name("ip_update"), plan),
+        member("dps", recorded_by=OTHER["municipality"]),
+        member("dps", status="removed", recorded_by=OTHER["municipality"]),
+        member("dps", status="removed", recorded_by=OTHER["housing"]),
+    )
+    owner = SOURCE["municipality"]
+    assert state.team[MEMBER["dps"]].sources == frozenset(
+        {f"plan:{owner}:{plan['payload']['plan_id']}"}
+    )
+    alone = state_of(
+        member("dps", recorded_by=OTHER["municipality"]),
+        member("dps", status="removed", recorded_by=OTHER["municipality"]),
+    )
+    assert MEMBER["dps"] not in alone.team
 
 
 # --- emergency ------------------------------------------------------------------------------

@@ -110,33 +110,47 @@ class Expected:
     fields: frozenset[str] = frozenset()
 
 
+PLAN_SENDERS = ("municipality", "dps")  # DESIGN: who may send ip_update
+
+
 def model_team(history: list[tuple[str, dict[str, Any]]]) -> set[str]:
-    """Members: registry membership, or a plan whose latest update names them as active,
-    counting only what happened after the registry last removed them."""
+    """Members since an organisation last stepped out (removed itself): every organisation that
+    recorded it and did not take that back, or an active plan (by its owner and id, from a
+    municipality or a DPS) whose latest update names it."""
     team = set()
     for org_id in AGENCY_OF:
-        removed_at = max(
+        left_at = max(
             (
                 i
                 for i, (kind, r) in enumerate(history)
-                if kind == "team" and r["member"]["org_id"] == org_id and r["status"] == "removed"
+                if kind == "team"
+                and r["member"]["org_id"] == org_id
+                and r["status"] == "removed"
+                and r["recorded_by_org"] == org_id
             ),
             default=-1,
         )
-        registry = any(
-            kind == "team" and r["member"]["org_id"] == org_id and r["status"] == "member"
-            for kind, r in history[removed_at + 1 :]
-        )
-        latest_plan: dict[str, dict[str, Any]] = {}
-        for kind, r in history[removed_at + 1 :]:
-            if kind == "event" and r["event_type"] == "ip_update":
-                latest_plan[r["payload"]["plan_id"]] = r["payload"]
+        recorded: dict[str, bool] = {}
+        plans: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind, r in history[left_at + 1 :]:
+            if kind == "team" and r["member"]["org_id"] == org_id:
+                recorded[r["recorded_by_org"]] = r["status"] == "member"
+            if plan_sent(kind, r):
+                plans[(r["source"]["org_id"], r["payload"]["plan_id"])] = r["payload"]
         in_plan = any(
-            p["status"] == "active" and org_id in named_by_plan(p) for p in latest_plan.values()
+            p["status"] == "active" and org_id in named_by_plan(p) for p in plans.values()
         )
-        if registry or in_plan:
+        if any(recorded.values()) or in_plan:
             team.add(org_id)
     return team
+
+
+def plan_sent(kind: str, record: dict[str, Any]) -> bool:
+    return (
+        kind == "event"
+        and record["event_type"] == "ip_update"
+        and record["source"]["agency"] in PLAN_SENDERS
+    )
 
 
 def named_by_plan(payload: dict[str, Any]) -> set[str]:
@@ -287,7 +301,8 @@ def care_team_changes(draw: st.DrawFn, involved: st.SearchStrategy[str]) -> Oper
         "member": organisation(org_id),
         "role": draw(st.sampled_from(("coordinator", "gp", "participant"))),
         "status": draw(st.sampled_from(("member", "member", "removed"))),
-        "recorded_by_org": ORGS["municipality"][0],
+        # Sometimes the member itself (stepping out), mostly another organisation.
+        "recorded_by_org": draw(st.just(org_id) | involved),
         "recorded_at": NOW,
     }
     return draw(persons), "team", record
@@ -384,9 +399,13 @@ def check_event(
     source = record["source"]["org_id"]
 
     team = model_team(history)
-    if record["event_type"] == "ip_update":
+    if plan_sent("event", record):
         team |= named_by_plan(record["payload"])
-    admissions = [r for kind, r in history if kind == "event" and r["event_type"] == "admission"]
+    admissions = [
+        r
+        for kind, r in history
+        if kind == "event" and r["event_type"] == "admission" and r["source"]["agency"] == "dps"
+    ]
     home = admissions[-1]["payload"]["home_municipality_org"] if admissions else None
     named = (
         {r["org_id"] for r in record["emergency"]["recipients"]} if record["emergency"] else set()

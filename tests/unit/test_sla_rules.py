@@ -765,10 +765,12 @@ EMERGENCY = {
 
 
 def test_emergency_event_alerts_the_source_privacy_officer_at_once() -> None:
-    """An event disclosed in an emergency raises one privacy-officer alert to its source."""
+    """An event disclosed in an emergency raises a privacy-officer alert to its source at once
+    (and one to each named recipient: tests/unit/test_alerts_authority.py)."""
     person = Person()
     record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
-    (alert,) = of("emergency_disclosure", person.see(record))
+    raised = of("emergency_disclosure", person.see(record))
+    (alert,) = [a for a in raised if a["recipient"]["org_id"] == DPS[1]]
     assert alert["audience"] == "privacy_officer"
     assert alert["kind"] == "emergency_disclosure"
     assert alert["recipient"] == {"agency": DPS[0], "org_id": DPS[1]}
@@ -783,10 +785,10 @@ def test_event_without_emergency_raises_no_emergency_alert() -> None:
 
 
 def test_emergency_replay_raises_nothing_new() -> None:
-    """The same emergency event seen twice raises its alert once."""
+    """The same emergency event seen twice raises its alerts (source and recipient) once."""
     person = Person()
     record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
-    assert len(of("emergency_disclosure", person.see(record))) == 1
+    assert len(of("emergency_disclosure", person.see(record))) == 2
     assert of("emergency_disclosure", person.see(record, T0 + HOUR)) == []
 
 
