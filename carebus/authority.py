@@ -35,6 +35,9 @@ RULES: Final = (
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"
+# The only event type judged against the person's state (`event_refusal`): every other event
+# that changes state (an admission, a discharge) changes only its sender's own facts.
+JUDGED_EVENT_TYPES: Final = frozenset({"ip_update"})
 # Relations that let an organisation name itself in the care team (how plans are made).
 _SELF_NAMING: Final = frozenset({"home_municipality", "admitting"})
 
@@ -128,7 +131,7 @@ class AuthorityPolicy:
         admitting DPS. Admissions and discharges change state too, but only the sender's own
         (its admission, the home municipality a DPS states) and `sender_refusal` covers them.
         """
-        if event_type != "ip_update":
+        if event_type not in JUDGED_EVENT_TYPES:
             return None
         relations = state.relations(actor.org_id)
         if not relations:

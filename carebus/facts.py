@@ -27,14 +27,14 @@ async def lock(conn: Connection, subject_keys: Iterable[str]) -> dict[str, Perso
     keys = sorted(set(subject_keys))
     if not keys:
         return {}
-    await conn.execute(
-        "INSERT INTO person_facts (subject_key, state)"
-        " SELECT unnest($1::text[]), '{}' ON CONFLICT (subject_key) DO NOTHING",
-        keys,
-    )
+    # One round trip: a new person gets a row, an existing one is locked by the no-op update;
+    # both come back with their state. Rows are taken in key order.
     rows = await conn.fetch(
-        "SELECT subject_key, state FROM person_facts WHERE subject_key = ANY($1::text[])"
-        " ORDER BY subject_key FOR UPDATE",
+        """
+        INSERT INTO person_facts (subject_key, state) SELECT unnest($1::text[]), '{}'
+        ON CONFLICT (subject_key) DO UPDATE SET updated_at = now()
+        RETURNING subject_key, state
+        """,
         keys,
     )
     return {row["subject_key"]: PersonState.from_json(orjson.loads(row["state"])) for row in rows}

@@ -76,7 +76,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=10)
+        # Each request holds its connection while the broker acknowledges (and the person facts
+        # are folded meanwhile): 10 capped 32 concurrent clients at 412 events/s, 20 gives 669.
+        pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=20)
         publisher = Publisher(settings, client_id="carebus-gateway")
         codec = Codec.default()
         app.state.secret = secret = settings.subject_key_secret.get_secret_value().encode()

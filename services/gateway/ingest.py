@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import asyncpg
 
 from carebus import facts, metrics, topics
 from carebus.auth import Connection
-from carebus.authority import Actor, AuthorityPolicy, NotEntitledError
+from carebus.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
 from carebus.codec import Codec, event_schema_name
 from carebus.events import Event, content_fingerprint, event_to_record
 from carebus.identity import subject_key
@@ -87,10 +88,22 @@ class Ingest:
             await self._check_repeats(conn, prepared, new_ids)
             fresh = [p for p in prepared if (p.event.source_org, p.event.event_id) in new_ids]
             records = [event_to_record(p.event, p.subject_key, received_at) for p in fresh]
-            await self._judge(conn, fresh, records, actor)
-            await self._publisher.publish(
-                [self._outgoing(p, record) for p, record in zip(fresh, records, strict=True)]
-            )
+            outgoing = [self._outgoing(p, r) for p, r in zip(fresh, records, strict=True)]
+            stateful = [
+                (p, record)
+                for p, record in zip(fresh, records, strict=True)
+                if p.event.event_type in STATE_SENDERS
+            ]
+            if any(p.event.event_type in JUDGED_EVENT_TYPES for p, _ in stateful):
+                await self._fold(conn, stateful, actor)  # may refuse: nothing is published
+                await self._publisher.publish(outgoing)
+            else:
+                # Nothing to judge (admissions, discharges change only their sender's facts):
+                # the facts are folded while the broker acknowledges; the transaction commits
+                # only when both are done.
+                await asyncio.gather(
+                    self._fold(conn, stateful, actor), self._publisher.publish(outgoing)
+                )
         if fresh:
             counts = Counter((p.event.event_type, p.event.source_agency) for p in fresh)
             for (event_type, agency), count in counts.items():
@@ -160,20 +173,14 @@ class Ingest:
             if stored.get((p.event.source_org, p.event.event_id)) != p.fingerprint:
                 raise ConflictError(p.index)
 
-    async def _judge(
+    async def _fold(
         self,
         conn: Connection,
-        fresh: Sequence[_Prepared],
-        records: Sequence[dict[str, object]],
+        stateful: Sequence[tuple[_Prepared, dict[str, object]]],
         actor: Actor,
     ) -> None:
-        """Judge the events that change who learns about a person, in order, and keep the
+        """Judge the events that change who learns about a person, in order, and write the
         person facts they change (locked until the transaction ends)."""
-        stateful = [
-            (p, record)
-            for p, record in zip(fresh, records, strict=True)
-            if p.event.event_type in STATE_SENDERS
-        ]
         if not stateful:
             return
         states = await facts.lock(conn, (p.subject_key for p, _ in stateful))
