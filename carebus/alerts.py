@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from carebus.policy import Policy
-from carebus.routing import PersonState, route
+from carebus.policy import EMERGENCY, Policy
+from carebus.routing import PersonState, Routing, route
 from carebus.sla import OSLO, Rule, parse_rfc3339, stamp
 from carebus.topics import AGENCIES
 
@@ -51,13 +51,15 @@ def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None
 
 
 def recipients(
-    rule: Rule, trigger: Mapping[str, Any], routing: PersonState
+    rule: Rule, trigger: Mapping[str, Any], routing: PersonState, routed: Routing
 ) -> list[dict[str, Any] | None]:
     """One organisation per fallback chain (None: the unassigned queue), each at most once.
 
-    An emergency rule also alerts every organisation the emergency names: each one received
-    the person's data without consent (helsepersonelloven §23 no. 4), so each one's privacy
-    officer reviews the disclosure, not only the source's (issue 12, item 9).
+    An emergency rule also alerts every organisation routing delivered the emergency to
+    (`routed`: the trigger routed against `routing`): the care team and the home municipality
+    as well as the organisations the emergency names. Each one received the person's data
+    without consent (helsepersonelloven §23 no. 4), so each one's privacy officer reviews the
+    disclosure, not only the source's (issue 12, item 9).
     """
     chosen: list[dict[str, Any] | None] = []
 
@@ -73,9 +75,18 @@ def recipients(
                 choose(found)
                 break
     if rule.emergency:
-        for named in (trigger.get("emergency") or {}).get("recipients") or ():
-            choose({"agency": named["agency"], "org_id": named["org_id"]})
+        for recipient in emergency_recipients(routed):
+            choose(recipient)
     return chosen
+
+
+def emergency_recipients(routed: Routing) -> list[dict[str, Any]]:
+    """The organisations routing delivered an event to on the emergency basis, by org_id."""
+    return [
+        {"agency": d["recipient"]["agency"], "org_id": d["recipient"]["org_id"]}
+        for d in routed.deliveries
+        if d["basis"] == EMERGENCY
+    ]
 
 
 def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any:
@@ -104,9 +115,13 @@ def build_alerts(
     built = []
     now = stamp(context.now)
     contact = _contact(rule, trigger, context.routing)
-    for recipient in recipients(rule, trigger, context.routing):
+    # `context.routing` includes the trigger (the engine applies each record before observing
+    # it), so this is routing's answer for the trigger now: whom it reaches, on which basis.
+    # For an emergency that is whom the router delivered it to (consent plays no part).
+    routed = route(trigger, context.routing, context.policy, context.now)
+    for recipient in recipients(rule, trigger, context.routing, routed):
         org_id = None if recipient is None else recipient["org_id"]
-        disclosure = _disclosure_for(trigger, org_id, context)
+        disclosure = _disclosure_for(trigger, org_id, routed)
         knows = disclosure is not None
         specific = knows and (
             org_id == trigger["source"]["org_id"]
@@ -117,6 +132,12 @@ def build_alerts(
             )
         )
         title = rule.title if specific else rule.neutral_title
+        told = _told(org_id, trigger, routed)
+        summary = (
+            _summary(rule, title, trigger, event_ids, deadline, contact, told)
+            if knows
+            else _neutral_summary(title, contact)
+        )
         identity = alert_id(rule.rule_id, trigger, org_id)
         alert: dict[str, Any] = {
             "alert_id": identity,
@@ -133,7 +154,7 @@ def build_alerts(
             "deadline": deadline,
             "breached_at": now,
             "escalate_at": stamp(rule.escalation.after(context.now)),
-            "summary": _summary(rule, title, trigger, event_ids, deadline, contact, knows),
+            "summary": summary,
             "event_ids": list(event_ids),
             "rules_version": context.rules_version,
             "changed_at": now,
@@ -168,7 +189,7 @@ def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> di
 
 
 def _disclosure_for(
-    trigger: Mapping[str, Any], org_id: str | None, context: AlertContext
+    trigger: Mapping[str, Any], org_id: str | None, routed: Routing
 ) -> dict[str, Any] | None:
     """What routing lets `org_id` know of the trigger (None: nothing); its own event: all."""
     if org_id is None:
@@ -179,12 +200,26 @@ def _disclosure_for(
             "categories": ["logistics", "health", "social", "police"],
             "fields": [],
         }
-    routing = route(trigger, context.routing, context.policy, context.now)
-    for decision in routing.disclosures:
+    for decision in routed.disclosures:
         recipient = decision.get("recipient") or {}
         if recipient.get("org_id") == org_id and decision["decision"] == "delivered":
             return decision
     return None
+
+
+def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> str:
+    """Whom an emergency alert to `org_id` says the event was disclosed to. The source's privacy
+    officer reviews every recipient; a recipient learns only of its own organisation, since the
+    list would tell it who else cares for the person (mental-health or addiction care)."""
+    if org_id != trigger["source"]["org_id"]:
+        return "your organisation"
+    told = ", ".join(f"{r['agency']} {r['org_id']}" for r in emergency_recipients(routed))
+    return told or "no organisation (routing withheld it from every recipient)"
+
+
+def _neutral_summary(title: str, contact: Mapping[str, Any]) -> str:
+    whom = f"{contact['agency']} {contact['org_id']}"
+    return f"{title}. The details are not disclosed to your organisation; contact {whom}."
 
 
 def _summary(
@@ -194,11 +229,11 @@ def _summary(
     event_ids: Sequence[str],
     deadline: str | None,
     contact: Mapping[str, Any],
-    knows: bool,
+    told: str,
 ) -> str:
+    """The summary for an organisation routing lets know of the trigger; `told`: whom an
+    emergency disclosure reached, as this organisation may read it."""
     whom = f"{contact['agency']} {contact['org_id']}"
-    if not knows:
-        return f"{title}. The details are not disclosed to your organisation; contact {whom}."
     when = _oslo(trigger["occurred_at"])
     source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
     if rule.kind == "window":
@@ -208,9 +243,8 @@ def _summary(
         )
     if rule.kind == "immediate":
         emergency = trigger.get("emergency") or {}
-        named = ", ".join(f"{r['agency']} {r['org_id']}" for r in emergency.get("recipients") or ())
         return (
-            f"{title}: {trigger['event_type']} at {when} disclosed in an emergency to {named}. "
+            f"{title}: {trigger['event_type']} at {when} disclosed in an emergency to {told}. "
             f"Justification: {emergency.get('justification', '')}. "
             f"Accountable: {emergency.get('accountable', '')}."
         )
@@ -263,18 +297,25 @@ OPERATOR_ACTION_VERSION: Final = "operator_action.1"
 OPERATOR_ACTION_ESCALATION: Final = timedelta(hours=24)
 _ACTION_NAME: Final = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
-# What the target organisation's privacy officer reads, by action, in plain words and without
-# personal data. An action without words here is still alerted, by its name.
+# What the target organisation's privacy officer reads, by the action names the registry
+# records (services/registry: `operator.touched` and REGISTER_ACTIONS; a unit test keeps the two
+# in step), in plain words and without personal data. An action without words here is still
+# alerted, by its name.
 OPERATOR_ACTIONS: Final[dict[str, str]] = {
-    "organisation_registered": "registered your organisation in the carebus directory",
-    "organisation_changed": "changed your organisation's entry in the carebus directory",
+    "organisation_registered": (
+        "registered your organisation in the carebus directory, or changed its name or HER-id there"
+    ),
     "token_issued": "issued an API token for your organisation",
-    "token_revoked": "revoked an API token of your organisation",
-    "webhook_changed": "changed the address carebus delivers your organisation's data to",
-    "gp_list_changed": "changed the GP list entry of a person on your organisation's list",
-    "home_municipality_changed": (
+    "webhook_registered": "set the address carebus delivers your organisation's data to",
+    "webhook_deleted": "removed the address carebus delivers your organisation's data to",
+    "home_municipality_set": (
         "recorded your organisation as a person's home municipality in the population register"
     ),
+    "home_municipality_cleared": (
+        "removed your organisation as a person's home municipality from the population register"
+    ),
+    "gp_set": "put a person on your organisation's GP list",
+    "gp_cleared": "took a person off your organisation's GP list",
 }
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from carebus.directory import Claim
 from carebus.events import EVENT_TYPES
-from carebus.routing import PersonState
+from carebus.routing import PersonState, plan_source
 from carebus.topics import AGENCIES
 
 DEFAULT_PATH: Final = Path(__file__).resolve().parent.parent / "policy" / "authority.yaml"
@@ -29,6 +29,7 @@ RULES: Final = (
     "emergency.declarer",
     "relation.required",
     "care_team.self_add",
+    "care_team.recorder",
     "objection.recorder",
     "consent.confirmer",
     "operator.realm",
@@ -133,6 +134,8 @@ class AuthorityPolicy:
         """
         if event_type not in JUDGED_EVENT_TYPES:
             return None
+        if payload.get("status") == "closed" and _owns_plan(state, actor.org_id, payload):
+            return None  # closing restricts: the owner may always close its own plan
         relations = state.relations(actor.org_id)
         if not relations:
             return _no_relation(f"{path}subject", "create or change the person's plan")
@@ -151,7 +154,7 @@ class AuthorityPolicy:
     # --- registry statements ------------------------------------------------------------------
 
     def care_team_refusal(
-        self, state: PersonState, actor: Actor, org_id: str, status: str
+        self, state: PersonState, actor: Actor, org_id: str, status: str, role: str
     ) -> Refusal | None:
         """The refusal of a care-team change; None to accept it.
 
@@ -163,12 +166,28 @@ class AuthorityPolicy:
         relations = state.relations(actor.org_id)
         if not relations:
             return _no_relation("nin", "change the person's care team")
-        if status == "member" and org_id == actor.org_id and not relations & _SELF_NAMING:
+        if status != "member":
+            return None
+        if org_id == actor.org_id and not relations & _SELF_NAMING:
             return Refusal(
                 "care_team.self_add",
                 "org_id",
                 "an organisation may not add itself to a care team unless it is the person's"
                 " home municipality or admitting DPS",
+            )
+        coordinator = _is_coordinator(state, actor)
+        if actor.agency not in self.health_agencies and not coordinator:
+            return Refusal(
+                "care_team.recorder",
+                "org_id",
+                "members are added by health organisations with a relation or by the coordinator",
+            )
+        if role == "coordinator" and not (relations & _SELF_NAMING or coordinator):
+            return Refusal(
+                "care_team.recorder",
+                "role",
+                "a coordinator is named by the home municipality, the admitting DPS or the"
+                " current coordinator",
             )
         return None
 
@@ -183,20 +202,21 @@ class AuthorityPolicy:
         """Refused, effective at once, or pending confirmation.
 
         Restricting (withdrawn, objection) takes effect at once when the recorder may restrict;
-        widening (given) at once only when a health organisation with a relation records it for
-        another recipient.
+        widening (given, or a withdrawal that replaces an objection) at once only when a health
+        organisation with a relation records it for another recipient.
         """
         if actor.role == PATIENT:
             return ConsentVerdict()  # the person's own word (the caller checked it is theirs)
         covers_actor = _covers(recipient_agency, recipient_org, actor)
-        if status in ("withdrawn", "objection"):
-            if covers_actor:
-                return ConsentVerdict()  # an organisation may always restrict its own access
+        if status in ("withdrawn", "objection") and not _lifts_objection(
+            state, recipient_agency, recipient_org, status
+        ):
+            if (recipient_agency, recipient_org) == (actor.agency, actor.org_id):
+                # An organisation may always restrict its own access (not its whole agency's).
+                return ConsentVerdict()
             relations = state.relations(actor.org_id)
-            coordinator = state.team.get(actor.org_id)
             if relations and (
-                actor.agency in self.health_agencies
-                or (coordinator is not None and coordinator.role == "coordinator")
+                actor.agency in self.health_agencies or _is_coordinator(state, actor)
             ):
                 return ConsentVerdict()
             if not relations:
@@ -218,6 +238,20 @@ class AuthorityPolicy:
             return ConsentVerdict(effect="pending", pending_reason="consent.non_health_recorder")
         return ConsentVerdict()
 
+    @staticmethod
+    def restricted_since(
+        state: PersonState, recipient_agency: str, recipient_org: str | None, since: Any
+    ) -> bool:
+        """Whether a withdrawal or objection covering a pending consent's recipient was recorded
+        after the consent: confirming it then would undo the person's later word."""
+        return any(
+            c.status in ("withdrawn", "objection")
+            and c.recorded_at > since
+            and c.agency == recipient_agency
+            and (c.org_id is None or recipient_org is None or c.org_id == recipient_org)
+            for c in state.consents
+        )
+
     def confirmation_refusal(
         self, state: PersonState, actor: Actor, recipient_agency: str, recipient_org: str | None
     ) -> Refusal | None:
@@ -236,6 +270,30 @@ class AuthorityPolicy:
             "a pending consent is confirmed by a health organisation with a relation that is"
             " not its recipient, or by the patient",
         )
+
+
+def _lifts_objection(
+    state: PersonState, recipient_agency: str, recipient_org: str | None, status: str
+) -> bool:
+    """Whether a withdrawal would become the latest record over an objection it covers: that
+    widens access (an objection blocks even presumed sharing, a withdrawal does not), so it is
+    judged as a consent that widens, never as a restriction."""
+    return status == "withdrawn" and any(
+        c.status == "objection"
+        and c.agency == recipient_agency
+        and (recipient_org is None or c.org_id in (None, recipient_org))
+        for c in state.consents
+    )
+
+
+def _is_coordinator(state: PersonState, actor: Actor) -> bool:
+    member = state.team.get(actor.org_id)
+    return member is not None and member.role == "coordinator"
+
+
+def _owns_plan(state: PersonState, owner: str, payload: Mapping[str, Any]) -> bool:
+    source = plan_source(owner, payload["plan_id"])
+    return any(source in member.sources for member in state.team.values())
 
 
 def _covers(recipient_agency: str, recipient_org: str | None, actor: Actor) -> bool:

@@ -8,7 +8,7 @@ registry has already confirmed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -32,6 +32,7 @@ __all__ = [
     "PersonState",
     "Routing",
     "apply",
+    "plan_source",
     "route",
 ]
 
@@ -54,6 +55,7 @@ STATE_SENDERS: Final[Mapping[str, frozenset[str]]] = {
     "discharge": frozenset({"dps"}),
     "ip_update": frozenset({"municipality", "dps"}),
 }
+_ROLE_STRENGTH: Final = ("coordinator", "gp", "participant")
 HOME_FROM_REGISTER: Final = "register"
 HOME_FROM_ADMISSION: Final = "admission"
 
@@ -78,12 +80,26 @@ class Consent:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A care-team organisation; `sources` says who put it there (`registry:<org>`,
-    `plan:<owner>:<plan_id>`)."""
+    """A care-team organisation; `sources` maps who put it there (`registry:<org>`,
+    `plan:<owner>:<plan_id>`) to the role that source gave it. Its role is the strongest role a
+    current source gives, so a role ends with the statement that gave it (a closed plan's
+    coordinator is no longer coordinator)."""
 
     agency: str
-    role: str
-    sources: frozenset[str]
+    sources: Mapping[str, str]
+
+    @property
+    def role(self) -> str:
+        roles = set(self.sources.values())
+        return next((r for r in _ROLE_STRENGTH if r in roles), "participant")
+
+    def without(self, *sources: str) -> Member | None:
+        """The member without `sources`; None when nothing keeps it in the team."""
+        kept = {source: role for source, role in self.sources.items() if source not in sources}
+        return Member(self.agency, kept) if kept else None
+
+    def plus(self, source: str, role: str) -> Member:
+        return Member(self.agency, {**self.sources, source: role})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +159,8 @@ class PersonState:
                 for c in self.consents
             ],
             "team": {
-                org_id: [m.agency, m.role, sorted(m.sources)] for org_id, m in self.team.items()
+                org_id: [m.agency, dict(sorted(m.sources.items()))]
+                for org_id, m in self.team.items()
             },
             "home": self.home_municipality,
             "home_source": self.home_source,
@@ -175,10 +192,7 @@ class PersonState:
                     recorded_at,
                 ) in data.get("consents", ())
             ),
-            team={
-                org_id: Member(agency=agency, role=role, sources=frozenset(sources))
-                for org_id, (agency, role, sources) in data.get("team", {}).items()
-            },
+            team={org_id: _member_of(entry) for org_id, entry in data.get("team", {}).items()},
             home_municipality=data.get("home"),
             home_source=data.get("home_source"),
             gp=data.get("gp"),
@@ -281,28 +295,33 @@ def _consent_changed(state: PersonState, record: Mapping[str, Any]) -> PersonSta
     return replace(state, consents=tuple(ordered))
 
 
+def _member_of(entry: Sequence[Any]) -> Member:
+    """A member as `to_json` wrote it; [agency, role, [sources]] is the earlier form."""
+    if len(entry) == 3:
+        agency, role, sources = entry
+        return Member(agency, dict.fromkeys(sources, role))
+    agency, sources = entry
+    return Member(agency, dict(sources))
+
+
 def _care_team_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
     member = record["member"]
     org_id = member["org_id"]
     recorder = record["recorded_by_org"]
     team = dict(state.team)
     if record["status"] == "member":
-        sources = team[org_id].sources if org_id in team else frozenset()
-        team[org_id] = Member(member["agency"], record["role"], sources | {_REGISTRY + recorder})
+        current = team.get(org_id, Member(member["agency"], {}))
+        team[org_id] = current.plus(_REGISTRY + recorder, record["role"])
     elif record["status"] == "removed":
         if org_id not in team:
             return state
         # An organisation may always step out (every source); anyone else takes back only the
         # membership it recorded itself, so no one can cut another's member out of the team.
-        if recorder == org_id:
+        kept = None if recorder == org_id else team[org_id].without(_REGISTRY + recorder)
+        if kept is None:
             del team[org_id]
         else:
-            current = team[org_id]
-            sources = current.sources - {_REGISTRY + recorder}
-            if sources:
-                team[org_id] = Member(current.agency, current.role, sources)
-            else:
-                del team[org_id]
+            team[org_id] = kept
     else:
         return state  # a status this reader does not know: change nothing rather than guess
     return replace(state, team=team)
@@ -320,24 +339,28 @@ def _plan_members(payload: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     return named
 
 
+def plan_source(owner: str, plan_id: str) -> str:
+    """How a plan is named among a member's sources: by its owner and its id."""
+    return f"{_PLAN}{owner}:{plan_id}"
+
+
 def _plan_updated(state: PersonState, owner: str, payload: Mapping[str, Any]) -> PersonState:
     status = payload.get("status")
     if status not in ("active", "closed"):
         return state
     # A plan is identified by its owner and its id: another organisation's plan of the same id
     # is another plan, so only the owner changes or closes it.
-    source = f"{_PLAN}{owner}:{payload['plan_id']}"
+    source = plan_source(owner, payload["plan_id"])
     named = _plan_members(payload) if status == "active" else {}
     team: dict[str, Member] = {}
     # The plan's own membership is replaced wholesale: whom the plan no longer names, it no
     # longer keeps in the team (a registry membership of the same organisation stays).
     for org_id, member in state.team.items():
-        sources = member.sources - {source}
-        if sources:
-            team[org_id] = Member(member.agency, member.role, sources)
+        kept = member.without(source)
+        if kept is not None:
+            team[org_id] = kept
     for org_id, (agency, role) in named.items():
-        sources = team[org_id].sources if org_id in team else frozenset()
-        team[org_id] = Member(agency, role, sources | {source})
+        team[org_id] = team.get(org_id, Member(agency, {})).plus(source, role)
     return replace(state, team=team)
 
 

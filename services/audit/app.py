@@ -374,7 +374,7 @@ def _query(body: bytes) -> DisclosureQuery:
         raise ApiError(413, "the request body is too large")
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "the body is not valid JSON", [("body", "malformed JSON")]) from None
     if not isinstance(raw, dict):
         raise ApiError(422, "the body must be an object", [("body", 'must be {"nin": ...}')])

@@ -143,7 +143,7 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(413, "the request body is too large")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         metrics.EVENTS_REJECTED.labels("malformed").inc()
         raise ApiError(400, "the body is not valid JSON", [("body", "malformed JSON")]) from error
 

@@ -44,6 +44,7 @@ from services.registry.changes import (
 )
 from services.registry.history import (
     ChangeNotPublishedError,
+    ConsentSupersededError,
     History,
     OrganisationMismatchError,
     UnknownConsentError,
@@ -436,6 +437,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 )
             except UnknownConsentError:
                 raise ApiError(404, "no such consent") from None
+            except ConsentSupersededError:
+                raise ApiError(
+                    409,
+                    "a withdrawal or objection for this recipient was recorded after the consent;"
+                    " it can no longer be confirmed (record a new consent if it still holds)",
+                    [("consent_id", "superseded by a later restriction")],
+                ) from None
         return ConsentRecorded(consent_id=recorded.consent_id, state=recorded.state)  # type: ignore[arg-type]
 
     @app.post(
@@ -547,11 +555,10 @@ async def _register(
         change_id = await history.record_register_change(
             nin, register, agency, org_id, principal.org_id
         )
-    if org_id is not None:
-        operator: OperatorActions = request.app.state.operator
-        await operator.touched(
-            principal, f"{register}_set", org_id, agency, subject_key=history.subject_key(nin)
-        )
+    operator: OperatorActions = request.app.state.operator
+    await operator.register_changed(
+        principal, register, agency, org_id, history.subject_key(nin), change_id
+    )
     return ChangeRecorded(change_id=change_id)
 
 
@@ -574,7 +581,7 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ApiError(400, "the body is not valid JSON", [("body", "malformed JSON")]) from error
 
 

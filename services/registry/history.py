@@ -62,6 +62,11 @@ class RecordedConsent:
     pending_reason: str | None = None
 
 
+class ConsentSupersededError(Exception):
+    """A withdrawal or objection for the consent's recipient came after it: it cannot be
+    confirmed any more (record a new consent if the person wants it now)."""
+
+
 class UnknownConsentError(Exception):
     """No pending consent with that id for the caller to see."""
 
@@ -178,6 +183,10 @@ class History:
             assert row is not None  # history rows are never deleted
             if row["state"] != "pending":
                 return RecordedConsent(str(consent_id), row["state"])
+            if self._authority.restricted_since(
+                state, row["recipient_agency"], row["recipient_org"], row["recorded_at"]
+            ):
+                raise ConsentSupersededError(str(consent_id))
             if patient_key is None:
                 _refuse(
                     self._authority.confirmation_refusal(
@@ -225,7 +234,10 @@ class History:
             state = await self._locked(conn, key)
             await _check_agency(conn, change.org_id, change.agency, "org_id")
             _refuse(
-                self._authority.care_team_refusal(state, actor, change.org_id, change.status), key
+                self._authority.care_team_refusal(
+                    state, actor, change.org_id, change.status, change.role
+                ),
+                key,
             )
             recorded_at = datetime.now(UTC)
             await conn.execute(

@@ -1,12 +1,13 @@
-"""The operator's footprint: every operator action that touches another organisation is kept
-in `operator_actions` and alerts that organisation's privacy officer (care.alerts.v1)."""
+"""The operator's footprint: every operator action that touches another organisation or a
+person is kept in `operator_actions`, and alerts the agency organisation it touched (its privacy
+officer, on care.alerts.v1)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -22,6 +23,14 @@ from carebus.topics import AGENCIES
 log = get_logger(__name__)
 
 ALERT: str = "no.carebus.v1.Alert"
+# The action names of register entries, by register and whether the entry names an organisation
+# (set) or none (cleared); carebus.alerts.OPERATOR_ACTIONS words each one.
+REGISTER_ACTIONS: Final[Mapping[tuple[str, bool], str]] = {
+    ("home_municipality", True): "home_municipality_set",
+    ("home_municipality", False): "home_municipality_cleared",
+    ("gp", True): "gp_set",
+    ("gp", False): "gp_cleared",
+}
 
 
 class OperatorActions:
@@ -34,14 +43,22 @@ class OperatorActions:
         self,
         principal: Principal,
         action: str,
-        target_org: str,
+        target_org: str | None,
         target_agency: str | None = None,
         detail: Mapping[str, Any] | None = None,
         subject_key: str | None = None,
     ) -> None:
-        """Record `action` if an operator did it to another organisation, and alert that
-        organisation's privacy officer. Anything an organisation does to itself is its own."""
-        if not principal.is_operator or target_org == principal.org_id:
+        """Record `action` if an operator did it, and alert the target organisation's privacy
+        officer when that is an agency organisation other than the operator's own.
+
+        What the operator does to its own organisation is its own business, unless it is about a
+        person (`subject_key`, such as a patient token): who can act for or about a person is
+        kept whoever the target. `target_org` None: an action about a person that names no
+        organisation (a register entry cleared with no earlier entry)."""
+        if not principal.is_operator:
+            return
+        own = target_org == principal.org_id
+        if own and subject_key is None:
             return
         action_id = uuid.uuid4()
         at = datetime.now(UTC)
@@ -64,8 +81,8 @@ class OperatorActions:
         )
         log.info("operator_action", action=action, action_id=str(action_id), target_org=target_org)
         agency = target_agency or agency
-        if agency not in AGENCIES:
-            return  # the operator's own realm: no agency privacy officer to alert
+        if target_org is None or own or agency not in AGENCIES:
+            return  # no organisation, or the operator's own realm: no privacy officer to alert
         alert = operator_action_alert(
             action,
             principal.org_id,
@@ -83,3 +100,43 @@ class OperatorActions:
         except BrokerUnavailableError:
             # The action is kept in operator_actions either way; the alert is what is lost.
             log.error("operator_action_alert_not_published", action_id=str(action_id))
+
+    async def register_changed(
+        self,
+        principal: Principal,
+        register: str,
+        agency: str,
+        org_id: str | None,
+        subject_key: str,
+        change_id: str,
+    ) -> None:
+        """Record the operator's register entry `change_id` for a person (`org_id` None: the
+        entry cleared) and alert the organisation it touched: the one it names, or for a cleared
+        entry the one it replaced, which loses the person."""
+        target = org_id if org_id is not None else await self._entry_before(change_id)
+        await self.touched(
+            principal,
+            REGISTER_ACTIONS[register, org_id is not None],
+            target,
+            agency,
+            {"register": register, "change_id": change_id},
+            subject_key,
+        )
+
+    async def _entry_before(self, change_id: str) -> str | None:
+        """The organisation the person's entry in the same register named before `change_id`."""
+        found: str | None = await self._pool.fetchval(
+            """
+            SELECT earlier.org_id
+            FROM register_changes AS entry
+            JOIN register_changes AS earlier
+              ON earlier.subject_key = entry.subject_key
+             AND earlier.register = entry.register
+             AND earlier.recorded_at < entry.recorded_at
+            WHERE entry.change_id = $1
+            ORDER BY earlier.recorded_at DESC
+            LIMIT 1
+            """,
+            uuid.UUID(change_id),
+        )
+        return found

@@ -153,6 +153,9 @@ async def agencies(stack: TestStack, services: None) -> AsyncIterator[Agencies]:
     tokens["other_municipality"] = await create_token(
         conn, agency="municipality", org_id=OTHER_MUNICIPALITY, role="system"
     )
+    tokens["privacy_officer"] = await create_token(
+        conn, agency="municipality", org_id=ORGS["municipality"], role="privacy_officer"
+    )
     tokens["admin"] = await create_token(
         conn, agency="municipality", org_id=ORGS["municipality"], role="admin"
     )
@@ -554,3 +557,86 @@ async def test_an_emergency_by_the_dps_reaches_the_police_once(agencies: Agencie
     assert delivery["basis"] == "emergency"
     ordinary = await bus.accepted("dps", "discharge", nin, discharge(urgent))
     assert ORGS["police"] not in await bus.decisions(ordinary, 1)
+
+
+async def test_no_one_outside_health_grows_the_team_or_undoes_a_later_objection(
+    agencies: Agencies,
+) -> None:
+    """NAV in the team cannot add members (it could recruit the witness for its own consent);
+    a pending consent cannot be confirmed once the patient objected after it (409); the police
+    cannot object for every police district."""
+    bus = agencies
+    nin = bus.nin()
+    await bus.accepted("dps", "admission", nin, admission())
+    joined = await bus.registry.post(
+        "/v1/care-teams",
+        json={
+            "nin": nin,
+            "agency": "nav",
+            "org_id": ORGS["nav"],
+            "role": "participant",
+            "status": "member",
+        },
+        headers=bus.auth("municipality"),
+    )
+    assert joined.status_code == 201, joined.text
+    recruited = await bus.registry.post(
+        "/v1/care-teams",
+        json={
+            "nin": nin,
+            "agency": "dps",
+            "org_id": OTHER_DPS,
+            "role": "coordinator",
+            "status": "member",
+        },
+        headers=bus.auth("nav"),
+    )
+    forbidden(recruited, "org_id")
+    await bus.refusals("care_team.recorder", ORGS["nav"])
+    consent = {
+        "nin": nin,
+        "recipient": {"agency": "nav", "org_id": ORGS["nav"]},
+        "categories": ["logistics"],
+        "status": "given",
+        "valid_from": "2026-01-01T00:00:00+01:00",
+        "recorded_by": "saksbehandler",
+    }
+    pending = await bus.registry.post("/v1/consents", json=consent, headers=bus.auth("nav"))
+    assert pending.json()["state"] == "pending", pending.text
+    objection = {**consent, "status": "objection", "categories": [], "recorded_by": "lege"}
+    objected = await bus.registry.post("/v1/consents", json=objection, headers=bus.auth("dps"))
+    assert objected.status_code == 201, objected.text
+    late = await bus.registry.post(
+        f"/v1/consents/{pending.json()['consent_id']}/confirm", headers=bus.auth("municipality")
+    )
+    assert late.status_code == 409, late.text
+    assert late.json()["error"]["details"][0]["field"] == "consent_id"
+    everyone = await bus.registry.post(
+        "/v1/consents",
+        json={**objection, "recipient": {"agency": "police"}},
+        headers=bus.auth("police"),
+    )
+    forbidden(everyone, "nin")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "gateway:/v1/events",
+        "registry:/v1/consents",
+        "registry:/v1/care-teams",
+        "audit:/v1/disclosures/query",
+    ],
+)
+async def test_deeply_nested_json_is_a_400_not_a_500(agencies: Agencies, path: str) -> None:
+    """JSON nested beyond the parser's depth is malformed input (400 naming the body)."""
+    service, route = path.split(":")
+    client: httpx.AsyncClient = getattr(agencies, service)
+    who = "privacy_officer" if service == "audit" else "municipality"
+    response = await client.post(
+        route,
+        content=b"[" * 2_000 + b"]" * 2_000,  # under every service's size limit
+        headers={**agencies.auth(who), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"][0]["field"] == "body"

@@ -88,6 +88,21 @@ class Bus(ServiceClients):
         )
         assert response.status_code == 201, response.text
 
+    async def member(self, nin: str, agency: str, role: str) -> None:
+        """The home municipality (see `coordinator`) adds the demo `agency` organisation to the
+        person's care team."""
+        body = {
+            "nin": nin,
+            "agency": agency,
+            "org_id": ORGS[agency],
+            "role": role,
+            "status": "member",
+        }
+        response = await self.registry.post(
+            "/v1/care-teams", json=body, headers=self.auth("municipality")
+        )
+        assert response.status_code == 201, response.text
+
     async def alerts(self, event_id: str, rule_id: str | None = None) -> list[dict[str, Any]]:
         """Every stored alert whose events include `event_id` (any recipient)."""
         rows = await self.conn.fetch(
@@ -425,10 +440,14 @@ async def test_a_record_the_engine_cannot_apply_is_dead_lettered_and_its_batch_g
 async def test_an_emergency_alerts_the_privacy_officer_of_every_party(
     bus: Bus, stack: TestStack
 ) -> None:
-    """A DPS admission disclosed in an emergency to the police and NAV: one privacy-officer
-    alert each to the DPS, the police and NAV; the two recipients' alerts name the person and
-    are audited as emergency disclosures; nobody else is alerted."""
+    """A DPS admission disclosed in an emergency to the police and NAV reaches the whole care
+    team and the home municipality too: one privacy-officer alert each to the DPS, the police,
+    NAV, the municipality (home municipality and coordinator) and the GP in the care team; the
+    recipients' alerts name the person and are audited as emergency disclosures; nobody else is
+    alerted."""
     event_id, nin, record = admission_record(bus, stack)
+    await bus.coordinator(nin)
+    await bus.member(nin, "fastlege", "gp")
     named = [{"agency": agency, "org_id": ORGS[agency]} for agency in ("police", "nav")]
     record["emergency"] = {
         "justification": "Risk to life",
@@ -436,12 +455,14 @@ async def test_an_emergency_alerts_the_privacy_officer_of_every_party(
         "recipients": named,
     }
     produce_records(stack, [record])
-    await bus.alerts_eventually(event_id, "emergency_disclosure", 3)
+    parties = ("dps", "police", "nav", "municipality", "fastlege")
+    recipients = parties[1:]
+    await bus.alerts_eventually(event_id, "emergency_disclosure", len(parties))
     await settle()
     alerts = {a["recipient_org"]: a for a in await bus.alerts(event_id, "emergency_disclosure")}
-    assert sorted(alerts) == sorted(ORGS[agency] for agency in ("dps", "police", "nav"))
+    assert sorted(alerts) == sorted(ORGS[agency] for agency in parties)
     assert {a["audience"] for a in alerts.values()} == {"privacy_officer"}
-    assert [alerts[ORGS[agency]]["nin"] for agency in ("dps", "police", "nav")] == [nin] * 3
+    assert [alerts[ORGS[agency]]["nin"] for agency in parties] == [nin] * len(parties)
 
     audited = await bus.conn.fetch(
         "SELECT recipient_org, basis, emergency FROM disclosures "
@@ -449,7 +470,7 @@ async def test_an_emergency_alerts_the_privacy_officer_of_every_party(
         event_id,
     )
     assert sorted((row["recipient_org"], row["basis"], row["emergency"]) for row in audited) == (
-        sorted((ORGS[agency], "emergency", True) for agency in ("police", "nav"))
+        sorted((ORGS[agency], "emergency", True) for agency in recipients)
     )
 
     police_officer = await create_token(

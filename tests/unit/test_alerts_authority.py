@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import ast
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,8 +20,9 @@ from carebus.config import PROJECT_ROOT
 from carebus.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.obligations import SlaState, observe
 from carebus.policy import Policy, load_policy
-from carebus.routing import Member, PersonState
+from carebus.routing import Member, PersonState, route
 from carebus.sla import load_rules
+from services.registry.operator import REGISTER_ACTIONS
 from services.sla.app import alert_record
 
 RULES = load_rules(PROJECT_ROOT / "policy" / "sla.yaml")
@@ -38,7 +39,7 @@ COORDINATOR = "940493047"
 HOME = "940493021"
 OPERATOR_ORG = "918000008"
 ROUTING = PersonState(
-    team={COORDINATOR: Member("municipality", "coordinator", frozenset({"registry"}))},
+    team={COORDINATOR: Member("municipality", {"registry:test": "coordinator"})},
     home_municipality=HOME,
 )
 
@@ -73,61 +74,108 @@ def by_recipient(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {alert["recipient"]["org_id"]: alert for alert in alerts}
 
 
-# --- emergency: the source and every named recipient ----------------------------------------
+# --- emergency: the source and every organisation routing delivered it to --------------------
+
+CARE_TEAM = {"agency": "municipality", "org_id": COORDINATOR}
+HOME_MUNICIPALITY = {"agency": "municipality", "org_id": HOME}
 
 
-def test_an_emergency_alerts_the_privacy_officer_of_the_source_and_of_each_recipient() -> None:
-    """One privacy-officer alert per organisation: the source first, then each one named."""
+def test_an_emergency_alerts_every_organisation_it_reached() -> None:
+    """One privacy-officer alert per organisation: the source first, then by org_id everyone
+    routing delivered the emergency to: the named recipients, the care team and the home
+    municipality."""
     alerts = emergency_alerts(emergency_event(recipients=[POLICE, NAV]))
-    assert [a["recipient"] for a in alerts] == [DPS, POLICE, NAV]
+    assert [a["recipient"] for a in alerts] == [DPS, NAV, HOME_MUNICIPALITY, CARE_TEAM, POLICE]
     assert {a["audience"] for a in alerts} == {"privacy_officer"}
     assert {a["kind"] for a in alerts} == {"emergency_disclosure"}
     assert all(a["event_ids"] == ["dis-9"] for a in alerts)
     assert all(a["contact"] == DPS for a in alerts)
-    assert len({a["alert_id"] for a in alerts}) == 3
+    assert len({a["alert_id"] for a in alerts}) == 5
+
+
+@pytest.mark.parametrize(
+    "routing",
+    [
+        ROUTING,
+        PersonState(),
+        PersonState(home_municipality=HOME),
+        PersonState(team={NAV["org_id"]: Member("nav", {"registry:test": "participant"})}),
+        PersonState(team={DPS["org_id"]: Member("dps", {"registry:test": "participant"})}),
+    ],
+)
+def test_the_alerted_organisations_are_routings_emergency_recipients(
+    routing: PersonState,
+) -> None:
+    """Besides the source, exactly the recipients of routing's emergency deliveries are alerted."""
+    record = emergency_event(recipients=[POLICE])
+    context = AlertContext(T0, routing, POLICY, RULES.version)
+    _, alerts = observe(SlaState(), record, RULES, context)
+    alerted = [a["recipient"] for a in alerts if a["rule_id"] == "emergency_disclosure"]
+    delivered = [
+        d["recipient"]
+        for d in route(record, routing, POLICY, T0).deliveries
+        if d["basis"] == "emergency"
+    ]
+    assert alerted == [DPS, *sorted(delivered, key=lambda r: r["org_id"])]
 
 
 def test_emergency_alert_ids_are_deterministic_and_the_sources_is_unchanged() -> None:
     """The same event gives the same ids; adding a recipient leaves the others' ids alone."""
     first = by_recipient(emergency_alerts(emergency_event(recipients=[POLICE])))
     again = by_recipient(emergency_alerts(emergency_event(recipients=[POLICE, NAV])))
-    assert first[DPS["org_id"]]["alert_id"] == again[DPS["org_id"]]["alert_id"]
-    assert first[POLICE["org_id"]]["alert_id"] == again[POLICE["org_id"]]["alert_id"]
+    for org_id in (DPS["org_id"], POLICE["org_id"], HOME, COORDINATOR):
+        assert first[org_id]["alert_id"] == again[org_id]["alert_id"]
     assert again[NAV["org_id"]]["alert_id"] not in {a["alert_id"] for a in first.values()}
+    assert emergency_alerts(emergency_event()) == emergency_alerts(emergency_event())
 
 
 def test_a_recipient_named_twice_or_the_source_named_is_alerted_once() -> None:
     """Each organisation gets one alert however often the emergency names it."""
-    alerts = emergency_alerts(emergency_event(recipients=[POLICE, POLICE, DPS]))
-    assert [a["recipient"] for a in alerts] == [DPS, POLICE]
+    alerts = emergency_alerts(emergency_event(recipients=[POLICE, POLICE, DPS, CARE_TEAM]))
+    assert [a["recipient"] for a in alerts] == [DPS, HOME_MUNICIPALITY, CARE_TEAM, POLICE]
 
 
-def test_a_recipient_alert_is_audited_as_an_emergency_disclosure() -> None:
-    """The recipient learns the person from its alert: a Disclosure on basis emergency."""
+def test_every_recipient_alert_is_audited_as_an_emergency_disclosure() -> None:
+    """Each recipient learns the person from its alert: a Disclosure on basis emergency."""
     alerts = by_recipient(emergency_alerts(emergency_event()))
-    police = alerts[POLICE["org_id"]]
-    assert police["subject"] == {"nin": NIN}
-    audit = police["disclosure"]
-    assert audit["audit_id"] == police["alert_id"]
-    assert (audit["basis"], audit["emergency"], audit["decision"]) == (
-        "emergency",
-        True,
-        "delivered",
-    )
-    assert audit["recipient"] == POLICE
-    assert audit["rule_id"] == "sla:emergency_disclosure"
+    for recipient in (POLICE, CARE_TEAM, HOME_MUNICIPALITY):
+        alert = alerts[recipient["org_id"]]
+        assert alert["subject"] == {"nin": NIN}
+        audit = alert["disclosure"]
+        assert audit["audit_id"] == alert["alert_id"]
+        assert (audit["basis"], audit["emergency"], audit["decision"]) == (
+            "emergency",
+            True,
+            "delivered",
+        )
+        assert audit["recipient"] == recipient
+        assert audit["rule_id"] == "sla:emergency_disclosure"
     # The source's own event tells it nothing new: not a disclosure.
     assert "disclosure" not in alerts[DPS["org_id"]]
 
 
-def test_a_recipient_routing_gives_nothing_gets_a_neutral_alert() -> None:
-    """Without an emergency grant for the event type the recipient is alerted without the nin."""
+def test_the_source_reads_every_recipient_and_a_recipient_only_itself() -> None:
+    """The source's privacy officer reviews the whole disclosure; a recipient's is not told who
+    else cares for the person."""
+    alerts = by_recipient(emergency_alerts(emergency_event()))
+    source = alerts[DPS["org_id"]]["summary"]
+    for org_id in (POLICE["org_id"], HOME, COORDINATOR):
+        assert org_id in source
+    police = alerts[POLICE["org_id"]]["summary"]
+    assert "disclosed in an emergency to your organisation." in police
+    assert COORDINATOR not in police
+    assert HOME not in police
+    assert "Risk to life" in police
+
+
+def test_an_emergency_routing_withholds_alerts_the_source_only() -> None:
+    """Without an emergency grant for the event type routing delivers nothing: no recipient
+    received data to review, and the source's alert says the disclosure reached nobody."""
     withholding = Policy(POLICY.version, POLICY.rules, emergency={})
-    police = by_recipient(emergency_alerts(emergency_event(), withholding))[POLICE["org_id"]]
-    assert police["subject"] is None
-    assert "disclosure" not in police
-    assert NIN not in json.dumps(police)
-    assert "not disclosed" in police["summary"]
+    (source,) = emergency_alerts(emergency_event(), withholding)
+    assert source["recipient"] == DPS
+    assert "disclosure" not in source
+    assert "disclosed in an emergency to no organisation" in source["summary"]
 
 
 def test_every_emergency_alert_encodes_as_an_alert_record() -> None:
@@ -201,7 +249,7 @@ def test_the_alert_id_comes_from_the_action_and_the_target() -> None:
 
 def test_an_action_about_a_person_is_keyed_by_the_person() -> None:
     """A register entry's alert carries the subject key, still no nin."""
-    record = action_alert(action="gp_list_changed", subject_key=SUBJECT_KEY)
+    record = action_alert(action="gp_set", subject_key=SUBJECT_KEY)
     assert record["subject_key"] == SUBJECT_KEY
     assert record["subject"] is None
     CODEC.encode(ALERT, record)
@@ -213,6 +261,49 @@ def test_every_action_has_plain_words(action: str) -> None:
     summary = action_alert(action=action)["summary"]
     assert summary.startswith(f"The carebus operator (organisation {OPERATOR_ORG}) ")
     assert OPERATOR_ACTIONS.get(action, action) in summary
+
+
+def registry_calls(name: str) -> list[ast.Call]:
+    """Every call of `name` (a function or a method) in services/registry/app.py."""
+    tree = ast.parse((PROJECT_ROOT / "services" / "registry" / "app.py").read_text())
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and name in (getattr(node.func, "id", None), getattr(node.func, "attr", None))
+    ]
+
+
+def registry_action_names() -> set[str]:
+    """The action names the registry records: each `operator.touched` call's literal action,
+    and the register actions `operator.register_changed` records for the registers `_register`
+    is called with (set and cleared)."""
+    literal = set()
+    for call in registry_calls("touched"):
+        action = call.args[1]
+        assert isinstance(action, ast.Constant), f"line {call.lineno}: name the action literally"
+        literal.add(action.value)
+    registers = set()
+    for call in registry_calls("_register"):
+        register = call.args[3]
+        assert isinstance(register, ast.Constant), f"line {call.lineno}: name the register"
+        registers.add(register.value)
+    assert registers, "no _register call found"
+    assert registers <= {register for register, _ in REGISTER_ACTIONS}, "a register without names"
+    return literal | {
+        REGISTER_ACTIONS[register, named] for register in registers for named in (True, False)
+    }
+
+
+def test_every_action_the_registry_records_has_its_own_sentence() -> None:
+    """Each action name the registry records is worded in OPERATOR_ACTIONS, each differently,
+    and nothing is worded that the registry never records."""
+    names = registry_action_names()
+    assert names >= {"token_issued", "organisation_registered", "webhook_registered"}
+    assert names == set(OPERATOR_ACTIONS)
+    assert len(set(OPERATOR_ACTIONS.values())) == len(OPERATOR_ACTIONS)
+    for name in names:
+        assert f"took the action {name}" not in action_alert(action=name)["summary"]
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def routing_with(
     """A person's routing state with an optional care-team coordinator and home municipality."""
     team = {}
     if coordinator is not None:
-        team[coordinator] = Member(agency, "coordinator", frozenset({"registry"}))
+        team[coordinator] = Member(agency, {"registry:test": "coordinator"})
     return PersonState(team=team, home_municipality=home)
 
 
@@ -766,7 +766,7 @@ EMERGENCY = {
 
 def test_emergency_event_alerts_the_source_privacy_officer_at_once() -> None:
     """An event disclosed in an emergency raises a privacy-officer alert to its source at once
-    (and one to each named recipient: tests/unit/test_alerts_authority.py)."""
+    (and one to every organisation routing delivered it to: test_alerts_authority.py)."""
     person = Person()
     record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
     raised = of("emergency_disclosure", person.see(record))
@@ -785,10 +785,16 @@ def test_event_without_emergency_raises_no_emergency_alert() -> None:
 
 
 def test_emergency_replay_raises_nothing_new() -> None:
-    """The same emergency event seen twice raises its alerts (source and recipient) once."""
+    """The same emergency event seen twice raises its alerts (source, named recipient, care
+    team, home municipality) once."""
     person = Person()
     record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
-    assert len(of("emergency_disclosure", person.see(record))) == 2
+    assert orgs(of("emergency_disclosure", person.see(record))) == [
+        DPS[1],
+        HOME,
+        COORDINATOR,
+        "974760673",
+    ]
     assert of("emergency_disclosure", person.see(record, T0 + HOUR)) == []
 
 
