@@ -320,7 +320,7 @@ def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
 ) -> None:
     """The target organisation's privacy officer sees the operator's action; it names no one."""
     record = operator_action_alert(
-        "webhook_changed",
+        "webhook_registered",
         OPERATOR_ORG,
         privacy_officer.org_id,
         "municipality",
@@ -338,5 +338,5 @@ def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
     }
     assert cells["subject"] == "no person", cells
     assert cells["title"] == record["title"], cells
-    assert "changed the address carebus delivers" in cells["summary"], cells
+    assert "set the address carebus delivers" in cells["summary"], cells
     assert cells["contact"] == "—", cells
