@@ -2,7 +2,7 @@
 #   make run    install, start the local stack (`carebus up`), play the demo, show status
 #   make stop   stop the local stack (`carebus down`)
 #   make test   install, lint, type-check, and run the whole test suite (unit + integration)
-#   make lint   ruff + mypy
+#   make lint   ruff + mypy + the import contracts (docs/architecture.md)
 #   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
 
 SHELL := /bin/bash
@@ -58,10 +58,12 @@ status: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
 unit: install

@@ -29,14 +29,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from bench.harness import KAFKA_LIBS, Bench, Row, percentiles, private_stack, wait_until
 from bench.workload import Workload
-from carebus import topics
-from carebus.kafka import consumer_config, producer_config
-from carebus.testing import TestStack
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.wire import topics
+from carebus_dev.testing import TestStack
 
 SECTION: Final = "baseline"
 LATENCY_RATE: Final = 1_000  # records/s, the offered load of the e2e latency goal
 JAVA_HEAP: Final = "-Xmx512m"
-# carebus's producer settings (carebus/kafka.py) in the Java client's spelling.
+# carebus's producer settings (carebus/adapters/kafka.py) in the Java client's spelling.
 JAVA_PRODUCER_PROPS: Final = (
     "acks=all",
     "linger.ms=5",

@@ -21,12 +21,11 @@ import orjson
 from bench.harness import Bench, Row, private_stack
 from bench.router import registry_history
 from bench.workload import Workload
-from carebus.codec import Codec
-from carebus.obligations import SlaState
-from carebus.policy import load_policy
-from carebus.routing import PersonState
-from carebus.sla import load_rules
-from carebus.telemetry import configure_logging
+from carebus.domain.obligations import SlaState
+from carebus.domain.routing import PersonState
+from carebus.runtime.telemetry import configure_logging
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy, load_rules
 from services.router.app import DELIVERY, DISCLOSURE, Router
 from services.sla.app import SlaEngine
 

@@ -17,8 +17,8 @@ from typing import Final
 from bench.harness import Bench, Goal, Row, end_offsets, percentiles, private_stack
 from bench.replay import cpu_seconds
 from bench.workload import Workload
-from carebus import topics
-from carebus.stack.devdata import ensure_dev_tokens
+from carebus.wire import topics
+from carebus_dev.stack.devdata import ensure_dev_tokens
 
 SECTION: Final = "gateway"
 SINGLE_CONNECTIONS: Final = 32

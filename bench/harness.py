@@ -1,6 +1,6 @@
 """What every benchmark shares: the rows of the result table, baselines, a private stack, results.
 
-A benchmark measures on a private broker and database (`carebus.testing.TestStack`: free ports,
+A benchmark measures on a private broker and database (`carebus_dev.testing.TestStack`: free ports,
 a temporary directory), never on a developer's `carebus up` stack, and reports `Row`s. A row
 names the baseline it is compared with (measured in the same run, on the same box) and the goal
 from issue 6, if it has one; the table prints the value beside both.
@@ -24,10 +24,10 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from carebus import topics
-from carebus.config import PROJECT_ROOT
-from carebus.kafka import producer_config
-from carebus.testing import TestStack
+from carebus.adapters.kafka import producer_config
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire import topics
+from carebus_dev.testing import TestStack
 
 RESULTS_DIR: Final = PROJECT_ROOT / "bench" / "results"
 KAFKA_LIBS: Final = PROJECT_ROOT / ".carebus" / "kafka" / "libs"

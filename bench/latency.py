@@ -35,10 +35,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from bench.harness import Bench, Goal, Row, percentiles, private_stack
 from bench.router import await_router_coordinator
-from carebus import topics
-from carebus.codec import Codec
-from carebus.stack.devdata import ensure_dev_tokens
-from carebus.testing import EventFactory, ServiceProcess, TestStack
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.stack.devdata import ensure_dev_tokens
+from carebus_dev.testing import EventFactory, ServiceProcess, TestStack
 
 SECTION: Final = "latency"
 INTERVAL_S: Final = 0.01  # one request every 10 ms

@@ -18,17 +18,11 @@ from typing import Final
 from bench.harness import Bench, Goal, Row, end_offsets, private_stack, produce_all, rss_mib
 from bench.replay import CHUNK, GroupProgress, Records, Worker, distinct_persons, produce_built
 from bench.workload import Workload
-from carebus import topics
-from carebus.routing import PersonState, apply
-from carebus.stack.devdata import DEV_ORGANISATIONS
-from services.registry.changes import (
-    CARE_TEAM_CHANGE,
-    CONSENT_CHANGE,
-    CareTeamChange,
-    Consent,
-    care_team_record,
-    consent_record,
-)
+from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE
+from carebus.domain.routing import PersonState, apply
+from carebus.wire import topics
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS
+from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
 
 SECTION: Final = "memory"
 GROUP: Final = "carebus-router"

@@ -26,10 +26,10 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.harness import Bench, Goal, Row, end_offsets, private_stack
 from bench.workload import MIX, Workload
-from carebus import topics
-from carebus.events import event_to_record, parse_event
-from carebus.kafka import producer_config
-from carebus.testing import ServiceProcess, TestStack
+from carebus.adapters.kafka import producer_config
+from carebus.domain.events import event_to_record, parse_event
+from carebus.wire import topics
+from carebus_dev.testing import ServiceProcess, TestStack
 
 SECTION: Final = "replay"
 CHUNK: Final = 10_000  # records one build task makes

@@ -22,18 +22,12 @@ from confluent_kafka.admin import AdminClient
 
 from bench.harness import Bench, Goal, Row, private_stack, produce_all
 from bench.workload import Workload
-from carebus import topics
-from carebus.codec import Codec
-from carebus.stack.devdata import DEV_ORGANISATIONS
-from carebus.testing import ServiceProcess, TestStack
-from services.registry.changes import (
-    CARE_TEAM_CHANGE,
-    CONSENT_CHANGE,
-    CareTeamChange,
-    Consent,
-    care_team_record,
-    consent_record,
-)
+from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS
+from carebus_dev.testing import ServiceProcess, TestStack
+from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
 
 GROUP: Final = "carebus-router"
 PARTITIONS: Final = 4  # as production runs it; at least the largest worker count

@@ -28,11 +28,12 @@ import psycopg
 
 from bench.harness import Bench, Goal, Row, end_offsets, private_stack, produce_to
 from bench.workload import Workload
-from carebus import topics
-from carebus.codec import Codec
-from carebus.policy import load_policy
-from carebus.routing import PersonState, apply, route
-from carebus.testing import ServiceProcess, TestStack
+from carebus.domain import records
+from carebus.domain.routing import PersonState, apply, route
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy
+from carebus_dev.testing import ServiceProcess, TestStack
 from consumers import audit_store, event_store
 
 SECTION: Final = "sinks"
@@ -100,7 +101,7 @@ def run(bench: Bench) -> None:
 def produce_backlog(stack: TestStack, count: int) -> None:
     """`count` realistic events on care.events.v1 and the router's output for them.
 
-    The output comes from the router's own pure decisions (`carebus.routing.apply` and `route`
+    The output comes from the router's own pure decisions (`routing.apply` and `route`
     over each person's stream, encoded as the router encodes them), so the audit store gets
     exactly the records a router would have published, without running one.
     """
@@ -122,10 +123,10 @@ def produce_backlog(stack: TestStack, count: int) -> None:
                 yield (
                     topics.deliveries(delivery["recipient"]["agency"]),
                     key,
-                    codec.encode(audit_store.DELIVERY_SCHEMA, delivery),
+                    codec.encode(records.DELIVERY, delivery),
                 )
             for disclosure in routing.disclosures:
-                yield topics.AUDIT, key, codec.encode(audit_store.DISCLOSURE_SCHEMA, disclosure)
+                yield topics.AUDIT, key, codec.encode(records.DISCLOSURE, disclosure)
 
     produce_to(stack, backlog())
 

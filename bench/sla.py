@@ -29,12 +29,12 @@ from confluent_kafka import Consumer, Producer
 
 from bench.harness import Bench, Goal, Row, percentiles, private_stack, wait_until
 from bench.replay import Worker
-from carebus import topics
-from carebus.codec import Codec
-from carebus.events import event_to_record, parse_event, rfc3339
-from carebus.identity import subject_key
-from carebus.kafka import producer_config
-from carebus.testing import EventFactory, TestStack
+from carebus.adapters.kafka import producer_config
+from carebus.domain.events import event_to_record, parse_event, rfc3339
+from carebus.domain.identity import subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.testing import EventFactory, TestStack
 
 SECTION: Final = "sla"
 RULE: Final = "health_info.after_admission"

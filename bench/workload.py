@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from carebus.codec import Codec
-from carebus.events import EVENT_TYPES, event_to_record, parse_event
-from carebus.identity import subject_key
-from carebus.testing import EventFactory
+from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.identity import subject_key
+from carebus.wire.codec import Codec
+from carebus_dev.testing import EventFactory
 
 # Event types in the proportions a municipality sees them (heavier on police and housing).
 MIX: tuple[str, ...] = (

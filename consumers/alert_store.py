@@ -28,16 +28,16 @@ from typing import Any, Final
 
 from confluent_kafka import Message
 
-from carebus import topics
-from carebus.codec import Decoded
-from carebus.config import Settings, get_settings
-from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.domain.records import ALERT
+from carebus.runtime.config import Settings, get_settings
+from carebus.wire import topics
+from carebus.wire.codec import Decoded
 
 NAME: Final = "alert-store"
 GROUP_ID: Final = "carebus-alert-store"
 BATCH_SIZE: Final = 1000
 
-ALERT_SCHEMA: Final = "no.carebus.v1.Alert"
 # The channel the inbox LISTENs on (services/inbox/live.py names the same channel).
 CHANNEL: Final = "carebus_alerts"
 
@@ -127,7 +127,7 @@ class AlertStoreWriter:
         return None
 
     def row(self, decoded: Decoded, message: Message) -> Row | None:
-        if decoded.schema_name != ALERT_SCHEMA:
+        if decoded.schema_name != ALERT:
             return None
         return alert_row(decoded.record)
 

@@ -32,11 +32,12 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import Message
 
-from carebus import topics
-from carebus.codec import Decoded
-from carebus.config import Settings, get_settings
-from carebus.deliveries import delivery_to_json
-from carebus.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.domain.deliveries import delivery_to_json
+from carebus.domain.records import AUTHORITY_REFUSAL, DELIVERY, DISCLOSURE
+from carebus.runtime.config import Settings, get_settings
+from carebus.wire import topics
+from carebus.wire.codec import Decoded
 
 NAME: Final = "audit-store"
 GROUP_ID: Final = "carebus-audit-store"
@@ -44,9 +45,6 @@ GROUP_ID: Final = "carebus-audit-store"
 # about twice the throughput of 1,000; docs/performance.md).
 BATCH_SIZE: Final = 5000
 
-DISCLOSURE_SCHEMA: Final = "no.carebus.v1.Disclosure"
-DELIVERY_SCHEMA: Final = "no.carebus.v1.Delivery"
-REFUSAL_SCHEMA: Final = "no.carebus.v1.AuthorityRefusal"
 
 # Rows are tagged with their table, so one RowWriter serves every table of one batch.
 _DISCLOSURE: Final = "disclosure"
@@ -234,11 +232,11 @@ class AuditStoreWriter:
         await conn.execute(_CREATE_STAGING)
 
     def row(self, decoded: Decoded, message: Message) -> Row | None:
-        if decoded.schema_name == DISCLOSURE_SCHEMA:
+        if decoded.schema_name == DISCLOSURE:
             return (_DISCLOSURE, *disclosure_row(decoded.record))
-        if decoded.schema_name == DELIVERY_SCHEMA:
+        if decoded.schema_name == DELIVERY:
             return (_DELIVERY, *delivery_row(decoded.record, message.topic()))
-        if decoded.schema_name == REFUSAL_SCHEMA:
+        if decoded.schema_name == AUTHORITY_REFUSAL:
             return (_REFUSAL, *refusal_row(decoded.record))
         return None
 

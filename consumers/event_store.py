@@ -1,7 +1,7 @@
 """The event store sink: each event on care.events.v1 as one row of `events`, for search and replay.
 
 Which records are events: a record is stored when it carries an `event_type` and was read with
-that type's event schema (`carebus.codec.event_schema_name`, e.g. `AdmissionEvent` for
+that type's event schema (`carebus.wire.codec.event_schema_name`, e.g. `AdmissionEvent` for
 `admission`). Other records the registry puts on the same topic (consent and care-team
 changes) decode fine but fail that test and are skipped and counted, not dead-lettered.
 
@@ -21,11 +21,12 @@ from typing import Any, Final
 import orjson
 from confluent_kafka import Message
 
-from carebus import topics
-from carebus.codec import Decoded, event_schema_name
-from carebus.config import Settings, get_settings
-from carebus.events import record_to_json
-from carebus.sink import Connection, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, Row, SinkSpec, run_sink
+from carebus.domain.events import record_to_json
+from carebus.domain.records import event_schema_name
+from carebus.runtime.config import Settings, get_settings
+from carebus.wire import topics
+from carebus.wire.codec import Decoded
 
 NAME: Final = "event-store"
 GROUP_ID: Final = "carebus-event-store"

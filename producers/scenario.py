@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from carebus.identity import random_nin
+from carebus.domain.identity import random_nin
 
 
 @dataclass(frozen=True)

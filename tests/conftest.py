@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carebus.testing import TestStack
+from carebus_dev.testing import TestStack
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 

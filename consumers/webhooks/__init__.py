@@ -2,7 +2,7 @@
 
 Two loops in one process (`python -m consumers.webhooks`):
 
-- the intake (`app.IntakeSink`, the carebus.sink batch loop) reads the six
+- the intake (`app.IntakeSink`, the carebus.adapters.sink batch loop) reads the six
   `care.deliveries.<agency>.v1` topics and queues, in `webhook_queue`, every Delivery whose
   organisation has a webhook (the others read `GET /v1/deliveries` and are skipped), keyed by
   `delivery_id` so a delivery the router produced twice is queued once;

@@ -12,14 +12,14 @@ import asyncpg
 import httpx
 from confluent_kafka import Consumer, Message, Producer
 
-from carebus import topics
-from carebus.codec import Codec
-from carebus.config import Settings, get_settings
-from carebus.db import create_pool
-from carebus.deadletter import DeadLetterPolicy
-from carebus.kafka import consumer_config, producer_config
-from carebus.sink import Backoff, BatchSink, StopRequestedError, serve_metrics
-from carebus.telemetry import configure_logging, get_logger
+from carebus.adapters.db import create_pool
+from carebus.adapters.deadletter import DeadLetterPolicy
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.sink import Backoff, BatchSink, StopRequestedError, serve_metrics
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import configure_logging, get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 
 from .dispatcher import NAME, Dispatcher
 from .protocol import RetryPolicy

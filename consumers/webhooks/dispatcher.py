@@ -19,11 +19,11 @@ from typing import Final
 
 import httpx
 
-from carebus import metrics
-from carebus.deadletter import DeadLetterPolicy, Reason
-from carebus.sink import TRANSIENT_ERRORS, Backoff, StopRequestedError
-from carebus.telemetry import get_logger
-from carebus.topics import AGENCIES
+from carebus.adapters.deadletter import DeadLetterPolicy, Reason
+from carebus.adapters.sink import TRANSIENT_ERRORS, Backoff, StopRequestedError
+from carebus.runtime import metrics
+from carebus.runtime.telemetry import get_logger
+from carebus.wire.topics import AGENCIES
 
 from .protocol import Attempt, Decision, Failure, RetryPolicy, Verdict, request_headers
 from .queue import Claim, WebhookQueue

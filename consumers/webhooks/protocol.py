@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from carebus.deadletter import Reason
-from carebus.deliveries import delivery_to_json
+from carebus.adapters.deadletter import Reason
+from carebus.domain.deliveries import delivery_to_json
 
 SIGNATURE_HEADER: Final = "X-Carebus-Signature"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"

@@ -30,13 +30,12 @@ from typing import Any, Final
 import asyncpg
 from confluent_kafka import Message
 
-from carebus import metrics
-from carebus.codec import Decoded
-from carebus.sink import Connection, InvalidRecordError, Row
+from carebus.adapters.sink import Connection, InvalidRecordError, Row
+from carebus.domain.records import DELIVERY
+from carebus.runtime import metrics
+from carebus.wire.codec import Decoded
 
 from .protocol import webhook_body
-
-DELIVERY_SCHEMA: Final = "no.carebus.v1.Delivery"
 
 _WITH_WEBHOOK: Final = "SELECT org_id FROM webhooks WHERE org_id = ANY($1::text[])"
 # In key order (the subquery's), so two intakes locking several lines do not deadlock; if
@@ -158,10 +157,9 @@ class QueueWriter:
         return None
 
     def row(self, decoded: Decoded, message: Message) -> Row | None:
-        if decoded.schema_name != DELIVERY_SCHEMA:
+        if decoded.schema_name != DELIVERY:
             raise InvalidRecordError(
-                f"a deliveries topic carries only {DELIVERY_SCHEMA} records, "
-                f"not {decoded.schema_name}"
+                f"a deliveries topic carries only {DELIVERY} records, not {decoded.schema_name}"
             )
         record = decoded.record
         try:

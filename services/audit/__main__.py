@@ -1,6 +1,6 @@
 """Run the audit service: `python -m services.audit`."""
 
-from carebus.http import serve
+from carebus.adapters.http import serve
 from services.audit.app import build_app
 
 if __name__ == "__main__":

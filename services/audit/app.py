@@ -15,12 +15,12 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from carebus.auth import Principal, TokenCache
-from carebus.config import Settings, get_settings
-from carebus.db import create_pool
-from carebus.http import ApiError, create_app, principal_dependency
-from carebus.identity import subject_key, validate_nin
-from carebus.telemetry import get_logger
+from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.db import create_pool
+from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.domain.identity import subject_key, validate_nin
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import get_logger
 from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
 from services.audit.store import AuditStore, Looker
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from carebus.events import rfc3339
+from carebus.domain.events import rfc3339
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from carebus.events import rfc3339
+from carebus.domain.events import rfc3339
 from services.audit.paging import Cursor
 from services.audit.patient_log import (
     ConsentChange,

@@ -1,6 +1,6 @@
 """Run the gateway: `python -m services.gateway`."""
 
-from carebus.http import serve
+from carebus.adapters.http import serve
 from services.gateway.app import build_app
 
 if __name__ == "__main__":

@@ -12,24 +12,25 @@ import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from carebus import metrics
-from carebus.auth import Principal, TokenCache
-from carebus.authority import (
+from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.directory import Directory
+from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.publisher import BrokerUnavailableError, Publisher
+from carebus.adapters.refusals import RefusalLog
+from carebus.domain.authority import (
     Actor,
     AuthorityPolicy,
     NotEntitledError,
     Refusal,
+    claim_problems,
     event_claims,
-    load_authority,
 )
-from carebus.codec import Codec
-from carebus.config import Settings, get_settings
-from carebus.directory import Directory, claim_problems
-from carebus.events import Event, Problem, parse_event
-from carebus.http import ApiError, create_app, principal_dependency
-from carebus.identity import subject_key
-from carebus.publisher import BrokerUnavailableError, Publisher
-from carebus.refusals import RefusalLog
+from carebus.domain.events import Event, Problem, parse_event
+from carebus.domain.identity import subject_key
+from carebus.runtime import metrics
+from carebus.runtime.config import Settings, get_settings
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_authority
 from services.gateway.ingest import Accepted, ConflictError, Ingest
 
 MAX_BATCH = 1000

@@ -10,15 +10,18 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from carebus import facts, metrics, topics
-from carebus.auth import Connection
-from carebus.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
-from carebus.codec import Codec, event_schema_name
-from carebus.events import Event, content_fingerprint, event_to_record
-from carebus.identity import subject_key
-from carebus.publisher import OutgoingRecord, Publisher
-from carebus.routing import STATE_SENDERS, PersonState, apply
-from carebus.telemetry import get_logger
+from carebus.adapters import facts
+from carebus.adapters.auth import Connection
+from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.domain.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
+from carebus.domain.events import Event, content_fingerprint, event_to_record
+from carebus.domain.identity import subject_key
+from carebus.domain.records import event_schema_name
+from carebus.domain.routing import STATE_SENDERS, PersonState, apply
+from carebus.runtime import metrics
+from carebus.runtime.telemetry import get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 
 log = get_logger(__name__)
 

@@ -2,11 +2,11 @@
 
 import uvicorn
 
-from carebus.config import get_settings
-from carebus.telemetry import configure_logging
+from carebus.runtime.config import get_settings
+from carebus.runtime.telemetry import configure_logging
 from services.inbox.app import build_app
 
-# Live streams never end by themselves, so uvicorn (unlike carebus.http.serve for the other
+# Live streams never end by themselves, so uvicorn (unlike carebus.adapters.http.serve for the other
 # services) is told to cut them after this long when asked to shut down.
 STREAM_SHUTDOWN_S = 2
 

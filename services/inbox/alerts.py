@@ -9,8 +9,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from carebus.auth import Principal
-from carebus.events import rfc3339
+from carebus.adapters.auth import Principal
+from carebus.domain.events import rfc3339
 
 # A row of `alerts` as asyncpg returns it, or any mapping with the same keys (tests).
 AlertRow = asyncpg.Record | Mapping[str, Any]

@@ -21,12 +21,12 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from carebus import metrics
-from carebus.auth import Principal, TokenCache
-from carebus.config import Settings, get_settings
-from carebus.db import create_pool
-from carebus.http import ApiError, create_app, principal_dependency
-from carebus.telemetry import get_logger
+from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.db import create_pool
+from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.runtime import metrics
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import get_logger
 from services.inbox.alerts import (
     INBOX_ROLES,
     AlertRow,

@@ -21,9 +21,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from carebus import metrics
-from carebus.auth import Principal
-from carebus.telemetry import get_logger
+from carebus.adapters.auth import Principal
+from carebus.runtime import metrics
+from carebus.runtime.telemetry import get_logger
 from services.inbox.alerts import AlertRow, alert_json, can_see
 from services.inbox.store import CHANNEL
 

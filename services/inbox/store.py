@@ -10,7 +10,7 @@ from typing import Final
 
 import asyncpg
 
-from carebus.auth import Principal
+from carebus.adapters.auth import Principal
 from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
 from services.inbox.paging import Cursor
 

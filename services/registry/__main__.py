@@ -1,6 +1,6 @@
 """Run the registry: `python -m services.registry`."""
 
-from carebus.http import serve
+from carebus.adapters.http import serve
 from services.registry.app import build_app
 
 if __name__ == "__main__":

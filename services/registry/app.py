@@ -22,18 +22,19 @@ import asyncpg
 from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from carebus import directory, webhook_registrations
-from carebus.auth import Principal, TokenCache, create_token
-from carebus.authority import Actor, NotEntitledError, Refusal, load_authority
-from carebus.codec import Codec
-from carebus.config import Settings, get_settings
-from carebus.db import create_pool
-from carebus.events import ORG_ID_PROBLEM, Problem, check_text, rfc3339
-from carebus.http import ApiError, create_app, principal_dependency
-from carebus.identity import validate_nin
-from carebus.publisher import Publisher
-from carebus.refusals import RefusalLog
-from carebus.telemetry import get_logger
+from carebus.adapters import directory, webhook_registrations
+from carebus.adapters.auth import Principal, TokenCache, create_token
+from carebus.adapters.db import create_pool
+from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.publisher import Publisher
+from carebus.adapters.refusals import RefusalLog
+from carebus.domain.authority import Actor, NotEntitledError, Refusal
+from carebus.domain.events import ORG_ID_PROBLEM, Problem, check_text, rfc3339
+from carebus.domain.identity import validate_nin
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import get_logger
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_authority
 from services.registry.changes import (
     CARE_TEAM_ROLES,
     CATEGORIES,

@@ -7,12 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from carebus.events import Problem, check_choice, check_org_id, check_text, parse_time
-from carebus.identity import validate_nin
-from carebus.topics import AGENCIES
-
-CONSENT_CHANGE: Final = "no.carebus.v1.ConsentChange"
-CARE_TEAM_CHANGE: Final = "no.carebus.v1.CareTeamChange"
+from carebus.domain.events import Problem, check_choice, check_org_id, check_text, parse_time
+from carebus.domain.identity import validate_nin
+from carebus.wire.topics import AGENCIES
 
 CATEGORIES: Final = ("logistics", "health", "social", "police")
 CONSENT_STATUSES: Final = ("given", "withdrawn", "objection")

@@ -10,22 +10,18 @@ from typing import Any, Final
 
 import asyncpg
 
-from carebus import facts, metrics, topics
-from carebus.auth import Connection
-from carebus.authority import Actor, AuthorityPolicy, NotEntitledError, Refusal
-from carebus.codec import Codec
-from carebus.identity import subject_key
-from carebus.publisher import BrokerUnavailableError, OutgoingRecord
-from carebus.routing import REGISTER_CHANGE, PersonState, apply
-from carebus.telemetry import get_logger
-from services.registry.changes import (
-    CARE_TEAM_CHANGE,
-    CONSENT_CHANGE,
-    CareTeamChange,
-    Consent,
-    care_team_record,
-    consent_record,
-)
+from carebus.adapters import facts
+from carebus.adapters.auth import Connection
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord
+from carebus.domain.authority import Actor, AuthorityPolicy, NotEntitledError, Refusal
+from carebus.domain.identity import subject_key
+from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE, REGISTER_CHANGE
+from carebus.domain.routing import PersonState, apply
+from carebus.runtime import metrics
+from carebus.runtime.telemetry import get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
 from services.registry.outbox import Outbox
 
 log = get_logger(__name__)
@@ -74,7 +70,7 @@ class UnknownConsentError(Exception):
 class History:
     """The registry's system of record: changes are appended, never updated, and then streamed.
 
-    A change is judged (`carebus.authority`) and recorded by one transaction (the person's
+    A change is judged (`carebus.domain.authority`) and recorded by one transaction (the person's
     outbox lock, the person's facts row, the history row, the outbox record, the facts the
     change updates) and then published with every record of the person still pending; only
     after the broker's acknowledgement does the caller get the change's id. A refused change

@@ -12,19 +12,19 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
-from carebus import topics
-from carebus.alerts import operator_action_alert
-from carebus.auth import Principal
-from carebus.codec import Codec
-from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
-from carebus.telemetry import get_logger
-from carebus.topics import AGENCIES
+from carebus.adapters.auth import Principal
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
+from carebus.domain.alerts import operator_action_alert
+from carebus.runtime.telemetry import get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus.wire.topics import AGENCIES
 
 log = get_logger(__name__)
 
 ALERT: str = "no.carebus.v1.Alert"
 # The action names of register entries, by register and whether the entry names an organisation
-# (set) or none (cleared); carebus.alerts.OPERATOR_ACTIONS words each one.
+# (set) or none (cleared); carebus.domain.alerts.OPERATOR_ACTIONS words each one.
 REGISTER_ACTIONS: Final[Mapping[tuple[str, bool], str]] = {
     ("home_municipality", True): "home_municipality_set",
     ("home_municipality", False): "home_municipality_cleared",

@@ -26,10 +26,10 @@ from typing import Final
 
 import asyncpg
 
-from carebus import metrics
-from carebus.auth import Connection
-from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
-from carebus.telemetry import get_logger
+from carebus.adapters.auth import Connection
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
+from carebus.runtime import metrics
+from carebus.runtime.telemetry import get_logger
 
 log = get_logger(__name__)
 

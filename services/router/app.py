@@ -3,7 +3,7 @@
 One faust agent reads the person-keyed stream in order. Consent and care-team changes update a
 table of person state (backed by a changelog topic, so a restarted or rebalanced worker recovers
 it); each event first updates that state and is then routed by the pure decisions in
-`carebus.routing`: deliveries to `care.deliveries.<agency>.v1`, one disclosure per candidate to
+`domain.routing`: deliveries to `care.deliveries.<agency>.v1`, one disclosure per candidate to
 `care.audit.v1`. Records are taken in batches; a batch's deliveries and disclosures go out
 through one confluent-kafka producer (murmur2, so keys land where faust puts them) and the batch
 is acknowledged to faust only when the broker has all of them. Processing is at-least-once:
@@ -23,21 +23,23 @@ import orjson
 from confluent_kafka import Producer
 from faust.types import EventT
 
-from carebus import metrics, topics
-from carebus.codec import Codec, DecodeError
-from carebus.config import Settings
-from carebus.deadletter import (
+from carebus.adapters.deadletter import (
     DeadLetterPolicy,
     DeadLettersUnacknowledgedError,
     FaustMessage,
     Reason,
 )
-from carebus.kafka import producer_config
-from carebus.policy import Policy, load_policy
-from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
-from carebus.routing import PersonState, apply, route
-from carebus.streams import StreamApp
-from carebus.telemetry import get_logger
+from carebus.adapters.kafka import producer_config
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
+from carebus.adapters.streams import StreamApp
+from carebus.domain.policy import Policy
+from carebus.domain.routing import PersonState, apply, route
+from carebus.runtime import metrics
+from carebus.runtime.config import Settings
+from carebus.runtime.telemetry import get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec, DecodeError
+from carebus.wire.policy_files import load_policy
 
 log = get_logger(__name__)
 

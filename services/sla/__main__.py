@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import faust
 
-from carebus import topics
-from carebus.config import get_settings
-from carebus.lag import LagReporter
-from carebus.sink import serve_metrics
-from carebus.telemetry import configure_logging
+from carebus.adapters.lag import LagReporter
+from carebus.adapters.sink import serve_metrics
+from carebus.runtime.config import get_settings
+from carebus.runtime.telemetry import configure_logging
+from carebus.wire import topics
 from services.sla.app import create_app
 
 

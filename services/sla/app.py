@@ -1,8 +1,8 @@
 """The SLA engine: reads every person's ordered stream and raises alerts when deadlines pass.
 
 One faust agent reads `care.events.v1`. For each record it locks the person's row of
-`sla_persons`, applies the record to the person's routing state (`carebus.routing.apply`) and
-SLA state (`carebus.obligations.observe`), publishes the Alert and Disclosure records that
+`sla_persons`, applies the record to the person's routing state (`carebus.domain.routing.apply`) and
+SLA state (`carebus.domain.obligations.observe`), publishes the Alert and Disclosure records that
 causes, and writes the new state, the person's rows of the deadline index and the record's
 offset in ONE transaction. A replayed record (offset at or below the stored one) is skipped,
 so the database sees every record once although faust delivers at least once.
@@ -28,26 +28,27 @@ import orjson
 from confluent_kafka import Producer
 from faust.types import EventT
 
-from carebus import metrics, topics
-from carebus.alerts import AlertContext
-from carebus.auth import Connection
-from carebus.codec import Codec, DecodeError
-from carebus.config import Settings
-from carebus.deadletter import DeadLetterPolicy, FaustMessage, Reason
-from carebus.events import record_to_json
-from carebus.kafka import producer_config
-from carebus.obligations import SlaState, breach_due, observe
-from carebus.policy import Policy, load_policy
-from carebus.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
-from carebus.routing import CARE_TEAM_CHANGE, CONSENT_CHANGE, PersonState, apply
-from carebus.sla import RuleSet, load_rules, parse_rfc3339
-from carebus.streams import StreamApp
-from carebus.telemetry import get_logger
+from carebus.adapters.auth import Connection
+from carebus.adapters.deadletter import DeadLetterPolicy, FaustMessage, Reason
+from carebus.adapters.kafka import producer_config
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
+from carebus.adapters.streams import StreamApp
+from carebus.domain.alerts import AlertContext
+from carebus.domain.events import record_to_json
+from carebus.domain.obligations import SlaState, breach_due, observe
+from carebus.domain.policy import Policy
+from carebus.domain.records import ALERT, CARE_TEAM_CHANGE, CONSENT_CHANGE, DISCLOSURE
+from carebus.domain.routing import PersonState, apply
+from carebus.domain.sla import RuleSet, parse_rfc3339
+from carebus.runtime import metrics
+from carebus.runtime.config import Settings
+from carebus.runtime.telemetry import get_logger
+from carebus.wire import topics
+from carebus.wire.codec import Codec, DecodeError
+from carebus.wire.policy_files import load_policy, load_rules
 
 log = get_logger(__name__)
 
-ALERT: Final = "no.carebus.v1.Alert"
-DISCLOSURE: Final = "no.carebus.v1.Disclosure"
 _ALERT_TIMES: Final = ("deadline", "breached_at", "escalate_at", "changed_at")
 SCAN_BATCH: Final = 500
 # Full passes one scan runs back to back before it yields to the timer's next tick.

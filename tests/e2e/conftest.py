@@ -11,7 +11,7 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 
-from carebus.testing import ServiceProcess, TestStack
+from carebus_dev.testing import ServiceProcess, TestStack
 
 # Debian's packages (`make tools` installs them). Both paths are given explicitly, so Selenium
 # Manager never runs and never tries to fetch a browser or a driver.

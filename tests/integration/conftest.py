@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from carebus.config import Settings
-from carebus.stack.kafka import default_libs_dir, fetch_libs
-from carebus.testing import free_ports, run_cli
+from carebus.runtime.config import Settings
+from carebus_dev.stack.kafka import default_libs_dir, fetch_libs
+from carebus_dev.testing import free_ports, run_cli
 
 
 @pytest.fixture

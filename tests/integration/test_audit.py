@@ -16,13 +16,13 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from carebus import topics
-from carebus.auth import create_token
-from carebus.codec import Codec
-from carebus.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
-from carebus.identity import random_nin, subject_key
-from carebus.kafka import producer_config
-from carebus.testing import ServiceProcess, TestStack, dead_letters
+from carebus.adapters.auth import create_token
+from carebus.adapters.kafka import producer_config
+from carebus.domain.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
+from carebus.domain.identity import random_nin, subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.testing import ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
 

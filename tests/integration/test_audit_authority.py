@@ -11,12 +11,12 @@ import asyncpg
 import httpx
 import pytest
 
-from carebus import topics
-from carebus.auth import create_token
-from carebus.codec import Codec
-from carebus.publisher import OutgoingRecord, Publisher
-from carebus.stack.devdata import OPERATOR_ORG
-from carebus.testing import ServiceProcess, TestStack
+from carebus.adapters.auth import create_token
+from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.testing import ServiceProcess, TestStack
 from tests.integration.test_audit import (
     Person,
     auth,

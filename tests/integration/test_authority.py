@@ -17,11 +17,11 @@ import asyncpg
 import httpx
 import pytest
 
-from carebus.auth import create_token
-from carebus.events import rfc3339
-from carebus.identity import random_nin
-from carebus.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
-from carebus.testing import TestStack, at_least
+from carebus.adapters.auth import create_token
+from carebus.domain.events import rfc3339
+from carebus.domain.identity import random_nin
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
+from carebus_dev.testing import TestStack, at_least
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import SECTIONS
-from carebus.config import PROJECT_ROOT
+from carebus.runtime.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 

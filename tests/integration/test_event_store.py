@@ -16,12 +16,12 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from carebus import topics
-from carebus.codec import Codec
-from carebus.events import event_to_record, parse_event
-from carebus.identity import subject_key
-from carebus.kafka import consumer_config, producer_config
-from carebus.testing import EventFactory, ServiceProcess, TestStack
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.domain.events import event_to_record, parse_event
+from carebus.domain.identity import subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.testing import EventFactory, ServiceProcess, TestStack
 
 pytestmark = pytest.mark.integration
 

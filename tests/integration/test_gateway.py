@@ -16,13 +16,13 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from carebus import topics
-from carebus.auth import create_token
-from carebus.codec import Codec
-from carebus.events import rfc3339
-from carebus.identity import random_nin, subject_key, validate_nin
-from carebus.kafka import consumer_config
-from carebus.testing import TestStack
+from carebus.adapters.auth import create_token
+from carebus.adapters.kafka import consumer_config
+from carebus.domain.events import rfc3339
+from carebus.domain.identity import random_nin, subject_key, validate_nin
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.testing import TestStack
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,14 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from carebus import topics
-from carebus.alerts import operator_action_alert
-from carebus.auth import create_token, hash_token
-from carebus.codec import Codec
-from carebus.identity import subject_key
-from carebus.kafka import producer_config
-from carebus.stack.devdata import OPERATOR_ORG
-from carebus.testing import EventFactory, ServiceProcess, TestStack
+from carebus.adapters.auth import create_token, hash_token
+from carebus.adapters.kafka import producer_config
+from carebus.domain.alerts import operator_action_alert
+from carebus.domain.identity import subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.testing import EventFactory, ServiceProcess, TestStack
 from services.inbox.live import LISTENER_NAME
 
 pytestmark = pytest.mark.integration

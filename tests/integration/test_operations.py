@@ -19,10 +19,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from carebus.config import PROJECT_ROOT, Settings
-from carebus.stack.prometheus import RULES_DIR, job_name
-from carebus.stack.supervisor import SERVICES
-from carebus.testing import run_cli
+from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus_dev.stack.prometheus import RULES_DIR, job_name
+from carebus_dev.stack.supervisor import SERVICES
+from carebus_dev.testing import run_cli
 from tests.observability import used_metric_names
 
 pytestmark = pytest.mark.integration

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from carebus import topics
-from carebus.auth import create_token
-from carebus.codec import Codec, DecodeError
-from carebus.identity import random_nin, subject_key, validate_nin
-from carebus.kafka import consumer_config
-from carebus.stack.devdata import OPERATOR_ORG
-from carebus.testing import EventFactory, TestStack
+from carebus.adapters.auth import create_token
+from carebus.adapters.kafka import consumer_config
+from carebus.domain.identity import random_nin, subject_key, validate_nin
+from carebus.wire import topics
+from carebus.wire.codec import Codec, DecodeError
+from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.testing import EventFactory, TestStack
 
 pytestmark = pytest.mark.integration
 
@@ -663,7 +663,7 @@ async def test_cli_webhook_set_prints_a_new_secret(
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "carebus.cli", "webhook", "set", *args],
+            [sys.executable, "-m", "carebus.ops.cli", "webhook", "set", *args],
             env=stack.env(),
             capture_output=True,
             text=True,

@@ -20,10 +20,10 @@ import asyncpg
 import httpx
 import pytest
 
-from carebus.auth import create_token
-from carebus.identity import random_nin
-from carebus.stack.devdata import OPERATOR_ORG
-from carebus.testing import TestStack, free_ports
+from carebus.adapters.auth import create_token
+from carebus.domain.identity import random_nin
+from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.testing import TestStack, free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -18,14 +18,14 @@ import asyncpg
 import pytest
 from confluent_kafka import Producer
 
-from carebus import topics
-from carebus.auth import create_token
-from carebus.codec import Codec
-from carebus.events import event_to_record, parse_event, rfc3339
-from carebus.identity import random_nin, subject_key
-from carebus.kafka import producer_config
-from carebus.stack.devdata import OPERATOR_ORG
-from carebus.testing import ServiceClients, ServiceProcess, TestStack, dead_letters
+from carebus.adapters.auth import create_token
+from carebus.adapters.kafka import producer_config
+from carebus.domain.events import event_to_record, parse_event, rfc3339
+from carebus.domain.identity import random_nin, subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.testing import ServiceClients, ServiceProcess, TestStack, dead_letters
 
 pytestmark = pytest.mark.integration
 

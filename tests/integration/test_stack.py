@@ -13,12 +13,13 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from carebus import db, topics
-from carebus.kafka import consumer_config, producer_config
-from carebus.stack.kafka import broker_answers
-from carebus.stack.process import processes_mentioning
-from carebus.stack.topics import apply_catalogue, load_catalogue
-from carebus.testing import TestStack, run_cli
+from carebus.adapters import db
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.topic_admin import apply_catalogue, load_catalogue
+from carebus.wire import topics
+from carebus_dev.stack.kafka import broker_answers
+from carebus_dev.stack.process import processes_mentioning
+from carebus_dev.testing import TestStack, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -22,13 +22,13 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from carebus.auth import create_token
-from carebus.identity import random_nin
-from carebus.sla import load_rules
-from carebus.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
-from carebus.testing import ServiceClients, ServiceProcess, TestStack
-from carebus.trace import EventTrace, render, trace
-from carebus.webhook_registrations import delete_webhook, set_webhook
+from carebus.adapters.auth import create_token
+from carebus.adapters.webhook_registrations import delete_webhook, set_webhook
+from carebus.domain.identity import random_nin
+from carebus.ops.trace import EventTrace, render, trace
+from carebus.wire.policy_files import load_rules
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
+from carebus_dev.testing import ServiceClients, ServiceProcess, TestStack
 from producers import scenario
 
 pytestmark = pytest.mark.integration

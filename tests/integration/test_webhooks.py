@@ -19,13 +19,13 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from carebus import topics
-from carebus.auth import ensure_organisation
-from carebus.codec import Codec
-from carebus.deliveries import delivery_id, delivery_to_json
-from carebus.identity import random_nin, subject_key
-from carebus.kafka import consumer_config, producer_config
-from carebus.testing import ServiceProcess, TestStack
+from carebus.adapters.auth import ensure_organisation
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.domain.deliveries import delivery_id, delivery_to_json
+from carebus.domain.identity import random_nin, subject_key
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus_dev.testing import ServiceProcess, TestStack
 from consumers.webhooks.protocol import signature
 from consumers.webhooks.queue import WebhookQueue
 

@@ -8,20 +8,20 @@ from typing import Any
 
 import pytest
 
-from carebus.alerts import (
+from carebus.domain.alerts import (
     OPERATOR_ACTION_ESCALATION,
     OPERATOR_ACTIONS,
     AlertContext,
     build_alerts,
     operator_action_alert,
 )
-from carebus.codec import Codec
-from carebus.config import PROJECT_ROOT
-from carebus.events import EXAMPLE_PAYLOADS, rfc3339
-from carebus.obligations import SlaState, observe
-from carebus.policy import Policy, load_policy
-from carebus.routing import Member, PersonState, route
-from carebus.sla import load_rules
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
+from carebus.domain.obligations import SlaState, observe
+from carebus.domain.policy import Policy
+from carebus.domain.routing import Member, PersonState, route
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy, load_rules
 from services.registry.operator import REGISTER_ACTIONS
 from services.sla.app import alert_record
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from carebus import topics
-from carebus.codec import Codec
-from carebus.deliveries import delivery_id
-from carebus.sink import InvalidRecordError
+from carebus.adapters.sink import InvalidRecordError
+from carebus.domain.deliveries import delivery_id
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 from consumers.audit_store import AuditStoreWriter, delivery_row, disclosure_row, refusal_row
 from services.audit.app import MAX_PURPOSE, purpose_problem_of
 from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since

@@ -1,4 +1,4 @@
-"""Tests for carebus.authority: who may say what about a person, and the relations it rests on."""
+"""Tests for carebus.domain.authority: who may say what about a person, and its relations."""
 
 from __future__ import annotations
 
@@ -11,31 +11,28 @@ from typing import Any
 import pytest
 import yaml
 
-from carebus.authority import (
-    DEFAULT_PATH,
+from carebus.domain.authority import (
     RULES,
     Actor,
     AuthorityPolicy,
     AuthorityPolicyError,
     ConsentVerdict,
     Refusal,
-    load_authority,
 )
-from carebus.codec import event_schema_name
-from carebus.config import PROJECT_ROOT
-from carebus.events import EVENT_TYPES, event_to_record, parse_event
-from carebus.policy import Policy, load_policy
-from carebus.routing import (
+from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.policy import Policy
+from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
     REGISTER_CHANGE,
-    STATE_SENDERS,
-    PersonState,
-    apply,
-    route,
+    event_schema_name,
 )
-from carebus.testing import EventFactory
-from carebus.topics import AGENCIES
+from carebus.domain.routing import STATE_SENDERS, PersonState, apply, route
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_files import AUTHORITY_PATH as DEFAULT_PATH
+from carebus.wire.policy_files import load_authority, load_policy
+from carebus.wire.topics import AGENCIES
+from carebus_dev.testing import EventFactory
 
 AUTHORITY: AuthorityPolicy = load_authority()
 ROUTING: Policy = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")

@@ -3,7 +3,7 @@
 Random statements from random organisations about several persons go through the authority
 decisions exactly as the gateway and the registry use them (refuse, or fold into the person's
 state), and every accepted event is routed. A deliberately simple model of issue 12's rules,
-written from the issue and not from carebus.authority, says who may state what and who may
+written from the issue and not from carebus.domain.authority, says who may state what and who may
 therefore receive what.
 """
 
@@ -19,14 +19,20 @@ from typing import Any, Final
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from carebus.authority import Actor, AuthorityPolicy, load_authority
-from carebus.codec import event_schema_name
-from carebus.config import PROJECT_ROOT
-from carebus.events import EVENT_TYPES, event_to_record, parse_event
-from carebus.policy import Policy, load_policy
-from carebus.routing import CARE_TEAM_CHANGE, CONSENT_CHANGE, REGISTER_CHANGE, PersonState, apply
-from carebus.routing import route as route_event
-from carebus.testing import EventFactory
+from carebus.domain.authority import Actor, AuthorityPolicy
+from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.policy import Policy
+from carebus.domain.records import (
+    CARE_TEAM_CHANGE,
+    CONSENT_CHANGE,
+    REGISTER_CHANGE,
+    event_schema_name,
+)
+from carebus.domain.routing import PersonState, apply
+from carebus.domain.routing import route as route_event
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_files import load_authority, load_policy
+from carebus_dev.testing import EventFactory
 from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
 
 AUTHORITY: AuthorityPolicy = load_authority()

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carebus.avro_writer import MismatchError, compile_writer, write_long
-from carebus.codec import SchemaCatalogue
-from carebus.events import EVENT_TYPES, event_to_record, parse_event
-from carebus.testing import EventFactory
+from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.wire.avro_writer import MismatchError, compile_writer, write_long
+from carebus.wire.codec import SchemaCatalogue
+from carebus_dev.testing import EventFactory
 
 CATALOGUE = SchemaCatalogue.load()
 

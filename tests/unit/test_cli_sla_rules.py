@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from carebus.cli import main
+from carebus.ops.cli import main
 
 
 def test_a_bad_override_is_refused_naming_the_rule_and_field(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for carebus.codec: schema expansion, fingerprints, single-object encoding and decoding."""
+"""Tests for carebus.wire.codec: schema expansion, fingerprints, single-object encoding."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ import fastavro
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 
-from carebus.codec import (
-    DEAD_LETTER,
+from carebus.domain.events import (
+    EVENT_TYPES,
+    EXAMPLE_PAYLOADS,
+    PAYLOAD_FIELDS,
+    event_to_record,
+    parse_event,
+)
+from carebus.domain.records import DEAD_LETTER
+from carebus.wire.codec import (
     HEADER_SIZE,
     MAGIC,
     SCHEMA_DIR,
@@ -29,13 +36,6 @@ from carebus.codec import (
     fingerprint_of,
     format_schema,
     write_release,
-)
-from carebus.events import (
-    EVENT_TYPES,
-    EXAMPLE_PAYLOADS,
-    PAYLOAD_FIELDS,
-    event_to_record,
-    parse_event,
 )
 
 NIN = "14038512324"

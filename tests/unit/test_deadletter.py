@@ -12,14 +12,14 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import REGISTRY
 
-from carebus import topics
-from carebus.codec import Codec
-from carebus.deadletter import (
+from carebus.adapters.deadletter import (
     DECODE_DETAILS,
     DeadLetterPolicy,
     DeadLettersUnacknowledgedError,
     Reason,
 )
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 
 NOW = datetime(2026, 11, 23, 8, 15, tzinfo=UTC)
 

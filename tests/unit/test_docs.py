@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carebus.config import PROJECT_ROOT
+from carebus.runtime.config import PROJECT_ROOT
 
 DOCUMENTS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 # [text](target) with a relative target (not a URL, not an in-page anchor).

@@ -1,4 +1,4 @@
-"""Tests for carebus.events: the event contract, its validation, wire record and fingerprint."""
+"""Tests for carebus.domain.events: the contract, its validation, wire record, fingerprint."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from carebus import events
-from carebus.events import (
+from carebus.domain import events
+from carebus.domain.events import (
     EVENT_TYPES,
     EXAMPLE_PAYLOADS,
     PAYLOAD_FIELDS,
@@ -23,7 +23,7 @@ from carebus.events import (
     parse_event,
     record_to_json,
 )
-from carebus.testing import EventFactory
+from carebus_dev.testing import EventFactory
 
 NIN = "14038512324"
 D_NUMBER = "54038512318"

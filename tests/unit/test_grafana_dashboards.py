@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import ProcessCollector
 from prometheus_client.metrics import Counter, Gauge, Histogram, MetricWrapperBase
 
-from carebus import metrics
+from carebus.runtime import metrics
 from tests.observability import (
     DASHBOARDS_DIR,
     PROJECT_ROOT,
@@ -39,7 +39,7 @@ _RANGE_FUNCTION = re.compile(r"\b(?:rate|irate|increase)\s*\([^\[]*\[(?P<window>
 
 
 def _declared_metric_names() -> set[str]:
-    """The sample names carebus/metrics.py exports (a histogram by its base name)."""
+    """The sample names carebus/runtime/metrics.py exports (a histogram by its base name)."""
     names = set()
     for collector in vars(metrics).values():
         if not isinstance(collector, MetricWrapperBase):
@@ -50,7 +50,7 @@ def _declared_metric_names() -> set[str]:
         elif isinstance(collector, Gauge | Histogram):
             names.add(name)
         else:
-            pytest.fail(f"carebus.metrics declares {name} of a type this test does not know")
+            pytest.fail(f"runtime.metrics declares {name} of a type this test does not know")
     return names
 
 
@@ -174,7 +174,7 @@ def test_job_variable_lists_scrape_jobs() -> None:
 
 
 def test_dashboards_and_rules_query_only_declared_metrics() -> None:
-    """Every metric queried is declared in carebus/metrics.py, a process metric, or `up`."""
+    """Every metric queried is declared in carebus/runtime/metrics.py, a process metric, or `up`."""
     known = _declared_metric_names() | _process_metric_names() | {"up"}
     assert used_metric_names() - known == set()
 

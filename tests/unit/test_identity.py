@@ -1,4 +1,4 @@
-"""Tests for carebus.identity: fødselsnummer and D-nummer validation, subject keys, generators."""
+"""Tests for carebus.domain.identity: fødselsnummer and D-nummer, subject keys, generators."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import date
 
 import pytest
 
-from carebus import identity
-from carebus.identity import (
+from carebus.domain import identity
+from carebus.domain.identity import (
     check_digits,
     make_nin,
     random_nin,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from carebus.alerts import operator_action_alert
-from carebus.auth import Principal
-from carebus.sink import InvalidRecordError
+from carebus.adapters.auth import Principal
+from carebus.adapters.sink import InvalidRecordError
+from carebus.domain.alerts import operator_action_alert
 from consumers.alert_store import alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from carebus.events import EVENT_TYPES
-from carebus.policy import CATEGORIES
+from carebus.domain.events import EVENT_TYPES
+from carebus.domain.policy import CATEGORIES
 from services.audit.patient_log import (
     BASIS_WORDS,
     CATEGORY_WORDS,

@@ -1,4 +1,4 @@
-"""Tests for carebus.policy: the field ceiling, the shipped policy, and every refusal."""
+"""Tests for carebus.domain.policy: the field ceiling, the shipped policy, and every refusal."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from carebus.config import PROJECT_ROOT, Settings
-from carebus.events import EVENT_TYPES, PAYLOAD_FIELDS
-from carebus.policy import (
+from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS
+from carebus.domain.policy import (
     BASES,
     CATEGORIES,
     EVENT_CATEGORY,
@@ -20,13 +19,14 @@ from carebus.policy import (
     HOME_MUNICIPALITY,
     Policy,
     PolicyError,
-    load_policy,
 )
-from carebus.topics import AGENCIES
+from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus.wire.policy_files import load_policy
+from carebus.wire.topics import AGENCIES
 
 SHIPPED = PROJECT_ROOT / "policy" / "routing.yaml"
 
-# DESIGN "Data categories", read independently of carebus.policy: category -> "type.field".
+# DESIGN "Data categories", read independently of carebus.domain.policy: category -> "type.field".
 DESIGN_FIELD_MAP: dict[str, set[str]] = {
     "logistics": {
         "admission.ward",

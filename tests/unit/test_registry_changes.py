@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from carebus.codec import Codec
-from carebus.events import Problem
-from carebus.webhook_registrations import url_problem
+from carebus.adapters.webhook_registrations import url_problem
+from carebus.domain.events import Problem
+from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE
+from carebus.wire.codec import Codec
 from services.registry.changes import (
-    CARE_TEAM_CHANGE,
-    CONSENT_CHANGE,
     care_team_record,
     consent_record,
     parse_care_team_change,

@@ -1,4 +1,4 @@
-"""Tests for carebus.routing: person state, candidates, bases, withheld reasons, records."""
+"""Tests for carebus.domain.routing: person state, candidates, bases, withheld reasons, records."""
 
 from __future__ import annotations
 
@@ -10,24 +10,23 @@ from typing import Any
 
 import pytest
 
-from carebus.codec import Codec, event_schema_name
-from carebus.config import PROJECT_ROOT
-from carebus.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
-from carebus.events import EVENT_TYPES, event_to_record, parse_event
-from carebus.policy import CATEGORIES, EVENT_CATEGORY, FIELD_CATEGORY, Policy, load_policy
-from carebus.routing import (
+from carebus.domain.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
+from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.policy import CATEGORIES, EVENT_CATEGORY, FIELD_CATEGORY, Policy
+from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
-    PersonState,
-    Routing,
-    apply,
-    route,
+    event_schema_name,
 )
-from carebus.stack.devdata import DEV_ORGANISATIONS
-from carebus.testing import TYPICAL_SOURCE, EventFactory
-from carebus.topics import AGENCIES
+from carebus.domain.routing import PersonState, Routing, apply, route
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy
+from carebus.wire.topics import AGENCIES
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS
+from carebus_dev.testing import TYPICAL_SOURCE, EventFactory
 
 CODEC = Codec.default()
 POLICY: Policy = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")
@@ -838,7 +837,8 @@ def test_a_late_republished_consent_never_overrides_a_newer_one() -> None:
     """An outbox re-publication of an older change arriving after a newer one changes nothing."""
     from datetime import UTC, datetime
 
-    from carebus.routing import CONSENT_CHANGE, PersonState, apply
+    from carebus.domain.records import CONSENT_CHANGE
+    from carebus.domain.routing import PersonState, apply
 
     def change(status: str, hour: int, org_id: str | None) -> dict[str, object]:
         return {

@@ -10,20 +10,20 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carebus.codec import Codec, event_schema_name
-from carebus.config import PROJECT_ROOT
-from carebus.events import EVENT_TYPES, PAYLOAD_FIELDS, event_to_record, parse_event
-from carebus.policy import Policy, load_policy
-from carebus.routing import (
+from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS, event_to_record, parse_event
+from carebus.domain.policy import Policy
+from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
-    PersonState,
-    apply,
-    route,
+    event_schema_name,
 )
-from carebus.testing import EventFactory
+from carebus.domain.routing import PersonState, apply, route
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy
+from carebus_dev.testing import EventFactory
 
 CODEC = Codec.default()
 POLICY: Policy = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")

@@ -16,8 +16,9 @@ from typing import Any
 import fastavro
 import pytest
 
-from carebus.codec import DEAD_LETTER, PRIMITIVES, SchemaCatalogue, event_schema_name
-from carebus.events import EVENT_TYPES, EXAMPLE_PAYLOADS, event_to_record, parse_event
+from carebus.domain.events import EVENT_TYPES, EXAMPLE_PAYLOADS, event_to_record, parse_event
+from carebus.domain.records import DEAD_LETTER, event_schema_name
+from carebus.wire.codec import PRIMITIVES, SchemaCatalogue
 
 # A writer's type may be read as any of these (spec: "the writer's schema may be promoted").
 PROMOTIONS: Mapping[str, frozenset[str]] = {

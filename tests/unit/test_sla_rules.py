@@ -1,4 +1,4 @@
-"""Tests for the SLA engine, rule by rule: carebus.sla, carebus.obligations, carebus.alerts."""
+"""Tests for the SLA engine, rule by rule: domain.sla, domain.obligations, domain.alerts."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from carebus.alerts import AlertContext
-from carebus.codec import event_schema_name
-from carebus.config import PROJECT_ROOT
-from carebus.events import EXAMPLE_PAYLOADS, rfc3339
-from carebus.obligations import MEMORY, SlaState, breach_due, observe
-from carebus.policy import Policy, load_policy
-from carebus.routing import Member, PersonState, apply
-from carebus.sla import OSLO, RuleSet, SlaRulesError, load_rules, parse_duration
+from carebus.domain.alerts import AlertContext
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
+from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
+from carebus.domain.policy import Policy
+from carebus.domain.records import event_schema_name
+from carebus.domain.routing import Member, PersonState, apply
+from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_files import load_policy, load_rules
 
 RULES_FILE = PROJECT_ROOT / "policy" / "sla.yaml"
 RULES: RuleSet = load_rules(RULES_FILE)

@@ -1,4 +1,4 @@
-"""Pure parts of the local stack and of carebus.testing: settings, DSNs, pid files, events."""
+"""Pure parts of the local stack and of carebus_dev.testing: settings, DSNs, pid files, events."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-import carebus.testing
-from carebus.config import Settings
-from carebus.events import EVENT_TYPES, parse_event
-from carebus.stack.devdata import DEV_ORGANISATIONS
-from carebus.stack.kafka import new_cluster_id
-from carebus.stack.postgres import Dsn, PostgresCluster
-from carebus.stack.process import (
+import carebus_dev.testing
+from carebus.domain.events import EVENT_TYPES, parse_event
+from carebus.runtime.config import Settings
+from carebus_dev.stack.devdata import DEV_ORGANISATIONS
+from carebus_dev.stack.kafka import new_cluster_id
+from carebus_dev.stack.postgres import Dsn, PostgresCluster
+from carebus_dev.stack.process import (
     PidRecord,
     StackError,
     exit_description,
@@ -25,8 +25,8 @@ from carebus.stack.process import (
     start_until_ready,
     stop_recorded,
 )
-from carebus.stack.supervisor import SERVICES, service_named, settings_env
-from carebus.testing import EventFactory, ServiceProcess, free_ports
+from carebus_dev.stack.supervisor import SERVICES, service_named, settings_env
+from carebus_dev.testing import EventFactory, ServiceProcess, free_ports
 
 
 def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,8 +146,8 @@ def test_a_second_stop_never_signals_the_old_process_group(
     ).start(wait=False)
     assert service.stop() is not None
     # A stranger now leads a group with the old pid, with a child of its own.
-    monkeypatch.setattr(carebus.testing, "pids_in_group", lambda pgid: [pgid, pgid + 1])
-    monkeypatch.setattr(carebus.testing, "is_alive", lambda pid: True)
+    monkeypatch.setattr(carebus_dev.testing, "pids_in_group", lambda pgid: [pgid, pgid + 1])
+    monkeypatch.setattr(carebus_dev.testing, "is_alive", lambda pid: True)
     signalled: list[int] = []
     monkeypatch.setattr(os, "killpg", lambda pgid, sig: signalled.append(pgid))
     service.stop()
@@ -193,7 +193,10 @@ def test_event_factory_payload_overrides_and_removals() -> None:
 def test_cli_help_lists_the_commands() -> None:
     """The console script's commands are all wired up."""
     result = subprocess.run(
-        [sys.executable, "-m", "carebus.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "carebus.ops.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for command in ("up", "down", "status", "logs", "token"):
         assert command in result.stdout

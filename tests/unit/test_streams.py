@@ -7,8 +7,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from carebus import streams
-from carebus.streams import StreamApp, never_committed
+from carebus.adapters import streams
+from carebus.adapters.streams import StreamApp, never_committed
 
 CHANGELOG = "carebus-router-persons-changelog"
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from carebus import topics
-from carebus.stack.topics import PERSON_PARTITIONS, TopicSpec, load_catalogue
+from carebus.adapters.topic_admin import PERSON_PARTITIONS, TopicSpec, load_catalogue
+from carebus.wire import topics
 
 CODE_TOPICS = {topics.EVENTS, topics.AUDIT, topics.ALERTS, topics.DEADLETTER, *topics.DELIVERIES}
 
 
 def test_catalogue_covers_every_topic_in_the_code() -> None:
-    """Every topic name in carebus/topics.py has a catalogue entry, and nothing else does."""
+    """Every topic name in carebus/wire/topics.py has a catalogue entry, and nothing else does."""
     assert {spec.name for spec in load_catalogue()} == CODE_TOPICS
 
 

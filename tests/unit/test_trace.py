@@ -7,14 +7,11 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from carebus.alerts import AlertContext, alert_id
-from carebus.config import PROJECT_ROOT
-from carebus.events import EXAMPLE_PAYLOADS, rfc3339
-from carebus.obligations import SlaState, observe
-from carebus.policy import load_policy
-from carebus.routing import PersonState
-from carebus.sla import load_rules
-from carebus.trace import (
+from carebus.domain.alerts import AlertContext, alert_id
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
+from carebus.domain.obligations import SlaState, observe
+from carebus.domain.routing import PersonState
+from carebus.ops.trace import (
     Accepted,
     Alert,
     Decision,
@@ -30,6 +27,8 @@ from carebus.trace import (
     sla_effects,
     trace_json,
 )
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_files import load_policy, load_rules
 
 RULES = load_rules(PROJECT_ROOT / "policy" / "sla.yaml")
 POLICY = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")

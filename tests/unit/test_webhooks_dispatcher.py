@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from carebus.codec import Codec
-from carebus.deadletter import DeadLetterPolicy
-from carebus.sink import Backoff
+from carebus.adapters.deadletter import DeadLetterPolicy
+from carebus.adapters.sink import Backoff
+from carebus.wire.codec import Codec
 from consumers.webhooks.dispatcher import Dispatcher
 from consumers.webhooks.protocol import RetryPolicy, signature
 from consumers.webhooks.queue import Claim, QueuedSource

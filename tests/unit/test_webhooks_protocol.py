@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from carebus.deadletter import Reason
+from carebus.adapters.deadletter import Reason
 from consumers.webhooks.protocol import (
     Attempt,
     Failure,
@@ -158,7 +158,7 @@ def test_retries_last_at_least_retry_for() -> None:
 
 def test_default_settings_retry_for_at_least_24_hours() -> None:
     """DESIGN: retry with backoff for at least 24 h."""
-    from carebus.config import Settings
+    from carebus.runtime.config import Settings
 
     assert Settings().webhook_retry_for_s >= 24 * 3600
 

@@ -7,12 +7,13 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from carebus.config import Settings
-from carebus.db import sqlalchemy_url
+from carebus.adapters.db import sqlalchemy_url
+from carebus.runtime.config import Settings
 
 config = context.config
 
-# carebus.db.migrate() passes configure_logger=False so a CLI or test run keeps its logging.
+# carebus.adapters.db.migrate() passes configure_logger=False so a CLI or test run keeps its
+# logging.
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name)
 

@@ -1,0 +1,164 @@
+"""API tokens: one organisation and one role each, stored only as a SHA-256 digest."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from carebus.wire.topics import AGENCIES
+
+# `admin` is an agency's own administrator (its organisation's tokens and webhook); `operator`
+# belongs to the organisation that runs carebus (the directory, the registers, every token);
+# `patient` is a person reading their own disclosure log, bound to their subject key.
+ROLES: Final = ("system", "coordinator", "privacy_officer", "admin", "operator", "patient")
+# The operator's realm is not an agency: it sends no events and receives no deliveries.
+OPERATOR: Final = "operator"
+REALMS: Final = (*AGENCIES, OPERATOR)
+# Roles each realm's tokens may have.
+_REALM_ROLES: Final = {
+    OPERATOR: ("operator", "privacy_officer", "patient"),
+    **dict.fromkeys(AGENCIES, ("system", "coordinator", "privacy_officer", "admin")),
+}
+# A plain connection or one borrowed from a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
+_ORG_ID: Final = re.compile(r"^[0-9]{9}$")
+TOKEN_PREFIX: Final = "cbt_"  # noqa: S105 -- a prefix, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the organisation a token belongs to and the role it was given."""
+
+    token_id: uuid.UUID
+    org_id: str
+    agency: str
+    role: str
+    # Only for `patient` tokens: the person the token reads about.
+    subject_key: str | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.agency == OPERATOR
+
+
+def generate_token() -> str:
+    """A new bearer token: 256 random bits, URL-safe, with a recognisable prefix."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> bytes:
+    # Tokens carry 256 bits of entropy, so a fast digest is as safe as a slow password hash.
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_organisation(agency: str, org_id: str) -> None:
+    if agency not in REALMS:
+        raise ValueError(f"unknown agency {agency!r}; expected one of {', '.join(REALMS)}")
+    if not _ORG_ID.fullmatch(org_id):
+        raise ValueError("org_id must be a 9-digit organisation number")
+
+
+async def ensure_organisation(conn: Connection, *, agency: str, org_id: str) -> None:
+    """Register the organisation if it is new; an org_id belongs to exactly one agency."""
+    check_organisation(agency, org_id)
+    registered = await conn.fetchval(
+        """
+        INSERT INTO organisations (org_id, agency) VALUES ($1, $2)
+        ON CONFLICT (org_id) DO UPDATE SET org_id = EXCLUDED.org_id
+        RETURNING agency
+        """,
+        org_id,
+        agency,
+    )
+    if registered != agency:
+        raise ValueError(f"organisation {org_id} is registered as {registered}, not {agency}")
+
+
+def check_role(agency: str, role: str, subject_key: str | None = None) -> None:
+    """Refuse a role the realm cannot have, and a patient token not bound to one person."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    allowed = _REALM_ROLES.get(agency, ())
+    if role not in allowed:
+        raise ValueError(f"a {agency} organisation's tokens have the roles {', '.join(allowed)}")
+    if (role == "patient") != (subject_key is not None):
+        raise ValueError("a patient token, and only a patient token, is bound to one person")
+
+
+async def create_token(
+    conn: Connection,
+    *,
+    agency: str,
+    org_id: str,
+    role: str,
+    label: str = "",
+    subject_key: str | None = None,
+) -> str:
+    """Create a token for `org_id` with `role`; only its digest is stored, the token is returned.
+
+    A `patient` token is issued by the operator and bound to `subject_key`.
+    """
+    check_role(agency, role, subject_key)
+    token = generate_token()
+    async with conn.transaction():
+        await ensure_organisation(conn, agency=agency, org_id=org_id)
+        await conn.execute(
+            "INSERT INTO api_tokens (token_id, token_hash, org_id, role, label, subject_key)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            uuid.uuid4(),
+            hash_token(token),
+            org_id,
+            role,
+            label,
+            subject_key,
+        )
+    return token
+
+
+async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal | None:
+    """The principal behind a bearer token, or None if it is unknown or revoked."""
+    row = await conn.fetchrow(
+        """
+        SELECT t.token_id, t.org_id, o.agency, t.role, t.subject_key
+        FROM api_tokens t JOIN organisations o USING (org_id)
+        WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+        """,
+        hash_token(token),
+    )
+    if row is None:
+        return None
+    return Principal(row["token_id"], row["org_id"], row["agency"], row["role"], row["subject_key"])
+
+
+class TokenCache:
+    """Remembers recent token look-ups so a busy gateway does not query PostgreSQL per request.
+
+    A revoked token stays usable for at most `ttl_s` seconds.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def principal(self, token: str) -> Principal | None:
+        key = hash_token(token)
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = await lookup_token(self._pool, token)
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()
+        # Unknown tokens are cached briefly too, so guessing cannot load the database.
+        self._entries[key] = (now + (self._ttl_s if principal else 2.0), principal)
+        return principal

@@ -1,0 +1,536 @@
+"""The batch loop every store sink runs: consume, decode, write in one transaction, commit offsets.
+
+One batch goes through these steps, and offsets move only at the end, so a crash anywhere
+replays the batch and idempotent writes make the replay harmless:
+
+1. consume up to `batch_size` messages;
+2. decode each; undecodable ones go to the dead-letter policy, records of a type the sink does
+   not store are skipped;
+3. write the rest in ONE database transaction; if the database rejects the batch because of a
+   row's content, write it again row by row (a savepoint each) and dead-letter the poison rows;
+4. wait for the broker to acknowledge every dead letter;
+5. commit, synchronously, the batch's last offset + 1 for each partition.
+
+Transient database or broker failures are retried with backoff on the same batch and never
+dead-letter anything: a dead letter is for a message that can never be stored, not for an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socketserver
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import make_wsgi_app
+
+from carebus.adapters.db import create_pool
+from carebus.adapters.deadletter import DeadLetterPolicy, DeadLettersUnacknowledgedError, Reason
+from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.runtime import metrics
+from carebus.runtime.config import Settings
+from carebus.runtime.telemetry import configure_logging, get_logger
+from carebus.wire.codec import Codec, Decoded, DecodeError
+
+log = get_logger(__name__)
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+Row = tuple[Any, ...]
+
+# SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the row's
+# content is at fault, so writing it again can never succeed.
+_DATA_ERRORS: Final = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+)
+# Worth waiting out: connection loss, a restarting or overloaded server, broker outages.
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    KafkaException,
+    DeadLettersUnacknowledgedError,
+)
+# Commit failures that mean the partitions now belong to another member, which will replay
+# the batch; retrying the commit cannot succeed.
+_OWNERSHIP_LOST: Final = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
+class InvalidRecordError(Exception):
+    """A decoded record this sink can never store; `detail` is a fixed text, no personal data."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class StopRequestedError(Exception):
+    """Shutdown was requested while a batch waited out an outage; it stays uncommitted."""
+
+
+class RowWriter(Protocol):
+    """What a store sink knows about its table; the loop does everything else."""
+
+    async def prepare(self, conn: Connection) -> None:
+        """Per-connection setup (temporary tables, codecs), run once for each new connection."""
+
+    def row(self, decoded: Decoded, message: Message) -> Row | None:
+        """The row for a decoded record, or None for a record type this sink does not store.
+
+        Raises InvalidRecordError when the record can never be stored.
+        """
+
+    async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
+        """Write `rows` idempotently inside the caller's transaction."""
+
+
+@dataclass
+class Backoff:
+    """Exponential waits between retries of one step, cut short when shutdown is requested."""
+
+    initial_s: float = 0.2
+    maximum_s: float = 30.0
+
+    async def retry(
+        self,
+        step: str,
+        attempt: Callable[[], Awaitable[None]],
+        stop: asyncio.Event,
+        sink: str,
+    ) -> None:
+        delay = self.initial_s
+        while True:
+            try:
+                await attempt()
+                return
+            except TRANSIENT_ERRORS as exc:
+                metrics.SINK_RETRIES.labels(sink, step).inc()
+                log.warning(
+                    "sink.retry", step=step, error=type(exc).__name__, retry_in_s=round(delay, 2)
+                )
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(delay * 2, self.maximum_s)
+                continue
+            raise StopRequestedError(step)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    message: Message
+    row: Row
+
+
+@dataclass
+class _Batch:
+    """One consumed batch, decoded: the rows to write and what was set aside."""
+
+    messages: Sequence[Message]
+    started: float
+    pending: list[_Pending] = field(default_factory=list)
+    skipped: int = 0
+    undecodable: list[tuple[Message, str]] = field(default_factory=list)  # with decoder's code
+    invalid: list[tuple[Message, str]] = field(default_factory=list)  # with a fixed detail
+
+
+class BatchSink:
+    """Runs the batch loop for one consumer group and one RowWriter."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        group_id: str,
+        consumer: Consumer,
+        pool: asyncpg.Pool,
+        codec: Codec,
+        writer: RowWriter,
+        dead_letters: DeadLetterPolicy,
+        batch_size: int = 1000,
+        poll_timeout_s: float = 0.5,
+        flush_timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self._group_id = group_id
+        self._consumer = consumer
+        self._pool = pool
+        self._codec = codec
+        self._writer = writer
+        self._dead_letters = dead_letters
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._flush_timeout_s = flush_timeout_s
+        self._backoff = backoff or Backoff()
+        self._last_progress = time.monotonic()
+
+    def healthy(self, stale_after_s: float = 60.0) -> bool:
+        """Whether the loop finished a poll or batch recently (not stuck retrying an outage)."""
+        return time.monotonic() - self._last_progress < stale_after_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process batches until `stop` is set; the batch in hand is finished and committed.
+
+        Two batches are in flight: while one is written and committed, the next is consumed
+        and decoded, so Python's decoding overlaps PostgreSQL's work. Offsets still move only
+        after a batch is written, in order, so a crash replays at most the two batches.
+        """
+        log.info("sink.started", group=self._group_id, batch_size=self._batch_size)
+        ahead: asyncio.Task[_Batch] = asyncio.create_task(self._next_batch())
+        try:
+            while not stop.is_set():
+                batch = await ahead
+                ahead = asyncio.create_task(self._next_batch())
+                if batch.messages:
+                    try:
+                        await self._store(batch, stop)
+                    except StopRequestedError as exc:
+                        log.warning(
+                            "sink.batch_abandoned", step=str(exc), messages=len(batch.messages)
+                        )
+                        break
+                self._last_progress = time.monotonic()
+                self._update_lag()
+        finally:
+            # The consumer is used by the thread of the batch read ahead: let it finish; its
+            # offsets are not committed, so it is read again after a restart.
+            with contextlib.suppress(Exception):
+                await ahead
+        log.info("sink.stopped")
+
+    async def process(self, messages: Sequence[Message], stop: asyncio.Event) -> None:
+        """Store one batch and commit its offsets; see the module docstring for the steps."""
+        await self._store(self._prepare(messages), stop)
+
+    async def _next_batch(self) -> _Batch:
+        messages = await asyncio.to_thread(
+            self._consumer.consume, self._batch_size, self._poll_timeout_s
+        )
+        return self._prepare(messages)
+
+    def _prepare(self, messages: Sequence[Message]) -> _Batch:
+        """Steps 1–2: decode the batch into rows; note what can never be stored."""
+        batch = _Batch(messages=messages, started=time.perf_counter())
+        for message in messages:
+            if _consumer_error(message):
+                continue
+            try:
+                decoded = self._codec.decode(message.value() or b"")
+            except DecodeError as exc:
+                batch.undecodable.append((message, exc.reason))
+                continue
+            try:
+                row = self._writer.row(decoded, message)
+            except InvalidRecordError as exc:
+                batch.invalid.append((message, exc.detail))
+                continue
+            if row is None:
+                batch.skipped += 1
+                metrics.SINK_SKIPPED.labels(self.name, decoded.schema_name).inc()
+                continue
+            batch.pending.append(_Pending(message, row))
+        return batch
+
+    async def _store(self, batch: _Batch, stop: asyncio.Event) -> None:
+        """Steps 3–5: write the rows, wait for the dead letters, commit the offsets."""
+        pending, messages = batch.pending, batch.messages
+        # Dead letters are handed over here, not while decoding: the batch read ahead must not
+        # add letters while this batch's flush (in a thread) waits for its own.
+        for message, decode_reason in batch.undecodable:
+            self._log_dead_letter(
+                message, self._dead_letters.send_undecodable(message, decode_reason)
+            )
+        for message, detail in batch.invalid:
+            self._dead_letters.send(message, Reason.INVALID_RECORD, detail)
+            self._log_dead_letter(message, Reason.INVALID_RECORD)
+        rejected: list[tuple[Message, str]] = []
+
+        async def write() -> None:
+            rejected[:] = await self._write(pending)
+
+        await self._backoff.retry("database", write, stop, self.name)
+        for message, detail in rejected:
+            self._dead_letters.send(message, Reason.INVALID_RECORD, detail)
+            self._log_dead_letter(message, Reason.INVALID_RECORD)
+
+        async def flush() -> None:
+            await asyncio.to_thread(self._dead_letters.flush, self._flush_timeout_s)
+
+        await self._backoff.retry("dead_letters", flush, stop, self.name)
+
+        async def commit() -> None:
+            await self._commit(messages)
+
+        await self._backoff.retry("commit", commit, stop, self.name)
+
+        written = len(pending) - len(rejected)
+        metrics.SINK_ROWS.labels(self.name).inc(written)
+        metrics.SINK_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - batch.started)
+        log.info(
+            "sink.batch_committed",
+            messages=len(messages),
+            rows=written,
+            skipped=batch.skipped,
+            dead_lettered=len(batch.undecodable) + len(batch.invalid) + len(rejected),
+        )
+
+    async def _write(self, pending: Sequence[_Pending]) -> list[tuple[Message, str]]:
+        """Write the batch in one transaction; on a content error, isolate the poison rows.
+
+        Returns the rejected messages with a fixed detail text each; they are dead-lettered
+        only after the transaction that skipped them has committed.
+        """
+        if not pending:
+            return []
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await self._writer.write(conn, [p.row for p in pending])
+                return []
+            except _DATA_ERRORS as exc:
+                log.warning("sink.batch_rejected", sqlstate=exc.sqlstate, rows=len(pending))
+            rejected: list[tuple[Message, str]] = []
+            async with conn.transaction():
+                for item in pending:
+                    try:
+                        async with conn.transaction():  # a savepoint per row
+                            await self._writer.write(conn, [item.row])
+                    except _DATA_ERRORS as exc:
+                        rejected.append((item.message, _rejection_detail(exc)))
+            return rejected
+
+    async def _commit(self, messages: Iterable[Message]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None or offset < 0:
+                continue
+            key = (topic, partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(next_offsets.items())]
+        try:
+            results = await asyncio.to_thread(
+                self._consumer.commit, offsets=offsets, asynchronous=False
+            )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() in _OWNERSHIP_LOST:
+                # Another member owns these partitions now and will replay from the last
+                # committed offset; the writes are idempotent, so nothing is lost or doubled.
+                log.warning("sink.commit_skipped", reason=error.name())
+                return
+            raise
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            raise KafkaException(failed[0].error)
+
+    def _log_dead_letter(self, message: Message, reason: Reason) -> None:
+        log.warning(
+            "sink.dead_lettered",
+            reason=reason.value,
+            partition=message.partition(),
+            offset=message.offset(),
+            subject_key=_subject_key(message.key()),
+        )
+
+    def _update_lag(self) -> None:
+        """Lag per assigned partition: the high watermark minus this consumer's position."""
+        try:
+            positions = self._consumer.position(self._consumer.assignment())
+        except KafkaException:
+            return
+        for tp in positions:
+            if tp.offset < 0:
+                continue  # nothing consumed from it yet in this session: position unknown
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                metrics.CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(
+                    max(0, high - tp.offset)
+                )
+
+    def forget_partitions(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Rebalance callback: drop the lag series of partitions this member no longer owns."""
+        for tp in partitions:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
+
+
+def _consumer_error(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("sink.consumer_error", error=error.name())
+    return True
+
+
+def _rejection_detail(exc: asyncpg.PostgresError) -> str:
+    """What the database objected to, by SQLSTATE and schema names only, never by value."""
+    parts = [f"rejected by the database (SQLSTATE {exc.sqlstate}"]
+    column = getattr(exc, "column_name", None)
+    constraint = getattr(exc, "constraint_name", None)
+    if column:
+        parts.append(f", column {column}")
+    if constraint:
+        parts.append(f", constraint {constraint}")
+    return "".join(parts) + ")"
+
+
+def _subject_key(key: bytes | None) -> str | None:
+    """The message key if it looks like a subject key (hex); an arbitrary key is not logged."""
+    if key is None or len(key) != 64:
+        return None
+    text = key.decode("ascii", errors="replace")
+    return text if all(c in "0123456789abcdef" for c in text) else None
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        # Access lines would go to stderr unstructured; the scrape itself is not news.
+        return
+
+
+def serve_metrics(host: str, port: int, healthy: Callable[[], bool]) -> WSGIServer:
+    """Serve `/metrics` (Prometheus) and `/healthz` on a daemon thread; returns the server."""
+    prometheus = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return prometheus(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            ok = healthy()
+            body = json.dumps({"status": "ok" if ok else "stalled"}).encode()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        body = json.dumps(
+            {"error": {"code": "not_found", "message": "no such path", "details": []}}
+        ).encode()
+        start_response(
+            "404 Not Found",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    server = make_server(
+        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """One store sink: its name (metrics label and dead-letter `consumer`), group and table."""
+
+    name: str
+    group_id: str
+    topics: Sequence[str]
+    writer: RowWriter
+    metrics_port: int
+    batch_size: int = 1000
+
+
+async def run_sink(spec: SinkSpec, settings: Settings) -> None:
+    """Wire a sink to the real broker and database and run it until SIGTERM or SIGINT."""
+    configure_logging(spec.name, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    sink: BatchSink | None = None
+    try:
+        server = serve_metrics(
+            settings.http_host, spec.metrics_port, lambda: sink is not None and sink.healthy()
+        )
+    except OSError as exc:
+        raise SystemExit(
+            f"{spec.name}: cannot serve /metrics on {settings.http_host}:{spec.metrics_port} "
+            f"({exc.strerror})"
+        ) from None
+    try:
+        pool = await _connect(settings, spec.writer, stop, spec.name)
+        if pool is None:
+            return
+        # librdkafka's own log lines then come out as JSON like every other line.
+        kafka_log = logging.getLogger("librdkafka")
+        codec = Codec.default()
+        producer = Producer(producer_config(settings, f"{spec.name}-deadletters", logger=kafka_log))
+        consumer = Consumer(
+            consumer_config(settings, spec.group_id, **{"client.id": spec.name}, logger=kafka_log)
+        )
+        sink = BatchSink(
+            name=spec.name,
+            group_id=spec.group_id,
+            consumer=consumer,
+            pool=pool,
+            codec=codec,
+            writer=spec.writer,
+            dead_letters=DeadLetterPolicy(producer, codec, spec.name),
+            batch_size=spec.batch_size,
+        )
+        consumer.subscribe(
+            list(spec.topics), on_revoke=sink.forget_partitions, on_lost=sink.forget_partitions
+        )
+        try:
+            await sink.run(stop)
+        finally:
+            # Leaving the group at once lets another member take the partitions without
+            # waiting for the session timeout.
+            await asyncio.to_thread(consumer.close)
+            producer.flush(settings.produce_timeout_s)
+            await pool.close()
+    finally:
+        server.shutdown()
+
+
+async def _connect(
+    settings: Settings, writer: RowWriter, stop: asyncio.Event, sink: str
+) -> asyncpg.Pool | None:
+    """A small pool (the loop uses one connection at a time), retried until the database is up."""
+    pool: asyncpg.Pool | None = None
+
+    async def attempt() -> None:
+        nonlocal pool
+        pool = await create_pool(settings, min_size=1, max_size=2, init=writer.prepare)
+
+    try:
+        await Backoff().retry("connect", attempt, stop, sink)
+    except StopRequestedError:
+        return None
+    return pool

@@ -1,0 +1,380 @@
+"""Alerts as their recipients may see them: recipients with fallbacks, routing's cut, audit.
+
+An alert is a disclosure too. For each recipient organisation the trigger event is routed
+as if it were delivered to it (`carebus.domain.routing.route`): when routing lets the organisation
+learn of the event (or it is the event's own source), the alert names the person and the
+event; otherwise it says only which deadline was missed and whom to contact. Every alert to
+an organisation comes with a Disclosure record for the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from carebus.domain.agencies import AGENCIES
+from carebus.domain.policy import EMERGENCY, Policy
+from carebus.domain.routing import PersonState, Routing, route
+from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
+
+__all__ = ["AlertContext", "build_alerts", "operator_action_alert", "resolved"]
+
+# The category of the payload fields SLA trigger conditions read; a recipient learns the
+# rule's specific title only if routing lets it see each of these categories.
+FIELD_CATEGORY: Final[dict[str, str]] = {
+    "reason": "health",
+    "admission_kind": "health",
+    "housing_status": "social",
+}
+KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertContext:
+    """What building an alert needs besides the rule and the events."""
+
+    now: datetime
+    routing: PersonState
+    policy: Policy
+    rules_version: str
+
+
+def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None) -> str:
+    text = "\x1f".join(
+        (rule_id, trigger["source"]["org_id"], trigger["event_id"], recipient_org or "unassigned")
+    )
+    return "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def recipients(
+    rule: Rule, trigger: Mapping[str, Any], routing: PersonState, routed: Routing
+) -> list[dict[str, Any] | None]:
+    """One organisation per fallback chain (None: the unassigned queue), each at most once.
+
+    An emergency rule also alerts every organisation routing delivered the emergency to
+    (`routed`: the trigger routed against `routing`): the care team and the home municipality
+    as well as the organisations the emergency names. Each one received the person's data
+    without consent (helsepersonelloven §23 no. 4), so each one's privacy officer reviews the
+    disclosure, not only the source's (issue 12, item 9).
+    """
+    chosen: list[dict[str, Any] | None] = []
+
+    def choose(found: dict[str, Any] | None) -> None:
+        org_ids = [None if c is None else c["org_id"] for c in chosen]
+        if (None if found is None else found["org_id"]) not in org_ids:
+            chosen.append(found)
+
+    for chain in rule.recipients:
+        for role in chain:
+            found = _resolve(role, trigger, routing)
+            if found is not False:
+                choose(found)
+                break
+    if rule.emergency:
+        for recipient in emergency_recipients(routed):
+            choose(recipient)
+    return chosen
+
+
+def emergency_recipients(routed: Routing) -> list[dict[str, Any]]:
+    """The organisations routing delivered an event to on the emergency basis, by org_id."""
+    return [
+        {"agency": d["recipient"]["agency"], "org_id": d["recipient"]["org_id"]}
+        for d in routed.deliveries
+        if d["basis"] == EMERGENCY
+    ]
+
+
+def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any:
+    if role == "source":
+        return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
+    if role == "coordinator":
+        for org_id in sorted(routing.team):
+            member = routing.team[org_id]
+            if member.role == "coordinator":
+                return {"agency": member.agency, "org_id": org_id}
+        return False
+    if role == "home_municipality":
+        home = routing.home_municipality
+        return {"agency": "municipality", "org_id": home} if home else False
+    return None  # unassigned
+
+
+def build_alerts(
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    event_ids: Sequence[str],
+    deadline: str | None,
+    context: AlertContext,
+) -> list[dict[str, Any]]:
+    """The Alert records (JSON form) a breach of `rule` raises, one per recipient."""
+    built = []
+    now = stamp(context.now)
+    contact = _contact(rule, trigger, context.routing)
+    # `context.routing` includes the trigger (the engine applies each record before observing
+    # it), so this is routing's answer for the trigger now: whom it reaches, on which basis.
+    # For an emergency that is whom the router delivered it to (consent plays no part).
+    routed = route(trigger, context.routing, context.policy, context.now)
+    for recipient in recipients(rule, trigger, context.routing, routed):
+        org_id = None if recipient is None else recipient["org_id"]
+        disclosure = _disclosure_for(trigger, org_id, routed)
+        knows = disclosure is not None
+        specific = knows and (
+            org_id == trigger["source"]["org_id"]
+            or all(
+                FIELD_CATEGORY.get(name.split(".")[-1], "logistics")
+                in (disclosure or {}).get("categories", ())
+                for name in rule.condition_fields()
+            )
+        )
+        title = rule.title if specific else rule.neutral_title
+        told = _told(org_id, trigger, routed)
+        summary = (
+            _summary(rule, title, trigger, event_ids, deadline, contact, told)
+            if knows
+            else _neutral_summary(title, contact)
+        )
+        identity = alert_id(rule.rule_id, trigger, org_id)
+        alert: dict[str, Any] = {
+            "alert_id": identity,
+            "rule_id": rule.rule_id,
+            "title": title,
+            "kind": "emergency_disclosure" if rule.kind == "immediate" else KIND[rule.kind],
+            "status": "open",
+            "resolution": None,
+            "subject_key": trigger["subject_key"],
+            "subject": {"nin": trigger["subject"]["nin"]} if knows else None,
+            "recipient": recipient,
+            "audience": rule.audience,
+            "contact": contact,
+            "deadline": deadline,
+            "breached_at": now,
+            "escalate_at": stamp(rule.escalation.after(context.now)),
+            "summary": summary,
+            "event_ids": list(event_ids),
+            "rules_version": context.rules_version,
+            "changed_at": now,
+        }
+        if disclosure is not None and disclosure.get("basis") is not None:
+            # A disclosure to another organisation is audited on routing's basis. An alert to
+            # the event's own source tells it nothing it does not hold, and one that names no
+            # person discloses no personal data: neither is a disclosure to record.
+            alert["disclosure"] = _audit(alert, trigger, disclosure, context)
+        built.append(alert)
+    return built
+
+
+def resolved(
+    alert: Mapping[str, Any], resolution: str, event_id: str, now: datetime
+) -> dict[str, Any]:
+    """The alert re-published as resolved by the engine (fulfilment or cancellation)."""
+    again = {key: value for key, value in alert.items() if key != "disclosure"}
+    again.update(
+        status="resolved",
+        resolution=resolution,
+        event_ids=[*alert["event_ids"], event_id],
+        changed_at=stamp(now),
+    )
+    return again
+
+
+def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> dict[str, Any]:
+    if rule.contact == "home_municipality" and routing.home_municipality:
+        return {"agency": "municipality", "org_id": routing.home_municipality}
+    return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
+
+
+def _disclosure_for(
+    trigger: Mapping[str, Any], org_id: str | None, routed: Routing
+) -> dict[str, Any] | None:
+    """What routing lets `org_id` know of the trigger (None: nothing); its own event: all."""
+    if org_id is None:
+        return None
+    if org_id == trigger["source"]["org_id"]:
+        return {
+            "basis": None,
+            "categories": ["logistics", "health", "social", "police"],
+            "fields": [],
+        }
+    for decision in routed.disclosures:
+        recipient = decision.get("recipient") or {}
+        if recipient.get("org_id") == org_id and decision["decision"] == "delivered":
+            return decision
+    return None
+
+
+def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> str:
+    """Whom an emergency alert to `org_id` says the event was disclosed to. The source's privacy
+    officer reviews every recipient; a recipient learns only of its own organisation, since the
+    list would tell it who else cares for the person (mental-health or addiction care)."""
+    if org_id != trigger["source"]["org_id"]:
+        return "your organisation"
+    told = ", ".join(f"{r['agency']} {r['org_id']}" for r in emergency_recipients(routed))
+    return told or "no organisation (routing withheld it from every recipient)"
+
+
+def _neutral_summary(title: str, contact: Mapping[str, Any]) -> str:
+    whom = f"{contact['agency']} {contact['org_id']}"
+    return f"{title}. The details are not disclosed to your organisation; contact {whom}."
+
+
+def _summary(
+    rule: Rule,
+    title: str,
+    trigger: Mapping[str, Any],
+    event_ids: Sequence[str],
+    deadline: str | None,
+    contact: Mapping[str, Any],
+    told: str,
+) -> str:
+    """The summary for an organisation routing lets know of the trigger; `told`: whom an
+    emergency disclosure reached, as this organisation may read it."""
+    whom = f"{contact['agency']} {contact['org_id']}"
+    when = _oslo(trigger["occurred_at"])
+    source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
+    if rule.kind == "window":
+        return (
+            f"{title}: {len(event_ids)} events within {rule.window.text if rule.window else ''}, "
+            f"the latest a {trigger['event_type']} at {when} from {source}."
+        )
+    if rule.kind == "immediate":
+        emergency = trigger.get("emergency") or {}
+        return (
+            f"{title}: {trigger['event_type']} at {when} disclosed in an emergency to {told}. "
+            f"Justification: {emergency.get('justification', '')}. "
+            f"Accountable: {emergency.get('accountable', '')}."
+        )
+    due = f"; the deadline was {_oslo(deadline)}" if deadline else ""
+    return f"{title}: {trigger['event_type']} at {when} from {source}{due}. Contact {whom}."
+
+
+def _oslo(moment: str) -> str:
+    return _oslo_time(parse_rfc3339(moment))
+
+
+def _oslo_time(moment: datetime) -> str:
+    return moment.astimezone(OSLO).strftime("%Y-%m-%d %H:%M (Oslo)")
+
+
+def _audit(
+    alert: Mapping[str, Any],
+    trigger: Mapping[str, Any],
+    disclosure: Mapping[str, Any],
+    context: AlertContext,
+) -> dict[str, Any]:
+    recipient = alert["recipient"]
+    return {
+        "audit_id": alert["alert_id"],
+        "event_id": trigger["event_id"],
+        "event_type": "alert",
+        "source_org": trigger["source"]["org_id"],
+        "subject_key": trigger["subject_key"],
+        "recipient": {"agency": recipient["agency"], "org_id": recipient["org_id"]},
+        "decision": "delivered",
+        "reason": None,
+        "basis": disclosure["basis"],
+        "categories": ["logistics"],
+        "fields": ["subject.nin", "event_type", "occurred_at"],
+        "rule_id": f"sla:{alert['rule_id']}",
+        "policy_version": alert["rules_version"],
+        "decided_at": alert["changed_at"],
+        "delivery_id": None,
+        "emergency": alert["kind"] == "emergency_disclosure",
+    }
+
+
+# --- operator actions -----------------------------------------------------------------------
+
+OPERATOR_ACTION: Final = "operator_action"
+OPERATOR_ACTION_TITLE: Final = "The carebus operator acted on your organisation - review it"
+# Not raised by an SLA rule; the version says which wording of these alerts a record carries.
+OPERATOR_ACTION_VERSION: Final = "operator_action.1"
+# A review, not a deadline: flagged escalated when nobody has looked at it within a working day.
+OPERATOR_ACTION_ESCALATION: Final = timedelta(hours=24)
+_ACTION_NAME: Final = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+_ORG_ID: Final = re.compile(r"[0-9]{9}")
+# What the target organisation's privacy officer reads, by the action names the registry
+# records (services/registry: `operator.touched` and REGISTER_ACTIONS; a unit test keeps the two
+# in step), in plain words and without personal data. An action without words here is still
+# alerted, by its name.
+OPERATOR_ACTIONS: Final[dict[str, str]] = {
+    "organisation_registered": (
+        "registered your organisation in the carebus directory, or changed its name or HER-id there"
+    ),
+    "token_issued": "issued an API token for your organisation",
+    "webhook_registered": "set the address carebus delivers your organisation's data to",
+    "webhook_deleted": "removed the address carebus delivers your organisation's data to",
+    "home_municipality_set": (
+        "recorded your organisation as a person's home municipality in the population register"
+    ),
+    "home_municipality_cleared": (
+        "removed your organisation as a person's home municipality from the population register"
+    ),
+    "gp_set": "put a person on your organisation's GP list",
+    "gp_cleared": "took a person off your organisation's GP list",
+}
+
+
+def operator_action_alert(
+    action: str,
+    operator_org: str,
+    target_org: str,
+    target_agency: str,
+    at: datetime,
+    action_id: str,
+    *,
+    subject_key: str | None = None,
+) -> dict[str, Any]:
+    """The Alert record (Avro form, times as datetimes) telling `target_org`'s privacy officer
+    that the operator did `action` to it; publish it on care.alerts.v1 keyed by its
+    `subject_key`.
+
+    The alert names no person. `subject_key` links an action about one person (a register
+    entry) to that person's stream; without one the alert is keyed by the target organisation,
+    so one organisation's operator alerts stay in order. The `alert_id` comes from `action_id`,
+    so publishing the same action twice raises one alert. ValueError naming the argument for
+    anything that could not be stored or shown.
+    """
+    if not _ACTION_NAME.fullmatch(action):
+        raise ValueError("action: must be a lower-case name such as token_issued")
+    for name, org_id in (("operator_org", operator_org), ("target_org", target_org)):
+        if not _ORG_ID.fullmatch(org_id):
+            raise ValueError(f"{name}: must be a 9-digit organisation number")
+    if target_agency not in AGENCIES:
+        raise ValueError(f"target_agency: must be one of {', '.join(AGENCIES)}")
+    if target_org == operator_org:
+        raise ValueError("target_org: the operator's own organisation is not alerted")
+    if not action_id:
+        raise ValueError("action_id: must not be empty")
+    if at.tzinfo is None:
+        raise ValueError("at: must be timezone-aware")
+    text = "\x1f".join((OPERATOR_ACTION, action_id, target_org))
+    done = OPERATOR_ACTIONS.get(action, f"took the action {action} concerning your organisation")
+    return {
+        "alert_id": "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32],
+        "rule_id": OPERATOR_ACTION,
+        "title": OPERATOR_ACTION_TITLE,
+        "kind": OPERATOR_ACTION,
+        "status": "open",
+        "resolution": None,
+        "subject_key": subject_key or f"organisation:{target_org}",
+        "subject": None,
+        "recipient": {"agency": target_agency, "org_id": target_org},
+        "audience": "privacy_officer",
+        # The operator is not an agency (no Organisation record can name it): the summary does.
+        "contact": None,
+        "deadline": None,
+        "breached_at": at,
+        "escalate_at": at + OPERATOR_ACTION_ESCALATION,
+        "summary": (
+            f"The carebus operator (organisation {operator_org}) {done} at {_oslo_time(at)}. "
+            "If your organisation did not ask for this, contact the carebus operator."
+        ),
+        "event_ids": [action_id],
+        "rules_version": OPERATOR_ACTION_VERSION,
+        "changed_at": at,
+    }

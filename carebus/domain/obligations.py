@@ -1,0 +1,385 @@
+"""Obligations between agencies for one person: opened, fulfilled, cancelled, breached (pure).
+
+The SLA engine keeps one `SlaState` per person. `observe` applies one event of the person's
+ordered stream; `breach_due` breaches obligations whose deadline has passed at `now`. Both
+return the new state and the Alert records to publish: raised at a breach (one per recipient
+organisation, deterministic `alert_id`) and re-published as resolved when a late fulfilment or
+a cancellation arrives. Alerts are built by `carebus.domain.alerts`, which cuts them to what routing
+lets each recipient know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from carebus.domain.alerts import AlertContext, build_alerts, resolved
+from carebus.domain.sla import (
+    Rule,
+    RuleSet,
+    deadline_of,
+    links_to,
+    matches_when,
+    parse_rfc3339,
+    stamp,
+    value_of,
+)
+
+# How long facts that may still matter are kept: early fulfilments, admissions, breached
+# obligations awaiting a late fulfilment. Longer than any default deadline (P1M).
+MEMORY: Final = timedelta(days=120)
+ADMISSION_FIELDS: Final = ("reason", "housing_status")
+
+
+@dataclass
+class SlaState:
+    """One person's SLA state, JSON-ready (`to_json` / `from_json`).
+
+    obligations  obligation_id -> {rule_id, identity, trigger (event JSON), deadline,
+                 status open|breached|closed|rule_removed, breached_at, closed_at,
+                 alerts (raised Alert JSON)}. A closed obligation is kept (for MEMORY) so that
+                 a replayed trigger or fulfilment changes nothing; an immediate rule's alert is
+                 kept as breached.
+    early        fulfilling or cancelling events seen before their trigger (event JSON)
+    admissions   admission event_id -> the fields trigger conditions read, and occurred_at
+    windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
+    """
+
+    obligations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    early: list[dict[str, Any]] = field(default_factory=list)
+    admissions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "obligations": self.obligations,
+            "early": self.early,
+            "admissions": self.admissions,
+            "windows": self.windows,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> SlaState:
+        data = data or {}
+        return cls(
+            obligations=dict(data.get("obligations") or {}),
+            early=list(data.get("early") or []),
+            admissions=dict(data.get("admissions") or {}),
+            windows=dict(data.get("windows") or {}),
+        )
+
+    def deadlines(self) -> dict[str, datetime]:
+        """Open obligations with a known deadline: what the due scan's index holds."""
+        return {
+            obligation_id: parse_rfc3339(obligation["deadline"])
+            for obligation_id, obligation in self.obligations.items()
+            if obligation["status"] == "open" and obligation.get("deadline")
+        }
+
+
+def obligation_id(rule_id: str, trigger_event_id: str, source_org: str) -> str:
+    digest = hashlib.sha256(f"{rule_id}\x1f{source_org}\x1f{trigger_event_id}".encode())
+    return f"{rule_id}:{digest.hexdigest()[:24]}"
+
+
+def observe(
+    state: SlaState, event: Mapping[str, Any], rules: RuleSet, context: AlertContext
+) -> tuple[SlaState, list[dict[str, Any]]]:
+    """`state` after one event (JSON form) and the Alert records it causes."""
+    alerts: list[dict[str, Any]] = []
+    now = context.now
+    _forget_old(state, now)
+    if event.get("event_type") == "admission":
+        payload = event.get("payload") or {}
+        state.admissions[event["event_id"]] = {
+            **{name: payload.get(name) for name in ADMISSION_FIELDS},
+            "occurred_at": event["occurred_at"],
+        }
+    consumed = False
+    for rule in rules.rules:
+        if rule.kind == "deadline":
+            consumed |= _close_by(state, rule, event, alerts, context)
+            _set_before_deadline(state, rule, event)
+    if not consumed and _could_close(event, rules):
+        state.early.append(dict(event))
+    for rule in rules.rules:
+        if not _triggers(rule, event, state):
+            continue
+        if rule.kind == "deadline":
+            _open(state, rule, event, alerts, context)
+        elif rule.kind == "window":
+            _count(state, rule, event, alerts, context)
+        elif rule.kind == "immediate":
+            _raise_immediate(state, rule, event, alerts, context)
+    more_state, more_alerts = breach_due(state, rules, context)
+    return more_state, alerts + more_alerts
+
+
+def breach_due(
+    state: SlaState, rules: RuleSet, context: AlertContext
+) -> tuple[SlaState, list[dict[str, Any]]]:
+    """Breach every open obligation whose deadline is at or before `context.now`."""
+    alerts: list[dict[str, Any]] = []
+    for obligation in state.obligations.values():
+        deadline = obligation.get("deadline")
+        if obligation["status"] != "open" or not deadline:
+            continue
+        if parse_rfc3339(deadline) > context.now:
+            continue
+        rule = rules.rule(obligation["rule_id"])
+        if rule is None:
+            # The rule was removed from the reviewed file: nobody asked for this alert any more.
+            # Closing it (not leaving it open) keeps it out of the deadline index, which would
+            # otherwise offer it to every scan for ever.
+            obligation.update(status="rule_removed", closed_at=stamp(context.now))
+            continue
+        raised = _raise(rule, obligation["trigger"], [obligation["trigger"]], deadline, context)
+        obligation.update(status="breached", breached_at=stamp(context.now), alerts=raised)
+        alerts.extend(raised)
+    return state, alerts
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def _triggers(rule: Rule, event: Mapping[str, Any], state: SlaState) -> bool:
+    if rule.emergency:
+        return bool(event.get("emergency"))
+    return event.get("event_type") in rule.event_types and matches_when(
+        rule.when, event, state.admissions
+    )
+
+
+def _could_close(event: Mapping[str, Any], rules: RuleSet) -> bool:
+    event_type = event.get("event_type")
+    return any(
+        link.event_type == event_type
+        for rule in rules.rules
+        for link in (*rule.fulfilled_by, *rule.cancelled_by)
+    )
+
+
+def _identity(rule: Rule, event: Mapping[str, Any]) -> str:
+    return "\x1f".join(str(value_of(event, name)) for name in rule.identity)
+
+
+def _open(
+    state: SlaState,
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> None:
+    identity = _identity(rule, trigger)
+    for existing in state.obligations.values():
+        if (existing["rule_id"], existing["identity"], existing["status"]) == (
+            rule.rule_id,
+            identity,
+            "open",
+        ):
+            return  # the same obligation, already tracked
+    oid = obligation_id(rule.rule_id, trigger["event_id"], trigger["source"]["org_id"])
+    if oid in state.obligations:
+        return  # a replayed trigger
+    deadline = deadline_of(rule, trigger)
+    obligation: dict[str, Any] = {
+        "rule_id": rule.rule_id,
+        "identity": identity,
+        "trigger": dict(trigger),
+        "deadline": None if deadline is None else stamp(deadline),
+        "status": "open",
+        "breached_at": None,
+        "alerts": [],
+    }
+    state.obligations[oid] = obligation
+    # A deadline set by another event that came first, then fulfilments kept from earlier.
+    if rule.before is not None:
+        for early in state.early:
+            if links_to(rule.before, early, trigger):
+                obligation["deadline"] = early["occurred_at"]
+    for early in list(state.early):
+        if _settle(state, oid, rule, early, alerts, context):
+            state.early.remove(early)
+            break
+
+
+def _close_by(
+    state: SlaState,
+    rule: Rule,
+    event: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> bool:
+    closed = False
+    for oid in [o for o, ob in state.obligations.items() if ob["rule_id"] == rule.rule_id]:
+        closed |= _settle(state, oid, rule, event, alerts, context)
+    return closed
+
+
+def _settle(
+    state: SlaState,
+    oid: str,
+    rule: Rule,
+    event: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> bool:
+    """Close obligation `oid` if `event` fulfils or cancels it; True if it did."""
+    obligation = state.obligations[oid]
+    trigger = obligation["trigger"]
+    fulfils = any(links_to(link, event, trigger) for link in rule.fulfilled_by)
+    cancels = any(links_to(link, event, trigger) for link in rule.cancelled_by)
+    if not (fulfils or cancels):
+        return False
+    if parse_rfc3339(event["occurred_at"]) < parse_rfc3339(trigger["occurred_at"]):
+        return False  # happened before the trigger: it answers an earlier one, not this one
+    if obligation["status"] == "closed":
+        return True  # a replay, or a second fulfilment: the obligation is settled already
+    if obligation["status"] == "open" and obligation.get("deadline") and fulfils:
+        occurred = parse_rfc3339(event["occurred_at"])
+        if occurred > parse_rfc3339(obligation["deadline"]):
+            # Reported on time for an obligation whose deadline passed before the fulfilment
+            # occurred: the breach is real even though no scan saw it (a backdated trigger).
+            _, raised = breach_due_one(state, oid, rule, context)
+            obligation = state.obligations[oid]
+            alerts.extend(raised)
+    if obligation["status"] == "breached":
+        if cancels:
+            resolution = "cancelled"
+        elif parse_rfc3339(event["occurred_at"]) <= parse_rfc3339(obligation["deadline"]):
+            resolution = "fulfilled_late_report"
+        else:
+            resolution = "fulfilled_late"
+        alerts.extend(
+            resolved(alert, resolution, event["event_id"], context.now)
+            for alert in obligation["alerts"]
+        )
+    obligation.update(status="closed", closed_at=stamp(context.now))
+    return True
+
+
+def breach_due_one(
+    state: SlaState, oid: str, rule: Rule, context: AlertContext
+) -> tuple[SlaState, list[dict[str, Any]]]:
+    obligation = state.obligations[oid]
+    trigger = obligation["trigger"]
+    raised = _raise(rule, trigger, [trigger], obligation["deadline"], context)
+    obligation.update(status="breached", breached_at=stamp(context.now), alerts=raised)
+    return state, raised
+
+
+def _set_before_deadline(state: SlaState, rule: Rule, event: Mapping[str, Any]) -> None:
+    if rule.before is None:
+        return
+    for obligation in state.obligations.values():
+        if obligation["rule_id"] != rule.rule_id or obligation["status"] != "open":
+            continue
+        if obligation.get("deadline") is None and links_to(
+            rule.before, event, obligation["trigger"]
+        ):
+            obligation["deadline"] = event["occurred_at"]
+    # Kept too: a trigger that arrives after it still gets its deadline.
+    if rule.before.event_type == event.get("event_type") and not any(
+        early.get("event_id") == event.get("event_id") for early in state.early
+    ):
+        state.early.append(dict(event))
+
+
+def _count(
+    state: SlaState,
+    rule: Rule,
+    event: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> None:
+    assert rule.window is not None
+    window = state.windows.setdefault(rule.rule_id, {"events": [], "episode_at": None})
+    entries: list[list[str]] = window["events"]
+    if any(event_id == event["event_id"] for _, event_id in entries):
+        return  # a replay
+    entries.append([event["occurred_at"], event["event_id"]])
+    entries.sort(key=lambda entry: parse_rfc3339(entry[0]))
+    occurred = parse_rfc3339(event["occurred_at"])
+    latest = max(parse_rfc3339(at) for at, _ in entries)
+    window_start = _minus(rule, latest)
+    window["events"] = [e for e in entries if parse_rfc3339(e[0]) > _minus(rule, window_start)]
+    start = _minus(rule, occurred)
+    inside = [e for e in window["events"] if start < parse_rfc3339(e[0]) <= occurred]
+    if len(inside) < rule.count:
+        return
+    episode_at = window.get("episode_at")
+    if episode_at is not None and occurred < rule.window.after(parse_rfc3339(episode_at)):
+        return  # one alert per episode
+    window["episode_at"] = event["occurred_at"]
+    involved = [{"event_id": event_id} for _, event_id in inside]
+    alerts.extend(_raise(rule, event, involved, None, context))
+
+
+def _raise_immediate(
+    state: SlaState,
+    rule: Rule,
+    event: Mapping[str, Any],
+    alerts: list[dict[str, Any]],
+    context: AlertContext,
+) -> None:
+    oid = obligation_id(rule.rule_id, event["event_id"], event["source"]["org_id"])
+    if oid in state.obligations:
+        return  # a replayed event: its alert is raised already
+    raised = _raise(rule, event, [event], None, context)
+    state.obligations[oid] = {
+        "rule_id": rule.rule_id,
+        "identity": _identity(rule, event),
+        "trigger": dict(event),
+        "deadline": None,
+        "status": "breached",
+        "breached_at": stamp(context.now),
+        "alerts": raised,
+    }
+    alerts.extend(raised)
+
+
+def _minus(rule: Rule, moment: datetime) -> datetime:
+    """`moment` minus the rule's window (the calendar part approximated by 30-day months)."""
+    assert rule.window is not None
+    span = timedelta(days=rule.window.months * 30 + rule.window.days, seconds=rule.window.seconds)
+    return moment - span
+
+
+def _raise(
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    involved: Sequence[Mapping[str, Any]],
+    deadline: str | None,
+    context: AlertContext,
+) -> list[dict[str, Any]]:
+    event_ids = [str(event["event_id"]) for event in involved]
+    return build_alerts(rule, trigger, event_ids, deadline, context)
+
+
+def _forget_old(state: SlaState, now: datetime) -> None:
+    horizon = now - MEMORY
+    state.early = [e for e in state.early if parse_rfc3339(e["occurred_at"]) > horizon]
+    state.admissions = {
+        event_id: admission
+        for event_id, admission in state.admissions.items()
+        if parse_rfc3339(admission["occurred_at"]) > horizon
+    }
+    state.obligations = {
+        oid: obligation
+        for oid, obligation in state.obligations.items()
+        if _remembered(obligation, horizon)
+    }
+
+
+def _remembered(obligation: Mapping[str, Any], horizon: datetime) -> bool:
+    """Whether to keep an obligation: open ones with a deadline always; an open one still
+    waiting for the event that sets its deadline (a discharge-ready that never came) and a
+    closed or breached one until MEMORY has passed."""
+    if obligation["status"] == "open":
+        if obligation.get("deadline"):
+            return True
+        return parse_rfc3339(obligation["trigger"]["occurred_at"]) > horizon
+    return parse_rfc3339(obligation.get("closed_at") or obligation["breached_at"]) > horizon

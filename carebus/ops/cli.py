@@ -1,0 +1,261 @@
+"""The `carebus` command: the operator's tools (tokens, the directory, webhooks, topics, trace).
+
+Further commands come from the `carebus.commands` entry points: a development install adds the
+local stack's (`up`, `down`, `status`, `logs`, from `carebus_dev.cli`); a production image,
+which does not carry the developer tooling, has the operator's tools only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from importlib.metadata import entry_points
+from typing import NoReturn
+
+import asyncpg
+import click
+
+from carebus.adapters.auth import REALMS, ROLES
+from carebus.domain.sla import SlaRulesError
+from carebus.runtime.config import Settings
+from carebus.wire.policy_files import load_rules
+
+
+def fail(exc: Exception) -> NoReturn:
+    click.echo(f"carebus: {exc}", err=True)
+    sys.exit(1)
+
+
+class _Commands(click.Group):
+    """The operator's commands plus those of the `carebus.commands` entry points, loaded when
+    the command line is read (so that a plugin may import this module)."""
+
+    _loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for entry in entry_points(group="carebus.commands"):
+            try:
+                command = entry.load()
+            except ImportError:
+                continue  # declared by the project's metadata, but not in this image
+            if isinstance(command, click.Command):
+                self.add_command(command, entry.name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load_plugins()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands)
+def main() -> None:
+    """carebus: the interagency care-coordination message bus (local stack and tools)."""
+
+
+@main.group()
+def topics() -> None:
+    """The Kafka topic catalogue (infra/kafka/topics.yaml)."""
+
+
+@topics.command("apply")
+def topics_apply() -> None:
+    """Create missing topics and align the settings of existing ones (idempotent)."""
+    from carebus.adapters.topic_admin import TopicCatalogueError, apply_catalogue
+
+    settings = Settings()
+    try:
+        for line in apply_catalogue(settings.kafka_bootstrap, settings.person_partitions):
+            click.echo(f"topic        {line}")
+    except (TopicCatalogueError, OSError) as exc:
+        fail(exc)
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("add")
+@click.option("--agency", required=True, type=click.Choice(REALMS))
+@click.option(
+    "--org", "org_id", help="9-digit organisation number (default for patient: the operator's)."
+)
+@click.option("--role", required=True, type=click.Choice(ROLES))
+@click.option("--nin", help="patient tokens only: the person the token reads about.")
+@click.option("--label", default="", help="What the token is for.")
+def token_add(agency: str, org_id: str | None, role: str, nin: str | None, label: str) -> None:
+    """Create a token for an organisation (registered if new) and print it once.
+
+    A patient token (`--agency operator --role patient --nin ...`) reads only its own person's
+    disclosure log; it is issued by the operator's organisation.
+    """
+    from carebus.adapters import auth
+    from carebus.domain.identity import subject_key, validate_nin
+
+    settings = Settings()
+    key = None
+    if nin is not None:
+        problem = validate_nin(nin)
+        if problem is not None:
+            fail(ValueError(f"--nin {problem}"))
+        key = subject_key(nin, settings.subject_key_secret.get_secret_value().encode())
+    if org_id is None and agency != auth.OPERATOR:
+        fail(ValueError("--org is required"))
+
+    async def create() -> str:
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            organisation = org_id or await _the_operator(conn)
+            return await auth.create_token(
+                conn, agency=agency, org_id=organisation, role=role, label=label, subject_key=key
+            )
+        finally:
+            await conn.close()
+
+    try:
+        created = asyncio.run(create())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    click.echo(created)
+
+
+async def _the_operator(conn: asyncpg.Connection) -> str:
+    """The operator's organisation: the one registered organisation of the operator realm."""
+    from carebus.adapters import directory
+
+    operators = await directory.list_organisations(conn, "operator")
+    if len(operators) != 1:
+        raise ValueError(f"--org is required ({len(operators)} operator organisations registered)")
+    return operators[0].org_id
+
+
+@main.group()
+def org() -> None:
+    """The organisation directory (every organisation events and requests may name)."""
+
+
+@org.command("add")
+@click.option("--agency", required=True, type=click.Choice(REALMS))
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option("--name", required=True, help="The organisation's name.")
+@click.option("--her-id", "her_id", help="Its HER-id in the national address register.")
+def org_add(agency: str, org_id: str, name: str, her_id: str | None) -> None:
+    """Register an organisation (or update its name and HER-id) and print its entry."""
+    from carebus.adapters import directory
+
+    async def add() -> directory.Organisation:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await directory.add_organisation(
+                conn, agency=agency, org_id=org_id, name=name, her_id=her_id
+            )
+        finally:
+            await conn.close()
+
+    try:
+        entry = asyncio.run(add())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    click.echo(json.dumps(entry.to_json()))
+
+
+@org.command("list")
+@click.option("--agency", type=click.Choice(REALMS), help="Only this agency's organisations.")
+def org_list(agency: str | None) -> None:
+    """Print the directory, one JSON object a line."""
+    from carebus.adapters import directory
+
+    async def read() -> list[directory.Organisation]:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await directory.list_organisations(conn, agency)
+        finally:
+            await conn.close()
+
+    try:
+        entries = asyncio.run(read())
+    except (OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    for entry in entries:
+        click.echo(json.dumps(entry.to_json()))
+
+
+@main.group()
+def webhook() -> None:
+    """Webhook registrations (where an organisation receives its deliveries)."""
+
+
+@webhook.command("set")
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option("--url", required=True, help="The http or https URL deliveries are POSTed to.")
+def webhook_set(org_id: str, url: str) -> None:
+    """Register an organisation's webhook with a new signing secret and print the secret once."""
+    from carebus.adapters import webhook_registrations
+
+    async def register() -> str:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return (await webhook_registrations.set_webhook(conn, org_id, url)).secret
+        finally:
+            await conn.close()
+
+    try:
+        secret = asyncio.run(register())
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    except webhook_registrations.UnknownOrganisationError as exc:
+        fail(ValueError(f"{exc}; create a token for it first (`carebus token add`)"))
+    click.echo(secret)
+
+
+@main.command("trace")
+@click.argument("event_id")
+@click.option(
+    "--source-org",
+    "source_org",
+    help="The source organisation (event ids are unique per source); default: every one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable document.")
+def trace_command(event_id: str, source_org: str | None, as_json: bool) -> None:
+    """Print an event's path: received, stored, routed, delivered, tracked, alerted.
+
+    Exits 1 if the event store does not hold it (showing what the other stores hold).
+    """
+    from carebus.ops import trace
+
+    settings = Settings()
+
+    async def gather() -> list[trace.EventTrace]:
+        rules = load_rules(settings.sla_rules, settings.sla_rules_override)
+        conn = await asyncpg.connect(settings.postgres_dsn)
+        try:
+            return await trace.trace(conn, event_id, rules, source_org=source_org)
+        finally:
+            await conn.close()
+
+    try:
+        traces = asyncio.run(gather())
+    except (SlaRulesError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    if as_json:
+        document = {"event_id": event_id, "sources": [trace.trace_json(t) for t in traces]}
+        click.echo(json.dumps(document, indent=2))
+    elif traces:
+        click.echo("\n\n".join(trace.render(t) for t in traces))
+    if not traces:
+        source = f" from {source_org}" if source_org else ""
+        fail(LookupError(f"no event {event_id}{source} in the event store or any other store"))
+    missing = [t.source_org for t in traces if t.stored is None]
+    if missing:
+        fail(LookupError(f"no event {event_id} from {', '.join(missing)} in the event store"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The carebus services the local stack runs: the one table of them, and how to start each."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus_dev.stack.process import (
+    StackError,
+    is_alive,
+    running,
+    start_detached,
+    stop_recorded,
+    tail,
+)
+
+# Marks every process the stack starts, so `down` can prove none is left behind.
+STACK_MARKER = "CAREBUS_STACK_STATE_DIR"
+# A process without an HTTP endpoint counts as started when it is still alive after this long.
+SETTLE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service: the module run with `python -m`, and the port it answers /healthz on.
+
+    An HTTP API names its port setting; a worker without an API has a fixed local
+    `metrics_port` for /metrics and /healthz, passed to it as CAREBUS_METRICS_PORT.
+    """
+
+    name: str
+    module: str
+    port_setting: str | None = None
+    metrics_port: int | None = None
+
+    def available(self) -> bool:
+        """Whether `python -m <module>` can run (other engineers add services over time)."""
+        try:
+            spec = importlib.util.find_spec(self.module)
+            if spec is not None and spec.submodule_search_locations is not None:
+                spec = importlib.util.find_spec(f"{self.module}.__main__")
+        except ImportError:
+            return False
+        return spec is not None
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+    def port(self, settings: Settings) -> int | None:
+        if self.port_setting is None:
+            return self.metrics_port
+        return int(getattr(settings, self.port_setting))
+
+    def env(self, port: int | None = None) -> dict[str, str]:
+        """Extra environment that puts the service on `port` (its default when None)."""
+        if self.port_setting is not None:
+            return {f"CAREBUS_{self.port_setting.upper()}": str(port)} if port else {}
+        if self.metrics_port is not None:
+            return {"CAREBUS_METRICS_PORT": str(port or self.metrics_port)}
+        return {}
+
+    def url(self, settings: Settings) -> str | None:
+        port = self.port(settings)
+        return settings.service_url(port) if port is not None else None
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("gateway", "services.gateway", "gateway_port"),
+    ServiceSpec("registry", "services.registry", "registry_port"),
+    ServiceSpec("audit", "services.audit", "audit_port"),
+    ServiceSpec("inbox", "services.inbox", "inbox_port"),
+    ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
+    ServiceSpec("router", "services.router", metrics_port=18091),
+    ServiceSpec("sla", "services.sla", metrics_port=18092),
+    ServiceSpec("audit_store", "consumers.audit_store", metrics_port=18093),
+    ServiceSpec("webhooks", "consumers.webhooks", metrics_port=18094),
+    ServiceSpec("alert_store", "consumers.alert_store", metrics_port=18095),
+)
+
+
+def service_named(name: str) -> ServiceSpec:
+    wanted = name.replace("-", "_")
+    for spec in SERVICES:
+        if spec.name == wanted:
+            return spec
+    raise KeyError(name)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`CAREBUS_*` variables that reproduce `settings` in a child process."""
+    env = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"CAREBUS_{name.upper()}"] = str(value)
+    return env
+
+
+def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CAREBUS_")}
+    env.update(settings_env(settings))
+    env["PYTHONUNBUFFERED"] = "1"
+    env[STACK_MARKER] = str(settings.state_dir)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def pid_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "run" / f"{name}.pid"
+
+
+def log_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "logs" / f"{name}.log"
+
+
+def healthz(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        response = httpx.get(f"{url}/healthz", timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def wait_started(
+    name: str, pid: int, url: str | None, log: Path, *, timeout_s: float = 60.0
+) -> None:
+    """Return once the service answers /healthz (or, without HTTP, is still alive after 2 s)."""
+    deadline = time.monotonic() + (timeout_s if url else SETTLE_S)
+    while time.monotonic() < deadline:
+        if not is_alive(pid):
+            raise StackError(f"{name} exited while starting; last lines of {log}:\n{tail(log, 30)}")
+        if url and healthz(url, timeout_s=1.0):
+            return
+        time.sleep(0.2)
+    if url:
+        raise StackError(
+            f"{name} did not answer {url}/healthz within {timeout_s:.0f} s; "
+            f"last lines of {log}:\n{tail(log, 30)}"
+        )
+    if not is_alive(pid):
+        raise StackError(f"{name} exited while starting; last lines of {log}:\n{tail(log, 30)}")
+
+
+def start_service(spec: ServiceSpec, settings: Settings) -> bool:
+    """Start `spec` detached unless it runs already; True if it was started."""
+    pids = pid_path(settings, spec.name)
+    log = log_path(settings, spec.name)
+    url = spec.url(settings)
+    if running(pids) is not None:
+        return False
+    _, record = start_detached(
+        spec.argv(),
+        log_path=log,
+        pid_path=pids,
+        env=child_env(settings, spec.env()),
+        cwd=PROJECT_ROOT,
+    )
+    wait_started(spec.name, record.pid, url, log)
+    return True
+
+
+def service_healthy(spec: ServiceSpec, settings: Settings) -> bool:
+    if running(pid_path(settings, spec.name)) is None:
+        return False
+    url = spec.url(settings)
+    return healthz(url) if url else True
+
+
+def stop_service(spec: ServiceSpec, settings: Settings) -> bool:
+    """SIGTERM the service's process group, SIGKILL after 10 s. True if it was running."""
+    return stop_recorded(pid_path(settings, spec.name), timeout_s=10.0)
