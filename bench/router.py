@@ -12,10 +12,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -114,6 +114,7 @@ def registry_history(workload: Workload) -> list[tuple[bytes, bytes]]:
         for step, change in enumerate(changes):
             change_id = str(uuid.uuid4())
             recorded_at = SINCE + timedelta(seconds=step)
+            record: Mapping[str, Any]
             if isinstance(change, Consent):
                 record = consent_record(
                     change,

@@ -25,7 +25,7 @@ import signal
 import socketserver
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -36,10 +36,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import make_wsgi_app
 
 from carebus.adapters.db import create_pool
-from carebus.adapters.deadletter import DeadLetterPolicy, DeadLettersUnacknowledgedError, Reason
+from carebus.adapters.deadletter import DeadLetterPolicy, Reason
 from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.outages import OUTAGES
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
+from carebus.runtime.retry import OnRetry, RetryPolicy, StopRequestedError
 from carebus.runtime.telemetry import configure_logging, get_logger
 from carebus.wire.codec import Codec, Decoded, DecodeError
 
@@ -54,15 +56,10 @@ _DATA_ERRORS: Final = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,
 )
-# Worth waiting out: connection loss, a restarting or overloaded server, broker outages.
-TRANSIENT_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    KafkaException,
-    DeadLettersUnacknowledgedError,
-)
+# A store sink cannot tell a passing database refusal from a lasting one inside one transaction:
+# beyond the outages, any database error that is not the rows' fault (classes 22 and 23 above,
+# dead-lettered row by row) is waited out too.
+TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (*OUTAGES, asyncpg.PostgresError)
 # Commit failures that mean the partitions now belong to another member, which will replay
 # the batch; retrying the commit cannot succeed.
 _OWNERSHIP_LOST: Final = frozenset(
@@ -84,10 +81,6 @@ class InvalidRecordError(Exception):
         self.detail = detail
 
 
-class StopRequestedError(Exception):
-    """Shutdown was requested while a batch waited out an outage; it stays uncommitted."""
-
-
 class RowWriter(Protocol):
     """What a store sink knows about its table; the loop does everything else."""
 
@@ -104,36 +97,19 @@ class RowWriter(Protocol):
         """Write `rows` idempotently inside the caller's transaction."""
 
 
-@dataclass
-class Backoff:
-    """Exponential waits between retries of one step, cut short when shutdown is requested."""
+def sink_retry(initial_s: float = 0.2, maximum_s: float = 30.0) -> RetryPolicy:
+    """The retry policy of every store sink (and the webhook dispatcher)."""
+    return RetryPolicy(TRANSIENT_ERRORS, initial_s=initial_s, maximum_s=maximum_s)
 
-    initial_s: float = 0.2
-    maximum_s: float = 30.0
 
-    async def retry(
-        self,
-        step: str,
-        attempt: Callable[[], Awaitable[None]],
-        stop: asyncio.Event,
-        sink: str,
-    ) -> None:
-        delay = self.initial_s
-        while True:
-            try:
-                await attempt()
-                return
-            except TRANSIENT_ERRORS as exc:
-                metrics.SINK_RETRIES.labels(sink, step).inc()
-                log.warning(
-                    "sink.retry", step=step, error=type(exc).__name__, retry_in_s=round(delay, 2)
-                )
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                delay = min(delay * 2, self.maximum_s)
-                continue
-            raise StopRequestedError(step)
+def count_retry(sink: str) -> OnRetry:
+    """Count and log each retry of a sink's step (`carebus_sink_retries_total{sink,step}`)."""
+
+    def on_retry(step: str, error: BaseException, delay: float) -> None:
+        metrics.SINK_RETRIES.labels(sink, step).inc()
+        log.warning("sink.retry", step=step, error=type(error).__name__, retry_in_s=round(delay, 2))
+
+    return on_retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +146,7 @@ class BatchSink:
         batch_size: int = 1000,
         poll_timeout_s: float = 0.5,
         flush_timeout_s: float = 10.0,
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         self._group_id = group_id
@@ -182,7 +158,8 @@ class BatchSink:
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
         self._flush_timeout_s = flush_timeout_s
-        self._backoff = backoff or Backoff()
+        self._retry = retry or sink_retry()
+        self._on_retry = count_retry(name)
         self._last_progress = time.monotonic()
 
     def healthy(self, stale_after_s: float = 60.0) -> bool:
@@ -269,7 +246,7 @@ class BatchSink:
         async def write() -> None:
             rejected[:] = await self._write(pending)
 
-        await self._backoff.retry("database", write, stop, self.name)
+        await self._retry.call("database", write, stop=stop, on_retry=self._on_retry)
         for message, detail in rejected:
             self._dead_letters.send(message, Reason.INVALID_RECORD, detail)
             self._log_dead_letter(message, Reason.INVALID_RECORD)
@@ -277,12 +254,12 @@ class BatchSink:
         async def flush() -> None:
             await asyncio.to_thread(self._dead_letters.flush, self._flush_timeout_s)
 
-        await self._backoff.retry("dead_letters", flush, stop, self.name)
+        await self._retry.call("dead_letters", flush, stop=stop, on_retry=self._on_retry)
 
         async def commit() -> None:
             await self._commit(messages)
 
-        await self._backoff.retry("commit", commit, stop, self.name)
+        await self._retry.call("commit", commit, stop=stop, on_retry=self._on_retry)
 
         written = len(pending) - len(rejected)
         metrics.SINK_ROWS.labels(self.name).inc(written)
@@ -513,7 +490,7 @@ async def run_sink(spec: SinkSpec, settings: Settings) -> None:
             # Leaving the group at once lets another member take the partitions without
             # waiting for the session timeout.
             await asyncio.to_thread(consumer.close)
-            producer.flush(settings.produce_timeout_s)
+            await asyncio.to_thread(producer.flush, settings.produce_timeout_s)
             await pool.close()
     finally:
         server.shutdown()
@@ -523,14 +500,11 @@ async def _connect(
     settings: Settings, writer: RowWriter, stop: asyncio.Event, sink: str
 ) -> asyncpg.Pool | None:
     """A small pool (the loop uses one connection at a time), retried until the database is up."""
-    pool: asyncpg.Pool | None = None
 
-    async def attempt() -> None:
-        nonlocal pool
-        pool = await create_pool(settings, min_size=1, max_size=2, init=writer.prepare)
+    async def attempt() -> asyncpg.Pool:
+        return await create_pool(settings, min_size=1, max_size=2, init=writer.prepare)
 
     try:
-        await Backoff().retry("connect", attempt, stop, sink)
+        return await sink_retry().call("connect", attempt, stop=stop, on_retry=count_retry(sink))
     except StopRequestedError:
         return None
-    return pool

@@ -201,9 +201,10 @@ def _disclosure_for(
             "fields": [],
         }
     for decision in routed.disclosures:
-        recipient = decision.get("recipient") or {}
-        if recipient.get("org_id") == org_id and decision["decision"] == "delivered":
-            return decision
+        recipient = decision["recipient"]
+        delivered = decision["decision"] == "delivered"
+        if delivered and recipient is not None and recipient["org_id"] == org_id:
+            return dict(decision)
     return None
 
 

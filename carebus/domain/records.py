@@ -7,7 +7,8 @@ events; the sinks store deliveries, disclosures, refusals and alerts by name.
 
 from __future__ import annotations
 
-from typing import Final
+from datetime import datetime
+from typing import Any, Final, TypedDict
 
 NAMESPACE: Final = "no.carebus.v1"
 
@@ -24,3 +25,171 @@ DEAD_LETTER: Final = f"{NAMESPACE}.DeadLetter"
 def event_schema_name(event_type: str) -> str:
     """The full name of the record schema for `event_type` (`admission` → `...AdmissionEvent`)."""
     return f"{NAMESPACE}.{''.join(part.capitalize() for part in event_type.split('_'))}Event"
+
+
+# --- the records themselves ------------------------------------------------------------------
+#
+# Each TypedDict is the shape of one Avro record of schemas/avro/ as the codec writes and reads
+# it (timestamps as aware datetimes, enums as their symbols); tests/unit/test_records.py checks
+# every one against its schema, field by field. TypedDicts, not dataclasses: the router builds
+# ~4 of them per event and hands them to the compiled Avro writer, which takes mappings, so a
+# TypedDict costs nothing at run time while mypy checks every key.
+
+
+class Organisation(TypedDict):
+    agency: str
+    org_id: str
+
+
+class Source(TypedDict):
+    agency: str
+    org_id: str
+    system: str | None
+
+
+class Subject(TypedDict):
+    nin: str
+
+
+class Emergency(TypedDict):
+    justification: str
+    accountable: str
+    recipients: list[Organisation]
+
+
+class EventRecord(TypedDict):
+    """An event on care.events.v1 (`payload` is the event type's own record)."""
+
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    received_at: datetime
+    source: Source
+    subject: Subject
+    subject_key: str
+    emergency: Emergency | None
+    payload: dict[str, Any]
+
+
+class EmergencyNotice(TypedDict):
+    justification: str
+    accountable: str
+
+
+class Delivery(TypedDict):
+    """What one organisation receives of one event (care.deliveries.<agency>.v1)."""
+
+    delivery_id: str
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    decided_at: datetime
+    source: Source
+    recipient: Organisation
+    subject: Subject
+    subject_key: str
+    basis: str
+    categories: list[str]
+    fields: list[str]
+    payload_json: str
+    emergency: EmergencyNotice | None
+    rule_id: str
+    policy_version: str
+
+
+class Disclosure(TypedDict):
+    """One routing decision for one candidate recipient, delivered or withheld (care.audit.v1)."""
+
+    audit_id: str
+    event_id: str
+    event_type: str
+    source_org: str
+    subject_key: str
+    recipient: Organisation | None
+    decision: str
+    reason: str | None
+    basis: str | None
+    categories: list[str]
+    fields: list[str]
+    rule_id: str | None
+    policy_version: str
+    decided_at: datetime
+    delivery_id: str | None
+    emergency: bool
+
+
+class ConsentRecipient(TypedDict):
+    agency: str
+    org_id: str | None
+
+
+class ConsentChange(TypedDict):
+    """A consent given or withdrawn, or an objection, recorded by the registry."""
+
+    change_id: str
+    subject_key: str
+    recipient: ConsentRecipient
+    categories: list[str]
+    status: str
+    valid_from: datetime
+    valid_to: datetime | None
+    recorded_by: str
+    recorded_by_org: str
+    recorded_at: datetime
+
+
+class CareTeamChange(TypedDict):
+    """An organisation joining or leaving a person's care team, recorded by the registry."""
+
+    change_id: str
+    subject_key: str
+    member: Organisation
+    role: str
+    status: str
+    recorded_by_org: str
+    recorded_at: datetime
+
+
+class RegisterChange(TypedDict):
+    """An entry of the population register or the GP list, set or cleared by the operator."""
+
+    change_id: str
+    subject_key: str
+    register: str
+    organisation: Organisation | None
+    recorded_by_org: str
+    recorded_at: datetime
+
+
+class Alert(TypedDict):
+    """A deadline alert or a notice to a privacy officer (care.alerts.v1)."""
+
+    alert_id: str
+    rule_id: str
+    title: str
+    kind: str
+    status: str
+    resolution: str | None
+    subject_key: str
+    subject: Subject | None
+    recipient: Organisation | None
+    audience: str
+    contact: Organisation | None
+    deadline: datetime | None
+    breached_at: datetime
+    escalate_at: datetime
+    summary: str
+    event_ids: list[str]
+    rules_version: str
+    changed_at: datetime
+
+
+# The record type of each schema name, for the schema test and for readers that dispatch by name.
+RECORD_TYPES: Final[dict[str, type]] = {
+    DELIVERY: Delivery,
+    DISCLOSURE: Disclosure,
+    CONSENT_CHANGE: ConsentChange,
+    CARE_TEAM_CHANGE: CareTeamChange,
+    REGISTER_CHANGE: RegisterChange,
+    ALERT: Alert,
+}

@@ -24,6 +24,8 @@ from carebus.domain.records import (
     DELIVERY,
     DISCLOSURE,
     REGISTER_CHANGE,
+    Delivery,
+    Disclosure,
     event_schema_name,
 )
 
@@ -208,8 +210,8 @@ class PersonState:
 class Routing:
     """The outcome of routing one event: Delivery records and one Disclosure per candidate."""
 
-    deliveries: list[dict[str, Any]]
-    disclosures: list[dict[str, Any]]
+    deliveries: list[Delivery]
+    disclosures: list[Disclosure]
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -435,8 +437,8 @@ def route(
     found = _candidates(event_record, state)
     if not found:
         return Routing(deliveries=[], disclosures=[_no_candidate(event_record, policy, now)])
-    deliveries: list[dict[str, Any]] = []
-    disclosures: list[dict[str, Any]] = []
+    deliveries: list[Delivery] = []
+    disclosures: list[Disclosure] = []
     for candidate in found:
         decision = _decide(event_record, candidate, state, policy, now)
         identity = delivery_id(source_org, event_id, candidate.org_id)
@@ -552,7 +554,7 @@ def _delivery(
     identity: str,
     policy: Policy,
     now: datetime,
-) -> dict[str, Any]:
+) -> Delivery:
     assert decision.rule is not None
     assert decision.basis is not None
     payload = {name: event_record["payload"][name] for name in decision.fields}
@@ -563,7 +565,11 @@ def _delivery(
         "event_type": event_record["event_type"],
         "occurred_at": event_record["occurred_at"],
         "decided_at": now,
-        "source": dict(event_record["source"]),
+        "source": {
+            "agency": event_record["source"]["agency"],
+            "org_id": event_record["source"]["org_id"],
+            "system": event_record["source"].get("system"),
+        },
         "recipient": {"agency": candidate.agency, "org_id": candidate.org_id},
         "subject": {"nin": event_record["subject"]["nin"]},
         "subject_key": event_record["subject_key"],
@@ -588,7 +594,7 @@ def _disclosure(
     identity: str,
     policy: Policy,
     now: datetime,
-) -> dict[str, Any]:
+) -> Disclosure:
     return {
         "audit_id": identity,
         "event_id": event_record["event_id"],
@@ -609,7 +615,7 @@ def _disclosure(
     }
 
 
-def _no_candidate(event_record: Mapping[str, Any], policy: Policy, now: datetime) -> dict[str, Any]:
+def _no_candidate(event_record: Mapping[str, Any], policy: Policy, now: datetime) -> Disclosure:
     source_org = event_record["source"]["org_id"]
     return {
         "audit_id": no_candidate_audit_id(source_org, event_record["event_id"]),

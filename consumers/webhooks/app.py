@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, Message, Producer
 from carebus.adapters.db import create_pool
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.kafka import consumer_config, producer_config
-from carebus.adapters.sink import Backoff, BatchSink, StopRequestedError, serve_metrics
+from carebus.adapters.sink import BatchSink, count_retry, serve_metrics, sink_retry
 from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.retry import StopRequestedError
 from carebus.runtime.telemetry import configure_logging, get_logger
 from carebus.wire import topics
 from carebus.wire.codec import Codec
@@ -130,7 +131,7 @@ async def run(settings: Settings) -> None:
             # waiting for the session timeout.
             await asyncio.to_thread(consumer.close)
             for producer in (intake_producer, dispatch_producer):
-                producer.flush(settings.produce_timeout_s)
+                await asyncio.to_thread(producer.flush, settings.produce_timeout_s)
             await pool.close()
     finally:
         server.shutdown()
@@ -152,19 +153,16 @@ async def _run_both(intake: IntakeSink, dispatcher: Dispatcher, stop: asyncio.Ev
 
 async def _connect(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool | None:
     """A pool for both loops' short statements, retried until the database is up."""
-    pool: asyncpg.Pool | None = None
 
-    async def attempt() -> None:
-        nonlocal pool
-        pool = await create_pool(
+    async def attempt() -> asyncpg.Pool:
+        return await create_pool(
             settings, min_size=1, max_size=min(settings.webhook_concurrency, 16) + 2
         )
 
     try:
-        await Backoff().retry("connect", attempt, stop, NAME)
+        return await sink_retry().call("connect", attempt, stop=stop, on_retry=count_retry(NAME))
     except StopRequestedError:
         return None
-    return pool
 
 
 def main() -> None:

@@ -14,14 +14,16 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 import httpx
 
 from carebus.adapters.deadletter import DeadLetterPolicy, Reason
-from carebus.adapters.sink import TRANSIENT_ERRORS, Backoff, StopRequestedError
+from carebus.adapters.sink import TRANSIENT_ERRORS, count_retry, sink_retry
 from carebus.runtime import metrics
+from carebus.runtime.retry import RetryPolicy as OutagePolicy
+from carebus.runtime.retry import StopRequestedError
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.topics import AGENCIES
 
@@ -30,6 +32,7 @@ from .queue import Claim, WebhookQueue
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
 NAME: Final = "webhooks"
 # A receiver's answer is drained up to this size (so the connection can be reused) and dropped.
 _DRAIN_LIMIT: Final = 64 * 1024
@@ -57,7 +60,7 @@ class Dispatcher:
         gauge_every_s: float = 5.0,
         unstick_every_s: float = 60.0,
         flush_timeout_s: float = 10.0,
-        backoff: Backoff | None = None,
+        outage_retry: OutagePolicy | None = None,
         random_fraction: Callable[[], float] = random.random,
     ) -> None:
         if concurrency < 1:
@@ -78,7 +81,8 @@ class Dispatcher:
         self._gauge_every_s = gauge_every_s
         self._unstick_every_s = unstick_every_s
         self._flush_timeout_s = flush_timeout_s
-        self._backoff = backoff or Backoff()
+        self._outage_retry = outage_retry or sink_retry()
+        self._on_retry = count_retry(NAME)
         self._random = random_fraction
         self._wake = asyncio.Event()
         # DeadLetterPolicy is not safe for concurrent send/flush: one dead letter at a time.
@@ -103,17 +107,16 @@ class Dispatcher:
         """Dispatch until `stop` is set, then let the requests in flight finish and be recorded."""
         log.info("webhooks.dispatcher_started", concurrency=self._concurrency)
         relay = asyncio.create_task(self._wake_on(stop))
-        delay = self._backoff.initial_s
+        delays = self._outage_retry.delays()
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
                     timeout = await self._dispatch_once(stop)
-                    delay = self._backoff.initial_s
+                    delays = self._outage_retry.delays()
                 except TRANSIENT_ERRORS as exc:  # outages worth waiting out, as every sink does
-                    metrics.SINK_RETRIES.labels(NAME, "dispatch").inc()
-                    log.warning("webhooks.dispatch_retry", error=type(exc).__name__)
-                    timeout, delay = delay, min(delay * 2, self._backoff.maximum_s)
+                    timeout = next(delays)
+                    self._on_retry("dispatch", exc, timeout)
                     self._wake.clear()  # an outage is waited out, whatever arrives meanwhile
                 self._last_progress = time.monotonic()
                 if timeout > 0:
@@ -225,27 +228,23 @@ class Dispatcher:
             "attempt": claim.attempts,
             "outcome": described,
         }
-        held = False
 
-        async def delivered() -> None:
-            nonlocal held
-            held = await self._queue.delivered(claim, status or 0)
+        async def delivered() -> bool:
+            return await self._queue.delivered(claim, status or 0)
 
-        async def reschedule() -> None:
-            nonlocal held
-            held = await self._queue.reschedule(claim, decision.delay_s, status, described)
+        async def reschedule() -> bool:
+            return await self._queue.reschedule(claim, decision.delay_s, status, described)
 
-        async def dead() -> None:
-            nonlocal held
-            held = await self._queue.dead(claim, status, f"{decision.reason}: {decision.detail}")
+        async def dead() -> bool:
+            return await self._queue.dead(claim, status, f"{decision.reason}: {decision.detail}")
 
         if decision.verdict is Verdict.DELIVERED:
-            await self._backoff.retry("record", delivered, stop, NAME)
+            held = await self._call("record", delivered, stop)
             if held:
                 metrics.WEBHOOK_DELIVERED.labels(claim.agency).inc()
                 log.debug("webhook.delivered", **fields)
         elif decision.verdict is Verdict.RETRY:
-            await self._backoff.retry("record", reschedule, stop, NAME)
+            held = await self._call("record", reschedule, stop)
             if held:
                 metrics.WEBHOOK_RETRIES.labels(claim.agency).inc()
                 retry_in_s = round(decision.delay_s, 2)
@@ -253,7 +252,7 @@ class Dispatcher:
         else:
             reason = decision.reason or Reason.OTHER
             await self._dead_letter(claim, reason, decision.detail, stop)
-            await self._backoff.retry("record", dead, stop, NAME)
+            held = await self._call("record", dead, stop)
             if held:
                 metrics.WEBHOOK_DEAD.labels(claim.agency, reason.value).inc()
                 log.error("webhook.dead", reason=reason.value, **fields)
@@ -264,20 +263,18 @@ class Dispatcher:
         self, claim: Claim, reason: Reason, detail: str, stop: asyncio.Event
     ) -> None:
         """Hand the delivery's source record to the dead-letter topic and wait for the broker."""
-        source = None
-
-        async def load() -> None:
-            nonlocal source
-            source = await self._queue.source(claim)
 
         async def flush() -> None:
             await asyncio.to_thread(self._dead_letters.flush, self._flush_timeout_s)
 
-        await self._backoff.retry("dead_letter_source", load, stop, NAME)
-        assert source is not None
+        source = await self._call("dead_letter_source", lambda: self._queue.source(claim), stop)
         async with self._dead_letter_lock:
             self._dead_letters.send(source, reason, detail)
-            await self._backoff.retry("dead_letters", flush, stop, NAME)
+            await self._call("dead_letters", flush, stop)
+
+    async def _call(self, step: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        """`attempt()` through outages, counted as this sink's retries."""
+        return await self._outage_retry.call(step, attempt, stop=stop, on_retry=self._on_retry)
 
     async def _unstick(self) -> None:
         """The queue's safety net (see consumers.webhooks.queue), at start and now and then."""

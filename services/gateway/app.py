@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -91,7 +92,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            publisher.close()
+            await asyncio.to_thread(publisher.close)
             await pool.close()
 
     app = create_app("gateway", title="carebus gateway", lifespan=lifespan)

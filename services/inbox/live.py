@@ -22,7 +22,9 @@ from typing import Any, Final
 import asyncpg
 
 from carebus.adapters.auth import Principal
+from carebus.adapters.outages import OUTAGES
 from carebus.runtime import metrics
+from carebus.runtime.retry import RetryPolicy
 from carebus.runtime.telemetry import get_logger
 from services.inbox.alerts import AlertRow, alert_json, can_see
 from services.inbox.store import CHANNEL
@@ -33,12 +35,8 @@ log = get_logger(__name__)
 LISTENER_NAME: Final = "carebus-inbox-listen"
 # Sent to a stream after the LISTEN connection came back: changes may have been missed.
 RESYNC_FRAME: Final = "event: resync\ndata: {}\n\n"
-_CONNECTION_ERRORS: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
+# What the feed waits out: the database's outages, and any error of a lost LISTEN connection.
+_CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (*OUTAGES, asyncpg.PostgresError)
 
 Loader = Callable[[Sequence[str]], Awaitable[Sequence[AlertRow]]]
 
@@ -134,18 +132,10 @@ class AlertFeed:
             self.publish(rows)
 
     async def _listen(self) -> None:
-        backoff = 0.2
+        connecting = RetryPolicy(_CONNECTION_ERRORS, initial_s=0.2, maximum_s=self._max_backoff_s)
         first = True
         while True:
-            try:
-                conn = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": LISTENER_NAME}
-                )
-            except _CONNECTION_ERRORS as exc:
-                log.warning("inbox.listen_connect_failed", error=type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
-                continue
+            conn = await connecting.call("listen", self._connect, on_retry=_log_connect_failed)
             try:
                 await self._listen_on(conn, first=first)
             except _CONNECTION_ERRORS as exc:
@@ -155,8 +145,10 @@ class AlertFeed:
                 with contextlib.suppress(*_CONNECTION_ERRORS):
                     conn.terminate()
             first = False
-            backoff = 0.2
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(connecting.initial_s)
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self._dsn, server_settings={"application_name": LISTENER_NAME})
 
     async def _listen_on(self, conn: asyncpg.Connection, *, first: bool) -> None:
         """Until the connection is lost: LISTEN, and ping so a silent loss is noticed too."""
@@ -173,3 +165,7 @@ class AlertFeed:
                 await asyncio.wait_for(lost.wait(), self._ping_interval_s)
             except TimeoutError:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), self._ping_interval_s)
+
+
+def _log_connect_failed(step: str, error: BaseException, delay: float) -> None:
+    log.warning("inbox.listen_connect_failed", error=type(error).__name__, retry_in_s=delay)

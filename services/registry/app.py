@@ -278,7 +278,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
-            publisher.close()
+            await asyncio.to_thread(publisher.close)
             await pool.close()
 
     app = create_app("registry", title="carebus registry", lifespan=lifespan)

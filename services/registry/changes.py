@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
+from carebus.domain import records
 from carebus.domain.events import Problem, check_choice, check_org_id, check_text, parse_time
 from carebus.domain.identity import validate_nin
 from carebus.wire.topics import AGENCIES
@@ -128,7 +129,7 @@ def consent_record(
     subject_key: str,
     recorded_by_org: str,
     recorded_at: datetime,
-) -> dict[str, Any]:
+) -> records.ConsentChange:
     """The `ConsentChange` record of `consent`; it carries the subject key, never the nin."""
     return {
         "change_id": consent_id,
@@ -151,7 +152,7 @@ def care_team_record(
     subject_key: str,
     recorded_by_org: str,
     recorded_at: datetime,
-) -> dict[str, Any]:
+) -> records.CareTeamChange:
     """The `CareTeamChange` record of `change`; it carries the subject key, never the nin."""
     return {
         "change_id": change_id,

@@ -4,6 +4,7 @@ in one transaction with the person's facts, then the publish."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -327,7 +328,7 @@ class History:
         key: str,
         state: PersonState,
         schema: str,
-        record: dict[str, Any],
+        record: Mapping[str, Any],
     ) -> None:
         """The outbox record of a change, and the facts it changes."""
         await Outbox.add(conn, self._outgoing(schema, key, record))
@@ -335,7 +336,7 @@ class History:
         if after is not state:
             await facts.save(conn, {key: after})
 
-    def _outgoing(self, schema: str, key: str, record: dict[str, Any]) -> OutgoingRecord:
+    def _outgoing(self, schema: str, key: str, record: Mapping[str, Any]) -> OutgoingRecord:
         return OutgoingRecord(topics.EVENTS, key.encode(), self._codec.encode(schema, record))
 
     async def _publish(self, key: str, change_id: str) -> None:

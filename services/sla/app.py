@@ -17,6 +17,7 @@ twice and on several workers at once (`FOR UPDATE SKIP LOCKED`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -31,7 +32,8 @@ from faust.types import EventT
 from carebus.adapters.auth import Connection
 from carebus.adapters.deadletter import DeadLetterPolicy, FaustMessage, Reason
 from carebus.adapters.kafka import producer_config
-from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
+from carebus.adapters.outages import OUTAGES
+from carebus.adapters.publisher import OutgoingRecord, Publisher
 from carebus.adapters.streams import StreamApp
 from carebus.domain.alerts import AlertContext
 from carebus.domain.events import record_to_json
@@ -42,6 +44,7 @@ from carebus.domain.routing import PersonState, apply
 from carebus.domain.sla import RuleSet, parse_rfc3339
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
+from carebus.runtime.retry import RetryPolicy
 from carebus.runtime.telemetry import get_logger
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
@@ -54,14 +57,8 @@ SCAN_BATCH: Final = 500
 # Full passes one scan runs back to back before it yields to the timer's next tick.
 MAX_PASSES: Final = 20
 # Failures that are not the records' fault: retried until they pass.
-_OUTAGE: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    BrokerUnavailableError,
-)
+# A database or broker outage is waited out; the offset table makes a repeated batch harmless.
+BATCH_RETRY: Final = RetryPolicy(OUTAGES, initial_s=0.5, maximum_s=30.0)
 # Records applied per transaction while catching up; a lone record waits at most this long.
 BATCH_SIZE: Final = 500
 BATCH_WITHIN_S: Final = 0.05
@@ -175,42 +172,30 @@ class SlaEngine:
         retry harmless).
         """
         messages = [event.message for event in batch]
-        delay = 0.5
-        while True:
-            try:
-                await self._apply_batch(messages)
-                return
-            except _OUTAGE as error:
-                log.warning("sla_batch_retry", error_type=type(error).__name__, wait_s=delay)
-            except asyncpg.PostgresError as error:
-                log.error("sla_batch_refused", error_type=type(error).__name__)
-                await self._apply_one_by_one(messages)
-                return
-            except RecordFailedError:
-                await self._apply_one_by_one(messages)
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        try:
+            await BATCH_RETRY.call(
+                "batch", functools.partial(self._apply_batch, messages), on_retry=_log_retry
+            )
+        except asyncpg.PostgresError as error:  # not an outage: a value the database refuses
+            log.error("sla_batch_refused", error_type=type(error).__name__)
+            await self._apply_one_by_one(messages)
+        except RecordFailedError:
+            await self._apply_one_by_one(messages)
 
     async def _apply_one_by_one(self, messages: Sequence[Any]) -> None:
         for message in messages:
-            delay = 0.5
-            while True:
-                try:
-                    await self._apply_batch([message])
-                    break
-                except _OUTAGE:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 30.0)
-                except asyncpg.PostgresError as error:
-                    self._dead_letters.send(
-                        FaustMessage(message),
-                        Reason.INVALID_RECORD,
-                        f"sla state not storable: {type(error).__name__}",
-                    )
-                    self._dead_letters.flush(timeout=30.0)
-                    metrics.SLA_EVENTS.labels("dead_lettered").inc()
-                    break
+            try:
+                await BATCH_RETRY.call(
+                    "record", functools.partial(self._apply_batch, [message]), on_retry=_log_retry
+                )
+            except asyncpg.PostgresError as error:
+                self._dead_letters.send(
+                    FaustMessage(message),
+                    Reason.INVALID_RECORD,
+                    f"sla state not storable: {type(error).__name__}",
+                )
+                await asyncio.to_thread(self._dead_letters.flush, timeout=30.0)
+                metrics.SLA_EVENTS.labels("dead_lettered").inc()
 
     async def _apply_batch(self, messages: Sequence[Any]) -> None:
         pool = await self.pool()
@@ -248,7 +233,7 @@ class SlaEngine:
         # Counted once committed: a batch that is rolled back and applied again counts once.
         metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
         metrics.SLA_EVENTS.labels("applied").inc(applied)
-        self._dead_letters.flush(timeout=30.0)
+        await asyncio.to_thread(self._dead_letters.flush, timeout=30.0)
 
     def _apply(
         self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool
@@ -471,6 +456,10 @@ async def _save_many(conn: Connection, persons: dict[str, tuple[PersonState, Sla
             "INSERT INTO sla_deadlines (subject_key, obligation_id, deadline) VALUES ($1, $2, $3)",
             rows,
         )
+
+
+def _log_retry(step: str, error: BaseException, delay: float) -> None:
+    log.warning("sla_batch_retry", step=step, error_type=type(error).__name__, wait_s=delay)
 
 
 def _text(key: Any) -> str:

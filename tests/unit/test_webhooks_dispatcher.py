@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from carebus.adapters.deadletter import DeadLetterPolicy
-from carebus.adapters.sink import Backoff
+from carebus.adapters.sink import sink_retry
 from carebus.wire.codec import Codec
 from consumers.webhooks.dispatcher import Dispatcher
 from consumers.webhooks.protocol import RetryPolicy, signature
@@ -177,7 +177,7 @@ async def dispatch(
         concurrency=concurrency,
         timeout_s=timeout_s,
         idle_s=0.2,
-        backoff=Backoff(initial_s=0.01, maximum_s=0.05),
+        outage_retry=sink_retry(initial_s=0.01, maximum_s=0.05),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
