@@ -9,6 +9,7 @@ its partition for one bad record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,6 +165,13 @@ class DeadLetterPolicy:
         if outstanding:
             raise DeadLettersUnacknowledgedError(outstanding)
         self._letters.clear()
+
+    async def acknowledged(self, timeout_s: float) -> None:
+        """`flush` for asyncio code: at once when nothing was handed over, else in a thread, so
+        the wait for the broker never blocks the event loop. Not to be called concurrently with
+        `send` (one consumer loop owns a policy)."""
+        if self._letters:
+            await asyncio.to_thread(self.flush, timeout_s)
 
     def _produce(self, letter: _Letter) -> None:
         letter.state = "pending"

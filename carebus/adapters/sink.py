@@ -251,10 +251,12 @@ class BatchSink:
             self._dead_letters.send(message, Reason.INVALID_RECORD, detail)
             self._log_dead_letter(message, Reason.INVALID_RECORD)
 
-        async def flush() -> None:
-            await asyncio.to_thread(self._dead_letters.flush, self._flush_timeout_s)
-
-        await self._retry.call("dead_letters", flush, stop=stop, on_retry=self._on_retry)
+        await self._retry.call(
+            "dead_letters",
+            lambda: self._dead_letters.acknowledged(self._flush_timeout_s),
+            stop=stop,
+            on_retry=self._on_retry,
+        )
 
         async def commit() -> None:
             await self._commit(messages)

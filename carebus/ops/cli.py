@@ -40,8 +40,12 @@ class _Commands(click.Group):
         for entry in entry_points(group="carebus.commands"):
             try:
                 command = entry.load()
-            except ImportError:
-                continue  # declared by the project's metadata, but not in this image
+            except ModuleNotFoundError as missing:
+                # Declared by the project's metadata but not in this image (production images do
+                # not carry carebus_dev); any other import failure is a bug and is raised.
+                if missing.name is None or not entry.module.startswith(missing.name):
+                    raise
+                continue
             if isinstance(command, click.Command):
                 self.add_command(command, entry.name)
 
@@ -67,13 +71,15 @@ def topics() -> None:
 @topics.command("apply")
 def topics_apply() -> None:
     """Create missing topics and align the settings of existing ones (idempotent)."""
+    from confluent_kafka import KafkaException
+
     from carebus.adapters.topic_admin import TopicCatalogueError, apply_catalogue
 
     settings = Settings()
     try:
         for line in apply_catalogue(settings.kafka_bootstrap, settings.person_partitions):
             click.echo(f"topic        {line}")
-    except (TopicCatalogueError, OSError) as exc:
+    except (TopicCatalogueError, KafkaException, ValueError, OSError) as exc:
         fail(exc)
 
 

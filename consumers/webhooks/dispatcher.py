@@ -264,13 +264,12 @@ class Dispatcher:
     ) -> None:
         """Hand the delivery's source record to the dead-letter topic and wait for the broker."""
 
-        async def flush() -> None:
-            await asyncio.to_thread(self._dead_letters.flush, self._flush_timeout_s)
-
         source = await self._call("dead_letter_source", lambda: self._queue.source(claim), stop)
         async with self._dead_letter_lock:
             self._dead_letters.send(source, reason, detail)
-            await self._call("dead_letters", flush, stop)
+            await self._call(
+                "dead_letters", lambda: self._dead_letters.acknowledged(self._flush_timeout_s), stop
+            )
 
     async def _call(self, step: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
         """`attempt()` through outages, counted as this sink's retries."""

@@ -13,7 +13,6 @@ ids are deterministic and every sink is idempotent.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -152,8 +151,7 @@ class Router:
             outgoing.extend(self.route_one(event.message))
 
         async def publish() -> None:
-            if self._dead_letters.outstanding:
-                await asyncio.to_thread(self._dead_letters.flush, timeout=30.0)
+            await self._dead_letters.acknowledged(timeout_s=30.0)
             await self._publisher.publish_all(outgoing)
 
         await PUBLISH_RETRY.call("publish", publish, on_retry=_log_retry(len(outgoing)))

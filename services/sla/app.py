@@ -16,7 +16,6 @@ twice and on several workers at once (`FOR UPDATE SKIP LOCKED`).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -194,7 +193,7 @@ class SlaEngine:
                     Reason.INVALID_RECORD,
                     f"sla state not storable: {type(error).__name__}",
                 )
-                await asyncio.to_thread(self._dead_letters.flush, timeout=30.0)
+                await self._dead_letters.acknowledged(timeout_s=30.0)
                 metrics.SLA_EVENTS.labels("dead_lettered").inc()
 
     async def _apply_batch(self, messages: Sequence[Any]) -> None:
@@ -233,7 +232,7 @@ class SlaEngine:
         # Counted once committed: a batch that is rolled back and applied again counts once.
         metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
         metrics.SLA_EVENTS.labels("applied").inc(applied)
-        await asyncio.to_thread(self._dead_letters.flush, timeout=30.0)
+        await self._dead_letters.acknowledged(timeout_s=30.0)
 
     def _apply(
         self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool

@@ -102,3 +102,22 @@ def test_the_layer_contract_refuses_a_wrong_way_import(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "carebus.domain.routing -> carebus.adapters.db" in result.stdout
+
+
+def test_the_operator_command_works_without_the_developer_tooling() -> None:
+    """A production image does not carry carebus_dev: `carebus` keeps the operator's commands
+    and leaves out the local stack's, instead of failing."""
+    without_dev = (
+        "import sys; sys.modules['carebus_dev'] = None\n"
+        "from carebus.ops.cli import main\n"
+        "main(['--help'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", without_dev], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    commands = {
+        line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line
+    }
+    assert {"token", "org", "webhook", "topics", "trace"} <= commands
+    assert not commands & {"up", "down", "status", "logs"}

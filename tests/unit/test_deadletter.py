@@ -221,3 +221,23 @@ def test_a_synchronous_size_refusal_is_also_replaced_by_a_pointer(consumer: str)
 
     record = Codec.default().decode(producer.produced[0][1]).record
     assert record["original_value"] == b""
+
+
+async def test_acknowledged_waits_for_the_broker_off_the_event_loop(consumer: str) -> None:
+    """The asyncio face of flush: nothing handed over costs no broker round trip; otherwise it
+    returns once the broker acknowledged, and raises while a letter is not acknowledged."""
+    producer = FakeProducer()
+    dead_letters = policy(producer, consumer)
+    await dead_letters.acknowledged(timeout_s=1.0)
+    assert producer.produced == []
+
+    dead_letters.send(Original(), Reason.INVALID_RECORD, "x")
+    await dead_letters.acknowledged(timeout_s=1.0)
+    assert dead_letters.outstanding == 0
+    assert counted(consumer, "invalid_record") == 1
+
+    failing = FakeProducer(outcomes=[KafkaError(KafkaError._MSG_TIMED_OUT)])
+    stuck = policy(failing, consumer)
+    stuck.send(Original(), Reason.OTHER, "y")
+    with pytest.raises(DeadLettersUnacknowledgedError):
+        await stuck.acknowledged(timeout_s=1.0)
