@@ -46,7 +46,7 @@ RECIPIENTS: Final = 2  # the rule alerts the source and the home municipality
 SLICES: Final = 50
 ALERT_TIMEOUT_S: Final = 120.0
 
-# The engine's statements, as services/sla/app.py sends them (SlaEngine.scan, _refresh_gauges).
+# The engine's statements, as services/sla/store.py sends them (SlaEngine.scan, _refresh_gauges).
 DUE_SCAN: Final = (
     "SELECT subject_key FROM sla_deadlines WHERE deadline <= $1 "
     "GROUP BY subject_key ORDER BY min(deadline) LIMIT $2"

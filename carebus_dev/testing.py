@@ -86,6 +86,8 @@ class ServiceProcess:
         self.log_path = log_path
         self.url = url
         self.ready_timeout_s = ready_timeout_s
+        # Wait for /healthz 200 (ready); False: for any answer (serving, perhaps not ready).
+        self.require_ready = True
         self.proc: subprocess.Popen[bytes] | None = None
         self._swept = False  # whether stop() has swept the process group of `proc`
 
@@ -135,7 +137,7 @@ class ServiceProcess:
                     f"{self.name} exited while starting; last lines of {self.log_path}:\n"
                     + self.log_tail(40)
                 )
-            if self.url and healthz(self.url, timeout_s=1.0):
+            if self.url and healthz(self.url, timeout_s=1.0, ready=self.require_ready):
                 return
             time.sleep(0.1)
         if self.url:
@@ -264,11 +266,14 @@ class TestStack:
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         wait: bool = True,
+        ready: bool = True,
     ) -> ServiceProcess:
         """Start a service of the services table by name, or any argv (give `url` to health-check).
 
         The process gets this stack's CAREBUS_* environment plus `env`. `port` runs a named
-        HTTP service on another port (a second instance next to the first one).
+        HTTP service on another port (a second instance next to the first one). With `wait`,
+        returns once /healthz reports ready — or, with `ready=False` (a service started against
+        a dependency that is down on purpose), once it answers /healthz at all.
         """
         extra = dict(env or {})
         if isinstance(name_or_argv, str):
@@ -295,6 +300,7 @@ class TestStack:
             url=url,
         )
         self.services.append(process)
+        process.require_ready = ready
         return process.start(wait=wait)
 
     def service_log(self, name: str) -> Path:

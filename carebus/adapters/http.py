@@ -20,6 +20,7 @@ from carebus.adapters.auth import Principal, TokenCache
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import configure_logging, get_logger
+from carebus.runtime.worker import Readiness
 
 log = get_logger(__name__)
 
@@ -136,9 +137,17 @@ def create_app(service: str, *, title: str, lifespan: Lifespan | None = None) ->
             )
             metrics.HTTP_REQUESTS.labels(service, route, request.method, str(status)).inc()
 
+    # Readiness, as every worker reports it (carebus.runtime.worker): a service's lifespan adds
+    # its dependencies' checks (database, broker); 503 names the failing ones.
+    app.state.readiness = Readiness()
+
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+    async def healthz(request: Request) -> JSONResponse:
+        readiness: Readiness = request.app.state.readiness
+        checks = readiness.report()  # the last answers of checks run in the background
+        ok = all(checks.values())
+        body = {"status": "ok" if ok else "unready", "service": service, "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

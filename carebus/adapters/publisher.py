@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -38,19 +38,48 @@ class Acknowledged:
 LINGER_MS: Final = 1
 
 
+class ProducerLike(Protocol):
+    """What a Publisher needs of confluent-kafka's Producer (a fake in unit tests)."""
+
+    def produce(
+        self,
+        topic: str,
+        *,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+
+
 class Publisher:
     """One idempotent producer per process; a background thread serves its delivery reports."""
 
-    def __init__(self, settings: Settings, client_id: str, **overrides: Any) -> None:
+    def __init__(
+        self, producer: ProducerLike, *, timeout_s: float, name: str = "publisher"
+    ) -> None:
+        """Publish through `producer` (a real one from `connect`, or a fake in unit tests);
+        a record not acknowledged within `timeout_s` is reported as BrokerUnavailableError."""
+        self._producer = producer
+        self._timeout_s = timeout_s
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name=f"{name}-poll", daemon=True)
+        self._poller.start()
+
+    @classmethod
+    def connect(cls, settings: Settings, client_id: str, **overrides: Any) -> Publisher:
+        """A publisher on a real producer configured for `settings`' broker."""
         # Every caller produces what it has and then waits for the acknowledgement (a 202, a
         # faust commit), so lingering only delays it: records queued together still share a
         # request, and under load the in-flight requests make the batches.
         config = producer_config(settings, client_id, **{"linger.ms": LINGER_MS, **overrides})
-        self._producer = Producer(config)
-        self._timeout_s = settings.produce_timeout_s
-        self._closing = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name=f"{client_id}-poll", daemon=True)
-        self._poller.start()
+        return cls(Producer(config), timeout_s=settings.produce_timeout_s, name=client_id)
 
     def _poll(self) -> None:
         while not self._closing.is_set():
@@ -124,6 +153,10 @@ class Publisher:
         except (TimeoutError, KafkaException) as error:
             raise BrokerUnavailableError("the broker did not acknowledge in time") from error
         metrics.PRODUCE_LATENCY.labels(records[0].topic).observe(time.perf_counter() - started)
+
+    def answers(self) -> bool:
+        """Readiness: whether the broker answers a metadata request within 2 s."""
+        return self._producer.list_topics(timeout=2.0).brokers is not None
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.flush(timeout_s)

@@ -19,30 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
-import signal
-import socketserver
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import make_wsgi_app
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from carebus.adapters.db import create_pool
+from carebus.adapters import resources
 from carebus.adapters.deadletter import DeadLetterPolicy, Reason
-from carebus.adapters.kafka import consumer_config, producer_config
-from carebus.adapters.outages import OUTAGES
+from carebus.adapters.resources import TRANSIENT_ERRORS, count_retry
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
-from carebus.runtime.retry import OnRetry, RetryPolicy, StopRequestedError
-from carebus.runtime.telemetry import configure_logging, get_logger
+from carebus.runtime.retry import RetryPolicy, StopRequestedError
+from carebus.runtime.telemetry import get_logger
+from carebus.runtime.worker import WorkerContext, run_worker
 from carebus.wire.codec import Codec, Decoded, DecodeError
 
 log = get_logger(__name__)
@@ -56,10 +49,6 @@ _DATA_ERRORS: Final = (
     asyncpg.exceptions.DataError,
     asyncpg.exceptions.IntegrityConstraintViolationError,
 )
-# A store sink cannot tell a passing database refusal from a lasting one inside one transaction:
-# beyond the outages, any database error that is not the rows' fault (classes 22 and 23 above,
-# dead-lettered row by row) is waited out too.
-TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (*OUTAGES, asyncpg.PostgresError)
 # Commit failures that mean the partitions now belong to another member, which will replay
 # the batch; retrying the commit cannot succeed.
 _OWNERSHIP_LOST: Final = frozenset(
@@ -100,16 +89,6 @@ class RowWriter(Protocol):
 def sink_retry(initial_s: float = 0.2, maximum_s: float = 30.0) -> RetryPolicy:
     """The retry policy of every store sink (and the webhook dispatcher)."""
     return RetryPolicy(TRANSIENT_ERRORS, initial_s=initial_s, maximum_s=maximum_s)
-
-
-def count_retry(sink: str) -> OnRetry:
-    """Count and log each retry of a sink's step (`carebus_sink_retries_total{sink,step}`)."""
-
-    def on_retry(step: str, error: BaseException, delay: float) -> None:
-        metrics.SINK_RETRIES.labels(sink, step).inc()
-        log.warning("sink.retry", step=step, error=type(error).__name__, retry_in_s=round(delay, 2))
-
-    return on_retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,12 +332,6 @@ class BatchSink:
                     max(0, high - tp.offset)
                 )
 
-    def forget_partitions(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Rebalance callback: drop the lag series of partitions this member no longer owns."""
-        for tp in partitions:
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
-
 
 def _consumer_error(message: Message) -> bool:
     error = message.error()
@@ -390,48 +363,6 @@ def _subject_key(key: bytes | None) -> str | None:
     return text if all(c in "0123456789abcdef" for c in text) else None
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        # Access lines would go to stderr unstructured; the scrape itself is not news.
-        return
-
-
-def serve_metrics(host: str, port: int, healthy: Callable[[], bool]) -> WSGIServer:
-    """Serve `/metrics` (Prometheus) and `/healthz` on a daemon thread; returns the server."""
-    prometheus = make_wsgi_app()
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            return prometheus(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/healthz":
-            ok = healthy()
-            body = json.dumps({"status": "ok" if ok else "stalled"}).encode()
-            start_response(
-                "200 OK" if ok else "503 Service Unavailable",
-                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-            )
-            return [body]
-        body = json.dumps(
-            {"error": {"code": "not_found", "message": "no such path", "details": []}}
-        ).encode()
-        start_response(
-            "404 Not Found",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-        )
-        return [body]
-
-    server = make_server(
-        host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-    )
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
-
-
 @dataclass(frozen=True)
 class SinkSpec:
     """One store sink: its name (metrics label and dead-letter `consumer`), group and table."""
@@ -445,68 +376,27 @@ class SinkSpec:
 
 
 async def run_sink(spec: SinkSpec, settings: Settings) -> None:
-    """Wire a sink to the real broker and database and run it until SIGTERM or SIGINT."""
-    configure_logging(spec.name, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    """Run a store sink on the real broker and database until SIGTERM or SIGINT.
 
-    sink: BatchSink | None = None
-    try:
-        server = serve_metrics(
-            settings.http_host, spec.metrics_port, lambda: sink is not None and sink.healthy()
-        )
-    except OSError as exc:
-        raise SystemExit(
-            f"{spec.name}: cannot serve /metrics on {settings.http_host}:{spec.metrics_port} "
-            f"({exc.strerror})"
-        ) from None
-    try:
-        pool = await _connect(settings, spec.writer, stop, spec.name)
-        if pool is None:
-            return
-        # librdkafka's own log lines then come out as JSON like every other line.
-        kafka_log = logging.getLogger("librdkafka")
+    /healthz is ready while the database and the broker answer, the consumer has its
+    partitions and the loop finished a batch or a poll within the last minute.
+    """
+
+    async def body(context: WorkerContext) -> None:
+        pool = await resources.database(context, init=spec.writer.prepare)
         codec = Codec.default()
-        producer = Producer(producer_config(settings, f"{spec.name}-deadletters", logger=kafka_log))
-        consumer = Consumer(
-            consumer_config(settings, spec.group_id, **{"client.id": spec.name}, logger=kafka_log)
-        )
+        dead_letters = resources.producer(context, f"{spec.name}-deadletters")
         sink = BatchSink(
             name=spec.name,
             group_id=spec.group_id,
-            consumer=consumer,
+            consumer=resources.consumer(context, spec.group_id, spec.topics),
             pool=pool,
             codec=codec,
             writer=spec.writer,
-            dead_letters=DeadLetterPolicy(producer, codec, spec.name),
+            dead_letters=DeadLetterPolicy(dead_letters, codec, spec.name),
             batch_size=spec.batch_size,
         )
-        consumer.subscribe(
-            list(spec.topics), on_revoke=sink.forget_partitions, on_lost=sink.forget_partitions
-        )
-        try:
-            await sink.run(stop)
-        finally:
-            # Leaving the group at once lets another member take the partitions without
-            # waiting for the session timeout.
-            await asyncio.to_thread(consumer.close)
-            await asyncio.to_thread(producer.flush, settings.produce_timeout_s)
-            await pool.close()
-    finally:
-        server.shutdown()
+        context.readiness.add("progress", sink.healthy)
+        await sink.run(context.stop)
 
-
-async def _connect(
-    settings: Settings, writer: RowWriter, stop: asyncio.Event, sink: str
-) -> asyncpg.Pool | None:
-    """A small pool (the loop uses one connection at a time), retried until the database is up."""
-
-    async def attempt() -> asyncpg.Pool:
-        return await create_pool(settings, min_size=1, max_size=2, init=writer.prepare)
-
-    try:
-        return await sink_retry().call("connect", attempt, stop=stop, on_retry=count_retry(sink))
-    except StopRequestedError:
-        return None
+    await run_worker(spec.name, settings, body, metrics_port=spec.metrics_port)

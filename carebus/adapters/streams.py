@@ -17,12 +17,17 @@ read again. At-least-once with deterministic ids makes a second read harmless.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from carebus.adapters.lag import LagReporter
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import configure_logging
+from carebus.runtime.worker import Readiness, serve_health
 
 # faust's internal topic for electing the group leader: no stream records, nothing to re-read.
 _LEADER_TOPIC_SUFFIX = "__assignor-__leader"
@@ -65,3 +70,29 @@ class StreamApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def run_stream(
+    name: str,
+    create_app: Callable[[Settings, Readiness], faust.App],
+    consumed: Sequence[str],
+) -> None:
+    """Run a stream processor on faust's worker (which owns the event loop and the signals),
+    with the rest every carebus worker has: JSON logging, /metrics and /healthz, lag.
+
+    /healthz is ready when the app's own checks pass (the broker, the database if it has one)
+    and faust's consumer holds partitions and is not in the middle of a rebalance.
+    """
+    settings = get_settings()
+    configure_logging(name, settings)
+    readiness = Readiness()
+    app = create_app(settings, readiness)
+    readiness.add("consumer", lambda: _assigned(app))
+    serve_health(name, settings.http_host, settings.metrics_port, readiness)
+    LagReporter(settings, app.conf.id, list(consumed)).start()
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+def _assigned(app: faust.App) -> bool:
+    return bool(app.consumer.assignment()) and not app.rebalancing

@@ -126,12 +126,14 @@ def log_path(settings: Settings, name: str) -> Path:
     return settings.state_dir / "logs" / f"{name}.log"
 
 
-def healthz(url: str, timeout_s: float = 2.0) -> bool:
+def healthz(url: str, timeout_s: float = 2.0, *, ready: bool = True) -> bool:
+    """Whether the service at `url` reports ready (/healthz 200); with `ready=False`, whether
+    it answers /healthz at all (it serves, though a dependency may be down)."""
     try:
         response = httpx.get(f"{url}/healthz", timeout=timeout_s)
     except httpx.HTTPError:
         return False
-    return response.status_code == 200
+    return response.status_code == 200 or (not ready and response.status_code == 503)
 
 
 def wait_started(

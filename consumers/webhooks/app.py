@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import asyncpg
 import httpx
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message
 
-from carebus.adapters.db import create_pool
+from carebus.adapters import resources
 from carebus.adapters.deadletter import DeadLetterPolicy
-from carebus.adapters.kafka import consumer_config, producer_config
-from carebus.adapters.sink import BatchSink, count_retry, serve_metrics, sink_retry
+from carebus.adapters.sink import BatchSink
 from carebus.runtime.config import Settings, get_settings
-from carebus.runtime.retry import StopRequestedError
-from carebus.runtime.telemetry import configure_logging, get_logger
+from carebus.runtime.telemetry import get_logger
+from carebus.runtime.worker import WorkerContext, run_worker
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 
@@ -54,88 +51,54 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 async def run(settings: Settings) -> None:
-    """Run intake and dispatcher until SIGTERM or SIGINT (or until either fails)."""
-    configure_logging(NAME, settings)
+    """Run intake and dispatcher until SIGTERM or SIGINT (or until either fails).
+
+    /healthz is ready while the database and the broker answer, the intake consumer has its
+    partitions and both loops made progress within the last minute.
+    """
     # httpx logs every request with its URL at INFO; a webhook URL may embed the receiver's
     # own credentials, and the outcome lines below say what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
 
-    intake: IntakeSink | None = None
-    dispatcher: Dispatcher | None = None
-
-    def healthy() -> bool:
-        return bool(intake and intake.healthy() and dispatcher and dispatcher.healthy())
-
-    try:
-        server = serve_metrics(settings.http_host, settings.metrics_port, healthy)
-    except OSError as exc:
-        raise SystemExit(
-            f"{NAME}: cannot serve /metrics on {settings.http_host}:{settings.metrics_port} "
-            f"({exc.strerror})"
-        ) from None
-    try:
-        pool = await _connect(settings, stop)
-        if pool is None:
-            return
-        kafka_log = logging.getLogger("librdkafka")
+    async def body(context: WorkerContext) -> None:
+        pool = await resources.database(context, max_size=min(settings.webhook_concurrency, 16) + 2)
         codec = Codec.default()
         # One producer per dead-letter policy: each policy tracks its own letters' reports.
-        intake_producer = Producer(
-            producer_config(settings, f"{NAME}-intake-deadletters", logger=kafka_log)
-        )
-        dispatch_producer = Producer(
-            producer_config(settings, f"{NAME}-dispatch-deadletters", logger=kafka_log)
-        )
-        consumer = Consumer(
-            consumer_config(settings, GROUP_ID, **{"client.id": NAME}, logger=kafka_log)
-        )
+        intake_letters = resources.producer(context, f"{NAME}-intake-deadletters")
+        dispatch_letters = resources.producer(context, f"{NAME}-dispatch-deadletters")
+        consumer = resources.consumer(context, GROUP_ID, topics.DELIVERIES)
         limits = httpx.Limits(
             max_connections=settings.webhook_concurrency,
             max_keepalive_connections=settings.webhook_concurrency,
         )
-        try:
-            async with httpx.AsyncClient(
+        client = await context.resources.enter_async_context(
+            httpx.AsyncClient(
                 timeout=settings.webhook_timeout_s, limits=limits, follow_redirects=False
-            ) as client:
-                dispatcher = Dispatcher(
-                    queue=WebhookQueue(pool),
-                    client=client,
-                    dead_letters=DeadLetterPolicy(dispatch_producer, codec, NAME),
-                    retry=retry_policy(settings),
-                    concurrency=settings.webhook_concurrency,
-                    timeout_s=settings.webhook_timeout_s,
-                )
-                intake = IntakeSink(
-                    on_committed=dispatcher.wake,
-                    name=NAME,
-                    group_id=GROUP_ID,
-                    consumer=consumer,
-                    pool=pool,
-                    codec=codec,
-                    writer=QueueWriter(),
-                    dead_letters=DeadLetterPolicy(intake_producer, codec, NAME),
-                    batch_size=BATCH_SIZE,
-                )
-                consumer.subscribe(
-                    list(topics.DELIVERIES),
-                    on_revoke=intake.forget_partitions,
-                    on_lost=intake.forget_partitions,
-                )
-                await _run_both(intake, dispatcher, stop)
-        finally:
-            # Leaving the group at once lets another member take the partitions without
-            # waiting for the session timeout.
-            await asyncio.to_thread(consumer.close)
-            for producer in (intake_producer, dispatch_producer):
-                await asyncio.to_thread(producer.flush, settings.produce_timeout_s)
-            await pool.close()
-    finally:
-        server.shutdown()
-        log.info("webhooks.stopped")
+            )
+        )
+        dispatcher = Dispatcher(
+            queue=WebhookQueue(pool),
+            client=client,
+            dead_letters=DeadLetterPolicy(dispatch_letters, codec, NAME),
+            retry=retry_policy(settings),
+            concurrency=settings.webhook_concurrency,
+            timeout_s=settings.webhook_timeout_s,
+        )
+        intake = IntakeSink(
+            on_committed=dispatcher.wake,
+            name=NAME,
+            group_id=GROUP_ID,
+            consumer=consumer,
+            pool=pool,
+            codec=codec,
+            writer=QueueWriter(),
+            dead_letters=DeadLetterPolicy(intake_letters, codec, NAME),
+            batch_size=BATCH_SIZE,
+        )
+        context.readiness.add("progress", lambda: intake.healthy() and dispatcher.healthy())
+        await _run_both(intake, dispatcher, context.stop)
+
+    await run_worker(NAME, settings, body, metrics_port=settings.metrics_port)
 
 
 async def _run_both(intake: IntakeSink, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
@@ -149,20 +112,6 @@ async def _run_both(intake: IntakeSink, dispatcher: Dispatcher, stop: asyncio.Ev
     for result in await asyncio.gather(*tasks, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
-
-
-async def _connect(settings: Settings, stop: asyncio.Event) -> asyncpg.Pool | None:
-    """A pool for both loops' short statements, retried until the database is up."""
-
-    async def attempt() -> asyncpg.Pool:
-        return await create_pool(
-            settings, min_size=1, max_size=min(settings.webhook_concurrency, 16) + 2
-        )
-
-    try:
-        return await sink_retry().call("connect", attempt, stop=stop, on_retry=count_retry(NAME))
-    except StopRequestedError:
-        return None
 
 
 def main() -> None:

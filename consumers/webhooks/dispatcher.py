@@ -20,7 +20,8 @@ from typing import Final, TypeVar
 import httpx
 
 from carebus.adapters.deadletter import DeadLetterPolicy, Reason
-from carebus.adapters.sink import TRANSIENT_ERRORS, count_retry, sink_retry
+from carebus.adapters.resources import TRANSIENT_ERRORS, count_retry
+from carebus.adapters.sink import sink_retry
 from carebus.runtime import metrics
 from carebus.runtime.retry import RetryPolicy as OutagePolicy
 from carebus.runtime.retry import StopRequestedError

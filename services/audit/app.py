@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.resources import pool_answers
 from carebus.domain.identity import subject_key, validate_nin
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
@@ -282,6 +283,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(settings, min_size=1, max_size=10)
         app.state.tokens = TokenCache(pool)
         app.state.store = AuditStore(pool)
+        app.state.readiness.add("database", pool_answers(pool))
         try:
             yield
         finally:

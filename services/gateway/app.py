@@ -18,6 +18,7 @@ from carebus.adapters.directory import Directory
 from carebus.adapters.http import ApiError, create_app, principal_dependency
 from carebus.adapters.publisher import BrokerUnavailableError, Publisher
 from carebus.adapters.refusals import RefusalLog
+from carebus.adapters.resources import pool_answers
 from carebus.domain.authority import (
     Actor,
     AuthorityPolicy,
@@ -81,7 +82,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         # Each request holds its connection while the broker acknowledges (and the person facts
         # are folded meanwhile): 10 capped 32 concurrent clients at 412 events/s, 20 gives 669.
         pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=20)
-        publisher = Publisher(settings, client_id="carebus-gateway")
+        publisher = Publisher.connect(settings, "carebus-gateway")
         codec = Codec.default()
         app.state.secret = secret = settings.subject_key_secret.get_secret_value().encode()
         app.state.tokens = TokenCache(pool)
@@ -89,6 +90,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.directory = Directory(pool)
         app.state.refusals = RefusalLog(publisher, codec, authority.version)
         app.state.ingest = Ingest(pool, publisher, codec, secret, authority)
+        app.state.readiness.add("database", pool_answers(pool))
+        app.state.readiness.add("broker", publisher.answers)
         try:
             yield
         finally:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.resources import pool_answers
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
@@ -121,6 +122,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenCache(pool)
         app.state.store = store
         app.state.feed = feed
+        app.state.readiness.add("database", pool_answers(pool))
         background = [
             asyncio.create_task(feed.run(), name="inbox-feed"),
             asyncio.create_task(

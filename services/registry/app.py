@@ -262,7 +262,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
-        publisher = Publisher(settings, client_id="carebus-registry")
+        publisher = Publisher.connect(settings, "carebus-registry")
         codec = Codec.default()
         outbox = Outbox(pool, publisher)
         secret = settings.subject_key_secret.get_secret_value().encode()

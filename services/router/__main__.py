@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import faust
-
-from carebus.adapters.lag import LagReporter
-from carebus.adapters.sink import serve_metrics
-from carebus.runtime.config import get_settings
-from carebus.runtime.telemetry import configure_logging
+from carebus.adapters.streams import run_stream
 from carebus.wire import topics
 from services.router.app import create_app
 
 
 def main() -> None:
-    settings = get_settings()
-    configure_logging("router", settings)
-    app = create_app(settings)
-    serve_metrics(settings.http_host, settings.metrics_port, lambda: True)
-    LagReporter(settings, app.conf.id, [topics.EVENTS]).start()
-    worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
-    worker.execute_from_commandline()
+    run_stream("router", create_app, [topics.EVENTS])
 
 
 if __name__ == "__main__":

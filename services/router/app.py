@@ -30,6 +30,7 @@ from carebus.adapters.deadletter import (
 from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
 from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import StreamApp
 from carebus.domain.policy import Policy
 from carebus.domain.routing import PersonState, apply, route
@@ -37,6 +38,7 @@ from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 from carebus.runtime.retry import OnRetry, RetryPolicy
 from carebus.runtime.telemetry import get_logger
+from carebus.runtime.worker import Readiness
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy
@@ -56,8 +58,9 @@ BATCH_SIZE = 500
 BATCH_WITHIN_S = 0.01
 
 
-def create_app(settings: Settings) -> faust.App:
-    """The router's faust app wired to the broker, its topics, its table and its agent."""
+def create_app(settings: Settings, readiness: Readiness) -> faust.App:
+    """The router's faust app wired to the broker, its topics, its table and its agent; its
+    broker check goes to `readiness` (/healthz)."""
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
     app = StreamApp(
@@ -96,10 +99,10 @@ def create_app(settings: Settings) -> faust.App:
         value_type=bytes,
         use_partitioner=True,
     )
-    dead_letters = DeadLetterPolicy(
-        Producer(producer_config(settings, "carebus-router-deadletters")), codec, consumer="router"
-    )
-    publisher = Publisher(settings, "carebus-router")
+    letters = Producer(producer_config(settings, "carebus-router-deadletters"))
+    dead_letters = DeadLetterPolicy(letters, codec, consumer="router")
+    readiness.add("broker", lambda: broker_answers(letters))
+    publisher = Publisher.connect(settings, "carebus-router")
     router = Router(policy, codec, persons, publisher, dead_letters)
 
     @app.agent(events_topic)

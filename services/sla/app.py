@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import asyncpg
 import faust
-import orjson
 from confluent_kafka import Producer
 from faust.types import EventT
 
-from carebus.adapters.auth import Connection
 from carebus.adapters.deadletter import DeadLetterPolicy, FaustMessage, Reason
 from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
 from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import StreamApp
 from carebus.domain.alerts import AlertContext
 from carebus.domain.events import record_to_json
@@ -45,9 +44,12 @@ from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 from carebus.runtime.retry import RetryPolicy
 from carebus.runtime.telemetry import get_logger
+from carebus.runtime.worker import Readiness
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy, load_rules
+
+from .store import PgSlaStore, SlaStore
 
 log = get_logger(__name__)
 
@@ -65,8 +67,9 @@ BATCH_WITHIN_S: Final = 0.05
 GAUGE_INTERVAL_S: Final = 15.0
 
 
-def create_app(settings: Settings) -> faust.App:
-    """The SLA engine's faust app wired to the broker, the database and its rules."""
+def create_app(settings: Settings, readiness: Readiness) -> faust.App:
+    """The SLA engine's faust app wired to the broker, the database and its rules; its
+    dependencies' checks go to `readiness` (/healthz)."""
     rules = load_rules(settings.sla_rules, settings.sla_rules_override)
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
@@ -93,10 +96,18 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    dead_letters = DeadLetterPolicy(
-        Producer(producer_config(settings, "carebus-sla-deadletters")), codec, consumer="sla"
+    letters = Producer(producer_config(settings, "carebus-sla-deadletters"))
+    store = PgSlaStore(settings)
+    engine = SlaEngine(
+        rules,
+        policy,
+        codec,
+        store=store,
+        publisher=Publisher.connect(settings, "carebus-sla"),
+        dead_letters=DeadLetterPolicy(letters, codec, consumer="sla"),
     )
-    engine = SlaEngine(settings, rules, policy, codec, dead_letters)
+    readiness.add("broker", lambda: broker_answers(letters))
+    readiness.add("database", store.answers)
 
     @app.agent(events_topic)
     async def track(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -128,6 +139,12 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+class AlertPublisher(Protocol):
+    """Where the engine's Alert and Disclosure records go (a Publisher; a fake in unit tests)."""
+
+    async def publish_all(self, records: Sequence[OutgoingRecord]) -> None: ...
+
+
 class RecordFailedError(Exception):
     """A record of a batch could not be applied: the batch is applied again record by record."""
 
@@ -137,28 +154,24 @@ class SlaEngine:
 
     def __init__(
         self,
-        settings: Settings,
         rules: RuleSet,
         policy: Policy,
         codec: Codec,
+        *,
+        store: SlaStore,
+        publisher: AlertPublisher,
         dead_letters: DeadLetterPolicy,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._settings = settings
         self._rules = rules
         self._policy = policy
         self._codec = codec
+        self._store = store
+        self._publisher = publisher
         self._dead_letters = dead_letters
-        self._publisher = Publisher(settings, "carebus-sla")
-        self._pool: asyncpg.Pool | None = None
+        self._clock = clock
         for rule in rules.rules:  # every series from the start, so increase() sees the first one
             metrics.SLA_BREACHES.labels(rule.rule_id)
-
-    async def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._settings.postgres_dsn, min_size=1, max_size=4
-            )
-        return self._pool
 
     async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
         """Apply a batch of records; never raises, so the agent never stops.
@@ -197,20 +210,12 @@ class SlaEngine:
                 metrics.SLA_EVENTS.labels("dead_lettered").inc()
 
     async def _apply_batch(self, messages: Sequence[Any]) -> None:
-        pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
-            stored = {
-                (row["topic"], row["partition"]): row["offset"]
-                for row in await conn.fetch(
-                    'SELECT topic, partition, "offset" FROM sla_offsets '
-                    "WHERE topic = ANY($1::text[]) ORDER BY topic, partition FOR UPDATE",
-                    sorted({str(m.topic) for m in messages}),
-                )
-            }
+        async with self._store.transaction() as tx:
+            stored = await tx.claim_offsets(sorted({str(m.topic) for m in messages}))
             fresh = [
                 m for m in messages if m.offset > stored.get((str(m.topic), int(m.partition)), -1)
             ]
-            persons = await _load_many(conn, sorted({_text(m.key) for m in fresh}))
+            persons = await tx.load(sorted({_text(m.key) for m in fresh}))
             alerts: list[tuple[str, dict[str, Any]]] = []
             applied = 0
             for message in fresh:
@@ -219,16 +224,12 @@ class SlaEngine:
                     applied += 1
                     alerts.extend(raised)
             await self._publish(alerts)
-            await _save_many(conn, persons)
+            await tx.save(persons)
             latest: dict[tuple[str, int], int] = {}
             for m in fresh:
                 place = (str(m.topic), int(m.partition))
                 latest[place] = max(latest.get(place, -1), int(m.offset))
-            await conn.executemany(
-                'INSERT INTO sla_offsets (topic, partition, "offset") VALUES ($1, $2, $3) '
-                'ON CONFLICT (topic, partition) DO UPDATE SET "offset" = EXCLUDED."offset"',
-                [(topic, partition, offset) for (topic, partition), offset in latest.items()],
-            )
+            await tx.save_offsets(latest)
         # Counted once committed: a batch that is rolled back and applied again counts once.
         metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
         metrics.SLA_EVENTS.labels("applied").inc(applied)
@@ -292,31 +293,22 @@ class SlaEngine:
         gone; a crash before the commit re-publishes the same deterministic alert ids.
         """
         started = time.perf_counter()
-        pool = await self.pool()
         published = 0
         for _pass in range(MAX_PASSES):
-            now = datetime.now(UTC)
-            async with pool.acquire() as conn, conn.transaction():
-                due = await conn.fetch(
-                    "SELECT subject_key FROM sla_deadlines WHERE deadline <= $1 "
-                    "GROUP BY subject_key ORDER BY min(deadline) LIMIT $2",
-                    now,
-                    SCAN_BATCH,
-                )
+            async with self._store.transaction() as tx:
+                due = await tx.due(self._clock(), SCAN_BATCH)
                 if not due:
                     break
-                persons = await _load_many(
-                    conn, sorted(row["subject_key"] for row in due), skip_locked=True
-                )
+                persons = await tx.load(sorted(due), skip_locked=True)
                 alerts: list[tuple[str, dict[str, Any]]] = []
                 for subject_key, (routing, state) in persons.items():
                     state, raised = breach_due(state, self._rules, self._context(routing))
                     persons[subject_key] = (routing, state)
                     alerts.extend((subject_key, alert) for alert in raised)
                 await self._publish(alerts)
-                await _save_many(conn, persons)
+                await tx.save(persons)
             published += len(alerts)
-            _observe_alert_delay([alert for _, alert in alerts])
+            _observe_alert_delay([alert for _, alert in alerts], self._clock())
             if len(due) < SCAN_BATCH:
                 break
         metrics.SLA_SCAN_SECONDS.observe(time.perf_counter() - started)
@@ -325,13 +317,7 @@ class SlaEngine:
     async def refresh_gauges(self) -> None:
         """Open and overdue obligations per rule. It counts the whole index (0.3 s at a million
         open obligations), so it runs on its own slow timer, never inside the due scan."""
-        pool = await self.pool()
-        rows = await pool.fetch(
-            "SELECT split_part(obligation_id, ':', 1) AS rule_id, count(*) AS open, "
-            "count(*) FILTER (WHERE deadline <= now()) AS overdue "
-            "FROM sla_deadlines GROUP BY 1"
-        )
-        counts = {row["rule_id"]: (row["open"], row["overdue"]) for row in rows}
+        counts = await self._store.open_obligations()
         for rule_id in {*(rule.rule_id for rule in self._rules.rules), *counts}:
             open_, overdue = counts.get(rule_id, (0, 0))
             metrics.SLA_OPEN_OBLIGATIONS.labels(rule_id).set(open_)
@@ -339,7 +325,7 @@ class SlaEngine:
 
     def _context(self, routing: PersonState | None) -> AlertContext:
         return AlertContext(
-            now=datetime.now(UTC),
+            now=self._clock(),
             routing=routing or PersonState(),
             policy=self._policy,
             rules_version=self._rules.version,
@@ -360,7 +346,7 @@ class SlaEngine:
                 outgoing.append(
                     OutgoingRecord(topics.AUDIT, key, self._codec.encode(DISCLOSURE, audit))
                 )
-        await self._publisher.publish(outgoing)
+        await self._publisher.publish_all(outgoing)
         breaches = {
             (subject_key, alert["rule_id"], tuple(alert["event_ids"]))
             for subject_key, alert in alerts
@@ -380,9 +366,8 @@ class SlaEngine:
             )
 
 
-def _observe_alert_delay(alerts: Sequence[dict[str, Any]]) -> None:
+def _observe_alert_delay(alerts: Sequence[dict[str, Any]], published: datetime) -> None:
     """How long after its deadline the scan published each breach (one per obligation)."""
-    published = datetime.now(UTC)
     seen = set()
     for alert in alerts:
         if alert["status"] != "open" or alert.get("deadline") is None:
@@ -402,59 +387,6 @@ def alert_record(alert: dict[str, Any]) -> dict[str, Any]:
         if record.get(name) is not None:
             record[name] = parse_rfc3339(record[name])
     return record
-
-
-async def _load_many(
-    conn: Connection, subject_keys: Sequence[str], *, skip_locked: bool = False
-) -> dict[str, tuple[PersonState, SlaState]]:
-    """The stored states of these persons, locked (in key order, so lockers never deadlock).
-
-    With `skip_locked`, persons someone else holds right now are left out instead of waited for.
-    """
-    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
-    rows = await conn.fetch(
-        "SELECT subject_key, state, routing FROM sla_persons "  # noqa: S608 - two fixed clauses
-        f"WHERE subject_key = ANY($1::text[]) ORDER BY subject_key {lock}",
-        list(subject_keys),
-    )
-    return {
-        row["subject_key"]: (
-            PersonState.from_json(orjson.loads(row["routing"])),
-            SlaState.from_json(orjson.loads(row["state"])),
-        )
-        for row in rows
-    }
-
-
-async def _save_many(conn: Connection, persons: dict[str, tuple[PersonState, SlaState]]) -> None:
-    """Write the persons' states and replace their rows of the deadline index."""
-    if not persons:
-        return
-    keys = list(persons)
-    await conn.executemany(
-        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::json, $3::json) "
-        "ON CONFLICT (subject_key) DO UPDATE SET state = EXCLUDED.state, "
-        "routing = EXCLUDED.routing, updated_at = clock_timestamp()",
-        [
-            (
-                key,
-                orjson.dumps(state.to_json()).decode(),
-                orjson.dumps(routing.to_json()).decode(),
-            )
-            for key, (routing, state) in persons.items()
-        ],
-    )
-    await conn.execute("DELETE FROM sla_deadlines WHERE subject_key = ANY($1::text[])", keys)
-    rows = [
-        (key, oid, deadline)
-        for key, (_, state) in persons.items()
-        for oid, deadline in state.deadlines().items()
-    ]
-    if rows:
-        await conn.executemany(
-            "INSERT INTO sla_deadlines (subject_key, obligation_id, deadline) VALUES ($1, $2, $3)",
-            rows,
-        )
 
 
 def _log_retry(step: str, error: BaseException, delay: float) -> None:

@@ -100,7 +100,7 @@ def refusal(person: Person | None, actor: tuple[str, str], statement: str) -> di
 
 async def publish_refusals(stack: TestStack, records: list[dict[str, Any]]) -> None:
     """Publish on care.audit.v1 with the project's publisher, keyed as the services key them."""
-    publisher = Publisher(stack.settings, f"test-refusals-{uuid.uuid4().hex[:8]}")
+    publisher = Publisher.connect(stack.settings, f"test-refusals-{uuid.uuid4().hex[:8]}")
     try:
         await publisher.publish(
             [

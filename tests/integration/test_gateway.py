@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import random
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -349,6 +351,7 @@ async def test_broker_unavailable_is_503_with_retry_after(
             "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
             "CAREBUS_PRODUCE_TIMEOUT_S": "1",
         },
+        ready=False,  # it serves, but cannot be ready without its broker
     )
     event = admission()
     try:
@@ -356,10 +359,23 @@ async def test_broker_unavailable_is_503_with_retry_after(
             base_url=stack.settings.service_url(port), timeout=30
         ) as client:
             response = await client.post("/v1/events", json=event, headers=auth(tokens["dps"]))
+            deadline = time.monotonic() + 20
+            while True:  # the checks run in the background: until the database has answered
+                health = await client.get("/healthz")
+                if health.json()["checks"]["database"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
     finally:
         service.stop()
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
+    # Readiness says why: the database answers, the broker does not.
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "unready",
+        "service": "gateway",
+        "checks": {"database": True, "broker": False},
+    }
     conn = await asyncpg.connect(stack.settings.postgres_dsn)
     try:
         assert (

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from carebus.adapters.outages import OUTAGES
-from carebus.adapters.sink import TRANSIENT_ERRORS
+from carebus.adapters.resources import TRANSIENT_ERRORS
 from carebus.runtime.retry import RetryPolicy, StopRequestedError
 
 

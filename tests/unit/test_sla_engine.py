@@ -1,0 +1,338 @@
+"""The SLA engine against an in-memory unit of work, a fake publisher and a fake broker.
+
+No Kafka, no PostgreSQL: `FakeSlaStore` keeps the engine's state as the real store does (JSON,
+committed only when the transaction ends without an error), so what the engine decides, saves,
+publishes and dead-letters is checked in milliseconds. tests/integration/test_sla.py runs the
+same engine against the real database and broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from carebus.adapters.deadletter import DeadLetterPolicy
+from carebus.adapters.outages import OUTAGES
+from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord
+from carebus.domain.events import event_to_record, parse_event
+from carebus.domain.identity import subject_key
+from carebus.domain.obligations import SlaState
+from carebus.domain.records import ALERT
+from carebus.domain.routing import PersonState
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.runtime.retry import RetryPolicy
+from carebus.wire import topics
+from carebus.wire.codec import Codec
+from carebus.wire.policy_files import load_policy, load_rules
+from carebus_dev.testing import EventFactory
+from services.sla import app as sla_app
+from services.sla.app import SlaEngine
+from services.sla.store import Persons, Place
+
+CODEC = Codec.default()
+SECRET = "unit-test-secret"
+RULES = load_rules(PROJECT_ROOT / "policy" / "sla.yaml")
+POLICY = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+RULE = "municipal_reply.discharge_ready"  # 4 hours from discharge_ready to municipal_reply
+
+
+@dataclass
+class Stored:
+    persons: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # routing, state JSON
+    offsets: dict[Place, int] = field(default_factory=dict)
+    deadlines: dict[str, dict[str, datetime]] = field(default_factory=dict)
+
+    def copy(self) -> Stored:
+        return Stored(
+            dict(self.persons),
+            dict(self.offsets),
+            {key: dict(rows) for key, rows in self.deadlines.items()},
+        )
+
+
+class FakeTransaction:
+    def __init__(self, store: FakeSlaStore, working: Stored) -> None:
+        self._store = store
+        self._working = working
+
+    async def claim_offsets(self, topics_: Sequence[str]) -> dict[Place, int]:
+        return {place: o for place, o in self._working.offsets.items() if place[0] in topics_}
+
+    async def save_offsets(self, latest: Mapping[Place, int]) -> None:
+        self._working.offsets.update(latest)
+
+    async def load(self, subject_keys: Sequence[str], *, skip_locked: bool = False) -> Persons:
+        self._store.loads.append(list(subject_keys))
+        return {
+            key: (
+                PersonState.from_json(orjson.loads(self._working.persons[key][0])),
+                SlaState.from_json(orjson.loads(self._working.persons[key][1])),
+            )
+            for key in subject_keys
+            if key in self._working.persons
+        }
+
+    async def save(self, persons: Persons) -> None:
+        for key, (routing, state) in persons.items():
+            if key in self._store.refuse:
+                raise asyncpg.exceptions.CharacterNotInRepertoireError("refused")
+            self._working.persons[key] = (
+                orjson.dumps(routing.to_json()),
+                orjson.dumps(state.to_json()),
+            )
+            self._working.deadlines[key] = state.deadlines()
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        first = {
+            key: min(rows.values())
+            for key, rows in self._working.deadlines.items()
+            if rows and min(rows.values()) <= now
+        }
+        return sorted(first, key=first.__getitem__)[:limit]
+
+
+class FakeSlaStore:
+    """The engine's unit of work in memory: a transaction's changes exist only once it ends
+    without an error; `outages` transactions fail first as an unreachable database does."""
+
+    def __init__(self) -> None:
+        self.committed = Stored()
+        self.refuse: set[str] = set()
+        self.outages = 0
+        self.loads: list[list[str]] = []
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeTransaction]:
+        if self.outages:
+            self.outages -= 1
+            raise ConnectionRefusedError("database down")
+        working = self.committed.copy()
+        yield FakeTransaction(self, working)
+        self.committed = working
+
+    async def open_obligations(self) -> dict[str, tuple[int, int]]:
+        return {}
+
+    def state(self, key: str) -> SlaState:
+        return SlaState.from_json(orjson.loads(self.committed.persons[key][1]))
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[OutgoingRecord] = []
+        self.failures = 0
+
+    async def publish_all(self, records: Sequence[OutgoingRecord]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BrokerUnavailableError("broker down")
+        self.published.extend(records)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [CODEC.decode(r.value).record for r in self.published if r.topic == topics.ALERTS]
+
+
+class FakeProducer:
+    """A broker that acknowledges every dead letter when flushed."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+        self._reports: list[Any] = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        on_delivery: Any = None,
+    ) -> None:
+        self.sent.append((topic, key, value))
+        self._reports.append(on_delivery)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self.flush(timeout)
+
+    def flush(self, timeout: float = 0.0) -> int:
+        reports, self._reports = self._reports, []
+        for report in reports:
+            report(None, None)
+        return 0
+
+    def letters(self) -> list[dict[str, Any]]:
+        return [CODEC.decode(value or b"").record for _, _, value in self.sent]
+
+
+class Engine:
+    """The engine with its fakes and a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+        self.store = FakeSlaStore()
+        self.publisher = FakePublisher()
+        self.broker = FakeProducer()
+        self.engine = SlaEngine(
+            RULES,
+            POLICY,
+            CODEC,
+            store=self.store,
+            publisher=self.publisher,
+            dead_letters=DeadLetterPolicy(self.broker, CODEC, "sla"),
+            clock=lambda: self.now,
+        )
+        self.offset = 0
+
+    def message(self, value: bytes, key: bytes) -> Any:
+        self.offset += 1
+        return SimpleNamespace(
+            key=key, value=value, topic=topics.EVENTS, partition=0, offset=self.offset
+        )
+
+    async def feed(self, *messages: Any) -> None:
+        await self.engine.handle_batch([SimpleNamespace(message=m) for m in messages])
+
+
+FACTORY = EventFactory(seed=13)
+NIN = FACTORY.nin()
+KEY = subject_key(NIN, SECRET)
+
+
+def encoded(event_type: str, *, at: datetime = NOW, nin: str = NIN, **payload: Any) -> bytes:
+    event = FACTORY.event(event_type, nin=nin, occurred_at=at - timedelta(minutes=1), **payload)
+    parsed, problems = parse_event(event)
+    assert parsed is not None, problems
+    return CODEC.encode_event(event_to_record(parsed, subject_key(nin, SECRET), at))
+
+
+def event_id(value: bytes) -> str:
+    return str(CODEC.decode(value).record["event_id"])
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sla_app, "BATCH_RETRY", RetryPolicy(OUTAGES, initial_s=0.001))
+
+
+async def test_a_trigger_opens_an_obligation_and_records_its_offset() -> None:
+    world = Engine()
+    await world.feed(world.message(encoded("discharge_ready"), KEY.encode()))
+
+    deadlines = world.store.committed.deadlines[KEY]
+    assert [oid.split(":")[0] for oid in deadlines] == [RULE]
+    assert list(deadlines.values()) == [NOW - timedelta(minutes=1) + timedelta(hours=4)]
+    assert world.store.committed.offsets == {(topics.EVENTS, 0): 1}
+    assert world.publisher.published == []
+
+
+async def test_a_replayed_record_is_skipped() -> None:
+    world = Engine()
+    message = world.message(encoded("discharge_ready"), KEY.encode())
+    await world.feed(message)
+    before = world.store.committed.copy()
+
+    await world.feed(message)  # faust delivers at least once
+
+    assert world.store.loads[-1] == []  # nothing fresh: no person even loaded
+    assert world.store.committed == before
+
+
+async def test_the_scan_breaches_a_due_obligation_once() -> None:
+    world = Engine()
+    await world.feed(world.message(encoded("discharge_ready"), KEY.encode()))
+
+    world.now = NOW + timedelta(hours=3)
+    assert await world.engine.scan() == 0
+    world.now = NOW + timedelta(hours=5)
+    published = await world.engine.scan()
+
+    alerts = world.publisher.alerts()
+    assert published == len(alerts) > 0
+    assert {(a["rule_id"], a["status"]) for a in alerts} == {(RULE, "open")}
+    assert world.store.committed.deadlines[KEY] == {}  # breached: out of the index
+    assert await world.engine.scan() == 0  # a second scan finds nothing due
+
+
+async def test_a_fulfilment_in_time_raises_nothing() -> None:
+    world = Engine()
+    trigger = encoded("discharge_ready")
+    reply = encoded(
+        "municipal_reply", at=NOW + timedelta(hours=1), discharge_ready_event_id=event_id(trigger)
+    )
+    await world.feed(world.message(trigger, KEY.encode()), world.message(reply, KEY.encode()))
+
+    world.now = NOW + timedelta(days=2)
+    assert await world.engine.scan() == 0
+    assert world.publisher.published == []
+
+
+async def test_an_undecodable_record_is_dead_lettered_and_the_rest_applied() -> None:
+    world = Engine()
+    other = FACTORY.nin()
+    await world.feed(
+        world.message(b"\x00not avro", KEY.encode()),
+        world.message(encoded("discharge_ready", nin=other), subject_key(other, SECRET).encode()),
+    )
+
+    [letter] = world.broker.letters()
+    assert letter["consumer"] == "sla"
+    assert letter["source_offset"] == 1
+    assert subject_key(other, SECRET) in world.store.committed.persons
+    assert world.store.committed.offsets == {(topics.EVENTS, 0): 2}
+
+
+async def test_a_state_the_database_refuses_dead_letters_only_its_record() -> None:
+    world = Engine()
+    other = FACTORY.nin()
+    other_key = subject_key(other, SECRET)
+    world.store.refuse.add(KEY)
+
+    await world.feed(
+        world.message(encoded("discharge_ready"), KEY.encode()),
+        world.message(encoded("discharge_ready", nin=other), other_key.encode()),
+    )
+
+    [letter] = world.broker.letters()
+    assert letter["reason"] == "invalid_record"
+    assert letter["detail"] == "sla state not storable: CharacterNotInRepertoireError"
+    assert letter["original_key"] == KEY.encode()
+    assert KEY not in world.store.committed.persons
+    assert other_key in world.store.committed.persons
+
+
+async def test_a_database_outage_is_waited_out() -> None:
+    world = Engine()
+    world.store.outages = 3
+
+    await world.feed(world.message(encoded("discharge_ready"), KEY.encode()))
+
+    assert world.store.outages == 0
+    assert KEY in world.store.committed.persons
+    assert world.broker.sent == []  # an outage is never a dead letter
+
+
+async def test_alerts_are_out_before_the_state_that_raised_them_is_saved() -> None:
+    """A backdated trigger alerts at once; while the broker refuses the alert, nothing is
+    saved, so a crash meanwhile raises it again instead of losing it."""
+    world = Engine()
+    world.publisher.failures = 2
+    late = encoded("discharge_ready", at=NOW - timedelta(hours=6))
+
+    await world.feed(world.message(late, KEY.encode()))
+
+    alerts = world.publisher.alerts()
+    assert alerts
+    assert {a["status"] for a in alerts} == {"open"}
+    assert world.store.committed.offsets == {(topics.EVENTS, 0): 1}
+    # Published once, after the two refusals: the failed attempts left nothing behind.
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
+    assert all(r.key == KEY.encode() for r in world.publisher.published)
+    assert {CODEC.decode(r.value).schema_name for r in world.publisher.published} == {ALERT}
