@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from carebus.domain.agencies import AGENCIES
 from carebus.domain.policy import EMERGENCY, Policy
+from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
 from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
 
@@ -52,7 +53,7 @@ def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None
 
 def recipients(
     rule: Rule, trigger: Mapping[str, Any], routing: PersonState, routed: Routing
-) -> list[dict[str, Any] | None]:
+) -> list[Organisation | None]:
     """One organisation per fallback chain (None: the unassigned queue), each at most once.
 
     An emergency rule also alerts every organisation routing delivered the emergency to
@@ -61,9 +62,9 @@ def recipients(
     without consent (helsepersonelloven §23 no. 4), so each one's privacy officer reviews the
     disclosure, not only the source's (issue 12, item 9).
     """
-    chosen: list[dict[str, Any] | None] = []
+    chosen: list[Organisation | None] = []
 
-    def choose(found: dict[str, Any] | None) -> None:
+    def choose(found: Organisation | None) -> None:
         org_ids = [None if c is None else c["org_id"] for c in chosen]
         if (None if found is None else found["org_id"]) not in org_ids:
             chosen.append(found)
@@ -80,7 +81,7 @@ def recipients(
     return chosen
 
 
-def emergency_recipients(routed: Routing) -> list[dict[str, Any]]:
+def emergency_recipients(routed: Routing) -> list[Organisation]:
     """The organisations routing delivered an event to on the emergency basis, by org_id."""
     return [
         {"agency": d["recipient"]["agency"], "org_id": d["recipient"]["org_id"]}
@@ -110,7 +111,7 @@ def build_alerts(
     event_ids: Sequence[str],
     deadline: str | None,
     context: AlertContext,
-) -> list[dict[str, Any]]:
+) -> list[AlertJson]:
     """The Alert records (JSON form) a breach of `rule` raises, one per recipient."""
     built = []
     now = stamp(context.now)
@@ -139,7 +140,7 @@ def build_alerts(
             else _neutral_summary(title, contact)
         )
         identity = alert_id(rule.rule_id, trigger, org_id)
-        alert: dict[str, Any] = {
+        alert: AlertJson = {
             "alert_id": identity,
             "rule_id": rule.rule_id,
             "title": title,
@@ -168,21 +169,18 @@ def build_alerts(
     return built
 
 
-def resolved(
-    alert: Mapping[str, Any], resolution: str, event_id: str, now: datetime
-) -> dict[str, Any]:
+def resolved(alert: AlertJson, resolution: str, event_id: str, now: datetime) -> AlertJson:
     """The alert re-published as resolved by the engine (fulfilment or cancellation)."""
-    again = {key: value for key, value in alert.items() if key != "disclosure"}
-    again.update(
-        status="resolved",
-        resolution=resolution,
-        event_ids=[*alert["event_ids"], event_id],
-        changed_at=stamp(now),
-    )
+    again = alert.copy()
+    again.pop("disclosure", None)  # audited when raised; resolving it discloses nothing new
+    again["status"] = "resolved"
+    again["resolution"] = resolution
+    again["event_ids"] = [*alert["event_ids"], event_id]
+    again["changed_at"] = stamp(now)
     return again
 
 
-def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> dict[str, Any]:
+def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> Organisation:
     if rule.contact == "home_municipality" and routing.home_municipality:
         return {"agency": "municipality", "org_id": routing.home_municipality}
     return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
@@ -262,12 +260,13 @@ def _oslo_time(moment: datetime) -> str:
 
 
 def _audit(
-    alert: Mapping[str, Any],
+    alert: AlertJson,
     trigger: Mapping[str, Any],
     disclosure: Mapping[str, Any],
     context: AlertContext,
-) -> dict[str, Any]:
+) -> DisclosureJson:
     recipient = alert["recipient"]
+    assert recipient is not None  # an alert to nobody in particular discloses to nobody
     return {
         "audit_id": alert["alert_id"],
         "event_id": trigger["event_id"],

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from carebus.domain.alerts import AlertContext, build_alerts, resolved
+from carebus.domain.records import AlertJson, Obligation, Window
 from carebus.domain.sla import (
     Rule,
     RuleSet,
@@ -48,10 +49,10 @@ class SlaState:
     windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
     """
 
-    obligations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    obligations: dict[str, Obligation] = field(default_factory=dict)
     early: list[dict[str, Any]] = field(default_factory=list)
     admissions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    windows: dict[str, Window] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,9 +88,9 @@ def obligation_id(rule_id: str, trigger_event_id: str, source_org: str) -> str:
 
 def observe(
     state: SlaState, event: Mapping[str, Any], rules: RuleSet, context: AlertContext
-) -> tuple[SlaState, list[dict[str, Any]]]:
+) -> tuple[SlaState, list[AlertJson]]:
     """`state` after one event (JSON form) and the Alert records it causes."""
-    alerts: list[dict[str, Any]] = []
+    alerts: list[AlertJson] = []
     now = context.now
     _forget_old(state, now)
     if event.get("event_type") == "admission":
@@ -120,9 +121,9 @@ def observe(
 
 def breach_due(
     state: SlaState, rules: RuleSet, context: AlertContext
-) -> tuple[SlaState, list[dict[str, Any]]]:
+) -> tuple[SlaState, list[AlertJson]]:
     """Breach every open obligation whose deadline is at or before `context.now`."""
-    alerts: list[dict[str, Any]] = []
+    alerts: list[AlertJson] = []
     for obligation in state.obligations.values():
         deadline = obligation.get("deadline")
         if obligation["status"] != "open" or not deadline:
@@ -134,10 +135,11 @@ def breach_due(
             # The rule was removed from the reviewed file: nobody asked for this alert any more.
             # Closing it (not leaving it open) keeps it out of the deadline index, which would
             # otherwise offer it to every scan for ever.
-            obligation.update(status="rule_removed", closed_at=stamp(context.now))
+            obligation["status"] = "rule_removed"
+            obligation["closed_at"] = stamp(context.now)
             continue
         raised = _raise(rule, obligation["trigger"], [obligation["trigger"]], deadline, context)
-        obligation.update(status="breached", breached_at=stamp(context.now), alerts=raised)
+        _breach(obligation, raised, context.now)
         alerts.extend(raised)
     return state, alerts
 
@@ -170,7 +172,7 @@ def _open(
     state: SlaState,
     rule: Rule,
     trigger: Mapping[str, Any],
-    alerts: list[dict[str, Any]],
+    alerts: list[AlertJson],
     context: AlertContext,
 ) -> None:
     identity = _identity(rule, trigger)
@@ -185,7 +187,7 @@ def _open(
     if oid in state.obligations:
         return  # a replayed trigger
     deadline = deadline_of(rule, trigger)
-    obligation: dict[str, Any] = {
+    obligation: Obligation = {
         "rule_id": rule.rule_id,
         "identity": identity,
         "trigger": dict(trigger),
@@ -210,7 +212,7 @@ def _close_by(
     state: SlaState,
     rule: Rule,
     event: Mapping[str, Any],
-    alerts: list[dict[str, Any]],
+    alerts: list[AlertJson],
     context: AlertContext,
 ) -> bool:
     closed = False
@@ -224,7 +226,7 @@ def _settle(
     oid: str,
     rule: Rule,
     event: Mapping[str, Any],
-    alerts: list[dict[str, Any]],
+    alerts: list[AlertJson],
     context: AlertContext,
 ) -> bool:
     """Close obligation `oid` if `event` fulfils or cancels it; True if it did."""
@@ -257,17 +259,18 @@ def _settle(
             resolved(alert, resolution, event["event_id"], context.now)
             for alert in obligation["alerts"]
         )
-    obligation.update(status="closed", closed_at=stamp(context.now))
+    obligation["status"] = "closed"
+    obligation["closed_at"] = stamp(context.now)
     return True
 
 
 def breach_due_one(
     state: SlaState, oid: str, rule: Rule, context: AlertContext
-) -> tuple[SlaState, list[dict[str, Any]]]:
+) -> tuple[SlaState, list[AlertJson]]:
     obligation = state.obligations[oid]
     trigger = obligation["trigger"]
     raised = _raise(rule, trigger, [trigger], obligation["deadline"], context)
-    obligation.update(status="breached", breached_at=stamp(context.now), alerts=raised)
+    _breach(obligation, raised, context.now)
     return state, raised
 
 
@@ -292,7 +295,7 @@ def _count(
     state: SlaState,
     rule: Rule,
     event: Mapping[str, Any],
-    alerts: list[dict[str, Any]],
+    alerts: list[AlertJson],
     context: AlertContext,
 ) -> None:
     assert rule.window is not None
@@ -322,7 +325,7 @@ def _raise_immediate(
     state: SlaState,
     rule: Rule,
     event: Mapping[str, Any],
-    alerts: list[dict[str, Any]],
+    alerts: list[AlertJson],
     context: AlertContext,
 ) -> None:
     oid = obligation_id(rule.rule_id, event["event_id"], event["source"]["org_id"])
@@ -354,7 +357,7 @@ def _raise(
     involved: Sequence[Mapping[str, Any]],
     deadline: str | None,
     context: AlertContext,
-) -> list[dict[str, Any]]:
+) -> list[AlertJson]:
     event_ids = [str(event["event_id"]) for event in involved]
     return build_alerts(rule, trigger, event_ids, deadline, context)
 
@@ -374,7 +377,13 @@ def _forget_old(state: SlaState, now: datetime) -> None:
     }
 
 
-def _remembered(obligation: Mapping[str, Any], horizon: datetime) -> bool:
+def _breach(obligation: Obligation, raised: list[AlertJson], now: datetime) -> None:
+    obligation["status"] = "breached"
+    obligation["breached_at"] = stamp(now)
+    obligation["alerts"] = raised
+
+
+def _remembered(obligation: Obligation, horizon: datetime) -> bool:
     """Whether to keep an obligation: open ones with a deadline always; an open one still
     waiting for the event that sets its deadline (a discharge-ready that never came) and a
     closed or breached one until MEMORY has passed."""

@@ -8,7 +8,7 @@ events; the sinks store deliveries, disclosures, refusals and alerts by name.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 NAMESPACE: Final = "no.carebus.v1"
 
@@ -182,6 +182,73 @@ class Alert(TypedDict):
     event_ids: list[str]
     rules_version: str
     changed_at: datetime
+
+
+class DisclosureJson(TypedDict):
+    """A Disclosure as the SLA engine keeps it beside an alert, times as RFC 3339 text."""
+
+    audit_id: str
+    event_id: str
+    event_type: str
+    source_org: str
+    subject_key: str
+    recipient: Organisation | None
+    decision: str
+    reason: str | None
+    basis: str | None
+    categories: list[str]
+    fields: list[str]
+    rule_id: str | None
+    policy_version: str
+    decided_at: str
+    delivery_id: str | None
+    emergency: bool
+
+
+class AlertJson(TypedDict):
+    """An Alert as the SLA engine builds and keeps it (in a person's state, as JSON): times as
+    RFC 3339 text, and the disclosure to audit when the alert tells another organisation of
+    the person. `services.sla.app.alert_record` makes the Avro `Alert` of it."""
+
+    alert_id: str
+    rule_id: str
+    title: str
+    kind: str
+    status: str
+    resolution: str | None
+    subject_key: str
+    subject: Subject | None
+    recipient: Organisation | None
+    audience: str
+    contact: Organisation | None
+    deadline: str | None
+    breached_at: str
+    escalate_at: str
+    summary: str
+    event_ids: list[str]
+    rules_version: str
+    changed_at: str
+    disclosure: NotRequired[DisclosureJson]
+
+
+class Obligation(TypedDict):
+    """One obligation of a person's SLA state: open until fulfilled, cancelled or breached."""
+
+    rule_id: str
+    identity: str
+    trigger: dict[str, Any]  # the trigger event, JSON form
+    deadline: str | None  # None while waiting for the event that sets it
+    status: str  # open | breached | closed | rule_removed
+    breached_at: str | None
+    alerts: list[AlertJson]  # raised when breached, re-published when resolved
+    closed_at: NotRequired[str]
+
+
+class Window(TypedDict):
+    """A window rule's count for one person: the events inside it, and the last episode."""
+
+    events: list[list[str]]  # [occurred_at, event_id], oldest first
+    episode_at: str | None
 
 
 # The record type of each schema name, for the schema test and for readers that dispatch by name.

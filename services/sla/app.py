@@ -37,7 +37,14 @@ from carebus.domain.alerts import AlertContext
 from carebus.domain.events import record_to_json
 from carebus.domain.obligations import SlaState, breach_due, observe
 from carebus.domain.policy import Policy
-from carebus.domain.records import ALERT, CARE_TEAM_CHANGE, CONSENT_CHANGE, DISCLOSURE
+from carebus.domain.records import (
+    ALERT,
+    CARE_TEAM_CHANGE,
+    CONSENT_CHANGE,
+    DISCLOSURE,
+    Alert,
+    AlertJson,
+)
 from carebus.domain.routing import PersonState, apply
 from carebus.domain.sla import RuleSet, parse_rfc3339
 from carebus.runtime import metrics
@@ -53,7 +60,6 @@ from .store import PgSlaStore, SlaStore
 
 log = get_logger(__name__)
 
-_ALERT_TIMES: Final = ("deadline", "breached_at", "escalate_at", "changed_at")
 SCAN_BATCH: Final = 500
 # Full passes one scan runs back to back before it yields to the timer's next tick.
 MAX_PASSES: Final = 20
@@ -216,7 +222,7 @@ class SlaEngine:
                 m for m in messages if m.offset > stored.get((str(m.topic), int(m.partition)), -1)
             ]
             persons = await tx.load(sorted({_text(m.key) for m in fresh}))
-            alerts: list[tuple[str, dict[str, Any]]] = []
+            alerts: list[tuple[str, AlertJson]] = []
             applied = 0
             for message in fresh:
                 raised = self._apply(message, persons, alone=len(messages) == 1)
@@ -237,7 +243,7 @@ class SlaEngine:
 
     def _apply(
         self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool
-    ) -> list[tuple[str, dict[str, Any]]] | None:
+    ) -> list[tuple[str, AlertJson]] | None:
         """Apply one record to its person's states in `persons`; the alerts it raises, or None
         if it was dead-lettered.
 
@@ -261,7 +267,7 @@ class SlaEngine:
         try:
             record = decoded.record
             routing = apply(routing, decoded.schema_name, record)
-            alerts: list[dict[str, Any]] = []
+            alerts: list[AlertJson] = []
             if "event_type" in record and decoded.schema_name not in (
                 CONSENT_CHANGE,
                 CARE_TEAM_CHANGE,
@@ -300,7 +306,7 @@ class SlaEngine:
                 if not due:
                     break
                 persons = await tx.load(sorted(due), skip_locked=True)
-                alerts: list[tuple[str, dict[str, Any]]] = []
+                alerts: list[tuple[str, AlertJson]] = []
                 for subject_key, (routing, state) in persons.items():
                     state, raised = breach_due(state, self._rules, self._context(routing))
                     persons[subject_key] = (routing, state)
@@ -331,7 +337,7 @@ class SlaEngine:
             rules_version=self._rules.version,
         )
 
-    async def _publish(self, alerts: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    async def _publish(self, alerts: Sequence[tuple[str, AlertJson]]) -> None:
         if not alerts:
             return
         outgoing = []
@@ -366,7 +372,7 @@ class SlaEngine:
             )
 
 
-def _observe_alert_delay(alerts: Sequence[dict[str, Any]], published: datetime) -> None:
+def _observe_alert_delay(alerts: Sequence[AlertJson], published: datetime) -> None:
     """How long after its deadline the scan published each breach (one per obligation)."""
     seen = set()
     for alert in alerts:
@@ -380,13 +386,29 @@ def _observe_alert_delay(alerts: Sequence[dict[str, Any]], published: datetime) 
         metrics.SLA_ALERT_DELAY.labels(alert["rule_id"]).observe(max(0.0, delay))
 
 
-def alert_record(alert: dict[str, Any]) -> dict[str, Any]:
+def alert_record(alert: AlertJson) -> Alert:
     """The Avro record of an alert in the engine's JSON form (times as datetimes)."""
-    record = {key: value for key, value in alert.items() if key != "disclosure"}
-    for name in _ALERT_TIMES:
-        if record.get(name) is not None:
-            record[name] = parse_rfc3339(record[name])
-    return record
+    deadline = alert["deadline"]
+    return {
+        "alert_id": alert["alert_id"],
+        "rule_id": alert["rule_id"],
+        "title": alert["title"],
+        "kind": alert["kind"],
+        "status": alert["status"],
+        "resolution": alert["resolution"],
+        "subject_key": alert["subject_key"],
+        "subject": alert["subject"],
+        "recipient": alert["recipient"],
+        "audience": alert["audience"],
+        "contact": alert["contact"],
+        "deadline": None if deadline is None else parse_rfc3339(deadline),
+        "breached_at": parse_rfc3339(alert["breached_at"]),
+        "escalate_at": parse_rfc3339(alert["escalate_at"]),
+        "summary": alert["summary"],
+        "event_ids": alert["event_ids"],
+        "rules_version": alert["rules_version"],
+        "changed_at": parse_rfc3339(alert["changed_at"]),
+    }
 
 
 def _log_retry(step: str, error: BaseException, delay: float) -> None:

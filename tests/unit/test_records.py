@@ -126,3 +126,25 @@ def test_a_record_type_that_drifts_from_its_schema_is_found() -> None:
         "CareTeamChange.recorded_by_org: missing",
         "CareTeamChange.subject_key: <class 'int'> is not string",
     ]
+
+
+@pytest.mark.parametrize(
+    ("json_form", "record"),
+    [(records.AlertJson, records.Alert), (records.DisclosureJson, records.Disclosure)],
+)
+def test_the_engines_json_forms_have_the_records_fields(json_form: Any, record: Any) -> None:
+    """The SLA engine keeps alerts and their disclosures as JSON (times as text); the same
+    fields as the Avro records they become, and nothing else but the alert's disclosure."""
+    json_hints = get_type_hints(json_form)
+    record_hints = get_type_hints(record)
+    assert set(json_hints) - {"disclosure"} == set(record_hints)
+    for field_name, hint in record_hints.items():
+        if _base(hint) is datetime:
+            assert _base(json_hints[field_name]) is str, field_name
+            assert _optional(json_hints[field_name]) == _optional(hint), field_name
+        else:
+            assert json_hints[field_name] == hint, field_name
+
+
+def _base(hint: Any) -> Any:
+    return _without_none(hint) if _optional(hint) else hint
