@@ -273,7 +273,7 @@ class SlaEngine:
                 CARE_TEAM_CHANGE,
             ):
                 context = self._context(routing)
-                state, alerts = observe(state, record_to_json(record), self._rules, context)
+                alerts = observe(state, record_to_json(record), self._rules, context)
         except Exception as error:  # a record the engine cannot apply is a dead letter
             if not alone:
                 raise RecordFailedError(type(error).__name__) from None
@@ -308,8 +308,7 @@ class SlaEngine:
                 persons = await tx.load(sorted(due), skip_locked=True)
                 alerts: list[tuple[str, AlertJson]] = []
                 for subject_key, (routing, state) in persons.items():
-                    state, raised = breach_due(state, self._rules, self._context(routing))
-                    persons[subject_key] = (routing, state)
+                    raised = breach_due(state, self._rules, self._context(routing))
                     alerts.extend((subject_key, alert) for alert in raised)
                 await self._publish(alerts)
                 await tx.save(persons)

@@ -66,7 +66,7 @@ def emergency_event(
 
 def emergency_alerts(record: dict[str, Any], policy: Policy = POLICY) -> list[dict[str, Any]]:
     context = AlertContext(T0 + timedelta(minutes=1), ROUTING, policy, RULES.version)
-    _, alerts = observe(SlaState(), record, RULES, context)
+    alerts = observe(SlaState(), record, RULES, context)
     return [alert for alert in alerts if alert["rule_id"] == "emergency_disclosure"]
 
 
@@ -109,7 +109,7 @@ def test_the_alerted_organisations_are_routings_emergency_recipients(
     """Besides the source, exactly the recipients of routing's emergency deliveries are alerted."""
     record = emergency_event(recipients=[POLICE])
     context = AlertContext(T0, routing, POLICY, RULES.version)
-    _, alerts = observe(SlaState(), record, RULES, context)
+    alerts = observe(SlaState(), record, RULES, context)
     alerted = [a["recipient"] for a in alerts if a["rule_id"] == "emergency_disclosure"]
     delivered = [
         d["recipient"]

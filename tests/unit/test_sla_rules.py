@@ -98,13 +98,11 @@ class Person:
         self.routing = apply(self.routing, event_schema_name(record["event_type"]), record)
         # A JSON round trip: the state is stored as JSON between events.
         self.state = SlaState.from_json(json.loads(json.dumps(self.state.to_json())))
-        self.state, alerts = observe(self.state, record, self.rules, self.context(now))
-        return alerts
+        return list(observe(self.state, record, self.rules, self.context(now)))
 
     def scan(self, now: datetime) -> list[dict[str, Any]]:
         """The due scan at wall-clock time `now`."""
-        self.state, alerts = breach_due(self.state, self.rules, self.context(now))
-        return alerts
+        return list(breach_due(self.state, self.rules, self.context(now)))
 
     def deadlines(self, rule_id: str) -> list[datetime]:
         return sorted(

@@ -380,7 +380,7 @@ def engine_state(*events: dict[str, Any]) -> dict[str, Any]:
     state = SlaState()
     for event in events:
         context = AlertContext(T0 + SECOND, routing, POLICY, RULES.version)
-        state, _ = observe(state, event, RULES, context)
+        observe(state, event, RULES, context)
     return state.to_json()
 
 
