@@ -97,11 +97,12 @@ def records_on_events_topic(stack: TestStack, event_id: str) -> list[tuple[bytes
             message = consumer.poll(5)
             assert message is not None, "the events topic stopped before its end offsets"
             assert message.error() is None
-            if message.offset() + 1 >= ends[message.partition()]:
-                done.add(message.partition())
+            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
             headers = dict(message.headers() or [])
             if headers.get("carebus-event-id") == event_id.encode():
-                found.append((message.key(), codec.decode(message.value()).record))
+                found.append((message.key() or b"", codec.decode(message.value() or b"").record))
         return found
     finally:
         consumer.close()

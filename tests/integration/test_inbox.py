@@ -255,6 +255,7 @@ async def test_a_replayed_record_changes_nothing(
     acked = await client.post(f"/v1/alerts/{record['alert_id']}/ack", headers=auth(bearer))
     assert acked.json()["status"] == "acknowledged"
     before = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
+    assert before is not None
 
     # Same subject key, so the same partition: once the marker is stored, the replay was read.
     marker = alert(stack, org)
@@ -262,6 +263,7 @@ async def test_a_replayed_record_changes_nothing(
     produce(stack, [record, marker])
     await stored(db, [marker["alert_id"]])  # the replay, earlier on its partition, is done
     after = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
+    assert after is not None
     assert dict(after) == dict(before)
     count = await db.fetchval("SELECT count(*) FROM alerts WHERE alert_id = $1", record["alert_id"])
     assert count == 1
@@ -295,8 +297,9 @@ async def test_engine_resolution_overrides_acknowledgement(
     # A second resolved record (a replay) changes nothing either.
     produce(stack, [resolved(record, "fulfilled_late_report", "other")])
     await asyncio.sleep(1.0)
-    row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
-    assert row["resolution"] == "fulfilled_late"
+    again_row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
+    assert again_row is not None
+    assert again_row["resolution"] == "fulfilled_late"
 
 
 async def test_self_contradicting_records_are_not_stored(
@@ -407,6 +410,7 @@ async def test_the_unassigned_queue_is_the_operators(
         "SELECT token_id FROM api_tokens WHERE token_hash = $1", hash_token(operator)
     )
     row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", acked["alert_id"])
+    assert row is not None
     assert row is not None
     assert row["acknowledged_by"] == by_operator
 
@@ -525,6 +529,7 @@ async def test_ack_and_resolve_are_idempotent(
         "SELECT token_id FROM api_tokens WHERE org_id = $1 AND role = 'coordinator'", org
     )
     row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
+    assert row is not None
     assert row["acknowledged_by"] == token_id
 
     done = await client.post(f"{url}/resolve", headers=auth(bearer))
@@ -535,6 +540,7 @@ async def test_ack_and_resolve_are_idempotent(
     assert (await client.post(f"{url}/resolve", headers=auth(bearer))).json() == body
     assert (await client.post(f"{url}/ack", headers=auth(bearer))).json() == body
     row = await db.fetchrow("SELECT * FROM alerts WHERE alert_id = $1", record["alert_id"])
+    assert row is not None
     assert row["resolved_by"] == token_id
 
 

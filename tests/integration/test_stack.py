@@ -68,7 +68,7 @@ def test_produce_consume_round_trip(stack: TestStack) -> None:
         key=key,
         value=value,
         on_delivery=lambda err, msg: (
-            reports.append((msg.partition(), msg.offset()))
+            reports.append((int(msg.partition() or 0), int(msg.offset() or 0)))
             if err is None
             else pytest.fail(str(err))
         ),
@@ -95,7 +95,9 @@ def _create_topic(stack: TestStack, partitions: int) -> str:
     return name
 
 
-def _confluent_partitions(stack: TestStack, topic: str, keys: list[bytes], **config: str) -> dict:
+def _confluent_partitions(
+    stack: TestStack, topic: str, keys: list[bytes], **config: str
+) -> dict[bytes, int]:
     producer = Producer(producer_config(stack.settings, "test-partitioning", **config))
     placed: dict[bytes, int] = {}
 

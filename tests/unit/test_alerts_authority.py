@@ -18,6 +18,7 @@ from carebus.domain.alerts import (
 from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.obligations import SlaState, observe
 from carebus.domain.policy import Policy
+from carebus.domain.records import AlertJson
 from carebus.domain.routing import Member, PersonState, route
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.codec import Codec
@@ -64,14 +65,14 @@ def emergency_event(
     }
 
 
-def emergency_alerts(record: dict[str, Any], policy: Policy = POLICY) -> list[dict[str, Any]]:
+def emergency_alerts(record: dict[str, Any], policy: Policy = POLICY) -> list[AlertJson]:
     context = AlertContext(T0 + timedelta(minutes=1), ROUTING, policy, RULES.version)
     alerts = observe(SlaState(), record, RULES, context)
     return [alert for alert in alerts if alert["rule_id"] == "emergency_disclosure"]
 
 
-def by_recipient(alerts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {alert["recipient"]["org_id"]: alert for alert in alerts}
+def by_recipient(alerts: list[AlertJson]) -> dict[str, AlertJson]:
+    return {alert["recipient"]["org_id"]: alert for alert in alerts if alert["recipient"]}
 
 
 # --- emergency: the source and every organisation routing delivered it to --------------------
@@ -278,15 +279,17 @@ def registry_action_names() -> set[str]:
     """The action names the registry records: each `operator.touched` call's literal action,
     and the register actions `operator.register_changed` records for the registers `_register`
     is called with (set and cleared)."""
-    literal = set()
+    literal: set[str] = set()
     for call in registry_calls("touched"):
         action = call.args[1]
         assert isinstance(action, ast.Constant), f"line {call.lineno}: name the action literally"
+        assert isinstance(action.value, str), f"line {call.lineno}: an action is a name"
         literal.add(action.value)
-    registers = set()
+    registers: set[str] = set()
     for call in registry_calls("_register"):
         register = call.args[3]
         assert isinstance(register, ast.Constant), f"line {call.lineno}: name the register"
+        assert isinstance(register.value, str), f"line {call.lineno}: a register is a name"
         registers.add(register.value)
     assert registers, "no _register call found"
     assert registers <= {register for register, _ in REGISTER_ACTIONS}, "a register without names"

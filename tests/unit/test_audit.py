@@ -79,11 +79,12 @@ class TestRows:
 
         codec = Codec.default()
         writer = AuditStoreWriter()
+        message: Any = Message()  # the one method of confluent_kafka.Message the writer reads
         audit_row = writer.row(
-            codec.decode(codec.encode("no.carebus.v1.Disclosure", disclosure())), Message()
+            codec.decode(codec.encode("no.carebus.v1.Disclosure", disclosure())), message
         )
         delivery_row_ = writer.row(
-            codec.decode(codec.encode("no.carebus.v1.Delivery", delivery())), Message()
+            codec.decode(codec.encode("no.carebus.v1.Delivery", delivery())), message
         )
         assert audit_row is not None
         assert audit_row[0] == "disclosure"
@@ -278,7 +279,7 @@ class TestPurpose:
 class TestDisclosureJson:
     def test_withheld_has_reason_and_no_basis(self) -> None:
         """Withheld items carry `reason`; delivered ones `basis` and `fields`."""
-        row = {
+        row: dict[str, Any] = {
             "event_id": "e-1",
             "event_type": "admission",
             "recipient_agency": "nav",

@@ -26,6 +26,7 @@ from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
     REGISTER_CHANGE,
+    ConsentChange,
     event_schema_name,
 )
 from carebus.domain.routing import PersonState, apply
@@ -514,7 +515,7 @@ def event_of(statement: EventStatement, person: Person) -> dict[str, Any]:
     return event_to_record(parsed, person.subject_key, NOW - DAY)
 
 
-def consent_change(statement: ConsentStatement, person: Person, at: datetime) -> dict[str, Any]:
+def consent_change(statement: ConsentStatement, person: Person, at: datetime) -> ConsentChange:
     consent = Consent(
         nin=person.nin,
         recipient_agency=statement.agency,

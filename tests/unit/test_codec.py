@@ -21,7 +21,7 @@ from carebus.domain.events import (
     event_to_record,
     parse_event,
 )
-from carebus.domain.records import DEAD_LETTER
+from carebus.domain.records import DEAD_LETTER, event_schema_name
 from carebus.wire.codec import (
     HEADER_SIZE,
     MAGIC,
@@ -31,7 +31,6 @@ from carebus.wire.codec import (
     EncodeError,
     SchemaCatalogue,
     SchemaError,
-    event_schema_name,
     expand_schemas,
     fingerprint_of,
     format_schema,

@@ -18,6 +18,8 @@ from carebus.domain.records import (
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
+    Delivery,
+    Disclosure,
     event_schema_name,
 )
 from carebus.domain.routing import PersonState, Routing, apply, route
@@ -161,7 +163,7 @@ def routed(record: dict[str, Any], state: PersonState, now: datetime = NOW) -> R
     return routing
 
 
-def decision_for(routing: Routing, org_id: str) -> dict[str, Any]:
+def decision_for(routing: Routing, org_id: str) -> Disclosure:
     found = [
         d for d in routing.disclosures if d["recipient"] and d["recipient"]["org_id"] == org_id
     ]
@@ -169,7 +171,7 @@ def decision_for(routing: Routing, org_id: str) -> dict[str, Any]:
     return found[0]
 
 
-def delivery_for(routing: Routing, org_id: str) -> dict[str, Any] | None:
+def delivery_for(routing: Routing, org_id: str) -> Delivery | None:
     found = [d for d in routing.deliveries if d["recipient"]["org_id"] == org_id]
     assert len(found) <= 1
     return found[0] if found else None

@@ -17,6 +17,7 @@ from carebus.domain.records import (
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
+    Organisation,
     event_schema_name,
 )
 from carebus.domain.routing import PersonState, apply, route
@@ -421,13 +422,13 @@ def check_event(
         assert [d["decision"] for d in routing.disclosures] == ["no_candidate"]
         assert routing.deliveries == []
         return
-    audited = [d["recipient"]["org_id"] for d in routing.disclosures]
+    audited = [_org(d["recipient"]) for d in routing.disclosures]
     assert sorted(audited) == sorted(candidates), "every candidate audited exactly once"
     assert {d["recipient"]["org_id"] for d in routing.deliveries} <= candidates
 
     deliveries = {d["recipient"]["org_id"]: d for d in routing.deliveries}
     for disclosure in routing.disclosures:
-        org_id = disclosure["recipient"]["org_id"]
+        org_id = _org(disclosure["recipient"])
         expected = model_decision(record, history, org_id, team, home)
         assert disclosure["decision"] == expected.decision, (org_id, disclosure, expected)
         assert disclosure["reason"] == expected.reason
@@ -453,3 +454,9 @@ def check_event(
         if delivery["basis"] == "emergency":
             assert delivery["emergency"] is not None
             assert disclosure["emergency"] is True
+
+
+def _org(recipient: Organisation | None) -> str:
+    """A routing candidate's organisation (the no-candidate audit names none)."""
+    assert recipient is not None, "a candidate's disclosure names its recipient"
+    return recipient["org_id"]

@@ -198,7 +198,8 @@ class Engine:
         )
 
     async def feed(self, *messages: Any) -> None:
-        await self.engine.handle_batch([SimpleNamespace(message=m) for m in messages])
+        batch: list[Any] = [SimpleNamespace(message=m) for m in messages]
+        await self.engine.handle_batch(batch)
 
 
 FACTORY = EventFactory(seed=13)

@@ -15,7 +15,7 @@ from carebus.domain.alerts import AlertContext
 from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.domain.policy import Policy
-from carebus.domain.records import event_schema_name
+from carebus.domain.records import AlertJson, event_schema_name
 from carebus.domain.routing import Member, PersonState, apply
 from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
 from carebus.runtime.config import PROJECT_ROOT
@@ -92,17 +92,17 @@ class Person:
     def context(self, now: datetime) -> AlertContext:
         return AlertContext(now, self.routing, POLICY, self.rules.version)
 
-    def see(self, record: dict[str, Any], at: datetime | None = None) -> list[dict[str, Any]]:
+    def see(self, record: dict[str, Any], at: datetime | None = None) -> list[AlertJson]:
         """Observe `record` arriving at `at` (default: a minute after it occurred)."""
         now = at or _time(record["occurred_at"]) + MINUTE
         self.routing = apply(self.routing, event_schema_name(record["event_type"]), record)
         # A JSON round trip: the state is stored as JSON between events.
         self.state = SlaState.from_json(json.loads(json.dumps(self.state.to_json())))
-        return list(observe(self.state, record, self.rules, self.context(now)))
+        return observe(self.state, record, self.rules, self.context(now))
 
-    def scan(self, now: datetime) -> list[dict[str, Any]]:
+    def scan(self, now: datetime) -> list[AlertJson]:
         """The due scan at wall-clock time `now`."""
-        return list(breach_due(self.state, self.rules, self.context(now)))
+        return breach_due(self.state, self.rules, self.context(now))
 
     def deadlines(self, rule_id: str) -> list[datetime]:
         return sorted(
@@ -116,11 +116,11 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def of(rule_id: str, alerts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def of(rule_id: str, alerts: Sequence[AlertJson]) -> list[AlertJson]:
     return [alert for alert in alerts if alert["rule_id"] == rule_id]
 
 
-def orgs(alerts: Sequence[dict[str, Any]]) -> list[str | None]:
+def orgs(alerts: Sequence[AlertJson]) -> list[str | None]:
     return [None if a["recipient"] is None else a["recipient"]["org_id"] for a in alerts]
 
 
@@ -705,7 +705,7 @@ def incident(number: int, at: datetime) -> dict[str, Any]:
     return event("housing_incident", f"inc-{number}", at, source=("housing", "987654321"))
 
 
-def feed(person: Person, records: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def feed(person: Person, records: Sequence[dict[str, Any]]) -> list[list[AlertJson]]:
     return [of(WINDOW, person.see(record)) for record in records]
 
 
@@ -769,7 +769,7 @@ def test_emergency_event_alerts_the_source_privacy_officer_at_once() -> None:
     person = Person()
     record = event("discharge", "dis-9", T0, emergency=EMERGENCY)
     raised = of("emergency_disclosure", person.see(record))
-    (alert,) = [a for a in raised if a["recipient"]["org_id"] == DPS[1]]
+    (alert,) = [a for a in raised if a["recipient"] and a["recipient"]["org_id"] == DPS[1]]
     assert alert["audience"] == "privacy_officer"
     assert alert["kind"] == "emergency_disclosure"
     assert alert["recipient"] == {"agency": DPS[0], "org_id": DPS[1]}

@@ -54,7 +54,12 @@ def test_a_check_that_raises_or_has_not_answered_yet_fails() -> None:
 def test_checks_run_in_the_background_once_reported() -> None:
     asked = threading.Event()
     readiness = Readiness(interval_s=0.01)
-    readiness.add("database", lambda: asked.set() or True)
+
+    def database() -> bool:
+        asked.set()
+        return True
+
+    readiness.add("database", database)
     readiness.report()  # starts the refresher; answers at once
     assert asked.wait(timeout=5)
     deadline = time.monotonic() + 5
