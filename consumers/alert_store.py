@@ -22,15 +22,13 @@ Run it with `python -m consumers.alert_store`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from confluent_kafka import Message
 
-from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, serve_sink
 from carebus.domain.records import ALERT
-from carebus.runtime.config import Settings, get_settings
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
 
@@ -135,20 +133,8 @@ class AlertStoreWriter:
         await conn.executemany(_STORE_ALERT, rows)
 
 
-def spec(settings: Settings) -> SinkSpec:
-    return SinkSpec(
-        name=NAME,
-        group_id=GROUP_ID,
-        topics=(topics.ALERTS,),
-        writer=AlertStoreWriter(),
-        metrics_port=settings.metrics_port,
-        batch_size=BATCH_SIZE,
-    )
-
-
 def main() -> None:
-    settings = get_settings()
-    asyncio.run(run_sink(spec(settings), settings))
+    serve_sink(SinkSpec(NAME, GROUP_ID, (topics.ALERTS,), AlertStoreWriter(), BATCH_SIZE))
 
 
 if __name__ == "__main__":

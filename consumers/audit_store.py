@@ -25,17 +25,15 @@ Run it with `python -m consumers.audit_store`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 from confluent_kafka import Message
 
-from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, serve_sink
 from carebus.domain.deliveries import delivery_to_json
 from carebus.domain.records import AUTHORITY_REFUSAL, DELIVERY, DISCLOSURE
-from carebus.runtime.config import Settings, get_settings
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
 
@@ -277,20 +275,10 @@ class AuditStoreWriter:
         await conn.execute(_INSERT_DELIVERIES)
 
 
-def spec(settings: Settings) -> SinkSpec:
-    return SinkSpec(
-        name=NAME,
-        group_id=GROUP_ID,
-        topics=(topics.AUDIT, *topics.DELIVERIES),
-        writer=AuditStoreWriter(),
-        metrics_port=settings.metrics_port,
-        batch_size=BATCH_SIZE,
-    )
-
-
 def main() -> None:
-    settings = get_settings()
-    asyncio.run(run_sink(spec(settings), settings))
+    serve_sink(
+        SinkSpec(NAME, GROUP_ID, (topics.AUDIT, *topics.DELIVERIES), AuditStoreWriter(), BATCH_SIZE)
+    )
 
 
 if __name__ == "__main__":

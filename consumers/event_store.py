@@ -14,17 +14,15 @@ Run it with `python -m consumers.event_store`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 from confluent_kafka import Message
 
-from carebus.adapters.sink import Connection, Row, SinkSpec, run_sink
+from carebus.adapters.sink import Connection, Row, SinkSpec, serve_sink
 from carebus.domain.events import record_to_json
 from carebus.domain.records import event_schema_name
-from carebus.runtime.config import Settings, get_settings
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
 
@@ -134,20 +132,8 @@ class EventStoreWriter:
         await conn.execute(_INSERT_STAGED)
 
 
-def spec(settings: Settings) -> SinkSpec:
-    return SinkSpec(
-        name=NAME,
-        group_id=GROUP_ID,
-        topics=(topics.EVENTS,),
-        writer=EventStoreWriter(),
-        metrics_port=settings.metrics_port,
-        batch_size=BATCH_SIZE,
-    )
-
-
 def main() -> None:
-    settings = get_settings()
-    asyncio.run(run_sink(spec(settings), settings))
+    serve_sink(SinkSpec(NAME, GROUP_ID, (topics.EVENTS,), EventStoreWriter(), BATCH_SIZE))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from carebus.adapters import resources
 from carebus.adapters.deadletter import DeadLetterPolicy, Reason
 from carebus.adapters.resources import TRANSIENT_ERRORS, count_retry
 from carebus.runtime import metrics
-from carebus.runtime.config import Settings
+from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.retry import RetryPolicy, StopRequestedError
 from carebus.runtime.telemetry import get_logger
 from carebus.runtime.worker import WorkerContext, run_worker
@@ -371,7 +371,6 @@ class SinkSpec:
     group_id: str
     topics: Sequence[str]
     writer: RowWriter
-    metrics_port: int
     batch_size: int = 1000
 
 
@@ -399,4 +398,9 @@ async def run_sink(spec: SinkSpec, settings: Settings) -> None:
         context.readiness.add("progress", sink.healthy)
         await sink.run(context.stop)
 
-    await run_worker(spec.name, settings, body, metrics_port=spec.metrics_port)
+    await run_worker(spec.name, settings, body, metrics_port=settings.metrics_port)
+
+
+def serve_sink(spec: SinkSpec) -> None:
+    """`python -m consumers.<sink>`: run `spec` with this process's settings until SIGTERM."""
+    asyncio.run(run_sink(spec, get_settings()))

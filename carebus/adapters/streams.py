@@ -17,12 +17,12 @@ read again. At-least-once with deterministic ids makes a second read harmless.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, EventT
 
 from carebus.adapters.lag import LagReporter
 from carebus.runtime.config import Settings, get_settings
@@ -70,6 +70,58 @@ class StreamApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def stream_app(name: str, settings: Settings) -> StreamApp:
+    """A carebus stream processor's faust app: keys and values are bytes carebus encodes itself
+    (subject keys, Avro, JSON state), at-least-once (faust commits only acknowledged records;
+    ids are deterministic and every sink idempotent), state in memory recovered from changelog
+    topics, no faust web server (carebus serves /metrics and /healthz itself)."""
+    return StreamApp(
+        f"carebus-{name}",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(settings.state_dir / name),
+        topic_partitions=settings.person_partitions,
+        topic_replication_factor=settings.internal_topic_replication,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_compression_type="lz4",
+        web_enabled=False,
+        stream_wait_empty=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+    )
+
+
+def batch_agent(
+    app: faust.App,
+    topic: str,
+    handle: Callable[[Sequence[EventT[bytes]]], Awaitable[None]],
+    *,
+    size: int,
+    within_s: float,
+) -> None:
+    """Feed `topic`'s records to `handle` in batches of up to `size`, cut after `within_s`.
+
+    A batch is acknowledged to faust only once `handle` returned, so faust never commits an
+    offset whose output the broker does not have.
+    """
+    source = app.topic(
+        topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+    async def consume(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        # faust-streaming has take_events on Stream but not on its StreamT protocol.
+        batches = stream.take_events(size, within=within_s)  # type: ignore[attr-defined]
+        async for batch in batches:
+            await handle(batch)
+            yield None
+
+    app.agent(source, name=f"{app.conf.id}.{topic}")(consume)
 
 
 def run_stream(

@@ -13,7 +13,7 @@ ids are deterministic and every sink is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -31,7 +31,7 @@ from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
 from carebus.adapters.publisher import OutgoingRecord, Publisher
 from carebus.adapters.resources import broker_answers
-from carebus.adapters.streams import StreamApp
+from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.policy import Policy
 from carebus.domain.routing import PersonState, apply, route
 from carebus.runtime import metrics
@@ -63,32 +63,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
     broker check goes to `readiness` (/healthz)."""
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
-    app = StreamApp(
-        "carebus-router",
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        # Keys and table values are bytes we encode ourselves (subject key, JSON person state).
-        key_serializer="raw",
-        value_serializer="raw",
-        datadir=str(settings.state_dir / "router"),
-        topic_partitions=settings.person_partitions,
-        topic_replication_factor=settings.internal_topic_replication,
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_compression_type="lz4",
-        web_enabled=False,
-        stream_wait_empty=False,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-    )
-    events_topic = app.topic(
-        topics.EVENTS,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    app = stream_app("router", settings)
     # Written while a batch is routed, outside faust's per-event context, so the changelog
     # partition comes from the partitioner: murmur2 of the subject key, the very partition the
     # person's events are on (the gateway and the registry produce with murmur2 too).
@@ -105,16 +80,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
     publisher = Publisher.connect(settings, "carebus-router")
     router = Router(policy, codec, persons, publisher, dead_letters)
 
-    @app.agent(events_topic)
-    async def route_events(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        # take_events acks a batch only after the loop body has processed it: its records are
-        # acknowledged by the broker before faust may commit their offsets.
-        # faust-streaming has take_events on Stream but not on its StreamT protocol.
-        batches = stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S)  # type: ignore[attr-defined]
-        async for batch in batches:
-            await router.handle_batch(batch)
-            yield None
-
+    batch_agent(app, topics.EVENTS, router.handle_batch, size=BATCH_SIZE, within_s=BATCH_WITHIN_S)
     app.router_core = router  # type: ignore[attr-defined]
     return app
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -32,7 +32,7 @@ from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
 from carebus.adapters.publisher import OutgoingRecord, Publisher
 from carebus.adapters.resources import broker_answers
-from carebus.adapters.streams import StreamApp
+from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.alerts import AlertContext
 from carebus.domain.events import record_to_json
 from carebus.domain.obligations import SlaState, breach_due, observe
@@ -79,29 +79,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
     rules = load_rules(settings.sla_rules, settings.sla_rules_override)
     policy = load_policy(settings.routing_policy)
     codec = Codec.default()
-    app = StreamApp(
-        "carebus-sla",
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        datadir=str(settings.state_dir / "sla"),
-        topic_partitions=settings.person_partitions,
-        topic_replication_factor=settings.internal_topic_replication,
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        stream_wait_empty=False,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
-    )
-    events_topic = app.topic(
-        topics.EVENTS,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    app = stream_app("sla", settings)
     letters = Producer(producer_config(settings, "carebus-sla-deadletters"))
     store = PgSlaStore(settings)
     engine = SlaEngine(
@@ -115,14 +93,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
     readiness.add("broker", lambda: broker_answers(letters))
     readiness.add("database", store.answers)
 
-    @app.agent(events_topic)
-    async def track(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        # take_events acks a batch only after the loop body has processed it.
-        # faust-streaming has take_events on Stream but not on its StreamT protocol.
-        batches = stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S)  # type: ignore[attr-defined]
-        async for batch in batches:
-            await engine.handle_batch(batch)
-            yield None
+    batch_agent(app, topics.EVENTS, engine.handle_batch, size=BATCH_SIZE, within_s=BATCH_WITHIN_S)
 
     @app.timer(interval=settings.sla_scan_interval_s)  # type: ignore[untyped-decorator]
     async def scan() -> None:
