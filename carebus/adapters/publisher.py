@@ -58,6 +58,14 @@ class ProducerLike(Protocol):
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
 
 
+class RecordPublisher(Protocol):
+    """What the services need of a Publisher (a fake in unit tests)."""
+
+    async def publish(self, records: Sequence[OutgoingRecord]) -> list[Acknowledged]: ...
+
+    async def publish_all(self, records: Sequence[OutgoingRecord]) -> None: ...
+
+
 class Publisher:
     """One idempotent producer per process; a background thread serves its delivery reports."""
 

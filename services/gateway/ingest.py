@@ -12,7 +12,7 @@ import asyncpg
 
 from carebus.adapters import facts
 from carebus.adapters.auth import Connection
-from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.adapters.publisher import OutgoingRecord, RecordPublisher
 from carebus.domain.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
 from carebus.domain.events import Event, content_fingerprint, event_to_record
 from carebus.domain.identity import subject_key
@@ -59,7 +59,7 @@ class Ingest:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        publisher: Publisher,
+        publisher: RecordPublisher,
         codec: Codec,
         secret: bytes,
         authority: AuthorityPolicy,

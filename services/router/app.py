@@ -29,7 +29,7 @@ from carebus.adapters.deadletter import (
 )
 from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
-from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.adapters.publisher import OutgoingRecord, Publisher, RecordPublisher
 from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.policy import Policy
@@ -93,7 +93,7 @@ class Router:
         policy: Policy,
         codec: Codec,
         persons: Any,
-        publisher: Publisher,
+        publisher: RecordPublisher,
         dead_letters: DeadLetterPolicy,
     ) -> None:
         self._policy = policy

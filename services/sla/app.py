@@ -20,7 +20,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import asyncpg
 import faust
@@ -30,7 +30,7 @@ from faust.types import EventT
 from carebus.adapters.deadletter import DeadLetterPolicy, FaustMessage, Reason
 from carebus.adapters.kafka import producer_config
 from carebus.adapters.outages import OUTAGES
-from carebus.adapters.publisher import OutgoingRecord, Publisher
+from carebus.adapters.publisher import OutgoingRecord, Publisher, RecordPublisher
 from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.alerts import AlertContext
@@ -116,12 +116,6 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
     return app
 
 
-class AlertPublisher(Protocol):
-    """Where the engine's Alert and Disclosure records go (a Publisher; a fake in unit tests)."""
-
-    async def publish_all(self, records: Sequence[OutgoingRecord]) -> None: ...
-
-
 class RecordFailedError(Exception):
     """A record of a batch could not be applied: the batch is applied again record by record."""
 
@@ -136,7 +130,7 @@ class SlaEngine:
         codec: Codec,
         *,
         store: SlaStore,
-        publisher: AlertPublisher,
+        publisher: RecordPublisher,
         dead_letters: DeadLetterPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:

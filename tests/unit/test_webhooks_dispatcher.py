@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import KafkaError
+from prometheus_client import REGISTRY
 
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.sink import sink_retry
 from carebus.wire.codec import Codec
+from consumers.webhooks.dispatcher import NAME as WEBHOOKS_NAME
 from consumers.webhooks.dispatcher import Dispatcher
 from consumers.webhooks.protocol import RetryPolicy, signature
 from consumers.webhooks.queue import Claim, QueuedSource
@@ -124,12 +127,39 @@ class FakeQueue:
 
 
 @dataclass
+class UnreliableQueue(FakeQueue):
+    """A FakeQueue on a database that refuses the next `claim_outages` claims and the next
+    `record_outages` recordings of a delivery (ConnectionRefusedError, an outage)."""
+
+    claim_outages: int = 0
+    record_outages: int = 0
+    claims: int = 0
+    refused_records: int = 0
+
+    async def claim(self, limit: int, lease_s: float) -> list[Claim]:
+        self.claims += 1
+        if self.claim_outages:
+            self.claim_outages -= 1
+            raise ConnectionRefusedError("database unreachable")
+        return await super().claim(limit, lease_s)
+
+    async def delivered(self, claim: Claim, status: int) -> bool:
+        if self.record_outages:
+            self.record_outages -= 1
+            self.refused_records += 1
+            raise ConnectionRefusedError("database unreachable")
+        return await super().delivered(claim, status)
+
+
+@dataclass
 class FakeProducer:
-    """Acknowledges every dead letter on flush, and notes it in the queue's event list."""
+    """Acknowledges every dead letter on flush (or fails it with the next of `failures`), and
+    notes it in the queue's event list."""
 
     queue: FakeQueue
     produced: list[dict[str, Any]] = field(default_factory=list)
     reports: list[Callable[[Any, Any], None]] = field(default_factory=list)
+    failures: list[KafkaError] = field(default_factory=list)
 
     def produce(
         self,
@@ -148,13 +178,15 @@ class FakeProducer:
 
     def flush(self, timeout: float = 0) -> int:
         for report in self.reports:
-            report(None, None)
-            self.queue.events.append(("dead_letter_acknowledged", ""))
+            failure = self.failures.pop(0) if self.failures else None
+            report(failure, None)
+            outcome = "dead_letter_failed" if failure else "dead_letter_acknowledged"
+            self.queue.events.append((outcome, ""))
         self.reports.clear()
         return 0
 
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 
 
 async def dispatch(
@@ -165,9 +197,10 @@ async def dispatch(
     concurrency: int = 4,
     retry_for_s: float = 60.0,
     timeout_s: float = 2.0,
+    producer: FakeProducer | None = None,
 ) -> FakeProducer:
     """Run a dispatcher until `until()` holds (or 10 s pass), then stop it."""
-    producer = FakeProducer(queue)
+    producer = producer or FakeProducer(queue)
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     dispatcher = Dispatcher(
         queue=queue,  # type: ignore[arg-type]
@@ -351,6 +384,102 @@ async def test_stop_lets_requests_in_flight_finish_and_be_recorded() -> None:
 
     await dispatch(queue, receiver, until=started.is_set)
     assert queue.rows[0].status == "delivered"
+
+
+def retries(step: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "carebus_sink_retries_total", {"sink": WEBHOOKS_NAME, "step": step}
+    )
+    return value or 0.0
+
+
+async def test_a_database_outage_while_claiming_is_waited_out() -> None:
+    """Claims refused by an unreachable database are retried with backoff, counted as the
+    dispatcher's retries; once it answers the delivery goes out."""
+    queue = UnreliableQueue(claim_outages=3)
+    queue.add("d-1")
+    before = retries("dispatch")
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    assert queue.rows[0].status == "delivered"
+    assert queue.claims >= 4
+    assert retries("dispatch") - before == 3
+
+
+async def test_an_outage_recording_the_outcome_is_retried_without_sending_again() -> None:
+    """A 2xx whose recording meets an outage is recorded once the database answers; the
+    receiver is not sent the delivery a second time."""
+    queue = UnreliableQueue(record_outages=2)
+    queue.add("d-1")
+    sent: list[str] = []
+    before = retries("record")
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    assert sent == ["d-1"]
+    assert queue.events == [("delivered", "d-1")]
+    assert retries("record") - before == 2
+
+
+async def test_a_dead_letter_the_broker_failed_is_sent_again_before_the_row_is_dead() -> None:
+    """A row is marked dead only once its dead letter is on the broker."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    producer = FakeProducer(queue, failures=[KafkaError(KafkaError._MSG_TIMED_OUT)])
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(410)
+
+    await dispatch(queue, receiver, until=finished(queue), producer=producer)
+    assert queue.events == [
+        ("dead_letter_failed", ""),
+        ("dead_letter_acknowledged", ""),
+        ("dead", "d-1"),
+    ]
+    assert [letter["reason"] for letter in producer.produced] == ["webhook_rejected"] * 2
+
+
+async def test_stop_during_an_outage_leaves_the_outcome_to_the_lease() -> None:
+    """Shutdown while the outcome cannot be recorded ends the dispatcher promptly; the row
+    stays pending, to be claimed again when its lease runs out (receivers deduplicate)."""
+    queue = UnreliableQueue(record_outages=10**6)
+    queue.add("d-1")
+    sent: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        return httpx.Response(200)
+
+    started = time.monotonic()
+    await dispatch(queue, receiver, until=lambda: queue.refused_records >= 3)
+    assert time.monotonic() - started < 2.0
+    assert sent == ["d-1"]
+    assert queue.rows[0].status == "pending"
+    assert queue.events == []
+
+
+async def test_an_outcome_for_a_lost_claim_is_not_counted() -> None:
+    """When the row is no longer this dispatcher's (its lease ran out and it was claimed
+    again), the outcome changes nothing and is not counted as delivered."""
+    queue = FakeQueue()
+    queue.add("d-1")
+    agency = {"agency": "municipality"}
+    before = REGISTRY.get_sample_value("carebus_webhook_delivered_total", agency) or 0.0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        queue.rows[0].attempts += 1  # another dispatcher claimed the row meanwhile
+        return httpx.Response(200)
+
+    await dispatch(queue, receiver, until=lambda: queue.rows[0].attempts >= 2)
+    assert queue.events == []
+    after = REGISTRY.get_sample_value("carebus_webhook_delivered_total", agency) or 0.0
+    assert after == before
 
 
 def test_concurrency_must_be_positive() -> None:
