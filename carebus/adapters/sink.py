@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -126,7 +126,9 @@ class BatchSink:
         poll_timeout_s: float = 0.5,
         flush_timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
+        """`on_committed` is called after each batch is written and its offsets committed."""
         self.name = name
         self._group_id = group_id
         self._consumer = consumer
@@ -138,6 +140,7 @@ class BatchSink:
         self._poll_timeout_s = poll_timeout_s
         self._flush_timeout_s = flush_timeout_s
         self._retry = retry or sink_retry()
+        self._on_committed = on_committed
         self._on_retry = count_retry(name)
         self._last_progress = time.monotonic()
 
@@ -241,6 +244,8 @@ class BatchSink:
             await self._commit(messages)
 
         await self._retry.call("commit", commit, stop=stop, on_retry=self._on_retry)
+        if self._on_committed is not None:
+            self._on_committed()
 
         written = len(pending) - len(rejected)
         metrics.SINK_ROWS.labels(self.name).inc(written)

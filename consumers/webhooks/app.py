@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import httpx
-from confluent_kafka import Message
 
 from carebus.adapters import resources
 from carebus.adapters.deadletter import DeadLetterPolicy
@@ -27,19 +25,6 @@ log = get_logger(__name__)
 
 GROUP_ID: Final = "carebus-webhooks"
 BATCH_SIZE: Final = 500
-
-
-class IntakeSink(BatchSink):
-    """The store-sink batch loop over the deliveries topics, nudging the dispatcher per batch."""
-
-    def __init__(self, *, on_committed: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._on_committed = on_committed
-
-    async def process(self, messages: Sequence[Message], stop: asyncio.Event) -> None:
-        await super().process(messages, stop)
-        # Only now are the new rows committed and visible to the dispatcher's claim.
-        self._on_committed()
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -84,7 +69,8 @@ async def run(settings: Settings) -> None:
             concurrency=settings.webhook_concurrency,
             timeout_s=settings.webhook_timeout_s,
         )
-        intake = IntakeSink(
+        # Woken after each committed batch: only then are the new rows visible to its claim.
+        intake = BatchSink(
             on_committed=dispatcher.wake,
             name=NAME,
             group_id=GROUP_ID,
@@ -101,7 +87,7 @@ async def run(settings: Settings) -> None:
     await run_worker(NAME, settings, body, metrics_port=settings.metrics_port)
 
 
-async def _run_both(intake: IntakeSink, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+async def _run_both(intake: BatchSink, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
     """Both loops until `stop`; if one ends on its own (a fatal error), the other stops too."""
     tasks = [
         asyncio.create_task(intake.run(stop), name="intake"),

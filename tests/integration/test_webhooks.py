@@ -480,26 +480,6 @@ async def test_an_organisation_without_webhook_is_skipped(
     assert 'carebus_webhook_delivered_total{agency="housing"}' in exposition
 
 
-async def test_undecodable_messages_are_dead_lettered(
-    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
-) -> None:
-    """Garbage on a deliveries topic is dead-lettered and the partition goes on."""
-    org_id, _secret = await with_webhook(db, receiver, agency="police")
-    who = person(stack)
-    topic = topics.deliveries("police")
-    marker = delivery(org_id, who, agency="police")
-    placed = produce(
-        stack,
-        [
-            (topic, who.key.encode(), b"not avro"),
-            (topic, who.key.encode(), CODEC.encode("no.carebus.v1.Delivery", marker)),
-        ],
-    )
-    await wait_until(lambda: len(receiver.delivered(org_id)) == 1)
-    letter = dead_letters(stack, {placed[0]})[placed[0]]
-    assert letter["reason"] == "not_single_object"
-
-
 async def test_retries_end_in_a_dead_letter_and_sigterm_is_clean(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:

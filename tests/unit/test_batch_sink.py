@@ -114,6 +114,7 @@ class Sink:
     def __init__(self, *, high: dict[tuple[str, int], int] | None = None) -> None:
         self.name = f"unit-{uuid.uuid4().hex[:8]}"
         self.journal: list[str] = []
+        self.hooks: list[int] = []
         self.db = FakeDatabase()
         self.pool = FakePool(FakeConnection(self.db))
         self.consumer = FakeConsumer(
@@ -132,6 +133,8 @@ class Sink:
             batch_size=10,
             poll_timeout_s=0.01,
             retry=sink_retry(initial_s=0.001, maximum_s=0.01),
+            # The number of commits made when the hook ran.
+            on_committed=lambda: self.hooks.append(len(self.consumer.commits)),
         )
 
     async def process(self, *messages: FakeMessage) -> None:
@@ -368,3 +371,21 @@ async def test_run_stores_batches_in_order_and_reports_lag() -> None:
     assert world.consumer.commits == [[(topics.EVENTS, 0, 2)], [(topics.EVENTS, 0, 3)]]
     assert world.stored() == {a, b}
     assert world.sink.healthy()
+
+
+async def test_the_committed_hook_runs_after_each_committed_batch_of_the_loop() -> None:
+    """`on_committed` (webhook delivery wakes its dispatcher with it) follows each commit of
+    the running loop, never a batch abandoned at shutdown."""
+    world = Sink()
+    world.consumer.batches.extend([[at(0, 1, event_value()[1])], [at(0, 2, event_value()[1])]])
+    stop = asyncio.Event()
+    running = asyncio.create_task(world.sink.run(stop))
+    await eventually(lambda: len(world.hooks) == 2)
+    world.pool.outages = 10**6
+    world.consumer.batches.append([at(0, 3, event_value()[1])])
+    await eventually(lambda: world.retries("database") >= 1)
+    stop.set()
+    await asyncio.wait_for(running, 2.0)
+
+    assert world.hooks == [1, 2]  # each after its batch's commit; none for the abandoned one
+    assert len(world.consumer.commits) == 2
