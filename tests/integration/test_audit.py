@@ -444,7 +444,7 @@ async def test_deliveries_refuse_bad_parameters_and_other_roles(
         assert response.status_code == 403, role
         assert set(response.json()["error"]) == {"code", "message", "details"}
 
-    for params, field in [
+    cases: list[tuple[dict[str, str | int], str]] = [
         ({"since": "2026-11-23"}, "since"),
         ({"since": "2026-11-23T08:15:00"}, "since"),
         ({"since": "yesterday"}, "since"),
@@ -452,7 +452,8 @@ async def test_deliveries_refuse_bad_parameters_and_other_roles(
         ({"limit": 0}, "limit"),
         ({"limit": 1001}, "limit"),
         ({"limit": "many"}, "limit"),
-    ]:
+    ]
+    for params, field in cases:
         response = await client.get("/v1/deliveries", params=params, headers=auth(bearer))
         assert response.status_code == 422, params
         assert [d["field"] for d in response.json()["error"]["details"]] == [field], params

@@ -21,7 +21,7 @@ import pytest
 
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.outages import OUTAGES
-from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord
+from carebus.adapters.publisher import Acknowledged, BrokerUnavailableError, OutgoingRecord
 from carebus.domain.events import event_to_record, parse_event
 from carebus.domain.identity import subject_key
 from carebus.domain.obligations import SlaState
@@ -130,6 +130,10 @@ class FakePublisher:
     def __init__(self) -> None:
         self.published: list[OutgoingRecord] = []
         self.failures = 0
+
+    async def publish(self, records: Sequence[OutgoingRecord]) -> list[Acknowledged]:
+        await self.publish_all(records)
+        return [Acknowledged(r.topic, 0, n) for n, r in enumerate(records)]
 
     async def publish_all(self, records: Sequence[OutgoingRecord]) -> None:
         if self.failures:
