@@ -22,7 +22,8 @@ from carebus.adapters.resources import pool_answers
 from carebus.domain.identity import subject_key, validate_nin
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
-from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
+from carebus.wire.cursor import Cursor, CursorError
+from services.audit.paging import PagingError, looks_like_cursor, parse_since
 from services.audit.store import AuditStore, Looker
 
 log = get_logger(__name__)
@@ -364,7 +365,7 @@ def _paging(since: str | None, cursor: str | None) -> tuple[datetime | None, Cur
         raise ApiError(422, "`since` is invalid", [("since", error.problem)]) from None
     try:
         after = Cursor.decode(cursor) if cursor is not None else None
-    except PagingError as error:
+    except CursorError as error:
         problem = error.problem if cursor_field == "cursor" else SINCE_OR_CURSOR_PROBLEM
         raise ApiError(422, f"`{cursor_field}` is invalid", [(cursor_field, problem)]) from None
     return start, after

@@ -1,19 +1,13 @@
-"""Where a page of deliveries starts: the `since` time and the opaque `next` cursor.
+"""Where a page of deliveries starts: the `since` time (the opaque `next` cursor is
+`carebus.wire.cursor`, over (delivered_at, delivery_id)).
 
-Deliveries are listed in (delivered_at, delivery_id) order. A cursor names the last item of a
-page by exactly that pair, so the next page starts strictly after it: no item is repeated and
-none is skipped, even when many deliveries share one delivered_at. The audit store gives rows
-their delivered_at in commit order (consumers/audit_store.py), so a delivery stored after a page
-was read sorts after that page's cursor and is never skipped either.
+The audit store gives rows their delivered_at in commit order (consumers/audit_store.py), so a
+delivery stored after a page was read sorts after that page's cursor and is never skipped.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -24,7 +18,6 @@ _RFC3339: Final = re.compile(
 )
 SINCE_PROBLEM: Final = "must be an RFC 3339 time with offset, e.g. 2026-11-23T08:15:00+01:00"
 NO_OFFSET_PROBLEM: Final = "must include a UTC offset, e.g. +01:00 or Z"
-CURSOR_PROBLEM: Final = "is not a cursor this service issued; pass `next` back unchanged"
 
 
 class PagingError(ValueError):
@@ -33,33 +26,6 @@ class PagingError(ValueError):
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """The last delivery a page ended with; the next page starts strictly after it."""
-
-    delivered_at: datetime
-    delivery_id: str
-
-    def encode(self) -> str:
-        """URL-safe base64 (no padding) of a JSON pair; clients treat it as opaque."""
-        moment = self.delivered_at.astimezone(UTC).isoformat(timespec="microseconds")
-        text = json.dumps([moment, self.delivery_id], separators=(",", ":"))
-        return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
-
-    @classmethod
-    def decode(cls, token: str) -> Cursor:
-        """The cursor in `token`; PagingError for anything `encode` did not produce."""
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            moment, delivery_id = json.loads(raw)
-            delivered_at = datetime.fromisoformat(moment)
-        except (binascii.Error, ValueError, TypeError):
-            raise PagingError(CURSOR_PROBLEM) from None
-        if not isinstance(delivery_id, str) or delivered_at.tzinfo is None:
-            raise PagingError(CURSOR_PROBLEM)
-        return cls(delivered_at, delivery_id)
 
 
 def looks_like_cursor(text: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Any, Final
 import asyncpg
 
 from carebus.domain.events import rfc3339
-from services.audit.paging import Cursor
+from carebus.wire.cursor import BEGINNING, Cursor
 from services.audit.patient_log import (
     ConsentChange,
     Decision,
@@ -24,7 +24,6 @@ from services.audit.patient_log import (
 
 # Bounds that every stored row satisfies, so one statement (and one index range scan on
 # (recipient_org, delivered_at, delivery_id)) serves every combination of since and cursor.
-_BEGINNING: Final = Cursor(datetime.fromisoformat("0001-01-01T00:00:00+00:00"), "")
 
 _DELIVERIES: Final = """
     SELECT delivery_id, delivered_at, body::text AS body
@@ -126,13 +125,13 @@ class AuditStore:
         self, org_id: str, *, since: datetime | None, after: Cursor | None, limit: int
     ) -> DeliveryPage:
         """Up to `limit` deliveries to `org_id`, oldest first, from `since` and after `after`."""
-        start = after or _BEGINNING
+        start = after or BEGINNING
         rows = await self._pool.fetch(
             _DELIVERIES,
             org_id,
-            since or _BEGINNING.delivered_at,
-            start.delivered_at,
-            start.delivery_id,
+            since or BEGINNING.at,
+            start.at,
+            start.key,
             limit + 1,  # one more than asked tells whether another page follows
         )
         page = rows[:limit]

@@ -28,6 +28,7 @@ from carebus.adapters.resources import pool_answers
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
+from carebus.wire.cursor import Cursor, CursorError
 from services.inbox.alerts import (
     INBOX_ROLES,
     AlertRow,
@@ -37,7 +38,6 @@ from services.inbox.alerts import (
     parse_filter,
 )
 from services.inbox.live import AlertFeed, Subscriber
-from services.inbox.paging import Cursor, CursorError
 from services.inbox.store import AlertStore, Change
 
 log = get_logger(__name__)

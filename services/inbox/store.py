@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
 import asyncpg
 
 from carebus.adapters.auth import Principal
+from carebus.wire.cursor import BEGINNING, Cursor
 from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
-from services.inbox.paging import Cursor
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
 CHANNEL: Final = "carebus_alerts"
@@ -30,7 +29,6 @@ _OWN: Final = {
 }
 _QUEUE: Final = "recipient_org IS NULL"
 # Bounds that every stored row satisfies, so one statement serves the first page and the rest.
-_BEGINNING: Final = Cursor(datetime.fromisoformat("0001-01-01T00:00:00+00:00"), "")
 
 _PAGE: Final = """
     SELECT {columns} FROM alerts
@@ -111,7 +109,7 @@ class AlertStore:
         self, caller: Principal, wanted: AlertFilter, *, after: Cursor | None, limit: int
     ) -> AlertPage:
         """Up to `limit` alerts `caller` may see, matching `wanted`, after `after`."""
-        start = after or _BEGINNING
+        start = after or BEGINNING
         query = _PAGE.format(columns=_COLUMNS, visible=visible_to(caller))
         rows = await self._pool.fetch(
             query,
@@ -119,8 +117,8 @@ class AlertStore:
             wanted.status,
             wanted.rule_id,
             wanted.escalated,
-            start.breached_at,
-            start.alert_id,
+            start.at,
+            start.key,
             limit + 1,  # one more than asked tells whether another page follows
         )
         page = rows[:limit]

@@ -12,9 +12,10 @@ from carebus.adapters.sink import InvalidRecordError
 from carebus.domain.deliveries import delivery_id
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus.wire.cursor import Cursor, CursorError
 from consumers.audit_store import AuditStoreWriter, delivery_row, disclosure_row, refusal_row
 from services.audit.app import MAX_PURPOSE, purpose_problem_of
-from services.audit.paging import Cursor, PagingError, looks_like_cursor, parse_since
+from services.audit.paging import PagingError, looks_like_cursor, parse_since
 from services.audit.store import disclosure_json, lookup_json, refusal_json
 
 NOW = datetime(2026, 11, 23, 8, 15, 30, 123456, tzinfo=UTC)
@@ -330,8 +331,8 @@ class TestPaging:
 
     @pytest.mark.parametrize("token", ["", "!!!", "eyJ4IjoxfQ", "WyJ4IiwxXQ", "WzEsMl0"])
     def test_foreign_cursors_are_refused(self, token: str) -> None:
-        """Anything the service did not issue is a PagingError, not a crash."""
-        with pytest.raises(PagingError):
+        """Anything the service did not issue is a CursorError, not a crash."""
+        with pytest.raises(CursorError):
             Cursor.decode(token)
 
     @pytest.mark.parametrize(

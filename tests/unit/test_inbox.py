@@ -12,10 +12,10 @@ import pytest
 from carebus.adapters.auth import Principal
 from carebus.adapters.sink import InvalidRecordError
 from carebus.domain.alerts import operator_action_alert
+from carebus.wire.cursor import Cursor, CursorError
 from consumers.alert_store import alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
-from services.inbox.paging import Cursor, CursorError
 from services.inbox.store import visible_to
 
 ORG = "940493021"
