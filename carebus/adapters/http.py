@@ -21,6 +21,7 @@ from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import configure_logging, get_logger
 from carebus.runtime.worker import Readiness
+from carebus.wire.requests import reword
 
 log = get_logger(__name__)
 
@@ -102,10 +103,7 @@ def create_app(service: str, *, title: str, lifespan: Lifespan | None = None) ->
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         if any(err.get("type") == "json_invalid" for err in exc.errors()):
             return error_response(400, "the body is not valid JSON", [("body", "malformed JSON")])
-        details = [
-            (_validation_field(err.get("loc", ())), str(err.get("msg", "invalid")))
-            for err in exc.errors()
-        ]
+        details = [(_validation_field(err.get("loc", ())), reword(err)) for err in exc.errors()]
         return error_response(422, "the request is invalid", details)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,10 +1,9 @@
-"""The routing policy: DESIGN's field ceiling, and a loader that refuses any policy exceeding it."""
+"""The routing policy: DESIGN's field ceiling, and the builder that refuses a policy beyond it."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -20,10 +19,12 @@ __all__ = [
     "FIELD_CATEGORY",
     "HOME_MUNICIPALITY",
     "RECIPIENTS",
+    "SOURCE_PREFIXES",
     "Policy",
     "PolicyError",
     "Rule",
     "build_policy",
+    "cites",
 ]
 
 CATEGORIES: Final = ("logistics", "health", "social", "police")
@@ -96,10 +97,8 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
-_SOURCE_PREFIXES: Final = ("sources.md:", "carebus-default:")
-_RULE_KEYS: Final = frozenset({"id", "event_type", "recipient", "basis", "categories", "source"})
-_GRANT_KEYS: Final = frozenset({"id", "event_type", "categories", "source"})
-_TOP_KEYS: Final = frozenset({"version", "rules", "emergency"})
+# A rule's source cites a row of sources.md or gives carebus's own one-line rationale.
+SOURCE_PREFIXES: Final = ("sources.md:", "carebus-default:")
 
 
 class PolicyError(Exception):
@@ -142,34 +141,41 @@ class Policy:
         return self.rules.get((event_type, recipient))
 
 
-def build_policy(document: object, raw: bytes, path: Path | str) -> Policy:
-    """The checked policy of a parsed file (`raw` its bytes, for the version's hash);
-    PolicyError naming every rule and problem found."""
-    problems: list[str] = []
-    policy = _build(document, hashlib.sha256(raw).hexdigest()[:12], problems)
-    if problems or policy is None:
-        raise PolicyError(path, problems or ["empty policy"])
-    return policy
+def cites(source: str) -> bool:
+    """Whether `source` cites a sources.md row or gives a carebus-default rationale."""
+    text = source.strip()
+    return any(
+        text.startswith(prefix) and text[len(prefix) :].strip() for prefix in SOURCE_PREFIXES
+    )
 
 
-def _build(document: object, digest: str, problems: list[str]) -> Policy | None:
-    if not isinstance(document, dict):
-        problems.append("the file must be a mapping with version, rules and emergency")
-        return None
-    for key in document:
-        if key not in _TOP_KEYS:
-            problems.append(f"unknown top-level key {key!r} (expected version, rules, emergency)")
-    version = document.get("version")
-    if not isinstance(version, str) or not version.strip():
-        problems.append("version must be a non-empty quoted string")
-        version = ""
-    rules = _rules(document.get("rules"), problems)
-    emergency = _emergency(document.get("emergency"), problems)
-    ids = [rule.rule_id for rule in (*rules, *emergency)]
+def build_policy(
+    version: str,
+    rules: Sequence[Rule],
+    emergency: Sequence[Rule] | None,
+    *,
+    digest: str,
+    path: Path | str,
+    refused: Sequence[str] = (),
+) -> Policy:
+    """The checked policy of a file's rules and emergency grants, read by `carebus.wire`.
+
+    The wire has checked each entry's shape: known keys, a known event type, recipient, basis
+    and categories, a cited source. This checks what they mean: each against DESIGN's field
+    ceiling, no two for one event type and recipient, a grant for every event type (unless
+    `emergency` is None, a section the file got wrong). PolicyError names every problem, those
+    `refused` by the wire first; a rule with a problem is left out of the checks across rules.
+    """
+    problems = list(refused)
+    checked = [rule for rule in (_checked(r, problems) for r in rules) if rule is not None]
+    grants = [
+        grant for grant in (_checked(g, problems) for g in emergency or ()) if grant is not None
+    ]
+    ids = [rule.rule_id for rule in (*checked, *grants)]
     for rule_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"rule id {rule_id!r} is used more than once")
     by_recipient: dict[tuple[str, str], Rule] = {}
-    for rule in rules:
+    for rule in checked:
         key = (rule.event_type, rule.recipient)
         if key in by_recipient:
             problems.append(
@@ -179,7 +185,7 @@ def _build(document: object, digest: str, problems: list[str]) -> Policy | None:
         else:
             by_recipient[key] = rule
     by_type: dict[str, Rule] = {}
-    for grant in emergency:
+    for grant in grants:
         if grant.event_type in by_type:
             problems.append(
                 f"emergency grant {grant.rule_id}: duplicate of {by_type[grant.event_type].rule_id}"
@@ -188,8 +194,10 @@ def _build(document: object, digest: str, problems: list[str]) -> Policy | None:
         else:
             by_type[grant.event_type] = grant
     for event_type in EVENT_TYPES:
-        if event_type not in by_type and isinstance(document.get("emergency"), list):
+        if event_type not in by_type and emergency is not None:
             problems.append(f"emergency: no grant for event type {event_type}")
+    if problems:
+        raise PolicyError(path, problems)
     return Policy(
         version=f"{version}+{digest}",
         rules=MappingProxyType(by_recipient),
@@ -197,163 +205,61 @@ def _build(document: object, digest: str, problems: list[str]) -> Policy | None:
     )
 
 
-def _rules(value: object, problems: list[str]) -> list[Rule]:
-    if not isinstance(value, list):
-        problems.append("rules must be a list of rules")
-        return []
-    rules = []
-    for index, raw in enumerate(value):
-        rule = _entry(raw, f"rules[{index}]", _RULE_KEYS, problems)
-        if rule is not None:
-            rules.append(rule)
-    return rules
-
-
-def _emergency(value: object, problems: list[str]) -> list[Rule]:
-    if not isinstance(value, list):
-        problems.append("emergency must be a list of grants, one per event type")
-        return []
-    grants = []
-    for index, raw in enumerate(value):
-        grant = _entry(raw, f"emergency[{index}]", _GRANT_KEYS, problems)
-        if grant is not None:
-            grants.append(grant)
-    return grants
-
-
-def _entry(raw: object, position: str, keys: frozenset[str], problems: list[str]) -> Rule | None:
-    """One rule (or emergency grant, when `keys` has no recipient) checked against the ceiling."""
-    if not isinstance(raw, dict):
-        problems.append(f"{position}: must be a mapping")
-        return None
-    rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not rule_id.strip():
-        problems.append(f"{position}: id is required (a non-empty string)")
-        return None
-    is_grant = "recipient" not in keys
-    name = f"{'emergency grant' if is_grant else 'rule'} {rule_id}"
+def _checked(rule: Rule, problems: list[str]) -> Rule | None:
+    """`rule` (or emergency grant) checked against the ceiling, its fields in payload order."""
+    name = f"{'emergency grant' if rule.basis == EMERGENCY else 'rule'} {rule.rule_id}"
     before = len(problems)
-    for key in raw:
-        if key not in keys:
-            problems.append(f"{name}: unknown key {key!r} (expected {', '.join(sorted(keys))})")
-
-    event_type: str | None = raw.get("event_type")
-    if event_type not in EVENT_TYPES:
-        problems.append(
-            f"{name}: unknown event type {event_type!r} (expected one of {', '.join(EVENT_TYPES)})"
-        )
-        event_type = None
-    recipient: object
-    basis: object
-    if is_grant:
-        recipient, basis = EMERGENCY, EMERGENCY
-    else:
-        recipient = raw.get("recipient")
-        if recipient not in RECIPIENTS:
-            problems.append(
-                f"{name}: unknown recipient {recipient!r} "
-                f"(expected an agency or {HOME_MUNICIPALITY}: {', '.join(RECIPIENTS)})"
-            )
-        basis = raw.get("basis")
-        if basis not in BASES:
-            problems.append(
-                f"{name}: unknown basis {basis!r} (expected one of {', '.join(BASES)}; "
-                "emergency grants belong in the emergency section)"
-            )
-    source = raw.get("source")
-    if not isinstance(source, str) or not _cites(source):
-        problems.append(
-            f"{name}: source is missing or empty; cite a sources.md row ('sources.md: <row>') "
-            "or give 'carebus-default: <one-line rationale>'"
-        )
-    categories = _categories(raw.get("categories"), name, event_type, problems)
-
-    if event_type is not None and categories is not None:
-        event_category = EVENT_CATEGORY[event_type]
-        if event_category not in categories:
-            problems.append(
-                f"{name}: must grant {event_category!r}, the category of the fact that a "
-                f"{event_type} happened (add `{event_category}: []` if no field is needed)"
-            )
-        if basis == "statutory":
-            if event_category != "logistics":
-                problems.append(
-                    f"{name}: basis statutory is for logistics notices; a {event_type} is "
-                    f"{event_category} information"
-                )
-            wider = [category for category in categories if category != "logistics"]
-            if wider:
-                problems.append(
-                    f"{name}: basis statutory may deliver logistics fields only, "
-                    f"not {', '.join(wider)}"
-                )
-    # The statutory basis is the home municipality's logistics notice and nothing else.
-    if basis == "statutory" and recipient in AGENCIES:
-        problems.append(f"{name}: basis statutory is only for recipient {HOME_MUNICIPALITY}")
-    if recipient == HOME_MUNICIPALITY and basis in BASES and basis != "statutory":
-        problems.append(f"{name}: recipient {HOME_MUNICIPALITY} takes basis statutory only")
-
-    if len(problems) > before:
-        return None
-    assert isinstance(event_type, str)
-    assert isinstance(recipient, str)
-    assert isinstance(basis, str)
-    assert isinstance(source, str)
-    assert categories is not None
-    return Rule(
-        rule_id=rule_id,
-        event_type=event_type,
-        recipient=recipient,
-        basis=basis,
-        categories=MappingProxyType(categories),
-        source=source.strip(),
-    )
-
-
-def _cites(source: str) -> bool:
-    text = source.strip()
-    return any(
-        text.startswith(prefix) and text[len(prefix) :].strip() for prefix in _SOURCE_PREFIXES
-    )
-
-
-def _categories(
-    value: object, name: str, event_type: str | None, problems: list[str]
-) -> dict[str, tuple[str, ...]] | None:
-    if not isinstance(value, dict) or not value:
-        problems.append(f"{name}: categories must map each granted category to a list of fields")
-        return None
-    granted: dict[str, tuple[str, ...]] = {}
+    fields = PAYLOAD_FIELDS[rule.event_type]
     seen: set[str] = set()
-    for category, fields in value.items():
-        if category not in CATEGORIES:
-            problems.append(
-                f"{name}: unknown category {category!r} (expected one of {', '.join(CATEGORIES)})"
-            )
-            continue
-        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-            problems.append(f"{name}: {category} must be a list of field names (or [])")
-            continue
-        for field_name in fields:
+    for category, names in rule.categories.items():
+        for field_name in names:
             if field_name in seen:
                 problems.append(f"{name}: field {field_name} is listed twice")
             seen.add(field_name)
-            if event_type is None:
-                continue  # the unknown event type is reported; its fields cannot be checked
-            if field_name not in PAYLOAD_FIELDS[event_type]:
+            if field_name not in fields:
                 problems.append(
-                    f"{name}: unknown field {field_name!r}: not in the {event_type} payload"
+                    f"{name}: unknown field {field_name!r}: not in the {rule.event_type} payload"
                 )
                 continue
-            ceiling = FIELD_CATEGORY.get((event_type, field_name))
+            ceiling = FIELD_CATEGORY.get((rule.event_type, field_name))
             if ceiling != category:
                 problems.append(
                     f"{name}: field {field_name} widens its category: DESIGN's field map puts it "
                     f"under {ceiling or 'no category (it may not be delivered)'}, not {category}"
                 )
-        # Kept in the payload's order, so deliveries list fields the same way whatever the file.
-        order = list(PAYLOAD_FIELDS[event_type]) if event_type is not None else []
-        granted[category] = tuple(sorted(fields, key=lambda f: order.index(f) if f in order else 0))
-    if len(granted) != len(value):
+    event_category = EVENT_CATEGORY[rule.event_type]
+    if event_category not in rule.categories:
+        problems.append(
+            f"{name}: must grant {event_category!r}, the category of the fact that a "
+            f"{rule.event_type} happened (add `{event_category}: []` if no field is needed)"
+        )
+    if rule.basis == "statutory":
+        if event_category != "logistics":
+            problems.append(
+                f"{name}: basis statutory is for logistics notices; a {rule.event_type} is "
+                f"{event_category} information"
+            )
+        wider = [category for category in rule.categories if category != "logistics"]
+        if wider:
+            problems.append(
+                f"{name}: basis statutory may deliver logistics fields only, not {', '.join(wider)}"
+            )
+        # The statutory basis is the home municipality's logistics notice and nothing else.
+        if rule.recipient != HOME_MUNICIPALITY:
+            problems.append(f"{name}: basis statutory is only for recipient {HOME_MUNICIPALITY}")
+    elif rule.recipient == HOME_MUNICIPALITY:
+        problems.append(f"{name}: recipient {HOME_MUNICIPALITY} takes basis statutory only")
+    if len(problems) > before:
         return None
-    return {category: granted[category] for category in CATEGORIES if category in granted}
+    # Kept in the payload's order, so deliveries list fields the same way whatever the file.
+    order = list(fields)
+    return replace(
+        rule,
+        categories=MappingProxyType(
+            {
+                category: tuple(sorted(rule.categories[category], key=order.index))
+                for category in CATEGORIES
+                if category in rule.categories
+            }
+        ),
+    )

@@ -1,8 +1,8 @@
 """SLA rules as data and the obligations they create: pure functions over one person's state.
 
-`build_rules` checks the reviewed rule file (policy/sla.yaml) and an optional override of the
-same format. `observe` feeds one event of a person's ordered stream into that person's
-`SlaState`; `breach_due` breaches what is past its deadline at wall-clock time `now`. Both
+`build_rules` makes the rule set of the reviewed rule file (policy/sla.yaml, read by
+`carebus.wire.policy_files`). `observe` feeds one event of a person's ordered stream into that
+person's `SlaState`; `breach_due` breaches what is past its deadline at wall-clock time `now`. Both
 return the new state and the `Alert` records to publish (raised or resolved), built by
 `carebus.domain.alerts` so that each one says only what routing lets its recipient know.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import calendar
 import functools
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from carebus.domain.events import EVENT_TYPES, rfc3339
+from carebus.domain.events import rfc3339
 
 __all__ = [
     "OSLO",
@@ -37,6 +36,8 @@ __all__ = [
 OSLO: Final = ZoneInfo("Europe/Oslo")
 KINDS: Final = ("deadline", "window", "immediate")
 ROLES: Final = ("source", "coordinator", "home_municipality", "unassigned")
+AUDIENCES: Final = ("coordinator", "privacy_officer")
+CONTACTS: Final = ("source", "home_municipality")
 _DURATION: Final = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -149,245 +150,23 @@ class RuleSet:
         return next((rule for rule in self.rules if rule.rule_id == rule_id), None)
 
 
-_RULE_KEYS: Final = frozenset(
-    {
-        "id",
-        "title",
-        "neutral_title",
-        "kind",
-        "trigger",
-        "deadline",
-        "fulfilled_by",
-        "cancelled_by",
-        "identity",
-        "recipients",
-        "audience",
-        "contact",
-        "escalation",
-        "count",
-        "window",
-        "source",
-    }
-)
+def build_rules(
+    version: str, rules: Sequence[Rule], *, digest: str, path: str, refused: Sequence[str] = ()
+) -> RuleSet:
+    """The rule set of a rule file's rules, read by `carebus.wire` (which has checked each
+    rule's keys, durations, event types, links and roles, and merged an override's rules).
 
-# A misspelt key inside a trigger or link would silently drop a condition (`wen:` for `when:`).
-_TRIGGER_KEYS: Final = frozenset({"event_type", "event_types", "when", "emergency"})
-_LINK_KEYS: Final = frozenset({"event_type", "link", "when", "differs", "present"})
-
-
-@dataclass(frozen=True, slots=True)
-class RuleFile:
-    """A parsed rule file: where it came from, its document, and the bytes it was read from."""
-
-    path: str
-    document: object
-    raw: bytes
-
-
-def build_rules(base: RuleFile, override: RuleFile | None = None) -> RuleSet:
-    """The checked rules of `base`, with the rules of `override` replacing same-id rules key
-    by key (new ids are added). SlaRulesError names every problem found."""
-    document = _document(base)
-    digest = hashlib.sha256(base.raw).hexdigest()[:12]
-    raw_rules = list(document.get("rules") or [])
-    version = str(document.get("version", ""))
-    if override is not None:
-        extra = _document(override)
-        extra_digest = hashlib.sha256(override.raw).hexdigest()[:12]
-        by_id = {
-            rule.get("id"): index for index, rule in enumerate(raw_rules) if isinstance(rule, dict)
-        }
-        for rule in extra.get("rules") or []:
-            if isinstance(rule, dict) and rule.get("id") in by_id:
-                index = by_id[rule["id"]]
-                raw_rules[index] = {**raw_rules[index], **rule}
-            else:
-                raw_rules.append(rule)
-        digest = hashlib.sha256((digest + extra_digest).encode()).hexdigest()[:12]
-    problems: list[str] = []
-    rules = [_rule(raw, index, problems) for index, raw in enumerate(raw_rules)]
-    ids = [rule.rule_id for rule in rules if rule is not None]
+    SlaRulesError names every problem, those `refused` by the wire first: a version, and
+    every id used once."""
+    problems = list(refused)
+    ids = [rule.rule_id for rule in rules]
     for rule_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"rule {rule_id}: id appears twice")
     if not version:
         problems.append("version: required")
     if problems:
-        where = base.path if override is None else f"{base.path} + {override.path}"
-        raise SlaRulesError(where, problems)
-    return RuleSet(version=f"{version}+{digest}", rules=tuple(r for r in rules if r is not None))
-
-
-def _document(file: RuleFile) -> dict[str, Any]:
-    document = file.document
-    if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
-        raise SlaRulesError(file.path, ["the file must be a mapping with a `rules` list"])
-    return document
-
-
-def _rule(raw: object, index: int, problems: list[str]) -> Rule | None:
-    if not isinstance(raw, dict):
-        problems.append(f"rules[{index}]: must be a mapping")
-        return None
-    rule_id = raw.get("id")
-    name = f"rule {rule_id}" if isinstance(rule_id, str) and rule_id else f"rules[{index}]"
-    before = len(problems)
-
-    def problem(text: str) -> None:
-        problems.append(f"{name}: {text}")
-
-    for key in sorted(set(raw) - _RULE_KEYS):
-        problem(f"unknown key {key!r}")
-    if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.\-]+", rule_id):
-        problem("id must be lower-case letters, digits, '.', '_' or '-'")
-    title = raw.get("title")
-    if not isinstance(title, str) or not title.strip():
-        problem("title: required")
-    kind = raw.get("kind")
-    if kind not in KINDS:
-        problem(f"kind must be one of {', '.join(KINDS)}")
-    source = raw.get("source")
-    if not isinstance(source, str) or not source.strip().startswith(
-        ("sources.md:", "carebus-default:")
-    ):
-        problem("source must cite 'sources.md: …' or 'carebus-default: …'")
-
-    trigger = raw.get("trigger")
-    event_types: tuple[str, ...] = ()
-    when: dict[str, Any] = {}
-    emergency = False
-    if not isinstance(trigger, dict):
-        problem("trigger: required mapping")
-    else:
-        for key in sorted(set(trigger) - _TRIGGER_KEYS):
-            problem(f"trigger: unknown key {key!r}")
-        listed = trigger.get(
-            "event_types", [trigger["event_type"]] if "event_type" in trigger else []
-        )
-        event_types = tuple(listed) if isinstance(listed, list) else ()
-        emergency = trigger.get("emergency") is True
-        when = dict(trigger.get("when") or {})
-        for event_type in event_types:
-            if event_type not in EVENT_TYPES:
-                problem(f"trigger: unknown event type {event_type!r}")
-        if not event_types and not emergency:
-            problem("trigger: needs event_type, event_types or emergency: true")
-
-    deadline: Duration | None = None
-    deadline_kind = "none"
-    deadline_field: str | None = None
-    before_link: Link | None = None
-    spec = raw.get("deadline")
-    if kind == "deadline":
-        if spec == "end_of_day":
-            deadline_kind = "end_of_day"
-        elif isinstance(spec, str):
-            deadline = _duration(spec, "deadline", problem)
-            deadline_kind = "duration"
-        elif isinstance(spec, dict) and "field" in spec:
-            deadline_kind, deadline_field = "field", str(spec["field"])
-        elif isinstance(spec, dict) and "before" in spec:
-            deadline_kind = "before"
-            before_link = _link(spec["before"], "deadline.before", problem)
-        else:
-            problem("deadline: an ISO 8601 duration, end_of_day, {field: …} or {before: …}")
-    fulfilled = tuple(
-        link
-        for position, item in enumerate(raw.get("fulfilled_by") or [])
-        if (link := _link(item, f"fulfilled_by[{position}]", problem)) is not None
-    )
-    cancelled = tuple(
-        link
-        for position, item in enumerate(raw.get("cancelled_by") or [])
-        if (link := _link(item, f"cancelled_by[{position}]", problem)) is not None
-    )
-    if kind == "deadline" and not fulfilled:
-        problem("fulfilled_by: a deadline rule needs at least one fulfilling event")
-    recipients_raw = raw.get("recipients")
-    recipients: list[tuple[str, ...]] = []
-    if not isinstance(recipients_raw, list) or not recipients_raw:
-        problem("recipients: a list of fallback chains such as [[coordinator, unassigned]]")
-    else:
-        for chain in recipients_raw:
-            chain_list = chain if isinstance(chain, list) else [chain]
-            for role in chain_list:
-                if role not in ROLES:
-                    problem(f"recipients: unknown role {role!r} (one of {', '.join(ROLES)})")
-            recipients.append(tuple(str(role) for role in chain_list))
-    audience = raw.get("audience", "coordinator")
-    if audience not in ("coordinator", "privacy_officer"):
-        problem("audience must be coordinator or privacy_officer")
-    contact = raw.get("contact", "source")
-    if contact not in ("source", "home_municipality"):
-        problem("contact must be source or home_municipality")
-    escalation = _duration(raw.get("escalation", "PT24H"), "escalation", problem)
-    count = raw.get("count", 0)
-    window: Duration | None = None
-    if kind == "window":
-        if not isinstance(count, int) or count < 2:
-            problem("count: a window rule needs a count of at least 2")
-        window = _duration(raw.get("window"), "window", problem)
-    identity = raw.get("identity", ["event_id"])
-    if not isinstance(identity, list) or not identity:
-        problem("identity: a list of trigger fields")
-        identity = ["event_id"]
-    if len(problems) > before:
-        return None
-    assert isinstance(rule_id, str)
-    assert isinstance(title, str)
-    assert isinstance(source, str)
-    assert escalation is not None
-    return Rule(
-        rule_id=rule_id,
-        title=title.strip(),
-        neutral_title=str(raw.get("neutral_title") or title).strip(),
-        kind=str(kind),
-        event_types=event_types,
-        when=when,
-        emergency=emergency,
-        deadline=deadline,
-        deadline_kind=deadline_kind,
-        deadline_field=deadline_field,
-        before=before_link,
-        fulfilled_by=fulfilled,
-        cancelled_by=cancelled,
-        identity=tuple(str(name) for name in identity),
-        recipients=tuple(recipients),
-        audience=str(audience),
-        contact=str(contact),
-        escalation=escalation,
-        count=int(count) if isinstance(count, int) else 0,
-        window=window,
-        source=source.strip(),
-    )
-
-
-def _duration(value: object, name: str, problem: Any) -> Duration | None:
-    try:
-        return parse_duration(value)  # type: ignore[arg-type]
-    except ValueError as exc:
-        problem(f"{name}: {exc}")
-        return None
-
-
-def _link(raw: object, name: str, problem: Any) -> Link | None:
-    if not isinstance(raw, dict) or raw.get("event_type") not in EVENT_TYPES:
-        problem(f"{name}: needs a known event_type")
-        return None
-    for key in sorted(set(raw) - _LINK_KEYS):
-        problem(f"{name}: unknown key {key!r}")
-    link = raw.get("link")
-    if not isinstance(link, dict) or len(link) != 1:
-        problem(f"{name}: link must map one field of the event to one field of the trigger")
-        return None
-    ((own, theirs),) = link.items()
-    return Link(
-        event_type=str(raw["event_type"]),
-        field=str(own),
-        trigger_field=str(theirs),
-        when=dict(raw.get("when") or {}),
-        differs=tuple(raw.get("differs") or ()),
-        present=tuple(raw.get("present") or ()),
-    )
+        raise SlaRulesError(path, problems)
+    return RuleSet(version=f"{version}+{digest}", rules=tuple(rules))
 
 
 # --- evaluating events against rules (pure) -------------------------------------------------

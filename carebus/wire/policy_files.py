@@ -1,22 +1,25 @@
 """Reading the reviewed policy files (policy/*.yaml) into the domain's checked policies.
 
 The files are YAML read with a loader that refuses a key given twice in one mapping (PyYAML keeps
-the last silently; a reviewed file must not hide one). What each file means, and every check of
-it, is the domain's (`domain.policy.build_policy`, `domain.sla.build_rules`,
-`domain.authority.build_authority`); this module only turns a path into a document.
+the last silently; a reviewed file must not hide one). The routing policy and the SLA rules are
+checked against their formats (`carebus.wire.policy_models`) and then by the domain
+(`domain.policy.build_policy`, `domain.sla.build_rules`); the authority policy by the domain
+(`domain.authority.build_authority`). A policy's version ends with a hash of the bytes read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
 from carebus.domain.authority import AuthorityPolicy, AuthorityPolicyError, build_authority
-from carebus.domain.policy import Policy, PolicyError, build_policy
-from carebus.domain.sla import RuleFile, RuleSet, SlaRulesError, build_rules
+from carebus.domain.policy import Policy, PolicyError
+from carebus.domain.sla import RuleSet, SlaRulesError
 from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_models import routing_policy, sla_rules
 
 AUTHORITY_PATH: Final = PROJECT_ROOT / "policy" / "authority.yaml"
 
@@ -68,21 +71,28 @@ def load_policy(path: Path | str) -> Policy:
         document, raw = read_yaml(path)
     except UnreadableFileError as exc:
         raise PolicyError(path, [str(exc)]) from None
-    return build_policy(document, raw, path)
+    return routing_policy(document, digest=_digest(raw), path=str(path))
 
 
 def load_rules(path: Path | str, override: Path | str | None = None) -> RuleSet:
     """The checked SLA rules of `path`, with `override`'s rules replacing same-id rules key by
-    key (see `domain.sla.build_rules`); SlaRulesError names every problem found."""
-    return build_rules(_rule_file(path), None if override is None else _rule_file(override))
+    key (see `policy_models.sla_rules`); SlaRulesError names every problem found."""
+    files = [path] if override is None else [path, override]
+    documents: list[tuple[str, object]] = []
+    digest = ""
+    for file in files:
+        try:
+            document, raw = read_yaml(file)
+        except UnreadableFileError as exc:
+            raise SlaRulesError(file, [str(exc)]) from None
+        documents.append((str(file), document))
+        # One file: its hash; with an override, the hash of both hashes.
+        digest = _digest(raw) if not digest else _digest((digest + _digest(raw)).encode())
+    return sla_rules(documents, digest=digest)
 
 
-def _rule_file(path: Path | str) -> RuleFile:
-    try:
-        document, raw = read_yaml(path)
-    except UnreadableFileError as exc:
-        raise SlaRulesError(path, [str(exc)]) from None
-    return RuleFile(str(path), document, raw)
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 def load_authority(path: Path | str = AUTHORITY_PATH) -> AuthorityPolicy:

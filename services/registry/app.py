@@ -14,13 +14,13 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, Literal
+from typing import Final, Literal, TypeVar
 
 import asyncpg
 from fastapi import Depends, FastAPI, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
 from carebus.adapters import directory, webhook_registrations
 from carebus.adapters.auth import Principal, TokenCache, create_token
@@ -29,20 +29,12 @@ from carebus.adapters.http import ApiError, create_app, principal_dependency
 from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.domain.authority import Actor, NotEntitledError, Refusal
-from carebus.domain.events import ORG_ID_PROBLEM, Problem, check_text, rfc3339
-from carebus.domain.identity import validate_nin
+from carebus.domain.events import ORG_ID_PROBLEM, rfc3339
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_authority
-from services.registry.changes import (
-    CARE_TEAM_ROLES,
-    CATEGORIES,
-    CONSENT_STATUSES,
-    MEMBERSHIP_STATUSES,
-    parse_care_team_change,
-    parse_consent,
-)
+from carebus.wire.requests import RequestBody, parse, request_body
 from services.registry.history import (
     ChangeNotPublishedError,
     ConsentSupersededError,
@@ -52,12 +44,19 @@ from services.registry.history import (
 )
 from services.registry.operator import OperatorActions
 from services.registry.outbox import Outbox
+from services.registry.requests import (
+    CareTeamChangeRequest,
+    ConsentRequest,
+    GpListEntry,
+    HomeMunicipalityEntry,
+    OrganisationEntry,
+    Realm,
+    Role,
+    TokenRequest,
+    WebhookRequest,
+)
 
 log = get_logger(__name__)
-
-Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
-Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
-Role = Literal["system", "coordinator", "privacy_officer", "admin", "operator", "patient"]
 
 # Who may record care-team changes: agency systems and coordinators, for persons their
 # organisation has a relation to (policy/authority.yaml). Not the privacy officer: that role
@@ -75,106 +74,7 @@ MAX_BODY_BYTES: Final = 64 * 1024
 RETRY_AFTER_S: Final = "5"
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
 
-_AGENCIES_SCHEMA: Final = {
-    "type": "string",
-    "enum": ["dps", "municipality", "fastlege", "nav", "police", "housing"],
-}
-_TIME_SCHEMA: Final = {"type": "string", "format": "date-time"}
-_ORG_SCHEMA: Final = {"type": "string", "pattern": "^[0-9]{9}$"}
-
-
-def _body(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": schema}},
-        }
-    }
-
-
-_CONSENT_BODY: Final = _body(
-    {
-        "type": "object",
-        "required": ["nin", "recipient", "categories", "status", "valid_from", "recorded_by"],
-        "additionalProperties": False,
-        "properties": {
-            "nin": {"type": "string", "description": "fødselsnummer or D-nummer, 11 digits"},
-            "recipient": {
-                "type": "object",
-                "required": ["agency"],
-                "properties": {"agency": _AGENCIES_SCHEMA, "org_id": _ORG_SCHEMA},
-            },
-            "categories": {"type": "array", "items": {"type": "string", "enum": list(CATEGORIES)}},
-            "status": {"type": "string", "enum": list(CONSENT_STATUSES)},
-            "valid_from": _TIME_SCHEMA,
-            "valid_to": _TIME_SCHEMA,
-            "recorded_by": {"type": "string", "maxLength": 200},
-        },
-    },
-    "A consent, its withdrawal or an objection; without recipient.org_id it covers every"
-    " organisation of the agency.",
-)
-_CARE_TEAM_BODY: Final = _body(
-    {
-        "type": "object",
-        "required": ["nin", "agency", "org_id", "role", "status"],
-        "additionalProperties": False,
-        "properties": {
-            "nin": {"type": "string"},
-            "agency": _AGENCIES_SCHEMA,
-            "org_id": _ORG_SCHEMA,
-            "role": {"type": "string", "enum": list(CARE_TEAM_ROLES)},
-            "status": {"type": "string", "enum": list(MEMBERSHIP_STATUSES)},
-        },
-    },
-    "An organisation joins (member) or leaves (removed) a person's care team.",
-)
-_WEBHOOK_BODY: Final = _body(
-    {
-        "type": "object",
-        "required": ["url"],
-        "additionalProperties": False,
-        "properties": {
-            "url": {"type": "string", "format": "uri"},
-            "org_id": {**_ORG_SCHEMA, "description": "admin only; default: the caller's"},
-        },
-    },
-    "Where the organisation receives its deliveries; each call issues a new signing secret.",
-)
-
-
-def _nin_field(value: object) -> str:
-    problem = validate_nin(value)
-    if problem is not None:
-        raise ValueError(problem)  # the problem names the rule, never the number
-    assert isinstance(value, str)
-    return value
-
-
-def _plain_text(value: str) -> str:
-    problems: list[Problem] = []
-    checked = check_text(value, "", problems)
-    if checked is None:
-        raise ValueError(problems[0].problem)
-    return checked
-
-
-class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    agency: Realm
-    org_id: str = Field(pattern=r"^[0-9]{9}$", description="9-digit organisation number")
-    role: Role
-    label: str = Field(default="", max_length=200)
-    nin: str | None = Field(
-        default=None,
-        description="patient tokens only (operator): the person the token reads about",
-        json_schema_extra={"writeOnly": True},
-    )
-
-    _label = field_validator("label")(lambda value: _plain_text(value) if value else value)
-    _nin = field_validator("nin")(lambda value: None if value is None else _nin_field(value))
+Body = TypeVar("Body", bound=RequestBody)
 
 
 class TokenCreated(BaseModel):
@@ -184,41 +84,8 @@ class TokenCreated(BaseModel):
     role: Role
 
 
-class OrganisationEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    org_id: str = Field(pattern=r"^[0-9]{9}$", description="9-digit organisation number")
-    agency: Realm
-    name: str = Field(min_length=1, max_length=directory.MAX_NAME)
-    her_id: str | None = Field(default=None, pattern=r"^[0-9]{1,9}$")
-
-    _name = field_validator("name")(_plain_text)
-
-
 class Organisations(BaseModel):
     items: list[OrganisationEntry]
-
-
-class HomeMunicipalityEntry(BaseModel):
-    """A population-register entry: the person's home municipality (null clears it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    nin: str = Field(json_schema_extra={"writeOnly": True})
-    home_municipality_org: str | None = Field(pattern=r"^[0-9]{9}$")
-
-    _nin = field_validator("nin")(_nin_field)
-
-
-class GpListEntry(BaseModel):
-    """A GP-list entry: the person's GP office (null clears it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    nin: str = Field(json_schema_extra={"writeOnly": True})
-    org_id: str | None = Field(pattern=r"^[0-9]{9}$")
-
-    _nin = field_validator("nin")(_nin_field)
 
 
 class ChangeRecorded(BaseModel):
@@ -386,20 +253,21 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             request, principal, body.nin, "gp", "fastlege", body.org_id, "org_id"
         )
 
+    # Consents, care-team changes and webhooks read their own bodies (`_body`): after the
+    # token is checked, whatever the Content-Type, at most MAX_BODY_BYTES; their OpenAPI
+    # request bodies come from the same models.
     @app.post(
         "/v1/consents",
         status_code=201,
         response_model=ConsentRecorded,
-        openapi_extra=_CONSENT_BODY,
+        openapi_extra=request_body(ConsentRequest),
     )
     async def post_consent(
         request: Request, principal: Principal = Depends(consent_recorder)
     ) -> ConsentRecorded:
         """Record a consent, withdrawal or objection; 201 once it is on the person's stream, or
         once stored as `pending` when it widens access and needs a confirmation."""
-        consent, problems = parse_consent(await _json_body(request))
-        if consent is None:
-            raise _invalid("the consent is invalid", problems)
+        consent = (await _body(request, ConsentRequest, "the consent is invalid")).consent()
         history: History = request.app.state.history
         if (
             principal.role == "patient"
@@ -451,45 +319,34 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         "/v1/care-teams",
         status_code=201,
         response_model=CareTeamChangeRecorded,
-        openapi_extra=_CARE_TEAM_BODY,
+        openapi_extra=request_body(CareTeamChangeRequest),
     )
     async def post_care_team_change(
         request: Request, principal: Principal = Depends(recorder)
     ) -> CareTeamChangeRecorded:
         """Add an organisation to or remove it from a person's care team; 201 once streamed."""
-        change, problems = parse_care_team_change(await _json_body(request))
-        if change is None:
-            raise _invalid("the care-team change is invalid", problems)
+        body = await _body(request, CareTeamChangeRequest, "the care-team change is invalid")
+        change = body.change()
         history: History = request.app.state.history
         async with _recording(request, principal, "care_team_change"):
             change_id = await history.record_care_team_change(change, _actor(principal))
         return CareTeamChangeRecorded(change_id=change_id)
 
-    @app.put("/v1/webhooks", response_model=WebhookRegistered, openapi_extra=_WEBHOOK_BODY)
+    @app.put(
+        "/v1/webhooks",
+        response_model=WebhookRegistered,
+        openapi_extra=request_body(WebhookRequest),
+    )
     async def put_webhook(
         request: Request, principal: Principal = Depends(webhook_owner)
     ) -> WebhookRegistered:
         """Register the organisation's webhook URL with a new signing secret (shown once)."""
-        raw = await _json_body(request)
-        if not isinstance(raw, dict):
-            raise _invalid("the webhook is invalid", [Problem("body", "must be a JSON object")])
-        problems = [
-            Problem(str(name), "not a field of a webhook")
-            for name in raw
-            if name not in ("url", "org_id")
-        ]
-        url = raw.get("url")
-        url_problem = "is required" if url is None else webhook_registrations.url_problem(url)
-        if url_problem is not None:
-            problems.append(Problem("url", url_problem))
-        if problems:
-            raise _invalid("the webhook is invalid", problems)
-        assert isinstance(url, str)
-        org_id = await _webhook_org(request, principal, raw.get("org_id"))
+        body = await _body(request, WebhookRequest, "the webhook is invalid")
+        org_id = await _webhook_org(request, principal, body.org_id)
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
-                webhook = await webhook_registrations.set_webhook(conn, org_id, url)
+                webhook = await webhook_registrations.set_webhook(conn, org_id, body.url)
             except webhook_registrations.UnknownOrganisationError as error:
                 raise ApiError(
                     422, str(error), [("org_id", "is not a registered organisation")]
@@ -576,25 +433,27 @@ async def _refused(
     )
 
 
-async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
+async def _body(request: Request, model: type[Body], refusal: str) -> Body:
+    """The request's JSON body as `model`: 413 when too large, 400 when not JSON, 422 with
+    `refusal` and every problem with its field path when `model` refuses it."""
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(body)
+        decoded = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ApiError(400, "the body is not valid JSON", [("body", "malformed JSON")]) from error
+    body, problems = parse(model, decoded)
+    if body is None:
+        raise ApiError(422, refusal, [(p.field, p.problem) for p in problems])
+    return body
 
 
-def _invalid(message: str, problems: Sequence[Problem]) -> ApiError:
-    return ApiError(422, message, [(p.field, p.problem) for p in problems])
-
-
-async def _webhook_org(request: Request, principal: Principal, requested: object) -> str:
+async def _webhook_org(request: Request, principal: Principal, requested: str | None) -> str:
     """The organisation a webhook call is about: the caller's, or any for the operator."""
     if requested is None:
         return principal.org_id
-    if not isinstance(requested, str) or not _ORG_ID.fullmatch(requested):
+    if not _ORG_ID.fullmatch(requested):  # a query parameter; a body's org_id is checked
         raise ApiError(422, "org_id is invalid", [("org_id", ORG_ID_PROBLEM)])
     if requested != principal.org_id and not principal.is_operator:
         raise await _refused(

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from carebus.adapters.auth import create_token
 from carebus.adapters.kafka import consumer_config
@@ -155,18 +155,19 @@ def stream_records(stack: TestStack) -> list[StreamRecord]:
             message = consumer.poll(5)
             assert message is not None, "the events topic stopped before its end offsets"
             assert message.error() is None
-            if message.offset() + 1 >= ends[message.partition()]:
-                done.add(message.partition())
+            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+            if offset + 1 >= ends[partition]:
+                done.add(partition)
             try:
                 decoded = CODEC.decode(message.value() or b"")
             except DecodeError:
                 continue  # other suites put undecodable records here on purpose
             found.append(
                 StreamRecord(
-                    partition=message.partition(),
-                    offset=message.offset(),
+                    partition=partition,
+                    offset=offset,
                     key=message.key() or b"",
-                    headers=dict(message.headers() or []),
+                    headers=_headers(message),
                     schema_name=decoded.schema_name,
                     record=decoded.record,
                 )
@@ -681,6 +682,7 @@ async def test_cli_webhook_set_prints_a_new_secret(
     created = run("--org", HOUSING_ORG, "--url", "https://housing.example/hook")
     assert created.returncode == 0, created.stderr
     stored = await db.fetchrow("SELECT url, secret FROM webhooks WHERE org_id = $1", HOUSING_ORG)
+    assert stored is not None
     assert stored["url"] == "https://housing.example/hook"
     assert created.stdout.strip() == stored["secret"]
     assert len(stored["secret"]) >= 43
@@ -717,3 +719,9 @@ def test_no_nin_in_registry_logs(stack: TestStack, registry: str) -> None:
         candidates = re.findall(r"(?<![0-9A-Za-z])\d{11}(?![0-9A-Za-z])", log_text)
         assert [c for c in candidates if validate_nin(c) is None] == []
     assert "consent_recorded" in stack.service_log("registry").read_text()
+
+
+def _headers(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {name: value for name, value in pairs if isinstance(value, bytes)}

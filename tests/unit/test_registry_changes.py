@@ -1,4 +1,5 @@
-"""Tests for services.registry.changes: consent and care-team requests and their stream records."""
+"""Tests for consent and care-team changes: their request bodies (services.registry.requests)
+and their stream records (services.registry.changes)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ from typing import Any
 import pytest
 
 from carebus.adapters.webhook_registrations import url_problem
-from carebus.domain.events import Problem
+from carebus.domain.events import NO_OFFSET_PROBLEM, Problem
 from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE
 from carebus.wire.codec import Codec
-from services.registry.changes import (
-    care_team_record,
-    consent_record,
-    parse_care_team_change,
-    parse_consent,
-)
+from carebus.wire.requests import parse
+from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
+from services.registry.requests import CareTeamChangeRequest, ConsentRequest
 
 NIN = "14038512324"
 RECORDED_AT = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -51,6 +49,16 @@ def care_team_body(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
+
+
+def parse_consent(raw: object) -> tuple[Consent | None, list[Problem]]:
+    request, problems = parse(ConsentRequest, raw)
+    return (None if request is None else request.consent()), problems
+
+
+def parse_care_team_change(raw: object) -> tuple[CareTeamChange | None, list[Problem]]:
+    request, problems = parse(CareTeamChangeRequest, raw)
+    return (None if request is None else request.change()), problems
 
 
 def fields(problems: list[Problem]) -> list[str]:
@@ -129,6 +137,43 @@ def test_an_invalid_consent_names_the_field(body: dict[str, Any], field: str) ->
     assert fields(problems) == [field]
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        (consent_body(nin=...), "nin", "is required"),
+        (consent_body(nin=14038512324), "nin", "must be a string of 11 digits"),
+        (consent_body(recipient=None), "recipient", "is required"),
+        (
+            consent_body(recipient="nav"),
+            "recipient",
+            "must be an object with agency and optional org_id",
+        ),
+        (
+            consent_body(recipient={"agency": "nav", "name": "x"}),
+            "recipient.name",
+            "not a field of a recipient",
+        ),
+        (
+            consent_body(recipient={"agency": "bank"}),
+            "recipient.agency",
+            "must be one of: dps, municipality, fastlege, nav, police, housing",
+        ),
+        (consent_body(categories=["health", "health"]), "categories[1]", "is listed twice"),
+        (consent_body(categories=[]), "categories", "must name at least one category when given"),
+        (consent_body(status=None), "status", "is required"),
+        (consent_body(valid_from="2026-11-23T08:00:00"), "valid_from", NO_OFFSET_PROBLEM),
+        (consent_body(valid_to="2026-11-23T07:00:00Z"), "valid_to", "must be after valid_from"),
+        (consent_body(recorded_by="x" * 201), "recorded_by", "must be at most 200 characters"),
+        (consent_body(purpose="research"), "purpose", "not a field of a consent"),
+    ],
+)
+def test_a_consent_problem_is_worded_as_the_event_contract_words_it(
+    body: dict[str, Any], field: str, problem: str
+) -> None:
+    """pydantic's own texts ("Field required", "Input should be ...") never reach a caller."""
+    assert parse_consent(body) == (None, [Problem(field, problem)])
+
+
 def test_every_problem_of_a_consent_is_reported_and_the_nin_never_echoed() -> None:
     """Several problems come back at once; no problem text repeats the number."""
     wrong = "14038512325"
@@ -138,6 +183,9 @@ def test_every_problem_of_a_consent_is_reported_and_the_nin_never_echoed() -> No
     assert consent is None
     assert fields(problems) == ["nin", "status", "categories[1]"]
     assert all(wrong not in p.problem for p in problems)
+    request, _ = parse(ConsentRequest, consent_body())
+    assert NIN not in repr(request)
+    assert "K. Nordmann" not in repr(request)  # recorded_by may name a person
 
 
 def test_a_consent_body_must_be_an_object() -> None:
@@ -175,6 +223,14 @@ def test_an_invalid_care_team_change_names_the_field(body: dict[str, Any], field
     change, problems = parse_care_team_change(body)
     assert change is None
     assert fields(problems) == [field]
+
+
+def test_a_care_team_problem_is_worded_as_the_event_contract_words_it() -> None:
+    """A null or missing field is required; an unknown one is not a field of the change."""
+    assert parse_care_team_change(care_team_body(org_id=None, since="x")) == (
+        None,
+        [Problem("org_id", "is required"), Problem("since", "not a field of a care-team change")],
+    )
 
 
 def test_the_consent_record_encodes_and_carries_no_nin() -> None:

@@ -1,0 +1,185 @@
+"""The registry's request bodies, declared once: what each call accepts, its OpenAPI schema and
+every refusal with its field path (`carebus.wire.requests` words them as the event contract
+does)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails
+
+from carebus.adapters.directory import MAX_NAME
+from carebus.adapters.webhook_registrations import url_problem
+from carebus.wire.requests import Nin, OrgId, RequestBody, Time, plain_text, refused, text
+from services.registry.changes import CareTeamChange, Consent
+
+Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
+# The agencies and the operator: whose tokens, organisations and webhooks there are.
+Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
+Role = Literal["system", "coordinator", "privacy_officer", "admin", "operator", "patient"]
+Category = Literal["logistics", "health", "social", "police"]
+ConsentStatus = Literal["given", "withdrawn", "objection"]
+CareTeamRole = Literal["coordinator", "gp", "participant"]
+MembershipStatus = Literal["member", "removed"]
+MAX_RECORDED_BY = 200
+MAX_LABEL = 200
+StaffText = Annotated[str, Field(max_length=MAX_RECORDED_BY), text(MAX_RECORDED_BY)]
+
+
+def _label(value: object) -> object:
+    if not isinstance(value, str):
+        raise refused("must be a string")
+    return plain_text(value, MAX_LABEL) if value else value  # an empty label is no label
+
+
+def _url(value: object) -> object:
+    problem = "is required" if value is None else url_problem(value)
+    if problem is not None:
+        raise refused(problem)
+    return value
+
+
+def _her_id(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}", value):
+        raise refused("must be 1 to 9 digits")
+    return value
+
+
+class Recipient(RequestBody):
+    """Whom a consent is about: an agency, or one organisation of it."""
+
+    noun = "a recipient"
+    shape = "must be an object with agency and optional org_id"
+
+    agency: Agency
+    org_id: OrgId | None = None
+
+
+class ConsentRequest(RequestBody):
+    """A consent, its withdrawal or an objection; without recipient.org_id it covers every
+    organisation of the agency."""
+
+    noun = "a consent"
+
+    nin: Nin = Field(repr=False)
+    recipient: Recipient
+    status: ConsentStatus
+    # Withdrawals and objections cover the recipient whatever the categories.
+    categories: list[Category]
+    valid_from: Time
+    valid_to: Time | None = None
+    recorded_by: StaffText = Field(repr=False)  # a staff reference may name a person
+    # Where the patient's statement is kept (a journal note, a signed form): proof of consent.
+    statement_ref: StaffText | None = Field(default=None, repr=False)
+
+    @field_validator("categories")
+    @classmethod
+    def _named_once(cls, categories: list[str], info: ValidationInfo) -> list[str]:
+        # A consent given for nothing would permit nothing: almost surely a mistake.
+        if not categories and info.data.get("status") == "given":
+            raise refused("must name at least one category when given")
+        twice = [
+            InitErrorDetails(type=refused("is listed twice"), loc=(index,), input=category)
+            for index, category in enumerate(categories)
+            if category in categories[:index]
+        ]
+        if twice:
+            raise ValidationError.from_exception_data(cls.__name__, twice, hide_input=True)
+        return categories
+
+    @field_validator("valid_to")
+    @classmethod
+    def _after_valid_from(cls, valid_to: datetime | None, info: ValidationInfo) -> datetime | None:
+        valid_from = info.data.get("valid_from")  # absent when it was refused
+        if valid_to is not None and isinstance(valid_from, datetime) and valid_to <= valid_from:
+            raise refused("must be after valid_from")
+        return valid_to
+
+    def consent(self) -> Consent:
+        return Consent(
+            nin=self.nin,
+            recipient_agency=self.recipient.agency,
+            recipient_org=self.recipient.org_id,
+            categories=tuple(self.categories),
+            status=self.status,
+            valid_from=self.valid_from,
+            valid_to=self.valid_to,
+            recorded_by=self.recorded_by,
+            statement_ref=self.statement_ref,
+        )
+
+
+class CareTeamChangeRequest(RequestBody):
+    """An organisation joins (member) or leaves (removed) a person's care team."""
+
+    noun = "a care-team change"
+
+    nin: Nin = Field(repr=False)
+    agency: Agency
+    org_id: OrgId
+    role: CareTeamRole
+    status: MembershipStatus
+
+    def change(self) -> CareTeamChange:
+        return CareTeamChange(
+            nin=self.nin, agency=self.agency, org_id=self.org_id, role=self.role, status=self.status
+        )
+
+
+class WebhookRequest(RequestBody):
+    """Where the organisation receives its deliveries; each call issues a new signing secret."""
+
+    noun = "a webhook"
+
+    url: Annotated[str, Field(json_schema_extra={"format": "uri"}), BeforeValidator(_url)]
+    org_id: OrgId | None = Field(
+        default=None, description="the operator only; default: the caller's"
+    )
+
+
+class TokenRequest(RequestBody):
+    """A token to issue: an agency's admin for its own organisation, the operator for any."""
+
+    noun = "a token request"
+
+    agency: Realm
+    org_id: OrgId
+    role: Role
+    label: Annotated[str, Field(max_length=MAX_LABEL), BeforeValidator(_label)] = ""
+    nin: Nin | None = Field(
+        default=None,
+        description="patient tokens only (operator): the person the token reads about",
+        repr=False,
+    )
+
+
+class OrganisationEntry(RequestBody):
+    """An organisation of the directory: whom events and requests may name."""
+
+    noun = "an organisation"
+
+    org_id: OrgId
+    agency: Realm
+    name: Annotated[str, Field(min_length=1, max_length=MAX_NAME), text(MAX_NAME)]
+    her_id: Annotated[str, Field(pattern=r"^[0-9]{1,9}$"), BeforeValidator(_her_id)] | None = None
+
+
+class HomeMunicipalityEntry(RequestBody):
+    """A population-register entry: the person's home municipality (null clears it)."""
+
+    noun = "a population-register entry"
+
+    nin: Nin = Field(repr=False)
+    home_municipality_org: OrgId | None
+
+
+class GpListEntry(RequestBody):
+    """A GP-list entry: the person's GP office (null clears it)."""
+
+    noun = "a GP-list entry"
+
+    nin: Nin = Field(repr=False)
+    org_id: OrgId | None
