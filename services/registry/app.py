@@ -28,6 +28,7 @@ from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, create_app, principal_dependency
 from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
+from carebus.adapters.resources import pool_answers
 from carebus.domain.authority import Actor, NotEntitledError, Refusal
 from carebus.domain.events import ORG_ID_PROBLEM, rfc3339
 from carebus.runtime.config import Settings, get_settings
@@ -134,6 +135,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         outbox = Outbox(pool, publisher)
         secret = settings.subject_key_secret.get_secret_value().encode()
         app.state.pool = pool
+        app.state.readiness.add("database", pool_answers(pool))
+        app.state.readiness.add("broker", publisher.answers)
         app.state.tokens = TokenCache(pool)
         app.state.history = History(pool, outbox, codec, secret, authority)
         app.state.refusals = RefusalLog(publisher, codec, authority.version)

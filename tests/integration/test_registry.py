@@ -563,6 +563,7 @@ async def test_broker_unavailable_is_503_and_the_relay_publishes_later(
             "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
             "CAREBUS_PRODUCE_TIMEOUT_S": "1",
         },
+        ready=False,  # it serves, but cannot be ready without its broker
     )
     nin = new_nin()
     key = key_of(stack, nin)
