@@ -4,6 +4,8 @@
 #   make test   install, lint, type-check, and run the whole test suite (unit + integration)
 #   make lint   ruff + mypy + the import contracts (docs/architecture.md)
 #   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
+#   make lock   regenerate the hashed lock files in requirements/ from pyproject.toml
+#   make audit  known vulnerabilities of the locked versions (pip-audit)
 
 SHELL := /bin/bash
 VENV := .venv
@@ -11,7 +13,7 @@ PYTHON := $(VENV)/bin/python
 CAREBUS := $(VENV)/bin/carebus
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run stop status test lint unit integration bench
+.PHONY: install tools run stop status test lint unit integration bench lock audit
 
 install: tools $(STAMP)
 
@@ -35,13 +37,17 @@ tools:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-# Reinstalled only when pyproject.toml changes (the stamp is newer otherwise).
-$(STAMP): pyproject.toml
+# Every dependency, carebus's build tools included, comes from the lock with its hashes
+# (pip refuses anything else); carebus itself is then installed without resolving anything.
+# Reinstalled only when the lock or pyproject.toml changes (the stamp is newer otherwise).
+LOCK := requirements/dev.lock
+$(STAMP): pyproject.toml $(LOCK)
 	@if [ ! -x $(PYTHON) ]; then \
 	  python3 -m venv $(VENV) || { \
 	    echo "python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2; exit 1; }; \
 	fi
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 run: install
@@ -76,3 +82,18 @@ integration: install
 # saves it with the machine's description under bench/results/. See docs/performance.md.
 bench: install
 	$(PYTHON) -m bench
+
+# The lock files: base.lock (what the image runs), dev.lock (base + the dev tools); both with
+# carebus's build tools (requirements/build.in), every version pinned and every file hashed,
+# for Python 3.11 on any platform. Run after changing a dependency in pyproject.toml.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --python-version 3.11 \
+	  --generate-hashes --universal -q -o requirements/base.lock
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \
+	  --python-version 3.11 --generate-hashes --universal -q -o requirements/dev.lock
+
+# Known vulnerabilities of every locked version, from PyPI's advisory data. --strict: a package
+# that could not be checked is a failure, not a silent pass (see docs/security.md).
+audit: install
+	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi \
+	  --require-hashes -r requirements/base.lock

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Final, Self
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Public on purpose (the local stack and tests); production refuses to start with it.
+LOCAL_SUBJECT_KEY_SECRET: Final = "carebus-local-development-secret"  # noqa: S105
 
 
 class Settings(BaseSettings):
@@ -18,7 +23,11 @@ class Settings(BaseSettings):
     through the environment (see docker-compose.yml).
     """
 
-    model_config = SettingsConfigDict(env_prefix="CAREBUS_", extra="ignore")
+    # A secret may also come from a file named like its variable (`carebus_subject_key_secret`)
+    # in CAREBUS_SECRETS_DIR: compose mounts its file secrets at /run/secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="CAREBUS_", extra="ignore", secrets_dir=os.environ.get("CAREBUS_SECRETS_DIR")
+    )
 
     environment: str = "local"
     state_dir: Path = PROJECT_ROOT / ".carebus"
@@ -32,9 +41,12 @@ class Settings(BaseSettings):
     internal_topic_replication: int = 1
 
     postgres_dsn: str = "postgresql://carebus@127.0.0.1:55432/carebus"
+    # The database password, when it is not in the DSN (a file secret in production): put into
+    # the DSN once, so every client (asyncpg, psycopg, alembic) uses it.
+    postgres_password: SecretStr | None = None
 
     # HMAC key for subject keys. The local default is public on purpose; production must set it.
-    subject_key_secret: SecretStr = SecretStr("carebus-local-development-secret")
+    subject_key_secret: SecretStr = SecretStr(LOCAL_SUBJECT_KEY_SECRET)
 
     http_host: str = "127.0.0.1"
     gateway_port: int = 18080
@@ -78,8 +90,34 @@ class Settings(BaseSettings):
     # How often the inbox flags alerts left unacknowledged past their escalation time.
     inbox_escalation_interval_s: float = 1.0
 
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        if self.postgres_password is not None:
+            self.postgres_dsn = with_password(
+                self.postgres_dsn, self.postgres_password.get_secret_value()
+            )
+        if self.environment == "production" and (
+            self.subject_key_secret.get_secret_value() == LOCAL_SUBJECT_KEY_SECRET
+        ):
+            raise ValueError(
+                "subject_key_secret: the local development secret is public; production needs "
+                "CAREBUS_SUBJECT_KEY_SECRET or the file carebus_subject_key_secret in "
+                "CAREBUS_SECRETS_DIR"
+            )
+        return self
+
     def service_url(self, port: int) -> str:
         return f"http://{self.http_host}:{port}"
+
+
+def with_password(dsn: str, password: str) -> str:
+    """`dsn` with `password` for its user, unless it names a password already."""
+    parts = urlsplit(dsn)
+    if parts.password is not None or parts.username is None:
+        return dsn
+    host = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)
