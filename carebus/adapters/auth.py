@@ -8,6 +8,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Final
 
 import asyncpg
@@ -31,6 +32,12 @@ _REALM_ROLES: Final = {
 Connection = asyncpg.Connection | PoolConnectionProxy
 _ORG_ID: Final = re.compile(r"^[0-9]{9}$")
 TOKEN_PREFIX: Final = "cbt_"  # noqa: S105 -- a prefix, not a secret
+# How long a new token is accepted; rotate before then (`carebus token rotate`).
+DEFAULT_LIFETIME: Final = timedelta(days=90)
+# How long a rotated token stays valid beside its replacement, for the system to switch over.
+DEFAULT_GRACE: Final = timedelta(hours=24)
+# How long a token look-up is reused: a revoked or expired token is refused within this.
+TOKEN_CACHE_TTL_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,35 +108,138 @@ async def create_token(
     role: str,
     label: str = "",
     subject_key: str | None = None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> str:
     """Create a token for `org_id` with `role`; only its digest is stored, the token is returned.
 
-    A `patient` token is issued by the operator and bound to `subject_key`.
+    A `patient` token is issued by the operator and bound to `subject_key`. The token is
+    accepted for `lifetime`.
     """
     check_role(agency, role, subject_key)
+    if lifetime <= timedelta(0):
+        raise ValueError("a token's lifetime must be positive")
     token = generate_token()
     async with conn.transaction():
         await ensure_organisation(conn, agency=agency, org_id=org_id)
+        await _insert(conn, uuid.uuid4(), token, org_id, role, label, subject_key, lifetime)
+    return token
+
+
+async def _insert(
+    conn: Connection,
+    token_id: uuid.UUID,
+    token: str,
+    org_id: str,
+    role: str,
+    label: str,
+    subject_key: str | None,
+    lifetime: timedelta,
+) -> None:
+    await conn.execute(
+        "INSERT INTO api_tokens"
+        " (token_id, token_hash, org_id, role, label, subject_key, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, now() + $7::interval)",
+        token_id,
+        hash_token(token),
+        org_id,
+        role,
+        label,
+        subject_key,
+        lifetime,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token's record, never its secret."""
+
+    token_id: uuid.UUID
+    org_id: str
+    role: str
+    label: str
+    expires_at: datetime
+    revoked_at: datetime | None
+
+
+def token_id_of(token_or_id: str) -> uuid.UUID | bytes:
+    """What `token_or_id` names a token by: its id (a UUID) or, for a token, its digest."""
+    if token_or_id.startswith(TOKEN_PREFIX):
+        return hash_token(token_or_id)
+    try:
+        return uuid.UUID(token_or_id)
+    except ValueError:
+        raise ValueError("not a token id (a UUID) or a carebus token (cbt_...)") from None
+
+
+async def find_token(conn: Connection, token_or_id: str) -> TokenInfo | None:
+    """The record of a token named by its id or by the token itself."""
+    named = token_id_of(token_or_id)
+    column = "token_hash" if isinstance(named, bytes) else "token_id"
+    row = await conn.fetchrow(
+        "SELECT token_id, org_id, role, label, expires_at, revoked_at FROM api_tokens "  # noqa: S608
+        f"WHERE {column} = $1",
+        named,
+    )
+    return None if row is None else TokenInfo(**dict(row))
+
+
+async def revoke_token(conn: Connection, token_id: uuid.UUID) -> bool:
+    """Refuse the token from now on (within TOKEN_CACHE_TTL_S everywhere); False if it was
+    already revoked or does not exist."""
+    revoked = await conn.fetchval(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_id = $1 AND revoked_at IS NULL"
+        " RETURNING token_id",
+        token_id,
+    )
+    return revoked is not None
+
+
+async def rotate_token(
+    conn: Connection,
+    token_id: uuid.UUID,
+    *,
+    grace: timedelta = DEFAULT_GRACE,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+) -> str:
+    """A new token with the same organisation, role and label; the old one stays valid for
+    `grace` (both are accepted meanwhile), then expires. ValueError for a token that is
+    revoked, expired or unknown."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT org_id, role, label, subject_key FROM api_tokens WHERE token_id = $1"
+            " AND revoked_at IS NULL AND expires_at > now() FOR UPDATE",
+            token_id,
+        )
+        if row is None:
+            raise ValueError("no valid token with this id (revoked, expired or unknown)")
+        token, new_id = generate_token(), uuid.uuid4()
+        await _insert(
+            conn,
+            new_id,
+            token,
+            row["org_id"],
+            row["role"],
+            row["label"],
+            row["subject_key"],
+            lifetime,
+        )
         await conn.execute(
-            "INSERT INTO api_tokens (token_id, token_hash, org_id, role, label, subject_key)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            uuid.uuid4(),
-            hash_token(token),
-            org_id,
-            role,
-            label,
-            subject_key,
+            "UPDATE api_tokens SET replaced_by = $2,"
+            " expires_at = least(expires_at, now() + $3::interval) WHERE token_id = $1",
+            token_id,
+            new_id,
+            grace,
         )
     return token
 
 
 async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal | None:
-    """The principal behind a bearer token, or None if it is unknown or revoked."""
+    """The principal behind a bearer token, or None if it is unknown, revoked or expired."""
     row = await conn.fetchrow(
         """
         SELECT t.token_id, t.org_id, o.agency, t.role, t.subject_key
         FROM api_tokens t JOIN organisations o USING (org_id)
-        WHERE t.token_hash = $1 AND t.revoked_at IS NULL
+        WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now()
         """,
         hash_token(token),
     )
@@ -141,10 +251,12 @@ async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal
 class TokenCache:
     """Remembers recent token look-ups so a busy gateway does not query PostgreSQL per request.
 
-    A revoked token stays usable for at most `ttl_s` seconds.
+    A revoked or expired token stays usable for at most `ttl_s` seconds.
     """
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, ttl_s: float = TOKEN_CACHE_TTL_S, max_entries: int = 10_000
+    ) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
         self._max_entries = max_entries

@@ -132,6 +132,63 @@ def token_add(agency: str, org_id: str | None, role: str, nin: str | None, label
     click.echo(created)
 
 
+@token.command("revoke")
+@click.argument("token_or_id")
+def token_revoke(token_or_id: str) -> None:
+    """Revoke a token, named by its id or by the token itself: every service refuses it within
+    seconds (their token caches hold a look-up for 5 s)."""
+    from carebus.adapters import auth
+
+    async def revoke() -> str:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            found = await auth.find_token(conn, token_or_id)
+            if found is None:
+                raise ValueError("no such token")
+            if not await auth.revoke_token(conn, found.token_id):
+                return f"token {found.token_id} was already revoked"
+            return f"token {found.token_id} revoked ({found.role} of {found.org_id})"
+        finally:
+            await conn.close()
+
+    try:
+        click.echo(asyncio.run(revoke()))
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+
+
+@token.command("rotate")
+@click.argument("token_or_id")
+@click.option(
+    "--grace-hours",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="How long the old token stays valid beside the new one.",
+)
+def token_rotate(token_or_id: str, grace_hours: float) -> None:
+    """Issue a replacement for a token and print it once; the old one is accepted for the grace
+    period (both are valid meanwhile), then expires."""
+    from datetime import timedelta
+
+    from carebus.adapters import auth
+
+    async def rotate() -> str:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            found = await auth.find_token(conn, token_or_id)
+            if found is None:
+                raise ValueError("no such token")
+            return await auth.rotate_token(conn, found.token_id, grace=timedelta(hours=grace_hours))
+        finally:
+            await conn.close()
+
+    try:
+        click.echo(asyncio.run(rotate()))
+    except (ValueError, OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+
+
 async def _the_operator(conn: asyncpg.Connection) -> str:
     """The operator's organisation: the one registered organisation of the operator realm."""
     from carebus.adapters import directory
