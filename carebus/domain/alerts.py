@@ -306,6 +306,7 @@ OPERATOR_ACTIONS: Final[dict[str, str]] = {
         "registered your organisation in the carebus directory, or changed its name or HER-id there"
     ),
     "token_issued": "issued an API token for your organisation",
+    "token_revoked": "revoked an API token of your organisation",
     "webhook_registered": "set the address carebus delivers your organisation's data to",
     "webhook_deleted": "removed the address carebus delivers your organisation's data to",
     "home_municipality_set": (

@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from carebus.adapters import directory, webhook_registrations
-from carebus.adapters.auth import Principal, TokenCache, create_token
+from carebus.adapters.auth import Principal, TokenCache, create_token, revoke_token
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, create_app, principal_dependency
 from carebus.adapters.publisher import Publisher
@@ -200,6 +200,43 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             principal, "token_issued", body.org_id, body.agency, {"role": body.role}, key
         )
         return TokenCreated(token=token, agency=body.agency, org_id=body.org_id, role=body.role)
+
+    @app.delete("/v1/tokens/{token_id}", status_code=204)
+    async def delete_token(
+        token_id: uuid.UUID, request: Request, principal: Principal = Depends(anyone)
+    ) -> Response:
+        """Revoke a token: every service refuses it within 5 s. Any token may revoke itself (a
+        system that finds its token leaked); an organisation's admin revokes its organisation's
+        tokens; the operator any token. 404 for a token the caller may not see, so another
+        organisation's token ids are never confirmed. Revoking twice is harmless (204)."""
+        pool: asyncpg.Pool = request.app.state.pool
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT t.org_id, o.agency, t.role, t.subject_key FROM api_tokens t"
+                " JOIN organisations o USING (org_id) WHERE t.token_id = $1",
+                token_id,
+            )
+            if row is None or not (
+                principal.token_id == token_id
+                or principal.is_operator
+                or (principal.role == "admin" and principal.org_id == row["org_id"])
+            ):
+                raise ApiError(404, "no such token")
+            revoked = await revoke_token(conn, token_id)
+        if revoked:
+            log.info(
+                "token_revoked", org_id=row["org_id"], role=row["role"], by_org=principal.org_id
+            )
+            operator: OperatorActions = request.app.state.operator
+            await operator.touched(
+                principal,
+                "token_revoked",
+                row["org_id"],
+                row["agency"],
+                {"role": row["role"]},
+                row["subject_key"],
+            )
+        return Response(status_code=204)
 
     @app.get("/v1/organisations", response_model=Organisations)
     async def get_organisations(

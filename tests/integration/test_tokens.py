@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
+import httpx
 import pytest
 
 from carebus.adapters.auth import (
@@ -127,3 +129,50 @@ async def test_the_cli_revokes_by_token_or_by_id_and_rotates(
     garbage = carebus(stack, "revoke", "something")
     assert garbage.returncode == 1
     assert "not a token id" in garbage.stderr
+
+
+async def test_delete_revokes_for_the_token_itself_its_admin_or_the_operator_only(
+    stack: TestStack, db: asyncpg.Connection
+) -> None:
+    """DELETE /v1/tokens/{id}: 204 for the token itself, its organisation's admin and the
+    operator; 404 for anyone else (another organisation's ids are never confirmed); the revoked
+    token is then refused by the registry itself within the cache's 5 s."""
+    registry = stack.start_service("registry")
+    url = stack.settings.service_url(stack.settings.registry_port)
+    other_dps = "983971636"  # another DPS organisation
+    try:
+        victim = await create_token(db, agency="dps", org_id=DPS, role="system")
+        admin = await create_token(db, agency="dps", org_id=DPS, role="admin")
+        stranger = await create_token(db, agency="dps", org_id=other_dps, role="admin")
+        found = await find_token(db, victim)
+        assert found is not None
+        path = f"{url}/v1/tokens/{found.token_id}"
+        async with httpx.AsyncClient(timeout=30) as client:
+            refused = await client.delete(path, headers=_bearer(stranger))
+            assert refused.status_code == 404
+            assert refused.json()["error"]["message"] == "no such token"
+            assert await lookup_token(db, victim) is not None
+            malformed = await client.delete(f"{url}/v1/tokens/not-a-uuid", headers=_bearer(admin))
+            assert malformed.status_code == 422
+            assert (await client.delete(path, headers=_bearer(admin))).status_code == 204
+            assert (await client.delete(path, headers=_bearer(admin))).status_code == 204
+            assert await lookup_token(db, victim) is None
+
+            itself = await create_token(db, agency="dps", org_id=DPS, role="system")
+            own = await find_token(db, itself)
+            assert own is not None
+            gone = await client.delete(f"{url}/v1/tokens/{own.token_id}", headers=_bearer(itself))
+            assert gone.status_code == 204
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:  # the registry's own cache forgets it within 5 s
+                again = await client.get(f"{url}/v1/organisations", headers=_bearer(itself))
+                if again.status_code == 401:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "still accepted after 10 s"
+                await asyncio.sleep(0.5)
+    finally:
+        registry.stop()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
