@@ -14,6 +14,7 @@ from carebus.domain.sla import SlaRulesError
 from carebus.ops.cli import fail
 from carebus.runtime.config import Settings
 from carebus.wire.policy_files import load_rules
+from carebus_dev.production import production_problems
 from carebus_dev.stack import LocalStack, StackError
 from carebus_dev.stack.process import tail
 from carebus_dev.stack.supervisor import SERVICES, service_named, stop_service
@@ -42,12 +43,26 @@ def _quiet(_: str) -> None:
     help="Also start Debian's Prometheus (http://127.0.0.1:19090) scraping the local services "
     "with the production alert rules of infra/prometheus/rules.",
 )
-def up(sla_rules: Path | None, with_prometheus: bool) -> None:
+@click.option(
+    "--production",
+    is_flag=True,
+    help="Refuse to start while any default a production deployment must not run with is in "
+    "effect (public secrets, password-less database, unauthenticated Kafka, dev tokens); "
+    "lists them all.",
+)
+def up(sla_rules: Path | None, with_prometheus: bool, production: bool) -> None:
     """Start Kafka, PostgreSQL, topics, dev tokens and the services; return when all are healthy.
 
     Components that already run are left alone, so running it twice is harmless.
     """
     settings = Settings()
+    if production:
+        problems = production_problems(settings)
+        if problems:
+            click.echo("carebus up --production refuses to start:", err=True)
+            for problem in problems:
+                click.echo(f"  - {problem}", err=True)
+            sys.exit(1)
     if sla_rules is not None:
         settings = settings.model_copy(update={"sla_rules_override": sla_rules.resolve()})
         try:
