@@ -128,6 +128,11 @@ def create_app(service: str, *, title: str, lifespan: Lifespan | None = None) ->
         try:
             response = await call_next(request)
             status = response.status_code
+            # Any response but the metrics may carry personal data: no cache keeps it, and no
+            # browser second-guesses its content type.
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            if request.url.path != "/metrics":
+                response.headers.setdefault("Cache-Control", "no-store")
             return response
         finally:
             metrics.HTTP_LATENCY.labels(service, route, request.method).observe(
