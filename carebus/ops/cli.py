@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import NoReturn
 
 import asyncpg
 import click
 
-from carebus.adapters.auth import REALMS, ROLES
+from carebus.adapters.auth import REALMS, ROLES, TokenInfo
 from carebus.domain.sla import SlaRulesError
 from carebus.runtime.config import Settings
 from carebus.wire.policy_files import load_rules
@@ -139,22 +140,12 @@ def token_revoke(token_or_id: str) -> None:
     seconds (their token caches hold a look-up for 5 s)."""
     from carebus.adapters import auth
 
-    async def revoke() -> str:
-        conn = await asyncpg.connect(Settings().postgres_dsn)
-        try:
-            found = await auth.find_token(conn, token_or_id)
-            if found is None:
-                raise ValueError("no such token")
-            if not await auth.revoke_token(conn, found.token_id):
-                return f"token {found.token_id} was already revoked"
-            return f"token {found.token_id} revoked ({found.role} of {found.org_id})"
-        finally:
-            await conn.close()
+    async def revoke(conn: asyncpg.Connection, found: auth.TokenInfo) -> str:
+        if not await auth.revoke_token(conn, found.token_id):
+            return f"token {found.token_id} was already revoked"
+        return f"token {found.token_id} revoked ({found.role} of {found.org_id})"
 
-    try:
-        click.echo(asyncio.run(revoke()))
-    except (ValueError, OSError, asyncpg.PostgresError) as exc:
-        fail(exc)
+    click.echo(_on_token(token_or_id, revoke))
 
 
 @token.command("rotate")
@@ -173,18 +164,31 @@ def token_rotate(token_or_id: str, grace_hours: float) -> None:
 
     from carebus.adapters import auth
 
-    async def rotate() -> str:
+    async def rotate(conn: asyncpg.Connection, found: auth.TokenInfo) -> str:
+        return await auth.rotate_token(conn, found.token_id, grace=timedelta(hours=grace_hours))
+
+    click.echo(_on_token(token_or_id, rotate))
+
+
+def _on_token(
+    token_or_id: str, act: Callable[[asyncpg.Connection, TokenInfo], Awaitable[str]]
+) -> str:
+    """`act` on the token named by its id or by the token itself; exits with the error if it
+    is unknown or the database fails (the token is never echoed)."""
+    from carebus.adapters import auth
+
+    async def run() -> str:
         conn = await asyncpg.connect(Settings().postgres_dsn)
         try:
             found = await auth.find_token(conn, token_or_id)
             if found is None:
                 raise ValueError("no such token")
-            return await auth.rotate_token(conn, found.token_id, grace=timedelta(hours=grace_hours))
+            return await act(conn, found)
         finally:
             await conn.close()
 
     try:
-        click.echo(asyncio.run(rotate()))
+        return asyncio.run(run())
     except (ValueError, OSError, asyncpg.PostgresError) as exc:
         fail(exc)
 
