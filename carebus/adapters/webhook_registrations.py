@@ -1,61 +1,137 @@
-"""Webhook registrations: each organisation's delivery URL and signing secret in PostgreSQL.
+"""Webhook registrations: each organisation's delivery URL and signing secrets in PostgreSQL.
 
-Shared by the registry's `/v1/webhooks` API and `carebus webhook set`, so both check URLs the
-same way and both issue a fresh secret on every registration.
+Shared by the registry's `/v1/webhooks` API, `carebus webhook set` and the webhook dispatcher,
+so all check URLs the same way (carebus.domain.webhook_targets) and all read secrets the same way.
+
+Secrets are stored sealed (AES-256-GCM, the organisation number as associated data, so a sealed
+secret copied to another organisation's row does not open) under a key derived from the
+`webhook_secret_key` setting, never in clear. Every registration issues a fresh secret; the one
+it replaces keeps signing, beside it, for `webhook_secret_grace_s`, so a receiver that has not
+yet switched to the new secret still verifies every delivery (docs/design.md, "Receiving
+webhooks").
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
-from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from carebus.domain.webhook_targets import TargetPolicy
+from carebus.runtime.config import LOCAL_WEBHOOK_SECRET_KEY, Settings, get_settings
 
 Connection = asyncpg.Connection | PoolConnectionProxy
-MAX_URL_LENGTH: Final = 2000
+
+# Sealed secret: this version byte, a 96-bit nonce, the ciphertext and its 128-bit tag.
+_SEALED_V1: Final = b"\x01"
+_NONCE_BYTES: Final = 12
+_KEY_INFO: Final = b"carebus webhook secrets v1"
+# What any deployment accepts as a URL's shape; the deployment's own rules (https only, no
+# private targets) are applied by `set_webhook`.
+_ANY_DEPLOYMENT: Final = TargetPolicy(allow_http=True, allow_private=True)
+
+_SET: Final = """
+    INSERT INTO webhooks (org_id, url, secret_sealed) VALUES ($1, $2, $3)
+    ON CONFLICT (org_id) DO UPDATE
+        SET url = EXCLUDED.url, secret_sealed = EXCLUDED.secret_sealed,
+            previous_secret_sealed = webhooks.secret_sealed,
+            previous_secret_until = now() + $4::interval,
+            updated_at = now()
+    RETURNING org_id, url, secret_sealed, created_at, updated_at,
+        CASE WHEN previous_secret_until > now() THEN previous_secret_sealed END AS previous_sealed,
+        CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_until
+"""
+# The previous secret only while its grace period lasts.
+_GET: Final = """
+    SELECT org_id, url, secret_sealed, created_at, updated_at,
+        CASE WHEN previous_secret_until > now() THEN previous_secret_sealed END AS previous_sealed,
+        CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_until
+    FROM webhooks WHERE org_id = $1
+"""
 
 
 class UnknownOrganisationError(Exception):
     """The organisation has no row in `organisations` (it gets one with its first token)."""
 
 
+class SecretUnreadableError(Exception):
+    """A sealed secret does not open with the configured key (the key changed, or the row was
+    tampered with); names the organisation, never a secret."""
+
+
+class SecretBox:
+    """Seals and opens signing secrets with AES-256-GCM under a key derived from a setting."""
+
+    def __init__(self, key_secret: str) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(
+            key_secret.encode("utf-8")
+        )
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        """The box under the configured key; production refuses the public local default."""
+        key = settings.webhook_secret_key.get_secret_value()
+        if settings.environment == "production" and key == LOCAL_WEBHOOK_SECRET_KEY:
+            raise ValueError(
+                "webhook_secret_key: the local development key is public; production needs "
+                "CAREBUS_WEBHOOK_SECRET_KEY or the file carebus_webhook_secret_key in "
+                "CAREBUS_SECRETS_DIR"
+            )
+        return cls(key)
+
+    def seal(self, org_id: str, secret: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, secret.encode("utf-8"), org_id.encode("ascii"))
+        return _SEALED_V1 + nonce + sealed
+
+    def open(self, org_id: str, sealed: bytes) -> str:
+        if sealed[:1] != _SEALED_V1:
+            raise SecretUnreadableError(f"the webhook secret of {org_id} has an unknown format")
+        nonce, ciphertext = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
+        try:
+            plain = self._aead.decrypt(nonce, ciphertext, org_id.encode("ascii"))
+        except InvalidTag:
+            raise SecretUnreadableError(
+                f"the webhook secret of {org_id} does not open with CAREBUS_WEBHOOK_SECRET_KEY"
+            ) from None
+        return plain.decode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """Where an organisation receives its deliveries; the secret signs each request body."""
+    """Where an organisation receives its deliveries, and the secrets that sign them now."""
 
     org_id: str
     url: str
     secret: str = field(repr=False)
     created_at: datetime
     updated_at: datetime
+    # The secret this one replaced, while its grace period lasts.
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_until: datetime | None = None
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """Every secret a delivery is signed with: the current one first."""
+        if self.previous_secret is None:
+            return (self.secret,)
+        return (self.secret, self.previous_secret)
 
 
 def url_problem(url: object) -> str | None:
-    """None if `url` can receive deliveries (an absolute http or https URL), else the problem."""
-    if not isinstance(url, str):
-        return "must be a string"
-    if len(url) > MAX_URL_LENGTH:
-        return f"must be at most {MAX_URL_LENGTH} characters"
-    if any(character.isspace() for character in url):
-        return "must not contain whitespace"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme not in ("http", "https"):
-        return "must be an http or https URL"
-    if not parts.hostname:
-        return "must name a host"
-    # The URL is shown by GET /v1/webhooks and in operators' tools; the signature, not a
-    # password in the URL, is what tells the receiver a request comes from carebus.
-    if parts.username is not None or parts.password is not None:
-        return "must not contain credentials"
-    return None
+    """None if `url` is an absolute http(s) URL with a host and no credentials, else the
+    problem; what the deployment allows on top is `Settings.webhook_targets()`'s to say."""
+    return _ANY_DEPLOYMENT.url_problem(url)
 
 
 def new_secret() -> str:
@@ -63,41 +139,37 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-async def set_webhook(conn: Connection, org_id: str, url: str) -> Webhook:
-    """Register `url` for `org_id` with a new secret, replacing any earlier registration.
+async def set_webhook(
+    conn: Connection, org_id: str, url: str, settings: Settings | None = None
+) -> Webhook:
+    """Register `url` for `org_id` with a new secret, replacing any earlier registration; the
+    secret it replaces keeps signing for `settings.webhook_secret_grace_s`.
 
-    Raises ValueError for a URL `url_problem` refuses, UnknownOrganisationError for an
-    organisation that is not registered.
+    Raises ValueError for a URL the deployment refuses (`Settings.webhook_targets`), starting
+    "url ", UnknownOrganisationError for an organisation that is not registered.
     """
-    problem = url_problem(url)
+    settings = settings or get_settings()
+    problem = settings.webhook_targets().url_problem(url)
     if problem is not None:
         raise ValueError(f"url {problem}")
+    box = SecretBox.from_settings(settings)
+    grace = timedelta(seconds=settings.webhook_secret_grace_s)
     async with conn.transaction():
         known = await conn.fetchval("SELECT 1 FROM organisations WHERE org_id = $1", org_id)
         if known is None:
             raise UnknownOrganisationError(f"organisation {org_id} is not registered")
-        row = await conn.fetchrow(
-            """
-            INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)
-            ON CONFLICT (org_id) DO UPDATE
-                SET url = EXCLUDED.url, secret = EXCLUDED.secret, updated_at = now()
-            RETURNING org_id, url, secret, created_at, updated_at
-            """,
-            org_id,
-            url,
-            new_secret(),
-        )
+        row = await conn.fetchrow(_SET, org_id, url, box.seal(org_id, new_secret()), grace)
     assert row is not None
-    return _webhook(row)
+    return _webhook(box, row)
 
 
-async def get_webhook(conn: Connection | asyncpg.Pool, org_id: str) -> Webhook | None:
+async def get_webhook(
+    conn: Connection | asyncpg.Pool, org_id: str, settings: Settings | None = None
+) -> Webhook | None:
     """The registration of `org_id`, or None."""
-    row = await conn.fetchrow(
-        "SELECT org_id, url, secret, created_at, updated_at FROM webhooks WHERE org_id = $1",
-        org_id,
-    )
-    return None if row is None else _webhook(row)
+    row = await conn.fetchrow(_GET, org_id)
+    box = SecretBox.from_settings(settings or get_settings())
+    return None if row is None else _webhook(box, row)
 
 
 async def delete_webhook(conn: Connection | asyncpg.Pool, org_id: str) -> bool:
@@ -106,11 +178,15 @@ async def delete_webhook(conn: Connection | asyncpg.Pool, org_id: str) -> bool:
     return deleted is not None
 
 
-def _webhook(row: asyncpg.Record) -> Webhook:
+def _webhook(box: SecretBox, row: asyncpg.Record) -> Webhook:
+    org_id = row["org_id"]
+    previous = row["previous_sealed"]
     return Webhook(
-        org_id=row["org_id"],
+        org_id=org_id,
         url=row["url"],
-        secret=row["secret"],
+        secret=box.open(org_id, bytes(row["secret_sealed"])),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        previous_secret=None if previous is None else box.open(org_id, bytes(previous)),
+        previous_until=row["previous_until"],
     )

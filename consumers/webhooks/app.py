@@ -11,6 +11,7 @@ import httpx
 from carebus.adapters import resources
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.sink import BatchSink
+from carebus.adapters.webhook_registrations import SecretBox
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.runtime.worker import WorkerContext, run_worker
@@ -20,6 +21,7 @@ from carebus.wire.codec import Codec
 from .dispatcher import NAME, Dispatcher
 from .protocol import RetryPolicy
 from .queue import QueueWriter, WebhookQueue
+from .targets import guarded_client
 
 log = get_logger(__name__)
 
@@ -56,16 +58,16 @@ async def run(settings: Settings) -> None:
             max_connections=settings.webhook_concurrency,
             max_keepalive_connections=settings.webhook_concurrency,
         )
+        targets = settings.webhook_targets()
         client = await context.resources.enter_async_context(
-            httpx.AsyncClient(
-                timeout=settings.webhook_timeout_s, limits=limits, follow_redirects=False
-            )
+            guarded_client(targets, timeout_s=settings.webhook_timeout_s, limits=limits)
         )
         dispatcher = Dispatcher(
-            queue=WebhookQueue(pool),
+            queue=WebhookQueue(pool, SecretBox.from_settings(settings)),
             client=client,
             dead_letters=DeadLetterPolicy(dispatch_letters, codec, NAME),
             retry=retry_policy(settings),
+            targets=targets,
             concurrency=settings.webhook_concurrency,
             timeout_s=settings.webhook_timeout_s,
         )

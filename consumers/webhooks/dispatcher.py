@@ -22,6 +22,7 @@ import httpx
 from carebus.adapters.deadletter import DeadLetterPolicy, Reason
 from carebus.adapters.resources import TRANSIENT_ERRORS, count_retry
 from carebus.adapters.sink import sink_retry
+from carebus.domain.webhook_targets import TargetPolicy
 from carebus.runtime import metrics
 from carebus.runtime.retry import RetryPolicy as OutagePolicy
 from carebus.runtime.retry import StopRequestedError
@@ -30,6 +31,7 @@ from carebus.wire.topics import AGENCIES
 
 from .protocol import Attempt, Decision, Failure, RetryPolicy, Verdict, request_headers
 from .queue import Claim, WebhookQueue
+from .targets import RefusedTargetError
 
 log = get_logger(__name__)
 
@@ -55,6 +57,7 @@ class Dispatcher:
         client: httpx.AsyncClient,
         dead_letters: DeadLetterPolicy,
         retry: RetryPolicy,
+        targets: TargetPolicy,
         concurrency: int,
         timeout_s: float,
         idle_s: float = 5.0,
@@ -63,6 +66,7 @@ class Dispatcher:
         flush_timeout_s: float = 10.0,
         outage_retry: OutagePolicy | None = None,
         random_fraction: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if concurrency < 1:
             raise ValueError("webhook_concurrency must be at least 1")
@@ -73,6 +77,8 @@ class Dispatcher:
         self._client = client
         self._dead_letters = dead_letters
         self._retry = retry
+        self._targets = targets
+        self._clock = clock  # the signatures' time (unix seconds)
         self._concurrency = concurrency
         self._timeout_s = timeout_s
         # Long enough for a request that runs into its timeout and the recording of its outcome;
@@ -169,11 +175,11 @@ class Dispatcher:
 
     async def _deliver(self, claim: Claim, stop: asyncio.Event) -> None:
         attempt: Attempt | None = None
-        if claim.url is None or claim.secret is None:
+        if claim.url is None or not claim.secrets:
             decision = Decision(Verdict.DEAD, reason=Reason.OTHER, detail=_WEBHOOK_REMOVED)
         else:
             started = time.monotonic()
-            attempt = await self._send(claim, claim.url, claim.secret)
+            attempt = await self._send(claim, claim.url, claim.secrets)
             decision = self._retry.decide(
                 attempt,
                 attempts=claim.attempts,
@@ -191,8 +197,11 @@ class Dispatcher:
                 step=str(exc),
             )
 
-    async def _send(self, claim: Claim, url: str, secret: str) -> Attempt:
-        headers = request_headers(claim.delivery_id, claim.body, secret)
+    async def _send(self, claim: Claim, url: str, secrets: tuple[str, ...]) -> Attempt:
+        refused = self._targets.scheme_problem(url)
+        if refused is not None:  # registered before https was required
+            return Attempt.failed(Failure.REFUSED, refused)
+        headers = request_headers(claim.delivery_id, claim.body, secrets, int(self._clock()))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -206,6 +215,8 @@ class Dispatcher:
                         drained += len(chunk)
                         if drained > _DRAIN_LIMIT:
                             break
+        except RefusedTargetError as exc:  # the host resolves where carebus may not connect
+            attempt = Attempt.failed(Failure.REFUSED, str(exc))
         except (TimeoutError, httpx.TimeoutException) as exc:
             attempt = Attempt.failed(Failure.TIMEOUT, type(exc).__name__)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

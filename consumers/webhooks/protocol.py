@@ -3,12 +3,17 @@
 Pure functions over plain data, so every rule here is unit-tested without a network:
 
 - the body is the compact UTF-8 JSON of the delivery, stored once and sent unchanged on retries;
-- `X-Carebus-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`, keyed with the UTF-8
-  bytes of the organisation's registered secret; `Idempotency-Key` is the delivery id;
+- `X-Carebus-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + the exact body bytes>`,
+  keyed with the UTF-8 bytes of the organisation's secret; one `v1=` per secret that signs now
+  (the new and the previous one during a rotation's grace period). Each attempt is signed anew
+  with its own time, and a receiver refuses a `t` more than SIGNATURE_TOLERANCE_S away from its
+  clock, so a captured request cannot be replayed later (`verify_signature`: docs/design.md,
+  "Receiving webhooks"); `Idempotency-Key` is the delivery id;
 - 2xx is delivered; 408, 429, 5xx, a timeout or a connection error is retried with capped
   exponential backoff (with jitter) until the first failure after `retry_for_s` since the first
   attempt; any other answer (4xx, and 1xx/3xx, which a POST receiver never legitimately sends
-  and redirects are not followed) is fatal and dead-lettered at once.
+  and redirects are not followed) is fatal and dead-lettered at once, and so is a target
+  refused before sending (consumers.webhooks.targets: it resolves into a private network).
 
 DESIGN says "4xx fatal"; 408 (Request Timeout) and 429 (Too Many Requests) are retried all the
 same, because both mean "not now" — dead-lettering a delivery because a receiver shed load
@@ -22,7 +27,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -31,6 +36,8 @@ from carebus.adapters.deadletter import Reason
 from carebus.domain.deliveries import delivery_to_json
 
 SIGNATURE_HEADER: Final = "X-Carebus-Signature"
+# How far a signature's time may be from the receiver's clock (either way), documented.
+SIGNATURE_TOLERANCE_S: Final = 300
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 USER_AGENT: Final = "carebus-webhooks/1"
 
@@ -57,18 +64,54 @@ def webhook_body(record: Mapping[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
-def signature(body: bytes, secret: str) -> str:
-    """The `X-Carebus-Signature` value: `sha256=` and the hex HMAC-SHA256 of `body`."""
-    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+def signature(body: bytes, secrets: Iterable[str], timestamp: int) -> str:
+    """The `X-Carebus-Signature` value: `t=<timestamp>` and one `v1=<hex HMAC-SHA256 of
+    "<timestamp>." + body>` per secret, in the order given."""
+    signed = f"{timestamp}.".encode("ascii") + body
+    parts = [f"t={timestamp}"]
+    for secret in secrets:
+        parts.append("v1=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest())
+    return ",".join(parts)
 
 
-def request_headers(delivery_id: str, body: bytes, secret: str) -> dict[str, str]:
-    """Every header of a webhook request."""
+def verify_signature(
+    secrets: Iterable[str],
+    header: str,
+    body: bytes,
+    now: float,
+    tolerance_s: float = SIGNATURE_TOLERANCE_S,
+) -> bool:
+    """Whether `header` (X-Carebus-Signature) signs `body` with one of `secrets`, at a time
+    within `tolerance_s` of `now` (unix seconds). For receivers: standard library only, copy it.
+
+    `body` must be the raw request bytes, before any JSON parsing. Pass the old and the new
+    secret while you switch to a new one; a sender's rotation signs with both meanwhile.
+    """
+    timestamp, signatures = None, []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit():
+            timestamp = int(value)
+        elif name == "v1":
+            signatures.append(value)
+    if timestamp is None or abs(now - timestamp) > tolerance_s:
+        return False
+    signed = f"{timestamp}.".encode("ascii") + body
+    for secret in secrets:
+        expected = hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+        if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+            return True
+    return False
+
+
+def request_headers(
+    delivery_id: str, body: bytes, secrets: Iterable[str], timestamp: int
+) -> dict[str, str]:
+    """Every header of a webhook request, signed at `timestamp` (unix seconds)."""
     return {
         "Content-Type": "application/json",
         IDEMPOTENCY_HEADER: delivery_id,
-        SIGNATURE_HEADER: signature(body, secret),
+        SIGNATURE_HEADER: signature(body, secrets, timestamp),
         "User-Agent": USER_AGENT,
     }
 
@@ -78,6 +121,8 @@ class Failure(StrEnum):
 
     TIMEOUT = "timeout"
     CONNECTION = "connection"
+    # Refused by carebus before connecting (consumers.webhooks.targets); never retried.
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +132,9 @@ class Attempt:
     status: int | None = None
     content_type: str | None = None
     failure: Failure | None = None
-    error: str | None = None  # the exception's class name for a failure, never its message
+    # The exception's class name for a failure, never its message; for REFUSED, why (a fixed
+    # text of carebus.domain.webhook_targets: the kind of address, never a host or an address).
+    error: str | None = None
 
     @classmethod
     def answered(cls, status: int, content_type: str | None = None) -> Attempt:
@@ -104,6 +151,8 @@ class Attempt:
             return f"HTTP {self.status} ({kind})"
         if self.failure is Failure.TIMEOUT:
             return "timeout"
+        if self.failure is Failure.REFUSED:
+            return f"target refused: {self.error or 'not allowed'}"
         return f"connection error ({self.error or 'unknown'})"
 
 
@@ -165,6 +214,15 @@ class RetryPolicy:
                 detail=(
                     f"webhook answered {attempt.describe()} at attempt {attempts}; "
                     "the response body is not kept"
+                ),
+            )
+        if attempt.failure is Failure.REFUSED:
+            return Decision(
+                Verdict.DEAD,
+                reason=Reason.WEBHOOK_REJECTED,
+                detail=(
+                    f"{attempt.describe()} at attempt {attempts}; nothing was sent "
+                    "(docs/security.md, control 4b)"
                 ),
             )
         if elapsed_s >= self.retry_for_s:

@@ -23,7 +23,7 @@ be sent again after a crash, never twice at once; receivers deduplicate on `Idem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Final
 
@@ -31,6 +31,8 @@ import asyncpg
 from confluent_kafka import Message
 
 from carebus.adapters.sink import Connection, InvalidRecordError, Row
+from carebus.adapters.webhook_redrive import LOCK_LINES
+from carebus.adapters.webhook_registrations import SecretBox
 from carebus.domain.records import DELIVERY
 from carebus.runtime import metrics
 from carebus.wire.codec import Decoded
@@ -39,14 +41,9 @@ from .protocol import webhook_body
 
 _WITH_WEBHOOK: Final = "SELECT org_id FROM webhooks WHERE org_id = ANY($1::text[])"
 # In key order (the subquery's), so two intakes locking several lines do not deadlock; if
-# they ever did, PostgreSQL aborts one and the batch loop retries it like any outage.
-_LOCK_LINES: Final = """
-    SELECT count(pg_advisory_xact_lock(k)) FROM (
-        SELECT DISTINCT hashtextextended(l.org_id || '/' || l.subject_key, 0) AS k
-        FROM unnest($1::text[], $2::text[]) AS l(org_id, subject_key)
-        ORDER BY k
-    ) keys
-"""
+# they ever did, PostgreSQL aborts one and the batch loop retries it like any outage. Shared
+# with `carebus webhook redrive`, which revives dead rows under the same locks.
+_LOCK_LINES: Final = LOCK_LINES
 _LOCK_LINE: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))"
 _KNOWN: Final = "SELECT delivery_id FROM webhook_queue WHERE delivery_id = ANY($1::text[])"
 _BUSY_LINES: Final = """
@@ -94,7 +91,9 @@ _CLAIM: Final = """
             q.attempts, q.first_attempt_at
     )
     SELECT c.*, extract(epoch FROM now() - c.first_attempt_at)::float8 AS elapsed_s,
-        w.url, w.secret
+        w.url, w.secret_sealed,
+        CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_sealed END
+            AS previous_sealed
     FROM claimed c LEFT JOIN webhooks w ON w.org_id = c.org_id
     ORDER BY c.seq
 """
@@ -221,7 +220,9 @@ class Claim:
     attempts: int
     elapsed_s: float  # since the first attempt, by the database's clock, when claimed
     url: str | None  # None when the organisation's webhook was removed after enqueueing
-    secret: str | None
+    # Every secret that signs now: the current one, and the previous one during its grace
+    # period (so a receiver still on the old secret verifies); empty when url is None.
+    secrets: tuple[str, ...] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,13 +254,19 @@ class QueuedSource:
 class WebhookQueue:
     """The dispatcher's view of `webhook_queue`; every method is one short statement."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
         self._pool = pool
+        self._box = box
 
     async def claim(self, limit: int, lease_s: float) -> list[Claim]:
-        """Up to `limit` due heads, each leased for `lease_s` seconds."""
+        """Up to `limit` due heads, each leased for `lease_s` seconds, with the secrets that
+        sign them (SecretUnreadableError if the configured key does not open one)."""
         rows = await self._pool.fetch(_CLAIM, limit, timedelta(seconds=lease_s))
-        return [_claim(row) for row in rows]
+        return [_claim(row, self._secrets(row)) for row in rows]
+
+    def _secrets(self, row: Any) -> tuple[str, ...]:
+        sealed = [row["secret_sealed"], row["previous_sealed"]]
+        return tuple(self._box.open(row["org_id"], bytes(s)) for s in sealed if s is not None)
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest head is due (<= 0: due now); None when nothing is pending."""
@@ -312,7 +319,7 @@ class WebhookQueue:
         return {row["agency"]: (int(row["count"]), float(row["oldest_s"])) for row in rows}
 
 
-def _claim(row: Any) -> Claim:
+def _claim(row: Any, secrets: tuple[str, ...]) -> Claim:
     return Claim(
         seq=row["seq"],
         delivery_id=row["delivery_id"],
@@ -323,7 +330,7 @@ def _claim(row: Any) -> Claim:
         attempts=row["attempts"],
         elapsed_s=float(row["elapsed_s"]),
         url=row["url"],
-        secret=row["secret"],
+        secrets=secrets,
     )
 
 

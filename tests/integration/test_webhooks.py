@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,14 +21,15 @@ import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from carebus.adapters.auth import ensure_organisation
+from carebus.adapters.auth import create_token, ensure_organisation
 from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.webhook_registrations import SecretBox, get_webhook, set_webhook
 from carebus.domain.deliveries import delivery_id, delivery_to_json
 from carebus.domain.identity import random_nin, subject_key
 from carebus.wire import topics
 from carebus.wire.codec import Codec
-from carebus_dev.testing import ServiceProcess, TestStack
-from consumers.webhooks.protocol import signature
+from carebus_dev.testing import ServiceProcess, TestStack, free_ports
+from consumers.webhooks.protocol import verify_signature
 from consumers.webhooks.queue import WebhookQueue
 
 pytestmark = pytest.mark.integration
@@ -42,6 +45,7 @@ SMALL_BACKOFF = {
 }
 
 Answer = Callable[[str], int]  # delivery id -> HTTP status to answer
+Check = Callable[[dict[str, str], bytes], int]  # headers, body -> HTTP status to answer
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Receiver:
 
     port: int = 0
     answers: dict[str, Answer] = field(default_factory=dict)
+    checks: dict[str, Check] = field(default_factory=dict)  # before answers, when set
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,7 +93,11 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             org_id = self.path.rsplit("/", 1)[-1]
             key = self.headers.get("Idempotency-Key", "")
-            status = receiver.answers.get(org_id, _accept)(key)
+            check = receiver.checks.get(org_id)
+            if check is not None:
+                status = check(dict(self.headers), body)
+            else:
+                status = receiver.answers.get(org_id, _accept)(key)
             # A careless receiver echoes the request: the nin must still not reach a dead letter.
             answer = json.dumps({"status": status, "echo": body.decode()}).encode()
             with receiver.lock:
@@ -145,18 +154,19 @@ def new_org_id() -> str:
 
 
 async def with_webhook(
-    db: asyncpg.Connection, receiver: Receiver, agency: str = "municipality"
+    stack: TestStack, db: asyncpg.Connection, receiver: Receiver, agency: str = "municipality"
 ) -> tuple[str, str]:
     """A new organisation with a webhook at the receiver; returns (org_id, secret)."""
-    org_id, secret = new_org_id(), uuid.uuid4().hex
+    org_id = new_org_id()
     await ensure_organisation(db, agency=agency, org_id=org_id)
-    await db.execute(
-        "INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)",
-        org_id,
-        receiver.url(org_id),
-        secret,
-    )
-    return org_id, secret
+    webhook = await set_webhook(db, org_id, receiver.url(org_id), stack.settings)
+    return org_id, webhook.secret
+
+
+def signed(request: Received, *secrets: str) -> bool:
+    """Whether the request verifies with one of `secrets`, as a receiver checks it now."""
+    header = request.headers["X-Carebus-Signature"]
+    return verify_signature(secrets, header, request.body, now=time.time())
 
 
 @dataclass(frozen=True)
@@ -295,7 +305,7 @@ async def test_deliveries_are_posted_signed_with_idempotency_key(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
     """Each delivery is POSTed as DESIGN's delivery JSON, signed, keyed by its delivery id."""
-    org_id, secret = await with_webhook(db, receiver)
+    org_id, secret = await with_webhook(stack, db, receiver)
     people = [person(stack) for _ in range(3)]
     records = [delivery(org_id, who) for who in people for _ in range(3)]
     produce_deliveries(stack, records)
@@ -306,7 +316,8 @@ async def test_deliveries_are_posted_signed_with_idempotency_key(
     by_id = {r["delivery_id"]: r for r in records}
     for request in received:
         assert request.headers["Content-Type"] == "application/json"
-        assert request.headers["X-Carebus-Signature"] == signature(request.body, secret)
+        assert signed(request, secret)
+        assert not signed(request, "another secret")
         expected = delivery_to_json(by_id[request.delivery_id])
         assert json.loads(request.body) == expected
         assert request.body == json.dumps(expected, separators=(",", ":")).encode()
@@ -331,7 +342,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_in_order(
     with two worker processes sharing the queue, and some deliveries produced twice."""
     second = stack.start_service("webhooks", name="webhooks-second", env=SMALL_BACKOFF)
     try:
-        org_id, secret = await with_webhook(db, receiver)
+        org_id, secret = await with_webhook(stack, db, receiver)
         first_seen: list[float] = []
 
         def answer(_key: str) -> int:
@@ -351,7 +362,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_in_order(
         received = receiver.received(org_id)
         assert any(r.status == 503 for r in received)
         in_order_exactly_once(received, records)
-        assert all(r.headers["X-Carebus-Signature"] == signature(r.body, secret) for r in received)
+        assert all(signed(r, secret) for r in received)
         await wait_until_statuses(db, org_id, {r["delivery_id"] for r in records}, "delivered")
         assert len(await queue_statuses(db, org_id)) == len(records)
         # Which worker sent what is up to timing (usually both send some); what must hold
@@ -364,7 +375,7 @@ async def test_only_the_head_of_a_line_is_due(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
     """Rows behind a pending head wait at infinity; they become due one by one as heads finish."""
-    org_id, _secret = await with_webhook(db, receiver)
+    org_id, _secret = await with_webhook(stack, db, receiver)
     receiver.answers[org_id] = lambda _key: 503
     who = person(stack)
     records = [delivery(org_id, who) for _ in range(3)]
@@ -390,7 +401,7 @@ async def test_a_head_left_waiting_is_swept_up(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
     """The safety net: a head wrongly left at infinity is made due and delivered."""
-    org_id, _secret = await with_webhook(db, receiver)
+    org_id, _secret = await with_webhook(stack, db, receiver)
     who = person(stack)
     record = delivery(org_id, who)
     body = json.dumps(delivery_to_json(record), separators=(",", ":")).encode()
@@ -409,7 +420,7 @@ async def test_a_head_left_waiting_is_swept_up(
     )
     pool = await asyncpg.create_pool(stack.settings.postgres_dsn, min_size=1, max_size=1)
     try:
-        assert await WebhookQueue(pool).unstick() == 1
+        assert await WebhookQueue(pool, SecretBox.from_settings(stack.settings)).unstick() == 1
     finally:
         await pool.close()
     # Nothing new is produced: the dispatcher's idle round finds the row.
@@ -421,7 +432,7 @@ async def test_a_delivery_produced_again_later_is_not_sent_again(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
     """A delivery re-produced after it was delivered is recognised by its delivery id."""
-    org_id, _secret = await with_webhook(db, receiver)
+    org_id, _secret = await with_webhook(stack, db, receiver)
     who = person(stack)
     record = delivery(org_id, who)
     produce_deliveries(stack, [record])
@@ -441,7 +452,7 @@ async def test_a_4xx_is_dead_lettered_and_the_next_delivery_still_arrives(
 ) -> None:
     """422 is fatal: one attempt, a dead letter with status and content type but no body,
     and the person's next delivery goes through."""
-    org_id, _secret = await with_webhook(db, receiver, agency="nav")
+    org_id, _secret = await with_webhook(stack, db, receiver, agency="nav")
     who = person(stack)
     rejected, following = delivery(org_id, who, agency="nav"), delivery(org_id, who, agency="nav")
     receiver.answers[org_id] = lambda key: 422 if key == rejected["delivery_id"] else 200
@@ -468,7 +479,7 @@ async def test_an_organisation_without_webhook_is_skipped(
     stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
 ) -> None:
     """Deliveries for an organisation that reads over HTTP are not queued, only counted."""
-    org_id, _secret = await with_webhook(db, receiver, agency="housing")
+    org_id, _secret = await with_webhook(stack, db, receiver, agency="housing")
     reader = new_org_id()
     await ensure_organisation(db, agency="housing", org_id=reader)
     who = person(stack)
@@ -496,7 +507,7 @@ async def test_retries_end_in_a_dead_letter_and_sigterm_is_clean(
     webhooks.proc = None
     webhooks.start()
     try:
-        org_id, _secret = await with_webhook(db, receiver, agency="fastlege")
+        org_id, _secret = await with_webhook(stack, db, receiver, agency="fastlege")
         receiver.answers[org_id] = lambda _key: 503
         who = person(stack)
         record = delivery(org_id, who, agency="fastlege")
@@ -511,3 +522,147 @@ async def test_retries_end_in_a_dead_letter_and_sigterm_is_clean(
         del webhooks.env["CAREBUS_WEBHOOK_RETRY_FOR_S"]
         webhooks.proc = None
         webhooks.start()
+
+
+async def test_a_new_secret_does_not_dead_letter_what_is_in_flight(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A registration issues a new secret while deliveries wait; the receiver still checks the
+    old one and gets every delivery all the same (both secrets sign during the grace period),
+    and a receiver already on the new secret verifies them too."""
+    org_id, old = await with_webhook(stack, db, receiver)
+    receiver.answers[org_id] = lambda _key: 503
+    who = person(stack)
+    records = [delivery(org_id, who) for _ in range(3)]
+    produce_deliveries(stack, records)
+    await wait_until(lambda: len(receiver.received(org_id)) >= 1)
+    new = (await set_webhook(db, org_id, receiver.url(org_id), stack.settings)).secret
+
+    def old_secret_only(headers: dict[str, str], body: bytes) -> int:
+        header = headers["X-Carebus-Signature"]
+        return 200 if verify_signature([old], header, body, now=time.time()) else 401
+
+    receiver.checks[org_id] = old_secret_only
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= 3)
+    in_order_exactly_once(receiver.received(org_id), records)
+    assert all(signed(r, new) for r in receiver.delivered(org_id))
+    await wait_until_statuses(db, org_id, {r["delivery_id"] for r in records}, "delivered")
+
+
+async def test_a_target_in_the_private_network_is_dead_lettered_without_a_request(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A URL naming the metadata service (written behind the registration's back) is refused at
+    send time, even where loopback receivers are allowed: one attempt, a dead letter saying
+    so, never a retry."""
+    org_id, _secret = await with_webhook(stack, db, receiver, agency="police")
+    await db.execute(
+        "UPDATE webhooks SET url = 'http://169.254.169.254/latest/meta-data/' WHERE org_id = $1",
+        org_id,
+    )
+    record = delivery(org_id, person(stack), agency="police")
+    placed = produce_deliveries(stack, [record])
+    letter = dead_letters(stack, set(placed))[placed[0]]
+    assert letter["reason"] == "webhook_rejected"
+    assert "target refused: host is link-local" in letter["detail"]
+    assert "169.254" not in letter["detail"]
+    await wait_until_statuses(db, org_id, {record["delivery_id"]}, "dead")
+    assert (
+        await db.fetchval(
+            "SELECT attempts FROM webhook_queue WHERE delivery_id = $1", record["delivery_id"]
+        )
+        == 1
+    )
+
+
+def redrive(stack: TestStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "carebus.ops.cli", "webhook", "redrive", *args],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_redrive_queues_dead_deliveries_again_once_with_their_ids(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """`carebus webhook redrive` sends dead deliveries again (one named, then the rest), with
+    their delivery ids, in order; a second run changes nothing; each run that revived
+    something is in operator_actions."""
+    org_id, _secret = await with_webhook(stack, db, receiver, agency="housing")
+    receiver.answers[org_id] = lambda _key: 410
+    who = person(stack)
+    first, second = delivery(org_id, who, agency="housing"), delivery(org_id, who, agency="housing")
+    ids = [first["delivery_id"], second["delivery_id"]]
+    produce_deliveries(stack, [first, second])
+    await wait_until_statuses(db, org_id, set(ids), "dead", timeout_s=30)
+    receiver.answers[org_id] = _accept
+
+    named = redrive(stack, "--org", org_id, "--delivery", ids[0])
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.splitlines() == [
+        f"queued again  {ids[0]}",
+        f"1 dead webhook deliveries of {org_id} queued again",
+    ]
+    await wait_until_statuses(db, org_id, {ids[0]}, "delivered")
+    rest = redrive(stack, "--org", org_id, "--since", "2000-01-01")
+    assert rest.returncode == 0, rest.stderr
+    assert f"queued again  {ids[1]}" in rest.stdout
+    await wait_until_statuses(db, org_id, set(ids), "delivered")
+    again = redrive(stack, "--org", org_id)
+    assert again.stdout.strip() == f"0 dead webhook deliveries of {org_id} queued again"
+
+    assert [r.delivery_id for r in receiver.delivered(org_id)] == ids
+    actions = await db.fetch(
+        "SELECT action, detail FROM operator_actions WHERE target_org = $1 ORDER BY at", org_id
+    )
+    assert [a["action"] for a in actions] == ["webhook_redriven"] * 2
+    assert [json.loads(a["detail"])["delivery_ids"] for a in actions] == [[ids[0]], [ids[1]]]
+    assert redrive(stack, "--org", "12345").returncode == 1
+
+
+async def test_outside_local_development_registration_takes_public_https_urls_only(
+    stack: TestStack, db: asyncpg.Connection
+) -> None:
+    """A registry outside local development answers 422 naming `url` for an http URL, a literal
+    private or metadata address and a metadata name, changes nothing, and takes public https;
+    GET shows until when the replaced secret still signs."""
+    org_id = new_org_id()
+    token = await create_token(db, agency="nav", org_id=org_id, role="system")
+    registry = stack.start_service(
+        "registry",
+        name="registry-staging",
+        port=free_ports(1)[0],
+        env={"CAREBUS_ENVIRONMENT": "staging"},
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    assert registry.url is not None
+    try:
+        async with httpx.AsyncClient(base_url=registry.url, headers=headers) as client:
+            refused = [
+                await client.put("/v1/webhooks", json={"url": url})
+                for url in (
+                    "http://nav.example/hook",
+                    "https://127.0.0.1:18082/x",
+                    "https://[::ffff:a9fe:a9fe]/latest",
+                    "https://metadata.google.internal/computeMetadata/v1/",
+                )
+            ]
+            missing = await client.get("/v1/webhooks")
+            first = await client.put("/v1/webhooks", json={"url": "https://nav.example/hook"})
+            second = await client.put("/v1/webhooks", json={"url": "https://nav.example/hook"})
+            shown = await client.get("/v1/webhooks")
+    finally:
+        registry.stop()
+    for response in refused:
+        assert response.status_code == 422, response.text
+        assert [d["field"] for d in response.json()["error"]["details"]] == ["url"]
+    assert missing.status_code == 404
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert shown.json()["previous_secret_valid_until"] is not None
+    stored = await get_webhook(db, org_id, stack.settings)
+    assert stored is not None
+    assert stored.signing_secrets == (second.json()["secret"], first.json()["secret"])

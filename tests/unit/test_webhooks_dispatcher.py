@@ -15,14 +15,18 @@ from prometheus_client import REGISTRY
 
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.sink import sink_retry
+from carebus.domain.webhook_targets import TargetPolicy
 from carebus.wire.codec import Codec
 from consumers.webhooks.dispatcher import NAME as WEBHOOKS_NAME
 from consumers.webhooks.dispatcher import Dispatcher
-from consumers.webhooks.protocol import RetryPolicy, signature
+from consumers.webhooks.protocol import RetryPolicy, signature, verify_signature
 from consumers.webhooks.queue import Claim, QueuedSource
+from consumers.webhooks.targets import RefusedTargetError
 
 CODEC = Codec.default()
 SECRET = "webhook-secret"
+NOW = 1764979200.0  # the dispatcher's clock in these tests (unix seconds)
+LOCAL = TargetPolicy(allow_http=True, allow_private=True)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class FakeQueue:
     """webhook_queue's rules in memory: one line per subject key, heads only, leases."""
 
     url: str | None = "http://receiver.test/hook"
+    secrets: tuple[str, ...] = (SECRET,)
     rows: list[Row] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
 
@@ -78,7 +83,7 @@ class FakeQueue:
                     attempts=row.attempts,
                     elapsed_s=now - row.first_at,
                     url=self.url,
-                    secret=SECRET if self.url else None,
+                    secrets=self.secrets if self.url else (),
                 )
             )
         return claims
@@ -198,6 +203,7 @@ async def dispatch(
     retry_for_s: float = 60.0,
     timeout_s: float = 2.0,
     producer: FakeProducer | None = None,
+    targets: TargetPolicy = LOCAL,
 ) -> FakeProducer:
     """Run a dispatcher until `until()` holds (or 10 s pass), then stop it."""
     producer = producer or FakeProducer(queue)
@@ -207,10 +213,12 @@ async def dispatch(
         client=client,
         dead_letters=DeadLetterPolicy(producer, CODEC, "webhooks"),
         retry=RetryPolicy(initial_s=0.02, maximum_s=0.05, retry_for_s=retry_for_s),
+        targets=targets,
         concurrency=concurrency,
         timeout_s=timeout_s,
         idle_s=0.2,
         outage_retry=sink_retry(initial_s=0.01, maximum_s=0.05),
+        clock=lambda: NOW,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
@@ -247,8 +255,65 @@ async def test_posts_signed_json_with_idempotency_key() -> None:
         assert request.method == "POST"
         assert request.url == "http://receiver.test/hook"
         assert request.headers["Content-Type"] == "application/json"
-        assert request.headers["X-Carebus-Signature"] == signature(request.content, SECRET)
+        expected = signature(request.content, [SECRET], int(NOW))
+        assert request.headers["X-Carebus-Signature"] == expected
     assert {row.status for row in queue.rows} == {"delivered"}
+
+
+async def test_during_a_rotation_each_delivery_is_signed_with_both_secrets() -> None:
+    """With a previous secret in its grace period, a receiver still on the old secret and one
+    already on the new secret both verify every delivery: nothing is rejected for it."""
+    queue = FakeQueue(secrets=("new-secret", SECRET))
+    queue.add("d-1")
+    headers: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        headers.append(request.headers["X-Carebus-Signature"])
+        ok = verify_signature([SECRET], headers[-1], request.content, now=NOW)
+        return httpx.Response(204 if ok else 401)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    assert queue.rows[0].status == "delivered"
+    (header,) = headers
+    assert header.count("v1=") == 2
+    assert verify_signature(["new-secret"], header, queue.rows[0].body, now=NOW)
+
+
+async def test_a_refused_target_is_dead_lettered_at_once_and_never_retried() -> None:
+    """A host that resolves into a private network is refused by the transport: one attempt,
+    a dead letter whose detail names the kind of address, not the host or the address."""
+    queue = FakeQueue(url="https://rebinding.example/hook")
+    queue.add("d-1")
+    calls = 0
+
+    async def transport(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        raise RefusedTargetError("host resolves to an address that is loopback")
+
+    producer = await dispatch(queue, transport, until=finished(queue), retry_for_s=60.0)
+    assert calls == 1
+    (letter,) = producer.produced
+    assert letter["reason"] == "webhook_rejected"
+    assert "target refused: host resolves to an address that is loopback" in letter["detail"]
+    assert "rebinding.example" not in letter["detail"]
+    assert queue.rows[0].status == "dead"
+
+
+async def test_an_http_url_is_refused_where_only_https_is_allowed() -> None:
+    """A URL registered as http before https was required is not sent to outside local
+    development: dead-lettered without a request."""
+    queue = FakeQueue(url="http://receiver.test/hook")
+    queue.add("d-1")
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    producer = await dispatch(
+        queue, receiver, until=finished(queue), targets=TargetPolicy(allow_private=True)
+    )
+    (letter,) = producer.produced
+    assert "target refused: URL is not https" in letter["detail"]
 
 
 async def test_one_line_is_sent_in_order_one_at_a_time() -> None:
@@ -490,6 +555,7 @@ def test_concurrency_must_be_positive() -> None:
             client=httpx.AsyncClient(),
             dead_letters=DeadLetterPolicy(FakeProducer(FakeQueue()), CODEC, "webhooks"),
             retry=RetryPolicy(1, 1, 1),
+            targets=LOCAL,
             concurrency=0,
             timeout_s=1,
         )

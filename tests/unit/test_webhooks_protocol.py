@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from carebus.adapters.deadletter import Reason
 from consumers.webhooks.protocol import (
+    SIGNATURE_TOLERANCE_S,
     Attempt,
     Failure,
     RetryPolicy,
@@ -19,10 +22,12 @@ from consumers.webhooks.protocol import (
     media_type,
     request_headers,
     signature,
+    verify_signature,
     webhook_body,
 )
 
 NIN = "01017012345"
+T = 1764979200  # a signature's time, unix seconds
 POLICY = RetryPolicy(initial_s=1.0, maximum_s=600.0, retry_for_s=48 * 3600.0)
 
 
@@ -88,21 +93,82 @@ def test_body_refuses_a_bad_payload_without_quoting_it(payload_json: str, proble
     assert NIN not in str(raised.value)
 
 
-def test_signature_is_hmac_sha256_of_the_exact_body() -> None:
-    """`sha256=` + hex HMAC-SHA256 under the UTF-8 secret, as a receiver recomputes it."""
+def test_signature_is_hmac_sha256_of_time_dot_body() -> None:
+    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body>` under the UTF-8 secret, as a
+    receiver recomputes it; the time and the body are both signed."""
     body = webhook_body(delivery())
-    expected = hmac.new(b"s3cret-\xc3\xa6", body, hashlib.sha256).hexdigest()
-    assert signature(body, "s3cret-æ") == f"sha256={expected}"
-    assert signature(body + b" ", "s3cret-æ") != signature(body, "s3cret-æ")
+    signed = b"1764979200." + body
+    expected = hmac.new(b"s3cret-\xc3\xa6", signed, hashlib.sha256).hexdigest()
+    assert signature(body, ["s3cret-æ"], 1764979200) == f"t=1764979200,v1={expected}"
+    assert signature(body + b" ", ["s3cret-æ"], 1764979200) != signature(body, ["s3cret-æ"], T)
+    assert signature(body, ["s3cret-æ"], 1764979201) != signature(body, ["s3cret-æ"], T)
+
+
+def test_a_rotation_signs_with_each_secret_current_first() -> None:
+    """During a rotation's grace period the header carries one v1= per secret."""
+    header = signature(b"{}", ["new", "old"], T)
+    t, new, old = header.split(",")
+    assert t == f"t={T}"
+    assert new == "v1=" + hmac.new(b"new", f"{T}.{{}}".encode(), hashlib.sha256).hexdigest()
+    assert old == "v1=" + hmac.new(b"old", f"{T}.{{}}".encode(), hashlib.sha256).hexdigest()
 
 
 def test_request_headers() -> None:
     """JSON content type, the delivery id as Idempotency-Key, and the signature."""
     body = b"{}"
-    headers = request_headers("d-1", body, "k")
+    headers = request_headers("d-1", body, ["k"], T)
     assert headers["Content-Type"] == "application/json"
     assert headers["Idempotency-Key"] == "d-1"
-    assert headers["X-Carebus-Signature"] == signature(body, "k")
+    assert headers["X-Carebus-Signature"] == signature(body, ["k"], T)
+
+
+def test_a_receiver_verifies_a_fresh_signature_with_either_secret() -> None:
+    """verify_signature accepts the header with the new or the old secret, within tolerance
+    either way of the receiver's clock."""
+    body = webhook_body(delivery())
+    header = signature(body, ["new", "old"], T)
+    assert verify_signature(["new"], header, body, now=T)
+    assert verify_signature(["old"], header, body, now=T + SIGNATURE_TOLERANCE_S)
+    assert verify_signature(["other", "old"], header, body, now=T - SIGNATURE_TOLERANCE_S)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "header_of", "body", "now"),
+    [
+        (["wrong"], lambda b: signature(b, ["k"], T), b"{}", T),  # another secret
+        (["k"], lambda b: signature(b, ["k"], T), b"{} ", T),  # another body
+        (["k"], lambda b: signature(b, ["k"], T), b"{}", T + SIGNATURE_TOLERANCE_S + 1),  # replay
+        (["k"], lambda b: signature(b, ["k"], T), b"{}", T - SIGNATURE_TOLERANCE_S - 1),  # future
+        (["k"], lambda b: signature(b, ["k"], T).replace(f"t={T}", f"t={T + 9}"), b"{}", T),
+        (["k"], lambda b: signature(b, ["k"], T).split(",", 1)[1], b"{}", T),  # no time
+        (["k"], lambda b: f"t={T}", b"{}", T),  # no signature
+        (["k"], lambda b: "sha256=" + hmac.new(b"k", b, hashlib.sha256).hexdigest(), b"{}", T),
+        (["k"], lambda b: "", b"{}", T),
+    ],
+)
+def test_a_receiver_refuses_what_is_not_a_fresh_signature_of_the_body(
+    secrets: list[str], header_of: Any, body: bytes, now: int
+) -> None:
+    """A wrong secret, a changed body or time, a stale or future time, the old header format
+    or no header at all: verify_signature says no."""
+    assert not verify_signature(secrets, header_of(b"{}"), body, now=now)
+
+
+def test_the_documented_snippet_is_verify_signature() -> None:
+    """docs/design.md's "Receiving webhooks" snippet is this module's verify_signature, so a
+    receiver that copies it verifies what carebus signs."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    source = inspect.getsource(verify_signature)
+    assert source in docs
+
+
+def test_a_refused_target_is_dead_at_once_without_personal_data() -> None:
+    """A target refused before sending is never retried: dead, with the kind of address."""
+    attempt = Attempt.failed(Failure.REFUSED, "host resolves to an address that is loopback")
+    decision = POLICY.decide(attempt, attempts=1, elapsed_s=0.0, random=lambda: 0.5)
+    assert decision.verdict is Verdict.DEAD
+    assert decision.reason is Reason.WEBHOOK_REJECTED
+    assert "target refused: host resolves to an address that is loopback" in decision.detail
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
