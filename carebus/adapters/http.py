@@ -1,9 +1,11 @@
-"""What every carebus HTTP service shares: DESIGN's error body, auth, /healthz and /metrics."""
+"""What every carebus HTTP service shares: DESIGN's error body, auth, request-size and rate
+limits, /healthz and /metrics (on an internal port, and locally on the API port too)."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +17,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.ratelimit import TokenBuckets
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import configure_logging, get_logger
-from carebus.runtime.worker import Readiness
+from carebus.runtime.worker import Readiness, serve_health
 from carebus.wire.requests import reword
 
 log = get_logger(__name__)
@@ -35,6 +39,7 @@ _STATUS_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
 }
@@ -87,17 +92,130 @@ def _route_template(request: Request) -> str:
     return "unmatched"
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """Every service's request-size policy: one default, and the routes that take another."""
+
+    default: int
+    routes: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: Settings) -> BodyLimits:
+        # The one route whose bodies are larger than one request's: a batch of up to 1000
+        # events. Every other body (one event, a consent, a query) fits in the default.
+        return cls(
+            settings.http_max_body_bytes,
+            {"/v1/events:batch": settings.http_max_batch_body_bytes},
+        )
+
+    def of_path(self, path: str) -> int:
+        return self.routes.get(path, self.default)
+
+
+class _BodyTooLargeError(StarletteHTTPException):
+    """Raised by the limited `receive` once a body crosses its limit: FastAPI passes HTTP
+    exceptions on while it reads a body, so the app's own handler answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class LimitRequestBody:
+    """ASGI middleware refusing a body over its route's limit with 413, before it is read.
+
+    A declared Content-Length over the limit is refused without reading a byte (a client that
+    sent `Expect: 100-continue` never sends the body); a body without one (chunked) is counted
+    as the app reads it and refused at the first chunk past the limit, nothing more buffered.
+    """
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.of_path(scope["path"])
+        declared = _content_length(scope)
+        if declared == -1:
+            problem = [("Content-Length", "must be a number of bytes")]
+            await error_response(400, "the Content-Length is invalid", problem)(
+                scope, receive, send
+            )
+            return
+        if declared is not None and declared > limit:
+            await _too_large(limit).response()(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLargeError(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLargeError:
+            if started:
+                raise
+            await _too_large(limit).response()(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared Content-Length; None when there is none, -1 when it is not a number."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else -1
+    return None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body is larger than {limit} bytes",
+        [("body", f"at most {limit} bytes")],
+    )
+
+
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(service: str, *, title: str, lifespan: Lifespan | None = None) -> FastAPI:
-    """A FastAPI app with carebus's error body everywhere, request metrics and health routes."""
+def create_app(
+    service: str,
+    *,
+    title: str,
+    lifespan: Lifespan | None = None,
+    settings: Settings | None = None,
+) -> FastAPI:
+    """A FastAPI app with carebus's error body everywhere, request-size and rate limits,
+    request metrics and health routes."""
+    settings = settings or get_settings()
     app = FastAPI(title=title, version="1", lifespan=lifespan)
     app.state.service = service
+    # Per process: each organisation's requests of this service, after authentication.
+    app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
+    # Inside the request metrics (added below, so outside this), which count its 413s too.
+    app.add_middleware(LimitRequestBody, limits=BodyLimits.of(settings))
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(_BodyTooLargeError)
+    async def _body_too_large(_request: Request, exc: _BodyTooLargeError) -> JSONResponse:
+        return _too_large(exc.limit).response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -152,9 +270,13 @@ def create_app(service: str, *, title: str, lifespan: Lifespan | None = None) ->
         body = {"status": "ok" if ok else "unready", "service": service, "checks": checks}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # Always on the internal metrics port (`serve`); on the API port only where the settings
+    # say so (locally, for the HTTP contract), never in production.
+    if settings.public_metrics:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_endpoint() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -179,6 +301,7 @@ def principal_dependency(
             raise ApiError(
                 401, "the token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
             )
+        _within_rate(request, principal)
         if roles and principal.role not in roles:
             raise ApiError(403, f"this call needs the role {' or '.join(roles)}")
         return principal
@@ -186,20 +309,45 @@ def principal_dependency(
     return dependency
 
 
+def _within_rate(request: Request, principal: Principal) -> None:
+    """429 with Retry-After when the caller's organisation has used up its requests."""
+    buckets: TokenBuckets = request.app.state.rate_limits
+    wait_s = buckets.take(principal.org_id)
+    if wait_s <= 0:
+        return
+    metrics.HTTP_RATE_LIMITED.labels(request.app.state.service, _route_template(request)).inc()
+    raise ApiError(
+        429,
+        "too many requests from this organisation; retry after the time in Retry-After",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+    )
+
+
 async def no_lifespan(_app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
 def serve(
-    service: str, build_app: Callable[[Settings], FastAPI], port: Callable[[Settings], int]
+    service: str,
+    build_app: Callable[[Settings], FastAPI],
+    port: Callable[[Settings], int],
+    *,
+    graceful_shutdown_s: int | None = None,
 ) -> None:
-    """Run one HTTP service with uvicorn on its configured port, logging as JSON."""
+    """Run one HTTP service with uvicorn on its configured port, logging as JSON, with
+    /metrics and /healthz on the internal `metrics_port` (for Prometheus and probes).
+
+    With `graceful_shutdown_s`, requests still open that long after a shutdown was asked for
+    (live streams, which never end by themselves) are cut."""
     settings = get_settings()
     configure_logging(service, settings)
+    app = build_app(settings)
+    serve_health(service, settings.http_host, settings.metrics_port, app.state.readiness)
     uvicorn.run(
-        build_app(settings),
+        app,
         host=settings.http_host,
         port=port(settings),
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=graceful_shutdown_s,
     )

@@ -33,6 +33,14 @@ HTTP_LATENCY: Final = Histogram(
     ["service", "route", "method"],
     buckets=_LATENCY_BUCKETS,
 )
+# No organisation label: one per organisation would grow with the directory (thousands of
+# series per route); service and route template are a small, fixed set.
+HTTP_RATE_LIMITED: Final = Counter(
+    "carebus_http_rate_limited_total",
+    "Requests refused with 429 because their organisation used up its rate, by service and "
+    "route template.",
+    ["service", "route"],
+)
 
 EVENTS_ACCEPTED: Final = Counter(
     "carebus_events_accepted_total",

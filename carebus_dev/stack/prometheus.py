@@ -32,7 +32,8 @@ def job_name(service: str) -> str:
 
 
 def scrape_config(settings: Settings) -> dict[str, Any]:
-    """The local Prometheus configuration: every service on its local port, the shared rules."""
+    """The local Prometheus configuration: every service on its internal metrics port, the
+    shared rules."""
     jobs = [
         {
             "job_name": "prometheus",
@@ -40,13 +41,10 @@ def scrape_config(settings: Settings) -> dict[str, Any]:
         }
     ]
     for spec in SERVICES:
-        port = spec.port(settings)
-        if port is not None:
+        if spec.metrics_port is not None:
+            target = f"{settings.http_host}:{spec.metrics_port}"
             jobs.append(
-                {
-                    "job_name": job_name(spec.name),
-                    "static_configs": [{"targets": [f"{settings.http_host}:{port}"]}],
-                }
+                {"job_name": job_name(spec.name), "static_configs": [{"targets": [target]}]}
             )
     return {
         "global": {

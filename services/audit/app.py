@@ -131,7 +131,6 @@ _QUERY_BODY = {
         },
     }
 }
-MAX_QUERY_BYTES = 4096
 
 
 class Organisation(BaseModel):
@@ -290,7 +289,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await pool.close()
 
-    app = create_app("audit", title="carebus audit", lifespan=lifespan)
+    app = create_app("audit", title="carebus audit", lifespan=lifespan, settings=settings)
     system_only = principal_dependency("system")
     privacy_officer_only = principal_dependency("privacy_officer")
     patient_only = principal_dependency("patient")
@@ -373,8 +372,6 @@ def _paging(since: str | None, cursor: str | None) -> tuple[datetime | None, Cur
 
 def _query(body: bytes) -> DisclosureQuery:
     """The valid query of a body; 400 for malformed JSON, 422 naming every field at fault."""
-    if len(body) > MAX_QUERY_BYTES:
-        raise ApiError(413, "the request body is too large")
     try:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
@@ -23,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
-from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.http import ApiError, bearer_token, create_app, principal_dependency
 from carebus.adapters.resources import pool_answers
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
@@ -45,15 +48,32 @@ log = get_logger(__name__)
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 KEEPALIVE_S: Final = 15.0
-PAGE: Final = Path(__file__).parent / "static" / "index.html"
+# How often an open stream asks whether its token is still valid. The token cache answers
+# from memory and asks the database at most every TOKEN_CACHE_TTL_S, so a stream ends within
+# about 6 s of its token being revoked or expiring.
+TOKEN_RECHECK_S: Final = 1.0
+STATIC: Final = Path(__file__).parent / "static"
+PAGE: Final = STATIC / "index.html"
+# Nothing inline and nothing from elsewhere: an injected <script> or style= attribute does not
+# run, the page cannot be framed, and no URL the page holds (or a token in it) leaves as a
+# Referer.
 PAGE_HEADERS: Final = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-        "style-src 'self' 'unsafe-inline'; connect-src 'self'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# The page's script, styles and icon (no personal data): cached, but revalidated on every use by
+# their ETag, so a new release is picked up at once.
+ASSETS: Final = {
+    "inbox.js": "text/javascript",
+    "inbox.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+ASSET_HEADERS: Final = {"Cache-Control": "public, no-cache", "Referrer-Policy": "no-referrer"}
 STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 _DATABASE_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -140,12 +160,21 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                     await task
             await pool.close()
 
-    app = create_app("inbox", title="carebus inbox", lifespan=lifespan)
+    app = create_app("inbox", title="carebus inbox", lifespan=lifespan, settings=settings)
     inbox_roles = principal_dependency(*INBOX_ROLES)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
         return Response(PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
+
+    assets = {name: StaticAsset.read(STATIC / name, kind) for name, kind in ASSETS.items()}
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str, request: Request) -> Response:
+        found = assets.get(name)
+        if found is None:
+            raise ApiError(404, "no such file", [("name", "unknown")])
+        return found.response(request.headers.get("if-none-match"))
 
     @app.get("/v1/alerts", response_model=AlertList, description=_LIST_DOC)
     async def list_alerts(
@@ -187,8 +216,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         request: Request, caller: Principal = Depends(inbox_roles)
     ) -> StreamingResponse:
         feed: AlertFeed = request.app.state.feed
+        tokens: TokenCache = request.app.state.tokens
+        token_valid = partial(_token_valid, tokens, bearer_token(request))
         return StreamingResponse(
-            _frames(feed, caller), media_type="text/event-stream", headers=STREAM_HEADERS
+            _frames(feed, caller, token_valid),
+            media_type="text/event-stream",
+            headers=STREAM_HEADERS,
         )
 
     @app.get("/v1/alerts/{alert_id}", response_model=Alert)
@@ -217,6 +250,27 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return _changed("resolve", change)
 
     return app
+
+
+@dataclass(frozen=True)
+class StaticAsset:
+    """One of the page's files, read once: its bytes, content type and ETag."""
+
+    body: bytes
+    media_type: str
+    etag: str
+
+    @classmethod
+    def read(cls, path: Path, media_type: str) -> StaticAsset:
+        body = path.read_bytes()
+        return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+    def response(self, if_none_match: str | None) -> Response:
+        headers = {**ASSET_HEADERS, "ETag": self.etag}
+        if if_none_match is not None and self.etag in if_none_match:
+            return Response(status_code=304, headers=headers)
+        media_type = f"{self.media_type}; charset=utf-8"
+        return Response(self.body, media_type=media_type, headers=headers)
 
 
 def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:
@@ -249,22 +303,53 @@ def _changed(action: str, change: Change | None) -> JSONResponse:
     return JSONResponse(alert_json(change.row))
 
 
-async def _frames(feed: AlertFeed, caller: Principal) -> AsyncIterator[str]:
-    """The caller's stream: subscribed before the first line, so nothing after it is missed."""
+async def _frames(
+    feed: AlertFeed,
+    caller: Principal,
+    token_valid: Callable[[], Awaitable[bool]],
+    *,
+    recheck_s: float = TOKEN_RECHECK_S,
+    keepalive_s: float = KEEPALIVE_S,
+) -> AsyncIterator[str]:
+    """The caller's stream: subscribed before the first line, so nothing after it is missed;
+    ended once its token is revoked or expires (the client's reconnect then gets 401)."""
     subscriber: Subscriber = feed.subscribe(caller)
+    loop = asyncio.get_running_loop()
     try:
         yield ": connected\n\n"
+        keepalive_at = checked_at = loop.time()
         while True:
             try:
-                frame = await asyncio.wait_for(subscriber.frames.get(), KEEPALIVE_S)
+                frame = await asyncio.wait_for(subscriber.frames.get(), recheck_s)
             except TimeoutError:
-                yield ": keepalive\n\n"
-                continue
+                frame = ""
             if frame is None:
                 return
-            yield frame
+            now = loop.time()
+            if now - checked_at >= recheck_s:
+                checked_at = now
+                if not await token_valid():
+                    log.info("inbox.stream_ended", reason="token_invalid", org_id=caller.org_id)
+                    return
+            if frame:
+                yield frame
+            elif now - keepalive_at >= keepalive_s:
+                yield ": keepalive\n\n"
+            else:
+                continue
+            keepalive_at = now
     finally:
         feed.unsubscribe(subscriber)
+
+
+async def _token_valid(tokens: TokenCache, token: str) -> bool:
+    """Whether `token` is still accepted; a database that cannot say counts as no (the client
+    reconnects and is answered as any new request)."""
+    try:
+        return await tokens.principal(token) is not None
+    except _DATABASE_ERRORS as exc:
+        log.warning("inbox.token_recheck_failed", error=type(exc).__name__)
+        return False
 
 
 async def escalate_forever(store: AlertStore, interval_s: float) -> None:

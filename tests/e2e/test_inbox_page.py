@@ -47,6 +47,13 @@ OSLO = ZoneInfo("Europe/Oslo")
 WAIT_S = 30.0
 SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL | re.IGNORECASE)
 T = TypeVar("T")
+# Every refusal of the page's CSP, kept where the test can read it.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(event.violatedDirective + " " + event.blockedURI);
+});
+"""
 
 
 def new_org() -> str:
@@ -143,7 +150,23 @@ class InboxPage:
         self.inbox = inbox
 
     def open(self) -> None:
+        # Installed by the browser before the page's own script: the page's CSP cannot stop it.
+        self.driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CSP_VIOLATIONS}
+        )
         self.driver.get(f"{self.inbox.url}/")
+
+    def csp_violations(self) -> list[str]:
+        """What the page's Content-Security-Policy refused since it was opened, as the browser
+        reported it (the `securitypolicyviolation` events and the console's refusals)."""
+        events = self.driver.execute_script("return window.__cspViolations || [];")
+        console = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        refusals = [
+            str(entry["message"])
+            for entry in console
+            if "Content Security Policy" in str(entry["message"])
+        ]
+        return [str(event) for event in events] + refusals
 
     def sign_in(self, token: str) -> None:
         self.driver.find_element(By.CSS_SELECTOR, "input#token").send_keys(token)
@@ -184,7 +207,7 @@ class InboxPage:
         """The page's DOM tail, the browser console and the inbox log, for failure messages."""
         parts = []
         try:
-            # Without the inline script, the tail of the source is the table and its rows.
+            # Without any script, the tail of the source is the table and its rows.
             source = SCRIPT.sub("<script>…</script>", self.driver.page_source)
             parts.append(f"--- page source (tail) ---\n{source[-4000:]}")
             console = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
@@ -300,6 +323,7 @@ def test_a_new_alert_appears_live_and_can_be_acknowledged(
     body = response.json()
     assert body["status"] == "acknowledged", body
     assert body["acknowledged_at"] is not None, body
+    assert page.csp_violations() == [], "the page broke its own CSP"
 
 
 def test_an_unknown_token_is_refused_on_the_page(inbox: ServiceProcess, browser: WebDriver) -> None:
@@ -313,6 +337,7 @@ def test_an_unknown_token_is_refused_on_the_page(inbox: ServiceProcess, browser:
     assert not page.element("#signed-in").is_displayed(), page.diagnostics()
     assert page.text("#live") == "offline", page.diagnostics()
     assert unknown not in stored_values(browser), "a refused token is not kept"
+    assert page.csp_violations() == [], "the page broke its own CSP"
 
 
 def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
@@ -340,3 +365,4 @@ def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
     assert cells["title"] == record["title"], cells
     assert "set the address carebus delivers" in cells["summary"], cells
     assert cells["contact"] == "—", cells
+    assert page.csp_violations() == [], "the page broke its own CSP"

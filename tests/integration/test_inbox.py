@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -732,17 +733,20 @@ async def test_bad_query_values_are_422_naming_the_parameter(
 async def test_the_page_is_self_contained_and_served_with_strict_headers(
     client: httpx.AsyncClient,
 ) -> None:
-    """GET / is HTML with the DOM contract's ids, no external URL, CSP and no caching."""
+    """GET / is HTML with the DOM contract's ids, no external URL, a strict CSP, no inline
+    script, style or event handler, and no caching."""
     response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["content-security-policy"] == (
-        "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-        "style-src 'self' 'unsafe-inline'; connect-src 'self'"
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
     assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
     assert response.headers["cache-control"] == "no-store"
     page = response.text
+    script = (await client.get("/static/inbox.js")).text
     for marker in (
         'id="token"',
         'id="signin"',
@@ -754,13 +758,45 @@ async def test_the_page_is_self_contained_and_served_with_strict_headers(
         'id="alerts"',
         'id="error"',
         '<option value="active" selected>',
-        "sessionStorage",
-        "getReader()",
+        '<script src="/static/inbox.js"></script>',
+        '<link rel="stylesheet" href="/static/inbox.css">',
     ):
         assert marker in page, marker
-    assert "http://" not in page
-    assert "https://" not in page
-    assert "EventSource(" not in page
+    for marker in ("sessionStorage", "getReader()"):
+        assert marker in script, marker
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == [], "an inline script"
+    assert "<style" not in page, "an inline style sheet"
+    assert re.findall(r"\s(?:style|on[a-z]+)\s*=", page) == [], "an inline style or handler"
+    for text in (page, script):
+        assert "http://" not in text
+        assert "https://" not in text
+    assert "EventSource(" not in script
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/static/inbox.js", "text/javascript"), ("/static/inbox.css", "text/css")],
+)
+async def test_the_pages_script_and_styles_are_served_cacheable_with_their_types(
+    client: httpx.AsyncClient, path: str, content_type: str
+) -> None:
+    """The page's own files: their content type, nosniff, cached but revalidated by ETag."""
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == f"{content_type}; charset=utf-8"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "public, no-cache"
+    again = await client.get(path, headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+async def test_only_the_pages_own_files_are_served_as_static(client: httpx.AsyncClient) -> None:
+    """Any other name under /static is 404 in the error shape; nothing outside is reachable."""
+    for path in ("/static/index.htm", "/static/app.py", "/static/..%2Fapp.py"):
+        response = await client.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "not_found", path
 
 
 async def test_health_metrics_and_openapi_are_served(client: httpx.AsyncClient) -> None:

@@ -22,7 +22,7 @@ from carebus.domain.events import ORG_ID_PROBLEM
 from carebus.domain.policy import CATEGORIES
 from carebus.runtime.config import Settings
 from carebus.wire.requests import parse
-from services.registry.app import MAX_BODY_BYTES, build_app
+from services.registry.app import build_app
 from services.registry.requests import (
     Agency,
     CareTeamChangeRequest,
@@ -229,7 +229,7 @@ async def test_a_body_the_registry_reads_itself_keeps_its_http_answers(
     JSON sent without a Content-Type is read as JSON."""
     unauthenticated = await registry.post("/v1/consents", content=b'{"nin": ')
     too_large = await registry.post(
-        "/v1/consents", content=b" " * (MAX_BODY_BYTES + 1), headers=auth()
+        "/v1/consents", content=b" " * (Settings().http_max_body_bytes + 1), headers=auth()
     )
     malformed = await registry.post("/v1/consents", content=b'{"nin": ', headers=auth())
     untyped = await registry.post("/v1/care-teams", content=b'{"nin": null}', headers=auth())
