@@ -1,24 +1,37 @@
-"""The local PostgreSQL cluster: Debian's server binaries on a project-local data directory."""
+"""The local PostgreSQL cluster: Debian's server binaries on a project-local data directory.
+
+Authenticated as in production: TCP connections need a SCRAM password; only the bootstrap
+superuser may use the unix socket (in the stack's 0700 directory) without one, and only the stack
+itself does. The DSN's user (`carebus`) owns the database and runs the migrations; every service
+logs in as its own role, `carebus_<service>`, a member of the group role migration 0011 grants
+(`carebus_svc_<service>`). The passwords are generated once and kept in the state directory
+(`carebus.runtime.config.local_password_file`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
-from carebus.runtime.config import Settings
+from carebus.runtime.config import Settings, local_password_file
 from carebus_dev.stack.kafka import port_open
 from carebus_dev.stack.process import StackError, cmdline, is_alive, tail
 
 POSTGRES_USER = "postgres"
+# The cluster's bootstrap superuser: creates the owner, the database and the login roles over
+# the unix socket; nothing else connects as it.
+SUPERUSER = "postgres"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
@@ -79,6 +92,39 @@ def install_server() -> Path:
     return bin_dir
 
 
+def login_role(service: str) -> str:
+    """The role a service (or `operator`, the `carebus` command) of the local stack logs in as."""
+    return f"carebus_{service}"
+
+
+def group_role(service: str) -> str:
+    """The NOLOGIN role migration 0011 grants a service's privileges to."""
+    return f"carebus_svc_{service}"
+
+
+def ensure_password(state_dir: Path, role: str) -> str:
+    """The local stack's password for `role`, generated (0600, in a 0700 folder) the first time."""
+    path = local_password_file(state_dir, role)
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made meanwhile by another process of the stack
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def with_user(dsn: str, user: str) -> str:
+    """`dsn` naming `user`, without a password (the process finds its own)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}@{host}"))
+
+
 @dataclass(frozen=True)
 class Dsn:
     """The parts of a postgresql:// DSN the local cluster needs."""
@@ -104,6 +150,13 @@ class Dsn:
         return (
             f"host={self.host} port={self.port} user={self.user} "
             f"dbname={database or self.database} connect_timeout=3"
+        )
+
+    def url(self, password: str) -> str:
+        """postgresql://user:password@host:port/database"""
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(password, safe='')}@"
+            f"{self.host}:{self.port}/{quote(self.database, safe='')}"
         )
 
 
@@ -158,6 +211,21 @@ class PostgresCluster:
     @property
     def log_path(self) -> Path:
         return self.root / "postgres.log"
+
+    @property
+    def owner(self) -> str:
+        """The role that owns the database and runs the migrations: the DSN's user."""
+        return self.dsn.user
+
+    def owner_dsn(self) -> str:
+        """The owner's DSN with its password (generated the first time it is asked for)."""
+        return self.dsn.url(ensure_password(self.state_dir, self.owner))
+
+    def _superuser_conninfo(self, database: str | None = None) -> str:
+        return (
+            f"host={self.socket_dir} port={self.dsn.port} user={SUPERUSER} "
+            f"dbname={database or self.dsn.database} connect_timeout=3"
+        )
 
     def _choose_root(self) -> Path:
         own = self.state_dir / "postgres"
@@ -229,7 +297,7 @@ class PostgresCluster:
 
     def healthy(self) -> bool:
         try:
-            with psycopg.connect(self.dsn.conninfo()) as conn:
+            with psycopg.connect(self._superuser_conninfo()) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error:
             return False
@@ -314,8 +382,9 @@ class PostgresCluster:
                 "-D",
                 str(self.data_dir),
                 "-U",
-                self.dsn.user,
-                "--auth=trust",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -341,14 +410,86 @@ class PostgresCluster:
             lines += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
         path = self.data_dir / "carebus.conf"
         path.write_text("\n".join(lines) + "\n")
+        # Rewritten on every start, so a cluster made with `--auth=trust` is brought in line too.
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(
+            "# carebus: written on every start (carebus_dev/stack/postgres.py)\n"
+            f"local all {SUPERUSER} trust\n"
+            "local all all scram-sha-256\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
         if _running_as_root():
-            shutil.chown(path, POSTGRES_USER, POSTGRES_USER)
+            for written in (path, hba):
+                shutil.chown(written, POSTGRES_USER, POSTGRES_USER)
+
+    def superuser(self, database: str) -> psycopg.Connection[tuple[object, ...]]:
+        """An autocommit connection as the bootstrap superuser over the socket (the stack and its
+        tests only)."""
+        try:
+            return psycopg.connect(self._superuser_conninfo(database), autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StackError(
+                f"cannot connect to the local PostgreSQL as its superuser {SUPERUSER!r} over "
+                f"the socket in {self.socket_dir} ({type(exc).__name__}). A cluster made before "
+                "per-service roles has another superuser: `carebus down`, remove "
+                f"{self.root} and run `carebus up` again"
+            ) from None
 
     def _ensure_database(self) -> None:
-        with psycopg.connect(self.dsn.conninfo("postgres"), autocommit=True) as conn:
+        """The owner (may create the group roles of migration 0011), its password, and the
+        database it owns; never a superuser."""
+        owner = sql.Identifier(self.owner)
+        with self.superuser("postgres") as conn:
+            if not _role_exists(conn, self.owner):
+                conn.execute(sql.SQL("CREATE ROLE {}").format(owner))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER CREATEROLE NOCREATEDB PASSWORD {}").format(
+                    owner, _verifier(conn, self.owner, ensure_password(self.state_dir, self.owner))
+                )
+            )
+            # The local owner is also the developer's and the tests' administrator (its DSN is
+            # `carebus status`'s): it may see every session and end one, as before roles.
+            conn.execute(sql.SQL("GRANT pg_read_all_stats, pg_signal_backend TO {}").format(owner))
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (self.dsn.database,)
             ).fetchone()
+            name = sql.Identifier(self.dsn.database)
             if exists is None:
-                name = sql.Identifier(self.dsn.database)
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, owner))
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, owner))
+
+    def ensure_login_roles(self, services: Iterable[str]) -> list[str]:
+        """A login role with its own password for each service, member of its group role only
+        (run after the migrations, which create the group roles); returns the login roles."""
+        made = []
+        with self.superuser(self.dsn.database) as conn:
+            for service in services:
+                role = login_role(service)
+                name = sql.Identifier(role)
+                if not _role_exists(conn, role):
+                    conn.execute(sql.SQL("CREATE ROLE {}").format(name))
+                password = _verifier(conn, role, ensure_password(self.state_dir, role))
+                conn.execute(
+                    sql.SQL(
+                        "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}"
+                    ).format(name, password)
+                )
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(group_role(service)), name)
+                )
+                made.append(role)
+        return made
+
+
+def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def _verifier(
+    conn: psycopg.Connection[tuple[object, ...]], role: str, password: str
+) -> sql.Literal:
+    """The SCRAM verifier of `password`, computed here: the password itself never reaches the
+    server, so it cannot end up in its log."""
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
+    return sql.Literal(verifier.decode())

@@ -1,0 +1,266 @@
+"""Least privilege in PostgreSQL (issue 14, item 2; docs/security.md, control 2b): each service
+logs in as its own role with exactly the grants its statements need, over SCRAM, and the owner
+that runs the migrations is used by no service.
+
+That every role can do what its service needs is shown by the rest of the suite, which runs every
+service under its role; these tests show what the roles cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import psycopg
+import pytest
+import sqlalchemy.exc
+
+from carebus.adapters import db
+from carebus.runtime.config import with_local_password
+from carebus_dev.stack.postgres import login_role, with_user
+from carebus_dev.stack.process import pids_in_group
+from carebus_dev.stack.supervisor import SERVICES
+from carebus_dev.testing import ServiceProcess, TestStack, free_ports, run_cli
+from tests.integration.test_audit_append_only import AUDIT_TABLES
+
+pytestmark = pytest.mark.integration
+
+# Every role the stack logs in with but the owner.
+ROLES = (*(spec.name for spec in SERVICES), "operator")
+CONNECTING = tuple(name for name in ROLES if name != "router")
+
+
+def role_dsn(stack: TestStack, name: str) -> str:
+    """The DSN `name`'s processes use, with its password (as they read it from the state dir)."""
+    dsn = with_user(stack.settings.postgres_dsn, login_role(name))
+    return with_local_password(dsn, stack.settings.state_dir)
+
+
+async def connect_as(stack: TestStack, name: str) -> asyncpg.Connection:
+    return await asyncpg.connect(role_dsn(stack, name))
+
+
+@pytest.fixture
+async def owner(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(stack.settings.postgres_dsn)
+    yield conn
+    await conn.close()
+
+
+async def test_the_gateway_can_neither_read_disclosures_nor_issue_tokens(stack: TestStack) -> None:
+    """The gateway reads tokens to authenticate, but no audit record, and cannot make a token."""
+    conn = await connect_as(stack, "gateway")
+    try:
+        await conn.fetchval("SELECT count(*) FROM api_tokens")  # what it needs still works
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.fetchval("SELECT count(*) FROM disclosures")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.execute(
+                "INSERT INTO api_tokens (token_id, token_hash, org_id, role, expires_at)"
+                " VALUES (gen_random_uuid(), '\\x00', '974705788', 'admin', now())"
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE false")
+    finally:
+        await conn.close()
+
+
+async def test_the_webhooks_role_cannot_read_the_events(stack: TestStack) -> None:
+    """Webhook delivery sees its queue and registrations, never the unminimised events."""
+    conn = await connect_as(stack, "webhooks")
+    try:
+        await conn.fetchval("SELECT count(*) FROM webhook_queue")
+        for table in ("events", "accepted_events", "disclosures", "api_tokens"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed names
+    finally:
+        await conn.close()
+
+
+async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(
+    stack: TestStack,
+) -> None:
+    """The audit store's role may INSERT into the audit tables, and the grant itself (not only
+    the append-only trigger) refuses UPDATE, DELETE and TRUNCATE."""
+    conn = await connect_as(stack, "audit_store")
+    try:
+        trying = conn.transaction()
+        await trying.start()
+        inserted = await conn.execute(
+            "INSERT INTO disclosures (audit_id, event_id, event_type, source_org, subject_key,"
+            " decision, policy_version, decided_at) VALUES ('roles-test', 'e', 'admission',"
+            " '974705788', 'k', 'no_candidate', 'v', now())"
+        )
+        assert inserted == "INSERT 0 1"
+        await trying.rollback()  # leave no row behind: the audit trail cannot lose it later
+        for statement in (
+            "UPDATE disclosures SET reason = reason WHERE false",
+            "DELETE FROM disclosures WHERE false",
+            "TRUNCATE disclosures",
+            "DELETE FROM deliveries WHERE false",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def test_no_role_but_the_owner_may_change_an_audit_table(owner: asyncpg.Connection) -> None:
+    """No service, no operator and no group role holds UPDATE, DELETE or TRUNCATE on an audit
+    table, directly or through a role it belongs to."""
+    rows = await owner.fetch(
+        """
+        SELECT r.rolname, t.table_name, p.privilege
+        FROM pg_roles r
+        CROSS JOIN unnest($1::text[]) AS t(table_name)
+        CROSS JOIN unnest(ARRAY['UPDATE', 'DELETE', 'TRUNCATE']) AS p(privilege)
+        WHERE r.rolname LIKE 'carebus\\_%' AND r.rolname <> current_user
+          AND has_table_privilege(r.oid, t.table_name, p.privilege)
+        """,
+        list(AUDIT_TABLES),
+    )
+    assert [tuple(row) for row in rows] == []
+    roles = await owner.fetchval("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'carebus\\_%'")
+    assert roles >= 2 * len(ROLES)  # the check above looked at every login and group role
+
+
+@pytest.mark.parametrize("name", CONNECTING)
+async def test_no_service_role_can_create_tables_or_run_migrations(
+    stack: TestStack, name: str
+) -> None:
+    """A service's role cannot change the schema, nor even read where the migrations stand; only
+    the two bulk sinks may make (their own, temporary) staging tables."""
+    conn = await connect_as(stack, name)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.execute("CREATE TABLE roles_test (id int)")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="must be owner"):
+            await conn.execute("ALTER TABLE organisations ADD COLUMN roles_test int")
+        temporary = "CREATE TEMPORARY TABLE roles_test (id int)"
+        if name in ("event_store", "audit_store"):
+            await conn.execute(temporary)
+        else:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(temporary)
+    finally:
+        await conn.close()
+    with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
+        await asyncio.to_thread(db.migrate, role_dsn(stack, name))
+
+
+async def test_the_router_may_not_even_connect(stack: TestStack) -> None:
+    """The router keeps its state in Kafka: its role may not connect to the database."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
+        await connect_as(stack, "router")
+
+
+def test_a_tcp_connection_without_the_right_password_is_refused(
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SCRAM on TCP as in production: no password, or a wrong one, gets no session, for the
+    owner and the services alike."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    for dsn in (stack.settings.postgres_dsn, role_dsn(stack, "gateway")):
+        bare = with_user(dsn, str(urlsplit(dsn).username))
+        with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+            psycopg.connect(bare, connect_timeout=5).close()
+        wrong = bare.replace("@", ":not-the-password@", 1)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(wrong, connect_timeout=5).close()
+        psycopg.connect(dsn, connect_timeout=5).close()  # the right one works
+
+
+def test_operator_commands_run_as_the_operator_role(stack: TestStack) -> None:
+    """`carebus token add/rotate/revoke`, `org list` and `webhook set` work with the operator's
+    role alone, as in production."""
+    env = stack.env(CAREBUS_POSTGRES_DSN=with_user(stack.settings.postgres_dsn, "carebus_operator"))
+    added = run_cli(
+        env, "token", "add", "--agency", "nav", "--org", "889640782", "--role", "system"
+    )
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    rotated = run_cli(env, "token", "rotate", token, "--grace-hours", "1")
+    assert rotated.returncode == 0, rotated.stderr
+    revoked = run_cli(env, "token", "revoke", token)
+    assert revoked.returncode == 0, revoked.stderr
+    listed = run_cli(env, "org", "list", "--agency", "nav")
+    assert listed.returncode == 0, listed.stderr
+    assert "889640782" in listed.stdout
+    webhook = run_cli(env, "webhook", "set", "--org", "889640782", "--url", "https://nav.example/x")
+    assert webhook.returncode == 0, webhook.stderr
+
+
+# -- no running service uses the owner -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_service(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
+    """Every service of the stack, HTTP ones on ports of their own, running side by side."""
+    started: dict[str, ServiceProcess] = {}
+    try:
+        for spec in SERVICES:
+            port = free_ports(1)[0] if spec.port_setting is not None else None
+            started[spec.name] = stack.start_service(
+                spec.name, name=f"roles-{spec.name}", port=port
+            )
+        yield started
+    finally:
+        for process in started.values():
+            process.stop()
+
+
+def _tcp_ports_to(pids: set[int], server_port: int) -> set[int]:
+    """The local ports of the TCP connections to `server_port` that processes `pids` hold."""
+    inodes = set()
+    for pid in pids:
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # the process has just ended
+        for descriptor in descriptors:
+            try:
+                link = str(descriptor.readlink())
+            except OSError:
+                continue  # closed meanwhile
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_no_running_service_uses_the_owner_role(
+    stack: TestStack, every_service: dict[str, ServiceProcess]
+) -> None:
+    """While every service runs, each one's database sessions (found by their client ports in
+    pg_stat_activity) are its own role's, and none is the owner's."""
+    server_port = stack.local.postgres.dsn.port
+    expected = {name: login_role(name) for name in CONNECTING if name in every_service}
+    deadline = time.monotonic() + 60
+    while True:
+        with stack.local.postgres.superuser(stack.local.postgres.dsn.database) as conn:
+            rows = conn.execute(
+                "SELECT client_port, usename FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND client_port IS NOT NULL"
+            ).fetchall()
+        sessions = {int(str(port)): str(user) for port, user in rows}
+        used: dict[str, set[str]] = {}
+        for name, process in every_service.items():
+            pids = {process.pid, *pids_in_group(process.pid)}
+            used[name] = {sessions[p] for p in _tcp_ports_to(pids, server_port) if p in sessions}
+        if all(used[name] for name in expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert used == {name: ({expected[name]} if name in expected else set()) for name in used}
+    assert all(stack.local.postgres.owner not in roles for roles in used.values())
