@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -29,7 +30,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from bench.harness import KAFKA_LIBS, Bench, Row, percentiles, private_stack, wait_until
 from bench.workload import Workload
-from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.kafka import client_security, consumer_config, producer_config
 from carebus.wire import topics
 from carebus_dev.testing import TestStack
 
@@ -156,14 +157,14 @@ def run(bench: Bench) -> None:
 
 
 def partition_count(stack: TestStack, topic: str) -> int:
-    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    admin = AdminClient(client_security(stack.settings))
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
 
 
 def create_topic(stack: TestStack, prefix: str, partitions: int) -> str:
     """A fresh topic named `<prefix>.<random>` with `partitions` partitions; its name."""
     name = f"{prefix}.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    admin = AdminClient(client_security(stack.settings))
     futures = admin.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1)], operation_timeout=30
     )
@@ -212,6 +213,27 @@ def kafka_tool(tool: str, args: Sequence[str], timeout_s: float) -> str:
     return done.stdout
 
 
+def java_client_config(stack: TestStack) -> Path:
+    """A Java client properties file with the same principal and CA as the Python clients."""
+    settings = stack.settings
+    lines = []
+    if settings.kafka_security_protocol == "SASL_SSL":
+        assert settings.kafka_password is not None
+        password = settings.kafka_password.get_secret_value()
+        lines = [
+            "security.protocol=SASL_SSL",
+            "sasl.mechanism=SCRAM-SHA-512",
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{settings.kafka_username}" password="{password}";',
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={settings.kafka_ca_file}",
+        ]
+    path = settings.state_dir / "kafka" / "bench-client.properties"
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def producer_performance(stack: TestStack, topic: str, count: int, size: int) -> ProducerSummary:
     output = kafka_tool(
         "ProducerPerformance",
@@ -227,6 +249,8 @@ def producer_performance(stack: TestStack, topic: str, count: int, size: int) ->
             "--producer-props",
             f"bootstrap.servers={stack.settings.kafka_bootstrap}",
             *JAVA_PRODUCER_PROPS,
+            "--producer.config",
+            str(java_client_config(stack)),
         ],
         timeout_s=120 + count / 2_000,
     )
@@ -262,6 +286,8 @@ def consumer_performance(stack: TestStack, topic: str, count: int) -> ConsumerSu
             f"bench-perf-{uuid.uuid4().hex[:8]}",
             "--timeout",
             "30000",
+            "--consumer.config",
+            str(java_client_config(stack)),
         ],
         timeout_s=120 + count / 2_000,
     )

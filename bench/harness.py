@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from carebus.adapters.kafka import producer_config
+from carebus.adapters.kafka import client_security, producer_config
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire import topics
 from carebus_dev.testing import TestStack
@@ -271,9 +271,7 @@ def produce_to(stack: TestStack, records: Iterable[tuple[str, bytes, bytes]]) ->
 
 def end_offsets(stack: TestStack, topic: str) -> int:
     """The sum of `topic`'s partitions' end offsets: how many records it holds."""
-    consumer = Consumer(
-        {"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": "bench-offsets"}
-    )
+    consumer = Consumer({**client_security(stack.settings), "group.id": "bench-offsets"})
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         total = 0

@@ -35,6 +35,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
 
 from bench.harness import Bench, Goal, Row, percentiles, private_stack
 from bench.router import await_router_coordinator
+from carebus.adapters.kafka import client_security
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus_dev.stack.devdata import ensure_dev_tokens
@@ -87,7 +88,7 @@ def run(bench: Bench) -> None:
 
 def stamp_on_append(stack: TestStack) -> None:
     """Make the broker stamp the delivery topic's records with their append time."""
-    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    admin = AdminClient(client_security(stack.settings))
     entry = ConfigEntry(
         "message.timestamp.type",
         "LogAppendTime",
@@ -213,7 +214,7 @@ class DeliveryWatcher:
     def __init__(self, stack: TestStack) -> None:
         self._consumer = Consumer(
             {
-                "bootstrap.servers": stack.settings.kafka_bootstrap,
+                **client_security(stack.settings),
                 "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
             }

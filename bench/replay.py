@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.harness import Bench, Goal, Row, end_offsets, private_stack
 from bench.workload import MIX, Workload
-from carebus.adapters.kafka import producer_config
+from carebus.adapters.kafka import client_security, producer_config
 from carebus.domain.events import event_to_record, parse_event
 from carebus.wire import topics
 from carebus_dev.testing import ServiceProcess, TestStack
@@ -54,7 +54,7 @@ class GroupProgress:
     def __init__(self, stack: TestStack, group: str, topic: str) -> None:
         self.consumer = Consumer(
             {
-                "bootstrap.servers": stack.settings.kafka_bootstrap,
+                **client_security(stack.settings),
                 "group.id": group,
                 "enable.auto.commit": False,
             }

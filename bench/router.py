@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from bench.harness import Bench, Goal, Row, private_stack, produce_all
 from bench.workload import Workload
+from carebus.adapters.kafka import client_security
 from carebus.domain.records import CARE_TEAM_CHANGE, CONSENT_CHANGE
 from carebus.wire import topics
 from carebus.wire.codec import Codec
@@ -247,17 +248,16 @@ class Offsets:
     """End offsets of the stack's topics and the router group's progress, from the broker."""
 
     def __init__(self, stack: TestStack) -> None:
-        bootstrap = stack.settings.kafka_bootstrap
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._admin = AdminClient(client_security(stack.settings))
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
+            {**client_security(stack.settings), "group.id": f"bench-{uuid.uuid4().hex[:8]}"}
         )
         # Reads the router group's commits and never subscribes, so it never joins the group.
         # Not AdminClient.list_consumer_group_offsets: librdkafka 2.16 crashes (NULL consumer
         # group handle) when a broker answers that call with NOT_COORDINATOR, as a fresh one may
         # (librdkafka issue #5040).
         self._committed = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": GROUP, "enable.auto.commit": False}
+            {**client_security(stack.settings), "group.id": GROUP, "enable.auto.commit": False}
         )
         self._partitions: dict[str, int] = {}
 

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer
 
 from bench.harness import Bench, Goal, Row, percentiles, private_stack, wait_until
 from bench.replay import Worker
-from carebus.adapters.kafka import producer_config
+from carebus.adapters.kafka import client_security, producer_config
 from carebus.domain.events import event_to_record, parse_event, rfc3339
 from carebus.domain.identity import subject_key
 from carebus.wire import topics
@@ -126,7 +126,7 @@ class Alerts:
         self.codec = Codec.default()
         self.consumer = Consumer(
             {
-                "bootstrap.servers": stack.settings.kafka_bootstrap,
+                **client_security(stack.settings),
                 "group.id": f"bench-sla-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,

@@ -47,7 +47,7 @@ def _quiet(_: str) -> None:
     "--production",
     is_flag=True,
     help="Refuse to start while any default a production deployment must not run with is in "
-    "effect (public secrets, password-less database, unauthenticated Kafka, dev tokens); "
+    "effect (public secrets, password-less database, a single Kafka broker, dev tokens); "
     "lists them all.",
 )
 def up(sla_rules: Path | None, with_prometheus: bool, production: bool) -> None:

@@ -235,6 +235,8 @@ class TestStack:
             libs_dir=default_libs_dir(Settings()),
             offsets_partitions=3,
         )
+        # Tests speak to the broker as the stack's admin; services as their own principals.
+        self.settings = self.local.settings
         self.services: list[ServiceProcess] = []
         self._watchdog: ServiceProcess | None = None
 
@@ -253,9 +255,10 @@ class TestStack:
             raise
         return self
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """The environment for a subprocess that should talk to this stack."""
-        return child_env(self.settings, extra)
+    def env(self, *, principal: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment for a subprocess that should talk to this stack: as the stack's
+        admin, or as Kafka `principal` (a service's name) like the stack starts services."""
+        return child_env(self.settings, extra, principal=principal)
 
     def start_service(
         self,
@@ -276,12 +279,17 @@ class TestStack:
         a dependency that is down on purpose), once it answers /healthz at all.
         """
         extra = dict(env or {})
+        principal = None
         if isinstance(name_or_argv, str):
             spec = service_named(name_or_argv)
+            principal = spec.name
             argv = spec.argv()
             name = name or spec.name
             if port is None and spec.port_setting is None and spec.metrics_port is not None:
                 port = free_ports(1)[0]  # never the local stack's fixed worker port
+            if spec.port_setting is not None:
+                # An HTTP service's internal /metrics port: free, never the local stack's.
+                extra.setdefault("CAREBUS_METRICS_PORT", str(free_ports(1)[0]))
             if port is not None:
                 for key, value in spec.env(port).items():
                     extra.setdefault(key, value)
@@ -295,7 +303,7 @@ class TestStack:
         process = ServiceProcess(
             name=name,
             argv=argv,
-            env=self.env(**extra),
+            env=self.env(principal=principal, **extra),
             log_path=self.service_log(name),
             url=url,
         )

@@ -14,6 +14,7 @@ from typing import Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from carebus.adapters.kafka import client_security
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 from carebus.runtime.telemetry import get_logger
@@ -42,7 +43,7 @@ class LagReporter:
         # which crashes librdkafka when a fresh broker answers NOT_COORDINATOR (librdkafka #5040).
         self._reader = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                **client_security(settings),
                 "group.id": group_id,
                 "client.id": f"{group_id}-lag",
                 "enable.auto.commit": False,

@@ -17,6 +17,7 @@ read again. At-least-once with deterministic ids makes a second read harmless.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
+from carebus.adapters.kafka import SCRAM_MECHANISM, client_security
 from carebus.adapters.lag import LagReporter
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import configure_logging
@@ -72,6 +74,23 @@ class StreamApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """faust's form of `carebus.adapters.kafka.client_security`: the same principal and CA.
+
+    An `ssl_context` makes faust (aiokafka) speak SASL_SSL rather than SASL_PLAINTEXT.
+    """
+    if settings.kafka_security_protocol != "SASL_SSL":
+        return None
+    client_security(settings)  # refuses missing credentials, naming them
+    assert settings.kafka_password is not None
+    return faust.SASLCredentials(
+        username=settings.kafka_username,
+        password=settings.kafka_password.get_secret_value(),
+        mechanism=SCRAM_MECHANISM,
+        ssl_context=ssl.create_default_context(cafile=str(settings.kafka_ca_file)),
+    )
+
+
 def stream_app(name: str, settings: Settings) -> StreamApp:
     """A carebus stream processor's faust app: keys and values are bytes carebus encodes itself
     (subject keys, Avro, JSON state), at-least-once (faust commits only acknowledged records;
@@ -80,6 +99,7 @@ def stream_app(name: str, settings: Settings) -> StreamApp:
     return StreamApp(
         f"carebus-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",

@@ -18,8 +18,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported
     NewTopic,
 )
 
-from carebus.adapters.kafka import quiet_logger
-from carebus.runtime.config import PROJECT_ROOT
+from carebus.adapters.kafka import client_security, quiet_logger
+from carebus.runtime.config import PROJECT_ROOT, Settings
 
 
 class TopicCatalogueError(RuntimeError):
@@ -92,12 +92,13 @@ def load_catalogue(path: Path = CATALOGUE) -> list[TopicSpec]:
     return specs
 
 
-def admin_client(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap}, logger=quiet_logger())
+def admin_client(settings: Settings) -> AdminClient:
+    """An admin client as the process's own principal (`carebus up`: the admin super user)."""
+    return AdminClient(client_security(settings), logger=quiet_logger())
 
 
 def apply_catalogue(
-    bootstrap: str,
+    settings: Settings,
     person_partitions: int,
     catalogue: Sequence[TopicSpec] | None = None,
     *,
@@ -109,7 +110,7 @@ def apply_catalogue(
     partitions would move subject keys and break per-person ordering.
     """
     specs = list(catalogue) if catalogue is not None else load_catalogue()
-    admin = admin_client(bootstrap)
+    admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout_s)
     brokers = len(metadata.brokers)
     report: list[str] = []

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
@@ -78,9 +81,47 @@ def topics_apply() -> None:
 
     settings = Settings()
     try:
-        for line in apply_catalogue(settings.kafka_bootstrap, settings.person_partitions):
+        for line in apply_catalogue(settings, settings.person_partitions):
             click.echo(f"topic        {line}")
     except (TopicCatalogueError, KafkaException, ValueError, OSError) as exc:
+        fail(exc)
+
+
+@main.group()
+def kafka() -> None:
+    """The broker's principals and ACLs (infra/kafka/acls.yaml)."""
+
+
+@kafka.command("apply")
+@click.option(
+    "--passwords-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the files kafka_password_<principal> are (default: CAREBUS_SECRETS_DIR).",
+)
+def kafka_apply(passwords_dir: Path | None) -> None:
+    """Give every component its SCRAM credential and exactly its ACLs (idempotent; run as the
+    admin super user: CAREBUS_KAFKA_USERNAME and the file carebus_kafka_password)."""
+    from confluent_kafka import KafkaException
+
+    from carebus.adapters.kafka_acls import (
+        AclFileError,
+        apply_access,
+        load_grants,
+        principals,
+        read_passwords,
+    )
+    from carebus.adapters.topic_admin import admin_client
+
+    settings = Settings()
+    directory = passwords_dir or (Path(d) if (d := os.environ.get("CAREBUS_SECRETS_DIR")) else None)
+    if directory is None:
+        fail(ValueError("no --passwords-dir and no CAREBUS_SECRETS_DIR"))
+    try:
+        grants = load_grants()
+        passwords = read_passwords(directory, principals(grants))
+        for line in apply_access(admin_client(settings), grants, passwords):
+            click.echo(f"kafka acls   {line}")
+    except (AclFileError, KafkaException, TimeoutError, OSError) as exc:
         fail(exc)
 
 
@@ -261,15 +302,20 @@ def webhook() -> None:
 
 @webhook.command("set")
 @click.option("--org", "org_id", required=True, help="9-digit organisation number.")
-@click.option("--url", required=True, help="The http or https URL deliveries are POSTed to.")
+@click.option(
+    "--url", required=True, help="The https URL deliveries are POSTed to (http: local only)."
+)
 def webhook_set(org_id: str, url: str) -> None:
-    """Register an organisation's webhook with a new signing secret and print the secret once."""
+    """Register an organisation's webhook with a new signing secret and print the secret once;
+    the secret it replaces keeps signing beside it for CAREBUS_WEBHOOK_SECRET_GRACE_S."""
     from carebus.adapters import webhook_registrations
 
+    settings = Settings()
+
     async def register() -> str:
-        conn = await asyncpg.connect(Settings().postgres_dsn)
+        conn = await asyncpg.connect(settings.postgres_dsn)
         try:
-            return (await webhook_registrations.set_webhook(conn, org_id, url)).secret
+            return (await webhook_registrations.set_webhook(conn, org_id, url, settings)).secret
         finally:
             await conn.close()
 
@@ -280,6 +326,59 @@ def webhook_set(org_id: str, url: str) -> None:
     except webhook_registrations.UnknownOrganisationError as exc:
         fail(ValueError(f"{exc}; create a token for it first (`carebus token add`)"))
     click.echo(secret)
+
+
+@webhook.command("redrive")
+@click.option("--org", "org_id", required=True, help="9-digit organisation number.")
+@click.option(
+    "--delivery",
+    "delivery_ids",
+    multiple=True,
+    help="Only this delivery id (repeatable); default: every dead delivery of the organisation.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="Only deliveries dead-lettered at or after this time (ISO 8601; UTC if no offset).",
+)
+def webhook_redrive(org_id: str, delivery_ids: tuple[str, ...], since: datetime | None) -> None:
+    """Queue an organisation's dead-lettered webhook deliveries again, keeping their delivery
+    ids (receivers deduplicate on Idempotency-Key); each gets a fresh retry window. Running it
+    again is harmless. Recorded in operator_actions."""
+    from carebus.adapters import webhook_redrive as redrive
+    from carebus.domain.events import ORG_ID_PROBLEM
+
+    if not (len(org_id) == 9 and org_id.isdigit()):
+        fail(ValueError(f"--org {ORG_ID_PROBLEM}"))
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+
+    async def run() -> redrive.Redriven:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            return await redrive.redrive(
+                conn,
+                org_id,
+                operator_org=await redrive.operator_org(conn),
+                delivery_ids=list(delivery_ids) or None,
+                since=since,
+            )
+        finally:
+            await conn.close()
+
+    try:
+        done = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    for delivery_id in done.delivery_ids:
+        click.echo(f"queued again  {delivery_id}")
+    click.echo(f"{len(done.delivery_ids)} dead webhook deliveries of {org_id} queued again")
+    if done.delivery_ids and not done.has_webhook:
+        click.echo(
+            f"carebus: {org_id} has no webhook: these will be dead-lettered again unless it "
+            "registers one (`carebus webhook set`)",
+            err=True,
+        )
 
 
 @main.command("trace")

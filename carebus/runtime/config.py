@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Final, Self
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Final, Literal, Self
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from carebus.domain.webhook_targets import TargetPolicy
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Public on purpose (the local stack and tests); production refuses to start with it.
 LOCAL_SUBJECT_KEY_SECRET: Final = "carebus-local-development-secret"  # noqa: S105
+# The same for the key that encrypts webhook signing secrets at rest.
+LOCAL_WEBHOOK_SECRET_KEY: Final = "carebus-local-webhook-secret-key"  # noqa: S105
+# Where http webhooks and, by default, webhook targets on private addresses are allowed.
+DEVELOPMENT_ENVIRONMENTS: Final = frozenset({"local", "test"})
 
 
 class Settings(BaseSettings):
@@ -34,15 +40,25 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:19092"
     kafka_controller_port: int = 19093
+    # How this process authenticates to Kafka: PLAINTEXT (no authentication; refused in
+    # production), or SASL_SSL with SCRAM-SHA-512 as `kafka_username`, the broker's certificate
+    # checked against `kafka_ca_file` (docs/security.md, control 1; ACLs: infra/kafka/acls.yaml).
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ca_file: Path | None = None
     # Every person-scoped topic has this many partitions, so one subject key lands on the same
     # partition number in each of them.
     person_partitions: int = 4
     # Replication of the topics faust creates for itself (table changelogs); 3 in production.
     internal_topic_replication: int = 1
 
+    # Locally `carebus` is the database owner (migrations, the operator's commands, tests); each
+    # service of the local stack logs in as its own role, carebus_<service> (docs/security.md 2b).
     postgres_dsn: str = "postgresql://carebus@127.0.0.1:55432/carebus"
     # The database password, when it is not in the DSN (a file secret in production): put into
-    # the DSN once, so every client (asyncpg, psycopg, alembic) uses it.
+    # the DSN once, so every client (asyncpg, psycopg, alembic) uses it. Outside production, a
+    # DSN without one gets the local stack's generated password for its role, if there is one.
     postgres_password: SecretStr | None = None
 
     # HMAC key for subject keys. The local default is public on purpose; production must set it.
@@ -53,10 +69,22 @@ class Settings(BaseSettings):
     registry_port: int = 18081
     audit_port: int = 18082
     inbox_port: int = 18083
-    # /metrics and /healthz of the event-store sink, which has no other HTTP surface.
-    # Workers without an HTTP API (sinks, stream processors) serve /metrics and /healthz here;
-    # the local stack gives each worker its own port, containers all use one.
+    # Request bodies over these sizes are refused (413) before they are read: every route but
+    # `POST /v1/events:batch` (up to 1000 events) takes the first (carebus.adapters.http).
+    http_max_body_bytes: int = Field(default=64 * 1024, ge=1)
+    http_max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    # Each organisation's requests per second of one service process, after authentication,
+    # and how many it may make at once beyond that (429 with Retry-After past them). Generous:
+    # one process answers ~700 single events per second, so only a runaway client is held back.
+    rate_limit_per_s: float = Field(default=1000.0, gt=0)
+    rate_limit_burst: int = Field(default=2000, ge=1)
+    # Every process serves /metrics and /healthz on this internal port, never published: the
+    # workers (sinks, stream processors) only here, the HTTP services besides their API port.
+    # The local stack gives each process its own port, containers all use one.
     metrics_port: int = 18090
+    # Whether an HTTP service also serves /metrics on its API port. Unset: yes in local
+    # development and tests (the HTTP contract's tests read it there), never in production.
+    metrics_on_public_port: bool | None = None
     # `carebus up --with-prometheus`: Debian's Prometheus on the local stack.
     prometheus_port: int = 19090
 
@@ -78,6 +106,16 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = 600.0
     webhook_retry_for_s: float = 48 * 3600.0
     webhook_concurrency: int = 32
+    # Webhook signing secrets are stored encrypted (AES-256-GCM) under a key derived from this
+    # secret (a file secret in production; the local default is public and refused there by the
+    # only processes that hold the key: the registry, webhook delivery and the migrations,
+    # `carebus.adapters.webhook_registrations.SecretBox.from_settings`).
+    webhook_secret_key: SecretStr = SecretStr(LOCAL_WEBHOOK_SECRET_KEY)
+    # After a new signing secret is issued, the previous one still signs (beside it) this long.
+    webhook_secret_grace_s: float = 24 * 3600.0
+    # Webhook targets on loopback and private addresses (docs/security.md, 4b); unset: allowed
+    # in DEVELOPMENT_ENVIRONMENTS only (receivers of the local stack and tests on 127.0.0.1).
+    webhook_allow_private_targets: bool | None = None
 
     # Deadline alerts: the reviewed SLA rule file, and a file of the same format whose rules
     # replace same-id rules for one run (`carebus up --sla-rules FILE`: tests use seconds).
@@ -96,6 +134,8 @@ class Settings(BaseSettings):
             self.postgres_dsn = with_password(
                 self.postgres_dsn, self.postgres_password.get_secret_value()
             )
+        elif self.environment != "production":
+            self.postgres_dsn = with_local_password(self.postgres_dsn, self.state_dir)
         if self.environment == "production" and (
             self.subject_key_secret.get_secret_value() == LOCAL_SUBJECT_KEY_SECRET
         ):
@@ -105,6 +145,21 @@ class Settings(BaseSettings):
                 "CAREBUS_SECRETS_DIR"
             )
         return self
+
+    def webhook_targets(self) -> TargetPolicy:
+        """Which webhook URLs may be registered and connected to (docs/security.md, 4a-4b)."""
+        development = self.environment in DEVELOPMENT_ENVIRONMENTS
+        private = self.webhook_allow_private_targets
+        return TargetPolicy(
+            allow_http=development, allow_private=development if private is None else private
+        )
+
+    @property
+    def public_metrics(self) -> bool:
+        """Whether /metrics is served on the API ports too (`metrics_on_public_port`)."""
+        if self.metrics_on_public_port is None:
+            return self.environment != "production"
+        return self.metrics_on_public_port
 
     def service_url(self, port: int) -> str:
         return f"http://{self.http_host}:{port}"
@@ -118,6 +173,24 @@ def with_password(dsn: str, password: str) -> str:
     host = parts.netloc.rsplit("@", 1)[1]
     netloc = f"{parts.username}:{quote(password, safe='')}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def local_password_file(state_dir: Path, role: str) -> Path:
+    """Where the local stack keeps the password it generated for database role `role` (0600)."""
+    return state_dir / "secrets" / "postgres" / role
+
+
+def with_local_password(dsn: str, state_dir: Path) -> str:
+    """`dsn` with the local stack's password for its user, if it has none and the stack made one:
+    a `carebus` command or a service of the local stack then needs no password setting."""
+    user = urlsplit(dsn).username
+    if user is None:
+        return dsn
+    try:
+        password = local_password_file(state_dir, unquote(user)).read_text().strip()
+    except OSError:
+        return dsn
+    return with_password(dsn, password) if password else dsn
 
 
 @lru_cache(maxsize=1)

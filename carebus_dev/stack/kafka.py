@@ -6,7 +6,9 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -15,11 +17,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Final
 
 from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
 
-from carebus.adapters.kafka import quiet_logger
+from carebus.adapters.kafka import client_security, quiet_logger
+from carebus.adapters.kafka_acls import apply_access, load_grants, principals
+from carebus.adapters.topic_admin import admin_client
 from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus_dev.stack.kafka_pki import LocalPki
 from carebus_dev.stack.process import StackError, running, start_until_ready, stop_recorded, tail
 
 KAFKA_INFRA = PROJECT_ROOT / "infra" / "kafka"
@@ -122,9 +129,9 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
     return False
 
 
-def broker_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """Whether a broker at `bootstrap` answers a metadata request with at least one broker."""
-    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=quiet_logger())
+def broker_answers(settings: Settings, timeout_s: float = 5.0) -> bool:
+    """Whether the broker answers `settings`' principal a metadata request with a broker in it."""
+    admin = AdminClient(client_security(settings), logger=quiet_logger())
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except Exception:  # any failure means "not answering"
@@ -132,11 +139,66 @@ def broker_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
     return bool(metadata.brokers)
 
 
+# The two principals that exist before the broker starts (SCRAM records written at format time):
+# the node itself (inter-broker) and the admin `carebus up` uses for everything else.
+BROKER_USER: Final = "broker"
+ADMIN_USER: Final = "admin"
+SECURITY_MARKER: Final = "formatted-security"
+SECURITY: Final = "SASL_SSL"
+
+
+@dataclass(frozen=True)
+class KafkaCredentials:
+    """One random SCRAM password per principal, kept 0600 in the state directory.
+
+    Made once; a principal added to acls.yaml later gets its password on the next `up`.
+    """
+
+    path: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> KafkaCredentials:
+        return cls(settings.state_dir / "kafka" / "credentials.json")
+
+    def ensure(self) -> dict[str, str]:
+        wanted = [BROKER_USER, ADMIN_USER, *principals(load_grants())]
+        known = self.read()
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            # token_urlsafe: no `,` `]` or `"`, which the storage tool's --add-scram cannot take.
+            known.update({name: secrets.token_urlsafe(24) for name in missing})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch(mode=0o600, exist_ok=True)
+            self.path.chmod(0o600)
+            self.path.write_text(json.dumps(known, indent=2) + "\n")
+        return known
+
+    def read(self) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        data = json.loads(self.path.read_text())
+        return {str(k): str(v) for k, v in data.items()}
+
+
+def principal_settings(
+    settings: Settings, principal: str, password: str, ca_file: Path
+) -> Settings:
+    """`settings` for a process that speaks to the local broker as `principal`."""
+    return settings.model_copy(
+        update={
+            "kafka_security_protocol": SECURITY,
+            "kafka_username": principal,
+            "kafka_password": SecretStr(password),
+            "kafka_ca_file": ca_file,
+        }
+    )
+
+
 @dataclass
 class KafkaBroker:
     """One broker + controller on 127.0.0.1 with its data and pid file under `state_dir`."""
 
-    state_dir: Path
+    settings: Settings
     libs_dir: Path
     broker_port: int
     controller_port: int
@@ -156,7 +218,7 @@ class KafkaBroker:
                 f"not {settings.kafka_bootstrap!r}"
             )
         return cls(
-            state_dir=settings.state_dir,
+            settings=settings,
             libs_dir=libs_dir or default_libs_dir(settings),
             broker_port=int(port),
             controller_port=settings.kafka_controller_port,
@@ -168,8 +230,36 @@ class KafkaBroker:
         return f"127.0.0.1:{self.broker_port}"
 
     @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    @property
     def home(self) -> Path:
         return self.state_dir / "kafka"
+
+    @property
+    def pki(self) -> LocalPki:
+        return LocalPki(self.home / "pki")
+
+    @property
+    def credentials(self) -> KafkaCredentials:
+        return KafkaCredentials.of(self.settings)
+
+    def settings_for(self, principal: str) -> Settings:
+        """Settings that speak to this broker as `principal` (made on first use)."""
+        passwords = self.credentials.ensure()
+        if principal not in passwords:
+            raise StackError(f"{principal!r} is not a Kafka principal of infra/kafka/acls.yaml")
+        return principal_settings(self.settings, principal, passwords[principal], self.pki.ca_file)
+
+    def admin_settings(self) -> Settings:
+        return self.settings_for(ADMIN_USER)
+
+    def apply_access(self) -> list[str]:
+        """Every component's SCRAM credential and exactly the ACLs of acls.yaml (idempotent)."""
+        return apply_access(
+            admin_client(self.admin_settings()), load_grants(), self.credentials.ensure()
+        )
 
     @property
     def config_path(self) -> Path:
@@ -191,7 +281,7 @@ class KafkaBroker:
         return running(self.pid_path) is not None
 
     def healthy(self, timeout_s: float = 5.0) -> bool:
-        return self.is_running() and broker_answers(self.bootstrap, timeout_s)
+        return self.is_running() and broker_answers(self.admin_settings(), timeout_s)
 
     def start(self, *, timeout_s: float = 120.0) -> bool:
         """Start the broker unless it runs; return once it answers metadata. True if started."""
@@ -207,8 +297,10 @@ class KafkaBroker:
                     "broker cannot start; stop that process or choose other ports "
                     "(CAREBUS_KAFKA_BOOTSTRAP, CAREBUS_KAFKA_CONTROLLER_PORT)"
                 )
-        self._write_config()
-        self._format_storage(java)
+        self.pki.ensure()
+        passwords = self.credentials.ensure()
+        self._write_config(passwords[BROKER_USER])
+        self._format_storage(java, passwords)
         start_until_ready(
             "the Kafka broker",
             [
@@ -225,7 +317,8 @@ class KafkaBroker:
                 str(self.config_path),
             ],
             lambda: (
-                port_open("127.0.0.1", self.broker_port) and broker_answers(self.bootstrap, 5.0)
+                port_open("127.0.0.1", self.broker_port)
+                and broker_answers(self.admin_settings(), 5.0)
             ),
             log_path=self.log_path,
             pid_path=self.pid_path,
@@ -242,7 +335,9 @@ class KafkaBroker:
                     f"the Kafka broker exited while starting; last lines of {self.log_path}:\n"
                     + tail(self.log_path, 30)
                 )
-            if port_open("127.0.0.1", self.broker_port) and broker_answers(self.bootstrap, 5.0):
+            if port_open("127.0.0.1", self.broker_port) and broker_answers(
+                self.admin_settings(), 5.0
+            ):
                 return
             time.sleep(0.25)
         raise StackError(
@@ -254,20 +349,32 @@ class KafkaBroker:
         """Stop the broker (controlled shutdown, killed after `timeout_s`). True if it ran."""
         return stop_recorded(self.pid_path, timeout_s=timeout_s)
 
-    def _write_config(self) -> None:
+    def _write_config(self, broker_password: str) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         template = Template(SERVER_PROPERTIES.read_text())
+        # It holds the broker's own password: readable by this user only.
+        self.config_path.touch(mode=0o600, exist_ok=True)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(
             template.substitute(
                 broker_port=self.broker_port,
                 controller_port=self.controller_port,
                 log_dirs=self.data_dir,
                 offsets_partitions=self.offsets_partitions,
+                broker_password=broker_password,
+                broker_pem=self.pki.broker_file,
+                ca_pem=self.pki.ca_file,
             )
         )
 
-    def _format_storage(self, java: str) -> None:
+    def _format_storage(self, java: str, passwords: dict[str, str]) -> None:
         formatted_for = self.home / "formatted-controller-port"
+        security = self.home / SECURITY_MARKER
+        if (self.data_dir / "meta.properties").exists() and not security.exists():
+            # Formatted by a carebus that ran Kafka in plain text: it holds no SCRAM credential
+            # for the node itself, so the secured broker could not even register. Local topics
+            # are disposable (the stores keep what was consumed); format afresh.
+            shutil.rmtree(self.data_dir)
         if (self.data_dir / "meta.properties").exists():
             # The standalone quorum stores the controller endpoint in its first snapshot; a
             # broker formatted for another port would wait forever for a missing controller.
@@ -294,6 +401,16 @@ class KafkaBroker:
                 cluster_id,
                 "-c",
                 str(self.config_path),
+                # The node's own and the admin's SCRAM credentials must exist before it starts;
+                # every component's principal is added by the admin afterwards.
+                *[
+                    arg
+                    for user in (BROKER_USER, ADMIN_USER)
+                    for arg in (
+                        "--add-scram",
+                        f"SCRAM-SHA-512=[name={user},password={passwords[user]}]",
+                    )
+                ],
             ],
             capture_output=True,
             text=True,
@@ -305,3 +422,4 @@ class KafkaBroker:
                 f"(exit {result.returncode}):\n{(result.stdout + result.stderr).strip()[-2000:]}"
             )
         formatted_for.write_text(f"{self.controller_port}\n")
+        security.write_text(f"{SECURITY}\n")

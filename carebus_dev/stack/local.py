@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy.exc
+from confluent_kafka import KafkaException
 
 from carebus.adapters import db
+from carebus.adapters.kafka import client_security
+from carebus.adapters.kafka_acls import AclFileError
 from carebus.adapters.topic_admin import (
     TopicCatalogueError,
     admin_client,
@@ -61,12 +64,18 @@ class LocalStack:
         offsets_partitions: int = 50,
         echo: Callable[[str], None] = _silent,
     ) -> None:
-        self.settings = settings
         self.echo = echo
         self.kafka = KafkaBroker.from_settings(
             settings, libs_dir=libs_dir, offsets_partitions=offsets_partitions
         )
+        # The stack itself (topics, ACLs, status) speaks to the broker as its admin.
+        self.settings = settings = self.kafka.admin_settings()
         self.postgres = PostgresCluster.from_settings(settings, durable=durable)
+        # The stack (migrations, dev tokens, status) works as the database owner, with the
+        # password the stack generates for it; the services log in as their own roles.
+        self.settings = settings = settings.model_copy(
+            update={"postgres_dsn": self.postgres.owner_dsn()}
+        )
         self.prometheus = LocalPrometheus(settings)
 
     # -- up -----------------------------------------------------------------------------
@@ -90,11 +99,18 @@ class LocalStack:
         )
         db.migrate(self.settings.postgres_dsn)
         self.echo(f"migrations   at {db.current_revision(self.settings.postgres_dsn)}")
+        roles = self.postgres.ensure_login_roles([*(spec.name for spec in SERVICES), "operator"])
+        self.echo(f"roles        {', '.join(roles)} (SCRAM, passwords in the state dir)")
         try:
-            for line in apply_catalogue(self.kafka.bootstrap, self.settings.person_partitions):
+            for line in apply_catalogue(self.settings, self.settings.person_partitions):
                 self.echo(f"topic        {line}")
         except TopicCatalogueError as exc:
             raise StackError(str(exc)) from exc
+        try:
+            for line in self.kafka.apply_access():
+                self.echo(f"kafka acls   {line}")
+        except (KafkaException, AclFileError, TimeoutError) as exc:
+            raise StackError(f"applying infra/kafka/acls.yaml failed: {exc}") from exc
 
     def up(self) -> None:
         """Start everything that is not running; return when every component is healthy."""
@@ -199,11 +215,23 @@ class LocalStack:
             for spec in SERVICES
             if spec.port_setting is not None and spec.available()
         }
+        # Every component's /metrics, on its internal metrics port (what Prometheus scrapes).
+        scraped = {
+            spec.name: url
+            for spec in SERVICES
+            if spec.available() and (url := spec.metrics_url(self.settings)) is not None
+        }
         if self.prometheus.is_running():
             services["prometheus"] = self.prometheus.url
+            scraped["prometheus"] = f"{self.prometheus.url}/metrics"
         return {
             "services": services,
+            "metrics": scraped,
             "kafka": self.settings.kafka_bootstrap,
+            # The broker refuses clients without credentials: this is the librdkafka
+            # configuration (bootstrap, SASL_SSL, the local CA) of the stack's admin principal,
+            # for a developer's tools, like the dev tokens. Local development only.
+            "kafka_client": client_security(self.settings),
             "postgres": self.settings.postgres_dsn,
             "dev_tokens": devdata.read_dev_tokens(self.settings) or {},
         }
@@ -211,7 +239,7 @@ class LocalStack:
     def _kafka_status(self) -> ComponentStatus:
         if not self.kafka.is_running():
             return ComponentStatus("kafka", "down", "not running")
-        if not broker_answers(self.kafka.bootstrap, 5.0):
+        if not broker_answers(self.settings, 5.0):
             return ComponentStatus("kafka", "down", f"running, but {self.kafka.bootstrap} silent")
         return ComponentStatus("kafka", "up", self.kafka.bootstrap)
 
@@ -236,7 +264,7 @@ class LocalStack:
     def _topics_status(self, kafka_up: bool) -> ComponentStatus:
         if not kafka_up:
             return ComponentStatus("topics", "down", "Kafka is down")
-        metadata = admin_client(self.kafka.bootstrap).list_topics(timeout=5)
+        metadata = admin_client(self.settings).list_topics(timeout=5)
         problems = []
         catalogue = load_catalogue()
         for spec in catalogue:

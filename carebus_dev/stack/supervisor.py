@@ -14,6 +14,8 @@ import httpx
 from pydantic import SecretStr
 
 from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus_dev.stack.kafka import KafkaCredentials
+from carebus_dev.stack.postgres import login_role, with_user
 from carebus_dev.stack.process import (
     StackError,
     is_alive,
@@ -33,8 +35,9 @@ SETTLE_S = 2.0
 class ServiceSpec:
     """One service: the module run with `python -m`, and the port it answers /healthz on.
 
-    An HTTP API names its port setting; a worker without an API has a fixed local
-    `metrics_port` for /metrics and /healthz, passed to it as CAREBUS_METRICS_PORT.
+    An HTTP API names its port setting; a worker without an API answers on its metrics port.
+    Every service has a fixed local `metrics_port` for /metrics and /healthz (internal: the
+    HTTP services' too), passed to it as CAREBUS_METRICS_PORT.
     """
 
     name: str
@@ -63,7 +66,10 @@ class ServiceSpec:
     def env(self, port: int | None = None) -> dict[str, str]:
         """Extra environment that puts the service on `port` (its default when None)."""
         if self.port_setting is not None:
-            return {f"CAREBUS_{self.port_setting.upper()}": str(port)} if port else {}
+            env = {f"CAREBUS_{self.port_setting.upper()}": str(port)} if port else {}
+            if self.metrics_port is not None:
+                env["CAREBUS_METRICS_PORT"] = str(self.metrics_port)
+            return env
         if self.metrics_port is not None:
             return {"CAREBUS_METRICS_PORT": str(port or self.metrics_port)}
         return {}
@@ -72,12 +78,18 @@ class ServiceSpec:
         port = self.port(settings)
         return settings.service_url(port) if port is not None else None
 
+    def metrics_url(self, settings: Settings) -> str | None:
+        """Where the service's /metrics is scraped: its internal metrics port."""
+        if self.metrics_port is None:
+            return None
+        return f"{settings.service_url(self.metrics_port)}/metrics"
+
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("gateway", "services.gateway", "gateway_port"),
-    ServiceSpec("registry", "services.registry", "registry_port"),
-    ServiceSpec("audit", "services.audit", "audit_port"),
-    ServiceSpec("inbox", "services.inbox", "inbox_port"),
+    ServiceSpec("gateway", "services.gateway", "gateway_port", metrics_port=18096),
+    ServiceSpec("registry", "services.registry", "registry_port", metrics_port=18097),
+    ServiceSpec("audit", "services.audit", "audit_port", metrics_port=18098),
+    ServiceSpec("inbox", "services.inbox", "inbox_port", metrics_port=18099),
     ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
     ServiceSpec("router", "services.router", metrics_port=18091),
     ServiceSpec("sla", "services.sla", metrics_port=18092),
@@ -108,14 +120,44 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def child_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(
+    settings: Settings, extra: Mapping[str, str] | None = None, *, principal: str | None = None
+) -> dict[str, str]:
+    """The environment of a process the stack starts: `settings` as CAREBUS_* variables.
+
+    With `principal` (a service's name) the process speaks to Kafka as that principal of
+    infra/kafka/acls.yaml, never with the stack's admin credential; a service that has no
+    principal there gets no Kafka credential at all. It logs in to PostgreSQL as the service's
+    own role, `carebus_<service>`, never as the owner: the DSN names the role and carries no
+    password; the process reads its role's password from the state dir
+    (`carebus.runtime.config.with_local_password`).
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("CAREBUS_")}
     env.update(settings_env(settings))
+    if principal is not None:
+        _as_principal(env, settings, principal)
+        env.pop("CAREBUS_POSTGRES_PASSWORD", None)
+        env["CAREBUS_POSTGRES_DSN"] = with_user(settings.postgres_dsn, login_role(principal))
     env["PYTHONUNBUFFERED"] = "1"
     env[STACK_MARKER] = str(settings.state_dir)
     if extra:
         env.update(extra)
     return env
+
+
+def _as_principal(env: dict[str, str], settings: Settings, principal: str) -> None:
+    """Swap the stack's Kafka credential in `env` for `principal`'s (or for none)."""
+    if settings.kafka_security_protocol != "SASL_SSL":
+        return
+    env.pop("CAREBUS_KAFKA_USERNAME", None)
+    env.pop("CAREBUS_KAFKA_PASSWORD", None)
+    password = KafkaCredentials.of(settings).read().get(principal)
+    if password is None:
+        # No principal in acls.yaml: the process has no business on the broker and gets no
+        # credential (building a client would fail, naming the missing settings).
+        return
+    env["CAREBUS_KAFKA_USERNAME"] = principal
+    env["CAREBUS_KAFKA_PASSWORD"] = password
 
 
 def pid_path(settings: Settings, name: str) -> Path:
@@ -167,7 +209,7 @@ def start_service(spec: ServiceSpec, settings: Settings) -> bool:
         spec.argv(),
         log_path=log,
         pid_path=pids,
-        env=child_env(settings, spec.env()),
+        env=child_env(settings, spec.env(), principal=spec.name),
         cwd=PROJECT_ROOT,
     )
     wait_started(spec.name, record.pid, url, log)

@@ -29,6 +29,7 @@ from carebus.adapters.http import ApiError, create_app, principal_dependency
 from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.adapters.resources import pool_answers
+from carebus.adapters.webhook_registrations import SecretBox
 from carebus.domain.authority import Actor, NotEntitledError, Refusal
 from carebus.domain.events import ORG_ID_PROBLEM, rfc3339
 from carebus.runtime.config import Settings, get_settings
@@ -71,7 +72,6 @@ CONSENT_ROLES: Final = (*CHANGE_ROLES, "patient")
 WEBHOOK_ROLES: Final = ("system", "admin", "operator")
 # An agency's admin issues tokens for its own organisation; the operator for any.
 TOKEN_ROLES: Final = ("admin", "operator")
-MAX_BODY_BYTES: Final = 64 * 1024
 RETRY_AFTER_S: Final = "5"
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
 
@@ -85,8 +85,18 @@ class TokenCreated(BaseModel):
     role: Role
 
 
+class OrganisationShown(BaseModel):
+    """A directory entry as stored: organisations that joined by their first token have no
+    name yet (""), which a request to register one may not send."""
+
+    org_id: str
+    agency: str
+    name: str
+    her_id: str | None = None
+
+
 class Organisations(BaseModel):
-    items: list[OrganisationEntry]
+    items: list[OrganisationShown]
 
 
 class ChangeRecorded(BaseModel):
@@ -112,7 +122,10 @@ class CareTeamChangeRecorded(BaseModel):
 class WebhookRegistered(BaseModel):
     org_id: str
     url: str
-    secret: str = Field(description="Signs every delivery (X-Carebus-Signature); shown once.")
+    secret: str = Field(
+        description="Signs every delivery (X-Carebus-Signature); shown once. The secret it"
+        " replaces keeps signing beside it for the grace period (CAREBUS_WEBHOOK_SECRET_GRACE_S)."
+    )
 
 
 class WebhookShown(BaseModel):
@@ -120,12 +133,19 @@ class WebhookShown(BaseModel):
     url: str
     created_at: str
     updated_at: str
+    previous_secret_valid_until: str | None = Field(
+        default=None,
+        description="Until when the secret replaced by the last registration still signs"
+        " deliveries beside the current one; null when only the current one does.",
+    )
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
     """The registry app wired to the real pool, producer, codec and outbox relay."""
     settings = settings or get_settings()
     authority = load_authority()
+    # It seals webhook secrets: a deployment without its key refuses to start, not to register.
+    SecretBox.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +171,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(publisher.close)
             await pool.close()
 
-    app = create_app("registry", title="carebus registry", lifespan=lifespan)
+    app = create_app("registry", title="carebus registry", lifespan=lifespan, settings=settings)
     token_issuer = principal_dependency(*TOKEN_ROLES)
     operator_only = principal_dependency("operator")
     anyone = principal_dependency()
@@ -246,7 +266,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     ) -> Organisations:
         """The organisation directory (any token): whom events and requests may name."""
         found = await directory.list_organisations(request.app.state.pool, agency)
-        return Organisations(items=[OrganisationEntry(**o.to_json()) for o in found])  # type: ignore[arg-type]
+        return Organisations(items=[OrganisationShown(**o.to_json()) for o in found])  # type: ignore[arg-type]
 
     @app.post("/v1/organisations", status_code=201, response_model=OrganisationEntry)
     async def post_organisation(
@@ -294,8 +314,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
 
     # Consents, care-team changes and webhooks read their own bodies (`_body`): after the
-    # token is checked, whatever the Content-Type, at most MAX_BODY_BYTES; their OpenAPI
-    # request bodies come from the same models.
+    # token is checked, whatever the Content-Type, within the size limit every route has
+    # (carebus.adapters.http); their OpenAPI request bodies come from the same models.
     @app.post(
         "/v1/consents",
         status_code=201,
@@ -380,17 +400,22 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def put_webhook(
         request: Request, principal: Principal = Depends(webhook_owner)
     ) -> WebhookRegistered:
-        """Register the organisation's webhook URL with a new signing secret (shown once)."""
+        """Register the organisation's webhook URL with a new signing secret (shown once); the
+        secret it replaces keeps signing beside it for the grace period. Outside local
+        development the URL must be https and must not name a private or metadata address."""
         body = await _body(request, WebhookRequest, "the webhook is invalid")
         org_id = await _webhook_org(request, principal, body.org_id)
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
-                webhook = await webhook_registrations.set_webhook(conn, org_id, body.url)
+                webhook = await webhook_registrations.set_webhook(conn, org_id, body.url, settings)
             except webhook_registrations.UnknownOrganisationError as error:
                 raise ApiError(
                     422, str(error), [("org_id", "is not a registered organisation")]
                 ) from error
+            except ValueError as error:  # the deployment's rules for targets
+                problem = str(error).removeprefix("url ")
+                raise ApiError(422, "the webhook is invalid", [("url", problem)]) from error
         log.info("webhook_registered", org_id=org_id, by_org=principal.org_id)
         operator: OperatorActions = request.app.state.operator
         await operator.touched(principal, "webhook_registered", org_id)
@@ -406,14 +431,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     ) -> WebhookShown:
         """The organisation's webhook URL (never its secret); 404 if none is registered."""
         org = await _webhook_org(request, principal, org_id)
-        webhook = await webhook_registrations.get_webhook(request.app.state.pool, org)
+        webhook = await webhook_registrations.get_webhook(request.app.state.pool, org, settings)
         if webhook is None:
             raise ApiError(404, f"organisation {org} has no webhook")
+        previous_until = webhook.previous_until
         return WebhookShown(
             org_id=webhook.org_id,
             url=webhook.url,
             created_at=rfc3339(webhook.created_at),
             updated_at=rfc3339(webhook.updated_at),
+            previous_secret_valid_until=rfc3339(previous_until) if previous_until else None,
         )
 
     @app.delete("/v1/webhooks", status_code=204)
@@ -474,11 +501,10 @@ async def _refused(
 
 
 async def _body(request: Request, model: type[Body], refusal: str) -> Body:
-    """The request's JSON body as `model`: 413 when too large, 400 when not JSON, 422 with
-    `refusal` and every problem with its field path when `model` refuses it."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    """The request's JSON body as `model` (its size is limited before it is read: 413, in
+    carebus.adapters.http): 400 when not JSON, 422 with `refusal` and every problem with its
+    field path when `model` refuses it."""
+    raw = await request.body()  # at most the route's limit (carebus.adapters.http)
     try:
         decoded = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:

@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from carebus.adapters.auth import create_token
 from carebus.adapters.kafka import consumer_config
+from carebus.adapters.webhook_registrations import get_webhook
 from carebus.domain.identity import random_nin, subject_key, validate_nin
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
@@ -410,6 +411,24 @@ async def test_tokens_are_issued_by_the_operator_or_an_organisations_own_admin(
     assert ("token_issued", OPERATOR_ORG) in [(a["action"], a["operator_org"]) for a in actions]
 
 
+async def test_the_directory_lists_organisations_that_joined_by_a_token(
+    registry: str, tokens: dict[str, str]
+) -> None:
+    """An organisation created by its first token has no name yet: it is listed with "" (this
+    answered 500 while the listing reused the registration request's model)."""
+    async with httpx.AsyncClient(base_url=registry) as client:
+        listed = await client.get("/v1/organisations", headers=auth(tokens["dps"]))
+        only_nav = await client.get(
+            "/v1/organisations", params={"agency": "nav"}, headers=auth(tokens["dps"])
+        )
+    assert listed.status_code == 200, listed.text
+    entries = {entry["org_id"]: entry for entry in listed.json()["items"]}
+    assert entries[DPS_ORG]["agency"] == "dps"
+    assert isinstance(entries[DPS_ORG]["name"], str)
+    assert only_nav.status_code == 200, only_nav.text
+    assert {entry["agency"] for entry in only_nav.json()["items"]} == {"nav"}
+
+
 # --- care teams ----------------------------------------------------------------------------
 
 
@@ -654,8 +673,9 @@ async def test_webhook_registration(
     assert unknown_org.status_code == 422
     assert admin_reads.json()["url"] == "http://127.0.0.1:9/dps"
     assert (deleted.status_code, gone.status_code, deleted_again.status_code) == (204, 404, 204)
-    stored = await db.fetchval("SELECT secret FROM webhooks WHERE org_id = $1", DPS_ORG)
-    assert stored == by_admin.json()["secret"]
+    stored = await get_webhook(db, DPS_ORG)
+    assert stored is not None
+    assert stored.secret == by_admin.json()["secret"]
 
 
 async def test_cli_webhook_set_prints_a_new_secret(
@@ -682,11 +702,11 @@ async def test_cli_webhook_set_prints_a_new_secret(
     assert "http" in bad_url.stderr
     created = run("--org", HOUSING_ORG, "--url", "https://housing.example/hook")
     assert created.returncode == 0, created.stderr
-    stored = await db.fetchrow("SELECT url, secret FROM webhooks WHERE org_id = $1", HOUSING_ORG)
+    stored = await get_webhook(db, HOUSING_ORG)
     assert stored is not None
-    assert stored["url"] == "https://housing.example/hook"
-    assert created.stdout.strip() == stored["secret"]
-    assert len(stored["secret"]) >= 43
+    assert stored.url == "https://housing.example/hook"
+    assert created.stdout.strip() == stored.secret
+    assert len(stored.secret) >= 43
 
 
 # --- the service as a whole ----------------------------------------------------------------

@@ -7,17 +7,21 @@ import os
 import uuid
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from carebus.adapters import db
-from carebus.adapters.kafka import consumer_config, producer_config
+from carebus.adapters.kafka import client_security, consumer_config, producer_config
+from carebus.adapters.streams import broker_credentials
 from carebus.adapters.topic_admin import apply_catalogue, load_catalogue
 from carebus.wire import topics
 from carebus_dev.stack.kafka import broker_answers
+from carebus_dev.stack.postgres import with_user
 from carebus_dev.stack.process import processes_mentioning
 from carebus_dev.testing import TestStack, run_cli
 
@@ -26,14 +30,12 @@ pytestmark = pytest.mark.integration
 
 def test_broker_answers_metadata(stack: TestStack) -> None:
     """The broker of the session answers a metadata request."""
-    assert broker_answers(stack.settings.kafka_bootstrap)
+    assert broker_answers(stack.settings)
 
 
 def test_catalogued_topics_exist_with_the_shared_partition_count(stack: TestStack) -> None:
     """Every catalogue topic exists with Settings.person_partitions partitions (> 1)."""
-    metadata = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap}).list_topics(
-        timeout=10
-    )
+    metadata = AdminClient(client_security(stack.settings)).list_topics(timeout=10)
     assert stack.settings.person_partitions > 1
     for spec in load_catalogue():
         assert spec.name in metadata.topics, spec.name
@@ -52,7 +54,7 @@ def test_migrations_are_applied(stack: TestStack) -> None:
 
 def test_applying_the_catalogue_again_changes_nothing(stack: TestStack) -> None:
     """Topics are applied idempotently: a second run only reports them as existing."""
-    lines = apply_catalogue(stack.settings.kafka_bootstrap, stack.settings.person_partitions)
+    lines = apply_catalogue(stack.settings, stack.settings.person_partitions)
     assert all(line.startswith("exists") for line in lines), lines
 
 
@@ -89,7 +91,7 @@ def test_produce_consume_round_trip(stack: TestStack) -> None:
 
 def _create_topic(stack: TestStack, partitions: int) -> str:
     name = f"test.partitioning.{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    admin = AdminClient(client_security(stack.settings))
     for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
         future.result(timeout=30)
     return name
@@ -126,7 +128,12 @@ async def test_confluent_and_aiokafka_put_a_key_on_the_same_partition(
 
     confluent = _confluent_partitions(stack, topic, keys)
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap)
+    credentials = broker_credentials(stack.settings)
+    assert credentials is not None
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.settings.kafka_bootstrap,
+        **credentials_to_aiokafka_auth(credentials),
+    )
     await producer.start()
     try:
         aiokafka = {}
@@ -145,6 +152,14 @@ async def test_confluent_and_aiokafka_put_a_key_on_the_same_partition(
 # -- carebus up / status / down as a user runs them --------------------------------------------
 
 
+def _answer(url: str) -> int | str:
+    """The status code of GET `url`, or the error that kept it from answering."""
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
 def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     """`carebus up` is healthy and idempotent, status prints the contract, down stops all."""
     first = run_cli(cli_env, "up")
@@ -156,9 +171,30 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     status = run_cli(cli_env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     document = json.loads(status.stdout)
-    assert set(document) == {"services", "kafka", "postgres", "dev_tokens"}
+    assert {"services", "metrics", "kafka", "kafka_client", "postgres", "dev_tokens"} <= set(
+        document
+    )
+    # Every component's /metrics on its internal port, each one answering.
+    assert set(document["metrics"]) >= {"gateway", "registry", "audit", "inbox", "router"}
+    for component, url in document["metrics"].items():
+        assert url not in document["services"].values(), component
+        assert _answer(url) == 200, (component, url)
     assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
-    assert document["postgres"] == cli_env["CAREBUS_POSTGRES_DSN"]
+    # The admin's client configuration works, and without it the broker refuses.
+    client = document["kafka_client"]
+    assert client["bootstrap.servers"] == document["kafka"]
+    assert client["security.protocol"] == "SASL_SSL"
+    assert AdminClient(client).list_topics(timeout=10).topics
+    with pytest.raises(KafkaException):
+        AdminClient({"bootstrap.servers": document["kafka"]}).list_topics(timeout=3)
+    # The owner's DSN with its generated password: it connects with no further setup, reads
+    # every table, and the audit trail stays append-only for it too.
+    assert document["postgres"] != cli_env["CAREBUS_POSTGRES_DSN"]
+    assert with_user(document["postgres"], "carebus") == cli_env["CAREBUS_POSTGRES_DSN"]
+    with psycopg.connect(document["postgres"]) as conn:
+        conn.execute("SELECT count(*) FROM events").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("DELETE FROM disclosures")
     tokens = document["dev_tokens"]
     assert set(tokens) == {
         *topics.AGENCIES,

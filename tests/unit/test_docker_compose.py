@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -20,9 +21,49 @@ PROMETHEUS_FILE = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
 # The file secrets every service that needs one declares (compose `secrets:`, /run/secrets).
 SECRETS = {
     "carebus_subject_key_secret": "carebus",
-    "carebus_postgres_password": "carebus",
+    "carebus_webhook_secret_key": "carebus",
+    "postgres_tls_ca": "carebus",
     "grafana_admin_password": "grafana",
 }
+# Only these hold the key that encrypts webhook signing secrets at rest.
+WEBHOOK_KEY_HOLDERS = {"registry", "webhooks", "migrate"}
+# Each Kafka client's principal (infra/kafka/acls.yaml); the audit API and the inbox have none.
+KAFKA_PRINCIPALS = {
+    "gateway": "gateway",
+    "registry": "registry",
+    "router": "router",
+    "sla": "sla",
+    "event-store": "event_store",
+    "audit-store": "audit_store",
+    "alert-store": "alert_store",
+    "webhooks": "webhooks",
+}
+KAFKA_SECRETS = {
+    "kafka_ca_pem",
+    "kafka_broker_pem",
+    "kafka_password_broker",
+    "kafka_password_admin",
+    *(f"kafka_password_{p}" for p in KAFKA_PRINCIPALS.values()),
+}
+# Database passwords: the owner's (the migrations), the superuser's and each service's own, all
+# known to PostgreSQL's init script; each service mounts only its own as carebus_postgres_password.
+DATABASE_ROLES = {
+    "gateway": "gateway",
+    "registry": "registry",
+    "audit": "audit",
+    "inbox": "inbox",
+    "sla": "sla",
+    "event-store": "event_store",
+    "audit-store": "audit_store",
+    "alert-store": "alert_store",
+    "webhooks": "webhooks",
+}
+DATABASE_PASSWORDS = {
+    "carebus_postgres_password",
+    "postgres_superuser_password",
+    *(f"postgres_{role}_password" for role in [*DATABASE_ROLES.values(), "operator"]),
+}
+POSTGRES_TLS = {"postgres_tls_cert", "postgres_tls_key"}
 
 # Every deployable in DESIGN's layout, by compose service name, and the module it runs.
 HTTP_SERVICES = {
@@ -113,8 +154,8 @@ def test_secrets_are_files_outside_git_never_environment_values(
     """No secret is an environment value or has a default; each is a file under secrets/,
     which git ignores, mounted only into the services that need it."""
     declared = compose["secrets"]
-    assert set(declared) == set(SECRETS)
-    for name in SECRETS:
+    assert set(declared) == {*SECRETS, *DATABASE_PASSWORDS, *POSTGRES_TLS, *KAFKA_SECRETS}
+    for name in declared:
         assert declared[name]["file"] == f"./secrets/{name}"
     assert "/secrets/" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
     text = COMPOSE_FILE.read_text(encoding="utf-8")
@@ -124,21 +165,97 @@ def test_secrets_are_files_outside_git_never_environment_values(
         environment = service.get("environment") or {}
         assert "CAREBUS_SUBJECT_KEY_SECRET" not in environment, name
         assert "CAREBUS_POSTGRES_PASSWORD" not in environment, name
-    for name in [*DEPLOYABLES, *SETUP_SERVICES]:
-        assert set(services[name]["secrets"]) == {
-            s for s, user in SECRETS.items() if user == "carebus"
-        }, name
+    for name in [*DEPLOYABLES, "migrate"]:
+        # Each process mounts exactly what it uses: the subject key and the database's CA, the
+        # webhook key only where webhook secrets are sealed or opened, its own database password
+        # and its own Kafka principal's.
+        wanted = {"carebus_subject_key_secret", "postgres_tls_ca"}
+        if name in WEBHOOK_KEY_HOLDERS:
+            wanted.add("carebus_webhook_secret_key")
+        if name in DATABASE_ROLES or name == "migrate":
+            wanted.add("carebus_postgres_password")
+        if name in KAFKA_PRINCIPALS:
+            wanted |= {"kafka_ca_pem", "carebus_kafka_password"}
+        assert set(_secret_mounts(services[name])) == wanted, name
         assert services[name]["environment"]["CAREBUS_SECRETS_DIR"] == "/run/secrets", name
     postgres = services["postgres"]
-    assert postgres["secrets"] == ["carebus_postgres_password"]
+    assert set(postgres["secrets"]) == DATABASE_PASSWORDS | POSTGRES_TLS
     assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == (
-        "/run/secrets/carebus_postgres_password"
+        "/run/secrets/postgres_superuser_password"
     )
     grafana = services["grafana"]
     assert grafana["secrets"] == ["grafana_admin_password"]
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
         "/run/secrets/grafana_admin_password"
     )
+
+
+def _secret_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Each secret a service mounts: its name under /run/secrets, and the secret it is."""
+    mounts = {}
+    for entry in service.get("secrets", []):
+        if isinstance(entry, str):
+            mounts[entry] = entry
+        else:
+            mounts[entry.get("target", entry["source"])] = entry["source"]
+    return mounts
+
+
+def test_each_service_logs_in_to_the_database_as_its_own_role_over_verified_tls(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Every service's DSN names its own role and requires TLS with the server's certificate
+    checked (verify-full against the CA), and it holds its own password only; migrations run as
+    the owner, which no service gets; the router, which never connects, gets no password."""
+    for name in [*DEPLOYABLES, "migrate"]:
+        service = services[name]
+        dsn = urlsplit(service["environment"]["CAREBUS_POSTGRES_DSN"])
+        query = parse_qs(dsn.query)
+        assert query["sslmode"] == ["verify-full"], name
+        assert query["sslrootcert"] == ["/run/secrets/postgres_tls_ca"], name
+        assert (dsn.hostname, dsn.port, dsn.password) == ("postgres", 5432, None), name
+        password = _secret_mounts(service).get("carebus_postgres_password")
+        if name == "migrate":
+            assert (dsn.username, password) == ("carebus", "carebus_postgres_password")
+        elif name == "router":
+            assert (dsn.username, password) == ("carebus_router", None)
+        else:
+            role = DATABASE_ROLES[name]
+            assert (dsn.username, password) == (f"carebus_{role}", f"postgres_{role}_password")
+    assert "carebus_postgres_password" not in _secret_mounts(services["topics"])
+
+
+def test_postgres_requires_tls_and_scram(services: dict[str, dict[str, Any]]) -> None:
+    """The server runs with TLS on and an hba file that refuses every connection without TLS,
+    or without a SCRAM password, and the superuser from outside its container."""
+    postgres = services["postgres"]
+    command = " ".join(postgres["entrypoint"])
+    for setting in (
+        "ssl=on",
+        "ssl_cert_file=/run/secrets/postgres_tls_cert",
+        "password_encryption=scram-sha-256",
+        "hba_file=/etc/carebus/pg_hba.conf",
+    ):
+        assert f"-c {setting}" in command, setting
+    assert _repository_source(postgres, "/etc/carebus/pg_hba.conf") == (
+        "./infra/postgres/pg_hba.conf",
+        True,
+    )
+    rules = [
+        line.split()
+        for line in (PROJECT_ROOT / "infra/postgres/pg_hba.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules == [
+        ["local", "all", "postgres", "peer"],
+        ["local", "all", "all", "reject"],
+        ["hostssl", "all", "postgres", "all", "reject"],
+        ["hostssl", "all", "all", "all", "scram-sha-256"],
+        ["host", "all", "all", "all", "reject"],
+    ]
+    script = (PROJECT_ROOT / "infra/postgres/initdb/10-carebus-roles.sh").read_text()
+    for role in [*DATABASE_ROLES.values(), "operator"]:
+        assert role in script.split('services="', 1)[1].split('"', 1)[0].split(), role
 
 
 def test_no_top_level_name_or_version(compose: dict[str, Any]) -> None:
@@ -163,7 +280,11 @@ def test_setup_services_are_one_shot(services: dict[str, dict[str, Any]]) -> Non
         "upgrade",
         "head",
     ]
-    assert services["topics"]["command"] == ["carebus", "topics", "apply"]
+    assert services["topics"]["command"] == [
+        "sh",
+        "-c",
+        "carebus topics apply && carebus kafka apply",
+    ]
     for name in SETUP_SERVICES:
         assert services[name]["restart"] == "no", name
 
@@ -235,18 +356,59 @@ def test_http_services_publish_the_port_they_listen_on(
         assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"]), name
 
 
-def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> None:
-    """Kafka runs in KRaft combined mode on the internal listener the clients are given."""
-    environment = services["kafka"]["environment"]
-    assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert environment["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert (
-        environment["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-        == f"{environment['KAFKA_NODE_ID']}@kafka:9093"
+def test_kafka_is_a_single_secured_kraft_node(services: dict[str, dict[str, Any]]) -> None:
+    """The production broker is secured like the local one: SASL/SCRAM over TLS for clients,
+    mutual TLS for the controller, nothing allowed that acls.yaml does not grant."""
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["command"] == ["/bin/sh", "/opt/carebus/kafka/start-kafka.sh"]
+    assert "./infra/kafka/compose:/opt/carebus/kafka:ro" in kafka["volumes"]
+    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"]
+    assert set(kafka["secrets"]) == {
+        "kafka_broker_pem",
+        "kafka_ca_pem",
+        "kafka_password_broker",
+        "kafka_password_admin",
+    }
+    config = dict(
+        line.split("=", 1)
+        for line in (PROJECT_ROOT / "infra/kafka/compose/server.properties")
+        .read_text()
+        .splitlines()
+        if line and not line.startswith("#")
     )
-    assert environment["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
-    assert environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    assert config["process.roles"] == "broker,controller"
+    assert config["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SSL"
+    assert config["advertised.listeners"].startswith("CLIENT://kafka:9092")
+    assert config["listener.name.controller.ssl.client.auth"] == "required"
+    assert config["allow.everyone.if.no.acl.found"] == "false"
+    assert config["super.users"] == "User:broker;User:admin"
+    assert config["auto.create.topics.enable"] == "false"
+    assert "PLAINTEXT" not in (PROJECT_ROOT / "infra/kafka/compose/server.properties").read_text()
+
+
+def test_each_kafka_client_is_its_own_principal(services: dict[str, dict[str, Any]]) -> None:
+    """Every component speaks to the broker as its own principal with its own password; the
+    setup gives every principal of acls.yaml its credential as the admin, which no service is."""
+    from carebus.adapters.kafka_acls import load_grants, principals
+
+    assert set(KAFKA_PRINCIPALS.values()) == set(principals(load_grants()))
+    for name, principal in KAFKA_PRINCIPALS.items():
+        environment = services[name]["environment"]
+        assert environment["CAREBUS_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert environment["CAREBUS_KAFKA_USERNAME"] == principal, name
+        assert environment["CAREBUS_KAFKA_CA_FILE"] == "/run/secrets/kafka_ca_pem", name
+        mounts = _secret_mounts(services[name])
+        assert mounts["carebus_kafka_password"] == f"kafka_password_{principal}", name
+    for name in ("audit", "inbox"):
+        assert "CAREBUS_KAFKA_USERNAME" not in services[name]["environment"], name
+    topics = services["topics"]
+    assert topics["environment"]["CAREBUS_KAFKA_USERNAME"] == "admin"
+    mounts = _secret_mounts(topics)
+    assert mounts.pop("carebus_kafka_password") == "kafka_password_admin"
+    assert set(mounts) == {"kafka_ca_pem"} | {
+        f"kafka_password_{p}" for p in KAFKA_PRINCIPALS.values()
+    }
 
 
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
@@ -263,7 +425,9 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
 
 
 def test_prometheus_scrapes_every_deployable(services: dict[str, dict[str, Any]]) -> None:
-    """Prometheus scrapes each deployable at the compose name and port it serves /metrics on."""
+    """Prometheus scrapes each deployable at its compose name on its internal metrics port; the
+    HTTP services' API ports neither serve /metrics nor are scraped, and the metrics port is
+    never published."""
     config = yaml.safe_load(PROMETHEUS_FILE.read_text(encoding="utf-8"))
     targets = {
         target
@@ -272,8 +436,14 @@ def test_prometheus_scrapes_every_deployable(services: dict[str, dict[str, Any]]
         for target in static["targets"]
     }
     for name in HTTP_SERVICES:
-        port = services[name]["environment"][f"CAREBUS_{name.upper()}_PORT"]
-        assert f"{name}:{port}" in targets, name
+        environment = services[name]["environment"]
+        port = environment[f"CAREBUS_{name.upper()}_PORT"]
+        metrics_port = environment["CAREBUS_METRICS_PORT"]
+        assert f"{name}:{metrics_port}" in targets, name
+        assert f"{name}:{port}" not in targets, name
+        assert environment["CAREBUS_METRICS_ON_PUBLIC_PORT"] == "false", name
+        published = [str(mapping).rsplit(":", 1)[-1] for mapping in services[name]["ports"]]
+        assert published == [port], name
     for name in WORKERS:
         port = services[name]["environment"]["CAREBUS_METRICS_PORT"]
         assert f"{name}:{port}" in targets, name

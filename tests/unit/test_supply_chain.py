@@ -106,6 +106,7 @@ def test_secrets_come_from_files_and_production_refuses_the_public_default(
     """carebus reads a secret from CAREBUS_SECRETS_DIR (compose's /run/secrets), puts the
     database password into the DSN, and will not run in production on the local secret."""
     (tmp_path / "carebus_subject_key_secret").write_text("a-long-random-secret\n")
+    (tmp_path / "carebus_webhook_secret_key").write_text("another-long-random-secret\n")
     (tmp_path / "carebus_postgres_password").write_text("p@ss/word\n")
     for name in list(os.environ):
         if name.startswith("CAREBUS_"):
