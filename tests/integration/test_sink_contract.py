@@ -36,6 +36,7 @@ from carebus.adapters.auth import ensure_organisation
 from carebus.adapters.deadletter import DECODE_DETAILS, DeadLetterPolicy
 from carebus.adapters.kafka import consumer_config, producer_config
 from carebus.adapters.sink import BatchSink, RowWriter
+from carebus.adapters.webhook_registrations import set_webhook
 from carebus.domain.deliveries import delivery_id
 from carebus.domain.events import event_to_record, parse_event
 from carebus.domain.identity import random_nin, subject_key
@@ -310,12 +311,7 @@ class WebhookQueue(SinkAdapter):
     async def arrange(self, db: asyncpg.Connection) -> None:
         # Nothing dispatches in these tests: the URL is never called.
         await ensure_organisation(db, agency=self.agency, org_id=self.org_id)
-        await db.execute(
-            "INSERT INTO webhooks (org_id, url, secret) VALUES ($1, $2, $3)",
-            self.org_id,
-            f"http://127.0.0.1:9/hooks/{self.org_id}",
-            uuid.uuid4().hex,
-        )
+        await set_webhook(db, self.org_id, f"http://127.0.0.1:9/hooks/{self.org_id}")
 
     async def clean_up(self, db: asyncpg.Connection) -> None:
         # A webhooks service started by a later test would otherwise try to send these rows.

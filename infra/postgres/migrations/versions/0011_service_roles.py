@@ -78,7 +78,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "audit_store": {
         "disclosures": (SELECT, INSERT),
         "deliveries": (SELECT, INSERT),
-        "authority_refusals": (INSERT,),
+        # SELECT: `ON CONFLICT (audit_id) DO NOTHING` reads the arbiter index's column.
+        "authority_refusals": (SELECT, INSERT),
     },
     "webhooks": {
         "webhooks": (SELECT,),
