@@ -123,6 +123,8 @@ def run(bench: Bench) -> None:
             )
         )
 
+        tls_and_sasl_cost(bench, produced, consumed)
+
         target = create_topic(stack, "bench.baseline.looped", partitions)
         looped = consume_produce_loop(stack, source, target, count)
         bench.add(
@@ -154,6 +156,48 @@ def run(bench: Bench) -> None:
                     key=f"kafka.latency_p{point}_ms",
                 )
             )
+
+
+def tls_and_sasl_cost(bench: Bench, produced: ProducerSummary, consumed: ConsumerSummary) -> None:
+    """The same producer and consumer runs on a plaintext broker (no TLS, SASL or ACLs: never
+    carebus's, which always authenticates), and the secured figures beside them."""
+    count = bench.scale.baseline_records
+    with private_stack(kafka_secure=False) as stack:
+        size = Workload(stack.settings.subject_key_secret.get_secret_value()).message_size()
+        source = create_topic(
+            stack, "bench.baseline.plaintext", partition_count(stack, topics.EVENTS)
+        )
+        plain_produced = producer_performance(stack, source, count, size)
+        plain_consumed = consumer_performance(stack, source, count)
+    for name, plain, secured, key in (
+        ("ProducerPerformance", plain_produced.records_per_s, produced.records_per_s, "produce"),
+        (
+            "ConsumerPerformance",
+            plain_consumed.fetch_records_per_s,
+            consumed.fetch_records_per_s,
+            "consume",
+        ),
+    ):
+        bench.add(
+            Row(
+                SECTION,
+                f"Kafka {name}, plaintext broker",
+                plain,
+                "records/s",
+                note="the same run without TLS, SASL or ACLs (a throwaway broker)",
+                key=f"kafka.{key}_plaintext",
+            )
+        )
+        bench.add(
+            Row(
+                SECTION,
+                f"Kafka {name}, SASL/SCRAM over TLS (carebus's broker)",
+                secured,
+                "records/s",
+                baseline=f"kafka.{key}_plaintext",
+                note="the figure above: what TLS and SASL cost on this path",
+            )
+        )
 
 
 def partition_count(stack: TestStack, topic: str) -> int:

@@ -219,9 +219,10 @@ def describe_machine() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def private_stack(person_partitions: int = 4) -> Iterator[TestStack]:
-    """A fresh broker and database (migrations and topics applied), stopped afterwards."""
-    stack = TestStack(person_partitions=person_partitions)
+def private_stack(person_partitions: int = 4, *, kafka_secure: bool = True) -> Iterator[TestStack]:
+    """A fresh broker and database (migrations and topics applied), stopped afterwards; with
+    `kafka_secure=False` a plaintext broker, for the baseline TLS and SASL are measured against."""
+    stack = TestStack(person_partitions=person_partitions, kafka_secure=kafka_secure)
     stack.start()
     try:
         yield stack

@@ -212,7 +212,13 @@ class TestStack:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, *, person_partitions: int = 4, produce_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        person_partitions: int = 4,
+        produce_timeout_s: float = 5.0,
+        kafka_secure: bool = True,
+    ) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="carebus-test-"))
         ports = free_ports(7)
         self.settings = Settings(
@@ -234,6 +240,7 @@ class TestStack:
             durable=False,
             libs_dir=default_libs_dir(Settings()),
             offsets_partitions=3,
+            kafka_secure=kafka_secure,
         )
         # Tests speak to the broker as the stack's admin; services as their own principals.
         self.settings = self.local.settings

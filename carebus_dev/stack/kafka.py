@@ -32,6 +32,12 @@ from carebus_dev.stack.process import StackError, running, start_until_ready, st
 KAFKA_INFRA = PROJECT_ROOT / "infra" / "kafka"
 POM = KAFKA_INFRA / "pom.xml"
 SERVER_PROPERTIES = KAFKA_INFRA / "server.properties"
+# What goes in place of server.properties' security placeholder: always SASL_SSL, but for the
+# plaintext broker `make bench` measures TLS and SASL against.
+SECURITY_PROPERTIES = {
+    True: KAFKA_INFRA / "security-sasl-ssl.properties",
+    False: KAFKA_INFRA / "security-plaintext.properties",
+}
 LOG4J2 = KAFKA_INFRA / "log4j2.xml"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
 COMPLETE_MARKER = ".complete"
@@ -206,10 +212,17 @@ class KafkaBroker:
     # The consumer-offsets topic is created on the first group join; 50 partitions (Kafka's
     # default) take a few seconds on one broker, which tests do not need to wait for.
     offsets_partitions: int = 50
+    # False only for `make bench`'s plaintext baseline: no authentication, TLS or ACLs.
+    secure: bool = True
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, libs_dir: Path | None = None, offsets_partitions: int = 50
+        cls,
+        settings: Settings,
+        *,
+        libs_dir: Path | None = None,
+        offsets_partitions: int = 50,
+        secure: bool = True,
     ) -> KafkaBroker:
         host, _, port = settings.kafka_bootstrap.rpartition(":")
         if host not in ("127.0.0.1", "localhost") or not port.isdigit():
@@ -223,6 +236,7 @@ class KafkaBroker:
             broker_port=int(port),
             controller_port=settings.kafka_controller_port,
             offsets_partitions=offsets_partitions,
+            secure=secure,
         )
 
     @property
@@ -247,6 +261,8 @@ class KafkaBroker:
 
     def settings_for(self, principal: str) -> Settings:
         """Settings that speak to this broker as `principal` (made on first use)."""
+        if not self.secure:
+            return self.settings
         passwords = self.credentials.ensure()
         if principal not in passwords:
             raise StackError(f"{principal!r} is not a Kafka principal of infra/kafka/acls.yaml")
@@ -257,6 +273,8 @@ class KafkaBroker:
 
     def apply_access(self) -> list[str]:
         """Every component's SCRAM credential and exactly the ACLs of acls.yaml (idempotent)."""
+        if not self.secure:
+            return ["none: a plaintext broker (make bench's baseline only)"]
         return apply_access(
             admin_client(self.admin_settings()), load_grants(), self.credentials.ensure()
         )
@@ -297,9 +315,11 @@ class KafkaBroker:
                     "broker cannot start; stop that process or choose other ports "
                     "(CAREBUS_KAFKA_BOOTSTRAP, CAREBUS_KAFKA_CONTROLLER_PORT)"
                 )
-        self.pki.ensure()
-        passwords = self.credentials.ensure()
-        self._write_config(passwords[BROKER_USER])
+        passwords: dict[str, str] = {}
+        if self.secure:
+            self.pki.ensure()
+            passwords = self.credentials.ensure()
+        self._write_config(passwords.get(BROKER_USER, ""))
         self._format_storage(java, passwords)
         start_until_ready(
             "the Kafka broker",
@@ -355,22 +375,28 @@ class KafkaBroker:
         # It holds the broker's own password: readable by this user only.
         self.config_path.touch(mode=0o600, exist_ok=True)
         self.config_path.chmod(0o600)
+        security = Template(SECURITY_PROPERTIES[self.secure].read_text()).substitute(
+            broker_port=self.broker_port,
+            controller_port=self.controller_port,
+            broker_password=broker_password,
+            broker_pem=self.pki.broker_file,
+            ca_pem=self.pki.ca_file,
+        )
         self.config_path.write_text(
             template.substitute(
-                broker_port=self.broker_port,
                 controller_port=self.controller_port,
                 log_dirs=self.data_dir,
                 offsets_partitions=self.offsets_partitions,
-                broker_password=broker_password,
-                broker_pem=self.pki.broker_file,
-                ca_pem=self.pki.ca_file,
+                security=security,
             )
         )
 
     def _format_storage(self, java: str, passwords: dict[str, str]) -> None:
         formatted_for = self.home / "formatted-controller-port"
         security = self.home / SECURITY_MARKER
-        if (self.data_dir / "meta.properties").exists() and not security.exists():
+        mode = SECURITY if self.secure else "PLAINTEXT"
+        formatted = security.read_text().strip() if security.exists() else "PLAINTEXT"
+        if (self.data_dir / "meta.properties").exists() and formatted != mode:
             # Formatted by a carebus that ran Kafka in plain text: it holds no SCRAM credential
             # for the node itself, so the secured broker could not even register. Local topics
             # are disposable (the stores keep what was consumed); format afresh.
@@ -406,6 +432,7 @@ class KafkaBroker:
                 *[
                     arg
                     for user in (BROKER_USER, ADMIN_USER)
+                    if user in passwords
                     for arg in (
                         "--add-scram",
                         f"SCRAM-SHA-512=[name={user},password={passwords[user]}]",
@@ -422,4 +449,4 @@ class KafkaBroker:
                 f"(exit {result.returncode}):\n{(result.stdout + result.stderr).strip()[-2000:]}"
             )
         formatted_for.write_text(f"{self.controller_port}\n")
-        security.write_text(f"{SECURITY}\n")
+        security.write_text(f"{mode}\n")

@@ -63,10 +63,14 @@ class LocalStack:
         libs_dir: Path | None = None,
         offsets_partitions: int = 50,
         echo: Callable[[str], None] = _silent,
+        kafka_secure: bool = True,
     ) -> None:
         self.echo = echo
         self.kafka = KafkaBroker.from_settings(
-            settings, libs_dir=libs_dir, offsets_partitions=offsets_partitions
+            settings,
+            libs_dir=libs_dir,
+            offsets_partitions=offsets_partitions,
+            secure=kafka_secure,
         )
         # The stack itself (topics, ACLs, status) speaks to the broker as its admin.
         self.settings = settings = self.kafka.admin_settings()
