@@ -18,6 +18,7 @@ from typing import Any, Final
 import fastavro
 import orjson
 
+from bench import authentication
 from bench.harness import Bench, Row, private_stack
 from bench.router import registry_history
 from bench.workload import Workload
@@ -140,6 +141,8 @@ def run(bench: Bench) -> None:
                 ),
             )
         )
+        # The gateway's per-request authentication: API token beside JWT access token (issue 14).
+        authentication.run(bench, settings)
 
 
 def _encoding_rows(
