@@ -220,7 +220,7 @@ class TestStack:
         kafka_secure: bool = True,
     ) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="carebus-test-"))
-        ports = free_ports(7)
+        ports = free_ports(8)
         self.settings = Settings(
             environment="test",
             state_dir=self.state_dir,
@@ -231,6 +231,7 @@ class TestStack:
             registry_port=ports[4],
             audit_port=ports[5],
             inbox_port=ports[6],
+            oidc_issuer_port=ports[7],
             person_partitions=person_partitions,
             produce_timeout_s=produce_timeout_s,
             log_level="info",

@@ -14,7 +14,12 @@ from typing import Final
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from carebus.adapters.access_tokens import AccessTokenRefusedError, AccessTokens
+from carebus.runtime.config import Settings, get_settings
+from carebus.runtime.telemetry import get_logger
 from carebus.wire.topics import AGENCIES
+
+log = get_logger(__name__)
 
 # `admin` is an agency's own administrator (its organisation's tokens and webhook); `operator`
 # belongs to the organisation that runs carebus (the directory, the registers, every token);
@@ -248,29 +253,72 @@ async def lookup_token(conn: Connection | asyncpg.Pool, token: str) -> Principal
     return Principal(row["token_id"], row["org_id"], row["agency"], row["role"], row["subject_key"])
 
 
+class TokenRefusedError(Exception):
+    """Why an access token is refused, in words fit for the 401: never any of the token itself."""
+
+
 class TokenCache:
     """Remembers recent token look-ups so a busy gateway does not query PostgreSQL per request.
 
-    A revoked or expired token stays usable for at most `ttl_s` seconds.
+    A revoked or expired token stays usable for at most `ttl_s` seconds. Where the settings
+    trust an issuer, a system's access token (a JWT, docs/security.md 3c) is verified once and
+    then remembered the same way, never past its own expiry.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, ttl_s: float = TOKEN_CACHE_TTL_S, max_entries: int = 10_000
+        self,
+        pool: asyncpg.Pool,
+        ttl_s: float = TOKEN_CACHE_TTL_S,
+        max_entries: int = 10_000,
+        *,
+        access_tokens: AccessTokens | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
         self._max_entries = max_entries
-        self._entries: dict[bytes, tuple[float, Principal | None]] = {}
+        self._access = access_tokens or AccessTokens.from_settings(settings or get_settings())
+        # A principal; None for an unknown API token; why an access token is refused.
+        self._entries: dict[bytes, tuple[float, Principal | str | None]] = {}
 
     async def principal(self, token: str) -> Principal | None:
+        """The principal behind `token`; None for an API token that is unknown, revoked or
+        expired; TokenRefusedError (saying why) for an access token that is refused."""
         key = hash_token(token)
         now = time.monotonic()
         cached = self._entries.get(key)
         if cached is not None and cached[0] > now:
-            return cached[1]
-        principal = await lookup_token(self._pool, token)
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
-        # Unknown tokens are cached briefly too, so guessing cannot load the database.
-        self._entries[key] = (now + (self._ttl_s if principal else 2.0), principal)
-        return principal
+            found = cached[1]
+        else:
+            found, ttl_s = await self._look_up(token)
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[key] = (now + ttl_s, found)
+        if isinstance(found, str):
+            raise TokenRefusedError(found)
+        return found
+
+    async def _look_up(self, token: str) -> tuple[Principal | str | None, float]:
+        """What `token` stands for and how long that may be remembered. Refusals are
+        remembered briefly too, so guessing or replaying cannot load the database or the CPU."""
+        if self._access is None or not AccessTokens.looks_like_jwt(token):
+            principal = await lookup_token(self._pool, token)
+            return principal, (self._ttl_s if principal else 2.0)
+        try:
+            grant = await self._access.verify(token)
+            agency = await self._pool.fetchval(
+                "SELECT agency FROM organisations WHERE org_id = $1", grant.org_id
+            )
+            if agency is None:
+                raise AccessTokenRefusedError("the access token's organisation is not registered")
+            try:
+                check_role(agency, grant.role)
+            except ValueError:
+                raise AccessTokenRefusedError(
+                    "the access token's organisation cannot have its client's role"
+                ) from None
+        except AccessTokenRefusedError as refused:
+            log.warning("access_token_refused", reason=str(refused))
+            return str(refused), 2.0
+        principal = Principal(grant.token_id, grant.org_id, agency, grant.role)
+        return principal, min(self._ttl_s, grant.expires_at - time.time())

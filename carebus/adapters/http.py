@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
 from carebus.adapters.ratelimit import TokenBuckets
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
@@ -296,7 +296,12 @@ def principal_dependency(
 
     async def dependency(request: Request) -> Principal:
         tokens: TokenCache = request.app.state.tokens
-        principal = await tokens.principal(bearer_token(request))
+        try:
+            principal = await tokens.principal(bearer_token(request))
+        except TokenRefusedError as refused:  # a system's access token (JWT) that fails
+            raise ApiError(
+                401, str(refused), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            ) from None
         if principal is None:
             raise ApiError(
                 401, "the token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Final, Literal, Self
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from carebus.domain.webhook_targets import TargetPolicy
@@ -20,6 +20,34 @@ LOCAL_SUBJECT_KEY_SECRET: Final = "carebus-local-development-secret"  # noqa: S1
 LOCAL_WEBHOOK_SECRET_KEY: Final = "carebus-local-webhook-secret-key"  # noqa: S105
 # Where http webhooks and, by default, webhook targets on private addresses are allowed.
 DEVELOPMENT_ENVIRONMENTS: Final = frozenset({"local", "test"})
+# HelseID's claim naming the legal entity (organisation number) a client belongs to.
+HELSEID_ORG_CLAIM: Final = "helseid://claims/client/claims/orgnr_parent"
+# Signing algorithms an issuer may be trusted with: public-key ones only, never `none` or HS*.
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+
+
+class OAuthIssuer(BaseModel):
+    """An issuer of OAuth2 client-credentials access tokens (JWTs) that systems may use instead
+    of an API token (docs/security.md, 3c; carebus.adapters.access_tokens)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str  # exactly the tokens' `iss` (HelseID's metadata `issuer`)
+    jwks_url: str  # the issuer's published signing keys
+    audience: str  # must be in the tokens' `aud` (HelseID: the API's "kortnavn")
+    scope: str | None = None  # if set, must be among the tokens' scopes
+    algorithms: tuple[str, ...] = ("RS256", "PS256")
+    org_claim: str = HELSEID_ORG_CLAIM
+
+    @field_validator("algorithms")
+    @classmethod
+    def _public_key_only(cls, algorithms: tuple[str, ...]) -> tuple[str, ...]:
+        refused = sorted(set(algorithms) - ASYMMETRIC_ALGORITHMS)
+        if refused or not algorithms:
+            raise ValueError(f"only public-key algorithms may be trusted, not {refused}")
+        return algorithms
 
 
 class Settings(BaseSettings):
@@ -64,11 +92,21 @@ class Settings(BaseSettings):
     # HMAC key for subject keys. The local default is public on purpose; production must set it.
     subject_key_secret: SecretStr = SecretStr(LOCAL_SUBJECT_KEY_SECRET)
 
+    # Systems may also authenticate with OAuth2 client-credentials access tokens (JWTs) from
+    # these issuers (docs/security.md, 3c), JSON: `[{"issuer": "https://helseid-sts.nhn.no",
+    # "jwks_url": "https://helseid-sts.nhn.no/.well-known/openid-configuration/jwks",
+    # "audience": "nhn:carebus"}]`. Empty: carebus's own API tokens only. Which client of an
+    # issuer acts as which organisation is the reviewed file `oauth_clients`.
+    oauth_issuers: tuple[OAuthIssuer, ...] = ()
+    oauth_clients: Path = PROJECT_ROOT / "policy" / "oauth_clients.yaml"
+
     http_host: str = "127.0.0.1"
     gateway_port: int = 18080
     registry_port: int = 18081
     audit_port: int = 18082
     inbox_port: int = 18083
+    # The local development OpenID Connect issuer (carebus_dev.oidc_issuer; never in production).
+    oidc_issuer_port: int = 18084
     # Request bodies over these sizes are refused (413) before they are read: every route but
     # `POST /v1/events:batch` (up to 1000 events) takes the first (carebus.adapters.http).
     http_max_body_bytes: int = Field(default=64 * 1024, ge=1)
@@ -128,6 +166,25 @@ class Settings(BaseSettings):
     # How often the inbox flags alerts left unacknowledged past their escalation time.
     inbox_escalation_interval_s: float = 1.0
 
+    # People sign in to the inbox with OpenID Connect (authorization code + PKCE; docs/security.md
+    # 3b). The issuer: HelseID in production; unset, the bundled development issuer on
+    # `oidc_issuer_port` in DEVELOPMENT_ENVIRONMENTS, and no sign-in elsewhere.
+    oidc_issuer_url: str | None = None
+    oidc_client_id: str = "carebus-inbox"
+    # The inbox's private key (PEM) for authenticating to the issuer's token endpoint with a
+    # signed JWT (`private_key_jwt`, which HelseID requires): the file secret
+    # carebus_oidc_client_key in production. Unset: a public client (PKCE only), as locally.
+    oidc_client_key: SecretStr | None = None
+    # Where the issuer sends people back (registered with it); unset: the inbox's /callback.
+    oidc_redirect_url: str | None = None
+    # The ID token claims naming the person's organisation (the first present wins) and carebus
+    # role: HelseID's are in docs/operations.md.
+    oidc_org_claims: str = "carebus_org"
+    oidc_role_claim: str = "carebus_role"
+    # A person's inbox session ends this long after sign-in, or after this long unused.
+    inbox_session_max_s: float = Field(default=8 * 3600.0, gt=0)
+    inbox_session_idle_s: float = Field(default=30 * 60.0, gt=0)
+
     @model_validator(mode="after")
     def _secrets(self) -> Self:
         if self.postgres_password is not None:
@@ -163,6 +220,20 @@ class Settings(BaseSettings):
 
     def service_url(self, port: int) -> str:
         return f"http://{self.http_host}:{port}"
+
+    @property
+    def oidc_issuer(self) -> str | None:
+        """The issuer people sign in with (`oidc_issuer_url`, or locally the bundled one)."""
+        if self.oidc_issuer_url is not None:
+            return self.oidc_issuer_url.rstrip("/")
+        if self.environment in DEVELOPMENT_ENVIRONMENTS:
+            return self.service_url(self.oidc_issuer_port)
+        return None
+
+    @property
+    def oidc_redirect(self) -> str:
+        """The inbox's redirect URL (`oidc_redirect_url`, or its /callback on this host)."""
+        return self.oidc_redirect_url or f"{self.service_url(self.inbox_port)}/callback"
 
 
 def with_password(dsn: str, password: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -90,6 +91,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "services.registry", "registry_port", metrics_port=18097),
     ServiceSpec("audit", "services.audit", "audit_port", metrics_port=18098),
     ServiceSpec("inbox", "services.inbox", "inbox_port", metrics_port=18099),
+    # People sign in to the inbox here locally (HelseID in production; never deployed).
+    ServiceSpec("oidc_issuer", "carebus_dev.oidc_issuer", "oidc_issuer_port", metrics_port=18100),
     ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),
     ServiceSpec("router", "services.router", metrics_port=18091),
     ServiceSpec("sla", "services.sla", metrics_port=18092),
@@ -116,6 +119,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, tuple | list | dict):
+            # A complex setting is read back from the environment as JSON (pydantic-settings).
+            value = json.dumps(settings.model_dump(mode="json", include={name})[name])
         env[f"CAREBUS_{name.upper()}"] = str(value)
     return env
 

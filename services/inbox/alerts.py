@@ -79,7 +79,18 @@ def alert_json(row: AlertRow) -> dict[str, Any]:
     alert["event_ids"] = list(row["event_ids"])
     alert["acknowledged_at"] = _time(row["acknowledged_at"])
     alert["resolved_at"] = _time(row["resolved_at"])
+    # Added fields: the person who acknowledged or resolved it in the inbox; null when a
+    # system's token did, or no one yet.
+    alert["acknowledged_by"] = _person(row, "acknowledged_by")
+    alert["resolved_by"] = _person(row, "resolved_by")
     return alert
+
+
+def _person(row: AlertRow, action: str) -> dict[str, str] | None:
+    subject = row.get(f"{action}_subject")
+    if subject is None:
+        return None
+    return {"sub": subject, "issuer": row.get(f"{action}_issuer") or ""}
 
 
 class FilterError(ValueError):

@@ -14,26 +14,27 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
 import asyncpg
+import httpx
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
-from carebus.adapters.http import ApiError, bearer_token, create_app, principal_dependency
+from carebus.adapters.http import ApiError, bearer_token, create_app
+from carebus.adapters.oidc import IssuerClient
 from carebus.adapters.resources import pool_answers
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
 from services.inbox.alerts import (
-    INBOX_ROLES,
     AlertRow,
     FilterError,
     alert_json,
@@ -41,6 +42,8 @@ from services.inbox.alerts import (
     parse_filter,
 )
 from services.inbox.live import AlertFeed, Subscriber
+from services.inbox.people import Caller, PersonSessions
+from services.inbox.sign_in import add_sign_in_routes, caller_dependency
 from services.inbox.store import AlertStore, Change
 
 log = get_logger(__name__)
@@ -75,6 +78,7 @@ ASSETS: Final = {
 }
 ASSET_HEADERS: Final = {"Cache-Control": "public, no-cache", "Referrer-Policy": "no-referrer"}
 STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+ISSUER_TIMEOUT_S: Final = 10.0
 _DATABASE_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -85,6 +89,11 @@ class Organisation(BaseModel):
 
 class Subject(BaseModel):
     nin: str
+
+
+class ActingPerson(BaseModel):
+    sub: str = Field(description="The person's pseudonymous id at their issuer.")
+    issuer: str
 
 
 class Alert(BaseModel):
@@ -109,6 +118,12 @@ class Alert(BaseModel):
     event_ids: list[str]
     acknowledged_at: datetime | None
     resolved_at: datetime | None
+    acknowledged_by: ActingPerson | None = Field(
+        default=None, description="The person who acknowledged it; null for a system's token."
+    )
+    resolved_by: ActingPerson | None = Field(
+        default=None, description="The person who resolved it; null for a system's token."
+    )
 
 
 class AlertList(BaseModel):
@@ -142,6 +157,24 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenCache(pool)
         app.state.store = store
         app.state.feed = feed
+        app.state.sessions = PersonSessions(
+            pool,
+            max_age=timedelta(seconds=settings.inbox_session_max_s),
+            idle=timedelta(seconds=settings.inbox_session_idle_s),
+        )
+        http = httpx.AsyncClient(timeout=ISSUER_TIMEOUT_S, follow_redirects=False)
+        issuer = settings.oidc_issuer
+        client_key = settings.oidc_client_key
+        app.state.issuer = (
+            IssuerClient(
+                issuer,
+                settings.oidc_client_id,
+                http,
+                client_key=client_key.get_secret_value() if client_key else None,
+            )
+            if issuer
+            else None
+        )
         app.state.readiness.add("database", pool_answers(pool))
         background = [
             asyncio.create_task(feed.run(), name="inbox-feed"),
@@ -158,10 +191,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await http.aclose()
             await pool.close()
 
     app = create_app("inbox", title="carebus inbox", lifespan=lifespan, settings=settings)
-    inbox_roles = principal_dependency(*INBOX_ROLES)
+    inbox_roles = caller_dependency(settings)
+    add_sign_in_routes(app, settings)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -184,7 +219,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         escalated: str | None = Query(default=None, description="true or false."),
         cursor: str | None = Query(default=None, description="`next` of the previous page."),
         limit: int = Query(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-        caller: Principal = Depends(inbox_roles),
+        caller: Caller = Depends(inbox_roles),
     ) -> JSONResponse:
         try:
             wanted = parse_filter(status, rule_id, escalated)
@@ -197,7 +232,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         except CursorError as error:
             raise ApiError(422, "`cursor` is invalid", [("cursor", str(error))]) from None
         store: AlertStore = request.app.state.store
-        found = await store.page(caller, wanted, after=after, limit=limit)
+        found = await store.page(caller.principal, wanted, after=after, limit=limit)
         return JSONResponse(
             {
                 "items": [alert_json(row) for row in found.rows],
@@ -213,41 +248,45 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def stream_alerts(
-        request: Request, caller: Principal = Depends(inbox_roles)
+        request: Request, caller: Caller = Depends(inbox_roles)
     ) -> StreamingResponse:
         feed: AlertFeed = request.app.state.feed
-        tokens: TokenCache = request.app.state.tokens
-        token_valid = partial(_token_valid, tokens, bearer_token(request))
+        if caller.session is not None:
+            sessions: PersonSessions = request.app.state.sessions
+            still_valid = partial(_session_valid, sessions, caller.session)
+        else:
+            tokens: TokenCache = request.app.state.tokens
+            still_valid = partial(_token_valid, tokens, bearer_token(request))
         return StreamingResponse(
-            _frames(feed, caller, token_valid),
+            _frames(feed, caller.principal, still_valid),
             media_type="text/event-stream",
             headers=STREAM_HEADERS,
         )
 
     @app.get("/v1/alerts/{alert_id}", response_model=Alert)
     async def get_alert(
-        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+        request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
         store: AlertStore = request.app.state.store
-        return JSONResponse(alert_json(_visible(await store.get(alert_id), caller)))
+        return JSONResponse(alert_json(_visible(await store.get(alert_id), caller.principal)))
 
     @app.post("/v1/alerts/{alert_id}/ack", response_model=Alert)
     async def acknowledge(
-        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+        request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
         store: AlertStore = request.app.state.store
-        _visible(await store.get(alert_id), caller)
-        change = await store.acknowledge(alert_id, caller.token_id)
-        return _changed("ack", change)
+        _visible(await store.get(alert_id), caller.principal)
+        change = await store.acknowledge(alert_id, caller.actor)
+        return _changed("ack", change, caller)
 
     @app.post("/v1/alerts/{alert_id}/resolve", response_model=Alert)
     async def resolve(
-        request: Request, alert_id: str, caller: Principal = Depends(inbox_roles)
+        request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
         store: AlertStore = request.app.state.store
-        _visible(await store.get(alert_id), caller)
-        change = await store.resolve(alert_id, caller.token_id)
-        return _changed("resolve", change)
+        _visible(await store.get(alert_id), caller.principal)
+        change = await store.resolve(alert_id, caller.actor)
+        return _changed("resolve", change, caller)
 
     return app
 
@@ -285,7 +324,7 @@ def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:
     return row
 
 
-def _changed(action: str, change: Change | None) -> JSONResponse:
+def _changed(action: str, change: Change | None, caller: Caller) -> JSONResponse:
     if change is None:  # visible a moment ago; alerts are never deleted, but be exact
         raise ApiError(404, "no such alert", [("alert_id", "unknown")])
     result = "changed" if change.changed else "unchanged"
@@ -299,6 +338,7 @@ def _changed(action: str, change: Change | None) -> JSONResponse:
         alert_id=row["alert_id"],
         event_ids=list(row["event_ids"]),
         result=result,
+        by="person" if caller.session is not None else "token",
     )
     return JSONResponse(alert_json(change.row))
 
@@ -349,6 +389,15 @@ async def _token_valid(tokens: TokenCache, token: str) -> bool:
         return await tokens.principal(token) is not None
     except _DATABASE_ERRORS as exc:
         log.warning("inbox.token_recheck_failed", error=type(exc).__name__)
+        return False
+
+
+async def _session_valid(sessions: PersonSessions, session: str) -> bool:
+    """Whether a person's session still holds; a database that cannot say counts as no."""
+    try:
+        return await sessions.valid(session)
+    except _DATABASE_ERRORS as exc:
+        log.warning("inbox.session_recheck_failed", error=type(exc).__name__)
         return False
 
 

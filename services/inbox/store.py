@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -12,6 +11,7 @@ import asyncpg
 from carebus.adapters.auth import Principal
 from carebus.wire.cursor import BEGINNING, Cursor
 from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
+from services.inbox.people import Actor
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
 CHANNEL: Final = "carebus_alerts"
@@ -19,7 +19,8 @@ CHANNEL: Final = "carebus_alerts"
 _COLUMNS: Final = """
     alert_id, rule_id, title, kind, status, resolution, escalated, nin, recipient_agency,
     recipient_org, audience, contact_agency, contact_org, deadline, breached_at, escalate_at,
-    summary, event_ids, acknowledged_at, resolved_at
+    summary, event_ids, acknowledged_at, resolved_at, acknowledged_by_subject,
+    acknowledged_by_issuer, resolved_by_subject, resolved_by_issuer
 """
 # services.inbox.alerts.can_see in SQL ($1: the caller's org_id). Fixed texts only: the
 # audience comes from AUDIENCE_OF_ROLE, never from the request.
@@ -45,6 +46,7 @@ _SOME: Final = f"SELECT {_COLUMNS} FROM alerts WHERE alert_id = ANY($1::text[])"
 _ACKNOWLEDGE: Final = f"""
     UPDATE alerts
     SET status = 'acknowledged', acknowledged_at = clock_timestamp(), acknowledged_by = $2,
+        acknowledged_by_subject = $3, acknowledged_by_issuer = $4,
         updated_at = clock_timestamp()
     WHERE alert_id = $1 AND status = 'open'
     RETURNING {_COLUMNS}
@@ -52,7 +54,8 @@ _ACKNOWLEDGE: Final = f"""
 _RESOLVE: Final = f"""
     UPDATE alerts
     SET status = 'resolved', resolution = 'resolved_by_recipient',
-        resolved_at = clock_timestamp(), resolved_by = $2, updated_at = clock_timestamp()
+        resolved_at = clock_timestamp(), resolved_by = $2, resolved_by_subject = $3,
+        resolved_by_issuer = $4, updated_at = clock_timestamp()
     WHERE alert_id = $1 AND status <> 'resolved'
     RETURNING {_COLUMNS}
 """  # noqa: S608
@@ -136,17 +139,19 @@ class AlertStore:
         by_id = {row["alert_id"]: row for row in rows}
         return [by_id[alert_id] for alert_id in alert_ids if alert_id in by_id]
 
-    async def acknowledge(self, alert_id: str, token_id: uuid.UUID) -> Change | None:
-        """open -> acknowledged; any other state is left as it is. None if unknown."""
-        return await self._change(_ACKNOWLEDGE, alert_id, token_id)
+    async def acknowledge(self, alert_id: str, actor: Actor) -> Change | None:
+        """open -> acknowledged by `actor`; any other state is left as it is. None if unknown."""
+        return await self._change(_ACKNOWLEDGE, alert_id, actor)
 
-    async def resolve(self, alert_id: str, token_id: uuid.UUID) -> Change | None:
-        """-> resolved by the recipient, unless already resolved. None if unknown."""
-        return await self._change(_RESOLVE, alert_id, token_id)
+    async def resolve(self, alert_id: str, actor: Actor) -> Change | None:
+        """-> resolved by the recipient (`actor`), unless already resolved. None if unknown."""
+        return await self._change(_RESOLVE, alert_id, actor)
 
-    async def _change(self, statement: str, alert_id: str, token_id: uuid.UUID) -> Change | None:
+    async def _change(self, statement: str, alert_id: str, actor: Actor) -> Change | None:
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(statement, alert_id, token_id)
+            row = await conn.fetchrow(
+                statement, alert_id, actor.token_id, actor.subject, actor.issuer
+            )
             if row is not None:
                 await conn.execute(_NOTIFY, CHANNEL, [alert_id])
                 return Change(row, changed=True)

@@ -34,7 +34,17 @@ def alert_store(stack: TestStack) -> Iterator[ServiceProcess]:
 
 
 @pytest.fixture(scope="module")
-def inbox(stack: TestStack, alert_store: ServiceProcess) -> Iterator[ServiceProcess]:
+def oidc_issuer(stack: TestStack) -> Iterator[ServiceProcess]:
+    """The development OpenID Connect issuer people sign in with (the inbox is its client)."""
+    service = stack.start_service("oidc_issuer")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def inbox(
+    stack: TestStack, alert_store: ServiceProcess, oidc_issuer: ServiceProcess
+) -> Iterator[ServiceProcess]:
     service = stack.start_service("inbox")
     yield service
     service.stop()
@@ -49,7 +59,7 @@ async def db(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
-    """A fresh headless Chromium (own profile, so no sessionStorage is shared between tests)."""
+    """A fresh headless Chromium (own profile, so no cookie is shared between tests)."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
         pytest.fail(

@@ -1,4 +1,5 @@
-"""The inbox page in headless Chromium: sign in, see a new alert arrive live, acknowledge it."""
+"""The inbox page in headless Chromium: sign in as a person through the development OpenID
+Connect issuer, see a new alert arrive live, acknowledge it as that person, sign out."""
 
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from carebus.adapters.auth import create_token
+from carebus.adapters.auth import create_token, ensure_organisation
 from carebus.adapters.kafka import producer_config
 from carebus.domain.alerts import operator_action_alert
 from carebus.domain.identity import subject_key
 from carebus.wire import topics
 from carebus.wire.codec import Codec
-from carebus_dev.stack.devdata import OPERATOR_ORG
+from carebus_dev.oidc_issuer.app import PEOPLE_BY_KEY
+from carebus_dev.stack.devdata import DEMO_MUNICIPALITY, OPERATOR_ORG
 from carebus_dev.testing import EventFactory, ServiceProcess, TestStack
 from services.inbox.live import LISTENER_NAME
 
@@ -63,24 +65,28 @@ def new_org() -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    """A signed-in user of a fresh municipality organisation."""
+    """A development person of the demo municipality (the button they choose on the issuer's
+    sign-in page), and a token of the same organisation and role to check the API with."""
 
+    person: str
     org_id: str
     token: str
 
 
+async def dev_person(db: asyncpg.Connection, person: str, role: str) -> Caller:
+    await ensure_organisation(db, agency="municipality", org_id=DEMO_MUNICIPALITY)
+    token = await create_token(db, agency="municipality", org_id=DEMO_MUNICIPALITY, role=role)
+    return Caller(person, DEMO_MUNICIPALITY, token)
+
+
 @pytest.fixture
 async def coordinator(db: asyncpg.Connection) -> Caller:
-    org_id = new_org()
-    token = await create_token(db, agency="municipality", org_id=org_id, role="coordinator")
-    return Caller(org_id, token)
+    return await dev_person(db, "municipality-coordinator", "coordinator")
 
 
 @pytest.fixture
 async def privacy_officer(db: asyncpg.Connection) -> Caller:
-    org_id = new_org()
-    token = await create_token(db, agency="municipality", org_id=org_id, role="privacy_officer")
-    return Caller(org_id, token)
+    return await dev_person(db, "municipality-privacy-officer", "privacy_officer")
 
 
 def alert(
@@ -168,9 +174,14 @@ class InboxPage:
         ]
         return [str(event) for event in events] + refusals
 
-    def sign_in(self, token: str) -> None:
-        self.driver.find_element(By.CSS_SELECTOR, "input#token").send_keys(token)
-        self.driver.find_element(By.CSS_SELECTOR, "button#signin").click()
+    def sign_in(self, person: str) -> None:
+        """Sign in as `person` on the issuer's page; back on the inbox page, signed in."""
+        link = self.wait(lambda: self.element("a#signin").is_displayed(), "the sign-in link")
+        assert link
+        self.element("a#signin").click()
+        self.wait(lambda: self.driver.find_elements(By.ID, f"person-{person}"), "the issuer page")
+        self.driver.find_element(By.ID, f"person-{person}").click()
+        self.wait(lambda: self.element("#signed-in").is_displayed(), "#signed-in is shown")
 
     def element(self, selector: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, selector)
@@ -220,8 +231,12 @@ class InboxPage:
 
 
 def stored_values(driver: WebDriver) -> list[str]:
-    """Every value the page keeps in sessionStorage."""
-    return list(driver.execute_script("return Object.values(sessionStorage);"))
+    """Every value the page keeps in sessionStorage and localStorage."""
+    return list(
+        driver.execute_script(
+            "return Object.values(sessionStorage).concat(Object.values(localStorage));"
+        )
+    )
 
 
 def listening(stack: TestStack) -> bool | None:
@@ -255,15 +270,19 @@ def test_a_new_alert_appears_live_and_can_be_acknowledged(
     assert not page.element("#signed-in").is_displayed(), page.diagnostics()
     assert page.text("#live") == "offline", page.diagnostics()
 
-    page.sign_in(coordinator.token)
-    page.wait(lambda: page.element("#signed-in").is_displayed(), "#signed-in is shown")
+    page.sign_in(coordinator.person)
     page.wait(lambda: page.text("#live") == "live", '#live reads "live"')
-    assert coordinator.token in stored_values(browser), "the token is kept in sessionStorage"
-    assert browser.get_cookies() == []
-    assert coordinator.token not in browser.current_url
+    assert browser.current_url == f"{inbox.url}/", "back on the page, no code or state in the URL"
+    assert stored_values(browser) == [], "the page keeps nothing in web storage"
+    assert browser.execute_script("return document.cookie;") == "", "the session is HttpOnly"
+    session = [c for c in browser.get_cookies() if c["name"] == "carebus_session"]
+    assert len(session) == 1, browser.get_cookies()
+    assert session[0]["httpOnly"], session
+    assert session[0]["sameSite"] == "Strict", session
     until(lambda: listening(stack), "the inbox LISTENs for alert changes")
 
     browser.execute_script("window.__marker = 1;")
+    before = set(page.row_ids())  # the demo municipality's alerts from earlier tests
     mine = alert(stack, coordinator.org_id, title=f"Reply overdue {uuid.uuid4().hex[:8]}")
     not_mine = [
         alert(stack, new_org()),  # another organisation's coordinator alert
@@ -298,7 +317,7 @@ def test_a_new_alert_appears_live_and_can_be_acknowledged(
         later = alert(stack, coordinator.org_id)
         produce(stack, [later])
         page.wait(lambda: page.row(later["alert_id"]), "a later alert's row appears")
-        assert sorted(page.row_ids()) == sorted([mine["alert_id"], later["alert_id"]]), (
+        assert set(page.row_ids()) - before == {mine["alert_id"], later["alert_id"]}, (
             page.diagnostics()
         )
 
@@ -323,20 +342,29 @@ def test_a_new_alert_appears_live_and_can_be_acknowledged(
     body = response.json()
     assert body["status"] == "acknowledged", body
     assert body["acknowledged_at"] is not None, body
+    assert body["acknowledged_by"]["sub"] == PEOPLE_BY_KEY[coordinator.person].subject, body
     assert page.csp_violations() == [], "the page broke its own CSP"
 
 
-def test_an_unknown_token_is_refused_on_the_page(inbox: ServiceProcess, browser: WebDriver) -> None:
-    """Signing in with an unknown token shows an error, stays signed out and stores nothing."""
+def test_signing_out_ends_the_session_on_the_page(
+    inbox: ServiceProcess, browser: WebDriver, coordinator: Caller
+) -> None:
+    """Sign out shows the sign-in link again, and the session cookie no longer opens the inbox
+    (a reload stays signed out)."""
     page = InboxPage(browser, inbox)
     page.open()
-    unknown = f"cb_{uuid.uuid4().hex}"
-    page.sign_in(unknown)
-    page.wait(lambda: page.element("#error").is_displayed(), "#error is shown")
-    assert page.text("#error"), page.diagnostics()
+    page.sign_in(coordinator.person)
+    session = next(c["value"] for c in browser.get_cookies() if c["name"] == "carebus_session")
+    page.element("#signout").click()
+    page.wait(lambda: page.element("a#signin").is_displayed(), "the sign-in link is shown again")
     assert not page.element("#signed-in").is_displayed(), page.diagnostics()
+    with httpx.Client(base_url=inbox.url or "", timeout=10) as http:
+        http.cookies.set("carebus_session", session)
+        assert http.get("/v1/alerts").status_code == 401
+    page.open()
+    page.wait(lambda: page.element("a#signin").is_displayed(), "still signed out after a reload")
+    assert not page.element("#error").is_displayed(), page.diagnostics()
     assert page.text("#live") == "offline", page.diagnostics()
-    assert unknown not in stored_values(browser), "a refused token is not kept"
     assert page.csp_violations() == [], "the page broke its own CSP"
 
 
@@ -355,7 +383,7 @@ def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
     produce(stack, [record])
     page = InboxPage(browser, inbox)
     page.open()
-    page.sign_in(privacy_officer.token)
+    page.sign_in(privacy_officer.person)
     row = page.wait(lambda: page.row(record["alert_id"]), "the operator action's row appears")
     cells = {
         field: row.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text.strip()

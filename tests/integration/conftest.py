@@ -27,7 +27,7 @@ def cli_env() -> Iterator[dict[str, str]]:
     fetch_libs(libs)
     (state_dir / "kafka").mkdir(parents=True)
     (state_dir / "kafka" / "libs").symlink_to(libs)
-    ports = free_ports(8)
+    ports = free_ports(9)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
     env.update(
         CAREBUS_STATE_DIR=str(state_dir),
@@ -39,6 +39,7 @@ def cli_env() -> Iterator[dict[str, str]]:
         CAREBUS_AUDIT_PORT=str(ports[5]),
         CAREBUS_INBOX_PORT=str(ports[6]),
         CAREBUS_PROMETHEUS_PORT=str(ports[7]),
+        CAREBUS_OIDC_ISSUER_PORT=str(ports[8]),
     )
     yield env
     run_cli(env, "down")

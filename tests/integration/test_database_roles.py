@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 
 # Every role the stack logs in with but the owner.
 ROLES = (*(spec.name for spec in SERVICES), "operator")
-CONNECTING = tuple(name for name in ROLES if name != "router")
+# The router and the development OpenID Connect issuer never connect (migrations 0011, 0012).
+CONNECTING = tuple(name for name in ROLES if name not in ("router", "oidc_issuer"))
 
 
 def role_dsn(stack: TestStack, name: str) -> str:
@@ -157,6 +158,12 @@ async def test_the_router_may_not_even_connect(stack: TestStack) -> None:
     """The router keeps its state in Kafka: its role may not connect to the database."""
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
         await connect_as(stack, "router")
+
+
+async def test_the_development_issuer_may_not_connect(stack: TestStack) -> None:
+    """The development OpenID Connect issuer keeps its state in memory (migration 0012)."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for database"):
+        await connect_as(stack, "oidc_issuer")
 
 
 def test_a_tcp_connection_without_the_right_password_is_refused(

@@ -179,6 +179,11 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     for component, url in document["metrics"].items():
         assert url not in document["services"].values(), component
         assert _answer(url) == 200, (component, url)
+    # The development OpenID Connect issuer people sign in to the inbox with.
+    issuer = document["services"]["oidc_issuer"]
+    assert issuer == f"http://127.0.0.1:{cli_env['CAREBUS_OIDC_ISSUER_PORT']}"
+    discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10)
+    assert discovery.json()["issuer"] == issuer
     assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
     # The admin's client configuration works, and without it the broker refuses.
     client = document["kafka_client"]

@@ -22,6 +22,7 @@ PROMETHEUS_FILE = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
 SECRETS = {
     "carebus_subject_key_secret": "carebus",
     "carebus_webhook_secret_key": "carebus",
+    "carebus_oidc_client_key": "carebus",
     "postgres_tls_ca": "carebus",
     "grafana_admin_password": "grafana",
 }
@@ -176,6 +177,8 @@ def test_secrets_are_files_outside_git_never_environment_values(
             wanted.add("carebus_postgres_password")
         if name in KAFKA_PRINCIPALS:
             wanted |= {"kafka_ca_pem", "carebus_kafka_password"}
+        if name == "inbox":
+            wanted.add("carebus_oidc_client_key")  # HelseID's private_key_jwt
         assert set(_secret_mounts(services[name])) == wanted, name
         assert services[name]["environment"]["CAREBUS_SECRETS_DIR"] == "/run/secrets", name
     postgres = services["postgres"]
@@ -188,6 +191,27 @@ def test_secrets_are_files_outside_git_never_environment_values(
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
         "/run/secrets/grafana_admin_password"
     )
+
+
+def test_the_inbox_signs_people_in_with_helseid(services: dict[str, dict[str, Any]]) -> None:
+    """Production's inbox points at HelseID over https, maps HelseID's organisation claims,
+    and authenticates with its private key file (docs/security.md, 3b)."""
+    environment = services["inbox"]["environment"]
+
+    def default(name: str) -> str:  # `${NAME:-default}`: the deployment may override it
+        found = re.fullmatch(r"\$\{" + name + r":-(.+)\}", environment[name])
+        assert found is not None, name
+        return found.group(1)
+
+    assert default("CAREBUS_OIDC_ISSUER_URL") == "https://helseid-sts.nhn.no"
+    assert default("CAREBUS_OIDC_REDIRECT_URL").startswith("https://")
+    assert default("CAREBUS_OIDC_REDIRECT_URL").endswith("/callback")
+    assert environment["CAREBUS_OIDC_ORG_CLAIMS"].split(",") == [
+        "helseid://claims/client/claims/orgnr_child",
+        "helseid://claims/client/claims/orgnr_parent",
+    ]
+    assert "carebus_oidc_client_key" in _secret_mounts(services["inbox"])
+    assert "oidc_issuer" not in services  # the development issuer is never deployed
 
 
 def _secret_mounts(service: dict[str, Any]) -> dict[str, str]:

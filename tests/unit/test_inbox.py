@@ -181,7 +181,25 @@ def test_alert_json_has_the_contract_fields_in_utc() -> None:
         "event_ids": ["dps-1"],
         "acknowledged_at": None,
         "resolved_at": None,
+        "acknowledged_by": None,
+        "resolved_by": None,
     }
+
+
+def test_alert_json_names_the_person_who_acted_never_the_token() -> None:
+    """A person's acknowledgement or resolution shows their `sub` and issuer; a system
+    token's (person columns NULL) shows null."""
+    alert = alert_json(
+        row(
+            status="resolved",
+            acknowledged_by_subject="sub-1",
+            acknowledged_by_issuer="https://issuer.example",
+            resolved_by_subject=None,
+            resolved_by_issuer=None,
+        )
+    )
+    assert alert["acknowledged_by"] == {"sub": "sub-1", "issuer": "https://issuer.example"}
+    assert alert["resolved_by"] is None
 
 
 def test_alert_json_omits_the_subject_the_recipient_may_not_know() -> None:

@@ -1,8 +1,10 @@
 // The inbox page's script (served as /static/inbox.js: the page's CSP allows no inline script).
 "use strict";
 (() => {
-  // The token lives in sessionStorage only: sent as a bearer header, never in a URL or cookie.
-  const TOKEN_KEY = "carebus.inbox.token";
+  // A person signs in at /login (OpenID Connect); the session is an HttpOnly, SameSite=Strict
+  // cookie this script never sees. Every POST carries this header, which the inbox requires of
+  // a cookie-authenticated POST: a form or script of another site cannot send it.
+  const CSRF = { "X-Carebus-Request": "inbox" };
   const PAGE_LIMIT = 1000;
   const MAX_PAGES = 20;
   const STREAM_SILENCE_MS = 45000; // the server sends a keepalive every 15 s
@@ -14,7 +16,7 @@
   const tbody = $("#alerts tbody");
 
   const state = {
-    token: null,
+    signedIn: false,
     alerts: new Map(),   // alert_id -> alert JSON
     rows: new Map(),     // alert_id -> <tr>
     rules: new Set(),
@@ -31,8 +33,9 @@
     let response;
     try {
       response = await fetch(path, {
-        method, credentials: "omit", cache: "no-store",
-        headers: { "Authorization": "Bearer " + state.token, "Accept": "application/json" },
+        method, credentials: "same-origin", cache: "no-store",
+        headers: method === "GET" ? { "Accept": "application/json" }
+          : { ...CSRF, "Accept": "application/json" },
       });
     } catch (err) {
       throw new ApiFailure(0, "the inbox cannot be reached");
@@ -253,7 +256,7 @@
   async function reload() {
     const generation = ++state.loadGeneration;
     const lists = await Promise.all(listQueries().map(fetchAll));
-    if (generation !== state.loadGeneration || !state.token) return false;
+    if (generation !== state.loadGeneration || !state.signedIn) return false;
     const fresh = new Map();
     lists.flat().forEach((alert) => fresh.set(alert.alert_id, alert));
     state.rows.forEach((row, alertId) => {
@@ -291,14 +294,14 @@
 
   function handleFailure(err) {
     if (err instanceof ApiFailure && err.status === 401) {
-      signOut();
-      showError("Your token is unknown or revoked: " + err.message);
+      showSignedOut();
+      showError("Your session has ended: sign in again.");
       return;
     }
     showError(err instanceof Error ? err.message : String(err));
   }
 
-  // --- the live stream (fetch + ReadableStream: EventSource cannot send a bearer header) -----
+  // --- the live stream (fetch + ReadableStream, so a refusal's status can be read) ----------
 
   function handleEvent(block) {
     let event = "message";
@@ -330,8 +333,8 @@
     try {
       watch();
       const response = await fetch("/v1/alerts/stream", {
-        credentials: "omit", cache: "no-store", signal: controller.signal,
-        headers: { "Authorization": "Bearer " + state.token, "Accept": "text/event-stream" },
+        credentials: "same-origin", cache: "no-store", signal: controller.signal,
+        headers: { "Accept": "text/event-stream" },
       });
       if (!response.ok) {
         let message = "the live stream was refused";
@@ -370,7 +373,7 @@
 
   async function stream(generation) {
     let delay = 1000;
-    while (state.token && generation === state.streamGeneration) {
+    while (state.signedIn && generation === state.streamGeneration) {
       try {
         await readStream(generation);
         delay = 1000;
@@ -380,7 +383,7 @@
           return;
         }
       }
-      if (!state.token || generation !== state.streamGeneration) return;
+      if (!state.signedIn || generation !== state.streamGeneration) return;
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, 30000);
     }
@@ -388,31 +391,30 @@
 
   // --- signing in and out ----------------------------------------------------------------------
 
-  async function signIn(token) {
-    state.token = token;
+  // Whether this browser has a session: the first list load answers (401: no session).
+  async function start() {
+    state.signedIn = true;
     try {
       await reload();
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      signOut();
-      showError("Sign-in failed: " + message);
+      showSignedOut();
+      if (!(err instanceof ApiFailure && err.status === 401)) {
+        showError("The inbox cannot be loaded: " + (err instanceof Error ? err.message : err));
+      }
       return;
     }
-    sessionStorage.setItem(TOKEN_KEY, token);
     clearError();
-    $("#token").value = "";
     $("#signin-form").hidden = true;
     $("#signed-in").hidden = false;
     state.streamGeneration += 1;
     stream(state.streamGeneration);
   }
 
-  function signOut() {
-    state.token = null;
+  function showSignedOut() {
+    state.signedIn = false;
     state.streamGeneration += 1;
     state.loadGeneration += 1;
     if (state.streamAbort) state.streamAbort.abort();
-    sessionStorage.removeItem(TOKEN_KEY);
     clearRows();
     state.rules.clear();
     const rules = $("#filter-rule");
@@ -423,24 +425,20 @@
     setLive(false);
   }
 
-  $("#signin-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = $("#token").value.trim();
-    if (!token) {
-      showError("Enter your API token.");
-      return;
-    }
-    signIn(token);
-  });
-  $("#signout").addEventListener("click", () => {
-    signOut();
+  async function signOut() {
+    showSignedOut();
     clearError();
-  });
+    try {
+      await api("POST", "/logout");
+    } catch (err) {
+      showError("Signing out failed: " + (err instanceof Error ? err.message : err));
+    }
+  }
+
+  $("#signout").addEventListener("click", signOut);
   for (const id of ["#filter-status", "#filter-rule", "#filter-escalated"]) {
     $(id).addEventListener("change", reloadReportingErrors);
   }
   setInterval(refreshOverdue, 30000);
-
-  const saved = sessionStorage.getItem(TOKEN_KEY);
-  if (saved) signIn(saved);
+  start();
 })();
