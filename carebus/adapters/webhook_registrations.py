@@ -81,7 +81,7 @@ class SecretBox:
     def from_settings(cls, settings: Settings) -> SecretBox:
         """The box under the configured key; production refuses the public local default."""
         key = settings.webhook_secret_key.get_secret_value()
-        if settings.environment == "production" and key == LOCAL_WEBHOOK_SECRET_KEY:
+        if not settings.development and key == LOCAL_WEBHOOK_SECRET_KEY:
             raise ValueError(
                 "webhook_secret_key: the local development key is public; production needs "
                 "CAREBUS_WEBHOOK_SECRET_KEY or the file carebus_webhook_secret_key in "

@@ -35,7 +35,11 @@ METADATA_NAMES: Final = frozenset(
 # Metadata addresses outside link-local: AWS's IPv6 one (in fc00::/7) and Alibaba's (in CGNAT).
 # Refused even where private targets are allowed.
 METADATA_ADDRESSES: Final = frozenset(
-    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+    {
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS (IPv6)
+        ipaddress.ip_address("fd20:ce::254"),  # Google Cloud (IPv6)
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    }
 )
 _CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
 # RFC 1918 and unique-local: what "private" means here (Python's is_private is much wider).
@@ -162,4 +166,6 @@ def _private(address: Address) -> str | None:
         return "is carrier-grade NAT (100.64.0.0/10)"
     if any(address in network for network in _PRIVATE):
         return "is private"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return "is site-local (fec0::/10, private IPv6 of old)"
     return None

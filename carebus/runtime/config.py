@@ -191,9 +191,9 @@ class Settings(BaseSettings):
             self.postgres_dsn = with_password(
                 self.postgres_dsn, self.postgres_password.get_secret_value()
             )
-        elif self.environment != "production":
+        elif self.development:
             self.postgres_dsn = with_local_password(self.postgres_dsn, self.state_dir)
-        if self.environment == "production" and (
+        if not self.development and (
             self.subject_key_secret.get_secret_value() == LOCAL_SUBJECT_KEY_SECRET
         ):
             raise ValueError(
@@ -203,9 +203,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def development(self) -> bool:
+        """Local development or the test stack. Every other environment name ("production",
+        "staging", "prod", a typo) gets production's checks: they fail closed."""
+        return self.environment in DEVELOPMENT_ENVIRONMENTS
+
     def webhook_targets(self) -> TargetPolicy:
         """Which webhook URLs may be registered and connected to (docs/security.md, 4a-4b)."""
-        development = self.environment in DEVELOPMENT_ENVIRONMENTS
+        development = self.development
         private = self.webhook_allow_private_targets
         return TargetPolicy(
             allow_http=development, allow_private=development if private is None else private
@@ -215,7 +221,7 @@ class Settings(BaseSettings):
     def public_metrics(self) -> bool:
         """Whether /metrics is served on the API ports too (`metrics_on_public_port`)."""
         if self.metrics_on_public_port is None:
-            return self.environment != "production"
+            return self.development
         return self.metrics_on_public_port
 
     def service_url(self, port: int) -> str:

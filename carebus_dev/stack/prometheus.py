@@ -107,7 +107,7 @@ class LocalPrometheus:
             log_path=self.log_path,
             pid_path=self.pid_path,
             timeout_s=timeout_s,
-            env=child_env(self.settings),
+            env=child_env(self.settings, principal="prometheus"),
             cwd=self.home,
         )
         return True

@@ -90,9 +90,11 @@ def verify_signature(
     timestamp, signatures = None, []
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit():
+        # ASCII digits only, and few: "²" is a digit to isdigit() but not to int(), and a
+        # non-ASCII candidate would make compare_digest raise instead of answering False.
+        if name == "t" and value.isascii() and value.isdigit() and len(value) <= 12:
             timestamp = int(value)
-        elif name == "v1":
+        elif name == "v1" and value.isascii():
             signatures.append(value)
     if timestamp is None or abs(now - timestamp) > tolerance_s:
         return False

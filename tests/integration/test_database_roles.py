@@ -83,6 +83,25 @@ async def test_the_webhooks_role_cannot_read_the_events(stack: TestStack) -> Non
         await conn.close()
 
 
+async def test_the_audit_api_sees_who_sent_events_but_never_their_payloads(
+    stack: TestStack,
+) -> None:
+    """The audit API checks an organisation's standing to ask about a person by whether it sent
+    events about them; it may read those two columns of the events and nothing else."""
+    conn = await connect_as(stack, "audit")
+    try:
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE subject_key = $1 AND source_org = $2)",
+            "k",
+            "o",
+        )
+        for query in ("SELECT payload FROM events", "SELECT * FROM events"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetch(query)
+    finally:
+        await conn.close()
+
+
 async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(
     stack: TestStack,
 ) -> None:

@@ -50,7 +50,9 @@ LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=2)
         "2002:7f00:1::",  # 6to4 of 127.0.0.1
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
         "fd00:ec2::254",  # AWS's IPv6 metadata address
+        "fd20:ce::254",  # Google Cloud's IPv6 metadata address
         "100.100.100.200",  # Alibaba's metadata address
+        "fec0::1",  # site-local: Python's is_global calls it global
     ],
 )
 def test_private_and_special_addresses_are_refused_in_production(address: str) -> None:
@@ -75,6 +77,7 @@ def test_global_addresses_are_allowed(address: str) -> None:
         ("fe80::1", False),
         ("0.0.0.0", False),
         ("fd00:ec2::254", False),
+        ("fd20:ce::254", False),
         ("240.0.0.1", False),
         ("192.0.2.1", False),
     ],

@@ -144,6 +144,11 @@ def test_a_receiver_verifies_a_fresh_signature_with_either_secret() -> None:
         (["k"], lambda b: f"t={T}", b"{}", T),  # no signature
         (["k"], lambda b: "sha256=" + hmac.new(b"k", b, hashlib.sha256).hexdigest(), b"{}", T),
         (["k"], lambda b: "", b"{}", T),
+        # Hostile headers are answered False, never with an exception (a 500 at the receiver).
+        (["k"], lambda b: "t=\u00b2,v1=00", b"{}", T),  # a digit to isdigit(), not to int()
+        (["k"], lambda b: "t=" + "9" * 5000 + ",v1=00", b"{}", T),  # int() refuses > 4300 digits
+        (["k"], lambda b: signature(b, ["other"], T) + ",v1=\u00e6", b"{}", T),
+        (["k"], lambda b: f"t={T},v1=\u00e6\u00f8", b"{}", T),  # compare_digest refuses non-ASCII
     ],
 )
 def test_a_receiver_refuses_what_is_not_a_fresh_signature_of_the_body(

@@ -59,7 +59,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "disclosures": (SELECT,),
         "authority_refusals": (SELECT,),
         "disclosure_lookups": (SELECT, INSERT),
-        "events": (SELECT,),
+        # Only whether an organisation has sent events about a person (its standing to ask
+        # about them), never the events' payloads: a column grant.
+        "events": (f"{SELECT} (subject_key, source_org)",),
         "consents": (SELECT,),
         "care_team_changes": (SELECT,),
     },
