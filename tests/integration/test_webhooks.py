@@ -20,14 +20,17 @@ import asyncpg
 import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from pydantic import SecretStr
 
 from carebus.adapters.auth import create_token, ensure_organisation
 from carebus.adapters.kafka import consumer_config, producer_config
 from carebus.adapters.webhook_registrations import SecretBox, get_webhook, set_webhook
 from carebus.domain.deliveries import delivery_id, delivery_to_json
 from carebus.domain.identity import random_nin, subject_key
+from carebus.runtime.config import local_password_file
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus_dev.stack.postgres import login_role
 from carebus_dev.testing import ServiceProcess, TestStack, free_ports
 from consumers.webhooks.protocol import verify_signature
 from consumers.webhooks.queue import WebhookQueue
@@ -624,6 +627,10 @@ async def test_redrive_queues_dead_deliveries_again_once_with_their_ids(
     assert redrive(stack, "--org", "12345").returncode == 1
 
 
+# The staging registry seals with its own key; reading its rows back needs the same one.
+STAGING_WEBHOOK_KEY = "another-long-random-secret-for-staging"
+
+
 async def test_outside_local_development_registration_takes_public_https_urls_only(
     stack: TestStack, db: asyncpg.Connection
 ) -> None:
@@ -636,7 +643,18 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
         "registry",
         name="registry-staging",
         port=free_ports(1)[0],
-        env={"CAREBUS_ENVIRONMENT": "staging"},
+        # Outside development nothing falls back to the local stack's public defaults or its
+        # password files: the secrets and the role's password are given as production does.
+        env={
+            "CAREBUS_ENVIRONMENT": "staging",
+            "CAREBUS_SUBJECT_KEY_SECRET": "a-long-random-secret-for-staging",
+            "CAREBUS_WEBHOOK_SECRET_KEY": STAGING_WEBHOOK_KEY,
+            "CAREBUS_POSTGRES_PASSWORD": local_password_file(
+                stack.state_dir, login_role("registry")
+            )
+            .read_text()
+            .strip(),
+        },
     )
     headers = {"Authorization": f"Bearer {token}"}
     assert registry.url is not None
@@ -663,6 +681,9 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
     assert missing.status_code == 404
     assert (first.status_code, second.status_code) == (200, 200)
     assert shown.json()["previous_secret_valid_until"] is not None
-    stored = await get_webhook(db, org_id, stack.settings)
+    staging = stack.settings.model_copy(
+        update={"webhook_secret_key": SecretStr(STAGING_WEBHOOK_KEY)}
+    )
+    stored = await get_webhook(db, org_id, staging)
     assert stored is not None
     assert stored.signing_secrets == (second.json()["secret"], first.json()["secret"])
