@@ -1,6 +1,6 @@
 # The one image every carebus deployable runs from (see docker-compose.yml for the commands).
 
-FROM python:3.11-slim AS build
+FROM python:3.11.14-slim@sha256:c8271b1f627d0068857dce5b53e14a9558603b527e46f1f901722f935b786a39 AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -22,7 +22,7 @@ COPY . .
 RUN pip install --no-deps --no-build-isolation .
 
 
-FROM python:3.11-slim
+FROM python:3.11.14-slim@sha256:c8271b1f627d0068857dce5b53e14a9558603b527e46f1f901722f935b786a39
 
 # carebus finds schemas/, infra/kafka/topics.yaml and the migrations relative to its package
 # (config.PROJECT_ROOT), so the importable copy must be the one in /app, also for the `carebus`

@@ -6,6 +6,7 @@
 #   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
 #   make lock   regenerate the hashed lock files in requirements/ from pyproject.toml
 #   make audit  known vulnerabilities of the locked versions (pip-audit)
+#   make images-check  whether each pinned image digest is still its tag's (needs Docker Hub)
 
 SHELL := /bin/bash
 VENV := .venv
@@ -13,7 +14,7 @@ PYTHON := $(VENV)/bin/python
 CAREBUS := $(VENV)/bin/carebus
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run stop status test lint unit integration bench lock audit
+.PHONY: install tools run stop status test lint unit integration bench lock audit images-check
 
 install: tools $(STAMP)
 
@@ -30,6 +31,7 @@ tools:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "needed: apt-get install -y --no-install-recommends$$missing (as root)" >&2; exit 1; \
@@ -97,3 +99,9 @@ lock: install
 audit: install
 	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi \
 	  --require-hashes -r requirements/base.lock
+
+# Whether every image pinned by digest (docker-compose.yml, Dockerfile) is still its tag's, asked
+# of Docker Hub's registry API; an image it cannot check fails the run. Needs network access, so
+# it is not part of `make test` and runs nowhere in CI. See infra/images.md.
+images-check: install
+	$(PYTHON) -m carebus_dev.images check

@@ -80,7 +80,7 @@ def run(bench: Bench) -> None:
             stack,
             "audit_store",
             audit_store.NAME,
-            (topics.AUDIT, *topics.DELIVERIES),
+            audit_store.TOPICS,
             ("disclosures", "deliveries"),
         )
         disclosures, deliveries = (_count(stack, table) for table in ("disclosures", "deliveries"))

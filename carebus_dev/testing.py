@@ -7,6 +7,7 @@ import contextlib
 import copy
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -552,3 +553,59 @@ class ServiceClients:
     async def close(self) -> None:
         for client in (self.gateway, self.registry, self.inbox):
             await client.aclose()
+
+
+# --- people signing in through the development issuer ----------------------------------------
+
+_ISSUER_REQUEST = re.compile(r'name="request" value="([^"]+)"')
+
+
+async def through_issuer(
+    browser: httpx.AsyncClient,
+    login: str,
+    person: str,
+    sign_in_cookie: str,
+    seen: list[httpx.Response] | None = None,
+) -> httpx.URL:
+    """`login`, the development issuer's sign-in page and the person's choice there: the
+    callback URL the issuer sends the browser back to (not yet followed). Checks that the
+    service set its sign-in cookie and that the issuer's page allows no script; every response
+    of the service is added to `seen`."""
+    started = await browser.get(login)
+    if seen is not None:
+        seen.append(started)
+    assert started.status_code == 303, started.text
+    assert sign_in_cookie in started.cookies
+    page = await browser.get(started.headers["location"])
+    assert page.status_code == 200, page.text
+    assert "script" not in page.headers["content-security-policy"]
+    found = _ISSUER_REQUEST.search(page.text)
+    assert found is not None
+    issuer = urlsplit(started.headers["location"])
+    chosen = await browser.post(
+        f"{issuer.scheme}://{issuer.netloc}/authorize",
+        data={"request": found.group(1), "person": person},
+    )
+    assert chosen.status_code == 303, chosen.text
+    return httpx.URL(chosen.headers["location"])
+
+
+async def insert_disclosure(db: asyncpg.Connection, key: str, recipient: str) -> str:
+    """A delivered disclosure about the person `key` to the municipality `recipient`, as the
+    audit store writes it; its event id."""
+    event_id = f"dps-974705788-{uuid.uuid4().hex[:12]}"
+    await db.execute(
+        """
+        INSERT INTO disclosures (audit_id, event_id, event_type, source_org, subject_key,
+            recipient_agency, recipient_org, decision, basis, categories, fields, rule_id,
+            policy_version, decided_at)
+        VALUES ($1, $2, 'admission', '974705788', $3, 'municipality', $4, 'delivered',
+            'statutory', ARRAY['admission'], ARRAY['admitted_at'], 'r1', 'test-1', $5)
+        """,
+        str(uuid.uuid4()),
+        event_id,
+        key,
+        recipient,
+        datetime.now(UTC),
+    )
+    return event_id

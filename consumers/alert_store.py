@@ -1,11 +1,18 @@
-"""The alert store sink: the SLA engine's alerts from `care.alerts.v1` into the inbox table.
+"""The alert store sink: alerts from Kafka into the inbox table.
+
+Two topics, each with one writer (the broker's ACLs, infra/kafka/acls.yaml): `care.alerts.v1`
+carries the SLA engine's deadline and emergency-disclosure alerts, `care.alerts.operator.v1` the
+registry's alerts about operator actions. Each topic accepts only its own kind: an
+`operator_action` alert on the SLA engine's topic, or any other kind on the registry's, is
+dead-lettered, so neither writer can raise (or resolve) the other's alerts.
 
 Every `no.carebus.v1.Alert` record is written idempotently to `alerts` (keyed by `alert_id`):
 
 - an alert not yet stored is inserted as the record says (`open`, or `resolved` with
   `resolved_at` = the record's `changed_at`); a null recipient is the unassigned queue,
   which the operator works;
-- a `resolved` record for a stored alert that is not resolved yet resolves it, whatever a
+- a `resolved` record for a stored alert of the same kind that is not resolved yet resolves
+  it, whatever a
   coordinator did with it meanwhile: the engine's resolution (fulfilment, cancellation) wins
   over `open` and `acknowledged`, and its `event_ids` (trigger and fulfilment) replace the row's;
 - anything else is a replay and changes nothing.
@@ -28,6 +35,7 @@ from typing import Any, Final
 from confluent_kafka import Message
 
 from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, serve_sink
+from carebus.domain.alerts import OPERATOR_ACTION
 from carebus.domain.records import ALERT
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
@@ -38,6 +46,8 @@ BATCH_SIZE: Final = 1000
 
 # The channel the inbox LISTENs on (services/inbox/live.py names the same channel).
 CHANNEL: Final = "carebus_alerts"
+
+TOPICS: Final = (topics.ALERTS, topics.OPERATOR_ALERTS)
 
 _STATUSES: Final = frozenset({"open", "resolved"})
 _AUDIENCES: Final = frozenset({"coordinator", "privacy_officer"})
@@ -59,7 +69,7 @@ _STORE_ALERT: Final = """
         UPDATE alerts
         SET status = 'resolved', resolution = $6, resolved_at = $20, event_ids = $18,
             updated_at = clock_timestamp()
-        WHERE alert_id = $1 AND $5 = 'resolved' AND status <> 'resolved'
+        WHERE alert_id = $1 AND $5 = 'resolved' AND status <> 'resolved' AND kind = $4
         RETURNING alert_id
     )
     SELECT pg_notify('carebus_alerts', changed.alert_id)
@@ -127,6 +137,13 @@ class AlertStoreWriter:
     def row(self, decoded: Decoded, message: Message) -> Row | None:
         if decoded.schema_name != ALERT:
             return None
+        operator_action = decoded.record["kind"] == OPERATOR_ACTION
+        if operator_action and message.topic() != topics.OPERATOR_ALERTS:
+            raise InvalidRecordError(
+                f"an {OPERATOR_ACTION} alert belongs on {topics.OPERATOR_ALERTS}"
+            )
+        if not operator_action and message.topic() == topics.OPERATOR_ALERTS:
+            raise InvalidRecordError(f"only {OPERATOR_ACTION} alerts belong on {message.topic()}")
         return alert_row(decoded.record)
 
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
@@ -134,7 +151,7 @@ class AlertStoreWriter:
 
 
 def main() -> None:
-    serve_sink(SinkSpec(NAME, GROUP_ID, (topics.ALERTS,), AlertStoreWriter(), BATCH_SIZE))
+    serve_sink(SinkSpec(NAME, GROUP_ID, TOPICS, AlertStoreWriter(), BATCH_SIZE))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
 """The audit store sink: disclosure decisions, refusals and deliveries from Kafka into PostgreSQL.
 
-One process, one consumer group, seven topics:
+One process, one consumer group, nine topics, each written by one kind of writer (the broker's
+ACLs, infra/kafka/acls.yaml) and accepting one kind of record:
 
-- `care.audit.v1` carries `no.carebus.v1.Disclosure` records, one per routing decision; each
-  becomes a row of `disclosures` (keyed by `audit_id`). It also carries
-  `no.carebus.v1.AuthorityRefusal` records, one per statement the gateway or the registry refused
-  for want of authority; each becomes a row of `authority_refusals` (keyed by `audit_id`);
-- `care.deliveries.<agency>.v1` carry `no.carebus.v1.Delivery` records; each becomes a row of
-  `deliveries` (keyed by `delivery_id`) whose `body` is DESIGN's delivery JSON, which the audit
-  service serves to the recipient organisation.
+- `care.audit.v1`, the router's: `no.carebus.v1.Disclosure` records, one per routing decision;
+  each becomes a row of `disclosures` (keyed by `audit_id`, a UUID);
+- `care.audit.alerts.v1`, the SLA engine's: the Disclosure each alert makes to its recipient
+  (`event_type` `alert`, `audit_id` the alert's id, `alert-<32 hex>`), also into `disclosures`.
+  The two id forms never meet, so neither writer can take the other's `audit_id` first;
+- `care.audit.refusals.v1`, the gateway's and the registry's: `no.carebus.v1.AuthorityRefusal`
+  records, one per statement refused for want of authority; each becomes a row of
+  `authority_refusals` (keyed by `audit_id`);
+- `care.deliveries.<agency>.v1`, the router's: `no.carebus.v1.Delivery` records; each becomes a
+  row of `deliveries` (keyed by `delivery_id`) whose `body` is DESIGN's delivery JSON, which the
+  audit service serves to the recipient organisation.
 
 Every insert is ON CONFLICT DO NOTHING, so a replayed batch or a record the router published
-twice leaves one row: the first one read. Records of another schema on these topics are skipped
-and counted; a record that contradicts itself (a `delivered` decision without a recipient, a
-delivery on another agency's topic, a payload that is not a JSON object) is dead-lettered.
+twice leaves one row: the first one read. Records of a schema this store does not know are
+skipped and counted. A record of a kind that does not belong on its topic (a Disclosure on the
+refusals topic: a writer trying to write what it may not) and a record that contradicts itself
+(a `delivered` decision without a recipient, a delivery on another agency's topic, a payload
+that is not a JSON object) are dead-lettered with the reason.
 
 `deliveries.delivered_at` is the database clock when the row is inserted, taken after a
 transaction-level advisory lock, so rows become visible in `delivered_at` order even with
@@ -25,6 +32,7 @@ Run it with `python -m consumers.audit_store`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -80,6 +88,21 @@ DELIVERY_COLUMNS: Final = (
     "body",
 )
 _DECISIONS: Final = frozenset({"delivered", "withheld", "no_candidate"})
+# The router's audit ids are UUIDs (carebus.domain.deliveries); an alert's are `alert-<32 hex>`
+# (carebus.domain.alerts.alert_id).
+_ROUTER_AUDIT_ID: Final = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
+_ALERT_AUDIT_ID: Final = re.compile(r"alert-[0-9a-f]{32}")
+_ALERT_EVENT_TYPE: Final = "alert"
+# Which record kind each topic carries; any other known kind there is dead-lettered.
+_KIND_OF_TOPIC: Final = {
+    topics.AUDIT: DISCLOSURE,
+    topics.ALERT_DISCLOSURES: DISCLOSURE,
+    topics.REFUSALS: AUTHORITY_REFUSAL,
+    **dict.fromkeys(topics.DELIVERIES, DELIVERY),
+}
+TOPICS: Final = tuple(_KIND_OF_TOPIC)
 # Any constant works; it only has to be the same in every audit-store process.
 _DELIVERIES_LOCK: Final = 0x6361726562757301  # "carebus" + 1
 
@@ -181,6 +204,29 @@ def disclosure_row(record: Mapping[str, Any]) -> Row:
     )
 
 
+def routing_disclosure_row(record: Mapping[str, Any]) -> Row:
+    """The `disclosures` columns of the router's Disclosure record (care.audit.v1)."""
+    if not _ROUTER_AUDIT_ID.fullmatch(record["audit_id"]):
+        raise InvalidRecordError("a routing decision's `audit_id` must be a lower-case UUID")
+    if record["event_type"] == _ALERT_EVENT_TYPE:
+        raise InvalidRecordError(f"an alert's disclosure does not belong on {topics.AUDIT}")
+    return disclosure_row(record)
+
+
+def alert_disclosure_row(record: Mapping[str, Any]) -> Row:
+    """The `disclosures` columns of the SLA engine's Disclosure of an alert
+    (care.audit.alerts.v1): delivered to one organisation, under an `sla:` rule."""
+    if not _ALERT_AUDIT_ID.fullmatch(record["audit_id"]):
+        raise InvalidRecordError("an alert's `audit_id` must be its alert id, alert-<32 hex>")
+    if record["event_type"] != _ALERT_EVENT_TYPE:
+        raise InvalidRecordError(f"only alerts' disclosures belong on {topics.ALERT_DISCLOSURES}")
+    if record["decision"] != "delivered" or record.get("delivery_id") is not None:
+        raise InvalidRecordError("an alert's disclosure is `delivered`, with no delivery")
+    if not str(record.get("rule_id") or "").startswith("sla:"):
+        raise InvalidRecordError("an alert's disclosure names its `sla:` rule")
+    return disclosure_row(record)
+
+
 def delivery_row(record: Mapping[str, Any], topic: str | None) -> Row:
     """The `deliveries` columns of a Delivery record read from `topic` (without the tag)."""
     recipient = record["recipient"]
@@ -230,13 +276,18 @@ class AuditStoreWriter:
         await conn.execute(_CREATE_STAGING)
 
     def row(self, decoded: Decoded, message: Message) -> Row | None:
-        if decoded.schema_name == DISCLOSURE:
-            return (_DISCLOSURE, *disclosure_row(decoded.record))
-        if decoded.schema_name == DELIVERY:
-            return (_DELIVERY, *delivery_row(decoded.record, message.topic()))
-        if decoded.schema_name == AUTHORITY_REFUSAL:
-            return (_REFUSAL, *refusal_row(decoded.record))
-        return None
+        kind, topic = decoded.schema_name, message.topic()
+        if kind not in (DISCLOSURE, DELIVERY, AUTHORITY_REFUSAL):
+            return None
+        if _KIND_OF_TOPIC.get(topic or "") != kind:
+            raise InvalidRecordError(f"a {kind} record does not belong on {topic}")
+        if topic == topics.AUDIT:
+            return (_DISCLOSURE, *routing_disclosure_row(decoded.record))
+        if topic == topics.ALERT_DISCLOSURES:
+            return (_DISCLOSURE, *alert_disclosure_row(decoded.record))
+        if kind == DELIVERY:
+            return (_DELIVERY, *delivery_row(decoded.record, topic))
+        return (_REFUSAL, *refusal_row(decoded.record))
 
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
         disclosures = [row[1:] for row in rows if row[0] == _DISCLOSURE]
@@ -276,9 +327,7 @@ class AuditStoreWriter:
 
 
 def main() -> None:
-    serve_sink(
-        SinkSpec(NAME, GROUP_ID, (topics.AUDIT, *topics.DELIVERIES), AuditStoreWriter(), BATCH_SIZE)
-    )
+    serve_sink(SinkSpec(NAME, GROUP_ID, TOPICS, AuditStoreWriter(), BATCH_SIZE))
 
 
 if __name__ == "__main__":

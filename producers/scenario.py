@@ -322,7 +322,7 @@ async def show_authority(stack: Stack, seed: int) -> None:
                 raise SystemExit(f"{what}: expected 403, got {response.status_code}")
             print(f"  refused: {what}: {response.json()['error']['message']}")
     print(
-        "  every refusal is audited on care.audit.v1 and counted in"
+        "  every refusal is audited on care.audit.refusals.v1 and counted in"
         " carebus_authority_refusals_total"
     )
 

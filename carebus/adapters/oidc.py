@@ -3,6 +3,8 @@
 A person is known to carebus by the issuer's `sub` (a pseudonymous id) and the issuer, their
 organisation number and their carebus role; nothing else from the ID token is kept. HelseID's
 person claims (`helseid://claims/identity/pid`, the national identity number) are never read.
+A patient (ID-porten) is their `sub`, the issuer and the subject key of their `pid`: the
+identity number itself is read once, to compute the key, and never kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any, Final
 
 import httpx
 import jwt
+from pydantic import SecretStr
+
+from carebus.domain.identity import subject_key, validate_nin
 
 # RFC 7636: a verifier is 43 to 128 characters of [A-Za-z0-9-._~].
 _VERIFIER: Final = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -98,6 +103,33 @@ def person_from_claims(claims: Mapping[str, Any], names: ClaimNames) -> Person:
     if not isinstance(role, str) or not role:
         raise OidcError(names.role, "missing")
     return Person(issuer=str(claims["iss"]), subject=subject, org_id=org_id, role=role)
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    """A signed-in patient as carebus keeps them: the issuer's `sub` and the subject key, never the
+    national identity number it was computed from."""
+
+    issuer: str
+    subject: str
+    subject_key: str
+    role: str = "patient"
+
+
+def patient_from_claims(
+    claims: Mapping[str, Any], *, pid_claim: str, required_acr: str, secret: str
+) -> Patient:
+    """The patient of verified ID token `claims` (ID-porten's): the level of assurance must be
+    `required_acr`; OidcError naming the claim otherwise, never quoting the identity number."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not 0 < len(subject) <= 255:
+        raise OidcError("sub", "missing or not 1 to 255 characters")
+    if claims.get("acr") != required_acr:
+        raise OidcError("acr", f"the sign-in must be at level {required_acr}")
+    pid = claims.get(pid_claim)
+    if not isinstance(pid, str) or validate_nin(pid) is not None:
+        raise OidcError(pid_claim, "missing or not a valid national identity number")
+    return Patient(issuer=str(claims["iss"]), subject=subject, subject_key=subject_key(pid, secret))
 
 
 def verify_id_token(
@@ -290,3 +322,13 @@ class IssuerClient:
         if not isinstance(document, dict):
             raise OidcError("issuer", "not answering a JSON object")
         return document
+
+
+def issuer_client(
+    url: str | None, client_id: str, http: httpx.AsyncClient, client_key: SecretStr | None
+) -> IssuerClient | None:
+    """The client of the issuer at `url` (None: that sign-in is not configured)."""
+    if url is None:
+        return None
+    key = client_key.get_secret_value() if client_key is not None else None
+    return IssuerClient(url, client_id, http, client_key=key)

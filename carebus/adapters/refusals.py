@@ -1,4 +1,5 @@
-"""Recording refusals of authority: an AuthorityRefusal on care.audit.v1, a metric, a log line.
+"""Recording refusals of authority: an AuthorityRefusal on care.audit.refusals.v1, a metric, a
+log line.
 
 The gateway and the registry call it when they refuse a statement for want of authority, after
 the request's own transaction has rolled back: the refusal is the one thing a refused request
@@ -23,7 +24,7 @@ log = get_logger(__name__)
 
 
 class RefusalLog:
-    """Publishes each refusal to the audit topic (keyed by the person, when there is one)."""
+    """Publishes each refusal to the refusals topic (keyed by the person, when there is one)."""
 
     def __init__(self, publisher: Publisher, codec: Codec, policy_version: str) -> None:
         self._publisher = publisher
@@ -66,7 +67,11 @@ class RefusalLog:
         )
         try:
             await self._publisher.publish(
-                [OutgoingRecord(topics.AUDIT, key, self._codec.encode(AUTHORITY_REFUSAL, record))]
+                [
+                    OutgoingRecord(
+                        topics.REFUSALS, key, self._codec.encode(AUTHORITY_REFUSAL, record)
+                    )
+                ]
             )
         except BrokerUnavailableError:
             log.error("authority_refusal_not_audited", audit_id=record["audit_id"])

@@ -331,7 +331,7 @@ def operator_action_alert(
     subject_key: str | None = None,
 ) -> dict[str, Any]:
     """The Alert record (Avro form, times as datetimes) telling `target_org`'s privacy officer
-    that the operator did `action` to it; publish it on care.alerts.v1 keyed by its
+    that the operator did `action` to it; publish it on care.alerts.operator.v1 keyed by its
     `subject_key`.
 
     The alert names no person. `subject_key` links an action about one person (a register

@@ -184,6 +184,25 @@ class Settings(BaseSettings):
     # A person's inbox session ends this long after sign-in, or after this long unused.
     inbox_session_max_s: float = Field(default=8 * 3600.0, gt=0)
     inbox_session_idle_s: float = Field(default=30 * 60.0, gt=0)
+    # The privacy officer signs in to the audit service at the same issuer as the inbox (HelseID),
+    # as its own client, with its own key and redirect URL (unset: the audit service's /callback).
+    audit_oidc_client_id: str = "carebus-audit"
+    audit_oidc_client_key: SecretStr | None = None
+    audit_oidc_redirect_url: str | None = None
+    # The patient signs in to the audit service with ID-porten: another issuer (unset: the bundled
+    # development issuer in DEVELOPMENT_ENVIRONMENTS, and no patient sign-in elsewhere), its own
+    # client, key and redirect URL (unset: the audit service's /patient/callback). The claim with
+    # the national identity number is read once, into the subject key, and never kept; the level
+    # of assurance (`acr`) must be `patient_oidc_acr`.
+    patient_oidc_issuer_url: str | None = None
+    patient_oidc_client_id: str = "carebus-audit-patient"
+    patient_oidc_client_key: SecretStr | None = None
+    patient_oidc_redirect_url: str | None = None
+    patient_oidc_pid_claim: str = "pid"
+    patient_oidc_acr: str = "idporten-loa-high"
+    # A person's session at the audit service ends this long after sign-in, or this long unused.
+    audit_session_max_s: float = Field(default=8 * 3600.0, gt=0)
+    audit_session_idle_s: float = Field(default=30 * 60.0, gt=0)
 
     @model_validator(mode="after")
     def _secrets(self) -> Self:
@@ -240,6 +259,28 @@ class Settings(BaseSettings):
     def oidc_redirect(self) -> str:
         """The inbox's redirect URL (`oidc_redirect_url`, or its /callback on this host)."""
         return self.oidc_redirect_url or f"{self.service_url(self.inbox_port)}/callback"
+
+    @property
+    def audit_oidc_redirect(self) -> str:
+        """The privacy officer's redirect URL at the audit service."""
+        return self.audit_oidc_redirect_url or f"{self.service_url(self.audit_port)}/callback"
+
+    @property
+    def patient_oidc_issuer(self) -> str | None:
+        """The issuer patients sign in with (ID-porten; locally the bundled one)."""
+        if self.patient_oidc_issuer_url is not None:
+            return self.patient_oidc_issuer_url.rstrip("/")
+        if self.environment in DEVELOPMENT_ENVIRONMENTS:
+            return self.service_url(self.oidc_issuer_port)
+        return None
+
+    @property
+    def patient_oidc_redirect(self) -> str:
+        """The patient's redirect URL at the audit service."""
+        return (
+            self.patient_oidc_redirect_url
+            or f"{self.service_url(self.audit_port)}/patient/callback"
+        )
 
 
 def with_password(dsn: str, password: str) -> str:

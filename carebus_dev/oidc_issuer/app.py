@@ -1,7 +1,8 @@
 """The development OpenID Connect issuer: authorization code flow with PKCE (S256 only), RS256 ID
 tokens, and a sign-in page that lists the development people instead of asking for a password.
 
-It stands in for HelseID on the local stack and in tests, with HelseID's strictness where it
+It stands in for HelseID (staff) and ID-porten (patients: `pid` and `acr` claims, for the
+audit service's patient client) on the local stack and in tests, with HelseID's strictness where it
 matters to the client: exact redirect URIs, PKCE required, single-use codes that live 60 s,
 `state` and `nonce` echoed. State (pending sign-ins, codes) is in memory: one process.
 """
@@ -15,6 +16,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -75,6 +77,40 @@ PEOPLE: Final = (
 )
 PEOPLE_BY_KEY: Final = {person.key: person for person in PEOPLE}
 
+ACR_HIGH: Final = "idporten-loa-high"
+ACR_SUBSTANTIAL: Final = "idporten-loa-substantial"
+
+
+@dataclass(frozen=True, slots=True)
+class DevPatient:
+    """A development patient as ID-porten would sign them in: a synthetic identity number (the
+    tests' own) and the level of assurance of the means they chose."""
+
+    key: str
+    label: str
+    person: str
+    nin: str
+    acr: str
+
+    @property
+    def subject(self) -> str:
+        # ID-porten's `sub` is pseudonymous too: from the person's name here, never the number.
+        return str(uuid.uuid5(_SUB_NAMESPACE, f"patient:{self.person}"))
+
+
+PATIENTS: Final = (
+    DevPatient("patient-kari-high", "Kari, BankID (high)", "kari", "14038512324", ACR_HIGH),
+    DevPatient(
+        "patient-kari-substantial",
+        "Kari, MinID (substantial)",
+        "kari",
+        "14038512324",
+        ACR_SUBSTANTIAL,
+    ),
+    DevPatient("patient-ola-high", "Ola, BankID (high)", "ola", "54038512318", ACR_HIGH),
+)
+PATIENTS_BY_KEY: Final = {patient.key: patient for patient in PATIENTS}
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:
@@ -91,7 +127,7 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class Code:
     grant: Grant
-    person: DevPerson
+    person: DevPerson | DevPatient
     expires_at: float
 
 
@@ -146,10 +182,18 @@ def issuer_url(settings: Settings) -> str:
 class Issuer:
     """The issuer's state: registered clients, pending sign-ins and unused codes."""
 
-    def __init__(self, url: str, key: SigningKey, clients: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: SigningKey,
+        clients: dict[str, tuple[str, ...]],
+        patient_clients: frozenset[str] = frozenset(),
+    ) -> None:
         self.url = url
         self.key = key
         self.clients = clients
+        # Clients that sign patients in (ID-porten's role): they are offered PATIENTS only.
+        self.patient_clients = patient_clients
         self.pending: dict[str, Grant] = {}
         self.codes: dict[str, Code] = {}
 
@@ -189,7 +233,7 @@ class Issuer:
         grant = self.pending.pop(request_id, None)
         if grant is None or grant.expires_at < time.monotonic():
             raise _bad("request", "unknown or expired sign-in; start again")
-        person = PEOPLE_BY_KEY.get(person_key)
+        person = self.people(grant.client_id).get(person_key)
         if person is None:
             raise _bad("person", "unknown")
         code = secrets.token_urlsafe(32)
@@ -222,8 +266,7 @@ class Issuer:
                 "auth_time": now,
                 "exp": now + ID_TOKEN_LIFETIME_S,
                 "nonce": grant.nonce,
-                ORG_CLAIM: code.person.org_id,
-                ROLE_CLAIM: code.person.role,
+                **_person_claims(code.person),
             }
         )
         return {
@@ -233,6 +276,12 @@ class Issuer:
             "id_token": id_token,
         }
 
+    def people(self, client_id: str) -> dict[str, DevPerson | DevPatient]:
+        """Whom a client's sign-in page offers."""
+        if client_id in self.patient_clients:
+            return dict(PATIENTS_BY_KEY)
+        return dict(PEOPLE_BY_KEY)
+
     def _prune(self) -> None:
         now = time.monotonic()
         for table in (self.pending, self.codes):
@@ -240,6 +289,12 @@ class Issuer:
                 del table[key]
         if len(self.pending) >= MAX_PENDING:
             self.pending.clear()
+
+
+def _person_claims(person: DevPerson | DevPatient) -> dict[str, str]:
+    if isinstance(person, DevPatient):
+        return {"pid": person.nin, "acr": person.acr}
+    return {ORG_CLAIM: person.org_id, ROLE_CLAIM: person.role}
 
 
 class TokenError(Exception):
@@ -278,14 +333,14 @@ def page_headers(redirect_uri: str) -> dict[str, str]:
     }
 
 
-def sign_in_page(request_id: str) -> str:
+def sign_in_page(request_id: str, people: Sequence[DevPerson | DevPatient] = PEOPLE) -> str:
     choices = "\n".join(
         '<form method="post" action="/authorize">'
         f'<input type="hidden" name="request" value="{html.escape(request_id)}">'
         f'<input type="hidden" name="person" value="{person.key}">'
         f'<button type="submit" id="person-{person.key}">{html.escape(person.label)}'
-        f" ({person.org_id})</button></form>"
-        for person in PEOPLE
+        f"{_suffix(person)}</button></form>"
+        for person in people
     )
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -296,13 +351,31 @@ def sign_in_page(request_id: str) -> str:
     )
 
 
+def _suffix(person: DevPerson | DevPatient) -> str:
+    return f" ({person.org_id})" if isinstance(person, DevPerson) else ""
+
+
+def clients(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """The registered clients and their redirect URIs: the inbox, the audit service's privacy
+    officer and its patients (a client id shared by two of them gets both URIs)."""
+    registered: dict[str, tuple[str, ...]] = {}
+    for client_id, redirect in (
+        (settings.oidc_client_id, settings.oidc_redirect),
+        (settings.audit_oidc_client_id, settings.audit_oidc_redirect),
+        (settings.patient_oidc_client_id, settings.patient_oidc_redirect),
+    ):
+        registered[client_id] = (*registered.get(client_id, ()), redirect)
+    return registered
+
+
 def build_app(settings: Settings | None = None) -> FastAPI:
-    """The issuer, with its key from the state dir and the inbox registered as its client."""
+    """The issuer, with its key from the state dir and carebus's clients registered."""
     settings = settings or get_settings()
     issuer = Issuer(
         issuer_url(settings),
         SigningKey.load_or_create(key_path(settings)),
-        {settings.oidc_client_id: (settings.oidc_redirect,)},
+        clients(settings),
+        frozenset({settings.patient_oidc_client_id}),
     )
     app = create_app("oidc_issuer", title="carebus development OpenID Connect issuer")
     app.state.issuer = issuer
@@ -331,7 +404,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                     "nonce",
                     ORG_CLAIM,
                     ROLE_CLAIM,
+                    "pid",
+                    "acr",
                 ],
+                "acr_values_supported": [ACR_SUBSTANTIAL, ACR_HIGH],
             }
         )
 
@@ -342,7 +418,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/authorize")
     async def authorize(request: Request) -> HTMLResponse:
         request_id, grant = issuer.accept(dict(request.query_params))
-        return HTMLResponse(sign_in_page(request_id), headers=page_headers(grant.redirect_uri))
+        people = list(issuer.people(grant.client_id).values())
+        return HTMLResponse(
+            sign_in_page(request_id, people), headers=page_headers(grant.redirect_uri)
+        )
 
     @app.post("/authorize")
     async def choose(request: Request) -> Response:

@@ -8,9 +8,11 @@ import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
+import httpx
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -18,17 +20,29 @@ from pydantic import BaseModel, Field
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.pages import add_page_routes
 from carebus.adapters.resources import pool_answers
+from carebus.adapters.sessions import Caller, PersonSessions
 from carebus.domain.identity import subject_key, validate_nin
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
 from services.audit.paging import PagingError, looks_like_cursor, parse_since
+from services.audit.sign_in import (
+    PATIENT,
+    PRIVACY_OFFICER,
+    add_audit_sign_in,
+    caller_dependency,
+    issuers,
+)
 from services.audit.store import AuditStore, Looker
 
 log = get_logger(__name__)
 
 DEFAULT_LIMIT = 100
+STATIC: Final = Path(__file__).parent / "static"
+ASSETS: Final = {"audit.js": "text/javascript", "audit.css": "text/css"}
+ISSUER_TIMEOUT_S: Final = 10.0
 MAX_LIMIT = 1000
 # One text for "no such person" and "not your person", so the answer reveals neither.
 NOT_RELATED = "this organisation has no data on the person"
@@ -66,12 +80,14 @@ The routing decisions about one person in which the caller's organisation took p
 the recipient), with `basis` and `fields`, or the `reason` it was withheld. Events that had no
 candidate recipient at all are recorded but not listed, since they name no recipient.
 
-Only `privacy_officer` tokens may ask, and only about a person their organisation has data on:
-it published an event about the person, was a candidate recipient of one (delivered or
-withheld), is or was in the person's care team, or recorded a consent or care-team change for
-them. Otherwise the answer is `403` with the same message whether or not carebus knows the
-person at all. The operator's privacy officer (carebus's data protection officer) sees every
-decision about anyone. The nin travels in the body only, never in the URL.
+Only a `privacy_officer` may ask (a token, or a person signed in at `/login`; a session's POST
+needs the page's `X-Carebus-Request: audit` header and its own `Origin`), and only about a
+person their organisation has data on: it published an event about the person, was a
+candidate recipient of one (delivered or withheld), is or was in the person's care team, or
+recorded a consent or care-team change for them. Otherwise the answer is `403` with the same
+message whether or not carebus knows the person at all. The operator's privacy officer
+(carebus's data protection officer) sees every decision about anyone. The nin travels in the
+body only, never in the URL.
 
 `purpose` (optional, at most {MAX_PURPOSE} characters, no control characters) says why you look.
 Every answered query is recorded (who, when, why, how many items) before it is answered, and
@@ -85,8 +101,9 @@ data protection officer).
 
 _ME_DOC = """
 The patient's own log (pasientjournalloven §18): everything carebus did with information about
-the person the token is bound to, oldest first. Only `patient` tokens may ask, and a patient
-token reads only its own person's log; it takes no parameters.
+the person the token is bound to (or the person signed in with ID-porten at `/patient/login`),
+oldest first. Only `patient` tokens and patients' sessions may ask, and either reads only its
+own person's log; it takes no parameters.
 
 Each row has `at`, `kind` and `text`, one sentence in plain words naming each organisation
 (its name, agency and organisation number), plus the structured fields of its kind:
@@ -283,16 +300,27 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(settings, min_size=1, max_size=10)
         app.state.tokens = TokenCache(pool)
         app.state.store = AuditStore(pool)
+        app.state.sessions = PersonSessions(
+            pool,
+            service="audit",
+            max_age=timedelta(seconds=settings.audit_session_max_s),
+            idle=timedelta(seconds=settings.audit_session_idle_s),
+        )
+        http = httpx.AsyncClient(timeout=ISSUER_TIMEOUT_S, follow_redirects=False)
+        app.state.issuers = issuers(settings, http)
         app.state.readiness.add("database", pool_answers(pool))
         try:
             yield
         finally:
+            await http.aclose()
             await pool.close()
 
     app = create_app("audit", title="carebus audit", lifespan=lifespan, settings=settings)
     system_only = principal_dependency("system")
-    privacy_officer_only = principal_dependency("privacy_officer")
-    patient_only = principal_dependency("patient")
+    privacy_officer_only = caller_dependency(settings, PRIVACY_OFFICER)
+    patient_only = caller_dependency(settings, PATIENT)
+    add_audit_sign_in(app, settings)
+    add_page_routes(app, STATIC, ASSETS)
 
     @app.get("/v1/deliveries", response_model=DeliveryPage, description=_DELIVERIES_DOC)
     async def get_deliveries(
@@ -317,8 +345,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         openapi_extra=_QUERY_BODY,
     )
     async def query_disclosures(
-        request: Request, principal: Principal = Depends(privacy_officer_only)
+        request: Request, caller: Caller = Depends(privacy_officer_only)
     ) -> JSONResponse:
+        principal, actor = caller.principal, caller.actor
         query = _query(await request.body())
         key = subject_key(query.nin, secret)
         store: AuditStore = request.app.state.store
@@ -327,7 +356,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         if scope is not None and not await store.related(scope, key):
             log.info("disclosures.refused", org_id=principal.org_id, subject_key=key)
             raise ApiError(403, NOT_RELATED, [("nin", "no relation to this organisation")])
-        looker = Looker(principal.token_id, principal.org_id, principal.role)
+        looker = Looker(
+            principal.org_id, principal.role, actor.token_id, actor.subject, actor.issuer
+        )
         report = await store.report(key, scope, looker, query.purpose)
         log.info(
             "disclosures.queried",
@@ -340,8 +371,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/me/disclosures", response_model=PatientLog, description=_ME_DOC)
     async def my_disclosures(
-        request: Request, principal: Principal = Depends(patient_only)
+        request: Request, caller: Caller = Depends(patient_only)
     ) -> JSONResponse:
+        principal = caller.principal
         if principal.subject_key is None:  # the database forbids it; never read "everyone"
             raise ApiError(403, "this token is not bound to a person")
         store: AuditStore = request.app.state.store

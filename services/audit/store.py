@@ -59,7 +59,7 @@ _DISCLOSURES: Final = """
       AND ($2::text IS NULL OR source_org = $2 OR recipient_org = $2)
     ORDER BY decided_at, audit_id
 """
-# Every looking organisation had a token, and a token's organisation is registered.
+# Every looking organisation had a token or a person's session, and either's is registered.
 _LOOKUPS: Final = """
     SELECT l.org_id, o.agency, l.role, l.purpose, l.looked_at
     FROM disclosure_lookups l JOIN organisations o USING (org_id)
@@ -73,8 +73,9 @@ _REFUSALS: Final = """
     ORDER BY decided_at, audit_id
 """
 _RECORD_LOOKUP: Final = """
-    INSERT INTO disclosure_lookups (lookup_id, subject_key, org_id, role, token_id, purpose, items)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    INSERT INTO disclosure_lookups (lookup_id, subject_key, org_id, role, token_id,
+                                    looked_by_subject, looked_by_issuer, purpose, items)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 _CONSENTS: Final = """
     SELECT recipient_agency, recipient_org, categories, status, state, recorded_by_org,
@@ -88,11 +89,14 @@ _DIRECTORY: Final = "SELECT org_id, agency, name FROM organisations WHERE org_id
 
 @dataclass(frozen=True, slots=True)
 class Looker:
-    """Who runs a disclosure query: the token, its organisation and role."""
+    """Who runs a disclosure query: its organisation and role, and the token, or else the
+    person (their `sub` at their issuer) in whose session it runs."""
 
-    token_id: uuid.UUID
     org_id: str
     role: str
+    token_id: uuid.UUID | None = None
+    subject: str | None = None
+    issuer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,8 @@ class AuditStore:
                 looker.org_id,
                 looker.role,
                 looker.token_id,
+                looker.subject,
+                looker.issuer,
                 purpose,
                 len(items),
             )

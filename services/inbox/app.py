@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -22,14 +20,16 @@ from typing import Final, Literal
 import asyncpg
 import httpx
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, bearer_token, create_app
-from carebus.adapters.oidc import IssuerClient
+from carebus.adapters.oidc import issuer_client
+from carebus.adapters.pages import add_page_routes
 from carebus.adapters.resources import pool_answers
+from carebus.adapters.sessions import Caller, PersonSessions
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
@@ -42,8 +42,7 @@ from services.inbox.alerts import (
     parse_filter,
 )
 from services.inbox.live import AlertFeed, Subscriber
-from services.inbox.people import Caller, PersonSessions
-from services.inbox.sign_in import add_sign_in_routes, caller_dependency
+from services.inbox.sign_in import STAFF_ISSUER, add_inbox_sign_in, caller_dependency
 from services.inbox.store import AlertStore, Change
 
 log = get_logger(__name__)
@@ -56,27 +55,11 @@ KEEPALIVE_S: Final = 15.0
 # about 6 s of its token being revoked or expiring.
 TOKEN_RECHECK_S: Final = 1.0
 STATIC: Final = Path(__file__).parent / "static"
-PAGE: Final = STATIC / "index.html"
-# Nothing inline and nothing from elsewhere: an injected <script> or style= attribute does not
-# run, the page cannot be framed, and no URL the page holds (or a token in it) leaves as a
-# Referer.
-PAGE_HEADERS: Final = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-# The page's script, styles and icon (no personal data): cached, but revalidated on every use by
-# their ETag, so a new release is picked up at once.
 ASSETS: Final = {
     "inbox.js": "text/javascript",
     "inbox.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
-ASSET_HEADERS: Final = {"Cache-Control": "public, no-cache", "Referrer-Policy": "no-referrer"}
 STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 ISSUER_TIMEOUT_S: Final = 10.0
 _DATABASE_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -159,22 +142,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.feed = feed
         app.state.sessions = PersonSessions(
             pool,
+            service="inbox",
             max_age=timedelta(seconds=settings.inbox_session_max_s),
             idle=timedelta(seconds=settings.inbox_session_idle_s),
         )
         http = httpx.AsyncClient(timeout=ISSUER_TIMEOUT_S, follow_redirects=False)
-        issuer = settings.oidc_issuer
-        client_key = settings.oidc_client_key
-        app.state.issuer = (
-            IssuerClient(
-                issuer,
-                settings.oidc_client_id,
-                http,
-                client_key=client_key.get_secret_value() if client_key else None,
+        app.state.issuers = {
+            STAFF_ISSUER: issuer_client(
+                settings.oidc_issuer, settings.oidc_client_id, http, settings.oidc_client_key
             )
-            if issuer
-            else None
-        )
+        }
         app.state.readiness.add("database", pool_answers(pool))
         background = [
             asyncio.create_task(feed.run(), name="inbox-feed"),
@@ -196,20 +173,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_app("inbox", title="carebus inbox", lifespan=lifespan, settings=settings)
     inbox_roles = caller_dependency(settings)
-    add_sign_in_routes(app, settings)
+    add_inbox_sign_in(app, settings)
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> Response:
-        return Response(PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
-
-    assets = {name: StaticAsset.read(STATIC / name, kind) for name, kind in ASSETS.items()}
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def asset(name: str, request: Request) -> Response:
-        found = assets.get(name)
-        if found is None:
-            raise ApiError(404, "no such file", [("name", "unknown")])
-        return found.response(request.headers.get("if-none-match"))
+    add_page_routes(app, STATIC, ASSETS)
 
     @app.get("/v1/alerts", response_model=AlertList, description=_LIST_DOC)
     async def list_alerts(
@@ -289,27 +255,6 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return _changed("resolve", change, caller)
 
     return app
-
-
-@dataclass(frozen=True)
-class StaticAsset:
-    """One of the page's files, read once: its bytes, content type and ETag."""
-
-    body: bytes
-    media_type: str
-    etag: str
-
-    @classmethod
-    def read(cls, path: Path, media_type: str) -> StaticAsset:
-        body = path.read_bytes()
-        return cls(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
-
-    def response(self, if_none_match: str | None) -> Response:
-        headers = {**ASSET_HEADERS, "ETag": self.etag}
-        if if_none_match is not None and self.etag in if_none_match:
-            return Response(status_code=304, headers=headers)
-        media_type = f"{self.media_type}; charset=utf-8"
-        return Response(self.body, media_type=media_type, headers=headers)
 
 
 def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:

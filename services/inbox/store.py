@@ -9,9 +9,9 @@ from typing import Final
 import asyncpg
 
 from carebus.adapters.auth import Principal
+from carebus.adapters.sessions import Actor
 from carebus.wire.cursor import BEGINNING, Cursor
 from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
-from services.inbox.people import Actor
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
 CHANNEL: Final = "carebus_alerts"

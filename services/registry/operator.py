@@ -93,7 +93,7 @@ class OperatorActions:
             subject_key=subject_key,
         )
         record = OutgoingRecord(
-            topics.ALERTS, alert["subject_key"].encode(), self._codec.encode(ALERT, alert)
+            topics.OPERATOR_ALERTS, alert["subject_key"].encode(), self._codec.encode(ALERT, alert)
         )
         try:
             await self._publisher.publish([record])

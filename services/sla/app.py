@@ -314,7 +314,9 @@ class SlaEngine:
             if disclosure is not None:
                 audit = {**disclosure, "decided_at": parse_rfc3339(disclosure["decided_at"])}
                 outgoing.append(
-                    OutgoingRecord(topics.AUDIT, key, self._codec.encode(DISCLOSURE, audit))
+                    OutgoingRecord(
+                        topics.ALERT_DISCLOSURES, key, self._codec.encode(DISCLOSURE, audit)
+                    )
                 )
         await self._publisher.publish_all(outgoing)
         breaches = {

@@ -31,7 +31,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from carebus.adapters.auth import create_token, ensure_organisation
 from carebus.adapters.kafka import producer_config
-from carebus.domain.alerts import operator_action_alert
+from carebus.domain.alerts import OPERATOR_ACTION, operator_action_alert
 from carebus.domain.identity import subject_key
 from carebus.wire import topics
 from carebus.wire.codec import Codec
@@ -123,12 +123,13 @@ def alert(
 
 
 def produce(stack: TestStack, records: Sequence[dict[str, Any]]) -> None:
-    """Produce alert records on care.alerts.v1 and wait for the broker's acknowledgement."""
+    """Produce alert records on their writer's topic and wait for the broker's
+    acknowledgement."""
     producer = Producer(producer_config(stack.settings, f"test-e2e-{uuid.uuid4().hex}"))
     failures: list[Any] = []
     for record in records:
         producer.produce(
-            topics.ALERTS,
+            topics.OPERATOR_ALERTS if record["kind"] == OPERATOR_ACTION else topics.ALERTS,
             key=record["subject_key"].encode(),
             value=CODEC.encode(ALERT, record),
             on_delivery=lambda e, _m: failures.append(e),

@@ -99,13 +99,14 @@ def refusal(person: Person | None, actor: tuple[str, str], statement: str) -> di
 
 
 async def publish_refusals(stack: TestStack, records: list[dict[str, Any]]) -> None:
-    """Publish on care.audit.v1 with the project's publisher, keyed as the services key them."""
+    """Publish on care.audit.refusals.v1 with the project's publisher, keyed as the services
+    key them."""
     publisher = Publisher.connect(stack.settings, f"test-refusals-{uuid.uuid4().hex[:8]}")
     try:
         await publisher.publish(
             [
                 OutgoingRecord(
-                    topics.AUDIT,
+                    topics.REFUSALS,
                     (record["subject_key"] or record["actor_org"]).encode(),
                     CODEC.encode(AUTHORITY_REFUSAL, record),
                 )

@@ -102,6 +102,58 @@ async def test_the_audit_api_sees_who_sent_events_but_never_their_payloads(
         await conn.close()
 
 
+async def test_the_audit_api_keeps_sessions_but_may_not_delete_them_or_change_lookups(
+    stack: TestStack, owner: asyncpg.Connection
+) -> None:
+    """Migration 0013: the audit service's role opens, touches and ends people's sessions and
+    forgets finished sign-ins, as the inbox's does; it may not delete a session, nor change or
+    remove a recorded lookup; a patient session must have a subject key and no organisation."""
+    conn = await connect_as(stack, "audit")
+    try:
+        trying = conn.transaction()
+        await trying.start()
+        await conn.execute(
+            "INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier)"
+            " VALUES ('\\x01', 's', 'n', 'v')"
+        )
+        await conn.execute("DELETE FROM person_sign_ins WHERE sign_in_hash = '\\x01'")
+        await conn.execute(
+            "INSERT INTO person_sessions (session_id, session_hash, service, issuer, subject,"
+            " role, subject_key, expires_at) VALUES (gen_random_uuid(), '\\x02', 'audit', 'i',"
+            " 's', 'patient', 'k', now())"
+        )
+        await conn.execute("UPDATE person_sessions SET ended_at = now() WHERE service = 'audit'")
+        await trying.rollback()
+        for statement in (
+            "DELETE FROM person_sessions WHERE false",
+            "UPDATE disclosure_lookups SET purpose = purpose WHERE false",
+            "DELETE FROM disclosure_lookups WHERE false",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+    await owner.execute(
+        "INSERT INTO organisations (org_id, agency) VALUES ('974705788', 'dps')"
+        " ON CONFLICT DO NOTHING"
+    )
+    for org_id, role, subject_key in (
+        ("974705788", "patient", "k"),
+        (None, "patient", None),
+        ("974705788", "coordinator", "k"),
+        (None, "privacy_officer", None),
+    ):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await owner.execute(
+                "INSERT INTO person_sessions (session_id, session_hash, service, issuer, subject,"
+                " org_id, role, subject_key, expires_at) VALUES (gen_random_uuid(),"
+                " '\\x03', 'audit', 'i', 's', $1, $2, $3, now())",
+                org_id,
+                role,
+                subject_key,
+            )
+
+
 async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(
     stack: TestStack,
 ) -> None:

@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from carebus.adapters.auth import create_token, hash_token
 from carebus.adapters.kafka import producer_config
-from carebus.domain.alerts import operator_action_alert
+from carebus.domain.alerts import OPERATOR_ACTION, operator_action_alert
 from carebus.domain.identity import subject_key
 from carebus.wire import topics
 from carebus.wire.codec import Codec
@@ -150,17 +150,20 @@ def resolved(record: dict[str, Any], resolution: str, *event_ids: str) -> dict[s
 def produce(
     stack: TestStack, records: Sequence[dict[str, Any] | bytes], raw_key: bytes = b"0" * 64
 ) -> None:
-    """Produce alert records (or raw bytes, keyed `raw_key`) on care.alerts.v1 and wait."""
+    """Produce alert records (or raw bytes, keyed `raw_key`) on their writer's topic, as the
+    services do (operator-action alerts on care.alerts.operator.v1, the rest on care.alerts.v1),
+    and wait."""
     producer = Producer(producer_config(stack.settings, f"test-inbox-{uuid.uuid4().hex}"))
     failures: list[Any] = []
     for record in records:
+        topic = topics.ALERTS
         if isinstance(record, bytes):
             key, value = raw_key, record
         else:
             key, value = record["subject_key"].encode(), CODEC.encode(ALERT, record)
-        producer.produce(
-            topics.ALERTS, value=value, key=key, on_delivery=lambda e, _m: failures.append(e)
-        )
+            if record["kind"] == OPERATOR_ACTION:
+                topic = topics.OPERATOR_ALERTS
+        producer.produce(topic, value=value, key=key, on_delivery=lambda e, _m: failures.append(e))
     assert producer.flush(30) == 0
     assert [e for e in failures if e is not None] == []
 

@@ -117,6 +117,28 @@ def test_the_gateway_writes_events_but_not_deliveries(stack: TestStack) -> None:
     assert error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
+@pytest.mark.parametrize(
+    ("principal", "topic"),
+    [
+        # Only the router writes the routing decisions: no other writer of the audit trail can
+        # take a disclosure's id first or record a disclosure that never happened (review M1).
+        ("gateway", topics.AUDIT),
+        ("registry", topics.AUDIT),
+        ("sla", topics.AUDIT),
+        ("gateway", topics.ALERT_DISCLOSURES),
+        ("sla", topics.REFUSALS),
+        ("sla", topics.OPERATOR_ALERTS),
+        ("registry", topics.ALERTS),
+    ],
+)
+def test_each_writer_of_the_audit_trail_writes_only_its_own_topic(
+    stack: TestStack, principal: str, topic: str
+) -> None:
+    error = produce_error(as_principal(stack, principal), topic, b"forged audit record")
+    assert error is not None
+    assert error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
 @pytest.mark.parametrize("sink", ["event_store", "audit_store", "alert_store", "webhooks"])
 def test_a_sink_cannot_forge_a_consent_change(stack: TestStack, sink: str) -> None:
     error = produce_error(as_principal(stack, sink), topics.EVENTS, b"forged consent change")

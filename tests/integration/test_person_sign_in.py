@@ -25,10 +25,11 @@ import pytest
 
 from carebus.adapters.auth import create_token, ensure_organisation
 from carebus.adapters.oidc import new_verifier, pkce_challenge
+from carebus.adapters.sessions import CSRF_HEADER
 from carebus_dev.oidc_issuer.app import PEOPLE_BY_KEY, SigningKey
 from carebus_dev.stack.devdata import DEMO_MUNICIPALITY
-from carebus_dev.testing import ServiceProcess, TestStack, free_ports
-from services.inbox.people import CSRF_HEADER, CSRF_VALUE, SESSION_COOKIE, SIGN_IN_COOKIE
+from carebus_dev.testing import ServiceProcess, TestStack, free_ports, through_issuer
+from services.inbox.sign_in import CSRF_VALUE, SESSION_COOKIE, SIGN_IN_COOKIE
 
 pytestmark = pytest.mark.integration
 
@@ -103,35 +104,13 @@ def page_headers(inbox: ServiceProcess) -> dict[str, str]:
     return {CSRF_HEADER: CSRF_VALUE, "Origin": inbox.url or ""}
 
 
-async def to_callback(
-    browser: httpx.AsyncClient, person: str = "municipality-coordinator"
-) -> httpx.URL:
-    """/login, the issuer's sign-in page and the person's choice: the callback URL the issuer
-    sends the browser back to (not yet followed)."""
-    login = await browser.get("/login")
-    assert login.status_code == 303, login.text
-    assert SIGN_IN_COOKIE in login.cookies
-    page = await browser.get(login.headers["location"])
-    assert page.status_code == 200, page.text
-    assert "script" not in page.headers["content-security-policy"]
-    found = REQUEST_ID.search(page.text)
-    assert found is not None
-    issuer = urlsplit(login.headers["location"])
-    chosen = await browser.post(
-        f"{issuer.scheme}://{issuer.netloc}/authorize",
-        data={"request": found.group(1), "person": person},
-    )
-    assert chosen.status_code == 303, chosen.text
-    return httpx.URL(chosen.headers["location"])
-
-
 @asynccontextmanager
 async def signed_in(
     inbox: ServiceProcess, person: str = "municipality-coordinator"
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A browser (an httpx client with a cookie jar) signed in as `person`."""
     async with httpx.AsyncClient(base_url=inbox.url or "", timeout=10) as browser:
-        callback = await to_callback(browser, person)
+        callback = await through_issuer(browser, "/login", person, SIGN_IN_COOKIE)
         done = await browser.get(callback)
         assert done.status_code == 303, done.text
         assert done.headers["location"] == "/"
@@ -261,7 +240,7 @@ async def test_a_replayed_callback_is_refused(inbox: ServiceProcess) -> None:
     """The callback URL works once, in the browser that started the sign-in: replayed in that
     browser, or in another, it opens no session."""
     async with httpx.AsyncClient(base_url=inbox.url or "", timeout=10) as browser:
-        callback = await to_callback(browser)
+        callback = await through_issuer(browser, "/login", COORDINATOR.key, SIGN_IN_COOKIE)
         sign_in = browser.cookies[SIGN_IN_COOKIE]
         assert (await browser.get(callback)).status_code == 303
         browser.cookies.delete(SESSION_COOKIE)
@@ -274,7 +253,7 @@ async def test_a_replayed_callback_is_refused(inbox: ServiceProcess) -> None:
         ]
         assert SESSION_COOKIE not in again.cookies
     async with httpx.AsyncClient(base_url=inbox.url or "", timeout=10) as browser:
-        callback = await to_callback(browser)
+        callback = await through_issuer(browser, "/login", COORDINATOR.key, SIGN_IN_COOKIE)
         async with httpx.AsyncClient(timeout=10) as attacker:
             stolen = await attacker.get(callback)
             assert stolen.status_code == 400
@@ -283,7 +262,7 @@ async def test_a_replayed_callback_is_refused(inbox: ServiceProcess) -> None:
 
 async def test_the_state_must_be_the_sign_ins(inbox: ServiceProcess) -> None:
     async with httpx.AsyncClient(base_url=inbox.url or "", timeout=10) as browser:
-        callback = await to_callback(browser)
+        callback = await through_issuer(browser, "/login", COORDINATOR.key, SIGN_IN_COOKIE)
         forged = callback.copy_set_param("state", "another-state")
         refused = await browser.get(forged)
         assert refused.status_code == 400

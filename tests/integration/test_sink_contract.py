@@ -156,7 +156,7 @@ class AuditStore(SinkAdapter):
 
     name = audit_store.NAME
     group_id = audit_store.GROUP_ID
-    reads = (topics.AUDIT, *topics.DELIVERIES)
+    reads = audit_store.TOPICS
     batch_size = audit_store.BATCH_SIZE
 
     def writer(self) -> RowWriter:
@@ -248,7 +248,7 @@ class AuditStoreDeliveries(AuditStore):
 class AlertStore(SinkAdapter):
     name = alert_store.NAME
     group_id = alert_store.GROUP_ID
-    reads = (topics.ALERTS,)
+    reads = alert_store.TOPICS
     batch_size = alert_store.BATCH_SIZE
     table, id_column = "alerts", "alert_id"
     refused_sqlstate = "22021"  # text holds no U+0000

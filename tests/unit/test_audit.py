@@ -70,22 +70,42 @@ def delivery(**changes: Any) -> dict[str, Any]:
     return record
 
 
+def on(topic: str) -> Any:
+    """A stand-in for the confluent_kafka.Message the writer reads: only its topic."""
+
+    class Message:
+        def topic(self) -> str:
+            return topic
+
+    return Message()
+
+
+def alert_disclosure(**changes: Any) -> dict[str, Any]:
+    """The SLA engine's disclosure of an alert (carebus.domain.alerts._audit's shape)."""
+    return disclosure(
+        audit_id="alert-" + "0f" * 16,
+        event_type="alert",
+        basis="statutory",
+        categories=["logistics"],
+        fields=["subject.nin", "event_type", "occurred_at"],
+        rule_id="sla:discharge-notice",
+        delivery_id=None,
+        **changes,
+    )
+
+
 class TestRows:
     def test_records_round_trip_the_codec_into_rows(self) -> None:
         """Records written with the real schemas decode into rows tagged with their table."""
-
-        class Message:
-            def topic(self) -> str:
-                return topics.deliveries("municipality")
-
         codec = Codec.default()
         writer = AuditStoreWriter()
-        message: Any = Message()  # the one method of confluent_kafka.Message the writer reads
         audit_row = writer.row(
-            codec.decode(codec.encode("no.carebus.v1.Disclosure", disclosure())), message
+            codec.decode(codec.encode("no.carebus.v1.Disclosure", disclosure())),
+            on(topics.AUDIT),
         )
         delivery_row_ = writer.row(
-            codec.decode(codec.encode("no.carebus.v1.Delivery", delivery())), message
+            codec.decode(codec.encode("no.carebus.v1.Delivery", delivery())),
+            on(topics.deliveries("municipality")),
         )
         assert audit_row is not None
         assert audit_row[0] == "disclosure"
@@ -120,7 +140,7 @@ class TestRows:
                 "dead_lettered_at": NOW,
             },
         )
-        assert AuditStoreWriter().row(codec.decode(dead_letter), None) is None  # type: ignore[arg-type]
+        assert AuditStoreWriter().row(codec.decode(dead_letter), on(topics.AUDIT)) is None
 
     def test_no_candidate_has_no_recipient(self) -> None:
         """`no_candidate` rows have null recipient columns."""
@@ -194,7 +214,7 @@ class TestRefusalRows:
         codec = Codec.default()
         row = AuditStoreWriter().row(
             codec.decode(codec.encode("no.carebus.v1.AuthorityRefusal", refusal())),
-            None,  # type: ignore[arg-type]
+            on(topics.REFUSALS),
         )
         assert row == (
             "refusal",
@@ -359,3 +379,74 @@ class TestPaging:
         """Dates, naive times and impossible times are refused."""
         with pytest.raises(PagingError):
             parse_since(text)
+
+
+class TestOneKindPerTopic:
+    """Each audit topic has one writer (the broker's ACLs) and carries one kind of record: a
+    writer that sends another kind on its own topic is dead-lettered, not stored (review M1)."""
+
+    CODEC = Codec.default()
+
+    def row(self, schema: str, record: dict[str, Any], topic: str) -> Any:
+        return AuditStoreWriter().row(
+            self.CODEC.decode(self.CODEC.encode(schema, record)), on(topic)
+        )
+
+    @pytest.mark.parametrize(
+        ("schema", "record", "topic"),
+        [
+            ("no.carebus.v1.Disclosure", disclosure(), topics.REFUSALS),
+            ("no.carebus.v1.Disclosure", disclosure(), topics.deliveries("municipality")),
+            ("no.carebus.v1.AuthorityRefusal", refusal(), topics.AUDIT),
+            ("no.carebus.v1.AuthorityRefusal", refusal(), topics.ALERT_DISCLOSURES),
+            ("no.carebus.v1.Delivery", delivery(), topics.AUDIT),
+            ("no.carebus.v1.Delivery", delivery(), topics.REFUSALS),
+        ],
+        ids=[
+            "disclosure-on-refusals",
+            "disclosure-on-deliveries",
+            "refusal-on-audit",
+            "refusal-on-alert-audit",
+            "delivery-on-audit",
+            "delivery-on-refusals",
+        ],
+    )
+    def test_a_kind_off_its_topic_is_dead_lettered(
+        self, schema: str, record: dict[str, Any], topic: str
+    ) -> None:
+        with pytest.raises(InvalidRecordError, match="does not belong on"):
+            self.row(schema, record, topic)
+
+    def test_the_router_topic_takes_no_alert_disclosure(self) -> None:
+        """The SLA engine's kind of disclosure, even with a router-shaped id, is refused on the
+        router's topic: the router never discloses alerts."""
+        with pytest.raises(InvalidRecordError, match="alert"):
+            self.row("no.carebus.v1.Disclosure", disclosure(event_type="alert"), topics.AUDIT)
+
+    def test_the_router_topic_takes_only_uuid_ids(self) -> None:
+        with pytest.raises(InvalidRecordError, match="UUID"):
+            self.row(
+                "no.carebus.v1.Disclosure", disclosure(audit_id="alert-" + "0f" * 16), topics.AUDIT
+            )
+
+    def test_an_alert_disclosure_is_stored_from_its_own_topic(self) -> None:
+        row = self.row("no.carebus.v1.Disclosure", alert_disclosure(), topics.ALERT_DISCLOSURES)
+        assert row[0] == "disclosure"
+        assert row[1] == "alert-" + "0f" * 16
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            # The router's id: an SLA engine taking it first would hide the router's record.
+            {"audit_id": delivery_id(DPS, "e-1", MUNICIPALITY)},
+            {"event_type": "admission"},
+            {"decision": "withheld", "reason": "no_consent"},
+            {"delivery_id": delivery_id(DPS, "e-1", MUNICIPALITY)},
+            {"rule_id": "admission-home-municipality"},
+        ],
+        ids=["router-id", "event-type", "withheld", "delivery", "routing-rule"],
+    )
+    def test_the_alert_topic_takes_only_alert_disclosures(self, changes: dict[str, Any]) -> None:
+        record = {**alert_disclosure(), **changes}
+        with pytest.raises(InvalidRecordError):
+            self.row("no.carebus.v1.Disclosure", record, topics.ALERT_DISCLOSURES)

@@ -65,6 +65,8 @@ DATABASE_PASSWORDS = {
     *(f"postgres_{role}_password" for role in [*DATABASE_ROLES.values(), "operator"]),
 }
 POSTGRES_TLS = {"postgres_tls_cert", "postgres_tls_key"}
+# The TLS proxy's certificate chain and key (infra/proxy/nginx.conf reads them).
+PROXY_TLS = {"proxy_tls_cert", "proxy_tls_key"}
 
 # Every deployable in DESIGN's layout, by compose service name, and the module it runs.
 HTTP_SERVICES = {
@@ -83,8 +85,10 @@ WORKERS = {
 }
 DEPLOYABLES = HTTP_SERVICES | WORKERS
 SETUP_SERVICES = ("migrate", "topics")
-# The only services reachable from outside the host: the agency-facing APIs and Grafana.
+# Served to the outside by the TLS proxy, each under its own host name; the proxy is the only
+# service that publishes a port beyond the host's loopback address.
 PUBLIC_SERVICES = {*HTTP_SERVICES, "grafana"}
+PROXY = "proxy"
 
 
 def _docker_compose() -> str:
@@ -155,7 +159,13 @@ def test_secrets_are_files_outside_git_never_environment_values(
     """No secret is an environment value or has a default; each is a file under secrets/,
     which git ignores, mounted only into the services that need it."""
     declared = compose["secrets"]
-    assert set(declared) == {*SECRETS, *DATABASE_PASSWORDS, *POSTGRES_TLS, *KAFKA_SECRETS}
+    assert set(declared) == {
+        *SECRETS,
+        *DATABASE_PASSWORDS,
+        *POSTGRES_TLS,
+        *KAFKA_SECRETS,
+        *PROXY_TLS,
+    }
     for name in declared:
         assert declared[name]["file"] == f"./secrets/{name}"
     assert "/secrets/" in (PROJECT_ROOT / ".gitignore").read_text().splitlines()
@@ -191,27 +201,31 @@ def test_secrets_are_files_outside_git_never_environment_values(
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == (
         "/run/secrets/grafana_admin_password"
     )
+    assert set(services[PROXY]["secrets"]) == PROXY_TLS
 
 
 def test_the_inbox_signs_people_in_with_helseid(services: dict[str, dict[str, Any]]) -> None:
     """Production's inbox points at HelseID over https, maps HelseID's organisation claims,
     and authenticates with its private key file (docs/security.md, 3b)."""
     environment = services["inbox"]["environment"]
-
-    def default(name: str) -> str:  # `${NAME:-default}`: the deployment may override it
-        found = re.fullmatch(r"\$\{" + name + r":-(.+)\}", environment[name])
-        assert found is not None, name
-        return found.group(1)
-
-    assert default("CAREBUS_OIDC_ISSUER_URL") == "https://helseid-sts.nhn.no"
-    assert default("CAREBUS_OIDC_REDIRECT_URL").startswith("https://")
-    assert default("CAREBUS_OIDC_REDIRECT_URL").endswith("/callback")
+    assert _default(environment, "CAREBUS_OIDC_ISSUER_URL") == "https://helseid-sts.nhn.no"
+    # The inbox's own origin (it refuses sign-in posts from any other) is where the proxy
+    # serves it.
+    inbox_host = _default(services[PROXY]["environment"], "CAREBUS_INBOX_HOST")
+    assert _default(environment, "CAREBUS_OIDC_REDIRECT_URL") == f"https://{inbox_host}/callback"
     assert environment["CAREBUS_OIDC_ORG_CLAIMS"].split(",") == [
         "helseid://claims/client/claims/orgnr_child",
         "helseid://claims/client/claims/orgnr_parent",
     ]
     assert "carebus_oidc_client_key" in _secret_mounts(services["inbox"])
     assert "oidc_issuer" not in services  # the development issuer is never deployed
+
+
+def _default(environment: dict[str, str], name: str) -> str:
+    """The default of `name: ${name:-default}`, a value the deployment may override."""
+    found = re.fullmatch(r"\$\{" + name + r":-(.+)\}", environment[name])
+    assert found is not None, name
+    return found.group(1)
 
 
 def _secret_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -358,26 +372,64 @@ def test_carebus_configuration_is_only_carebus_env(services: dict[str, dict[str,
         assert environment["CAREBUS_ENVIRONMENT"] == "production", name
 
 
-def test_only_the_apis_and_grafana_are_published(services: dict[str, dict[str, Any]]) -> None:
-    """The broker, the database and the workers are unreachable from outside the host."""
-    for name in ("kafka", "postgres", *WORKERS, *SETUP_SERVICES):
-        assert not _published_ports(services[name]), f"{name} publishes a port"
-    for port in _published_ports(services["prometheus"]):
-        assert port.startswith("127.0.0.1:"), "prometheus is published beyond loopback"
+def test_only_the_tls_proxy_is_published(services: dict[str, dict[str, Any]]) -> None:
+    """Nothing speaks plain HTTP to the outside: the proxy alone publishes ports, 443 and the
+    80 that only sends browsers to https; Prometheus is bound to the loopback address; every
+    other service, the APIs and Grafana included, is reachable on the compose network only."""
+    assert _published_ports(services[PROXY]) == ["443:443", "80:80"]
+    assert _published_ports(services["prometheus"]) == ["127.0.0.1:9090:9090"]
     for name, service in services.items():
-        if name not in PUBLIC_SERVICES and name != "prometheus":
+        if name not in {PROXY, "prometheus"}:
             assert not _published_ports(service), f"{name} publishes a port"
 
 
-def test_http_services_publish_the_port_they_listen_on(
+def test_http_services_expose_the_port_they_listen_on(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    """Each API publishes, and is health-checked on, the port its settings make it listen on."""
+    """Each API exposes to the proxy, and is health-checked on, the port its settings make it
+    listen on; Grafana exposes its own."""
     for name in HTTP_SERVICES:
         service = services[name]
         port = service["environment"][f"CAREBUS_{name.upper()}_PORT"]
-        assert _published_ports(service) == [f"{port}:{port}"], name
+        assert [str(exposed) for exposed in service["expose"]] == [port], name
         assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"]), name
+    assert [str(exposed) for exposed in services["grafana"]["expose"]] == ["3000"]
+
+
+def test_the_proxy_serves_each_public_service_under_its_own_host_name(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The proxy's environment names one host per public service, CAREBUS_<SERVICE>_HOST with
+    a default under carebus.example, all different, and nothing else the template fills in;
+    Grafana knows the address it is served at."""
+    environment = services[PROXY]["environment"]
+    hosts = {name: f"CAREBUS_{name.upper()}_HOST" for name in PUBLIC_SERVICES}
+    assert set(environment) == {"NGINX_ENVSUBST_FILTER", *hosts.values()}
+    assert environment["NGINX_ENVSUBST_FILTER"] == "^CAREBUS_"
+    for name, variable in hosts.items():
+        assert environment[variable] == f"${{{variable}:-{name}.carebus.example}}", name
+    assert services["grafana"]["environment"]["GF_SERVER_ROOT_URL"] == (
+        "https://${CAREBUS_GRAFANA_HOST:-grafana.carebus.example}/"
+    )
+    assert services["grafana"]["environment"]["GF_SECURITY_COOKIE_SECURE"] == "true"
+
+
+def test_the_proxy_runs_the_repository_config(services: dict[str, dict[str, Any]]) -> None:
+    """The official nginx image, pinned, reads infra/proxy read-only, its certificate and key
+    from file secrets, and is health-checked without leaving the container."""
+    proxy = services[PROXY]
+    assert proxy["image"].startswith("nginx:")
+    assert _pinned(proxy["image"])
+    assert _repository_source(proxy, "/etc/nginx/nginx.conf") == (
+        "./infra/proxy/nginx.conf",
+        True,
+    )
+    assert _repository_source(proxy, "/etc/nginx/templates/carebus.conf.template") == (
+        "./infra/proxy/templates/carebus.conf.template",
+        True,
+    )
+    assert set(_secret_mounts(proxy)) == PROXY_TLS
+    assert "http://127.0.0.1:8081/healthz" in proxy["healthcheck"]["test"]
 
 
 def test_kafka_is_a_single_secured_kraft_node(services: dict[str, dict[str, Any]]) -> None:
@@ -466,8 +518,8 @@ def test_prometheus_scrapes_every_deployable(services: dict[str, dict[str, Any]]
         assert f"{name}:{metrics_port}" in targets, name
         assert f"{name}:{port}" not in targets, name
         assert environment["CAREBUS_METRICS_ON_PUBLIC_PORT"] == "false", name
-        published = [str(mapping).rsplit(":", 1)[-1] for mapping in services[name]["ports"]]
-        assert published == [port], name
+        assert [str(exposed) for exposed in services[name]["expose"]] == [port], name
+        assert not _published_ports(services[name]), name
     for name in WORKERS:
         port = services[name]["environment"]["CAREBUS_METRICS_PORT"]
         assert f"{name}:{port}" in targets, name
@@ -529,7 +581,7 @@ def test_grafana_runs_the_repository_provisioning(services: dict[str, dict[str, 
         True,
     )
     assert "prometheus" in grafana["depends_on"]
-    assert _published_ports(grafana) == ["3000:3000"]
+    assert not _published_ports(grafana)  # served through the proxy only
 
 
 def test_grafana_has_no_default_login(services: dict[str, dict[str, Any]]) -> None:
@@ -545,7 +597,7 @@ def test_image_runs_as_a_non_root_user() -> None:
     """The final image stage switches to an unprivileged user before anything runs."""
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text(encoding="utf-8")
     final_stage = re.split(r"(?m)^FROM ", dockerfile)[-1]
-    assert final_stage.startswith("python:3.11-slim")
+    assert re.match(r"python:3\.11(\.\d+)?-slim[@\s]", final_stage)
     users = re.findall(r"(?m)^USER\s+(\S+)", final_stage)
     assert users, "the final stage never sets USER"
     assert users[-1].split(":")[0] not in {"root", "0"}

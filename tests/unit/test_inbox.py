@@ -12,8 +12,10 @@ import pytest
 from carebus.adapters.auth import Principal
 from carebus.adapters.sink import InvalidRecordError
 from carebus.domain.alerts import operator_action_alert
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 from carebus.wire.cursor import Cursor, CursorError
-from consumers.alert_store import alert_row
+from consumers.alert_store import AlertStoreWriter, alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
 from services.inbox.store import visible_to
@@ -303,6 +305,34 @@ def test_self_contradicting_records_are_invalid(changes: dict[str, Any]) -> None
     with pytest.raises(InvalidRecordError) as caught:
         alert_row(record(**changes))
     assert "12345678901" not in caught.value.detail
+
+
+def _on(topic: str) -> Any:
+    class Message:  # the one method of confluent_kafka.Message the writer reads
+        def topic(self) -> str:
+            return topic
+
+    return Message()
+
+
+def _stored(alert: dict[str, Any], topic: str) -> Any:
+    codec = Codec.default()
+    decoded = codec.decode(codec.encode("no.carebus.v1.Alert", alert))
+    return AlertStoreWriter().row(decoded, _on(topic))
+
+
+def test_each_alert_topic_takes_only_its_writers_kind() -> None:
+    """The SLA engine cannot raise an operator-action alert, nor the registry a deadline alert:
+    each is dead-lettered from the other's topic (review M1)."""
+    operator_alert = operator_action_alert(
+        "webhook_changed", OPERATOR_ORG, ORG, "municipality", MOMENT, "action-1"
+    )
+    assert _stored(operator_alert, topics.OPERATOR_ALERTS)[3] == "operator_action"
+    assert _stored(record(), topics.ALERTS)[3] == "deadline_missed"
+    with pytest.raises(InvalidRecordError, match=r"belongs on care\.alerts\.operator\.v1"):
+        _stored(operator_alert, topics.ALERTS)
+    with pytest.raises(InvalidRecordError, match=r"belong on care\.alerts\.operator\.v1"):
+        _stored(record(), topics.OPERATOR_ALERTS)
 
 
 # --- fan-out --------------------------------------------------------------------------------

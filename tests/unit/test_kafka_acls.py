@@ -39,6 +39,26 @@ def test_only_the_router_writes_deliveries() -> None:
         assert writers == {"router"}, topic
 
 
+@pytest.mark.parametrize(
+    ("topic", "writer"),
+    [
+        # The rule: only the router writes the routing decisions (review M1).
+        (topics.AUDIT, "router"),
+        (topics.ALERT_DISCLOSURES, "sla"),
+        (topics.ALERTS, "sla"),
+        (topics.OPERATOR_ALERTS, "registry"),
+    ],
+)
+def test_each_audit_and_alert_topic_has_one_writer(topic: str, writer: str) -> None:
+    writers = {g.principal for g in GRANTS if g.name == topic and g.operation == "write"}
+    assert writers == {writer}
+
+
+def test_only_the_components_that_refuse_statements_write_refusals() -> None:
+    writers = {g.principal for g in GRANTS if g.name == topics.REFUSALS and g.operation == "write"}
+    assert writers == {"gateway", "registry"}
+
+
 def test_each_sink_reads_only_its_topics() -> None:
     reads = {
         name: {
@@ -49,8 +69,16 @@ def test_each_sink_reads_only_its_topics() -> None:
         for name in ("event_store", "audit_store", "alert_store", "webhooks")
     }
     assert reads["event_store"] == {topics.EVENTS}
-    assert reads["audit_store"] == {topics.AUDIT, *topics.DELIVERIES}
-    assert reads["alert_store"] == {topics.ALERTS}
+    assert reads["audit_store"] == set(audit_store.TOPICS)
+    assert set(audit_store.TOPICS) == {
+        topics.AUDIT,
+        topics.ALERT_DISCLOSURES,
+        topics.REFUSALS,
+        *topics.DELIVERIES,
+    }
+    assert (
+        reads["alert_store"] == set(alert_store.TOPICS) == {topics.ALERTS, topics.OPERATOR_ALERTS}
+    )
     assert reads["webhooks"] == set(topics.DELIVERIES)
 
 

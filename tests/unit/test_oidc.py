@@ -27,6 +27,7 @@ from carebus.adapters.oidc import (
     pkce_matches,
     verify_id_token,
 )
+from carebus.adapters.sessions import SignIn, csrf_problem
 from carebus_dev.oidc_issuer.app import (
     CODE_LIFETIME_S,
     PEOPLE,
@@ -37,7 +38,7 @@ from carebus_dev.oidc_issuer.app import (
     sign_in_page,
 )
 from carebus_dev.stack.devdata import DEMO_MUNICIPALITY
-from services.inbox.people import CSRF_VALUE, SignIn, csrf_problem
+from services.inbox.sign_in import CSRF_VALUE
 
 ISSUER = "http://127.0.0.1:18084"
 CLIENT = "carebus-inbox"
@@ -348,7 +349,9 @@ def test_the_signing_key_is_made_once_and_private(tmp_path: Path) -> None:
 def test_a_cookie_post_must_be_the_pages_own(
     origin: str | None, header: str | None, *, refused: bool
 ) -> None:
-    assert (csrf_problem(origin, header, "http://127.0.0.1:18083") is not None) is refused
+    assert (
+        csrf_problem(origin, header, "http://127.0.0.1:18083", CSRF_VALUE) is not None
+    ) is refused
 
 
 # --- the inbox's client of the issuer -------------------------------------------------------

@@ -9,7 +9,16 @@ import pytest
 from carebus.adapters.topic_admin import PERSON_PARTITIONS, TopicSpec, load_catalogue
 from carebus.wire import topics
 
-CODE_TOPICS = {topics.EVENTS, topics.AUDIT, topics.ALERTS, topics.DEADLETTER, *topics.DELIVERIES}
+CODE_TOPICS = {
+    topics.EVENTS,
+    topics.AUDIT,
+    topics.ALERT_DISCLOSURES,
+    topics.REFUSALS,
+    topics.ALERTS,
+    topics.OPERATOR_ALERTS,
+    topics.DEADLETTER,
+    *topics.DELIVERIES,
+}
 
 
 def test_catalogue_covers_every_topic_in_the_code() -> None:
