@@ -35,7 +35,7 @@ from typing import Any, Final
 from confluent_kafka import Message
 
 from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, serve_sink
-from carebus.domain.alerts import OPERATOR_ACTION
+from carebus.domain.alerts import OPERATOR_ACTION, operator_alert_id
 from carebus.domain.records import ALERT
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
@@ -128,6 +128,16 @@ def alert_row(record: Mapping[str, Any]) -> Row:
     )
 
 
+def _check_operator_alert(record: Mapping[str, Any]) -> None:
+    """An operator-action alert names one action and carries the id derived from it, so its
+    writer cannot take the id of another alert (a deadline alert would then never be stored)."""
+    actions, recipient = record["event_ids"], record.get("recipient")
+    if record["rule_id"] != OPERATOR_ACTION or len(actions) != 1 or recipient is None:
+        raise InvalidRecordError("an operator-action alert names one action and its organisation")
+    if record["alert_id"] != operator_alert_id(actions[0], recipient["org_id"]):
+        raise InvalidRecordError("an operator-action alert's id is not the one of its action")
+
+
 class AlertStoreWriter:
     """Turns Alert records into inserts or engine resolutions of `alerts`, each announced."""
 
@@ -144,6 +154,8 @@ class AlertStoreWriter:
             )
         if not operator_action and message.topic() == topics.OPERATOR_ALERTS:
             raise InvalidRecordError(f"only {OPERATOR_ACTION} alerts belong on {message.topic()}")
+        if operator_action:
+            _check_operator_alert(decoded.record)
         return alert_row(decoded.record)
 
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:

@@ -112,12 +112,21 @@ _BEGIN: Final = """
     WITH forgotten AS (
         DELETE FROM person_sign_ins WHERE created_at < clock_timestamp() - $5::interval
     )
-    INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier)
-    VALUES ($1, $2, $3, $4)
+    INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier, service, door)
+    VALUES ($1, $2, $3, $4, $6, $7)
 """
+# The sign-in of a cookie at this service's door ($3, $4), while it lasts.
+_PENDING: Final = """
+    SELECT state FROM person_sign_ins
+    WHERE sign_in_hash = $1 AND created_at >= clock_timestamp() - $2::interval
+      AND service = $3 AND door = $4
+"""
+# Used up only by the callback that carries its `state` ($5): a forged callback link without
+# it cannot cancel a sign-in under way.
 _FINISH: Final = """
     DELETE FROM person_sign_ins
     WHERE sign_in_hash = $1 AND created_at >= clock_timestamp() - $2::interval
+      AND service = $3 AND door = $4 AND state = $5
     RETURNING state, nonce, code_verifier
 """
 _OPEN: Final = """
@@ -158,8 +167,9 @@ class PersonSessions:
         self._max_age = max_age
         self._idle = idle
 
-    async def begin_sign_in(self) -> tuple[str, SignIn]:
-        """A new sign-in: the value for the browser's cookie, and what the issuer is sent."""
+    async def begin_sign_in(self, door: str) -> tuple[str, SignIn]:
+        """A new sign-in at `door`: the value for the browser's cookie, and what the issuer is
+        sent."""
         cookie, sign_in = secrets.token_urlsafe(32), SignIn.new()
         await self._pool.execute(
             _BEGIN,
@@ -168,12 +178,24 @@ class PersonSessions:
             sign_in.nonce,
             sign_in.code_verifier,
             SIGN_IN_LIFETIME,
+            self._service,
+            door,
         )
         return cookie, sign_in
 
-    async def finish_sign_in(self, cookie: str) -> SignIn | None:
-        """The sign-in of `cookie`, once (it is forgotten here); None if unknown or too old."""
-        row = await self._pool.fetchrow(_FINISH, digest(cookie), SIGN_IN_LIFETIME)
+    async def pending_state(self, cookie: str, door: str) -> str | None:
+        """The `state` of the sign-in `cookie` began at `door`; None if unknown or too old."""
+        state: str | None = await self._pool.fetchval(
+            _PENDING, digest(cookie), SIGN_IN_LIFETIME, self._service, door
+        )
+        return state
+
+    async def finish_sign_in(self, cookie: str, door: str, state: str) -> SignIn | None:
+        """The sign-in of `cookie` at `door` with `state`, once (it is forgotten here); None if
+        unknown, too old, already finished or of another state."""
+        row = await self._pool.fetchrow(
+            _FINISH, digest(cookie), SIGN_IN_LIFETIME, self._service, door, state
+        )
         if row is None:
             return None
         return SignIn(row["state"], row["nonce"], row["code_verifier"])
@@ -229,6 +251,19 @@ class PersonSessions:
 # What a door does with verified ID token claims: the person it admits, or a refusal (ApiError;
 # OidcError for a claim that is missing or wrong, answered 401).
 Admission = Callable[[Mapping[str, Any], PersonSessions], Awaitable[SignedIn]]
+
+
+def session_cookie_name(name: str, *, secure: bool) -> str:
+    """`name` with the `__Host-` prefix when cookies travel over TLS: the browser then takes it
+    only as set by this very host (Secure, Path=/, no Domain), so a sibling host under the same
+    domain (Grafana, another service) cannot plant a session cookie on this one."""
+    return f"__Host-{name}" if secure else name
+
+
+def sign_in_cookie_name(name: str, *, secure: bool) -> str:
+    """`name` with the `__Secure-` prefix when cookies travel over TLS (the sign-in cookie's
+    path is the callback's, which `__Host-` does not allow)."""
+    return f"__Secure-{name}" if secure else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +408,7 @@ def _add_door(app: FastAPI, site: Site, door: Door) -> None:
         except OidcError as error:
             raise ApiError(503, "sign-in is unavailable", [(error.field, error.problem)]) from None
         sessions: PersonSessions = request.app.state.sessions
-        cookie, sign_in = await sessions.begin_sign_in()
+        cookie, sign_in = await sessions.begin_sign_in(door.name)
         query = urlencode(
             {
                 "response_type": "code",
@@ -384,6 +419,11 @@ def _add_door(app: FastAPI, site: Site, door: Door) -> None:
                 "nonce": sign_in.nonce,
                 "code_challenge": sign_in.code_challenge,
                 "code_challenge_method": "S256",
+                # The person proves who they are at every sign-in, never by the issuer's single
+                # sign-on alone: on a shared computer a session there, left open, would sign
+                # the next person in as the last one (a signed-out carebus session does not end
+                # it).
+                "prompt": "login",
                 **door.extra,
             }
         )
@@ -413,13 +453,18 @@ def _add_door(app: FastAPI, site: Site, door: Door) -> None:
         cookie = request.cookies.get(site.sign_in_cookie)
         if cookie is None:
             refuse(400, site.sign_in_cookie, "missing: no sign-in is in progress in this browser")
-        sign_in = await sessions.finish_sign_in(cookie)  # once: a second try starts over
+        expected = await sessions.pending_state(cookie, door.name)
+        if expected is None:
+            refuse(400, site.sign_in_cookie, "unknown or expired; sign in again")
+        # The state is checked before the sign-in is used up, so a callback link someone else
+        # made (without the state) cannot cancel the person's sign-in.
+        if state is None or not secrets.compare_digest(state, expected):
+            refuse(400, "state", "does not match the sign-in")
+        sign_in = await sessions.finish_sign_in(cookie, door.name, state)  # once
         if sign_in is None:
             refuse(400, site.sign_in_cookie, "unknown or expired; sign in again")
         if error is not None:
             refuse(401, "error", "the issuer did not sign the person in")
-        if state is None or not secrets.compare_digest(state, sign_in.state):
-            refuse(400, "state", "does not match the sign-in")
         if not code:
             refuse(400, "code", "required")
         person = await _admitted(issuer, door, sessions, code, sign_in, site.service)

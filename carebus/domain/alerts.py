@@ -320,6 +320,14 @@ OPERATOR_ACTIONS: Final[dict[str, str]] = {
 }
 
 
+def operator_alert_id(action_id: str, target_org: str) -> str:
+    """The id of the alert about the operator's action `action_id` to `target_org`. The alert
+    store recomputes it, so the registry cannot give its alert another alert's id (and so keep
+    that one from being stored)."""
+    text = "\x1f".join((OPERATOR_ACTION, action_id, target_org))
+    return "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def operator_action_alert(
     action: str,
     operator_org: str,
@@ -353,10 +361,9 @@ def operator_action_alert(
         raise ValueError("action_id: must not be empty")
     if at.tzinfo is None:
         raise ValueError("at: must be timezone-aware")
-    text = "\x1f".join((OPERATOR_ACTION, action_id, target_org))
     done = OPERATOR_ACTIONS.get(action, f"took the action {action} concerning your organisation")
     return {
-        "alert_id": "alert-" + hashlib.sha256(text.encode()).hexdigest()[:32],
+        "alert_id": operator_alert_id(action_id, target_org),
         "rule_id": OPERATOR_ACTION,
         "title": OPERATOR_ACTION_TITLE,
         "kind": OPERATOR_ACTION,

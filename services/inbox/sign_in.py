@@ -17,6 +17,8 @@ from carebus.adapters.sessions import (
     add_sign_in_routes,
     origin_of,
     session_caller,
+    session_cookie_name,
+    sign_in_cookie_name,
     staff_admission,
 )
 from carebus.runtime.config import DEVELOPMENT_ENVIRONMENTS, Settings
@@ -30,14 +32,15 @@ STAFF_ISSUER: Final = "oidc_issuer_url"
 
 
 def inbox_site(settings: Settings) -> Site:
+    # Local development and tests run on plain http; anywhere else cookies need TLS.
+    secure = settings.environment not in DEVELOPMENT_ENVIRONMENTS
     return Site(
         service="inbox",
-        session_cookie=SESSION_COOKIE,
-        sign_in_cookie=SIGN_IN_COOKIE,
+        session_cookie=session_cookie_name(SESSION_COOKIE, secure=secure),
+        sign_in_cookie=sign_in_cookie_name(SIGN_IN_COOKIE, secure=secure),
         csrf_value=CSRF_VALUE,
         origin=origin_of(settings.oidc_redirect),
-        # Local development and tests run on plain http; anywhere else cookies need TLS.
-        secure=settings.environment not in DEVELOPMENT_ENVIRONMENTS,
+        secure=secure,
     )
 
 

@@ -113,8 +113,8 @@ async def test_the_audit_api_keeps_sessions_but_may_not_delete_them_or_change_lo
         trying = conn.transaction()
         await trying.start()
         await conn.execute(
-            "INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier)"
-            " VALUES ('\\x01', 's', 'n', 'v')"
+            "INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier, service,"
+            " door) VALUES ('\\x01', 's', 'n', 'v', 'audit', 'patient')"
         )
         await conn.execute("DELETE FROM person_sign_ins WHERE sign_in_hash = '\\x01'")
         await conn.execute(
@@ -137,21 +137,86 @@ async def test_the_audit_api_keeps_sessions_but_may_not_delete_them_or_change_lo
         "INSERT INTO organisations (org_id, agency) VALUES ('974705788', 'dps')"
         " ON CONFLICT DO NOTHING"
     )
-    for org_id, role, subject_key in (
+    for org_id, role, subject_key, *service in (
         ("974705788", "patient", "k"),
         (None, "patient", None),
         ("974705788", "coordinator", "k"),
         (None, "privacy_officer", None),
+        # A patient's session is the audit service's only.
+        (None, "patient", "k", "inbox"),
     ):
         with pytest.raises(asyncpg.CheckViolationError):
             await owner.execute(
                 "INSERT INTO person_sessions (session_id, session_hash, service, issuer, subject,"
                 " org_id, role, subject_key, expires_at) VALUES (gen_random_uuid(),"
-                " '\\x03', 'audit', 'i', 's', $1, $2, $3, now())",
+                " '\\x03', $4, 'i', 's', $1, $2, $3, now())",
                 org_id,
                 role,
                 subject_key,
+                service[0] if service else "audit",
             )
+
+
+@pytest.mark.parametrize(("service", "other"), [("inbox", "audit"), ("audit", "inbox")])
+async def test_a_service_cannot_touch_the_other_services_sessions(
+    stack: TestStack, owner: asyncpg.Connection, service: str, other: str
+) -> None:
+    """Review H1: the inbox and the audit service share the session tables, but each service's
+    role sees and writes only its own rows (row-level security), and may change a session only
+    in its idle clock and its end. Otherwise a compromised inbox could open an audit session as
+    the operator's privacy officer (every disclosure about anyone), or the audit service an
+    inbox session for any organisation's coordinator."""
+    await owner.execute(
+        "INSERT INTO organisations (org_id, agency) VALUES ('974705788', 'dps')"
+        " ON CONFLICT DO NOTHING"
+    )
+    theirs = os.urandom(16)
+    await owner.execute(
+        "INSERT INTO person_sessions (session_id, session_hash, service, issuer, subject,"
+        " org_id, role, expires_at) VALUES (gen_random_uuid(), $1, $2, 'i', 's', '974705788',"
+        " 'privacy_officer', now() + interval '1 hour')",
+        theirs,
+        other,
+    )
+    conn = await connect_as(stack, service)
+    try:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM person_sessions WHERE session_hash = $1", theirs
+            )
+            == 0
+        )
+        assert (
+            await conn.fetchval(
+                "UPDATE person_sessions SET last_seen_at = now() WHERE session_hash = $1"
+                " RETURNING session_id",
+                theirs,
+            )
+            is None
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await conn.execute(
+                "INSERT INTO person_sessions (session_id, session_hash, service, issuer,"
+                " subject, org_id, role, expires_at) VALUES (gen_random_uuid(), $1, $2, 'i',"
+                " 's', '974705788', 'privacy_officer', now() + interval '1 hour')",
+                os.urandom(16),
+                other,
+            )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await conn.execute(
+                "INSERT INTO person_sign_ins (sign_in_hash, state, nonce, code_verifier,"
+                " service, door) VALUES ($1, 's', 'n', 'v', $2, 'staff')",
+                os.urandom(16),
+                other,
+            )
+        for column in ("expires_at = now() + interval '1 year'", "role = 'operator'"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(
+                    f"UPDATE person_sessions SET {column} WHERE service = $1",  # noqa: S608
+                    service,
+                )
+    finally:
+        await conn.close()
 
 
 async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(

@@ -267,6 +267,23 @@ async def test_the_state_must_be_the_sign_ins(inbox: ServiceProcess) -> None:
         refused = await browser.get(forged)
         assert refused.status_code == 400
         assert refused.json()["error"]["details"][0]["field"] == "state"
+        # A callback link someone else made (an error, no state) cancels nothing: the real
+        # callback, with its state, still signs the person in.
+        cancelled = await browser.get("/callback", params={"error": "access_denied"})
+        assert cancelled.status_code == 400
+        assert cancelled.json()["error"]["details"][0]["field"] == "state"
+        signed_in = await browser.get(callback)
+        assert signed_in.status_code == 303, signed_in.text
+        assert SESSION_COOKIE in signed_in.cookies
+
+
+async def test_the_issuer_is_asked_for_a_fresh_sign_in(inbox: ServiceProcess) -> None:
+    """`prompt=login`: the issuer's single sign-on session, left open on a shared computer,
+    never signs the next person in as the last one."""
+    async with httpx.AsyncClient(base_url=inbox.url or "", timeout=10) as browser:
+        login = await browser.get("/login")
+        assert login.status_code == 303
+        assert parse_qs(urlsplit(login.headers["location"]).query)["prompt"] == ["login"]
 
 
 async def test_bearer_tokens_work_unchanged_beside_sessions(

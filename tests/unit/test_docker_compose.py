@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from carebus.runtime.config import Settings
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
@@ -23,6 +25,8 @@ SECRETS = {
     "carebus_subject_key_secret": "carebus",
     "carebus_webhook_secret_key": "carebus",
     "carebus_oidc_client_key": "carebus",
+    "carebus_audit_oidc_client_key": "carebus",
+    "carebus_patient_oidc_client_key": "carebus",
     "postgres_tls_ca": "carebus",
     "grafana_admin_password": "grafana",
 }
@@ -189,6 +193,9 @@ def test_secrets_are_files_outside_git_never_environment_values(
             wanted |= {"kafka_ca_pem", "carebus_kafka_password"}
         if name == "inbox":
             wanted.add("carebus_oidc_client_key")  # HelseID's private_key_jwt
+        if name == "audit":
+            # HelseID's (the privacy officer) and ID-porten's (the patient) private_key_jwt
+            wanted |= {"carebus_audit_oidc_client_key", "carebus_patient_oidc_client_key"}
         assert set(_secret_mounts(services[name])) == wanted, name
         assert services[name]["environment"]["CAREBUS_SECRETS_DIR"] == "/run/secrets", name
     postgres = services["postgres"]
@@ -219,6 +226,43 @@ def test_the_inbox_signs_people_in_with_helseid(services: dict[str, dict[str, An
     ]
     assert "carebus_oidc_client_key" in _secret_mounts(services["inbox"])
     assert "oidc_issuer" not in services  # the development issuer is never deployed
+
+
+def test_the_audit_service_signs_people_in_with_helseid_and_id_porten(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Production's audit service signs the privacy officer in at HelseID as its own client and
+    the patient at ID-porten, both coming back to the host the proxy serves it under, and
+    authenticates to each with a private key file, never an environment value."""
+    environment = services["audit"]["environment"]
+    assert _default(environment, "CAREBUS_OIDC_ISSUER_URL") == "https://helseid-sts.nhn.no"
+    assert (
+        environment["CAREBUS_OIDC_ORG_CLAIMS"]
+        == (services["inbox"]["environment"]["CAREBUS_OIDC_ORG_CLAIMS"])
+    )
+    assert _default(environment, "CAREBUS_AUDIT_OIDC_CLIENT_ID") == "carebus-audit"
+    assert _default(environment, "CAREBUS_PATIENT_OIDC_ISSUER_URL") == "https://idporten.no"
+    assert _default(environment, "CAREBUS_PATIENT_OIDC_CLIENT_ID") == "carebus-audit-patient"
+    # The audit service's own origin (it refuses cookie-authenticated posts from any other) is
+    # where the proxy serves it.
+    audit_host = _default(services[PROXY]["environment"], "CAREBUS_AUDIT_HOST")
+    assert _default(environment, "CAREBUS_AUDIT_OIDC_REDIRECT_URL") == (
+        f"https://{audit_host}/callback"
+    )
+    assert _default(environment, "CAREBUS_PATIENT_OIDC_REDIRECT_URL") == (
+        f"https://{audit_host}/patient/callback"
+    )
+    # Each key is read from CAREBUS_SECRETS_DIR under the setting's name with the prefix.
+    for setting in ("audit_oidc_client_key", "patient_oidc_client_key"):
+        assert setting in Settings.model_fields, setting
+        assert f"carebus_{setting}" in _secret_mounts(services["audit"]), setting
+        for name, service in services.items():
+            assert f"CAREBUS_{setting.upper()}" not in (service.get("environment") or {}), name
+    # No misspelt setting is silently ignored (CAREBUS_SECRETS_DIR is read before the settings).
+    known = {*Settings.model_fields, "secrets_dir"}
+    for name in [*DEPLOYABLES, *SETUP_SERVICES]:
+        settings = {key.removeprefix("CAREBUS_").lower() for key in services[name]["environment"]}
+        assert settings <= known, name
 
 
 def _default(environment: dict[str, str], name: str) -> str:

@@ -335,6 +335,24 @@ def test_each_alert_topic_takes_only_its_writers_kind() -> None:
         _stored(record(), topics.OPERATOR_ALERTS)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        # Another alert's id: storing it first would keep that (deadline) alert out.
+        {"alert_id": "alert-" + "0f" * 16},
+        {"event_ids": ["action-1", "action-2"]},
+        {"rule_id": "discharge-ready-reply"},
+    ],
+    ids=["foreign-id", "two-actions", "other-rule"],
+)
+def test_an_operator_alert_carries_its_actions_own_id(changes: dict[str, Any]) -> None:
+    operator_alert = operator_action_alert(
+        "webhook_changed", OPERATOR_ORG, ORG, "municipality", MOMENT, "action-1"
+    )
+    with pytest.raises(InvalidRecordError, match="operator-action alert"):
+        _stored({**operator_alert, **changes}, topics.OPERATOR_ALERTS)
+
+
 # --- fan-out --------------------------------------------------------------------------------
 
 

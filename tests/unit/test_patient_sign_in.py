@@ -27,6 +27,8 @@ from carebus_dev.oidc_issuer.app import (
     clients,
     sign_in_page,
 )
+from services.audit.sign_in import audit_site
+from services.inbox.sign_in import inbox_site
 
 SECRET = "a-test-secret"
 NIN = "14038512324"
@@ -176,3 +178,23 @@ def test_the_issuer_registers_every_carebus_client() -> None:
     assert registered[settings.oidc_client_id] == (settings.oidc_redirect,)
     assert registered[settings.audit_oidc_client_id] == (settings.audit_oidc_redirect,)
     assert registered[settings.patient_oidc_client_id] == (settings.patient_oidc_redirect,)
+
+
+@pytest.mark.parametrize("environment", ["production", "staging"])
+def test_cookies_outside_development_are_host_locked(environment: str, tmp_path: Path) -> None:
+    """Outside local development the session cookies are `__Host-` (set only by this very host,
+    so a sibling under the same domain cannot plant one) and the sign-in cookies `__Secure-`."""
+    settings = Settings(
+        environment=environment,
+        state_dir=tmp_path,
+        subject_key_secret=SecretStr("a-long-random-secret-from-a-file"),
+    )
+    for site in (audit_site(settings), inbox_site(settings)):
+        assert site.secure
+        assert site.session_cookie.startswith("__Host-carebus_")
+        assert site.sign_in_cookie.startswith("__Secure-carebus_")
+    local = audit_site(Settings(environment="local"))
+    assert (local.session_cookie, local.sign_in_cookie) == (
+        "carebus_audit_session",
+        "carebus_audit_sign_in",
+    )

@@ -29,6 +29,11 @@ UPSTREAMS = {
     "inbox": "http://inbox:18083",
     "grafana": "http://grafana:3000",
 }
+# Where people sign in: unauthenticated, and each /login stores a sign-in row.
+SIGN_IN_PATHS = {
+    "inbox": ["/login", "/callback"],
+    "audit": ["/login", "/callback", "/patient/login", "/patient/callback"],
+}
 STREAM_PATH = "/v1/alerts/stream"  # the inbox's live alert stream (services/inbox/app.py)
 BATCH_PATH = "/v1/events:batch"  # the one route with the larger body limit
 
@@ -144,7 +149,8 @@ def test_every_public_service_has_its_own_host_and_nothing_else_is_proxied(
 
 def test_unknown_hosts_and_plain_http_get_nothing_from_the_apis(servers: list[Directive]) -> None:
     """A host name the proxy does not serve gets no TLS handshake; port 80 only redirects the
-    browsers' hosts (inbox, Grafana) to https and answers nothing for the API hosts."""
+    hosts people type into a browser (inbox, audit, Grafana) to https and answers nothing for
+    the API hosts."""
     [tls_default] = [
         s for s in servers if one(s.block, "listen") == ["443", "ssl", "default_server"]
     ]
@@ -156,6 +162,7 @@ def test_unknown_hosts_and_plain_http_get_nothing_from_the_apis(servers: list[Di
     [redirect] = [s for s in plain if s is not plain_default]
     assert one(redirect.block, "server_name") == [
         "${CAREBUS_INBOX_HOST}",
+        "${CAREBUS_AUDIT_HOST}",
         "${CAREBUS_GRAFANA_HOST}",
     ]
     assert one(redirect.block, "return") == ["301", "https://$host$request_uri"]
@@ -213,14 +220,19 @@ def test_timeouts_are_bounded(http: list[Directive]) -> None:
     assert read_timeout > Settings.model_fields["produce_timeout_s"].default
 
 
+def _headers(block: list[Directive] | None) -> dict[str, str]:
+    return {d.args[0]: d.args[1] for d in find(block, "proxy_set_header")}
+
+
 def test_forwarded_headers_are_the_proxys_never_the_clients(
-    http: list[Directive], proxy_environment: dict[str, str]
+    http: list[Directive], servers: list[Directive], proxy_environment: dict[str, str]
 ) -> None:
     """X-Forwarded-For is the client's address and X-Forwarded-Proto https, set by the proxy;
-    every other forwarding header a client sent is dropped. Only the http level sets headers
-    (a location with one proxy_set_header would lose them all), and carebus is not told to
-    trust them: uvicorn honours them from 127.0.0.1 only, and no service widens that."""
-    headers = {d.args[0]: d.args[1] for d in find(http, "proxy_set_header")}
+    every other forwarding header a client sent is dropped. Only the http level and Grafana's
+    server set headers (a block with one proxy_set_header loses all it would inherit), and
+    carebus is not told to trust them: uvicorn honours them from 127.0.0.1 only, and no
+    service widens that."""
+    headers = _headers(http)
     assert headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Proto"] == "https"
     assert headers["Host"] == "$host"
@@ -235,10 +247,74 @@ def test_forwarded_headers_are_the_proxys_never_the_clients(
         assert headers[dropped] == "", dropped
     text = MAIN_FILE.read_text(encoding="utf-8") + TEMPLATE_FILE.read_text(encoding="utf-8")
     assert "$proxy_add_x_forwarded_for" not in text  # it would keep the client's list
-    assert "proxy_set_header" not in TEMPLATE_FILE.read_text(encoding="utf-8")
+    grafana = _tls_server(servers, "grafana")
+    for server in servers:
+        if server is not grafana:
+            assert not find(server.block, "proxy_set_header"), one(server.block, "listen")
+        for location in find(server.block, "location"):
+            assert not find(location.block, "proxy_set_header"), location.args
     compose = COMPOSE_FILE.read_text(encoding="utf-8") + (PROJECT_ROOT / "Dockerfile").read_text()
     assert "FORWARDED_ALLOW_IPS" not in compose
     assert "forwarded_allow_ips" not in (PROJECT_ROOT / "carebus/adapters/http.py").read_text()
+
+
+def test_only_grafana_is_offered_websocket_upgrades(
+    http: list[Directive], servers: list[Directive]
+) -> None:
+    """The API hosts never pass a client's Upgrade on (their requests go with an empty
+    Connection); Grafana's server does, for Grafana Live, and sets every forwarding header of
+    the http level too, since its own proxy_set_header drops the inherited ones."""
+    headers = _headers(http)
+    assert "Upgrade" not in headers
+    assert headers["Connection"] == ""
+    grafana = _headers(_tls_server(servers, "grafana").block)
+    assert grafana.pop("Upgrade") == "$http_upgrade"
+    assert grafana.pop("Connection") == "$connection_upgrade"
+    assert grafana == {name: value for name, value in headers.items() if name != "Connection"}
+    [upgrade_map] = find(http, "map")
+    assert upgrade_map.args == ["$http_upgrade", "$connection_upgrade"]
+
+
+def test_sign_in_is_held_to_a_few_requests_per_address(
+    http: list[Directive], servers: list[Directive]
+) -> None:
+    """Sign-in and its callbacks on the inbox and audit hosts answer anyone and store a row per
+    /login, so each address gets 5 a second (a burst of 10, then 429) there, on top of the
+    limit every other path keeps; nothing else is held to the sign-in zone."""
+    zones = {d.args[1]: d.args for d in find(http, "limit_req_zone")}
+    assert zones["zone=per_address:10m"] == [
+        "$binary_remote_addr",
+        "zone=per_address:10m",
+        "rate=1000r/s",
+    ]
+    assert zones["zone=sign_in:10m"] == ["$binary_remote_addr", "zone=sign_in:10m", "rate=5r/s"]
+    general = ["zone=per_address", "burst=2000", "nodelay"]
+    assert one(http, "limit_req") == general
+    assert one(http, "limit_req_status") == ["429"]
+    for server in servers:
+        assert not find(server.block, "limit_req"), one(server.block, "listen")
+        for location in find(server.block, "location"):
+            paths = SIGN_IN_PATHS.get(_service(server) or "", [])
+            limits = [d.args for d in find(location.block, "limit_req")]
+            if location.args[0] == "=" and location.args[1] in paths:
+                # A location's own limit_req replaces the inherited one: both are repeated.
+                assert limits == [general, ["zone=sign_in", "burst=10", "nodelay"]]
+                assert one(location.block, "proxy_pass") == ["$service"]
+            else:
+                assert limits == [], location.args
+    for service, paths in SIGN_IN_PATHS.items():
+        server = _tls_server(servers, service)
+        for path in paths:
+            _location(server, "=", path)
+
+
+def _service(server: Directive) -> str | None:
+    """The public service a TLS server serves, by its host variable."""
+    names = find(server.block, "server_name")
+    if not names or len(names[0].args) != 1:
+        return None
+    found = re.fullmatch(r"\$\{CAREBUS_(\w+)_HOST\}", names[0].args[0])
+    return found.group(1).lower() if found else None
 
 
 def test_the_inbox_live_stream_passes_unbuffered(servers: list[Directive]) -> None:
