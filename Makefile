@@ -94,11 +94,11 @@ lock: install
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \
 	  --python-version 3.11 --generate-hashes --universal -q -o requirements/dev.lock
 
-# Known vulnerabilities of every locked version, from PyPI's advisory data. --strict: a package
-# that could not be checked is a failure, not a silent pass (see docs/security.md).
+# Known vulnerabilities of every locked version: pip-audit --strict against the first advisory
+# service that answers (PyPI's advisory data, else OSV); none reachable is a failure that says
+# so, never a silent pass (carebus_dev/advisories.py, docs/security.md).
 audit: install
-	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi \
-	  --require-hashes -r requirements/base.lock
+	$(PYTHON) -m carebus_dev.advisories
 
 # Whether every image pinned by digest (docker-compose.yml, Dockerfile) is still its tag's, asked
 # of Docker Hub's registry API; an image it cannot check fails the run. Needs network access, so
