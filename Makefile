@@ -3,6 +3,7 @@
 #   make stop   stop the local stack (`carebus down`)
 #   make test   install, lint, type-check, and run the whole test suite (unit + integration)
 #   make lint   ruff + mypy + the import contracts (docs/architecture.md)
+#   make fuzz   every HTTP service's OpenAPI fuzzed with schemathesis, >= 100,000 cases (docs/reliability.md)
 #   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
 #   make lock   regenerate the hashed lock files in requirements/ from pyproject.toml
 #   make audit  known vulnerabilities of the locked versions (pip-audit)
@@ -14,7 +15,7 @@ PYTHON := $(VENV)/bin/python
 CAREBUS := $(VENV)/bin/carebus
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run stop status test lint unit integration bench lock audit images-check
+.PHONY: install tools run stop status test lint unit integration fuzz bench lock audit images-check
 
 install: tools $(STAMP)
 
@@ -79,6 +80,15 @@ unit: install
 
 integration: install
 	$(VENV)/bin/pytest tests/integration
+
+# The fuzzer (not part of `make test`, which runs a small sample of the same tests, 5 examples
+# per operation): schemathesis against every HTTP service's live OpenAPI on a real test stack,
+# at least 100,000 cases (CAREBUS_FUZZ_EXAMPLES per operation and phase; 5000 reach it). Prints
+# the figures and writes them to the "Fuzzing" section of docs/reliability.md. No per-test
+# timeout: one service's operations take minutes.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	CAREBUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CAREBUS_FUZZ_REPORT=1 $(VENV)/bin/pytest tests/fuzz --timeout 0 -q
 
 # Benchmarks (not part of `make test`, which runs only their smoke test): prints one table and
 # saves it with the machine's description under bench/results/. See docs/performance.md.

@@ -15,17 +15,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
 from carebus.adapters.ratelimit import TokenBuckets
+from carebus.domain.text import UNSHOWN_FIELD_PROBLEM
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import configure_logging, get_logger
 from carebus.runtime.worker import Readiness, serve_health
-from carebus.wire.requests import reword
+from carebus.wire.requests import field_path, reword, shown_loc
 
 log = get_logger(__name__)
 
@@ -43,6 +45,74 @@ _STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    problem: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorBody(BaseModel):
+    """DESIGN's error body, the same for every status and service."""
+
+    error: ErrorInfo
+
+
+_ERROR_MEANINGS = {
+    400: "Malformed: the body is not JSON, or the Content-Length is not a number.",
+    401: "No valid bearer token (or session).",
+    403: "Outside the caller's organisation or role, or a statement it may not make.",
+    404: "No such resource, or one the caller may not see.",
+    409: "In conflict with what is recorded.",
+    413: "The body is over the route's size limit.",
+    422: "Invalid: every problem with the field it is about.",
+    429: "The organisation is over its request rate; retry after Retry-After seconds.",
+    503: "A dependency is unavailable; retry after Retry-After seconds.",
+}
+# What every route may answer (the size limit reads every request, whatever its route), and
+# what every /v1 route answers besides (the caller check and the rate limit).
+_EVERY_ROUTE = (400, 413, 422)
+_V1_ROUTES = (401, 403, 429)
+_ERROR_REF = "#/components/schemas/ErrorBody"
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's own error statuses, each with DESIGN's error body
+    (the statuses every route answers are declared by `create_app`)."""
+    return {status: _error_response(status) for status in statuses}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    return {
+        "description": _ERROR_MEANINGS.get(status, "An error."),
+        "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+    }
+
+
+def declare_errors(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document with the error answers every route really gives: DESIGN's error body
+    for 422 (not FastAPI's own, which no route answers) and for the statuses every route, or
+    every /v1 route, may answer."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(body.pop("$defs", {}))
+    schemas["ErrorBody"] = body
+    for path, operations in document.get("paths", {}).items():
+        common = _EVERY_ROUTE + (_V1_ROUTES if path.startswith("/v1/") else ())
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses["422"] = _error_response(422)
+            for status in common:
+                responses.setdefault(str(status), _error_response(status))
+    return document
 
 
 @dataclass
@@ -77,11 +147,13 @@ def error_response(
 
 
 def _validation_field(loc: Sequence[Any]) -> str:
-    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if part.isdigit() else (f".{part}" if path else part)
-    return path or "body"
+    parts = [part for part in loc if part not in ("body", "query", "path", "header")]
+    return field_path(parts) or "body"
+
+
+def _validation_problem(error: Any) -> str:
+    # A field name that may not be shown (a control character, a nin) is not quoted anywhere.
+    return reword(error) if shown_loc(error.get("loc", ())) else UNSHOWN_FIELD_PROBLEM
 
 
 def _route_template(request: Request) -> str:
@@ -204,6 +276,14 @@ def create_app(
     settings = settings or get_settings()
     app = FastAPI(title=title, version="1", lifespan=lifespan)
     app.state.service = service
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_errors(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Per process: each organisation's requests of this service, after authentication.
     app.state.rate_limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst)
     # Inside the request metrics (added below, so outside this), which count its 413s too.
@@ -221,7 +301,10 @@ def create_app(
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         if any(err.get("type") == "json_invalid" for err in exc.errors()):
             return error_response(400, "the body is not valid JSON", [("body", "malformed JSON")])
-        details = [(_validation_field(err.get("loc", ())), reword(err)) for err in exc.errors()]
+        details = [
+            (_validation_field(err.get("loc", ())), _validation_problem(err))
+            for err in exc.errors()
+        ]
         return error_response(422, "the request is invalid", details)
 
     @app.exception_handler(StarletteHTTPException)

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from carebus.adapters.auth import Principal, check_role
-from carebus.adapters.http import ApiError, principal_dependency
+from carebus.adapters.http import ApiError, error_responses, principal_dependency
 from carebus.adapters.oidc import (
     ClaimNames,
     IssuerClient,
@@ -385,7 +385,12 @@ def add_sign_in_routes(app: FastAPI, site: Site, doors: tuple[Door, ...]) -> Non
     for door in doors:
         _add_door(app, site, door)
 
-    @app.post("/logout", status_code=204, description="End the person's session.")
+    @app.post(
+        "/logout",
+        status_code=204,
+        description="End the person's session.",
+        responses=error_responses(403),
+    )
     async def logout(request: Request) -> Response:
         session = request.cookies.get(site.session_cookie)
         if session is not None:
@@ -489,15 +494,27 @@ def _add_door(app: FastAPI, site: Site, door: Door) -> None:
         door.login_path,
         login,
         methods=["GET"],
+        status_code=303,
+        response_class=RedirectResponse,
+        responses={303: _REDIRECT, **error_responses(503)},
         description=f"Sign a person in ({door.name}): a redirect to the OpenID Connect issuer.",
     )
     app.add_api_route(
         door.callback_path,
         callback,
         methods=["GET"],
+        status_code=303,
+        response_class=RedirectResponse,
+        responses={303: _REDIRECT, **error_responses(401, 403, 503)},
         description="Where the issuer sends the person back: the code is exchanged, the ID "
         "token verified, a session opened, and the person sent to the page.",
     )
+
+
+_REDIRECT: Final[dict[str, Any]] = {
+    "description": "See Other: on to the issuer (login) or the page (callback).",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+}
 
 
 def _issuer(request: Request, door: Door) -> IssuerClient:

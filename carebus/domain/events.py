@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,15 +14,24 @@ import orjson
 
 from carebus.domain.agencies import AGENCIES
 from carebus.domain.identity import validate_nin
+from carebus.domain.text import (
+    CONTROL_PROBLEM,
+    UNSHOWN_FIELD_PROBLEM,
+    identifier_problem,
+    shown_field_name,
+    text_problem,
+)
 
 __all__ = [
     "AGENCIES",
+    "CONTROL_PROBLEM",
     "EVENT_TYPES",
     "EXAMPLE_PAYLOADS",
     "PAYLOAD_FIELDS",
     "Event",
     "FieldSpec",
     "Problem",
+    "check_identifier",
     "check_text",
     "content_fingerprint",
     "event_to_json",
@@ -82,7 +90,19 @@ APPLICATION_OUTCOMES: Final = ("granted", "denied", "partial")
 MAX_TEXT: Final = 200
 MAX_JUSTIFICATION: Final = 2000
 
-Kind = Literal["enum", "bool", "org", "time", "event_ref", "text", "organisation", "organisations"]
+# "text" is free text; "identifier" is text a client chose as a key of its own (a housing unit,
+# a plan, an application), which must not carry a national identity number.
+Kind = Literal[
+    "enum",
+    "bool",
+    "org",
+    "time",
+    "event_ref",
+    "text",
+    "identifier",
+    "organisation",
+    "organisations",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +123,7 @@ _ORG: Final = FieldSpec("org")
 _TIME: Final = FieldSpec("time")
 _EVENT_REF: Final = FieldSpec("event_ref")
 _TEXT: Final = FieldSpec("text")
+_IDENTIFIER: Final = FieldSpec("identifier")
 _OPTIONAL_TIME: Final = FieldSpec("time", required=False)
 
 # DESIGN.md "Payload fields", in its order. Optional fields may be added later; none renamed
@@ -133,15 +154,15 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "kind": _enum(*POLICE_CALLOUT_KINDS),
         "injuries": _BOOL,
         "location_type": _enum(*LOCATION_TYPES),
-        "housing_unit_id": FieldSpec("text", required=False),
+        "housing_unit_id": FieldSpec("identifier", required=False),
     },
     "housing_incident": {
         "kind": _enum(*HOUSING_INCIDENT_KINDS),
         "severity": _enum(*SEVERITIES),
-        "housing_unit_id": _TEXT,
+        "housing_unit_id": _IDENTIFIER,
     },
     "ip_update": {
-        "plan_id": _TEXT,
+        "plan_id": _IDENTIFIER,
         "status": _enum(*PLAN_STATUSES),
         "coordinator": FieldSpec("organisation", required=False),
         "participants": FieldSpec("organisations"),
@@ -157,10 +178,10 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
     "housing_work_started": {"admission_event_id": _EVENT_REF},
     "epikrise_sent": {"admission_event_id": _EVENT_REF, "recipient_org": _ORG},
     "followup_contact": {"related_event_id": _EVENT_REF, "kind": _enum(*FOLLOWUP_KINDS)},
-    "application_received": {"application_id": _TEXT, "service": _TEXT},
-    "application_preliminary_reply": {"application_id": _TEXT, "expected_decision_at": _TIME},
+    "application_received": {"application_id": _IDENTIFIER, "service": _TEXT},
+    "application_preliminary_reply": {"application_id": _IDENTIFIER, "expected_decision_at": _TIME},
     "application_decided": {
-        "application_id": _TEXT,
+        "application_id": _IDENTIFIER,
         "outcome": _enum(*APPLICATION_OUTCOMES),
     },
 }
@@ -239,7 +260,6 @@ _RFC3339: Final = re.compile(
 
 EVENT_ID_PROBLEM: Final = "must be 1 to 200 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'"
 ORG_ID_PROBLEM: Final = "must be a 9-digit organisation number"
-CONTROL_PROBLEM: Final = "must not contain control or format characters (Unicode Cc, Cf)"
 TIME_PROBLEM: Final = "must be an RFC 3339 time with offset, e.g. 2026-11-23T08:15:00+01:00"
 NO_OFFSET_PROBLEM: Final = "must include a UTC offset, e.g. +01:00 or Z"
 
@@ -324,8 +344,12 @@ def _unknown_fields(
     problems: list[Problem],
 ) -> None:
     for name in raw:
-        if name not in allowed:
-            problems.append(Problem(_join(path, str(name)), f"not a field of {what}"))
+        if name in allowed:
+            continue
+        if isinstance(name, str) and shown_field_name(name):
+            problems.append(Problem(_join(path, name), f"not a field of {what}"))
+        else:  # the name itself may be what must not be echoed
+            problems.append(Problem(path, UNSHOWN_FIELD_PROBLEM))
 
 
 def _join(path: str, name: str) -> str:
@@ -335,6 +359,8 @@ def _join(path: str, name: str) -> str:
 def check_text(
     value: object, path: str, problems: list[Problem], limit: int = MAX_TEXT
 ) -> str | None:
+    """Free text at `path` (non-empty, at most `limit` characters, no refused characters:
+    `carebus.domain.text`), or None with the problem recorded."""
     if value is None:
         problems.append(Problem(path, "is required"))
     elif not isinstance(value, str):
@@ -343,30 +369,25 @@ def check_text(
         problems.append(Problem(path, "must not be empty"))
     elif len(value) > limit:
         problems.append(Problem(path, f"must be at most {limit} characters"))
-    elif not value.isascii() and not _encodable(value):
-        # A lone surrogate ("\ud800" in the JSON) decodes to a str no UTF-8 writer accepts:
-        # refused here, by name, instead of failing later in the fingerprint or the encoder.
-        problems.append(Problem(path, "must be valid Unicode text"))
-    elif not value.isprintable() and _has_control(value):
-        # U+0000 cannot be stored by PostgreSQL (an accepted event would miss the event
-        # store), and bidi overrides and other format characters disguise what text says.
-        problems.append(Problem(path, CONTROL_PROBLEM))
+    elif (problem := text_problem(value)) is not None:
+        # U+0000 cannot be stored by PostgreSQL (an accepted event would miss the event store),
+        # a lone surrogate by no UTF-8 writer, and bidi overrides disguise what text says.
+        problems.append(Problem(path, problem))
     else:
         return value
     return None
 
 
-def _has_control(value: str) -> bool:
-    """Whether `value` holds a control (Cc) or format (Cf) character."""
-    return any(unicodedata.category(character) in ("Cc", "Cf") for character in value)
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+def check_identifier(
+    value: object, path: str, problems: list[Problem], limit: int = MAX_TEXT
+) -> str | None:
+    """A client's own identifier at `path`: free text that holds no national identity number
+    (it becomes a key, and goes into logs and URLs), or None with the problem recorded."""
+    checked = check_text(value, path, problems, limit)
+    if checked is not None and (problem := identifier_problem(checked)) is not None:
+        problems.append(Problem(path, problem))
+        return None
+    return checked
 
 
 def _event_ref(value: object, path: str, problems: list[Problem]) -> str | None:
@@ -376,6 +397,8 @@ def _event_ref(value: object, path: str, problems: list[Problem]) -> str | None:
         problems.append(Problem(path, "must be a string"))
     elif not _EVENT_ID.fullmatch(value):
         problems.append(Problem(path, EVENT_ID_PROBLEM))
+    elif (problem := identifier_problem(value)) is not None:
+        problems.append(Problem(path, problem))
     else:
         return value
     return None
@@ -488,7 +511,7 @@ def _source(value: object, problems: list[Problem]) -> tuple[str, str, str | Non
     org_id = check_org_id(value.get("org_id"), "source.org_id", problems)
     system = value.get("system")
     if system is not None:
-        system = check_text(system, "source.system", problems)
+        system = check_identifier(system, "source.system", problems)
     if agency is None or org_id is None:
         return None
     return agency, org_id, system
@@ -522,6 +545,7 @@ _VALIDATORS: Final[Mapping[str, _Validator]] = {
     "time": lambda value, path, problems: _time(value, path, problems, required=True),
     "event_ref": _event_ref,
     "text": check_text,
+    "identifier": check_identifier,
     "organisation": _organisation,
     "organisations": lambda value, path, problems: _organisations(
         value, path, problems, non_empty=False

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from carebus.domain.text import identifier_problem
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_URL_LENGTH: Final = 2000
@@ -66,6 +68,9 @@ class TargetPolicy:
             return f"must be at most {MAX_URL_LENGTH} characters"
         if any(character.isspace() for character in url):
             return "must not contain whitespace"
+        # A URL is an identifier the organisation chose: carebus calls it, shows it, logs it.
+        if (problem := identifier_problem(url)) is not None:
+            return problem
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number

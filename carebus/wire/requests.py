@@ -26,8 +26,16 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from carebus.domain.events import MAX_TEXT, Problem, check_org_id, check_text, parse_time
+from carebus.domain.events import (
+    MAX_TEXT,
+    Problem,
+    check_identifier,
+    check_org_id,
+    check_text,
+    parse_time,
+)
 from carebus.domain.identity import validate_nin
+from carebus.domain.text import UNSHOWN_FIELD_PROBLEM, shown_field_name
 
 __all__ = [
     "REFUSED",
@@ -36,12 +44,15 @@ __all__ = [
     "RequestBody",
     "Time",
     "field_path",
+    "identifier",
     "parse",
+    "plain_identifier",
     "plain_text",
     "problems",
     "refused",
     "request_body",
     "reword",
+    "shown_loc",
     "text",
 ]
 
@@ -169,6 +180,21 @@ def text(limit: int = MAX_TEXT) -> BeforeValidator:
     return BeforeValidator(lambda value: plain_text(value, limit))
 
 
+def plain_identifier(value: object, limit: int = MAX_TEXT) -> str:
+    """`value` if it passes `plain_text` and holds no national identity number (the contract's
+    rule for an identifier a client chooses), else the refusal."""
+    found: list[Problem] = []
+    checked = check_identifier(value, "", found, limit)
+    if checked is None:
+        raise refused(found[0].problem)
+    return checked
+
+
+def identifier(limit: int = MAX_TEXT) -> BeforeValidator:
+    """The client-chosen identifier rule as a pydantic validator, like `text`."""
+    return BeforeValidator(lambda value: plain_identifier(value, limit))
+
+
 # The schema constraints come before the rule: pydantic writes only those into the JSON schema.
 Nin = Annotated[
     str,
@@ -193,19 +219,36 @@ Time = Annotated[
 
 
 def field_path(loc: Sequence[int | str]) -> str:
-    """`("recipient", "org_id")` → `recipient.org_id`, `("categories", 1)` → `categories[1]`."""
+    """`("recipient", "org_id")` → `recipient.org_id`, `("categories", 1)` → `categories[1]`.
+
+    A field name that may not be shown (`carebus.domain.text.shown_field_name`) ends the path:
+    the refusal is then about the object that holds it.
+    """
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
+        elif not shown_field_name(part):
+            break
         else:
             path += f".{part}" if path else part
     return path
 
 
+def shown_loc(loc: Sequence[int | str]) -> bool:
+    """Whether every field name of `loc` may be shown in a refusal."""
+    return all(isinstance(part, int) or shown_field_name(part) for part in loc)
+
+
 def problems(error: ValidationError) -> list[Problem]:
     """Every refusal of `error` with its field path (`body` for the body as a whole)."""
-    return [Problem(field_path(line["loc"]) or "body", line["msg"]) for line in error.errors()]
+    return [
+        Problem(
+            field_path(line["loc"]) or "body",
+            line["msg"] if shown_loc(line["loc"]) else UNSHOWN_FIELD_PROBLEM,
+        )
+        for line in error.errors()
+    ]
 
 
 def parse(model: type[B], raw: object) -> tuple[B | None, list[Problem]]:

@@ -4,7 +4,6 @@ disclosures; a patient, their own log."""
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from carebus.adapters.pages import add_page_routes
 from carebus.adapters.resources import pool_answers
 from carebus.adapters.sessions import Caller, PersonSessions
 from carebus.domain.identity import subject_key, validate_nin
+from carebus.domain.text import UNSHOWN_FIELD_PROBLEM, shown_field_name, text_problem
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
@@ -53,9 +53,6 @@ SINCE_OR_CURSOR_PROBLEM = (
 Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
 Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
 MAX_PURPOSE: Final = 200
-# Control and format characters (and lone surrogates, line and paragraph separators) could
-# forge or hide text in the patient's log, where the purpose is shown as written.
-_REFUSED_IN_PURPOSE: Final = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _DELIVERIES_DOC = f"""
 The caller organisation's deliveries, oldest first (by the time the bus stored them, then by
@@ -412,7 +409,9 @@ def _query(body: bytes) -> DisclosureQuery:
         raise ApiError(422, "the body must be an object", [("body", 'must be {"nin": ...}')])
     unknown = sorted(set(raw) - {"nin", "purpose"})
     if unknown:
-        raise ApiError(422, "the query has unknown fields", [(unknown[0], "not a query field")])
+        shown = shown_field_name(unknown[0])
+        detail = (unknown[0], "not a query field") if shown else ("body", UNSHOWN_FIELD_PROBLEM)
+        raise ApiError(422, "the query has unknown fields", [detail])
     problems: list[tuple[str, str]] = []
     nin_problem = "is required" if "nin" not in raw else validate_nin(raw["nin"])
     if nin_problem is not None:
@@ -435,6 +434,5 @@ def purpose_problem_of(purpose: object) -> str | None:
         return "must be a string"
     if len(purpose) > MAX_PURPOSE:
         return f"must be at most {MAX_PURPOSE} characters"
-    if any(unicodedata.category(char) in _REFUSED_IN_PURPOSE for char in purpose):
-        return "must not contain control or format characters"
-    return None
+    # The purpose is shown as written in the patient's log: carebus's one text rule.
+    return text_problem(purpose)

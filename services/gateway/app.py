@@ -12,13 +12,15 @@ from typing import Any
 import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.directory import Directory
-from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.http import ApiError, create_app, error_responses, principal_dependency
 from carebus.adapters.publisher import BrokerUnavailableError, Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.adapters.resources import pool_answers
+from carebus.domain.agencies import AGENCIES
 from carebus.domain.authority import (
     Actor,
     AuthorityPolicy,
@@ -27,8 +29,9 @@ from carebus.domain.authority import (
     claim_problems,
     event_claims,
 )
-from carebus.domain.events import Event, Problem, parse_event
+from carebus.domain.events import EVENT_TYPES, Event, Problem, parse_event
 from carebus.domain.identity import subject_key
+from carebus.domain.text import UNSHOWN_FIELD_PROBLEM, shown_field_name
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.wire.codec import Codec
@@ -42,10 +45,38 @@ RETRY_AFTER_S = "5"
 FUTURE_TOLERANCE = timedelta(days=1)
 FUTURE_PROBLEM = "is more than a day in the future"
 
+# DESIGN's event shape (docs/design.md, "HTTP contract"); the payload of each type is checked by
+# the gateway (carebus.domain.events), so the document says only that it is an object.
+_EVENT = {
+    "type": "object",
+    "description": "One event as in DESIGN's event shape.",
+    "properties": {
+        "event_id": {"type": "string", "minLength": 1},
+        "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "source": {
+            "type": "object",
+            "properties": {
+                "agency": {"type": "string", "enum": list(AGENCIES)},
+                "org_id": {"type": "string", "pattern": "^[0-9]{9}$"},
+                "system": {"type": "string"},
+            },
+            "required": ["agency", "org_id"],
+        },
+        "subject": {
+            "type": "object",
+            "properties": {"nin": {"type": "string", "pattern": "^[0-9]{11}$"}},
+            "required": ["nin"],
+        },
+        "payload": {"type": "object"},
+        "emergency": {"type": "object"},
+    },
+    "required": ["event_id", "event_type", "occurred_at", "source", "subject", "payload"],
+}
 _EVENT_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "content": {"application/json": {"schema": _EVENT}},
         "description": "One event as in DESIGN's event shape.",
     }
 }
@@ -57,11 +88,7 @@ _BATCH_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "events": {
-                            "type": "array",
-                            "maxItems": MAX_BATCH,
-                            "items": {"type": "object"},
-                        }
+                        "events": {"type": "array", "maxItems": MAX_BATCH, "items": _EVENT}
                     },
                     "required": ["events"],
                 }
@@ -69,6 +96,15 @@ _BATCH_BODY = {
         },
     }
 }
+
+
+class EventAccepted(BaseModel):
+    event_id: str
+    subject_key: str
+
+
+class BatchAccepted(BaseModel):
+    accepted: list[EventAccepted]
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -100,7 +136,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app = create_app("gateway", title="carebus gateway", lifespan=lifespan, settings=settings)
     publisher_only = principal_dependency("system")
 
-    @app.post("/v1/events", status_code=202, openapi_extra=_EVENT_BODY)
+    @app.post(
+        "/v1/events",
+        status_code=202,
+        response_model=EventAccepted,
+        responses=error_responses(409, 503),
+        openapi_extra=_EVENT_BODY,
+    )
     async def post_event(
         request: Request, principal: Principal = Depends(publisher_only)
     ) -> JSONResponse:
@@ -110,7 +152,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         accepted = await _accept(request, principal, [event], batch=False)
         return JSONResponse(_accepted_json(accepted[0]), status_code=202)
 
-    @app.post("/v1/events:batch", status_code=202, openapi_extra=_BATCH_BODY)
+    @app.post(
+        "/v1/events:batch",
+        status_code=202,
+        response_model=BatchAccepted,
+        responses=error_responses(409, 503),
+        openapi_extra=_BATCH_BODY,
+    )
     async def post_batch(
         request: Request, principal: Principal = Depends(publisher_only)
     ) -> JSONResponse:
@@ -123,7 +171,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             )
         if set(raw) - {"events"}:
             field = sorted(set(raw) - {"events"})[0]
-            raise ApiError(422, "the batch has unknown fields", [(field, "not a batch field")])
+            detail = (
+                (field, "not a batch field")
+                if shown_field_name(field)
+                else ("body", UNSHOWN_FIELD_PROBLEM)
+            )
+            raise ApiError(422, "the batch has unknown fields", [detail])
         if len(raw["events"]) > MAX_BATCH:
             metrics.EVENTS_REJECTED.labels("too_large").inc()
             raise ApiError(

@@ -11,6 +11,7 @@ import asyncpg
 
 from carebus.adapters.auth import Principal
 from carebus.domain.events import rfc3339
+from carebus.domain.text import text_problem
 
 # A row of `alerts` as asyncpg returns it, or any mapping with the same keys (tests).
 AlertRow = asyncpg.Record | Mapping[str, Any]
@@ -117,6 +118,8 @@ def parse_filter(status: str | None, rule_id: str | None, escalated: str | None)
         raise FilterError("status", f"must be one of {', '.join(STATUSES)}")
     if rule_id is not None and not 0 < len(rule_id) <= MAX_RULE_ID:
         raise FilterError("rule_id", f"must be 1 to {MAX_RULE_ID} characters")
+    if rule_id is not None and (problem := text_problem(rule_id)) is not None:
+        raise FilterError("rule_id", problem)
     flag: bool | None = None
     if escalated is not None:
         if escalated not in ("true", "false"):

@@ -25,11 +25,12 @@ from pydantic import BaseModel, Field
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
-from carebus.adapters.http import ApiError, bearer_token, create_app
+from carebus.adapters.http import ApiError, bearer_token, create_app, error_responses
 from carebus.adapters.oidc import issuer_client
 from carebus.adapters.pages import add_page_routes
 from carebus.adapters.resources import pool_answers
 from carebus.adapters.sessions import Caller, PersonSessions
+from carebus.domain.text import text_problem
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
@@ -229,32 +230,43 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             headers=STREAM_HEADERS,
         )
 
-    @app.get("/v1/alerts/{alert_id}", response_model=Alert)
+    @app.get("/v1/alerts/{alert_id}", response_model=Alert, responses=error_responses(404))
     async def get_alert(
         request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
+        _checked_alert_id(alert_id)
         store: AlertStore = request.app.state.store
         return JSONResponse(alert_json(_visible(await store.get(alert_id), caller.principal)))
 
-    @app.post("/v1/alerts/{alert_id}/ack", response_model=Alert)
+    @app.post("/v1/alerts/{alert_id}/ack", response_model=Alert, responses=error_responses(404))
     async def acknowledge(
         request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
+        _checked_alert_id(alert_id)
         store: AlertStore = request.app.state.store
         _visible(await store.get(alert_id), caller.principal)
         change = await store.acknowledge(alert_id, caller.actor)
         return _changed("ack", change, caller)
 
-    @app.post("/v1/alerts/{alert_id}/resolve", response_model=Alert)
+    @app.post("/v1/alerts/{alert_id}/resolve", response_model=Alert, responses=error_responses(404))
     async def resolve(
         request: Request, alert_id: str, caller: Caller = Depends(inbox_roles)
     ) -> JSONResponse:
+        _checked_alert_id(alert_id)
         store: AlertStore = request.app.state.store
         _visible(await store.get(alert_id), caller.principal)
         change = await store.resolve(alert_id, caller.actor)
         return _changed("resolve", change, caller)
 
     return app
+
+
+def _checked_alert_id(alert_id: str) -> None:
+    """422 for an alert id with characters carebus refuses in any input (a NUL, PostgreSQL
+    cannot even compare); any other unknown id is 404 like one the caller may not see."""
+    problem = text_problem(alert_id)
+    if problem is not None:
+        raise ApiError(422, "`alert_id` is invalid", [("alert_id", problem)])
 
 
 def _visible(row: AlertRow | None, caller: Principal) -> AlertRow:

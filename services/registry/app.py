@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from carebus.adapters import directory, webhook_registrations
 from carebus.adapters.auth import Principal, TokenCache, create_token, revoke_token
 from carebus.adapters.db import create_pool
-from carebus.adapters.http import ApiError, create_app, principal_dependency
+from carebus.adapters.http import ApiError, create_app, error_responses, principal_dependency
 from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.adapters.resources import pool_answers
@@ -221,7 +221,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
         return TokenCreated(token=token, agency=body.agency, org_id=body.org_id, role=body.role)
 
-    @app.delete("/v1/tokens/{token_id}", status_code=204)
+    @app.delete("/v1/tokens/{token_id}", status_code=204, responses=error_responses(404))
     async def delete_token(
         token_id: uuid.UUID, request: Request, principal: Principal = Depends(anyone)
     ) -> Response:
@@ -285,7 +285,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         await operator.touched(principal, "organisation_registered", entry.org_id, entry.agency)
         return OrganisationEntry(**entry.to_json())  # type: ignore[arg-type]
 
-    @app.post("/v1/population-register", status_code=201, response_model=ChangeRecorded)
+    @app.post(
+        "/v1/population-register",
+        status_code=201,
+        response_model=ChangeRecorded,
+        responses=error_responses(503),
+    )
     async def post_home_municipality(
         body: HomeMunicipalityEntry,
         request: Request,
@@ -303,7 +308,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             "home_municipality_org",
         )
 
-    @app.post("/v1/gp-list", status_code=201, response_model=ChangeRecorded)
+    @app.post(
+        "/v1/gp-list",
+        status_code=201,
+        response_model=ChangeRecorded,
+        responses=error_responses(503),
+    )
     async def post_gp(
         body: GpListEntry, request: Request, principal: Principal = Depends(operator_only)
     ) -> ChangeRecorded:
@@ -320,6 +330,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         "/v1/consents",
         status_code=201,
         response_model=ConsentRecorded,
+        responses=error_responses(503),
         openapi_extra=request_body(ConsentRequest),
     )
     async def post_consent(
@@ -346,7 +357,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             pending_reason=recorded.pending_reason,
         )
 
-    @app.post("/v1/consents/{consent_id}/confirm", response_model=ConsentRecorded)
+    @app.post(
+        "/v1/consents/{consent_id}/confirm",
+        response_model=ConsentRecorded,
+        responses=error_responses(404, 409, 503),
+    )
     async def confirm_consent(
         consent_id: str, request: Request, principal: Principal = Depends(consent_recorder)
     ) -> ConsentRecorded:
@@ -379,6 +394,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         "/v1/care-teams",
         status_code=201,
         response_model=CareTeamChangeRecorded,
+        responses=error_responses(503),
         openapi_extra=request_body(CareTeamChangeRequest),
     )
     async def post_care_team_change(
@@ -421,7 +437,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         await operator.touched(principal, "webhook_registered", org_id)
         return WebhookRegistered(org_id=webhook.org_id, url=webhook.url, secret=webhook.secret)
 
-    @app.get("/v1/webhooks", response_model=WebhookShown)
+    @app.get("/v1/webhooks", response_model=WebhookShown, responses=error_responses(404))
     async def get_webhook(
         request: Request,
         org_id: str | None = Query(

@@ -13,7 +13,16 @@ from pydantic_core import InitErrorDetails
 
 from carebus.adapters.directory import MAX_NAME
 from carebus.adapters.webhook_registrations import url_problem
-from carebus.wire.requests import Nin, OrgId, RequestBody, Time, plain_text, refused, text
+from carebus.wire.requests import (
+    Nin,
+    OrgId,
+    RequestBody,
+    Time,
+    identifier,
+    plain_text,
+    refused,
+    text,
+)
 from services.registry.changes import CareTeamChange, Consent
 
 Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
@@ -27,6 +36,8 @@ MembershipStatus = Literal["member", "removed"]
 MAX_RECORDED_BY = 200
 MAX_LABEL = 200
 StaffText = Annotated[str, Field(max_length=MAX_RECORDED_BY), text(MAX_RECORDED_BY)]
+# A reference into the recording organisation's own systems: an identifier it chose.
+StaffReference = Annotated[str, Field(max_length=MAX_RECORDED_BY), identifier(MAX_RECORDED_BY)]
 
 
 def _label(value: object) -> object:
@@ -73,7 +84,7 @@ class ConsentRequest(RequestBody):
     valid_to: Time | None = None
     recorded_by: StaffText = Field(repr=False)  # a staff reference may name a person
     # Where the patient's statement is kept (a journal note, a signed form): proof of consent.
-    statement_ref: StaffText | None = Field(default=None, repr=False)
+    statement_ref: StaffReference | None = Field(default=None, repr=False)
 
     @field_validator("categories")
     @classmethod

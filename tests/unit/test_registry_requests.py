@@ -63,7 +63,7 @@ ORG = "889640782"
             ("scope", "not a field of a token request")
         ]),
         (OrganisationEntry, {"org_id": ORG, "agency": "nav", "name": "NAV\u202e"}, [
-            ("name", "must not contain control or format characters (Unicode Cc, Cf)")
+            ("name", "must not contain control or format characters (Unicode Cc, Cf, Cs, Zl, Zp)")
         ]),
         (OrganisationEntry, {"org_id": ORG, "agency": "nav", "name": "NAV", "her_id": "12a"}, [
             ("her_id", "must be 1 to 9 digits")
