@@ -97,8 +97,9 @@ every 16th case with a missing or broken token). Each answer is checked: no 5xx
 the status is declared (`status_code_conformance`), the content type is declared
 (`content_type_conformance`).
 
-Run it with `{COMMAND}` (`CAREBUS_FUZZ_EXAMPLES` sets the examples per operation and phase;
-`make test` runs a small sample of the same tests). The last run wrote this section itself.
+Run it with `{COMMAND}` (`make fuzz FUZZ_EXAMPLES=n` sets the examples per operation and
+phase, default 5000; `pytest tests/fuzz` reads `CAREBUS_FUZZ_EXAMPLES`, default 5; `make test`
+runs that small sample). The last run wrote this section itself.
 
 Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()} with {os.cpu_count()} cores,
 `CAREBUS_FUZZ_EXAMPLES={examples}`: **{figures.total} cases in {duration:.0f} s
