@@ -84,8 +84,8 @@ integration: install
 # The fuzzer (not part of `make test`, which runs a small sample of the same tests, 5 examples
 # per operation): schemathesis against every HTTP service's live OpenAPI on a real test stack,
 # at least 100,000 cases (FUZZ_EXAMPLES per operation and phase, passed on as
-# CAREBUS_FUZZ_EXAMPLES; 5000 reach it). Prints the figures and writes them to the "Fuzzing" section of docs/reliability.md. No per-test
-# timeout: one service's operations take minutes.
+# CAREBUS_FUZZ_EXAMPLES; 5000 reach it). Prints the figures and writes them to the "Fuzzing"
+# section of docs/reliability.md. No per-test timeout: one service's operations take minutes.
 FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	CAREBUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CAREBUS_FUZZ_REPORT=1 $(VENV)/bin/pytest tests/fuzz --timeout 0 -q
