@@ -101,7 +101,7 @@ def status(as_json: bool) -> None:
     components = stack.status()
     healthy = all(component.ok for component in components)
     if as_json:
-        click.echo(json.dumps(stack.status_document(), indent=2))
+        click.echo(json.dumps(stack.status_document(components), indent=2))
     else:
         for component in components:
             click.echo(f"{component.name:<12} {component.state:<7} {component.detail}")

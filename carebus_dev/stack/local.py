@@ -31,7 +31,7 @@ from carebus_dev.stack.prometheus import LocalPrometheus
 from carebus_dev.stack.supervisor import (
     SERVICES,
     STACK_MARKER,
-    service_healthy,
+    service_state,
     start_service,
     stop_service,
 )
@@ -187,20 +187,24 @@ class LocalStack:
                 str(devdata.dev_tokens_path(self.settings)) if tokens else "not created",
             )
         )
+        available = [spec for spec in SERVICES if spec.available()]
+        # Asked side by side: a service that answers late is asked again (service_state).
+        with ThreadPoolExecutor(max_workers=max(1, len(available))) as pool:
+            states = dict(
+                zip(
+                    (spec.name for spec in available),
+                    pool.map(lambda spec: service_state(spec, self.settings), available),
+                    strict=True,
+                )
+            )
         for spec in SERVICES:
-            if not spec.available():
+            if spec.name not in states:
                 components.append(
                     ComponentStatus(spec.name, "absent", f"{spec.module} not written yet")
                 )
                 continue
-            healthy = service_healthy(spec, self.settings)
-            components.append(
-                ComponentStatus(
-                    spec.name,
-                    "up" if healthy else "down",
-                    spec.url(self.settings) or "process",
-                )
-            )
+            healthy, detail = states[spec.name]
+            components.append(ComponentStatus(spec.name, "up" if healthy else "down", detail))
         if self.prometheus.is_running():
             ready = self.prometheus.ready()
             components.append(
@@ -212,8 +216,9 @@ class LocalStack:
             )
         return components
 
-    def status_document(self) -> dict[str, Any]:
-        """The `carebus status --json` contract (DESIGN.md, HTTP contract)."""
+    def status_document(self, components: list[ComponentStatus] | None = None) -> dict[str, Any]:
+        """The `carebus status --json` contract (DESIGN.md, HTTP contract); with `components`
+        (what `status()` found), also each one's state under `"components"`."""
         services = {
             spec.name: spec.url(self.settings)
             for spec in SERVICES
@@ -238,7 +243,16 @@ class LocalStack:
             "kafka_client": client_security(self.settings),
             "postgres": self.settings.postgres_dsn,
             "dev_tokens": devdata.read_dev_tokens(self.settings) or {},
-        }
+        } | (
+            {
+                "components": {
+                    component.name: {"state": component.state, "detail": component.detail}
+                    for component in components
+                }
+            }
+            if components is not None
+            else {}
+        )
 
     def _kafka_status(self) -> ComponentStatus:
         if not self.kafka.is_running():

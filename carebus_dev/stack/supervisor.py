@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
 from pydantic import SecretStr
@@ -222,11 +223,46 @@ def start_service(spec: ServiceSpec, settings: Settings) -> bool:
     return True
 
 
-def service_healthy(spec: ServiceSpec, settings: Settings) -> bool:
+# `carebus status` asks each service a few times before calling it down: one /healthz that a
+# busy machine answers late, or a consumer group's rebalance of a second, is not an outage.
+PROBES: Final = 3
+PROBE_TIMEOUT_S: Final = 5.0
+PROBE_PAUSE_S: Final = 1.0
+
+
+def service_state(spec: ServiceSpec, settings: Settings) -> tuple[bool, str]:
+    """Whether the service is up, and what was seen: its URL (or "process"), or why it is
+    down — not running, no answer, or the readiness checks its /healthz names as failing."""
     if running(pid_path(settings, spec.name)) is None:
-        return False
+        return False, "not running"
     url = spec.url(settings)
-    return healthz(url) if url else True
+    if not url:
+        return True, "process"
+    reason = ""
+    for attempt in range(PROBES):
+        if attempt:
+            time.sleep(PROBE_PAUSE_S)
+        try:
+            response = httpx.get(f"{url}/healthz", timeout=PROBE_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            reason = f"{url}/healthz did not answer ({type(exc).__name__})"
+            continue
+        if response.status_code == 200:
+            return True, url
+        reason = f"{url}/healthz answered {response.status_code}{_failing_checks(response)}"
+    return False, reason
+
+
+def _failing_checks(response: httpx.Response) -> str:
+    """`: broker, progress` — the checks a 503 /healthz names as failing, if it names any."""
+    try:
+        checks = response.json().get("checks", {})
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(checks, dict):
+        return ""
+    failing = sorted(name for name, passed in checks.items() if passed is not True)
+    return f": {', '.join(failing)}" if failing else ""
 
 
 def stop_service(spec: ServiceSpec, settings: Settings) -> bool:

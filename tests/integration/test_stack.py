@@ -174,6 +174,10 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     assert {"services", "metrics", "kafka", "kafka_client", "postgres", "dev_tokens"} <= set(
         document
     )
+    # Each component's state, as the table without --json shows it.
+    components = document["components"]
+    assert {"kafka", "postgres", "migrations", "gateway", "router"} <= set(components)
+    assert {c["state"] for c in components.values()} <= {"up", "absent"}, components
     # Every component's /metrics on its internal port, each one answering.
     assert set(document["metrics"]) >= {"gateway", "registry", "audit", "inbox", "router"}
     for component, url in document["metrics"].items():
@@ -231,3 +235,8 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
         == []
     )
     assert run_cli(cli_env, "status").returncode != 0
+    stopped = run_cli(cli_env, "status", "--json")
+    assert stopped.returncode == 1
+    components = json.loads(stopped.stdout)["components"]
+    assert components["gateway"] == {"state": "down", "detail": "not running"}
+    assert components["kafka"]["state"] == "down"
