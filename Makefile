@@ -4,6 +4,7 @@
 #   make test   install, lint, type-check, and run the whole test suite (unit + integration)
 #   make lint   ruff + mypy + the import contracts (docs/architecture.md)
 #   make fuzz   every HTTP service's OpenAPI fuzzed with schemathesis, >= 100,000 cases (docs/reliability.md)
+#   make faults the fault tests: five faults under steady load, ~30 min (docs/reliability.md)
 #   make bench  the benchmarks (throughput, latency, memory) beside raw Kafka on the same box
 #   make lock   regenerate the hashed lock files in requirements/ from pyproject.toml
 #   make audit  known vulnerabilities of the locked versions (pip-audit)
@@ -15,7 +16,7 @@ PYTHON := $(VENV)/bin/python
 CAREBUS := $(VENV)/bin/carebus
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools run stop status test lint unit integration fuzz bench lock audit images-check
+.PHONY: install tools run stop status test lint unit integration fuzz faults bench lock audit images-check
 
 install: tools $(STAMP)
 
@@ -89,6 +90,17 @@ integration: install
 FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	CAREBUS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CAREBUS_FUZZ_REPORT=1 $(VENV)/bin/pytest tests/fuzz --timeout 0 -q
+
+# The fault tests (not part of `make test`, which runs a short smoke of one scenario,
+# tests/integration/test_faults_smoke.py): each scenario of tests/faults on a fresh test stack
+# under a steady load through the gateway, failing on any lost, doubled or reordered delivery,
+# any 5xx but 503, or no recovery. CAREBUS_FAULT_SECONDS, _RATE, _PERSONS, _OUTAGE_SECONDS size
+# them (defaults: about 30 minutes in all). The figures of every scenario that ran are written
+# to the "Fault tests" section of docs/reliability.md, failed ones too; the run fails if any did.
+faults: install
+	rm -rf build/faults
+	$(VENV)/bin/pytest tests/faults -q -p no:cacheprovider; status=$$?; \
+	$(PYTHON) -m tests.faults.report; exit $$status
 
 # Benchmarks (not part of `make test`, which runs only their smoke test): prints one table and
 # saves it with the machine's description under bench/results/. See docs/performance.md.

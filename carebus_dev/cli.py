@@ -20,8 +20,17 @@ from carebus_dev.stack.process import tail
 from carebus_dev.stack.supervisor import SERVICES, service_named, stop_service
 
 
-def _stack(echo: bool = True, settings: Settings | None = None) -> LocalStack:
-    return LocalStack(settings or Settings(), durable=True, echo=click.echo if echo else _quiet)
+def _stack(
+    echo: bool = True, settings: Settings | None = None, brokers: int | None = None
+) -> LocalStack:
+    """The stack of this state directory; with `brokers` None, as many Kafka brokers as its
+    last `up` started (`status`, `logs` and `down` find a three-broker cluster by themselves)."""
+    return LocalStack(
+        settings or Settings(),
+        durable=True,
+        echo=click.echo if echo else _quiet,
+        brokers=brokers,
+    )
 
 
 def _quiet(_: str) -> None:
@@ -44,13 +53,23 @@ def _quiet(_: str) -> None:
     "with the production alert rules of infra/prometheus/rules.",
 )
 @click.option(
+    "--brokers",
+    type=click.Choice(["1", "3"]),
+    default=None,
+    help="Kafka brokers to run: 1 (replication 1), or 3 (replication 3, min.insync.replicas 2, "
+    "what production runs; a broker may be lost). Default: as many as the last `carebus up` "
+    "of this state directory, else 1. Changing it needs `carebus down` first.",
+)
+@click.option(
     "--production",
     is_flag=True,
     help="Refuse to start while any default a production deployment must not run with is in "
     "effect (public secrets, password-less database, a single Kafka broker, dev tokens); "
     "lists them all.",
 )
-def up(sla_rules: Path | None, with_prometheus: bool, production: bool) -> None:
+def up(
+    sla_rules: Path | None, with_prometheus: bool, brokers: str | None, production: bool
+) -> None:
     """Start Kafka, PostgreSQL, topics, dev tokens and the services; return when all are healthy.
 
     Components that already run are left alone, so running it twice is harmless.
@@ -70,7 +89,7 @@ def up(sla_rules: Path | None, with_prometheus: bool, production: bool) -> None:
         except SlaRulesError as exc:
             fail(exc)
     try:
-        stack = _stack(settings=settings)
+        stack = _stack(settings=settings, brokers=int(brokers) if brokers else None)
         if sla_rules is not None:
             stop_service(service_named("sla"), settings)
         stack.up()
@@ -125,7 +144,7 @@ def status(as_json: bool) -> None:
 
 def _log_files(stack: LocalStack) -> dict[str, Path]:
     settings = stack.settings
-    files = {"kafka": stack.kafka.log_path, "postgres": stack.postgres.log_path}
+    files = {**stack.kafka.log_paths(), "postgres": stack.postgres.log_path}
     for spec in SERVICES:
         files[spec.name] = settings.state_dir / "logs" / f"{spec.name}.log"
     return files

@@ -35,7 +35,7 @@ from carebus.runtime.config import PROJECT_ROOT, Settings
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS
-from carebus_dev.stack.kafka import default_libs_dir
+from carebus_dev.stack.kafka import NodePorts, default_libs_dir
 from carebus_dev.stack.local import LocalStack
 from carebus_dev.stack.process import StackError, is_alive, pids_in_group, tail
 from carebus_dev.stack.supervisor import child_env, healthz, service_named
@@ -204,7 +204,8 @@ class ServiceProcess:
 
 
 class TestStack:
-    """A fresh Kafka broker and PostgreSQL cluster on free ports in a temporary state dir.
+    """A fresh Kafka cluster (`brokers` nodes: 1, or 3 for fault tests) and PostgreSQL cluster
+    on free ports in a temporary state dir.
 
     It never touches `carebus up`'s stack: other ports, another directory. Only the Kafka
     jars are shared, from the project's real state dir, so tests do not fetch them again.
@@ -219,13 +220,18 @@ class TestStack:
         person_partitions: int = 4,
         produce_timeout_s: float = 5.0,
         kafka_secure: bool = True,
+        brokers: int = 1,
     ) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="carebus-test-"))
         ports = free_ports(8)
+        kafka_ports = [NodePorts(ports[0], ports[1])]
+        if brokers > 1:
+            extra = free_ports(2 * (brokers - 1))
+            kafka_ports += [NodePorts(extra[i], extra[i + 1]) for i in range(0, len(extra), 2)]
         self.settings = Settings(
             environment="test",
             state_dir=self.state_dir,
-            kafka_bootstrap=f"127.0.0.1:{ports[0]}",
+            kafka_bootstrap=",".join(f"127.0.0.1:{node.broker}" for node in kafka_ports),
             kafka_controller_port=ports[1],
             postgres_dsn=f"postgresql://carebus@127.0.0.1:{ports[2]}/carebus",
             gateway_port=ports[3],
@@ -243,8 +249,11 @@ class TestStack:
             libs_dir=default_libs_dir(Settings()),
             offsets_partitions=3,
             kafka_secure=kafka_secure,
+            brokers=brokers,
+            kafka_ports=kafka_ports,
         )
         # Tests speak to the broker as the stack's admin; services as their own principals.
+        # Both name every broker and the cluster's replication (`brokers`, min.insync one less).
         self.settings = self.local.settings
         self.services: list[ServiceProcess] = []
         self._watchdog: ServiceProcess | None = None
@@ -263,6 +272,21 @@ class TestStack:
             self.stop()
             raise
         return self
+
+    @property
+    def brokers(self) -> int:
+        """How many Kafka brokers the stack runs (its topics' replication)."""
+        return self.local.kafka.brokers
+
+    def kill_broker(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to broker `index` (0-based; 0 is the first of the clients' bootstrap
+        list) without a controlled shutdown; returns once a SIGKILLed broker is gone."""
+        self.local.kafka.kill_node(index, sig)
+
+    def start_broker(self, index: int, *, timeout_s: float = 120.0) -> None:
+        """Start broker `index` (0-based) again; returns once the cluster lists it and it is
+        back in the in-sync replicas of every partition it holds a replica of."""
+        self.local.kafka.start_node(index, timeout_s=timeout_s)
 
     def env(self, *, principal: str | None = None, **extra: str) -> dict[str, str]:
         """The environment for a subprocess that should talk to this stack: as the stack's
@@ -372,6 +396,7 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_received": "municipality",
     "application_preliminary_reply": "municipality",
     "application_decided": "municipality",
+    "retraction": "dps",
 }
 
 
@@ -459,7 +484,13 @@ class EventFactory:
     def every_type(self, *, nin: str | None = None) -> list[dict[str, Any]]:
         """One event of each type, all about the same person."""
         nin = nin or self.nin()
-        return [self.event(event_type, nin=nin) for event_type in EVENT_TYPES]
+        events = [self.event(t, nin=nin) for t in EVENT_TYPES if t != "retraction"]
+        # A retraction withdraws an earlier event of its own sender: the DPS's admission.
+        admission = events[EVENT_TYPES.index("admission")]
+        return [
+            *events,
+            self.event("retraction", nin=nin, retracted_event_id=admission["event_id"]),
+        ]
 
 
 def dead_letters(

@@ -7,7 +7,9 @@ changes) decode fine but fail that test and are skipped and counted, not dead-le
 
 Rows are keyed by (source_org, event_id) and inserted with ON CONFLICT DO NOTHING, so a replayed
 batch or an event published twice leaves one row: the first one read. The nin is not stored;
-the subject key finds a person's events.
+the subject key finds a person's events. A retraction's row is stored like any event, and marks
+the event it retracts (`retracted_by`, `retracted_at`, `retraction_reason`): that row stays, as
+history, no longer a live fact.
 
 Run it with `python -m consumers.event_store`.
 """
@@ -21,7 +23,7 @@ import orjson
 from confluent_kafka import Message
 
 from carebus.adapters.sink import Connection, Row, SinkSpec, serve_sink
-from carebus.domain.events import record_to_json
+from carebus.domain.events import RETRACTION, record_to_json
 from carebus.domain.records import event_schema_name
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
@@ -80,6 +82,13 @@ _INSERT_ONE: Final = """
 """
 
 
+# The retracted event keeps its row (history); it is marked once, by the first retraction stored.
+_MARK_RETRACTED: Final = """
+    UPDATE events SET retracted_by = $3, retracted_at = $4, retraction_reason = $5
+    WHERE source_org = $1 AND event_id = $2 AND retracted_by IS NULL
+"""
+
+
 def is_event(decoded: Decoded) -> bool:
     """Whether a decoded record is an event (see the module docstring for the rule)."""
     event_type = decoded.record.get("event_type")
@@ -127,9 +136,20 @@ class EventStoreWriter:
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
         if len(rows) == 1:
             await conn.execute(_INSERT_ONE, *rows[0])
-            return
-        await conn.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
-        await conn.execute(_INSERT_STAGED)
+        else:
+            await conn.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
+            await conn.execute(_INSERT_STAGED)
+        # After the inserts: a retraction may follow its event in the same batch.
+        marks = [retraction_mark(row) for row in rows if row[2] == RETRACTION]
+        if marks:
+            await conn.executemany(_MARK_RETRACTED, marks)
+
+
+def retraction_mark(row: Row) -> tuple[Any, ...]:
+    """The `_MARK_RETRACTED` arguments of a retraction's row: the retracted event's key, the
+    retraction's id, when carebus received it, the reason."""
+    payload = orjson.loads(row[8])
+    return (row[0], payload["retracted_event_id"], row[1], row[4], payload["reason"])
 
 
 def main() -> None:

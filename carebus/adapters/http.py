@@ -21,6 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
+from carebus.adapters.outages import OUTAGES
 from carebus.adapters.ratelimit import TokenBuckets
 from carebus.domain.text import UNSHOWN_FIELD_PROBLEM
 from carebus.runtime import metrics
@@ -312,6 +313,21 @@ def create_app(
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, message, headers=headers)
+
+    # A dependency that is down, frozen or saturated (a pool not acquired in time, a statement
+    # unanswered, a broker that does not acknowledge): 503 with Retry-After, never 500.
+    retry_after = {"Retry-After": str(settings.unavailable_retry_after_s)}
+
+    async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        metrics.HTTP_UNAVAILABLE.labels(service, type(exc).__name__).inc()
+        log.warning("dependency_unavailable", error_type=type(exc).__name__)
+        return error_response(
+            503, "a dependency is unavailable; retry later", headers=dict(retry_after)
+        )
+
+    for outage in OUTAGES:
+        if issubclass(outage, Exception):
+            app.add_exception_handler(outage, _unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

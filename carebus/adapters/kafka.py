@@ -59,6 +59,10 @@ def producer_config(settings: Settings, client_id: str, **overrides: Any) -> dic
         "linger.ms": 5,
         "compression.type": "lz4",
         "message.timeout.ms": int(settings.produce_timeout_s * 1000),
+        # A bounded local queue: past it `produce` raises BufferError at once (the gateway's
+        # 503) instead of holding records in memory for a broker that is away.
+        "queue.buffering.max.messages": settings.producer_queue_max_messages,
+        "queue.buffering.max.kbytes": settings.producer_queue_max_kbytes,
     }
     config.update(overrides)
     return config

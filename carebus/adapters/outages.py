@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException
 
 from carebus.adapters.deadletter import DeadLettersUnacknowledgedError
 from carebus.adapters.publisher import BrokerUnavailableError
+from carebus.adapters.unavailable import DependencyUnavailableError
 
 OUTAGES: Final[tuple[type[BaseException], ...]] = (
     OSError,
@@ -22,5 +23,6 @@ OUTAGES: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: disk full, too many connections
     KafkaException,
     BrokerUnavailableError,
+    DependencyUnavailableError,  # a pool not acquired in time (carebus.adapters.db)
     DeadLettersUnacknowledgedError,
 )

@@ -12,11 +12,12 @@ from typing import Any, Final, Protocol
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from carebus.adapters.kafka import producer_config
+from carebus.adapters.unavailable import DependencyUnavailableError
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 
 
-class BrokerUnavailableError(Exception):
+class BrokerUnavailableError(DependencyUnavailableError):
     """The broker did not acknowledge a record in time; nothing may be reported as accepted."""
 
 

@@ -105,7 +105,7 @@ def stream_app(name: str, settings: Settings) -> StreamApp:
         value_serializer="raw",
         datadir=str(settings.state_dir / name),
         topic_partitions=settings.person_partitions,
-        topic_replication_factor=settings.internal_topic_replication,
+        topic_replication_factor=settings.kafka_replication,
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

@@ -28,6 +28,8 @@ RULES: Final = (
     "objection.recorder",
     "consent.confirmer",
     "operator.realm",
+    "retraction.own_event",
+    "retraction.repeated",
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"
@@ -55,11 +57,13 @@ class Actor:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a statement is refused: the rule, the field at fault, and a message naming no person."""
+    """Why a statement is refused: the rule, the field at fault, a message naming no person, and
+    the HTTP status to answer (403 for want of authority; a retraction's 422 and 409)."""
 
     rule_id: str
     field: str
     message: str
+    status: int = 403
 
 
 class NotEntitledError(Exception):

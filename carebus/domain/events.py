@@ -28,6 +28,9 @@ __all__ = [
     "EVENT_TYPES",
     "EXAMPLE_PAYLOADS",
     "PAYLOAD_FIELDS",
+    "POLICY_EVENT_TYPES",
+    "RETRACTION",
+    "RETRACTION_REASONS",
     "Event",
     "FieldSpec",
     "Problem",
@@ -57,7 +60,17 @@ EVENT_TYPES: Final = (
     "application_received",
     "application_preliminary_reply",
     "application_decided",
+    "retraction",
 )
+# An event that withdraws another event of the same sender about the same person
+# (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
+RETRACTION: Final = "retraction"
+# Why an event is retracted. No free text: a note would be personal data in every recipient's
+# system and in the audit trail.
+RETRACTION_REASONS: Final = ("wrong_person", "sent_in_error", "duplicate", "other")
+# The event types `policy/routing.yaml` routes (and may grant in an emergency): all but the
+# retraction.
+POLICY_EVENT_TYPES: Final = tuple(t for t in EVENT_TYPES if t != RETRACTION)
 
 ADMISSION_REASONS: Final = ("overdose", "suicide_attempt", "psychosis", "withdrawal", "other")
 ADMISSION_KINDS: Final = ("voluntary", "involuntary")
@@ -184,6 +197,7 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "application_id": _IDENTIFIER,
         "outcome": _enum(*APPLICATION_OUTCOMES),
     },
+    "retraction": {"retracted_event_id": _EVENT_REF, "reason": _enum(*RETRACTION_REASONS)},
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -245,6 +259,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "expected_decision_at": "2026-12-20T12:00:00+01:00",
     },
     "application_decided": {"application_id": "APP-2026-0099", "outcome": "granted"},
+    "retraction": {"retracted_event_id": "dps-974705788-2026-000123", "reason": "wrong_person"},
 }
 
 _TOP_LEVEL: Final = frozenset(
@@ -310,6 +325,9 @@ def parse_event(
     nin = _subject(raw.get("subject"), problems, allow_synthetic_nin)
     payload = _payload(raw.get("payload"), event_type, problems)
     emergency = _emergency(raw.get("emergency"), problems)
+    if event_type == RETRACTION and raw.get("emergency") is not None:
+        # A retraction goes to whoever got the retracted event, never to anyone new.
+        problems.append(Problem("emergency", "a retraction cannot request an emergency disclosure"))
 
     if problems:
         return None, problems

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from carebus.domain.alerts import AlertContext, build_alerts, resolved
+from carebus.domain.events import RETRACTION
 from carebus.domain.records import AlertJson, Obligation, Window
 from carebus.domain.sla import (
     Rule,
@@ -32,6 +33,8 @@ from carebus.domain.sla import (
 # How long facts that may still matter are kept: early fulfilments, admissions, breached
 # obligations awaiting a late fulfilment. Longer than any default deadline (P1M).
 MEMORY: Final = timedelta(days=120)
+# The status of an obligation whose trigger was retracted, and the resolution of its alerts.
+RETRACTED: Final = "retracted"
 ADMISSION_FIELDS: Final = ("reason", "housing_status")
 
 
@@ -99,6 +102,8 @@ def observe(
     alerts: list[AlertJson] = []
     now = context.now
     _forget_old(state, now)
+    if event.get("event_type") == RETRACTION:
+        return withdraw(state, event, context) + breach_due(state, rules, context)
     if event.get("event_type") == "admission":
         payload = event.get("payload") or {}
         state.admissions[event["event_id"]] = {
@@ -145,6 +150,38 @@ def breach_due(state: SlaState, rules: RuleSet, context: AlertContext) -> list[A
         raised = _raise(rule, obligation["trigger"], [obligation["trigger"]], deadline, context)
         _breach(obligation, raised, context.now)
         alerts.extend(raised)
+    return alerts
+
+
+def withdraw(
+    state: SlaState, retraction: Mapping[str, Any], context: AlertContext
+) -> list[AlertJson]:
+    """Withdraw, in `state`, what the event a retraction (JSON form) names had opened: its
+    open or breached obligations get status `retracted`, their raised alerts are re-published
+    resolved as `retracted`; it no longer counts in a window, waits as an early fulfilment or
+    stands as an admission. A retraction of an event that opened nothing changes nothing, and a
+    replayed one finds everything withdrawn already."""
+    source_org = retraction["source"]["org_id"]
+    target = retraction["payload"]["retracted_event_id"]
+    alerts: list[AlertJson] = []
+    for obligation in state.obligations.values():
+        trigger = obligation["trigger"]
+        if (trigger["source"]["org_id"], trigger["event_id"]) != (source_org, target):
+            continue
+        if obligation["status"] not in ("open", "breached"):
+            continue  # settled before the retraction: its history stands
+        alerts.extend(
+            resolved(alert, RETRACTED, retraction["event_id"], context.now)
+            for alert in obligation["alerts"]
+        )
+        obligation["status"] = RETRACTED
+        obligation["closed_at"] = stamp(context.now)
+    state.early = [
+        e for e in state.early if (e["source"]["org_id"], e["event_id"]) != (source_org, target)
+    ]
+    state.admissions.pop(target, None)
+    for window in state.windows.values():
+        window["events"] = [entry for entry in window["events"] if entry[1] != target]
     return alerts
 
 

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Final
 
 from carebus.domain.agencies import AGENCIES
-from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS
+from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS, POLICY_EVENT_TYPES
 
 __all__ = [
     "BASES",
@@ -193,7 +193,8 @@ def build_policy(
             )
         else:
             by_type[grant.event_type] = grant
-    for event_type in EVENT_TYPES:
+    # A retraction is never an emergency: it reaches only those who got the retracted event.
+    for event_type in POLICY_EVENT_TYPES:
         if event_type not in by_type and emergency is not None:
             problems.append(f"emergency: no grant for event type {event_type}")
     if problems:

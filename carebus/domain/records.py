@@ -238,7 +238,7 @@ class Obligation(TypedDict):
     identity: str
     trigger: dict[str, Any]  # the trigger event, JSON form
     deadline: str | None  # None while waiting for the event that sets it
-    status: str  # open | breached | closed | rule_removed
+    status: str  # open | breached | closed | rule_removed | retracted (its trigger withdrawn)
     breached_at: str | None
     alerts: list[AlertJson]  # raised when breached, re-published when resolved
     closed_at: NotRequired[str]

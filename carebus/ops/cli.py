@@ -1,4 +1,5 @@
-"""The `carebus` command: the operator's tools (tokens, the directory, webhooks, topics, trace).
+"""The `carebus` command: the operator's tools (tokens, the directory, webhooks, topics, trace,
+rebuild-state).
 
 Further commands come from the `carebus.commands` entry points: a development install adds the
 local stack's (`up`, `down`, `status`, `logs`, from `carebus_dev.cli`); a production image,
@@ -22,6 +23,7 @@ import click
 
 from carebus.adapters.auth import REALMS, ROLES, TokenInfo
 from carebus.domain.sla import SlaRulesError
+from carebus.ops.retention import retention
 from carebus.runtime.config import Settings
 from carebus.wire.policy_files import load_rules
 
@@ -381,6 +383,46 @@ def webhook_redrive(org_id: str, delivery_ids: tuple[str, ...], since: datetime 
         )
 
 
+@main.command("rebuild-state")
+@click.option(
+    "--wait",
+    "wait_s",
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the registry to publish the snapshots (0: do not wait).",
+)
+def rebuild_state_command(wait_s: float) -> None:
+    """Rebuild every person's routing state from the registry's history and the event store,
+    and have the registry publish it to care.persons.v1, where the router restores a lost state
+    from. Safe while everything runs; running it again changes nothing. Exits 1 if the registry
+    has not published the snapshots within --wait seconds (they stay queued in its outbox)."""
+    from carebus.ops import rebuild
+    from carebus.wire.codec import Codec
+
+    async def run() -> tuple[rebuild.Rebuilt, int]:
+        conn = await asyncpg.connect(Settings().postgres_dsn)
+        try:
+            done = await rebuild.rebuild_state(conn, Codec.default())
+            click.echo(f"{done.persons} person snapshots queued in the registry's outbox")
+            deadline = asyncio.get_running_loop().time() + wait_s
+            left = await rebuild.unpublished(conn, done.outbox_ids)
+            while left and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.5)
+                left = await rebuild.unpublished(conn, done.outbox_ids)
+            return done, left
+        finally:
+            await conn.close()
+
+    try:
+        done, left = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        fail(exc)
+    if left and wait_s > 0:
+        fail(TimeoutError(f"{left} snapshots not yet published: is the registry running?"))
+    if not left:
+        click.echo(f"{done.persons} person snapshots published to care.persons.v1")
+
+
 @main.command("trace")
 @click.argument("event_id")
 @click.option(
@@ -421,6 +463,9 @@ def trace_command(event_id: str, source_org: str | None, as_json: bool) -> None:
     missing = [t.source_org for t in traces if t.stored is None]
     if missing:
         fail(LookupError(f"no event {event_id} from {', '.join(missing)} in the event store"))
+
+
+main.add_command(retention)
 
 
 if __name__ == "__main__":

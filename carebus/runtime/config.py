@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Final, Literal, Self
@@ -78,8 +79,11 @@ class Settings(BaseSettings):
     # Every person-scoped topic has this many partitions, so one subject key lands on the same
     # partition number in each of them.
     person_partitions: int = 4
-    # Replication of the topics faust creates for itself (table changelogs); 3 in production.
-    internal_topic_replication: int = 1
+    # The cluster's replication: every catalogued topic and every topic faust creates for itself
+    # (table changelogs) has this many replicas, min.insync.replicas following it (2 at 3, 1 at
+    # 1: carebus.adapters.topic_admin.min_insync_replicas). The topic applier refuses a cluster
+    # with fewer brokers instead of lowering it; the local single-broker stack sets 1.
+    kafka_replication: int = Field(default=3, ge=1)
 
     # Locally `carebus` is the database owner (migrations, the operator's commands, tests); each
     # service of the local stack logs in as its own role, carebus_<service> (docs/security.md 2b).
@@ -128,6 +132,30 @@ class Settings(BaseSettings):
 
     # How long the gateway waits for the broker's delivery report before answering 503.
     produce_timeout_s: float = 10.0
+    # Resource limits (docs/operations.md, "Resource limits"; docs/reliability.md, "Load
+    # shedding"). Every asyncpg pool (carebus.adapters.db): at most this many connections per
+    # pool, a connection waited for at most `postgres_acquire_timeout_s`, a statement answered
+    # within `postgres_command_timeout_s` (client side, so a frozen server cannot hang a caller)
+    # and cut by the server after `postgres_statement_timeout_s`; past any of them the caller
+    # gets DependencyUnavailableError, which the HTTP services answer with 503 + Retry-After.
+    postgres_pool_max_size: int = Field(default=20, ge=1)
+    postgres_connect_timeout_s: float = Field(default=3.0, gt=0)
+    postgres_acquire_timeout_s: float = Field(default=3.0, gt=0)
+    postgres_command_timeout_s: float = Field(default=5.0, gt=0)
+    postgres_statement_timeout_s: float = Field(default=30.0, gt=0)
+    # The producer's local queue (librdkafka queue.buffering.max.*): a full queue is refused at
+    # once (503 at the gateway) instead of growing while the broker is away.
+    producer_queue_max_messages: int = Field(default=100_000, ge=1)
+    producer_queue_max_kbytes: int = Field(default=64 * 1024, ge=1)
+    # The gateway sheds ingest requests with 503 + Retry-After, before reading their bodies,
+    # beyond this many at once or this many declared body bytes at once.
+    gateway_max_in_flight: int = Field(default=128, ge=1)
+    gateway_max_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1)
+    # An ingest request still unanswered after this long is answered 503 (a frozen dependency
+    # that no other time-out caught); above produce_timeout_s so a slow acknowledgement is waited.
+    gateway_request_timeout_s: float = Field(default=15.0, gt=0)
+    # What a 503 for an unavailable dependency tells the client to wait, in seconds.
+    unavailable_retry_after_s: int = Field(default=5, ge=1)
     log_level: str = "info"
     log_dir: Path | None = Field(default=None)
 
@@ -165,6 +193,14 @@ class Settings(BaseSettings):
     sla_scan_interval_s: float = 0.25
     # How often the inbox flags alerts left unacknowledged past their escalation time.
     inbox_escalation_interval_s: float = 1.0
+
+    # Retention (docs/retention.md): the inventory of stores of personal data and their periods,
+    # per-table overrides as JSON (`{"events": "P400D"}`; never below a table's minimum), rows
+    # removed per statement (short locks), and how often `carebus retention serve` runs.
+    retention_inventory: Path = PROJECT_ROOT / "infra" / "retention.yaml"
+    retention_overrides: dict[str, timedelta] = Field(default_factory=dict)
+    retention_batch_size: int = Field(default=1000, ge=1, le=10_000)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
     # People sign in to the inbox with OpenID Connect (authorization code + PKCE; docs/security.md
     # 3b). The issuer: HelseID in production; unset, the bundled development issuer on

@@ -256,3 +256,51 @@ SLA_EVENTS: Final = Counter(
     "Records the SLA engine read, by outcome (applied, replayed, dead_lettered).",
     ["outcome"],
 )
+
+
+# Load shedding (docs/reliability.md, "Load shedding"): labels are service, route and error type
+# names only, never request data.
+HTTP_UNAVAILABLE: Final = Counter(
+    "carebus_http_unavailable_total",
+    "Requests answered 503 because a dependency (database, broker) was unavailable, by error type",
+    ["service", "error"],
+)
+GATEWAY_SHED: Final = Counter(
+    "carebus_gateway_shed_total",
+    "Ingest requests the gateway refused with 503 before reading them, by the limit reached",
+    ["limit"],
+)
+GATEWAY_IN_FLIGHT: Final = Gauge(
+    "carebus_gateway_in_flight_requests", "Ingest requests the gateway is serving now"
+)
+GATEWAY_BYTES_IN_FLIGHT: Final = Gauge(
+    "carebus_gateway_in_flight_bytes",
+    "Declared body bytes of the ingest requests the gateway is serving now",
+)
+SLA_PERSON_CAP: Final = Counter(
+    "carebus_sla_person_cap_total",
+    "Events of a person beyond the SLA engine's in-memory cap, dead-lettered or dropped from "
+    'memory as documented (docs/reliability.md, "Load shedding")',
+    ["outcome"],
+)
+
+# Retention (docs/retention.md): the label is the inventory's store name (a table), never data.
+RETENTION_ROWS_REMOVED: Final = Counter(
+    "carebus_retention_rows_removed_total",
+    "Rows the retention job removed because their retention had passed, by store",
+    ["store"],
+)
+RETENTION_ROWS_DUE: Final = Gauge(
+    "carebus_retention_rows_due",
+    "Rows past their retention that the last dry run found, by store",
+    ["store"],
+)
+RETENTION_LAST_SUCCESS: Final = Gauge(
+    "carebus_retention_last_success_timestamp_seconds",
+    "When the retention job last finished a run over every store (Unix time)",
+)
+RETENTION_FAILURES: Final = Counter(
+    "carebus_retention_failures_total",
+    "Retention runs that stopped on an error, by store",
+    ["store"],
+)

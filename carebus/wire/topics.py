@@ -15,6 +15,7 @@ __all__ = [
     "DELIVERIES",
     "EVENTS",
     "OPERATOR_ALERTS",
+    "PERSONS",
     "REFUSALS",
     "deliveries",
 ]
@@ -33,6 +34,9 @@ ALERTS: Final = "care.alerts.v1"
 # The registry's alerts to an organisation's privacy officer about an operator action (Alert).
 OPERATOR_ALERTS: Final = "care.alerts.operator.v1"
 DEADLETTER: Final = "care.deadletter.v1"
+# Each person's latest state snapshot (PersonSnapshot), compacted so it never expires: what the
+# router restores a lost state from. The registry is its only writer.
+PERSONS: Final = "care.persons.v1"
 
 
 def deliveries(agency: str) -> str:

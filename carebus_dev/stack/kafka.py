@@ -1,4 +1,5 @@
-"""The local single-node Kafka broker (KRaft, combined mode), run from Maven Central jars."""
+"""The local Kafka cluster: one or three KRaft nodes (combined broker + controller) from Maven
+Central jars."""
 
 from __future__ import annotations
 
@@ -10,24 +11,34 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Final
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 
 from carebus.adapters.kafka import client_security, quiet_logger
 from carebus.adapters.kafka_acls import apply_access, load_grants, principals
-from carebus.adapters.topic_admin import admin_client
+from carebus.adapters.topic_admin import admin_client, min_insync_replicas
 from carebus.runtime.config import PROJECT_ROOT, Settings
 from carebus_dev.stack.kafka_pki import LocalPki
-from carebus_dev.stack.process import StackError, running, start_until_ready, stop_recorded, tail
+from carebus_dev.stack.process import (
+    StackError,
+    is_alive,
+    running,
+    start_until_ready,
+    stop_recorded,
+    tail,
+)
 
 KAFKA_INFRA = PROJECT_ROOT / "infra" / "kafka"
 POM = KAFKA_INFRA / "pom.xml"
@@ -200,9 +211,18 @@ def principal_settings(
     )
 
 
+@dataclass(frozen=True)
+class NodePorts:
+    """A node's two listeners on 127.0.0.1: clients and brokers, and the controller quorum."""
+
+    broker: int
+    controller: int
+
+
 @dataclass
 class KafkaBroker:
-    """One broker + controller on 127.0.0.1 with its data and pid file under `state_dir`."""
+    """One KRaft node (broker + controller) on 127.0.0.1 with its data and pid file under
+    `state_dir`: alone (a standalone quorum) or one of a cluster's voters (`peers`)."""
 
     settings: Settings
     libs_dir: Path
@@ -214,30 +234,19 @@ class KafkaBroker:
     offsets_partitions: int = 50
     # False only for `make bench`'s plaintext baseline: no authentication, TLS or ACLs.
     secure: bool = True
+    node_id: int = 1
+    # Every node of a cluster, this one included; empty: a single node, its own quorum.
+    peers: tuple[NodePorts, ...] = ()
+    # The cluster id all nodes of a cluster are formatted with (a single node makes its own).
+    cluster_id: str | None = None
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        libs_dir: Path | None = None,
-        offsets_partitions: int = 50,
-        secure: bool = True,
-    ) -> KafkaBroker:
-        host, _, port = settings.kafka_bootstrap.rpartition(":")
-        if host not in ("127.0.0.1", "localhost") or not port.isdigit():
-            raise StackError(
-                f"CAREBUS_KAFKA_BOOTSTRAP must be 127.0.0.1:<port> for the local broker, "
-                f"not {settings.kafka_bootstrap!r}"
-            )
-        return cls(
-            settings=settings,
-            libs_dir=libs_dir or default_libs_dir(settings),
-            broker_port=int(port),
-            controller_port=settings.kafka_controller_port,
-            offsets_partitions=offsets_partitions,
-            secure=secure,
-        )
+    @property
+    def clustered(self) -> bool:
+        return bool(self.peers)
+
+    @property
+    def replication(self) -> int:
+        return max(1, len(self.peers))
 
     @property
     def bootstrap(self) -> str:
@@ -248,19 +257,27 @@ class KafkaBroker:
         return self.settings.state_dir
 
     @property
-    def home(self) -> Path:
+    def kafka_dir(self) -> Path:
+        """What the nodes share: jars, the local CA, the SCRAM passwords."""
         return self.state_dir / "kafka"
 
     @property
+    def home(self) -> Path:
+        # A single node keeps the layout it always had; a cluster's nodes one directory each.
+        if not self.clustered:
+            return self.kafka_dir
+        return self.kafka_dir / "nodes" / f"node-{self.node_id}"
+
+    @property
     def pki(self) -> LocalPki:
-        return LocalPki(self.home / "pki")
+        return LocalPki(self.kafka_dir / "pki")
 
     @property
     def credentials(self) -> KafkaCredentials:
         return KafkaCredentials.of(self.settings)
 
     def settings_for(self, principal: str) -> Settings:
-        """Settings that speak to this broker as `principal` (made on first use)."""
+        """Settings that speak to this node as `principal` (made on first use)."""
         if not self.secure:
             return self.settings
         passwords = self.credentials.ensure()
@@ -271,13 +288,9 @@ class KafkaBroker:
     def admin_settings(self) -> Settings:
         return self.settings_for(ADMIN_USER)
 
-    def apply_access(self) -> list[str]:
-        """Every component's SCRAM credential and exactly the ACLs of acls.yaml (idempotent)."""
-        if not self.secure:
-            return ["none: a plaintext broker (make bench's baseline only)"]
-        return apply_access(
-            admin_client(self.admin_settings()), load_grants(), self.credentials.ensure()
-        )
+    def node_admin_settings(self) -> Settings:
+        """The admin's settings bootstrapped to this node alone (its own health)."""
+        return self.admin_settings().model_copy(update={"kafka_bootstrap": self.bootstrap})
 
     @property
     def config_path(self) -> Path:
@@ -289,20 +302,33 @@ class KafkaBroker:
 
     @property
     def pid_path(self) -> Path:
-        return self.state_dir / "run" / "kafka.pid"
+        suffix = f"-{self.node_id}" if self.clustered else ""
+        return self.state_dir / "run" / f"kafka{suffix}.pid"
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir / "logs" / "kafka.log"
+        suffix = f"-{self.node_id}" if self.clustered else ""
+        return self.state_dir / "logs" / f"kafka{suffix}.log"
 
     def is_running(self) -> bool:
         return running(self.pid_path) is not None
 
+    def answers(self, timeout_s: float = 5.0) -> bool:
+        """Whether this node answers a metadata request that lists it as a live broker."""
+        if not port_open("127.0.0.1", self.broker_port):
+            return False
+        admin = AdminClient(client_security(self.node_admin_settings()), logger=quiet_logger())
+        try:
+            metadata = admin.list_topics(timeout=timeout_s)
+        except Exception:  # any failure means "not answering"
+            return False
+        return self.node_id in metadata.brokers
+
     def healthy(self, timeout_s: float = 5.0) -> bool:
-        return self.is_running() and broker_answers(self.admin_settings(), timeout_s)
+        return self.is_running() and self.answers(timeout_s)
 
     def start(self, *, timeout_s: float = 120.0) -> bool:
-        """Start the broker unless it runs; return once it answers metadata. True if started."""
+        """Start the node unless it runs; return once it answers metadata. True if started."""
         if self.is_running():
             self.wait_ready(timeout_s)
             return False
@@ -322,7 +348,7 @@ class KafkaBroker:
         self._write_config(passwords.get(BROKER_USER, ""))
         self._format_storage(java, passwords)
         start_until_ready(
-            "the Kafka broker",
+            f"Kafka node {self.node_id}",
             [
                 java,
                 f"-Xms{self.heap_mb}m",
@@ -336,10 +362,7 @@ class KafkaBroker:
                 "kafka.Kafka",
                 str(self.config_path),
             ],
-            lambda: (
-                port_open("127.0.0.1", self.broker_port)
-                and broker_answers(self.admin_settings(), 5.0)
-            ),
+            self.answers,
             log_path=self.log_path,
             pid_path=self.pid_path,
             timeout_s=timeout_s,
@@ -352,22 +375,42 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             if not self.is_running():
                 raise StackError(
-                    f"the Kafka broker exited while starting; last lines of {self.log_path}:\n"
-                    + tail(self.log_path, 30)
+                    f"Kafka node {self.node_id} exited while starting; last lines of "
+                    f"{self.log_path}:\n" + tail(self.log_path, 30)
                 )
-            if port_open("127.0.0.1", self.broker_port) and broker_answers(
-                self.admin_settings(), 5.0
-            ):
+            if self.answers():
                 return
             time.sleep(0.25)
         raise StackError(
-            f"the Kafka broker did not answer a metadata request on {self.bootstrap} within "
-            f"{timeout_s:.0f} s; last lines of {self.log_path}:\n" + tail(self.log_path, 30)
+            f"Kafka node {self.node_id} did not answer a metadata request on {self.bootstrap} "
+            f"within {timeout_s:.0f} s; last lines of {self.log_path}:\n" + tail(self.log_path, 30)
         )
 
     def stop(self, *, timeout_s: float = 30.0) -> bool:
-        """Stop the broker (controlled shutdown, killed after `timeout_s`). True if it ran."""
+        """Stop the node (controlled shutdown, killed after `timeout_s`). True if it ran."""
         return stop_recorded(self.pid_path, timeout_s=timeout_s)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the node's process group (a crash, for fault tests)."""
+        record = running(self.pid_path)
+        if record is None:
+            raise StackError(f"Kafka node {self.node_id} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pgid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            deadline = time.monotonic() + 30.0
+            while is_alive(record.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def _quorum(self) -> str:
+        """The quorum line of server.properties: standalone alone, static voters in a cluster."""
+        if not self.clustered:
+            # The storage is formatted with `--standalone`: this node bootstraps the quorum.
+            return f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        voters = ",".join(
+            f"{index}@127.0.0.1:{peer.controller}" for index, peer in enumerate(self.peers, 1)
+        )
+        return f"controller.quorum.voters={voters}"
 
     def _write_config(self, broker_password: str) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -384,15 +427,20 @@ class KafkaBroker:
         )
         self.config_path.write_text(
             template.substitute(
-                controller_port=self.controller_port,
+                node_id=self.node_id,
+                quorum=self._quorum(),
                 log_dirs=self.data_dir,
                 offsets_partitions=self.offsets_partitions,
+                replication=self.replication,
+                min_insync=min_insync_replicas(self.replication),
                 security=security,
             )
         )
 
     def _format_storage(self, java: str, passwords: dict[str, str]) -> None:
-        formatted_for = self.home / "formatted-controller-port"
+        # A single node remembers its controller port, a cluster's node the whole voter list.
+        formatted_for = self.home / ("formatted-quorum" if self.clustered else FORMATTED_PORT)
+        quorum = self._quorum() if self.clustered else str(self.controller_port)
         security = self.home / SECURITY_MARKER
         mode = SECURITY if self.secure else "PLAINTEXT"
         formatted = security.read_text().strip() if security.exists() else "PLAINTEXT"
@@ -402,18 +450,18 @@ class KafkaBroker:
             # are disposable (the stores keep what was consumed); format afresh.
             shutil.rmtree(self.data_dir)
         if (self.data_dir / "meta.properties").exists():
-            # The standalone quorum stores the controller endpoint in its first snapshot; a
-            # broker formatted for another port would wait forever for a missing controller.
+            # The quorum is stored in the first snapshot; a node formatted for other controller
+            # ports would wait forever for controllers that do not exist.
             previous = formatted_for.read_text().strip() if formatted_for.exists() else ""
-            if previous and previous != str(self.controller_port):
+            if previous and previous != quorum:
                 raise StackError(
-                    f"the Kafka data in {self.data_dir} was formatted for controller port "
-                    f"{previous}, not {self.controller_port}; set CAREBUS_KAFKA_CONTROLLER_PORT "
-                    f"back or remove {self.data_dir} (this deletes the local topics)"
+                    f"the Kafka data in {self.data_dir} was formatted for another controller "
+                    f"quorum ({previous}, not {quorum}); set CAREBUS_KAFKA_BOOTSTRAP and "
+                    f"CAREBUS_KAFKA_CONTROLLER_PORT back or remove {self.data_dir} (this "
+                    "deletes the local topics)"
                 )
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = new_cluster_id()
         result = subprocess.run(
             [
                 java,
@@ -422,9 +470,10 @@ class KafkaBroker:
                 f"{self.libs_dir}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
+                # A cluster's voters are static (controller.quorum.voters): no quorum flag.
+                *([] if self.clustered else ["--standalone"]),
                 "-t",
-                cluster_id,
+                self.cluster_id or new_cluster_id(),
                 "-c",
                 str(self.config_path),
                 # The node's own and the admin's SCRAM credentials must exist before it starts;
@@ -448,5 +497,289 @@ class KafkaBroker:
                 f"formatting the Kafka storage in {self.data_dir} failed "
                 f"(exit {result.returncode}):\n{(result.stdout + result.stderr).strip()[-2000:]}"
             )
-        formatted_for.write_text(f"{self.controller_port}\n")
+        formatted_for.write_text(f"{quorum}\n")
         security.write_text(f"{mode}\n")
+
+
+FORMATTED_PORT: Final = "formatted-controller-port"
+# How many nodes `carebus up` last started in a state directory, so `status`, `down` and the
+# next `up` find the same cluster.
+LAYOUT_FILE: Final = "cluster.json"
+SUPPORTED_BROKERS: Final = (1, 3)
+
+
+def recorded_brokers(settings: Settings) -> int | None:
+    """The broker count the last `carebus up` of `settings.state_dir` started, if any."""
+    path = settings.state_dir / "kafka" / LAYOUT_FILE
+    if not path.exists():
+        return None
+    return int(json.loads(path.read_text())["brokers"])
+
+
+def node_ports(settings: Settings, brokers: int) -> list[NodePorts]:
+    """Each node's ports: node 1 from the settings, node n two ports on per node.
+
+    CAREBUS_KAFKA_BOOTSTRAP may list every node (127.0.0.1:a,127.0.0.1:b,...) instead.
+    """
+    listed = [part.strip() for part in settings.kafka_bootstrap.split(",") if part.strip()]
+    broker_ports = []
+    for address in listed:
+        host, _, port = address.rpartition(":")
+        if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+            raise StackError(
+                f"CAREBUS_KAFKA_BOOTSTRAP must be 127.0.0.1:<port> for the local broker, "
+                f"not {settings.kafka_bootstrap!r}"
+            )
+        broker_ports.append(int(port))
+    first, controller = broker_ports[0], settings.kafka_controller_port
+    if len(broker_ports) != brokers:
+        broker_ports = [first + 2 * index for index in range(brokers)]
+    ports = [NodePorts(broker_ports[index], controller + 2 * index) for index in range(brokers)]
+    every = [port for node in ports for port in (node.broker, node.controller)]
+    if len(set(every)) != len(every):
+        raise StackError(
+            f"the ports of {brokers} local Kafka nodes collide ({every}); choose a "
+            "CAREBUS_KAFKA_CONTROLLER_PORT away from CAREBUS_KAFKA_BOOTSTRAP's port"
+        )
+    return ports
+
+
+class KafkaCluster:
+    """The local Kafka cluster: one node, or three voters with replication 3 and
+    min.insync.replicas 2, sharing one CA, one set of SCRAM credentials and one ACL set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ports: list[NodePorts],
+        *,
+        libs_dir: Path | None = None,
+        offsets_partitions: int = 50,
+        secure: bool = True,
+        heap_mb: int | None = None,
+    ) -> None:
+        if len(ports) not in SUPPORTED_BROKERS:
+            raise StackError(
+                f"the local Kafka cluster has 1 or 3 brokers, not {len(ports)} (--brokers)"
+            )
+        clustered = len(ports) > 1
+        bootstrap = ",".join(f"127.0.0.1:{node.broker}" for node in ports)
+        # Every client gets every node to bootstrap from, and the cluster's replication.
+        self.settings = settings.model_copy(
+            update={"kafka_bootstrap": bootstrap, "kafka_replication": len(ports)}
+        )
+        self.nodes = [
+            KafkaBroker(
+                settings=self.settings,
+                libs_dir=libs_dir or default_libs_dir(settings),
+                broker_port=node.broker,
+                controller_port=node.controller,
+                # Three JVMs on a two-core, small box: each gets less than one alone.
+                heap_mb=heap_mb or (384 if clustered else 512),
+                offsets_partitions=offsets_partitions,
+                secure=secure,
+                node_id=index,
+                peers=tuple(ports) if clustered else (),
+                cluster_id=self._cluster_id(settings) if clustered else None,
+            )
+            for index, node in enumerate(ports, 1)
+        ]
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        brokers: int | None = None,
+        ports: list[NodePorts] | None = None,
+        libs_dir: Path | None = None,
+        offsets_partitions: int = 50,
+        secure: bool = True,
+    ) -> KafkaCluster:
+        """The cluster of `settings.state_dir`: `brokers` nodes, or as many as last started,
+        on `ports` (a test's free ports) or on the ports `node_ports` derives from `settings`."""
+        count = len(ports) if ports else brokers or recorded_brokers(settings) or 1
+        return cls(
+            settings,
+            ports or node_ports(settings, count),
+            libs_dir=libs_dir,
+            offsets_partitions=offsets_partitions,
+            secure=secure,
+        )
+
+    @staticmethod
+    def _cluster_id(settings: Settings) -> str:
+        path = settings.state_dir / "kafka" / "nodes" / "cluster-id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(new_cluster_id() + "\n")
+        return path.read_text().strip()
+
+    # -- what callers of the single broker used ------------------------------------------
+
+    @property
+    def first(self) -> KafkaBroker:
+        return self.nodes[0]
+
+    @property
+    def brokers(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap
+
+    @property
+    def addresses(self) -> list[str]:
+        return [node.bootstrap for node in self.nodes]
+
+    @property
+    def home(self) -> Path:
+        return self.first.kafka_dir
+
+    @property
+    def pki(self) -> LocalPki:
+        return self.first.pki
+
+    @property
+    def credentials(self) -> KafkaCredentials:
+        return self.first.credentials
+
+    @property
+    def pid_path(self) -> Path:
+        return self.first.pid_path
+
+    @property
+    def log_path(self) -> Path:
+        return self.first.log_path
+
+    @property
+    def config_path(self) -> Path:
+        return self.first.config_path
+
+    def settings_for(self, principal: str) -> Settings:
+        return self.first.settings_for(principal)
+
+    def admin_settings(self) -> Settings:
+        return self.first.admin_settings()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return any(node.is_running() for node in self.nodes)
+
+    def start(self, *, timeout_s: float = 120.0) -> bool:
+        """Start every node that is not running, side by side (a quorum of three elects a
+        leader only once two run); return when the cluster lists all. True if any started."""
+        self._refuse_other_layout()
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            futures = [pool.submit(node.start, timeout_s=timeout_s) for node in self.nodes]
+            errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        self.wait_for_brokers(timeout_s)
+        layout = self.home / LAYOUT_FILE
+        layout.write_text(json.dumps({"brokers": self.brokers, "bootstrap": self.bootstrap}) + "\n")
+        return any(future.result() for future in futures)
+
+    def stop(self, *, timeout_s: float = 30.0) -> bool:
+        """Stop every node (and a node of the other layout left running). True if any ran."""
+        pid_paths = sorted((self.first.state_dir / "run").glob("kafka*.pid"))
+        if not pid_paths:
+            return False
+        # Side by side: stopped one after another, the last nodes would lose the quorum their
+        # controlled shutdown waits for, and be killed only after `timeout_s`.
+        with ThreadPoolExecutor(max_workers=len(pid_paths)) as pool:
+            ran = list(pool.map(lambda path: stop_recorded(path, timeout_s=timeout_s), pid_paths))
+        return any(ran)
+
+    def kill_node(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to node `index` (0-based) without a controlled shutdown."""
+        self._node(index).kill(sig)
+
+    def start_node(self, index: int, *, timeout_s: float = 120.0) -> None:
+        """Start node `index` (0-based) again; return once it is back in every ISR it belongs to."""
+        node = self._node(index)
+        node.start(timeout_s=timeout_s)
+        self.wait_in_sync(node.node_id, timeout_s)
+
+    def config_paths(self) -> list[str]:
+        """Every node's server.properties, of either layout (what `down` looks for)."""
+        single = self.home / "server.properties"
+        return [str(single), *(str(p) for p in sorted(self.home.glob("nodes/*/server.properties")))]
+
+    def log_paths(self) -> dict[str, Path]:
+        if self.brokers == 1:
+            return {"kafka": self.first.log_path}
+        return {f"kafka-{node.node_id}": node.log_path for node in self.nodes}
+
+    def live_brokers(self, timeout_s: float = 5.0) -> list[int]:
+        """The node ids the cluster's metadata lists as live brokers ([] if it does not answer)."""
+        admin = AdminClient(client_security(self.admin_settings()), logger=quiet_logger())
+        try:
+            metadata = admin.list_topics(timeout=timeout_s)
+        except Exception:  # any failure means "not answering"
+            return []
+        return sorted(metadata.brokers)
+
+    def wait_for_brokers(self, timeout_s: float = 120.0) -> None:
+        want = [node.node_id for node in self.nodes]
+        deadline = time.monotonic() + timeout_s
+        while (live := self.live_brokers()) != want:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the Kafka cluster lists brokers {live}, not {want}, after {timeout_s:.0f} s"
+                )
+            time.sleep(0.25)
+
+    def out_of_sync(self, node_id: int, timeout_s: float = 5.0) -> list[str]:
+        """Partitions with a replica on `node_id` that is not in their in-sync set."""
+        admin = AdminClient(client_security(self.admin_settings()), logger=quiet_logger())
+        metadata = admin.list_topics(timeout=timeout_s)
+        return [
+            f"{name}[{partition.id}]"
+            for name, topic in metadata.topics.items()
+            for partition in topic.partitions.values()
+            if node_id in partition.replicas and node_id not in partition.isrs
+        ]
+
+    def wait_in_sync(self, node_id: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        lagging = ["(no answer yet)"]
+        while time.monotonic() < deadline:
+            with contextlib.suppress(KafkaException):
+                lagging = self.out_of_sync(node_id)
+                if not lagging and node_id in self.live_brokers():
+                    return
+            time.sleep(0.25)
+        raise StackError(
+            f"Kafka node {node_id} is not back in sync after {timeout_s:.0f} s: {lagging[:10]}"
+        )
+
+    def apply_access(self) -> list[str]:
+        """Every component's SCRAM credential and exactly the ACLs of acls.yaml (idempotent),
+        once for the whole cluster: the controllers keep them in the shared metadata log."""
+        if not self.first.secure:
+            return ["none: a plaintext broker (make bench's baseline only)"]
+        return apply_access(
+            admin_client(self.admin_settings()), load_grants(), self.credentials.ensure()
+        )
+
+    def _node(self, index: int) -> KafkaBroker:
+        if not 0 <= index < len(self.nodes):
+            raise StackError(f"no Kafka node {index}: the cluster has {len(self.nodes)} (0-based)")
+        return self.nodes[index]
+
+    def _refuse_other_layout(self) -> None:
+        ours = {node.pid_path for node in self.nodes}
+        others = [
+            path
+            for path in (self.first.state_dir / "run").glob("kafka*.pid")
+            if path not in ours and running(path) is not None
+        ]
+        if others:
+            raise StackError(
+                f"a Kafka cluster of another size runs in {self.first.state_dir} "
+                f"({', '.join(p.name for p in others)}); stop it with `carebus down` first"
+            )

@@ -21,10 +21,11 @@ from carebus.adapters.topic_admin import (
     admin_client,
     apply_catalogue,
     load_catalogue,
+    min_insync_replicas,
 )
 from carebus.runtime.config import Settings
 from carebus_dev.stack import devdata
-from carebus_dev.stack.kafka import KafkaBroker, broker_answers
+from carebus_dev.stack.kafka import KafkaCluster, NodePorts
 from carebus_dev.stack.postgres import PostgresCluster
 from carebus_dev.stack.process import StackError, is_alive, processes_mentioning
 from carebus_dev.stack.prometheus import LocalPrometheus
@@ -64,10 +65,16 @@ class LocalStack:
         offsets_partitions: int = 50,
         echo: Callable[[str], None] = _silent,
         kafka_secure: bool = True,
+        brokers: int | None = None,
+        kafka_ports: list[NodePorts] | None = None,
     ) -> None:
         self.echo = echo
-        self.kafka = KafkaBroker.from_settings(
+        # `brokers` Kafka nodes (None: as many as the last `up` of this state dir started, or
+        # one); the settings it hands on name them all and the cluster's replication.
+        self.kafka = KafkaCluster.from_settings(
             settings,
+            brokers=brokers,
+            ports=kafka_ports,
             libs_dir=libs_dir,
             offsets_partitions=offsets_partitions,
             secure=kafka_secure,
@@ -94,8 +101,11 @@ class LocalStack:
         for error in errors:
             if error is not None:
                 raise error
+        replication = self.settings.kafka_replication
         self.echo(
-            f"kafka        {'started' if kafka.result() else 'running'} on {self.kafka.bootstrap}"
+            f"kafka        {'started' if kafka.result() else 'running'} on {self.kafka.bootstrap} "
+            f"({self.kafka.brokers} broker(s), replication {replication}, min.insync.replicas "
+            f"{min_insync_replicas(replication)})"
         )
         self.echo(
             f"postgres     {'started' if postgres.result() else 'running'} on port "
@@ -165,7 +175,7 @@ class LocalStack:
     def leftover_processes(self) -> list[int]:
         """Live processes of this stack: the broker, the postmaster, anything we started."""
         found = processes_mentioning(
-            [str(self.kafka.config_path), str(self.postgres.data_dir)],
+            [*self.kafka.config_paths(), str(self.postgres.data_dir)],
             marker_env=f"{STACK_MARKER}={self.settings.state_dir}",
         )
         postmaster = self.postgres.postmaster_pid()
@@ -237,6 +247,8 @@ class LocalStack:
             "services": services,
             "metrics": scraped,
             "kafka": self.settings.kafka_bootstrap,
+            # Each broker of the local cluster (one, or three with `carebus up --brokers 3`).
+            "kafka_brokers": self.kafka.addresses,
             # The broker refuses clients without credentials: this is the librdkafka
             # configuration (bootstrap, SASL_SSL, the local CA) of the stack's admin principal,
             # for a developer's tools, like the dev tokens. Local development only.
@@ -257,8 +269,9 @@ class LocalStack:
     def _kafka_status(self) -> ComponentStatus:
         if not self.kafka.is_running():
             return ComponentStatus("kafka", "down", "not running")
-        if not broker_answers(self.settings, 5.0):
-            return ComponentStatus("kafka", "down", f"running, but {self.kafka.bootstrap} silent")
+        silent = [node.bootstrap for node in self.kafka.nodes if not node.healthy(5.0)]
+        if silent:
+            return ComponentStatus("kafka", "down", f"running, but {', '.join(silent)} silent")
         return ComponentStatus("kafka", "up", self.kafka.bootstrap)
 
     def _postgres_status(self) -> ComponentStatus:

@@ -191,6 +191,10 @@ class Disclosure(BaseModel):
     rule_id: str | None
     policy_version: str
     decided_at: datetime
+    retracted_by: str | None = Field(
+        default=None,
+        description="Only when the sender withdrew the event since: the retraction's event_id.",
+    )
 
 
 class DisclosureLookup(BaseModel):
@@ -235,6 +239,9 @@ class DecisionRow(_Row):
     basis: str | None = Field(default=None, description="Only when delivered.")
     categories: list[str] | None = Field(default=None, description="Only when delivered.")
     reason: str | None = Field(default=None, description="Only when withheld.")
+    retracted_by: str | None = Field(
+        default=None, description="Only when the sender withdrew the event since (a retraction)."
+    )
 
 
 class ConsentRow(_Row):

@@ -48,6 +48,9 @@ class Decision:
     basis: str | None
     categories: Sequence[str]
     decided_at: datetime
+    # The retraction by which the sender withdrew the event since (sent about the wrong person
+    # or in error): the decision stays in the log, marked, no longer a live fact.
+    retracted_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "application_received": "your application for services",
     "application_preliminary_reply": "a preliminary reply to your application",
     "application_decided": "the decision on your application",
+    "retraction": "a correction withdrawing an earlier message about you",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",
@@ -115,6 +119,7 @@ BASIS_WORDS: Final[Mapping[str, str]] = {
     "presumed": "because you had not objected",
     "consent": "because you consented",
     "emergency": "because of an emergency",
+    "retraction": "because it had received the message withdrawn",
 }
 # Why a recipient was not told (the Disclosure schema's WithheldReason).
 REASON_WORDS: Final[Mapping[str, str]] = {
@@ -167,6 +172,9 @@ def decision_row(decision: Decision) -> dict[str, Any]:
         "recipient": decision.recipient.to_json(),
     }
     what = EVENT_WORDS.get(decision.event_type, "something that happened to you")
+    if decision.retracted_by is not None:
+        common["retracted_by"] = decision.retracted_by
+        what += " (later withdrawn by the sender as a mistake)"
     if decision.decision == "withheld":
         why = REASON_WORDS.get(decision.reason or "", "the rules do not allow it")
         text = f"{decision.recipient.described()} was not told about {what}: {why}."

@@ -51,13 +51,16 @@ _RELATED: Final = """
 # `no_candidate` rows stay in the table but are not decisions about a recipient, and the
 # contract's decision is delivered | withheld. $2 is the caller's organisation, or NULL for
 # everything (the operator's data protection officer, the patient).
+# `retracted_by`: the retraction that withdrew the event since (the event store's mark), or NULL.
 _DISCLOSURES: Final = """
-    SELECT event_id, event_type, source_org, recipient_agency, recipient_org, decision, reason,
-           basis, categories, fields, rule_id, policy_version, decided_at
-    FROM disclosures
-    WHERE subject_key = $1 AND decision IN ('delivered', 'withheld')
-      AND ($2::text IS NULL OR source_org = $2 OR recipient_org = $2)
-    ORDER BY decided_at, audit_id
+    SELECT d.event_id, d.event_type, d.source_org, d.recipient_agency, d.recipient_org,
+           d.decision, d.reason, d.basis, d.categories, d.fields, d.rule_id, d.policy_version,
+           d.decided_at, e.retracted_by
+    FROM disclosures d
+    LEFT JOIN events e ON e.source_org = d.source_org AND e.event_id = d.event_id
+    WHERE d.subject_key = $1 AND d.decision IN ('delivered', 'withheld')
+      AND ($2::text IS NULL OR d.source_org = $2 OR d.recipient_org = $2)
+    ORDER BY d.decided_at, d.audit_id
 """
 # Every looking organisation had a token or a person's session, and either's is registered.
 _LOOKUPS: Final = """
@@ -207,6 +210,8 @@ def disclosure_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     item["rule_id"] = row["rule_id"]
     item["policy_version"] = row["policy_version"]
     item["decided_at"] = rfc3339(row["decided_at"])
+    if row.get("retracted_by"):
+        item["retracted_by"] = row["retracted_by"]  # the sender withdrew the event since
     return item
 
 
@@ -278,6 +283,7 @@ class _Directory:
             basis=row["basis"],
             categories=list(row["categories"]),
             decided_at=row["decided_at"],
+            retracted_by=row.get("retracted_by"),
         )
 
     def consent(self, row: asyncpg.Record) -> ConsentChange:

@@ -15,11 +15,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.db import create_pool
 from carebus.adapters.directory import Directory
-from carebus.adapters.http import ApiError, create_app, error_responses, principal_dependency
-from carebus.adapters.publisher import BrokerUnavailableError, Publisher
+from carebus.adapters.http import (
+    ApiError,
+    BodyLimits,
+    create_app,
+    error_responses,
+    principal_dependency,
+)
+from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.adapters.resources import pool_answers
+from carebus.adapters.unavailable import DependencyUnavailableError
 from carebus.domain.agencies import AGENCIES
 from carebus.domain.authority import (
     Actor,
@@ -37,9 +45,10 @@ from carebus.runtime.config import Settings, get_settings
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_authority
 from services.gateway.ingest import Accepted, ConflictError, Ingest
+from services.gateway.shedding import InFlight, ShedLoad
 
 MAX_BATCH = 1000
-RETRY_AFTER_S = "5"
+INGEST_PATHS = ("/v1/events", "/v1/events:batch")
 # An event cannot have happened after it is sent: a day of leeway for wrong clocks and time zones;
 # beyond that it is a typo or a broken clock (year 9999 overflowed every deadline computed from it).
 FUTURE_TOLERANCE = timedelta(days=1)
@@ -116,7 +125,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Each request holds its connection while the broker acknowledges (and the person facts
         # are folded meanwhile): 10 capped 32 concurrent clients at 412 events/s, 20 gives 669.
-        pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=20)
+        pool = await create_pool(settings, min_size=1, max_size=20)
         publisher = Publisher.connect(settings, "carebus-gateway")
         codec = Codec.default()
         app.state.secret = secret = settings.subject_key_secret.get_secret_value().encode()
@@ -134,6 +143,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await pool.close()
 
     app = create_app("gateway", title="carebus gateway", lifespan=lifespan, settings=settings)
+    app.state.request_timeout_s = settings.gateway_request_timeout_s
+    app.state.retry_after = str(settings.unavailable_retry_after_s)
+    # Outermost: a shed request costs no body read, no token look-up, no metrics middleware.
+    app.add_middleware(
+        ShedLoad,
+        paths=INGEST_PATHS,
+        in_flight=InFlight(settings.gateway_max_in_flight, settings.gateway_max_bytes_in_flight),
+        unknown_length=BodyLimits.of(settings).of_path("/v1/events:batch"),
+        retry_after_s=settings.unavailable_retry_after_s,
+    )
     publisher_only = principal_dependency("system")
 
     @app.post(
@@ -279,13 +298,16 @@ async def _refusal(
     *,
     batch: bool,
 ) -> ApiError:
-    """Audit and count the refusal; the 403 to answer, naming the field at fault and the rule."""
-    metrics.EVENTS_REJECTED.labels("forbidden").inc()
+    """Audit and count the refusal; the error to answer (403, or a retraction's 422 or 409),
+    naming the field at fault and the rule."""
+    kind = {409: "conflict", 422: "invalid"}.get(refusal.status, "forbidden")
+    metrics.EVENTS_REJECTED.labels(kind).inc()
     refusals: RefusalLog = request.app.state.refusals
     await refusals.refused(principal, f"event:{event.event_type}", refusal, key)
     return ApiError(
-        403,
-        f"not entitled (rule {refusal.rule_id} of the authority policy)",
+        refusal.status,
+        f"{'not entitled' if refusal.status == 403 else 'refused'} (rule {refusal.rule_id}"
+        " of the authority policy)",
         [(_field(index, Problem(refusal.field, refusal.message), batch=batch), refusal.message)],
     )
 
@@ -295,9 +317,12 @@ async def _accept(
 ) -> list[Accepted]:
     ingest: Ingest = request.app.state.ingest
     try:
-        return await ingest.accept(
-            events, Actor(principal.org_id, principal.agency, principal.role)
-        )
+        # The backstop for a dependency that hangs where no narrower time-out applies: the
+        # transaction rolls back, so nothing answered 503 is recorded as accepted.
+        async with asyncio.timeout(request.app.state.request_timeout_s):
+            return await ingest.accept(
+                events, Actor(principal.org_id, principal.agency, principal.role)
+            )
     except NotEntitledError as refused:
         event = events[refused.index]
         raise await _refusal(
@@ -317,12 +342,18 @@ async def _accept(
             "this event_id was already accepted with other content",
             [(field, "already used for other content")],
         ) from conflict
-    except (BrokerUnavailableError, OSError, asyncpg.PostgresConnectionError) as error:
+    except (
+        DependencyUnavailableError,
+        TimeoutError,
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+    ) as error:
         metrics.EVENTS_REJECTED.labels("unavailable").inc()
         raise ApiError(
             503,
             "the event could not be stored; retry later",
-            headers={"Retry-After": RETRY_AFTER_S},
+            headers={"Retry-After": request.app.state.retry_after},
         ) from error
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from carebus.adapters import facts
+from carebus.adapters import facts, retractions
 from carebus.adapters.auth import Connection
 from carebus.adapters.publisher import OutgoingRecord, RecordPublisher
 from carebus.domain.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
@@ -87,6 +87,7 @@ class Ingest:
             ]
         )
         async with self._pool.acquire() as conn, conn.transaction():
+            await retractions.screen(conn, prepared)  # may refuse: nothing is recorded then
             new_ids = await self._record(conn, prepared)
             await self._check_repeats(conn, prepared, new_ids)
             fresh = [p for p in prepared if (p.event.source_org, p.event.event_id) in new_ids]

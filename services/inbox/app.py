@@ -87,7 +87,8 @@ class Alert(BaseModel):
     kind: str
     status: Literal["open", "acknowledged", "resolved"]
     resolution: str | None = Field(
-        description="fulfilled_late, fulfilled_late_report, cancelled or resolved_by_recipient."
+        description="fulfilled_late, fulfilled_late_report, cancelled, retracted (the event that"
+        " opened it was withdrawn by its sender) or resolved_by_recipient."
     )
     escalated: bool
     deadline: datetime | None

@@ -35,6 +35,13 @@ log = get_logger(__name__)
 LISTENER_NAME: Final = "carebus-inbox-listen"
 # Sent to a stream after the LISTEN connection came back: changes may have been missed.
 RESYNC_FRAME: Final = "event: resync\ndata: {}\n\n"
+# Each stream's frames waiting to be sent; a stream that falls this far behind is closed.
+STREAM_QUEUE: Final = 1000
+# Alert ids heard but not yet loaded; past it they are dropped and every stream is told to
+# resync (reload its list), which loses nothing a reader may see.
+HEARD_QUEUE: Final = 10_000
+# A database that does not answer is retried with backoff rather than waited on for asyncpg's 60 s.
+LISTEN_CONNECT_TIMEOUT_S: Final = 5.0
 # What the feed waits out: the database's outages, and any error of a lost LISTEN connection.
 _CONNECTION_ERRORS: Final[tuple[type[BaseException], ...]] = (*OUTAGES, asyncpg.PostgresError)
 
@@ -51,7 +58,7 @@ class Subscriber:
     """One open stream: who is reading it, and the frames waiting to be sent (None: close)."""
 
     caller: Principal
-    frames: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(1000))
+    frames: asyncio.Queue[str | None] = field(default_factory=lambda: asyncio.Queue(STREAM_QUEUE))
 
     def offer(self, frame: str) -> None:
         """Queue `frame`; a stream that cannot keep up is told to close instead."""
@@ -79,7 +86,7 @@ class AlertFeed:
         self._ping_interval_s = ping_interval_s
         self._max_backoff_s = max_backoff_s
         self._subscribers: set[Subscriber] = set()
-        self._heard: asyncio.Queue[str] = asyncio.Queue()
+        self._heard: asyncio.Queue[str] = asyncio.Queue(HEARD_QUEUE)
         self.connected = False
 
     def subscribe(self, caller: Principal) -> Subscriber:
@@ -110,7 +117,13 @@ class AlertFeed:
                 metrics.INBOX_STREAM_FRAMES.inc()
 
     def _heard_change(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self._heard.put_nowait(str(payload))
+        try:
+            self._heard.put_nowait(str(payload))
+        except asyncio.QueueFull:
+            while not self._heard.empty():
+                self._heard.get_nowait()
+            log.warning("inbox.feed_overflow", dropped=HEARD_QUEUE)
+            self._resync()
 
     def _resync(self) -> None:
         for subscriber in list(self._subscribers):
@@ -148,7 +161,11 @@ class AlertFeed:
             await asyncio.sleep(connecting.initial_s)
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self._dsn, server_settings={"application_name": LISTENER_NAME})
+        return await asyncpg.connect(
+            self._dsn,
+            timeout=LISTEN_CONNECT_TIMEOUT_S,
+            server_settings={"application_name": LISTENER_NAME},
+        )
 
     async def _listen_on(self, conn: asyncpg.Connection, *, first: bool) -> None:
         """Until the connection is lost: LISTEN, and ping so a silent loss is noticed too."""

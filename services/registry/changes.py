@@ -1,12 +1,18 @@
 """Consent and care-team changes: the validated change (`services.registry.requests` reads it
-from a request body) and its record for the stream."""
+from a request body) and its record for the stream; and the person's state snapshot that goes
+out with every change."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from carebus.adapters.publisher import OutgoingRecord
 from carebus.domain import records
+from carebus.domain.routing import PersonState
+from carebus.domain.snapshots import ORIGIN_CHANGE, PERSON_SNAPSHOT, snapshot
+from carebus.wire import topics
+from carebus.wire.codec import Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +83,18 @@ def care_team_record(
         "recorded_by_org": recorded_by_org,
         "recorded_at": recorded_at,
     }
+
+
+def snapshot_record(
+    codec: Codec, subject_key: str, state: PersonState, recorded_at: datetime
+) -> OutgoingRecord:
+    """The person's state after a change recorded at `recorded_at`, for care.persons.v1.
+
+    It goes into the outbox right after the change's own record, so it is published after it
+    and in the person's order; the compacted topic keeps the latest for good, which is what a
+    router that lost its state restores from (`carebus.domain.snapshots.restore`).
+    """
+    record = snapshot(subject_key, state, recorded_at, ORIGIN_CHANGE)
+    return OutgoingRecord(
+        topics.PERSONS, subject_key.encode(), codec.encode(PERSON_SNAPSHOT, record)
+    )

@@ -22,7 +22,13 @@ from carebus.runtime import metrics
 from carebus.runtime.telemetry import get_logger
 from carebus.wire import topics
 from carebus.wire.codec import Codec
-from services.registry.changes import CareTeamChange, Consent, care_team_record, consent_record
+from services.registry.changes import (
+    CareTeamChange,
+    Consent,
+    care_team_record,
+    consent_record,
+    snapshot_record,
+)
 from services.registry.outbox import Outbox
 
 log = get_logger(__name__)
@@ -335,6 +341,7 @@ class History:
         after = apply(state, schema, record)
         if after is not state:
             await facts.save(conn, {key: after})
+        await Outbox.add(conn, snapshot_record(self._codec, key, after, record["recorded_at"]))
 
     def _outgoing(self, schema: str, key: str, record: Mapping[str, Any]) -> OutgoingRecord:
         return OutgoingRecord(topics.EVENTS, key.encode(), self._codec.encode(schema, record))

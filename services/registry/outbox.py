@@ -26,6 +26,7 @@ from typing import Final
 
 import asyncpg
 
+from carebus.adapters import outbox as table
 from carebus.adapters.auth import Connection
 from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord, Publisher
 from carebus.runtime import metrics
@@ -33,8 +34,7 @@ from carebus.runtime.telemetry import get_logger
 
 log = get_logger(__name__)
 
-# Advisory locks are (int4, int4) pairs; the first names this use so no other lock collides.
-_LOCK_CLASS: Final = 0x0CB0_0B0C
+_LOCK_CLASS: Final = table.LOCK_CLASS
 _RELAY_BATCH: Final = 100
 # Worth waiting out until the next relay pass: the database restarting or unreachable.
 _DATABASE_ERRORS: Final = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -50,20 +50,12 @@ class Outbox:
     @staticmethod
     async def lock_subject(conn: Connection, subject_key: str) -> None:
         """Hold the person's outbox lock until the caller's transaction ends."""
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock($1::int4, hashtext($2::text))", _LOCK_CLASS, subject_key
-        )
+        await table.lock_subjects(conn, [subject_key])
 
     @staticmethod
     async def add(conn: Connection, record: OutgoingRecord) -> int:
         """Insert `record` in the caller's transaction (which holds `lock_subject`); its id."""
-        outbox_id = await conn.fetchval(
-            "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3) RETURNING id",
-            record.topic,
-            record.key,
-            record.value,
-        )
-        return int(outbox_id)
+        return await table.add(conn, record)
 
     async def publish_pending(self, subject_key: str, *, wait: bool = True) -> int | None:
         """Publish every unpublished record of the person in id order; how many.

@@ -4,7 +4,9 @@ One faust agent reads the person-keyed stream in order. Consent and care-team ch
 table of person state (backed by a changelog topic, so a restarted or rebalanced worker recovers
 it); each event first updates that state and is then routed by the pure decisions in
 `domain.routing`: deliveries to `care.deliveries.<agency>.v1`, one disclosure per candidate to
-`care.audit.v1`. Records are taken in batches; a batch's deliveries and disclosures go out
+`care.audit.v1`. A state lost with its changelog is restored from the registry's latest snapshot
+of the person (care.persons.v1, compacted: `services.router.snapshots`), read to its end before
+anything is routed. Records are taken in batches; a batch's deliveries and disclosures go out
 through one confluent-kafka producer (murmur2, so keys land where faust puts them) and the batch
 is acknowledged to faust only when the broker has all of them. Processing is at-least-once:
 faust commits offsets only of acknowledged records (and flushes the table's changelog first),
@@ -33,7 +35,8 @@ from carebus.adapters.publisher import OutgoingRecord, Publisher, RecordPublishe
 from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.policy import Policy
-from carebus.domain.routing import PersonState, apply, route
+from carebus.domain.routing import PersonState, apply
+from carebus.domain.snapshots import restore
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 from carebus.runtime.retry import OnRetry, RetryPolicy
@@ -42,6 +45,8 @@ from carebus.runtime.worker import Readiness
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy
+from services.router.retractions import RoutedRecipients
+from services.router.snapshots import PersonSnapshots, Snapshots
 
 log = get_logger(__name__)
 # faust must not commit offsets whose output the broker does not have: a broker outage is
@@ -74,11 +79,23 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
         value_type=bytes,
         use_partitioner=True,
     )
+    # Who got each person's recent events, for retractions (services/router/retractions.py);
+    # keyed and partitioned like `persons`.
+    recipients = app.Table(
+        "recipients",
+        partitions=settings.person_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        use_partitioner=True,
+    )
     letters = Producer(producer_config(settings, "carebus-router-deadletters"))
     dead_letters = DeadLetterPolicy(letters, codec, consumer="router")
     readiness.add("broker", lambda: broker_answers(letters))
     publisher = Publisher.connect(settings, "carebus-router")
-    router = Router(policy, codec, persons, publisher, dead_letters)
+    snapshots = PersonSnapshots(settings, codec)
+    readiness.add("person_snapshots", snapshots.is_caught_up)
+    snapshots.start()
+    router = Router(policy, codec, persons, publisher, dead_letters, snapshots, recipients)
 
     batch_agent(app, topics.EVENTS, router.handle_batch, size=BATCH_SIZE, within_s=BATCH_WITHIN_S)
     app.router_core = router  # type: ignore[attr-defined]
@@ -95,8 +112,12 @@ class Router:
         persons: Any,
         publisher: RecordPublisher,
         dead_letters: DeadLetterPolicy,
+        snapshots: Snapshots | None = None,
+        recipients: Any = None,
     ) -> None:
         self._policy = policy
+        self._recipients = RoutedRecipients({} if recipients is None else recipients, policy)
+        self._snapshots = snapshots
         self._codec = codec
         self._persons = persons
         self._publisher = publisher
@@ -114,6 +135,8 @@ class Router:
         partition. A broker outage is retried with backoff until the batch is out: faust must
         not commit offsets whose output the broker does not have.
         """
+        if self._snapshots is not None:
+            await self._snapshots.caught_up()
         outgoing: list[OutgoingRecord] = []
         self._routed = []
         for event in batch:
@@ -159,9 +182,12 @@ class Router:
             return []
         table_key = subject_key.encode()
         stored = self._persons.get(table_key)
-        before = PersonState.from_json(orjson.loads(stored)) if stored else PersonState()
+        held = PersonState.from_json(orjson.loads(stored)) if stored else None
+        base = held or PersonState()
+        restored = self._snapshots.take(subject_key) if self._snapshots is not None else None
+        before = base if restored is None else restore(held, restored)
         state = apply(before, decoded.schema_name, decoded.record)
-        if state is not before:
+        if state is not base:
             # orjson's bytes keep a 4 KiB buffer; the table holds one per person for good, so
             # it gets a right-sized copy (RSS at 100,000 persons: 558 → ~200 MiB).
             self._persons[table_key] = orjson.dumps(state.to_json()).decode().encode()
@@ -170,7 +196,7 @@ class Router:
             CARETEAM_CHANGE,
         ):
             return []
-        routing = route(decoded.record, state, self._policy, datetime.now(UTC))
+        routing = self._recipients.route(decoded.record, state, table_key)
         records = [
             OutgoingRecord(
                 topics.deliveries(delivery["recipient"]["agency"]),

@@ -47,6 +47,14 @@ from carebus.domain.records import (
 )
 from carebus.domain.routing import PersonState, apply
 from carebus.domain.sla import RuleSet, parse_rfc3339
+from carebus.domain.sla_limits import (
+    DEFAULT_CAPS,
+    PersonCapExceededError,
+    PersonCaps,
+    exceeded,
+    forget_settled,
+    sizes,
+)
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings
 from carebus.runtime.retry import RetryPolicy
@@ -133,8 +141,10 @@ class SlaEngine:
         publisher: RecordPublisher,
         dead_letters: DeadLetterPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        caps: PersonCaps = DEFAULT_CAPS,
     ) -> None:
         self._rules = rules
+        self._caps = caps
         self._policy = policy
         self._codec = codec
         self._store = store
@@ -238,14 +248,28 @@ class SlaEngine:
                 CARE_TEAM_CHANGE,
             ):
                 context = self._context(routing)
+                before = sizes(state)
                 alerts = observe(state, record_to_json(record), self._rules, context)
+                # The person's state is bounded (carebus.domain.sla_limits): a record that
+                # would grow it past a cap is dead-lettered below, naming the cap.
+                cap = exceeded(before, sizes(state), self._caps)
+                if cap is not None:
+                    raise PersonCapExceededError(cap)
+                forgotten = forget_settled(state, self._caps)
+                if forgotten:
+                    metrics.SLA_PERSON_CAP.labels("settled_forgotten").inc(forgotten)
         except Exception as error:  # a record the engine cannot apply is a dead letter
             if not alone:
                 raise RecordFailedError(type(error).__name__) from None
             log.error("sla_record_failed", error_type=type(error).__name__, subject_key=subject_key)
-            self._dead_letters.send(
-                FaustMessage(message), Reason.INVALID_RECORD, f"sla failed: {type(error).__name__}"
+            detail = (
+                str(error)
+                if isinstance(error, PersonCapExceededError)
+                else f"sla failed: {type(error).__name__}"
             )
+            self._dead_letters.send(FaustMessage(message), Reason.INVALID_RECORD, detail)
+            if isinstance(error, PersonCapExceededError):
+                metrics.SLA_PERSON_CAP.labels("dead_lettered").inc()
             metrics.SLA_EVENTS.labels("dead_lettered").inc()
             persons.pop(subject_key, None)
             return None

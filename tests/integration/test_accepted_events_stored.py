@@ -78,7 +78,8 @@ def shapes(factory: EventFactory, nin: str) -> list[dict[str, Any]]:
     """Every accepted shape of every event type about `nin`; the admission comes first, so the
     organisations that make plans about the person have their relation to them."""
     found: list[dict[str, Any]] = []
-    for event_type in EVENT_TYPES:
+    # A retraction needs an event of its sender to retract: tests/integration/test_retraction.py.
+    for event_type in (t for t in EVENT_TYPES if t != "retraction"):
         absent = dict.fromkeys(_optional(event_type))
         found.append(factory.event(event_type, nin=nin))  # every optional field present
         found.append(factory.event(event_type, nin=nin, system=None, **absent))  # all absent

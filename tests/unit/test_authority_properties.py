@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from carebus.domain.authority import Actor, AuthorityPolicy
-from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.events import POLICY_EVENT_TYPES, event_to_record, parse_event
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
@@ -78,6 +78,9 @@ SENDERS: dict[str, frozenset[str]] = {
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),
+    # Anyone may retract its own events (judged against the gateway's ledger, not modelled here:
+    # tests/unit/test_retraction.py).
+    "retraction": frozenset({"dps", "municipality", "fastlege", "nav", "police", "housing"}),
 }
 
 Source = tuple[str, ...]  # ("registry", recorder) or ("plan", owner, plan_id)
@@ -327,7 +330,7 @@ def event_statements(
     involved = involving(cast)
     if event_types is None:
         event_types = st.sampled_from(("ip_update", "ip_update", "admission", "discharge"))
-        event_types |= st.sampled_from(EVENT_TYPES)
+        event_types |= st.sampled_from(POLICY_EVENT_TYPES)
     event_type = draw(event_types)
     # Mostly a cast organisation that may send it, so that state builds up; else anyone.
     senders = [o for o in cast if AGENCY_OF[o] in SENDERS[event_type]]

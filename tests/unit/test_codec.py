@@ -191,6 +191,7 @@ def test_every_event_type_has_a_schema(codec: Codec) -> None:
         "Alert",
         "RegisterChange",
         "AuthorityRefusal",
+        "PersonSnapshot",
     }
     assert set(codec.catalogue.names) == {
         *(event_schema_name(t) for t in EVENT_TYPES),

@@ -89,6 +89,8 @@ WORKERS = {
 }
 DEPLOYABLES = HTTP_SERVICES | WORKERS
 SETUP_SERVICES = ("migrate", "topics")
+# The three KRaft nodes (broker + controller each); every client bootstraps from all of them.
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
 # Served to the outside by the TLS proxy, each under its own host name; the proxy is the only
 # service that publishes a port beyond the host's loopback address.
 PUBLIC_SERVICES = {*HTTP_SERVICES, "grafana"}
@@ -375,7 +377,8 @@ def test_deployables_start_after_setup(services: dict[str, dict[str, Any]]) -> N
     """No deployable starts before the broker is healthy and the schema and topics exist."""
     for name in DEPLOYABLES:
         depends_on = services[name]["depends_on"]
-        assert depends_on["kafka"]["condition"] == "service_healthy", name
+        for broker in KAFKA_NODES:
+            assert depends_on[broker]["condition"] == "service_healthy", name
         assert depends_on["postgres"]["condition"] == "service_healthy", name
         for setup in SETUP_SERVICES:
             assert depends_on[setup]["condition"] == "service_completed_successfully", name
@@ -411,7 +414,10 @@ def test_carebus_configuration_is_only_carebus_env(services: dict[str, dict[str,
         assert isinstance(environment, dict), name
         assert all(key.startswith("CAREBUS_") for key in environment), name
         assert environment["CAREBUS_HTTP_HOST"] == "0.0.0.0", name
-        assert environment["CAREBUS_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        assert environment["CAREBUS_KAFKA_BOOTSTRAP"] == ",".join(
+            f"{broker}:9092" for broker in KAFKA_NODES
+        ), name
+        assert environment["CAREBUS_KAFKA_REPLICATION"] == "3", name
         assert "@postgres:5432/" in environment["CAREBUS_POSTGRES_DSN"], name
         assert environment["CAREBUS_ENVIRONMENT"] == "production", name
 
@@ -476,20 +482,29 @@ def test_the_proxy_runs_the_repository_config(services: dict[str, dict[str, Any]
     assert "http://127.0.0.1:8081/healthz" in proxy["healthcheck"]["test"]
 
 
-def test_kafka_is_a_single_secured_kraft_node(services: dict[str, dict[str, Any]]) -> None:
-    """The production broker is secured like the local one: SASL/SCRAM over TLS for clients,
-    mutual TLS for the controller, nothing allowed that acls.yaml does not grant."""
-    kafka = services["kafka"]
-    assert kafka["image"].startswith("apache/kafka:")
-    assert kafka["command"] == ["/bin/sh", "/opt/carebus/kafka/start-kafka.sh"]
-    assert "./infra/kafka/compose:/opt/carebus/kafka:ro" in kafka["volumes"]
-    assert "kafka-data:/var/lib/kafka/data" in kafka["volumes"]
-    assert set(kafka["secrets"]) == {
-        "kafka_broker_pem",
-        "kafka_ca_pem",
-        "kafka_password_broker",
-        "kafka_password_admin",
-    }
+def test_kafka_is_three_secured_kraft_nodes(services: dict[str, dict[str, Any]]) -> None:
+    """The production cluster is three nodes secured like the local one (SASL/SCRAM over TLS
+    for clients, mutual TLS for the controller, nothing allowed that acls.yaml does not grant),
+    the three controller voters, with replication 3 and min.insync.replicas 2."""
+    assert "kafka" not in services
+    images = set()
+    for index, name in enumerate(KAFKA_NODES, 1):
+        kafka = services[name]
+        images.add(kafka["image"])
+        assert kafka["command"] == ["/bin/sh", "/opt/carebus/kafka/start-kafka.sh"]
+        assert kafka["environment"]["KAFKA_NODE_ID"] == str(index), name
+        assert "./infra/kafka/compose:/opt/carebus/kafka:ro" in kafka["volumes"]
+        assert f"{name}-data:/var/lib/kafka/data" in kafka["volumes"]
+        assert f"--bootstrap-server {name}:9092" in kafka["healthcheck"]["test"][1], name
+        assert set(kafka["secrets"]) == {
+            "kafka_broker_pem",
+            "kafka_ca_pem",
+            "kafka_password_broker",
+            "kafka_password_admin",
+        }
+    assert len(images) == 1
+    assert {services[name]["environment"]["CLUSTER_ID"] for name in KAFKA_NODES} != {""}
+    assert len({services[name]["environment"]["CLUSTER_ID"] for name in KAFKA_NODES}) == 1
     config = dict(
         line.split("=", 1)
         for line in (PROJECT_ROOT / "infra/kafka/compose/server.properties")
@@ -498,13 +513,32 @@ def test_kafka_is_a_single_secured_kraft_node(services: dict[str, dict[str, Any]
         if line and not line.startswith("#")
     )
     assert config["process.roles"] == "broker,controller"
+    assert config["node.id"] == "@NODE_ID@"
+    assert config["controller.quorum.voters"] == ",".join(
+        f"{index}@{name}:9093" for index, name in enumerate(KAFKA_NODES, 1)
+    )
     assert config["listener.security.protocol.map"] == "CLIENT:SASL_SSL,CONTROLLER:SSL"
-    assert config["advertised.listeners"].startswith("CLIENT://kafka:9092")
+    assert config["advertised.listeners"].startswith("CLIENT://kafka-@NODE_ID@:9092")
     assert config["listener.name.controller.ssl.client.auth"] == "required"
     assert config["allow.everyone.if.no.acl.found"] == "false"
     assert config["super.users"] == "User:broker;User:admin"
     assert config["auto.create.topics.enable"] == "false"
+    for key in ("default.replication.factor", "offsets.topic.replication.factor"):
+        assert config[key] == "3", key
+    for key in ("min.insync.replicas", "transaction.state.log.min.isr"):
+        assert config[key] == "2", key
     assert "PLAINTEXT" not in (PROJECT_ROOT / "infra/kafka/compose/server.properties").read_text()
+
+
+def test_the_catalogue_is_written_for_the_production_replication(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Every catalogued topic's replication is what the production cluster is configured for."""
+    from carebus.adapters.topic_admin import load_catalogue
+
+    replication = int(services["topics"]["environment"]["CAREBUS_KAFKA_REPLICATION"])
+    assert replication == len(KAFKA_NODES)
+    assert {spec.replication_factor for spec in load_catalogue()} == {replication}
 
 
 def test_each_kafka_client_is_its_own_principal(services: dict[str, dict[str, Any]]) -> None:
@@ -539,7 +573,7 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
             source = str(volume).split(":", 1)[0]
             if not source.startswith(("./", "/")):
                 assert source in named, f"{name} mounts undeclared volume {source}"
-    for name in ("kafka", "postgres", "prometheus", "grafana", "router", "sla"):
+    for name in (*KAFKA_NODES, "postgres", "prometheus", "grafana", "router", "sla"):
         sources = [str(volume).split(":", 1)[0] for volume in compose["services"][name]["volumes"]]
         assert any(source in named for source in sources), f"{name} has no named volume"
 

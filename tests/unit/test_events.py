@@ -16,6 +16,7 @@ from carebus.domain.events import (
     EVENT_TYPES,
     EXAMPLE_PAYLOADS,
     PAYLOAD_FIELDS,
+    POLICY_EVENT_TYPES,
     Event,
     Problem,
     content_fingerprint,
@@ -64,8 +65,10 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's fifteen event types are each in EVENT_TYPES, the payload table and the examples."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 15
+    """DESIGN's sixteen event types are each in EVENT_TYPES, the payload table and the examples;
+    the policy routes all but the retraction."""
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 16
+    assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
 

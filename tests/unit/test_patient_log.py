@@ -281,3 +281,18 @@ def test_every_known_value_has_plain_words() -> None:
     # Sentences stay plain: no identifier of the code leaks into the words.
     for words in (EVENT_WORDS, CATEGORY_WORDS, BASIS_WORDS, REASON_WORDS):
         assert all("_" not in text for text in words.values())
+
+
+def test_a_retracted_event_stays_in_the_log_marked_as_withdrawn() -> None:
+    """A delivery of an event its sender retracted since stays, says it was withdrawn, and names
+    the retraction; the retraction's own delivery says what it was."""
+    row = decision_row(decision(retracted_by="dps-retraction-1"))
+    assert row["retracted_by"] == "dps-retraction-1"
+    assert "later withdrawn by the sender as a mistake" in row["text"]
+    assert "retracted_by" not in decision_row(decision())
+    notice = decision_row(decision(event_type="retraction", basis="retraction"))
+    assert notice["text"] == (
+        "Demo NAV office (nav 889640782) was told about a correction withdrawing an earlier "
+        "message about you by Demo DPS (dps 974705788): practical details, because it had "
+        "received the message withdrawn."
+    )

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from carebus.domain.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
-from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.events import (
+    EVENT_TYPES,
+    POLICY_EVENT_TYPES,
+    event_to_record,
+    parse_event,
+)
 from carebus.domain.policy import CATEGORIES, EVENT_CATEGORY, FIELD_CATEGORY, Policy
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
@@ -694,7 +699,7 @@ def test_an_emergency_overrides_objections_and_missing_consent_for_every_candida
     assert recipients(routing) == {MEMBER["dps"], MEMBER["nav"], MEMBER["police"]}
 
 
-@pytest.mark.parametrize("event_type", EVENT_TYPES)
+@pytest.mark.parametrize("event_type", POLICY_EVENT_TYPES)
 def test_an_emergency_delivers_the_grant_of_every_type(event_type: str) -> None:
     """For each type, an emergency delivers exactly the grant's fields present in the payload."""
     record = event(event_type, emergency=EMERGENCY)

@@ -10,7 +10,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS, event_to_record, parse_event
+from carebus.domain.events import (
+    PAYLOAD_FIELDS,
+    POLICY_EVENT_TYPES,
+    event_to_record,
+    parse_event,
+)
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
@@ -312,7 +317,7 @@ def care_team_changes(draw: st.DrawFn, involved: st.SearchStrategy[str]) -> Oper
 @st.composite
 def events(draw: st.DrawFn, involved: st.SearchStrategy[str]) -> Operation:
     person = draw(persons)
-    event_type = draw(st.sampled_from(EVENT_TYPES))
+    event_type = draw(st.sampled_from(POLICY_EVENT_TYPES))
     source = draw(organisations)
     payload: dict[str, Any] = {}
     for name, spec in PAYLOAD_FIELDS[event_type].items():

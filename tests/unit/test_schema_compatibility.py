@@ -232,11 +232,18 @@ def released_pairs() -> list[Any]:
 # --- the release check ----------------------------------------------------------------------
 
 
+# Event schemas added after the last release; the next release freezes them (schemas/avro/README).
+NOT_YET_RELEASED = frozenset({event_schema_name("retraction")})
+
+
 def test_there_is_a_release(catalogue: SchemaCatalogue) -> None:
-    """Release 1 is frozen and holds every event schema and the dead letter."""
+    """Release 1 is frozen and holds every event schema (but those added since) and the dead
+    letter."""
     assert 1 in catalogue.release_numbers
     released = set(catalogue.release(1))
-    assert {event_schema_name(t) for t in EVENT_TYPES} | {DEAD_LETTER} <= released
+    expected = {event_schema_name(t) for t in EVENT_TYPES} - NOT_YET_RELEASED
+    assert expected | {DEAD_LETTER} <= released
+    assert not NOT_YET_RELEASED & released, "released now: take it out of NOT_YET_RELEASED"
 
 
 @pytest.mark.parametrize(("number", "name"), released_pairs())

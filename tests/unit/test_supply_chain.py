@@ -90,7 +90,7 @@ def test_one_kafka_version_everywhere() -> None:
     match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
     assert match is not None
     compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
-    image = compose["services"]["kafka"]["image"]
+    image = compose["services"]["kafka-1"]["image"]
     assert image.split("@")[0] == f"apache/kafka:{match[1]}"
 
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Start the production broker (docker-compose.yml, image apache/kafka) secured.
+# Start one production broker (docker-compose.yml's kafka-$KAFKA_NODE_ID, image apache/kafka)
+# secured.
 #
 # The image's own entrypoint formats the storage without SCRAM credentials, and a broker whose
 # inter-broker listener wants SCRAM cannot even register without its own. So: write the config
@@ -18,7 +19,12 @@ admin_password=$(cat "$secrets/kafka_password_admin")
 case "$broker_password$admin_password" in
   *[!0-9a-fA-F]*|"") echo "kafka_password_broker and kafka_password_admin must be hex" >&2; exit 1 ;;
 esac
-sed "s/@BROKER_PASSWORD@/$broker_password/" /opt/carebus/kafka/server.properties > "$config"
+case "${KAFKA_NODE_ID:-}" in
+  1|2|3) ;;
+  *) echo "KAFKA_NODE_ID must be 1, 2 or 3 (the node's kafka-N)" >&2; exit 1 ;;
+esac
+sed -e "s/@BROKER_PASSWORD@/$broker_password/" -e "s/@NODE_ID@/$KAFKA_NODE_ID/g" \
+  /opt/carebus/kafka/server.properties > "$config"
 
 # The admin's client settings for the healthcheck and for operators' `docker-compose exec`.
 cat > "$home/admin.properties" <<PROPERTIES
@@ -30,7 +36,8 @@ ssl.truststore.location=$secrets/kafka_ca_pem
 PROPERTIES
 
 if [ ! -f "$home/data/meta.properties" ]; then
-  /opt/kafka/bin/kafka-storage.sh format --standalone -t "$CLUSTER_ID" -c "$config" \
+  # Static voters (controller.quorum.voters): no --standalone; every node the same cluster id.
+  /opt/kafka/bin/kafka-storage.sh format -t "$CLUSTER_ID" -c "$config" \
     --add-scram "SCRAM-SHA-512=[name=broker,password=$broker_password]" \
     --add-scram "SCRAM-SHA-512=[name=admin,password=$admin_password]"
 fi
