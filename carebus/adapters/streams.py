@@ -13,11 +13,23 @@ records, and nothing reads them again.
 `StreamApp` seeks such partitions of the consumed topics to their beginning (what
 `auto_offset_reset=earliest` means for a partition nobody has committed), so the records are
 read again. At-least-once with deterministic ids makes a second read harmless.
+
+The same dropping loses records for good on a partition that HAS a committed offset (found by
+the fault test that SIGKILLs routers under load, tests/faults/test_workers_killed.py: 69
+events skipped after one rebalance). faust drops the records aiokafka fetched for a partition
+that is not active (or the rest of a fetch when the generation changes), aiokafka's position
+stays past them, and when the next record arrives faust takes the hole for a "gap" (meant for
+compacted or transactional topics) and counts it as acknowledged, so the commit jumps past
+records no agent ever saw. carebus's consumed topics are neither compacted nor transactional:
+their offsets are contiguous, so a hole is always a skip. `_Consumer.getmany` seeks such a
+partition back to the first skipped record and withholds the rest of that fetch, so the
+records are read again, in order, before anything after them.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +45,9 @@ from carebus.runtime.worker import Readiness, serve_health
 
 # faust's internal topic for electing the group leader: no stream records, nothing to re-read.
 _LEADER_TOPIC_SUFFIX = "__assignor-__leader"
+# Rewinds to one offset of a partition before the hole is left to faust: a hole that comes back
+# every time is below the log's start (retention deleted it), not a skip that reading again cures.
+MAX_REWINDS = 3
 
 
 def never_committed(
@@ -48,6 +63,20 @@ def never_committed(
     ]
 
 
+def skipped_from(read_offset: int | None, committed: int | None, offset: int) -> int | None:
+    """The first record skipped before `offset`, or None when nothing was skipped.
+
+    faust's read offset is the last record handed on, except right after a seek to the
+    committed offsets, when it IS the committed offset (the next record to read). Read again
+    from the record after it, or from the committed one in the second case: at most one record
+    is read twice, and a second read is harmless (at-least-once, deterministic ids).
+    """
+    if read_offset is None:
+        return None  # a fresh assignment: seek_to_committed placed the consumer
+    start = read_offset if read_offset == committed else read_offset + 1
+    return start if offset > start else None
+
+
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
@@ -61,6 +90,38 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # Rewinds so far by (partition, offset), to give up on a hole reading cannot fill.
+    _rewinds: Counter[tuple[TP, int]] | None = None
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109  # faust's signature
+        """faust's fetch, with a partition that skipped records sought back (see above)."""
+        if self._rewinds is None:
+            self._rewinds = Counter()
+        rewinds = self._rewinds
+        rewound: set[TP] = set()
+        async for tp, message in super().getmany(timeout):
+            if tp in rewound:
+                continue  # the rest of this fetch comes again after the skipped records
+            start = skipped_from(
+                self._read_offset.get(tp), self._committed_offset.get(tp), message.offset
+            )
+            if (
+                start is not None
+                and self.app.topics.acks_enabled_for(message.topic)
+                and rewinds[(tp, start)] < MAX_REWINDS
+            ):
+                rewinds[(tp, start)] += 1
+                self.log.warning(
+                    "Records %d..%d of %r were skipped; seeking back to read them",
+                    start,
+                    message.offset - 1,
+                    tp,
+                )
+                await self._seek(tp, start)
+                rewound.add(tp)
+                continue
+            yield tp, message
 
 
 class _Transport(faust_aiokafka.Transport):

@@ -59,3 +59,20 @@ def test_seek_to_committed_rewinds_what_aiokafka_left(monkeypatch: Any) -> None:
     committed = asyncio.run(thread.seek_to_committed())
     assert committed == {events[0]: None, events[1]: 42, events[2]: None}
     assert sought == [(events[0], events[2])]
+
+
+def test_a_hole_after_the_last_record_read_is_a_skip_from_the_record_after_it() -> None:
+    assert streams.skipped_from(27, 20, 44) == 28
+    assert streams.skipped_from(27, 20, 28) is None
+
+
+def test_right_after_a_seek_to_the_committed_offset_that_offset_is_still_to_read() -> None:
+    # perform_seek sets the read offset to the committed one: 28 has not been handed on yet.
+    assert streams.skipped_from(28, 28, 44) == 28
+    assert streams.skipped_from(28, 28, 28) is None
+    assert streams.skipped_from(28, 28, 29) == 28
+
+
+def test_a_fresh_assignment_has_nothing_to_compare_with() -> None:
+    assert streams.skipped_from(None, None, 44) is None
+    assert streams.skipped_from(None, 10, 44) is None
