@@ -16,6 +16,7 @@ from carebus.runtime.config import Settings
 from carebus.wire.policy_files import load_rules
 from carebus_dev.production import production_problems
 from carebus_dev.stack import LocalStack, StackError
+from carebus_dev.stack.kafka import recorded_brokers
 from carebus_dev.stack.process import tail
 from carebus_dev.stack.supervisor import SERVICES, service_named, stop_service
 
@@ -64,7 +65,7 @@ def _quiet(_: str) -> None:
     "--production",
     is_flag=True,
     help="Refuse to start while any default a production deployment must not run with is in "
-    "effect (public secrets, password-less database, a single Kafka broker, dev tokens); "
+    "effect (public secrets, password-less database, fewer than three Kafka brokers, dev tokens); "
     "lists them all.",
 )
 def up(
@@ -76,7 +77,9 @@ def up(
     """
     settings = Settings()
     if production:
-        problems = production_problems(settings)
+        problems = production_problems(
+            settings, int(brokers) if brokers else recorded_brokers(settings) or 1
+        )
         if problems:
             click.echo("carebus up --production refuses to start:", err=True)
             for problem in problems:

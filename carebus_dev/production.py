@@ -1,8 +1,8 @@
 """What stops the local stack from running as production: every default it would run with.
 
-`carebus up --production` refuses to start while any of these holds and lists them all. One
-cannot be fixed on the local stack yet (its single Kafka broker), so today it always refuses: a
-production deployment is the compose stack, with file secrets.
+`carebus up --production` refuses to start while any of these holds and lists them all. The
+local stack can meet them all only with three Kafka brokers (`--brokers 3`), file secrets and
+no development tokens; the production deployment is the compose stack.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from urllib.parse import urlsplit
 from carebus.runtime.config import LOCAL_SUBJECT_KEY_SECRET, LOCAL_WEBHOOK_SECRET_KEY, Settings
 from carebus_dev.stack.devdata import dev_tokens_path
 
+# What production runs: a broker may be lost without losing an acknowledged event.
+PRODUCTION_BROKERS = 3
 
-def production_problems(settings: Settings) -> list[str]:
-    """Each default `settings` would run production with, as a sentence naming the fix."""
+
+def production_problems(settings: Settings, brokers: int = 1) -> list[str]:
+    """Each default `settings` (on a cluster of `brokers` Kafka nodes) would run production
+    with, as a sentence naming the fix."""
     problems = []
     if settings.subject_key_secret.get_secret_value() == LOCAL_SUBJECT_KEY_SECRET:
         problems.append(
@@ -41,11 +45,13 @@ def production_problems(settings: Settings) -> list[str]:
             'as its own role with SCRAM (docs/operations.md, "Database roles")'
         )
     # The local broker authenticates every client (SASL/SCRAM over TLS, ACLs: docs/security.md,
-    # control 1), but it is one node: a lost disk loses every accepted event.
-    problems.append(
-        "Kafka: the local stack runs one broker with replication factor 1; production runs "
-        "three (docker-compose.yml describes the production stack)"
-    )
+    # control 1), but one node's lost disk loses every accepted event.
+    if brokers < PRODUCTION_BROKERS:
+        problems.append(
+            f"Kafka: {brokers} broker(s) with replication factor {brokers}; production runs "
+            f"{PRODUCTION_BROKERS} (replication 3, min.insync.replicas 2): `carebus down`, then "
+            "`carebus up --brokers 3` (docker-compose.yml describes the production stack)"
+        )
     if dev_tokens_path(settings).exists():
         problems.append(
             f"development tokens exist ({dev_tokens_path(settings)}): production state must "

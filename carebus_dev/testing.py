@@ -33,7 +33,7 @@ from carebus.domain.events import EVENT_TYPES, EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.identity import random_nin
 from carebus.runtime.config import PROJECT_ROOT, Settings
 from carebus.wire import topics
-from carebus.wire.codec import Codec
+from carebus.wire.codec import Codec, DecodeError
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS
 from carebus_dev.stack.kafka import NodePorts, default_libs_dir
 from carebus_dev.stack.local import LocalStack
@@ -519,6 +519,37 @@ def dead_letters(
                     found.append(record)
             if linger_until is None and len(found) >= expected:
                 linger_until = time.monotonic() + 1.0
+    finally:
+        reader.close()
+    return found
+
+
+def every_dead_letter(settings: Settings) -> list[dict[str, Any]]:
+    """Every dead letter on the broker now, from the beginning of the topic to its end."""
+    reader = Consumer(consumer_config(settings, f"test-dlq-{uuid.uuid4().hex}"))
+    found: list[dict[str, Any]] = []
+    try:
+        partitions = reader.list_topics(topics.DEADLETTER, timeout=10).topics[topics.DEADLETTER]
+        ends = {}
+        for p in partitions.partitions:
+            low, high = reader.get_watermark_offsets(
+                TopicPartition(topics.DEADLETTER, p), timeout=10
+            )
+            if high > low:
+                ends[p] = high
+        reader.assign([TopicPartition(topics.DEADLETTER, p, OFFSET_BEGINNING) for p in ends])
+        deadline = time.monotonic() + 60.0
+        while ends and time.monotonic() < deadline:
+            for message in reader.consume(500, 0.5):
+                if message.error():
+                    continue
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if offset + 1 >= ends.get(partition, 0):
+                    ends.pop(partition, None)
+                try:
+                    found.append(Codec.default().decode(message.value() or b"").record)
+                except DecodeError:
+                    continue
     finally:
         reader.close()
     return found

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carebus_dev.testing import TestStack
+from carebus_dev.testing import TestStack, every_dead_letter
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -30,5 +30,16 @@ def stack() -> Iterator[TestStack]:
     test_stack.start()  # raises StackError (with the component's log tail) on failure
     try:
         yield test_stack
+        # No test routes a record that makes the router fail: such a dead letter is a bug (a
+        # record no test looked for would otherwise be lost to the run unseen).
+        failed = [
+            letter["detail"]
+            for letter in every_dead_letter(test_stack.settings)
+            if letter["consumer"] == "router" and letter["detail"].startswith("routing failed")
+        ]
+        if failed:
+            pytest.fail(
+                f"the router failed to route {len(failed)} record(s): {sorted(set(failed))}"
+            )
     finally:
         test_stack.stop()

@@ -37,6 +37,7 @@ from carebus.adapters.oidc import (
     pkce_challenge,
 )
 from carebus.adapters.ratelimit import TokenBuckets
+from carebus.domain.text import text_problem
 from carebus.runtime.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -453,6 +454,13 @@ def _add_door(app: FastAPI, site: Site, door: Door) -> None:
         state: str | None = Query(default=None, max_length=512),
         error: str | None = Query(default=None, max_length=256),
     ) -> RedirectResponse:
+        # The input rule (docs/design.md) for what the issuer's redirect carries: no control
+        # or format characters; the state we issue is ASCII, so other text cannot match it.
+        for name, value in (("code", code), ("state", state), ("error", error)):
+            if value is not None and (problem := text_problem(value)) is not None:
+                refuse(422, name, problem)
+        if state is not None and not state.isascii():
+            refuse(400, "state", "does not match the sign-in")
         issuer = _issuer(request, door)
         sessions: PersonSessions = request.app.state.sessions
         cookie = request.cookies.get(site.sign_in_cookie)

@@ -193,6 +193,11 @@ class Settings(BaseSettings):
     sla_scan_interval_s: float = 0.25
     # How often the inbox flags alerts left unacknowledged past their escalation time.
     inbox_escalation_interval_s: float = 1.0
+    # Open live streams (/v1/alerts/stream) one inbox process holds: each keeps a connection
+    # and a queue of up to 1,000 frames. Past the total a new stream is 503 (another process may
+    # have room), past one organisation's share 429: one office cannot take every stream.
+    inbox_max_streams: int = Field(default=500, ge=1)
+    inbox_max_streams_per_org: int = Field(default=100, ge=1)
 
     # Retention (docs/retention.md): the inventory of stores of personal data and their periods,
     # per-table overrides as JSON (`{"events": "P400D"}`; never below a table's minimum), rows

@@ -51,6 +51,8 @@ log = get_logger(__name__)
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 KEEPALIVE_S: Final = 15.0
+# When a refused live stream (over a cap) is worth asking for again.
+STREAM_RETRY_AFTER_S: Final = 30
 # How often an open stream asks whether its token is still valid. The token cache answers
 # from memory and asks the database at most every TOKEN_CACHE_TTL_S, so a stream ends within
 # about 6 s of its token being revoked or expiring.
@@ -219,6 +221,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         request: Request, caller: Caller = Depends(inbox_roles)
     ) -> StreamingResponse:
         feed: AlertFeed = request.app.state.feed
+        admit_stream(feed, caller.principal, settings)
         if caller.session is not None:
             sessions: PersonSessions = request.app.state.sessions
             still_valid = partial(_session_valid, sessions, caller.session)
@@ -299,6 +302,30 @@ def _changed(action: str, change: Change | None, caller: Caller) -> JSONResponse
         by="person" if caller.session is not None else "token",
     )
     return JSONResponse(alert_json(change.row))
+
+
+def admit_stream(feed: AlertFeed, caller: Principal, settings: Settings) -> None:
+    """A new live stream, or 429/503 with Retry-After when the process or the caller's
+    organisation holds as many as it may (settings `inbox_max_streams*`)."""
+    full = feed.room_for(
+        caller, total=settings.inbox_max_streams, per_org=settings.inbox_max_streams_per_org
+    )
+    if full is None:
+        return
+    log.warning("inbox.stream_refused", cap=full, org_id=caller.org_id)
+    retry_after = {"Retry-After": str(STREAM_RETRY_AFTER_S)}
+    if full == "organisation":
+        raise ApiError(
+            429,
+            "this organisation has as many live streams open as it may; close one or retry "
+            "after the time in Retry-After",
+            headers=retry_after,
+        )
+    raise ApiError(
+        503,
+        "this inbox holds as many live streams as it may; retry after Retry-After",
+        headers=retry_after,
+    )
 
 
 async def _frames(

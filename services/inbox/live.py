@@ -89,6 +89,14 @@ class AlertFeed:
         self._heard: asyncio.Queue[str] = asyncio.Queue(HEARD_QUEUE)
         self.connected = False
 
+    def room_for(self, caller: Principal, *, total: int, per_org: int) -> str | None:
+        """None if `caller` may open another stream; else which cap is reached: "total" (this
+        process holds `total` streams) or "organisation" (the caller's holds `per_org`)."""
+        if len(self._subscribers) >= total:
+            return "total"
+        held = sum(1 for s in self._subscribers if s.caller.org_id == caller.org_id)
+        return "organisation" if held >= per_org else None
+
     def subscribe(self, caller: Principal) -> Subscriber:
         subscriber = Subscriber(caller)
         self._subscribers.add(subscriber)

@@ -267,6 +267,17 @@ async def test_the_state_must_be_the_sign_ins(inbox: ServiceProcess) -> None:
         refused = await browser.get(forged)
         assert refused.status_code == 400
         assert refused.json()["error"]["details"][0]["field"] == "state"
+        # Hostile values are refused by the input rule or as a mismatch, never a 5xx (a
+        # non-ASCII state once made the constant-time comparison raise), and cancel nothing.
+        for name, value, status in (
+            ("state", "sta\u202ete", 422),
+            ("code", "co\u0000de", 422),
+            ("error", "den\u0085ied", 422),
+            ("state", "søknad", 400),
+        ):
+            hostile = await browser.get(callback.copy_set_param(name, value))
+            assert hostile.status_code == status, (name, hostile.text)
+            assert hostile.json()["error"]["details"][0]["field"] == name
         # A callback link someone else made (an error, no state) cancels nothing: the real
         # callback, with its state, still signs the person in.
         cancelled = await browser.get("/callback", params={"error": "access_denied"})

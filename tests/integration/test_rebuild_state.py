@@ -44,6 +44,15 @@ CODEC = Codec.default()
 
 
 @pytest.fixture(scope="module")
+def stack() -> Iterator[TestStack]:
+    """A broker and database of this module's own: it deletes the records of care.events.v1 and
+    the router's changelog, which every other module's readers of the shared stack would see
+    (a reader from offset 0 then waits for records that are gone)."""
+    with TestStack() as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
 def services(stack: TestStack) -> Iterator[None]:
     started = [
         stack.start_service(name) for name in ("gateway", "registry", "audit_store", "event_store")

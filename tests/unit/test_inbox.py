@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 
 from carebus.adapters.auth import Principal
+from carebus.adapters.http import ApiError
 from carebus.adapters.sink import InvalidRecordError
 from carebus.domain.alerts import operator_action_alert
+from carebus.runtime.config import Settings
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus.wire.cursor import Cursor, CursorError
 from consumers.alert_store import AlertStoreWriter, alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
+from services.inbox.app import admit_stream
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
 from services.inbox.store import visible_to
 
@@ -393,6 +396,27 @@ async def test_a_stream_that_falls_behind_is_told_to_close() -> None:
     subscriber.offer(RESYNC_FRAME)
     assert subscriber.frames.qsize() == 1
     assert subscriber.frames.get_nowait() is None
+
+
+async def test_live_streams_are_capped_per_organisation_and_per_process() -> None:
+    """Past its organisation's share a caller gets 429, past the process's total 503, each
+    with Retry-After; a closed stream makes room again."""
+    feed = AlertFeed("postgresql://unused/x", _unused_loader)
+    settings = Settings(inbox_max_streams=3, inbox_max_streams_per_org=2)
+    mine = principal("coordinator", ORG)
+    held = [feed.subscribe(mine) for _ in range(2)]
+    with pytest.raises(ApiError) as refused:
+        admit_stream(feed, mine, settings)
+    assert refused.value.status == 429
+    assert refused.value.headers == {"Retry-After": "30"}
+    other = principal("coordinator", OTHER)
+    admit_stream(feed, other, settings)  # another organisation still has its share
+    feed.subscribe(other)
+    with pytest.raises(ApiError) as full:
+        admit_stream(feed, principal("privacy_officer", OTHER), settings)
+    assert full.value.status == 503
+    feed.unsubscribe(held[0])
+    admit_stream(feed, mine, settings)
 
 
 def test_an_alert_frame_is_one_sse_event() -> None:

@@ -36,8 +36,9 @@ def test_a_set_secret_and_database_password_are_not_problems(tmp_path: Path) -> 
     assert not any("subject-key" in p or p.startswith("PostgreSQL") for p in problems)
     assert not any("webhook secret key" in p for p in problems)
     assert not any("development tokens" in p for p in problems)
-    # The local broker is secured but is one node, so the local stack is never production.
-    assert [p for p in problems if p.startswith("Kafka:") and "one broker" in p]
+    # The local broker is secured, but one node is not production; three are.
+    assert [p for p in problems if p.startswith("Kafka: 1 broker(s)")]
+    assert not [p for p in production_problems(settings, brokers=3) if p.startswith("Kafka:")]
 
 
 def test_up_production_refuses_before_starting_anything(tmp_path: Path) -> None:
