@@ -555,6 +555,16 @@ def every_dead_letter(settings: Settings) -> list[dict[str, Any]]:
     return found
 
 
+def routing_failures(settings: Settings) -> set[str]:
+    """The details of the router's "routing failed" dead letters on the broker: no test routes
+    a record that makes the router fail, so any is a bug (a stack's teardown checks)."""
+    return {
+        letter["detail"]
+        for letter in every_dead_letter(settings)
+        if letter["consumer"] == "router" and letter["detail"].startswith("routing failed")
+    }
+
+
 async def at_least(
     probe: Callable[[], Awaitable[list[dict[str, Any]]]], count: int, timeout_s: float = 30.0
 ) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carebus_dev.testing import TestStack, every_dead_letter
+from carebus_dev.testing import TestStack, routing_failures
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -32,14 +32,7 @@ def stack() -> Iterator[TestStack]:
         yield test_stack
         # No test routes a record that makes the router fail: such a dead letter is a bug (a
         # record no test looked for would otherwise be lost to the run unseen).
-        failed = [
-            letter["detail"]
-            for letter in every_dead_letter(test_stack.settings)
-            if letter["consumer"] == "router" and letter["detail"].startswith("routing failed")
-        ]
-        if failed:
-            pytest.fail(
-                f"the router failed to route {len(failed)} record(s): {sorted(set(failed))}"
-            )
+        if failed := routing_failures(test_stack.settings):
+            pytest.fail(f"the router failed to route records: {failed}")
     finally:
         test_stack.stop()

@@ -109,6 +109,8 @@ def observe(
         state.admissions[event["event_id"]] = {
             **{name: payload.get(name) for name in ADMISSION_FIELDS},
             "occurred_at": event["occurred_at"],
+            # Event ids are unique per sender only: a retraction withdraws its sender's own.
+            "source_org": event["source"]["org_id"],
         }
     consumed = False
     for rule in rules.rules:
@@ -179,10 +181,22 @@ def withdraw(
     state.early = [
         e for e in state.early if (e["source"]["org_id"], e["event_id"]) != (source_org, target)
     ]
-    state.admissions.pop(target, None)
+    # Event ids are unique per sender only: another organisation's event under the same id
+    # stands (an entry kept before senders were recorded has none and is not withdrawn).
+    admission = state.admissions.get(target)
+    if admission is not None and admission.get("source_org") == source_org:
+        del state.admissions[target]
     for window in state.windows.values():
-        window["events"] = [entry for entry in window["events"] if entry[1] != target]
+        window["events"] = [
+            entry for entry in window["events"] if _entry_of(entry) != (target, source_org)
+        ]
     return alerts
+
+
+def _entry_of(entry: list[str]) -> tuple[str, str | None]:
+    """A window entry's (event_id, sender): [occurred_at, event_id, source_org]; entries kept
+    before senders were recorded have two elements and no sender."""
+    return entry[1], entry[2] if len(entry) > 2 else None
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -337,12 +351,13 @@ def _count(
     assert rule.window is not None
     window = state.windows.setdefault(rule.rule_id, {"events": [], "episode_at": None})
     entries: list[list[str]] = window["events"]
-    if any(event_id == event["event_id"] for _, event_id in entries):
+    sender = event["source"]["org_id"]
+    if any(_entry_of(entry) == (event["event_id"], sender) for entry in entries):
         return  # a replay
-    entries.append([event["occurred_at"], event["event_id"]])
+    entries.append([event["occurred_at"], event["event_id"], sender])
     entries.sort(key=lambda entry: parse_rfc3339(entry[0]))
     occurred = parse_rfc3339(event["occurred_at"])
-    latest = max(parse_rfc3339(at) for at, _ in entries)
+    latest = max(parse_rfc3339(entry[0]) for entry in entries)
     window_start = _minus(rule, latest)
     window["events"] = [e for e in entries if parse_rfc3339(e[0]) > _minus(rule, window_start)]
     start = _minus(rule, occurred)
@@ -353,7 +368,7 @@ def _count(
     if episode_at is not None and occurred < rule.window.after(parse_rfc3339(episode_at)):
         return  # one alert per episode
     window["episode_at"] = event["occurred_at"]
-    involved = [{"event_id": event_id} for _, event_id in inside]
+    involved = [{"event_id": entry[1]} for entry in inside]
     alerts.extend(_raise(rule, event, involved, None, context))
 
 

@@ -32,11 +32,12 @@ PURGE_ORDER: Final = (
     "alerts",
     "accepted_events",
     "events",
-    "retractions",
     "disclosure_lookups",
     "authority_refusals",
     "operator_actions",
     "disclosures",
+    # After the disclosures: a retraction goes with the last disclosure of its event.
+    "retractions",
     "consents",
     "care_team_changes",
     "register_changes",

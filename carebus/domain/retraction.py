@@ -28,6 +28,7 @@ __all__ = [
     "ACTION",
     "BASIS",
     "MAX_REMEMBERED",
+    "MAX_REMEMBERED_TOTAL",
     "RETRACTION",
     "RULE_ID",
     "RULE_OWN_EVENT",
@@ -48,9 +49,12 @@ ACTION: Final = "delete"
 # The authority rules a retraction can break (policy/authority.yaml explains each).
 RULE_OWN_EVENT: Final = "retraction.own_event"
 RULE_REPEATED: Final = "retraction.repeated"
-# Events per person whose recipients the router remembers: a retraction of an older event of
-# the same person finds no recipients (audited as `no_candidate`; docs/design.md).
+# Events per person and sender whose recipients the router remembers: a retraction of an older
+# event finds no recipients (audited as `no_candidate`; docs/design.md). Per sender, so that no
+# organisation can push another's events out of the memory by sending many of its own; and at
+# most MAX_REMEMBERED_TOTAL per person whatever the senders, so the state stays bounded.
 MAX_REMEMBERED: Final = 200
+MAX_REMEMBERED_TOTAL: Final = 2000
 _FIELD: Final = "payload.retracted_event_id"
 _FIELDS: Final = ("retracted_event_id", "reason")
 
@@ -109,7 +113,8 @@ def retraction_refusal(
 @dataclass(frozen=True, slots=True)
 class RecipientMemory:
     """Who got each of a person's recent events: (source_org, event_id) -> event type and the
-    organisations delivered to, oldest first, at most MAX_REMEMBERED events (JSON-ready)."""
+    organisations delivered to, oldest first, at most MAX_REMEMBERED events per sender
+    (JSON-ready)."""
 
     entries: tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...] = ()
 
@@ -139,7 +144,11 @@ class RecipientMemory:
         entry = (*identity, str(event_record["event_type"]), tuple(sorted(recipients)))
         if entry in self.entries:
             return self
-        return RecipientMemory(tuple([*kept, entry][-MAX_REMEMBERED:]))
+        kept.append(entry)
+        senders = [e for e in kept if e[0] == identity[0]]
+        if len(senders) > MAX_REMEMBERED:
+            kept.remove(senders[0])  # this sender's oldest
+        return RecipientMemory(tuple(kept[-MAX_REMEMBERED_TOTAL:]))
 
     def to_json(self) -> list[Any]:
         return [

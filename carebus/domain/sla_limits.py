@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from carebus.domain.obligations import SlaState
+from carebus.domain.obligations import RETRACTED, SlaState
 
-SETTLED: Final = ("closed", "breached", "rule_removed")
+# An obligation in none of these is open; a retracted one is settled (it alerts no one again).
+SETTLED: Final = ("closed", "breached", "rule_removed", RETRACTED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, TypedDict
 
 import orjson
@@ -50,6 +50,26 @@ def snapshot(subject_key: str, state: PersonState, as_of: datetime, origin: str)
 def snapshot_state(record: Mapping[str, Any]) -> PersonState:
     """The state a snapshot record carries."""
     return PersonState.from_json(orjson.loads(record["state_json"]))
+
+
+# Clocks of the registry's hosts and the router's may differ by this much.
+CLOCK_SKEW: Final = timedelta(minutes=5)
+
+
+def snapshot_problem(
+    record: Mapping[str, Any], key: str, state: PersonState, now: datetime
+) -> str | None:
+    """Why a snapshot read under Kafka key `key` must not be restored from (None: it may): it
+    is another person's, or it or a consent in it is from the future — a consent recorded
+    "later" than every real one would outrank them all in `merged_consents`."""
+    if record["subject_key"] != key:
+        return "subject_key_mismatch"
+    horizon = now + CLOCK_SKEW
+    if record["as_of"] > horizon:
+        return "as_of_in_the_future"
+    if any(consent.recorded_at > horizon for consent in state.consents):
+        return "consent_in_the_future"
+    return None
 
 
 def restore(held: PersonState | None, snapshot_of: PersonState) -> PersonState:

@@ -23,7 +23,6 @@ import asyncpg
 import orjson
 
 from carebus.adapters import outbox
-from carebus.adapters.publisher import OutgoingRecord
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
@@ -38,7 +37,6 @@ from carebus.domain.snapshots import (
     rebuild,
     snapshot,
 )
-from carebus.wire import topics
 from carebus.wire.codec import Codec
 
 # Persons per transaction: their outbox locks are held while their history is read.
@@ -87,14 +85,14 @@ async def rebuild_state(
                 history = histories.get(key, [])
                 as_of = max((entry.at for entry in history), default=_EPOCH)
                 record = snapshot(key, rebuild(history), as_of, ORIGIN_REBUILD)
-                ids.append(
-                    await outbox.add(
-                        conn,
-                        OutgoingRecord(
-                            topics.PERSONS, key.encode(), codec.encode(PERSON_SNAPSHOT, record)
-                        ),
-                    )
+                # The operator's role may queue a snapshot of care.persons.v1 and nothing else
+                # (migration 0017): never a record of another topic under the registry's name.
+                queued = await conn.fetchval(
+                    "SELECT carebus_queue_person_snapshot($1, $2)",
+                    key,
+                    codec.encode(PERSON_SNAPSHOT, record),
                 )
+                ids.append(int(queued))
     return Rebuilt(len(keys), ids)
 
 

@@ -433,7 +433,7 @@ def sla_effects(
             )
         )
     for rule_id, window in sorted((state.get("windows") or {}).items()):
-        if any(counted == event_id for _, counted in window.get("events") or ()):
+        if any(entry[1] == event_id for entry in window.get("events") or ()):
             effects.append(SlaEffect("counted", rule_id, None, None, None, None, None, None))
     return effects
 

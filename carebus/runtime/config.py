@@ -151,6 +151,8 @@ class Settings(BaseSettings):
     # beyond this many at once or this many declared body bytes at once.
     gateway_max_in_flight: int = Field(default=128, ge=1)
     gateway_max_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1)
+    # One credential's share of those requests (services/gateway/shedding.py).
+    gateway_max_in_flight_per_caller: int = Field(default=32, ge=1)
     # An ingest request still unanswered after this long is answered 503 (a frozen dependency
     # that no other time-out caught); above produce_timeout_s so a slow acknowledgement is waited.
     gateway_request_timeout_s: float = Field(default=15.0, gt=0)

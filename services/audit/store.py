@@ -51,13 +51,15 @@ _RELATED: Final = """
 # `no_candidate` rows stay in the table but are not decisions about a recipient, and the
 # contract's decision is delivered | withheld. $2 is the caller's organisation, or NULL for
 # everything (the operator's data protection officer, the patient).
-# `retracted_by`: the retraction that withdrew the event since (the event store's mark), or NULL.
+# `retracted_by`: the retraction that withdrew the event since (the gateway's ledger, kept as
+# long as the disclosures of the event: migration 0018), or NULL.
 _DISCLOSURES: Final = """
     SELECT d.event_id, d.event_type, d.source_org, d.recipient_agency, d.recipient_org,
            d.decision, d.reason, d.basis, d.categories, d.fields, d.rule_id, d.policy_version,
-           d.decided_at, e.retracted_by
+           d.decided_at, r.retraction_event_id AS retracted_by
     FROM disclosures d
-    LEFT JOIN events e ON e.source_org = d.source_org AND e.event_id = d.event_id
+    LEFT JOIN retractions r
+        ON r.source_org = d.source_org AND r.retracted_event_id = d.event_id
     WHERE d.subject_key = $1 AND d.decision IN ('delivered', 'withheld')
       AND ($2::text IS NULL OR d.source_org = $2 OR d.recipient_org = $2)
     ORDER BY d.decided_at, d.audit_id

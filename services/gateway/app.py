@@ -149,7 +149,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ShedLoad,
         paths=INGEST_PATHS,
-        in_flight=InFlight(settings.gateway_max_in_flight, settings.gateway_max_bytes_in_flight),
+        in_flight=InFlight(
+            settings.gateway_max_in_flight,
+            settings.gateway_max_bytes_in_flight,
+            settings.gateway_max_in_flight_per_caller,
+        ),
         unknown_length=BodyLimits.of(settings).of_path("/v1/events:batch"),
         retry_after_s=settings.unavailable_retry_after_s,
     )

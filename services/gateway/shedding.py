@@ -1,11 +1,19 @@
 """Load shedding at the gateway's door: beyond a bounded number of ingest requests (or declared
-body bytes) in flight, answer 503 with Retry-After at once, before the body is read."""
+body bytes) in flight, answer 503 with Retry-After at once, before the body is read.
+
+One credential (the request's Authorization header, whoever it turns out to be) holds at most a
+share of the requests in flight, so one organisation's slow batches — or a stolen token of one
+small office — cannot take every slot while every other agency gets 503s. The door runs before
+the token is checked (a refusal must cost nothing), so it counts credentials, not
+organisations; requests without one share one count.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,24 +26,39 @@ class InFlight:
 
     max_requests: int
     max_bytes: int
+    # The most requests one credential holds in flight (0: no share, max_requests).
+    max_per_caller: int = 0
     requests: int = 0
     bytes: int = 0
+    callers: dict[str, int] = field(default_factory=dict)
 
-    def admit(self, declared: int) -> str | None:
-        """Count a request with `declared` body bytes in; the limit it would exceed instead."""
+    def __post_init__(self) -> None:
+        if self.max_per_caller <= 0:
+            self.max_per_caller = self.max_requests
+
+    def admit(self, declared: int, caller: str = "") -> str | None:
+        """Count a request of `caller` (a credential's digest) with `declared` body bytes in;
+        the limit it would exceed instead."""
         if self.requests >= self.max_requests:
             return "requests"
+        held = self.callers.get(caller, 0)
+        if held >= self.max_per_caller:
+            return "caller"
         # One request larger than the whole byte budget is still served alone (its own route's
         # body limit bounds it); otherwise the budget bounds the sum.
         if self.requests and self.bytes + declared > self.max_bytes:
             return "bytes"
         self.requests += 1
         self.bytes += declared
+        self.callers[caller] = held + 1
         return None
 
-    def release(self, declared: int) -> None:
+    def release(self, declared: int, caller: str = "") -> None:
         self.requests -= 1
         self.bytes -= declared
+        held = self.callers.pop(caller, 1) - 1
+        if held > 0:
+            self.callers[caller] = held
 
 
 _SHED_BODY = json.dumps(
@@ -73,7 +96,8 @@ class ShedLoad:
             await self._app(scope, receive, send)
             return
         declared = _content_length(scope, self._unknown_length)
-        refused = self._in_flight.admit(declared)
+        caller = _credential(scope)
+        refused = self._in_flight.admit(declared, caller)
         if refused is not None:
             metrics.GATEWAY_SHED.labels(refused).inc()
             await self._shed(send)
@@ -83,7 +107,7 @@ class ShedLoad:
         try:
             await self._app(scope, receive, send)
         finally:
-            self._in_flight.release(declared)
+            self._in_flight.release(declared, caller)
             metrics.GATEWAY_IN_FLIGHT.set(self._in_flight.requests)
             metrics.GATEWAY_BYTES_IN_FLIGHT.set(self._in_flight.bytes)
 
@@ -114,3 +138,12 @@ def _content_length(scope: Scope, unknown: int) -> int:
             except ValueError:
                 return unknown
     return unknown
+
+
+def _credential(scope: Scope) -> str:
+    """A digest of the request's Authorization header ("" without one): who holds a slot, never
+    kept beyond the request, never the token itself."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return hashlib.blake2b(value, digest_size=16).hexdigest()
+    return ""

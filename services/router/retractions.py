@@ -4,11 +4,11 @@ A retraction must reach exactly the organisations that got the retracted event, 
 consent says now. The router is the one component that knows that the moment it decides it, in
 the person's stream order, so it remembers it: a faust table `recipients` (subject key -> the
 person's `carebus.domain.retraction.RecipientMemory`, one JSON line per event: the last
-MAX_REMEMBERED routed events of the person that reached anyone), changelogged and partitioned
-like the person table, so it is recovered with it. The retracted event always comes before its
-retraction on the person's partition (the gateway accepts a retraction only of an event it
-accepted before), so the memory holds it when the retraction is routed; a replay routes the
-same deliveries again (same ids).
+MAX_REMEMBERED routed events per sender of the person that reached anyone), changelogged and
+partitioned like the person table, so it is recovered with it. The retracted event always comes
+before its retraction on the person's partition (the gateway accepts a retraction only of an
+event it accepted before), so the memory holds it when the retraction is routed; a replay routes
+the same deliveries again (same ids).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import orjson
 
 from carebus.domain.events import RETRACTION
 from carebus.domain.policy import Policy
-from carebus.domain.retraction import MAX_REMEMBERED, RecipientMemory, route_retraction
+from carebus.domain.retraction import (
+    MAX_REMEMBERED,
+    MAX_REMEMBERED_TOTAL,
+    RecipientMemory,
+    route_retraction,
+)
 from carebus.domain.routing import PersonState, Routing, route
 
 
@@ -70,6 +75,12 @@ def _remembered(stored: bytes, record: Mapping[str, Any], routing: Routing) -> b
     if not fresh.entries:
         return stored
     kept = stored + encode(fresh)
-    if kept.count(b"\n") > MAX_REMEMBERED:
-        kept = kept[kept.index(b"\n") + 1 :]  # forget the oldest
+    # The sender's oldest line goes past its share; the person's oldest past the total.
+    sender = orjson.dumps([record["source"]["org_id"]])[:-1] + b","
+    lines = kept.count(b"\n" + sender) + kept.startswith(sender)
+    if lines > MAX_REMEMBERED:
+        first = 0 if kept.startswith(sender) else kept.index(b"\n" + sender) + 1
+        kept = kept[:first] + kept[kept.index(b"\n", first) + 1 :]
+    if kept.count(b"\n") > MAX_REMEMBERED_TOTAL:
+        kept = kept[kept.index(b"\n") + 1 :]
     return kept

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from carebus.adapters.kafka import consumer_config
 from carebus.domain.routing import PersonState
-from carebus.domain.snapshots import PERSON_SNAPSHOT, snapshot_state
+from carebus.domain.snapshots import PERSON_SNAPSHOT, snapshot_problem, snapshot_state
 from carebus.runtime.config import Settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire import topics
@@ -74,17 +75,7 @@ class PersonSnapshots:
 
     def take(self, subject_key: str) -> PersonState | None:
         value = self._held.pop(subject_key, None)
-        if value is None:
-            return None
-        try:
-            decoded = self._codec.decode(value)
-        except DecodeError as error:
-            log.error("person_snapshot_undecodable", subject_key=subject_key, reason=error.reason)
-            return None
-        if decoded.schema_name != PERSON_SNAPSHOT:
-            log.error("person_snapshot_unexpected", subject_key=subject_key)
-            return None
-        return snapshot_state(decoded.record)
+        return None if value is None else trusted_state(self._codec, value, subject_key)
 
     def _run(self) -> None:
         try:
@@ -135,3 +126,25 @@ class PersonSnapshots:
             [TopicPartition(topics.PERSONS, partition) for partition in ends]
         )
         return all(tp.offset >= ends[tp.partition] for tp in positions)
+
+
+def trusted_state(codec: Codec, value: bytes, subject_key: str) -> PersonState | None:
+    """The state of a snapshot read under `subject_key`, or None if it cannot be trusted: a bad
+    snapshot is logged and skipped, never a reason to fail the record being routed."""
+    try:
+        decoded = codec.decode(value)
+        if decoded.schema_name != PERSON_SNAPSHOT:
+            log.error("person_snapshot_unexpected", subject_key=subject_key)
+            return None
+        state = snapshot_state(decoded.record)
+        problem = snapshot_problem(decoded.record, subject_key, state, datetime.now(UTC))
+    except DecodeError as error:
+        log.error("person_snapshot_undecodable", subject_key=subject_key, reason=error.reason)
+        return None
+    except Exception as error:  # a snapshot the router cannot read is no snapshot
+        log.error("person_snapshot_unreadable", subject_key=subject_key, error=type(error).__name__)
+        return None
+    if problem is not None:
+        log.error("person_snapshot_refused", subject_key=subject_key, reason=problem)
+        return None
+    return state

@@ -71,6 +71,36 @@ async def test_the_gateway_can_neither_read_disclosures_nor_issue_tokens(stack: 
         await conn.close()
 
 
+async def test_the_operator_queues_person_snapshots_and_no_other_outbox_record(
+    stack: TestStack,
+) -> None:
+    """The registry's relay publishes every outbox row under the registry's Kafka principal, so
+    the operator's role may not write one: it may queue a care.persons.v1 snapshot of a subject
+    key, through the owner's function, and nothing else."""
+    conn = await connect_as(stack, "operator")
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, value) VALUES ('care.events.v1', 'k', 'v')"
+            )
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="not a subject key"):
+            await conn.fetchval("SELECT carebus_queue_person_snapshot('care.events.v1', 'v')")
+        key = "ab" * 32
+        looking = conn.transaction()  # rolled back: nothing is left for the relay to publish
+        await looking.start()
+        try:
+            queued = await conn.fetchval(
+                "SELECT carebus_queue_person_snapshot($1, $2)", key, b"snapshot"
+            )
+            row = await conn.fetchrow("SELECT topic, key FROM outbox WHERE id = $1", queued)
+            assert row is not None
+            assert (row["topic"], bytes(row["key"])) == ("care.persons.v1", key.encode())
+        finally:
+            await looking.rollback()
+    finally:
+        await conn.close()
+
+
 async def test_the_webhooks_role_cannot_read_the_events(stack: TestStack) -> None:
     """Webhook delivery sees its queue and registrations, never the unminimised events."""
     conn = await connect_as(stack, "webhooks")

@@ -32,7 +32,7 @@ from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus_dev.stack.devdata import OPERATOR_ORG
 from carebus_dev.stack.postgres import with_user
-from carebus_dev.testing import ServiceProcess, TestStack, at_least, run_cli
+from carebus_dev.testing import ServiceProcess, TestStack, at_least, routing_failures, run_cli
 from tests.integration.test_authority import ORGS, Agencies, admission, plan
 
 pytestmark = pytest.mark.integration
@@ -50,6 +50,8 @@ def stack() -> Iterator[TestStack]:
     (a reader from offset 0 then waits for records that are gone)."""
     with TestStack() as own:
         yield own
+        if failed := routing_failures(own.settings):
+            pytest.fail(f"the router failed to route records: {failed}")
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,17 @@ async def test_a_retraction_reaches_exactly_the_organisations_that_got_the_event
     assert [row["retraction_event_id"] for row in rows] == [retraction_id]
     assert len(await bus._decisions_of(nin, retraction_id)) == 2
 
+    # The disclosure log marks the admission withdrawn, and keeps doing so once retention has
+    # removed the event itself from the event store (the log outlives it by years).
+    def withdrawn(items: list[dict[str, Any]]) -> set[str | None]:
+        return {item.get("retracted_by") for item in items if item["event_id"] == admitted}
+
+    assert withdrawn(await bus.decisions(nin)) == {retraction_id}
+    await db.execute(
+        "DELETE FROM events WHERE source_org = $1 AND event_id = $2", ORGS["dps"], admitted
+    )
+    assert withdrawn(await bus.decisions(nin)) == {retraction_id}
+
 
 async def test_another_organisations_or_persons_retraction_is_refused_and_audited(
     bus: Bus, db: asyncpg.Connection

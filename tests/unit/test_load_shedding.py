@@ -54,6 +54,19 @@ def test_declared_bytes_beyond_the_budget_are_refused_but_a_lone_large_request_i
     assert in_flight.admit(40) is None
 
 
+def test_one_credential_holds_at_most_its_share_and_others_still_get_in() -> None:
+    """A caller at its share is refused naming `caller`; another credential is admitted; a
+    release gives the caller its slot back, and nothing of a gone caller is kept."""
+    in_flight = InFlight(max_requests=8, max_bytes=10**6, max_per_caller=2)
+    assert [in_flight.admit(1, "a") for _ in range(3)] == [None, None, "caller"]
+    assert in_flight.admit(1, "b") is None
+    in_flight.release(1, "a")
+    assert in_flight.admit(1, "a") is None
+    for caller in ("a", "a", "b"):
+        in_flight.release(1, caller)
+    assert (in_flight.requests, in_flight.callers) == (0, {})
+
+
 # --- the gateway's door ------------------------------------------------------------------------
 
 

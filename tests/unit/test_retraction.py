@@ -26,6 +26,7 @@ from carebus.domain.retraction import (
     route_retraction,
 )
 from carebus.domain.routing import PersonState, apply
+from carebus.domain.sla_limits import sizes
 from carebus.wire.policy_files import load_authority
 from consumers.event_store import retraction_mark
 from services.router.retractions import RoutedRecipients, decode, encode
@@ -332,6 +333,30 @@ def test_the_routers_table_keeps_the_last_events_once_each() -> None:
     assert [d["decision"] for d in forgotten.disclosures] == ["no_candidate"]
 
 
+def test_another_senders_events_cannot_push_an_event_out_of_the_memory() -> None:
+    """The memory is bounded per sender: the police sending MAX_REMEMBERED + 1 events about the
+    person leave the DPS's admission remembered, so its retraction still reaches everyone who
+    got it — through the domain's memory and through the router's stored lines alike."""
+    table: dict[bytes, bytes] = {}
+    router = RoutedRecipients(table, POLICY)
+    state = state_of(member("nav"), consent("nav"))
+    admitted = routing.event("admission")
+    router.route(admitted, applied(admitted, state), b"k")
+    police = {"agency": "police", "org_id": "974760673"}
+    callouts = [
+        {**admitted, "event_id": f"police-{n}", "source": police} for n in range(MAX_REMEMBERED + 1)
+    ]
+    memory = RecipientMemory().remember(admitted, router.route(admitted, state, b"x").deliveries)
+    for record in callouts:
+        router.route(record, applied(record, state), b"k")
+        memory = memory.remember(record, router.route(record, state, b"x").deliveries)
+    for held in (decode(table[b"k"]), memory):
+        assert held.recipients_of(admitted["source"]["org_id"], admitted["event_id"])[1]
+        assert sum(1 for e in held.entries if e[0] == police["org_id"]) == MAX_REMEMBERED
+    retracted = router.route(retraction(admitted["event_id"]), state, b"k")
+    assert {d["decision"] for d in retracted.disclosures} == {"delivered"}
+
+
 # --- the SLA engine -------------------------------------------------------------------------
 
 
@@ -410,6 +435,43 @@ def test_a_retracted_incident_leaves_the_window_count(retract: bool) -> None:
         person.see(sla_retraction(callouts[0]))
     meetings = sla.of("care_team_meeting.repeated_incidents", person.see(callouts[2]))
     assert bool(meetings) is not retract
+
+
+def test_another_senders_retraction_of_the_same_id_leaves_admissions_and_windows() -> None:
+    """Event ids are unique per sender only: a municipality that retracts its own event under
+    the id of the DPS's admission, or the police under the id of a housing incident, withdraws
+    neither (else one organisation could lift another's statutory follow-up deadline)."""
+    person = sla.Person()
+    admission = sla.event("admission", "shared-id", sla.T0, source=sla.DPS)
+    person.see(admission)
+    housing = ("housing", "987654325")
+    incident = sla.event("housing_incident", "incident-1", sla.T0, source=housing)
+    person.see(incident)
+    municipality = {
+        **sla_retraction(admission),
+        "source": {"agency": "municipality", "org_id": sla.MUNI[1]},
+    }
+    police = {
+        **sla_retraction(incident, "r-2"),
+        "source": {"agency": "police", "org_id": "974760673"},
+    }
+    person.see(municipality)
+    person.see(police)
+    assert "shared-id" in person.state.admissions
+    assert any(
+        entry[1] == "incident-1" for w in person.state.windows.values() for entry in w["events"]
+    )
+    person.see(sla_retraction(admission, "r-3"))  # the DPS's own retraction withdraws it
+    assert "shared-id" not in person.state.admissions
+
+
+def test_retracted_obligations_do_not_fill_the_persons_cap() -> None:
+    """A retracted obligation is settled: retracting what one opened cannot fill the person's
+    cap of open obligations and so silence every other organisation's deadlines."""
+    case = next(c for c in sla.CASES if c.rule_id == "municipal_reply.discharge_ready")
+    person, _ = sla.triggered(case)
+    person.see(sla_retraction(case.trigger(sla.T0)))
+    assert sizes(person.state)["open_obligations"] == 0
 
 
 # --- the event store ------------------------------------------------------------------------

@@ -23,10 +23,12 @@ from carebus.domain.snapshots import (
     rebuild,
     restore,
     snapshot,
+    snapshot_problem,
     snapshot_state,
 )
 from carebus.wire import topics
 from carebus.wire.codec import Codec, SchemaCatalogue
+from services.router.snapshots import trusted_state
 from tests.unit.test_records import record_problems
 
 NAV = "889640790"
@@ -191,3 +193,40 @@ def test_the_snapshot_topic_is_compacted_and_never_expires() -> None:
     assert spec.config["cleanup.policy"] == "compact"
     assert spec.config["retention.ms"] == "-1"
     assert spec.person_scoped  # co-partitioned with care.events.v1
+
+
+def test_a_snapshot_of_another_person_or_from_the_future_is_refused() -> None:
+    """A snapshot restores only the person it is keyed by, and nothing in it may be recorded
+    after now (a consent "recorded" in 9999 would outrank every real objection)."""
+    state = state_of((CONSENT_CHANGE, consent("objection", NOW - YEAR)))
+    record = snapshot("k", state, NOW - YEAR, ORIGIN_REBUILD)
+    assert snapshot_problem(record, "k", state, NOW) is None
+    assert snapshot_problem(record, "other", state, NOW) == "subject_key_mismatch"
+    future = snapshot("k", state, NOW + timedelta(days=1), ORIGIN_REBUILD)
+    assert snapshot_problem(future, "k", state, NOW) == "as_of_in_the_future"
+    forged = state_of((CONSENT_CHANGE, consent("given", datetime(9999, 1, 1, tzinfo=UTC))))
+    record = snapshot("k", forged, NOW, ORIGIN_REBUILD)
+    assert snapshot_problem(record, "k", forged, NOW) == "consent_in_the_future"
+    # A registry host's clock a little ahead is not the future.
+    ahead = snapshot("k", state, NOW + timedelta(minutes=1), ORIGIN_REBUILD)
+    assert snapshot_problem(ahead, "k", state, NOW) is None
+
+
+def test_the_router_skips_a_snapshot_it_cannot_trust_and_keeps_routing() -> None:
+    """`take` answers None (no snapshot) for another person's, a future or an unreadable
+    snapshot: never an error that would dead-letter the record being routed."""
+    codec = Codec.default()
+    good = state_of((CONSENT_CHANGE, consent("objection", NOW - YEAR)))
+    forged = state_of((CONSENT_CHANGE, consent("given", datetime(9999, 1, 1, tzinfo=UTC))))
+    held = {
+        "a": codec.encode(PERSON_SNAPSHOT, snapshot("a", good, NOW - YEAR, ORIGIN_REBUILD)),
+        "b": codec.encode(PERSON_SNAPSHOT, snapshot("x", good, NOW - YEAR, ORIGIN_REBUILD)),
+        "c": codec.encode(PERSON_SNAPSHOT, snapshot("c", forged, NOW - YEAR, ORIGIN_REBUILD)),
+        "d": codec.encode(
+            PERSON_SNAPSHOT,
+            {**snapshot("d", good, NOW - YEAR, ORIGIN_REBUILD), "state_json": '{"consents": 7}'},
+        ),
+        "e": b"not avro",
+    }
+    assert trusted_state(codec, held["a"], "a") == good
+    assert [trusted_state(codec, held[key], key) for key in "bcde"] == [None] * 4
