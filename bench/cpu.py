@@ -27,6 +27,7 @@ from carebus.domain.routing import PersonState
 from carebus.runtime.telemetry import configure_logging
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_policy, load_rules
+from carebus.wire.sealing import SEALED_FIELDS, KeyWrap, new_data_key, seal_record
 from services.router.app import DELIVERY, DISCLOSURE, Router
 from services.sla.app import SlaEngine
 
@@ -141,8 +142,56 @@ def run(bench: Bench) -> None:
                 ),
             )
         )
+        _sealing_rows(bench, codec, records)
         # The gateway's per-request authentication: API token beside JWT access token (issue 14).
         authentication.run(bench, settings)
+
+
+def _sealing_rows(bench: Bench, codec: Codec, records: list[tuple[bytes, bytes]]) -> None:
+    """What erasure by crypto-shredding adds to the gateway per event: the person's data key
+    unwrapped (one per person per request), the nin and free text sealed, the record encoded."""
+    events = [codec.decode(value).record for _, value in records[:20_000]]
+    wrap = KeyWrap("bench-person-key-secret")
+    wrapped = {key: wrap.wrap(key, 1, new_data_key()) for key in {e["subject_key"] for e in events}}
+    keys = {key: wrap.unwrap(key, 1, sealed) for key, sealed in wrapped.items()}
+    sealed_fields = sum(
+        1
+        for event in events
+        for obj, name in SEALED_FIELDS
+        if isinstance((event.get(obj) or {}).get(name), str)
+    )
+    encode = codec.encode_event
+    plain, _ = _cpu_per_item(events, encode)
+    bench.add(
+        Row(
+            SECTION,
+            "gateway: encode an event (as before sealing)",
+            plain * 1e6,
+            "µs CPU",
+            key="cpu.gateway_encode",
+            note=f"{len(events):,} workload events, Avro single-object encoding",
+        )
+    )
+    sealed, _ = _cpu_per_item(
+        events,
+        lambda event: encode(
+            seal_record(event, wrap.unwrap(event["subject_key"], 1, wrapped[event["subject_key"]]))
+        ),
+    )
+    bench.add(
+        Row(
+            SECTION,
+            "gateway: unwrap the data key, seal, encode an event",
+            sealed * 1e6,
+            "µs CPU",
+            baseline="cpu.gateway_encode",
+            note=(
+                f"{sealed_fields / len(events):.2f} fields sealed per event (nin and free text, "
+                "AES-256-GCM), the person's data key unwrapped for each event (no cache); "
+                f"{len(keys):,} persons"
+            ),
+        )
+    )
 
 
 def _encoding_rows(

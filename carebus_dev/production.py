@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from carebus.runtime.config import LOCAL_SUBJECT_KEY_SECRET, LOCAL_WEBHOOK_SECRET_KEY, Settings
+from carebus.runtime.config import (
+    LOCAL_PERSON_KEY_SECRET,
+    LOCAL_SUBJECT_KEY_SECRET,
+    LOCAL_WEBHOOK_SECRET_KEY,
+    Settings,
+)
 from carebus_dev.stack.devdata import dev_tokens_path
 
 # What production runs: a broker may be lost without losing an acknowledged event.
@@ -30,6 +35,12 @@ def production_problems(settings: Settings, brokers: int = 1) -> list[str]:
         problems.append(
             "the webhook secret key is the public development one: set "
             "CAREBUS_WEBHOOK_SECRET_KEY (or the file carebus_webhook_secret_key in "
+            "CAREBUS_SECRETS_DIR) to a long random secret"
+        )
+    if settings.person_key_secret.get_secret_value() == LOCAL_PERSON_KEY_SECRET:
+        problems.append(
+            "the person-key secret is the public development one: set "
+            "CAREBUS_PERSON_KEY_SECRET (or the file carebus_person_key_secret in "
             "CAREBUS_SECRETS_DIR) to a long random secret"
         )
     targets = settings.webhook_targets()

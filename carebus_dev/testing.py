@@ -28,12 +28,14 @@ import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from structlog.testing import capture_logs
 
+from carebus.adapters import person_keys
 from carebus.adapters.kafka import consumer_config
 from carebus.domain.events import EVENT_TYPES, EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.identity import random_nin
 from carebus.runtime.config import PROJECT_ROOT, Settings
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
+from carebus.wire.sealing import KeyWrap, is_sealed, open_sealed
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS
 from carebus_dev.stack.kafka import NodePorts, default_libs_dir
 from carebus_dev.stack.local import LocalStack
@@ -593,6 +595,7 @@ class ServiceClients:
         self.inbox = httpx.AsyncClient(base_url=settings.service_url(settings.inbox_port))
         self.tokens = tokens
         self.conn = conn
+        self.settings = settings
         self.rng = random.Random()  # noqa: S311 - test data, not secrets
 
     def auth(self, who: str) -> dict[str, str]:
@@ -681,3 +684,14 @@ async def insert_disclosure(db: asyncpg.Connection, key: str, recipient: str) ->
         datetime.now(UTC),
     )
     return event_id
+
+
+async def unsealed(
+    conn: asyncpg.Connection, settings: Settings, subject_key: str, path: str, value: Any
+) -> Any:
+    """A stored or published value as its recipient reads it: a sealed value (docs/retention.md,
+    "Erasure") opened under the person's data key, anything else as it is."""
+    if not is_sealed(value):
+        return value
+    keys = await person_keys.keyring(conn, KeyWrap.from_settings(settings), [subject_key])
+    return open_sealed(keys, subject_key, path, value)

@@ -30,6 +30,7 @@ RULES: Final = (
     "operator.realm",
     "retraction.own_event",
     "retraction.repeated",
+    "erasure.data_protection_officer",
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"

@@ -19,6 +19,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SUBJECT_KEY_SECRET: Final = "carebus-local-development-secret"  # noqa: S105
 # The same for the key that encrypts webhook signing secrets at rest.
 LOCAL_WEBHOOK_SECRET_KEY: Final = "carebus-local-webhook-secret-key"  # noqa: S105
+# The same for the key that wraps each person's data key (erasure by crypto-shredding).
+LOCAL_PERSON_KEY_SECRET: Final = "carebus-local-person-key-secret"  # noqa: S105
 # Where http webhooks and, by default, webhook targets on private addresses are allowed.
 DEVELOPMENT_ENVIRONMENTS: Final = frozenset({"local", "test"})
 # HelseID's claim naming the legal entity (organisation number) a client belongs to.
@@ -179,6 +181,12 @@ class Settings(BaseSettings):
     # only processes that hold the key: the registry, webhook delivery and the migrations,
     # `carebus.adapters.webhook_registrations.SecretBox.from_settings`).
     webhook_secret_key: SecretStr = SecretStr(LOCAL_WEBHOOK_SECRET_KEY)
+    # Each person's data key (which seals their nin and free text in every store and topic) is
+    # stored wrapped (AES-256-GCM) under a key derived from this secret (a file secret in
+    # production; the local default is public and refused there by the processes that hold it:
+    # the gateway, audit, inbox and webhook delivery,
+    # `carebus.wire.sealing.KeyWrap.from_settings`). docs/retention.md, "Erasure".
+    person_key_secret: SecretStr = SecretStr(LOCAL_PERSON_KEY_SECRET)
     # After a new signing secret is issued, the previous one still signs (beside it) this long.
     webhook_secret_grace_s: float = 24 * 3600.0
     # Webhook targets on loopback and private addresses (docs/security.md, 4b); unset: allowed

@@ -17,6 +17,7 @@ from carebus.runtime.telemetry import get_logger
 from carebus.runtime.worker import WorkerContext, run_worker
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus.wire.sealing import KeyWrap
 
 from .dispatcher import NAME, Dispatcher
 from .protocol import RetryPolicy
@@ -63,7 +64,9 @@ async def run(settings: Settings) -> None:
             guarded_client(targets, timeout_s=settings.webhook_timeout_s, limits=limits)
         )
         dispatcher = Dispatcher(
-            queue=WebhookQueue(pool, SecretBox.from_settings(settings)),
+            queue=WebhookQueue(
+                pool, SecretBox.from_settings(settings), KeyWrap.from_settings(settings)
+            ),
             client=client,
             dead_letters=DeadLetterPolicy(dispatch_letters, codec, NAME),
             retry=retry_policy(settings),

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from carebus.adapters.deadletter import Reason
 from carebus.domain.deliveries import delivery_to_json
+from carebus.wire.sealing import PREFIX, Keyring, open_body
 
 SIGNATURE_HEADER: Final = "X-Carebus-Signature"
 # How far a signature's time may be from the receiver's clock (either way), documented.
@@ -46,6 +47,7 @@ _RETRYABLE_4XX: Final = frozenset({408, 429})
 _MEDIA_TYPE: Final = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 # No registered media type has a long digit run; a receiver-chosen one might hold a nin.
 _DIGIT_RUN: Final = re.compile(r"[0-9]{5,}")
+_SEALED: Final = PREFIX.encode("ascii")
 
 
 def webhook_body(record: Mapping[str, Any]) -> bytes:
@@ -60,6 +62,19 @@ def webhook_body(record: Mapping[str, Any]) -> bytes:
         raise ValueError("payload_json is not valid JSON") from None
     if not isinstance(document["payload"], dict):
         raise ValueError("payload_json is not a JSON object")
+    return _compact(document)
+
+
+def opened_body(body: bytes, subject_key: str, keys: Keyring) -> bytes:
+    """A queued body as it is POSTed: the nin and free text sealed under the person's data key
+    opened, or the person's fields erased (docs/design.md, "Erasure"); a body with nothing
+    sealed as it was queued."""
+    if _SEALED not in body:
+        return body
+    return _compact(open_body(json.loads(body), subject_key, keys))
+
+
+def _compact(document: Mapping[str, Any]) -> bytes:
     text = json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     return text.encode("utf-8")
 

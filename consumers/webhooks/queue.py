@@ -30,14 +30,16 @@ from typing import Any, Final
 import asyncpg
 from confluent_kafka import Message
 
+from carebus.adapters import person_keys
 from carebus.adapters.sink import Connection, InvalidRecordError, Row
 from carebus.adapters.webhook_redrive import LOCK_LINES
 from carebus.adapters.webhook_registrations import SecretBox
 from carebus.domain.records import DELIVERY
 from carebus.runtime import metrics
 from carebus.wire.codec import Decoded
+from carebus.wire.sealing import PREFIX, KeyWrap
 
-from .protocol import webhook_body
+from .protocol import opened_body, webhook_body
 
 _WITH_WEBHOOK: Final = "SELECT org_id FROM webhooks WHERE org_id = ANY($1::text[])"
 # In key order (the subquery's), so two intakes locking several lines do not deadlock; if
@@ -251,18 +253,34 @@ class QueuedSource:
         return self._value
 
 
+_SEALED: Final = PREFIX.encode("ascii")
+
+
 class WebhookQueue:
     """The dispatcher's view of `webhook_queue`; every method is one short statement."""
 
-    def __init__(self, pool: asyncpg.Pool, box: SecretBox) -> None:
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox, wrap: KeyWrap) -> None:
         self._pool = pool
         self._box = box
+        self._wrap = wrap
 
     async def claim(self, limit: int, lease_s: float) -> list[Claim]:
         """Up to `limit` due heads, each leased for `lease_s` seconds, with the secrets that
-        sign them (SecretUnreadableError if the configured key does not open one)."""
-        rows = await self._pool.fetch(_CLAIM, limit, timedelta(seconds=lease_s))
-        return [_claim(row, self._secrets(row)) for row in rows]
+        sign them (SecretUnreadableError if the configured key does not open one) and the body
+        as it is sent: the person's sealed fields opened at each attempt, so a delivery sent
+        after the person's erasure carries no nin (docs/design.md, "Erasure")."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_CLAIM, limit, timedelta(seconds=lease_s))
+            sealed = [row["subject_key"] for row in rows if _SEALED in bytes(row["body"])]
+            keys = await person_keys.keyring(conn, self._wrap, sealed)
+        return [
+            _claim(
+                row,
+                self._secrets(row),
+                opened_body(bytes(row["body"]), row["subject_key"], keys),
+            )
+            for row in rows
+        ]
 
     def _secrets(self, row: Any) -> tuple[str, ...]:
         sealed = [row["secret_sealed"], row["previous_sealed"]]
@@ -319,14 +337,14 @@ class WebhookQueue:
         return {row["agency"]: (int(row["count"]), float(row["oldest_s"])) for row in rows}
 
 
-def _claim(row: Any, secrets: tuple[str, ...]) -> Claim:
+def _claim(row: Any, secrets: tuple[str, ...], body: bytes) -> Claim:
     return Claim(
         seq=row["seq"],
         delivery_id=row["delivery_id"],
         org_id=row["org_id"],
         agency=row["agency"],
         subject_key=row["subject_key"],
-        body=bytes(row["body"]),
+        body=body,
         attempts=row["attempts"],
         elapsed_s=float(row["elapsed_s"]),
         url=row["url"],

@@ -27,6 +27,7 @@ from carebus.domain.text import UNSHOWN_FIELD_PROBLEM, shown_field_name, text_pr
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
+from carebus.wire.sealing import KeyWrap
 from services.audit.paging import PagingError, looks_like_cursor, parse_since
 from services.audit.sign_in import (
     PATIENT,
@@ -157,8 +158,8 @@ class Subject(BaseModel):
 
 
 class EmergencyNotice(BaseModel):
-    justification: str
-    accountable: str
+    justification: str | None = Field(description="null only when the person was erased since.")
+    accountable: str | None = Field(description="null only when the person was erased since.")
 
 
 class Delivery(BaseModel):
@@ -166,7 +167,17 @@ class Delivery(BaseModel):
     event_id: str
     event_type: str
     occurred_at: datetime
-    subject: Subject
+    subject: Subject | None = Field(
+        description="null only when the person was erased since (then `erased` is true)."
+    )
+    erased: bool | None = Field(
+        default=None,
+        description=(
+            "Present, and true, only when the person was erased since: the nin and the free "
+            "text (`payload.ward`, `payload.service`, `emergency.justification`, "
+            "`emergency.accountable`) are null."
+        ),
+    )
     basis: Literal["statutory", "presumed", "consent", "emergency"]
     categories: list[str]
     payload: dict[str, Any]
@@ -298,12 +309,15 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     """The audit app wired to the real database."""
     settings = settings or get_settings()
     secret = settings.subject_key_secret.get_secret_value()
+    # Deliveries are read with the person's nin and free text opened: refuse to start without
+    # the key-encryption key rather than answer with erased persons.
+    wrap = KeyWrap.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
         app.state.tokens = TokenCache(pool)
-        app.state.store = AuditStore(pool)
+        app.state.store = AuditStore(pool, wrap)
         app.state.sessions = PersonSessions(
             pool,
             service="audit",

@@ -10,9 +10,12 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
+import orjson
 
+from carebus.adapters import person_keys
 from carebus.domain.events import rfc3339
 from carebus.wire.cursor import BEGINNING, Cursor
+from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_body
 from services.audit.patient_log import (
     ConsentChange,
     Decision,
@@ -26,7 +29,7 @@ from services.audit.patient_log import (
 # (recipient_org, delivered_at, delivery_id)) serves every combination of since and cursor.
 
 _DELIVERIES: Final = """
-    SELECT delivery_id, delivered_at, body::text AS body
+    SELECT delivery_id, delivered_at, subject_key, body::text AS body
     FROM deliveries
     WHERE recipient_org = $1
       AND delivered_at >= $2
@@ -124,29 +127,43 @@ class DeliveryPage:
     next: Cursor | None
 
 
+def _opened(body: str, subject_key: str, keys: Keyring) -> str:
+    """A stored delivery body as its recipient reads it: the nin and free text opened, or the
+    person's fields erased (docs/design.md, "Erasure"); a body with nothing sealed as stored."""
+    if PREFIX not in body:
+        return body
+    return orjson.dumps(open_body(orjson.loads(body), subject_key, keys)).decode()
+
+
 class AuditStore:
     """Queries over the tables the audit store sink fills."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, wrap: KeyWrap) -> None:
         self._pool = pool
+        self._wrap = wrap
 
     async def deliveries(
         self, org_id: str, *, since: datetime | None, after: Cursor | None, limit: int
     ) -> DeliveryPage:
         """Up to `limit` deliveries to `org_id`, oldest first, from `since` and after `after`."""
         start = after or BEGINNING
-        rows = await self._pool.fetch(
-            _DELIVERIES,
-            org_id,
-            since or BEGINNING.at,
-            start.at,
-            start.key,
-            limit + 1,  # one more than asked tells whether another page follows
-        )
-        page = rows[:limit]
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                _DELIVERIES,
+                org_id,
+                since or BEGINNING.at,
+                start.at,
+                start.key,
+                limit + 1,  # one more than asked tells whether another page follows
+            )
+            page = rows[:limit]
+            sealed = [row["subject_key"] for row in page if PREFIX in row["body"]]
+            keys = await person_keys.keyring(conn, self._wrap, sealed)
         more = len(rows) > limit
         cursor = Cursor(page[-1]["delivered_at"], page[-1]["delivery_id"]) if more else None
-        return DeliveryPage([row["body"] for row in page], cursor)
+        return DeliveryPage(
+            [_opened(row["body"], row["subject_key"], keys) for row in page], cursor
+        )
 
     async def related(self, org_id: str, subject_key: str) -> bool:
         """Whether `org_id` has data on the person (see `_RELATED`)."""

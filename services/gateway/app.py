@@ -44,6 +44,7 @@ from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_authority
+from carebus.wire.sealing import KeyWrap
 from services.gateway.ingest import Accepted, ConflictError, Ingest
 from services.gateway.shedding import InFlight, ShedLoad
 
@@ -120,6 +121,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app wired to the real pool, producer and codec."""
     settings = settings or get_settings()
     authority = load_authority()
+    # It seals every nin and free text under the person's data key: a deployment without its
+    # key-encryption key refuses to start, not to accept.
+    wrap = KeyWrap.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -133,7 +137,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.authority = authority
         app.state.directory = Directory(pool)
         app.state.refusals = RefusalLog(publisher, codec, authority.version)
-        app.state.ingest = Ingest(pool, publisher, codec, secret, authority)
+        app.state.ingest = Ingest(pool, publisher, codec, secret, authority, wrap)
         app.state.readiness.add("database", pool_answers(pool))
         app.state.readiness.add("broker", publisher.answers)
         try:

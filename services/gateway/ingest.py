@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from carebus.adapters import facts, retractions
+from carebus.adapters import facts, person_keys, retractions
 from carebus.adapters.auth import Connection
 from carebus.adapters.publisher import OutgoingRecord, RecordPublisher
 from carebus.domain.authority import JUDGED_EVENT_TYPES, Actor, AuthorityPolicy, NotEntitledError
@@ -22,6 +22,7 @@ from carebus.runtime import metrics
 from carebus.runtime.telemetry import get_logger
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus.wire.sealing import KeyWrap, seal_record
 
 log = get_logger(__name__)
 
@@ -63,8 +64,10 @@ class Ingest:
         codec: Codec,
         secret: bytes,
         authority: AuthorityPolicy,
+        wrap: KeyWrap,
     ) -> None:
         self._pool = pool
+        self._wrap = wrap
         self._publisher = publisher
         self._codec = codec
         self._secret = secret
@@ -91,7 +94,16 @@ class Ingest:
             new_ids = await self._record(conn, prepared)
             await self._check_repeats(conn, prepared, new_ids)
             fresh = [p for p in prepared if (p.event.source_org, p.event.event_id) in new_ids]
-            records = [event_to_record(p.event, p.subject_key, received_at) for p in fresh]
+            # The nin and free text leave the gateway sealed under the person's data key
+            # (docs/retention.md, "Erasure"); the fingerprint above is of the clear event, so a
+            # retry still matches.
+            keys = await person_keys.current(conn, self._wrap, (p.subject_key for p in fresh))
+            records = [
+                seal_record(
+                    event_to_record(p.event, p.subject_key, received_at), keys[p.subject_key]
+                )
+                for p in fresh
+            ]
             outgoing = [self._outgoing(p, r) for p, r in zip(fresh, records, strict=True)]
             stateful = [
                 (p, record)

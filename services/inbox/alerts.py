@@ -75,6 +75,10 @@ def alert_json(row: AlertRow) -> dict[str, Any]:
     }
     if row["nin"] is not None:
         alert["subject"] = {"nin": row["nin"]}
+    elif row.get("erased"):
+        # The person was erased since (docs/design.md, "Erasure"): the alert stays, nameless.
+        alert["subject"] = None
+        alert["erased"] = True
     alert["contact"] = _organisation(row["contact_agency"], row["contact_org"])
     alert["summary"] = row["summary"]
     alert["event_ids"] = list(row["event_ids"])

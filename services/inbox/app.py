@@ -35,6 +35,7 @@ from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
+from carebus.wire.sealing import KeyWrap
 from services.inbox.alerts import (
     AlertRow,
     FilterError,
@@ -98,7 +99,14 @@ class Alert(BaseModel):
     escalate_at: datetime
     recipient: Organisation | None = Field(description="null: the unassigned queue.")
     subject: Subject | None = Field(
-        default=None, description="Present only when the recipient may know the person."
+        default=None,
+        description="Present only when the recipient may know the person; null once the person"
+        " was erased (then `erased` is true).",
+    )
+    erased: bool | None = Field(
+        default=None,
+        description="Present, and true, only when the person was erased since: the alert names"
+        " no one, and its summary reads `(erased)` where it quoted a sealed text.",
     )
     contact: Organisation | None
     summary: str
@@ -135,11 +143,13 @@ _STREAM_DOC = (
 def build_app(settings: Settings | None = None) -> FastAPI:
     """The inbox app wired to the real database."""
     settings = settings or get_settings()
+    # Alerts are shown with the person's nin opened: refuse to start without the key.
+    wrap = KeyWrap.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
-        store = AlertStore(pool)
+        store = AlertStore(pool, wrap)
         feed = AlertFeed(settings.postgres_dsn, store.load)
         app.state.tokens = TokenCache(pool)
         app.state.store = store

@@ -8,16 +8,20 @@ from typing import Final
 
 import asyncpg
 
+from carebus.adapters import person_keys
 from carebus.adapters.auth import Principal
 from carebus.adapters.sessions import Actor
 from carebus.wire.cursor import BEGINNING, Cursor
+from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_sealed, open_text
+from carebus.wire.sealing import SealedUnreadableError as Unreadable
 from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
 CHANNEL: Final = "carebus_alerts"
 
 _COLUMNS: Final = """
-    alert_id, rule_id, title, kind, status, resolution, escalated, nin, recipient_agency,
+    alert_id, rule_id, title, kind, status, resolution, escalated, subject_key, nin,
+    recipient_agency,
     recipient_org, audience, contact_agency, contact_org, deadline, breached_at, escalate_at,
     summary, event_ids, acknowledged_at, resolved_at, acknowledged_by_subject,
     acknowledged_by_issuer, resolved_by_subject, resolved_by_issuer
@@ -71,6 +75,25 @@ _ESCALATE: Final = """
     SELECT alert_id FROM escalated
 """
 _NOTIFY: Final = "SELECT pg_notify($1, alert_id) FROM unnest($2::text[]) AS alert_id"
+# The fields of an alert's trigger its summary may quote (an emergency's justification).
+_QUOTED: Final = ("emergency.justification", "emergency.accountable")
+
+
+def opened(row: AlertRow, keys: Keyring) -> AlertRow:
+    """An alert row as its recipient reads it: the nin and the quoted free text opened, or,
+    once the person was erased, `nin` None and `erased` True (docs/design.md, "Erasure")."""
+    nin, summary = row["nin"], row["summary"]
+    if not (isinstance(nin, str) and nin.startswith(PREFIX)) and PREFIX not in summary:
+        return row
+    subject_key = row["subject_key"]
+    erased = False
+    if isinstance(nin, str) and nin.startswith(PREFIX):
+        try:
+            nin = open_sealed(keys, subject_key, "subject.nin", nin)
+        except Unreadable:
+            nin, erased = None, True
+    summary, summary_erased = open_text(summary, subject_key, keys, _QUOTED)
+    return {**dict(row), "nin": nin, "summary": summary, "erased": erased or summary_erased}
 
 
 def visible_to(caller: Principal) -> str:
@@ -105,8 +128,23 @@ class Change:
 class AlertStore:
     """Queries and state changes over the table the alert store sink fills."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, wrap: KeyWrap) -> None:
         self._pool = pool
+        self._wrap = wrap
+
+    async def _opened(self, rows: Sequence[AlertRow]) -> list[AlertRow]:
+        """`rows` with their sealed values opened under the persons' current keys (no cache:
+        an erasure shows at the next read)."""
+        sealed = [
+            row["subject_key"]
+            for row in rows
+            if PREFIX in (row["nin"] or "") or PREFIX in row["summary"]
+        ]
+        if not sealed:
+            return list(rows)
+        async with self._pool.acquire() as conn:
+            keys = await person_keys.keyring(conn, self._wrap, sealed)
+        return [opened(row, keys) for row in rows]
 
     async def page(
         self, caller: Principal, wanted: AlertFilter, *, after: Cursor | None, limit: int
@@ -127,15 +165,15 @@ class AlertStore:
         page = rows[:limit]
         more = len(rows) > limit
         cursor = Cursor(page[-1]["breached_at"], page[-1]["alert_id"]) if more else None
-        return AlertPage(page, cursor)
+        return AlertPage(await self._opened(page), cursor)
 
     async def get(self, alert_id: str) -> AlertRow | None:
         row: AlertRow | None = await self._pool.fetchrow(_ONE, alert_id)
-        return row
+        return None if row is None else (await self._opened([row]))[0]
 
     async def load(self, alert_ids: Sequence[str]) -> list[AlertRow]:
         """The alerts with these ids that exist, in the order of `alert_ids`."""
-        rows = await self._pool.fetch(_SOME, list(alert_ids))
+        rows = await self._opened(await self._pool.fetch(_SOME, list(alert_ids)))
         by_id = {row["alert_id"]: row for row in rows}
         return [by_id[alert_id] for alert_id in alert_ids if alert_id in by_id]
 
@@ -152,11 +190,14 @@ class AlertStore:
             row = await conn.fetchrow(
                 statement, alert_id, actor.token_id, actor.subject, actor.issuer
             )
-            if row is not None:
+            changed = row is not None
+            if changed:
                 await conn.execute(_NOTIFY, CHANNEL, [alert_id])
-                return Change(row, changed=True)
-            current = await conn.fetchrow(_ONE, alert_id)
-            return Change(current, changed=False) if current is not None else None
+            else:
+                row = await conn.fetchrow(_ONE, alert_id)
+        if row is None:
+            return None
+        return Change((await self._opened([row]))[0], changed=changed)
 
     async def counts(self) -> dict[tuple[str, bool], int]:
         """Unresolved alerts by (status, escalated)."""

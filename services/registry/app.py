@@ -37,6 +37,7 @@ from carebus.runtime.telemetry import get_logger
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_authority
 from carebus.wire.requests import RequestBody, parse, request_body
+from services.registry import erasure
 from services.registry.history import (
     ChangeNotPublishedError,
     ConsentSupersededError,
@@ -49,6 +50,7 @@ from services.registry.outbox import Outbox
 from services.registry.requests import (
     CareTeamChangeRequest,
     ConsentRequest,
+    ErasureRequest,
     GpListEntry,
     HomeMunicipalityEntry,
     OrganisationEntry,
@@ -101,6 +103,15 @@ class Organisations(BaseModel):
 
 class ChangeRecorded(BaseModel):
     change_id: str
+
+
+class ErasureRecorded(BaseModel):
+    erasure_id: str
+    request_ref: str
+    erased_at: str = Field(description="RFC 3339, UTC")
+    keys_erased: int = Field(
+        description="data key versions destroyed: 1, or 0 when carebus held no key for the person"
+    )
 
 
 class ConsentRecorded(BaseModel):
@@ -408,6 +419,47 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             change_id = await history.record_care_team_change(change, _actor(principal))
         return CareTeamChangeRecorded(change_id=change_id)
 
+    @app.post(
+        "/v1/erasures",
+        status_code=201,
+        response_model=ErasureRecorded,
+        openapi_extra=request_body(ErasureRequest),
+    )
+    async def post_erasure(
+        request: Request, principal: Principal = Depends(anyone)
+    ) -> ErasureRecorded:
+        """Erase a person on a lawful request (the operator's data protection officer only):
+        the person's data key is destroyed, so every copy of their nin and free text becomes
+        unreadable; counts and the disclosure log stay. Anyone else: 403, audited."""
+        body = await _body(request, ErasureRequest, "the erasure is invalid")
+        history: History = request.app.state.history
+        key = history.subject_key(body.nin)
+        if not _may_erase(principal):
+            raise await _refused(
+                request,
+                principal,
+                "erasure",
+                Refusal(
+                    "erasure.data_protection_officer",
+                    "nin",
+                    "only the operator's data protection officer may erase a person",
+                ),
+                key,
+            )
+        done = await erasure.erase(request.app.state.pool, principal, key, body.request_ref)
+        log.info(
+            "person_erased",
+            erasure_id=str(done.erasure_id),
+            subject_key=key,
+            keys_erased=done.keys_erased,
+        )
+        return ErasureRecorded(
+            erasure_id=str(done.erasure_id),
+            request_ref=done.request_ref,
+            erased_at=rfc3339(done.erased_at),
+            keys_erased=done.keys_erased,
+        )
+
     @app.put(
         "/v1/webhooks",
         response_model=WebhookRegistered,
@@ -476,6 +528,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return Response(status_code=204)
 
     return app
+
+
+def _may_erase(principal: Principal) -> bool:
+    """Only the bus's data protection officer: the operator realm's privacy officer."""
+    return principal.is_operator and principal.role == "privacy_officer"
 
 
 def _actor(principal: Principal) -> Actor:

@@ -194,3 +194,14 @@ class GpListEntry(RequestBody):
 
     nin: Nin = Field(repr=False)
     org_id: OrgId | None
+
+
+class ErasureRequest(RequestBody):
+    """A person's erasure on a lawful request: whom, and the request it answers."""
+
+    noun = "an erasure"
+
+    nin: Nin = Field(repr=False)
+    # The data protection officer's reference to the request (a case number): an identifier
+    # the operator chose, never free text, so it holds no nin (docs/design.md, input rule).
+    request_ref: StaffReference

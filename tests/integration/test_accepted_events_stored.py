@@ -17,7 +17,7 @@ import pytest
 from carebus.adapters.auth import create_token
 from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS
-from carebus_dev.testing import TYPICAL_SOURCE, EventFactory, TestStack
+from carebus_dev.testing import TYPICAL_SOURCE, EventFactory, TestStack, unsealed
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def shapes(factory: EventFactory, nin: str) -> list[dict[str, Any]]:
 
 async def _missing(conn: asyncpg.Connection, accepted: dict[tuple[str, str], Any]) -> set[Any]:
     rows = await conn.fetch(
-        "SELECT source_org, event_id, payload, source_system FROM events"
+        "SELECT source_org, event_id, payload, source_system, subject_key FROM events"
         " WHERE event_id = ANY($1::text[])",
         [event_id for _, event_id in accepted],
     )
@@ -122,9 +122,13 @@ async def _all_stored(conn: asyncpg.Connection, accepted: dict[tuple[str, str], 
 
 
 async def test_every_accepted_event_is_in_the_event_store(
-    gateway: httpx.AsyncClient, tokens: dict[str, str], conn: asyncpg.Connection
+    stack: TestStack,
+    gateway: httpx.AsyncClient,
+    tokens: dict[str, str],
+    conn: asyncpg.Connection,
 ) -> None:
-    """Each event answered 202, one at a time or in a batch, is stored, its text as sent."""
+    """Each event answered 202, one at a time or in a batch, is stored, its text as sent (free
+    text sealed under the person's data key, opening to the text as sent)."""
     factory = EventFactory()
     single = shapes(factory, factory.nin())
     accepted: dict[tuple[str, str], dict[str, Any]] = {}
@@ -151,7 +155,7 @@ async def test_every_accepted_event_is_in_the_event_store(
 
     await _all_stored(conn, accepted)
     rows = await conn.fetch(
-        "SELECT source_org, event_id, payload, source_system FROM events"
+        "SELECT source_org, event_id, payload, source_system, subject_key FROM events"
         " WHERE event_id = ANY($1::text[])",
         [event_id for _, event_id in accepted],
     )
@@ -161,7 +165,10 @@ async def test_every_accepted_event_is_in_the_event_store(
         stored = _json(row["payload"])
         for name, value in sent["payload"].items():
             if isinstance(value, str) and value in (NON_ASCII, NON_ASCII_ID):
-                assert stored[name] == value  # the text as sent, not normalised or escaped
+                opened = await unsealed(
+                    conn, stack.settings, row["subject_key"], f"payload.{name}", stored[name]
+                )
+                assert opened == value  # the text as sent, not normalised or escaped
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from carebus.domain.events import rfc3339
 from carebus.domain.identity import random_nin, subject_key, validate_nin
 from carebus.wire import topics
 from carebus.wire.codec import Codec
-from carebus_dev.testing import TestStack
+from carebus_dev.testing import TestStack, unsealed
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +124,15 @@ async def test_valid_event_is_accepted_keyed_and_published(
     }
     [(key, record)] = records_on_events_topic(stack, event["event_id"])
     assert key == body["subject_key"].encode()
-    assert record["subject"]["nin"] == event["subject"]["nin"]
+    # Sealed under the person's data key (docs/retention.md, "Erasure"), never in clear.
+    sealed = record["subject"]["nin"]
+    assert sealed.startswith("sealed:v1:")
+    conn = await asyncpg.connect(stack.settings.postgres_dsn)
+    try:
+        opened = await unsealed(conn, stack.settings, body["subject_key"], "subject.nin", sealed)
+    finally:
+        await conn.close()
+    assert opened == event["subject"]["nin"]
     assert record["occurred_at"] == datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
     assert record["payload"]["reason"] == "overdose"
 

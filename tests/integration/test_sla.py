@@ -25,7 +25,13 @@ from carebus.domain.identity import random_nin, subject_key
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus_dev.stack.devdata import OPERATOR_ORG
-from carebus_dev.testing import ServiceClients, ServiceProcess, TestStack, dead_letters
+from carebus_dev.testing import (
+    ServiceClients,
+    ServiceProcess,
+    TestStack,
+    dead_letters,
+    unsealed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -107,12 +113,21 @@ class Bus(ServiceClients):
         """Every stored alert whose events include `event_id` (any recipient)."""
         rows = await self.conn.fetch(
             "SELECT alert_id, rule_id, status, resolution, recipient_org, nin, audience, "
-            "event_ids FROM alerts "
+            "event_ids, subject_key FROM alerts "
             "WHERE $1 = ANY(event_ids) AND ($2::text IS NULL OR rule_id = $2)",
             event_id,
             rule_id,
         )
-        return [dict(row) for row in rows]
+        # The nin is stored sealed under the person's data key: read it as the inbox shows it.
+        return [
+            {
+                **dict(row),
+                "nin": await unsealed(
+                    self.conn, self.settings, row["subject_key"], "subject.nin", row["nin"]
+                ),
+            }
+            for row in rows
+        ]
 
     async def alerts_eventually(
         self, event_id: str, rule_id: str, count: int, timeout_s: float = WAIT_S

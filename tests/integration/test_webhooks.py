@@ -30,6 +30,7 @@ from carebus.domain.identity import random_nin, subject_key
 from carebus.runtime.config import local_password_file
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus.wire.sealing import KeyWrap
 from carebus_dev.stack.postgres import login_role
 from carebus_dev.testing import ServiceProcess, TestStack, free_ports
 from consumers.webhooks.protocol import verify_signature
@@ -423,7 +424,12 @@ async def test_a_head_left_waiting_is_swept_up(
     )
     pool = await asyncpg.create_pool(stack.settings.postgres_dsn, min_size=1, max_size=1)
     try:
-        assert await WebhookQueue(pool, SecretBox.from_settings(stack.settings)).unstick() == 1
+        assert (
+            await WebhookQueue(
+                pool, SecretBox.from_settings(stack.settings), KeyWrap.from_settings(stack.settings)
+            ).unstick()
+            == 1
+        )
     finally:
         await pool.close()
     # Nothing new is produced: the dispatcher's idle round finds the row.

@@ -24,6 +24,7 @@ PROMETHEUS_FILE = PROJECT_ROOT / "infra" / "prometheus" / "prometheus.yml"
 SECRETS = {
     "carebus_subject_key_secret": "carebus",
     "carebus_webhook_secret_key": "carebus",
+    "carebus_person_key_secret": "carebus",
     "carebus_oidc_client_key": "carebus",
     "carebus_audit_oidc_client_key": "carebus",
     "carebus_patient_oidc_client_key": "carebus",
@@ -32,6 +33,9 @@ SECRETS = {
 }
 # Only these hold the key that encrypts webhook signing secrets at rest.
 WEBHOOK_KEY_HOLDERS = {"registry", "webhooks", "migrate"}
+# Only these hold the key that wraps each person's data key: the gateway seals, the readers
+# that show a recipient the person's data open (docs/retention.md, "Erasure").
+PERSON_KEY_HOLDERS = {"gateway", "audit", "inbox", "webhooks"}
 # Each Kafka client's principal (infra/kafka/acls.yaml); the audit API and the inbox have none.
 KAFKA_PRINCIPALS = {
     "gateway": "gateway",
@@ -189,6 +193,8 @@ def test_secrets_are_files_outside_git_never_environment_values(
         wanted = {"carebus_subject_key_secret", "postgres_tls_ca"}
         if name in WEBHOOK_KEY_HOLDERS:
             wanted.add("carebus_webhook_secret_key")
+        if name in PERSON_KEY_HOLDERS:
+            wanted.add("carebus_person_key_secret")
         if name in DATABASE_ROLES or name == "migrate":
             wanted.add("carebus_postgres_password")
         if name in KAFKA_PRINCIPALS:

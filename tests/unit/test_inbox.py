@@ -17,11 +17,12 @@ from carebus.runtime.config import Settings
 from carebus.wire import topics
 from carebus.wire.codec import Codec
 from carebus.wire.cursor import Cursor, CursorError
+from carebus.wire.sealing import DataKey, Keyring, new_data_key, seal
 from consumers.alert_store import AlertStoreWriter, alert_row
 from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
 from services.inbox.app import admit_stream
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
-from services.inbox.store import visible_to
+from services.inbox.store import opened, visible_to
 
 ORG = "940493021"
 OTHER = "974705788"
@@ -423,3 +424,23 @@ def test_an_alert_frame_is_one_sse_event() -> None:
     """`event: alert`, one `data:` line of JSON, and a blank line."""
     frame = alert_frame({"summary": "two\nlines"})
     assert frame == 'event: alert\ndata: {"summary":"two\\nlines"}\n\n'
+
+
+def test_an_alert_reads_its_sealed_nin_and_quoted_text_in_clear_or_as_erased() -> None:
+    """The inbox opens the nin and the justification its summary quotes: exactly the alert it
+    showed before sealing; once the person's key is erased, `subject` null and `erased` true."""
+    person = "cd" * 32
+    key = DataKey(person, 1, new_data_key())
+    sealed_text = seal(key, "emergency.justification", "Fare for liv")
+    sealed = row(
+        subject_key=person,
+        nin=seal(key, "subject.nin", "12345678901"),
+        summary=f"Emergency. Justification: {sealed_text}.",
+    )
+    clear = alert_json(row(summary="Emergency. Justification: Fare for liv."))
+
+    assert alert_json(opened(sealed, Keyring.of([key]))) == clear
+    erased = alert_json(opened(sealed, Keyring.of([DataKey(person, 1, None)])))
+    assert (erased["subject"], erased["erased"]) == (None, True)
+    assert erased["summary"] == "Emergency. Justification: (erased)."
+    assert "erased" not in alert_json(opened(row(), Keyring({})))  # stored before sealing

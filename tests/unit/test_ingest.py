@@ -24,6 +24,7 @@ from carebus.domain.identity import subject_key
 from carebus.domain.routing import PersonState
 from carebus.wire import topics
 from carebus.wire.policy_files import load_authority
+from carebus.wire.sealing import Keyring, KeyWrap, is_sealed, open_sealed
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS
 from carebus_dev.testing import EventFactory
 from services.gateway.ingest import Accepted, ConflictError, Ingest
@@ -38,6 +39,8 @@ DPS = Actor(DEV_ORGANISATIONS["dps"], "dps", "system")
 MUNICIPALITY = Actor(DEV_ORGANISATIONS["municipality"], "municipality", "system")
 LEDGER = "accepted_events"
 FACTS = "person_facts"
+KEYS = "person_keys"
+WRAP = KeyWrap("ingest-unit-person-key-secret")
 
 
 class GatewayConnection(FakeConnection):
@@ -59,6 +62,21 @@ class GatewayConnection(FakeConnection):
                 for org, eid in wanted
                 if (org, eid) in ledger
             ]
+        if statement.startswith("SELECT DISTINCT ON (subject_key)"):
+            (keys,) = args
+            stored = self.db.table(KEYS)
+            return [{"subject_key": key, **stored[key]} for key in keys if key in stored]
+        if statement.startswith("INSERT INTO person_keys"):
+            stored = self.db.table(KEYS)
+            created = []
+            for key, version, wrapped in zip(*args, strict=True):
+                latest = stored.get(key)
+                if latest is None or (
+                    latest["wrapped_key"] is None and latest["version"] < version
+                ):
+                    stored[key] = {"version": version, "wrapped_key": wrapped}
+                    created.append({"subject_key": key, **stored[key]})
+            return created
         if statement.startswith("INSERT INTO person_facts"):
             (keys,) = args
             facts = self.db.table(FACTS)
@@ -114,6 +132,7 @@ class Gateway:
             CODEC,
             SECRET,
             AUTHORITY,
+            WRAP,
         )
 
     async def accept(self, *events: Event, actor: Actor = DPS) -> list[Accepted]:
@@ -300,3 +319,89 @@ async def test_a_claim_is_judged_against_the_claims_before_it_in_the_request() -
     assert published == [admission.event_id, plan.event_id]
     assert gateway.journal == ["facts_saved", "publish", "published"]
     assert gateway.facts(key_of(plan)).team  # the plan's members are in the care team
+
+
+def opened_record(gateway: Gateway, value: bytes) -> dict[str, Any]:
+    """A published record with its sealed fields opened under the fake's stored keys."""
+    decoded = CODEC.decode(value).record
+    key = decoded["subject_key"]
+    stored = gateway.db.table(KEYS)[key]
+    keys = Keyring.of([WRAP.unwrap(key, stored["version"], stored["wrapped_key"])])
+    return {
+        "nin": open_sealed(keys, key, "subject.nin", decoded["subject"]["nin"]),
+        "ward": open_sealed(keys, key, "payload.ward", decoded["payload"]["ward"]),
+        "justification": open_sealed(
+            keys, key, "emergency.justification", decoded["emergency"]["justification"]
+        ),
+    }
+
+
+async def test_the_nin_and_free_text_leave_the_gateway_sealed_under_the_persons_key() -> None:
+    """The published record holds the nin, the ward and the emergency text only sealed; they
+    open under the person's stored key, and the person has one key for all their events."""
+    gateway = Gateway()
+    admission = event(
+        "admission",
+        ward="Ward 3 Akutt",
+        emergency={
+            "justification": "Danger to life, patient unconscious",
+            "accountable": "Dr. Kari Nordmann",
+            "recipients": [{"agency": "municipality", "org_id": DEV_ORGANISATIONS["municipality"]}],
+        },
+    )
+    second = event("discharge_ready", nin=admission.nin)
+
+    await gateway.accept(admission, second)
+
+    first_value, second_value = (r.value for r in gateway.publisher.published)
+    for value in (first_value, second_value):
+        assert admission.nin.encode() not in value
+    assert b"Ward 3" not in first_value
+    assert b"Nordmann" not in first_value
+    decoded = CODEC.decode(first_value).record
+    assert is_sealed(decoded["subject"]["nin"])
+    assert is_sealed(decoded["payload"]["ward"])
+    assert opened_record(gateway, first_value) == {
+        "nin": admission.nin,
+        "ward": "Ward 3 Akutt",
+        "justification": "Danger to life, patient unconscious",
+    }
+    assert list(gateway.db.table(KEYS)) == [key_of(admission)]
+
+
+async def test_a_retry_of_an_accepted_event_still_matches_although_sealing_is_random() -> None:
+    """The idempotency fingerprint is of the clear event: a retry is a repeat, not a conflict,
+    though each sealing of the same nin differs."""
+    gateway = Gateway()
+    admission = event("admission", ward="Ward 3")
+
+    await gateway.accept(admission)
+    again = await gateway.accept(admission)
+
+    assert again == [Accepted(admission.event_id, key_of(admission))]
+    assert len(gateway.publisher.published) == 1
+
+
+async def test_after_erasure_a_person_gets_the_next_key_version() -> None:
+    """An event for a person whose key was erased is sealed under a new version: the erased
+    key is never brought back."""
+    gateway = Gateway()
+    first = event("discharge_ready")
+    await gateway.accept(first)
+    gateway.db.table(KEYS)[key_of(first)] = {"version": 1, "wrapped_key": None}  # erased
+
+    later = event("discharge_ready", nin=first.nin)
+    await gateway.accept(later)
+
+    assert gateway.db.table(KEYS)[key_of(first)]["version"] == 2
+    decoded = CODEC.decode(gateway.publisher.published[-1].value).record
+    assert decoded["subject"]["nin"].startswith("sealed:v1:2:")
+    assert opened_record_nin(gateway, gateway.publisher.published[-1].value) == first.nin
+
+
+def opened_record_nin(gateway: Gateway, value: bytes) -> str:
+    decoded = CODEC.decode(value).record
+    key = decoded["subject_key"]
+    stored = gateway.db.table(KEYS)[key]
+    keys = Keyring.of([WRAP.unwrap(key, stored["version"], stored["wrapped_key"])])
+    return open_sealed(keys, key, "subject.nin", decoded["subject"]["nin"])

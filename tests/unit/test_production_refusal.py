@@ -18,6 +18,7 @@ def test_every_local_default_is_named(tmp_path: Path) -> None:
     problems = production_problems(Settings(state_dir=tmp_path))
     assert any("subject-key secret" in p for p in problems)
     assert any("webhook secret key is the public development one" in p for p in problems)
+    assert any("person-key secret is the public development one" in p for p in problems)
     assert any(p.startswith("webhooks may be sent to http URLs") for p in problems)
     assert any(p.startswith("PostgreSQL: no password") for p in problems)
     assert any(p.startswith("Kafka:") for p in problems)
@@ -29,12 +30,14 @@ def test_a_set_secret_and_database_password_are_not_problems(tmp_path: Path) -> 
         state_dir=tmp_path,
         subject_key_secret=SecretStr("a-long-random-secret-from-a-file"),
         webhook_secret_key=SecretStr("another-long-random-secret-from-a-file"),
+        person_key_secret=SecretStr("a-third-long-random-secret-from-a-file"),
         postgres_dsn="postgresql://carebus@db:5432/carebus",
         postgres_password=SecretStr("from-a-file"),
     )
     problems = production_problems(settings)
     assert not any("subject-key" in p or p.startswith("PostgreSQL") for p in problems)
     assert not any("webhook secret key" in p for p in problems)
+    assert not any("person-key secret" in p for p in problems)
     assert not any("development tokens" in p for p in problems)
     # The local broker is secured, but one node is not production; three are.
     assert [p for p in problems if p.startswith("Kafka: 1 broker(s)")]

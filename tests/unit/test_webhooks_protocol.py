@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from carebus.adapters.deadletter import Reason
+from carebus.wire.sealing import DataKey, Keyring, new_data_key, seal
 from consumers.webhooks.protocol import (
     SIGNATURE_TOLERANCE_S,
     Attempt,
@@ -20,6 +21,7 @@ from consumers.webhooks.protocol import (
     RetryPolicy,
     Verdict,
     media_type,
+    opened_body,
     request_headers,
     signature,
     verify_signature,
@@ -276,3 +278,19 @@ def test_descriptions_carry_no_response_body() -> None:
 def test_media_type_keeps_only_a_bare_type(header: str | None, expected: str | None) -> None:
     """A receiver-chosen header is reduced to `type/subtype` or `unrecognised`."""
     assert media_type(header) == expected
+
+
+def test_a_queued_body_is_sent_with_its_sealed_fields_opened_byte_for_byte_as_before() -> None:
+    """A body queued with the nin sealed is POSTed exactly as the clear body would have been;
+    once the person's key is erased it names no one."""
+    key = DataKey("ab" * 32, 1, new_data_key())
+    clear = webhook_body(delivery())
+    queued = webhook_body(delivery(subject={"nin": seal(key, "subject.nin", NIN)}))
+    assert NIN.encode() not in queued
+
+    assert opened_body(queued, key.subject_key, Keyring.of([key])) == clear
+    erased = opened_body(queued, key.subject_key, Keyring.of([DataKey(key.subject_key, 1, None)]))
+    assert NIN.encode() not in erased
+    assert json.loads(erased)["subject"] is None
+    assert json.loads(erased)["erased"] is True
+    assert opened_body(clear, key.subject_key, Keyring({})) == clear  # queued before sealing

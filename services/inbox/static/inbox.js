@@ -160,7 +160,8 @@
   function fillRow(row, alert, now) {
     // An operator action concerns the organisation, not a person.
     cell(row, "subject").textContent = alert.subject ? alert.subject.nin
-      : alert.kind === "operator_action" ? "no person" : "not disclosed to you";
+      : alert.erased ? "erased" : alert.kind === "operator_action" ? "no person"
+      : "not disclosed to you";
     cell(row, "title").textContent = alert.title;
     cell(row, "rule").textContent = alert.rule_id;
     cell(row, "rule").className = "rule";
