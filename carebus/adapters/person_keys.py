@@ -10,6 +10,8 @@ cached: every read sees an erasure at once (docs/retention.md, "Erasure").
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
+from uuid import UUID
 
 from carebus.adapters.auth import Connection
 from carebus.wire.sealing import DataKey, Keyring, KeyWrap, new_data_key
@@ -27,17 +29,32 @@ _CREATE = """
     ON CONFLICT DO NOTHING
     RETURNING subject_key, version, wrapped_key
 """
+_LOCK_SHARED = """
+    SELECT count(pg_advisory_xact_lock_shared($1::int4, hashtext(k)))
+    FROM (SELECT unnest($2::text[]) AS k ORDER BY 1) AS keys
+"""
 _ALL = """
     SELECT subject_key, version, wrapped_key FROM person_keys
     WHERE subject_key = ANY($1::text[])
 """
 
 
+# Migration 0019's KEY_LOCK_CLASS: held shared here until the caller's transaction ends (the
+# gateway's, after the broker has the sealed event), exclusively by `carebus_erase_person`.
+KEY_LOCK_CLASS: Final = 0x0CB0_0E5E
+# What an erasure leaves of an event's fingerprint in the idempotency ledger.
+ERASED_FINGERPRINT: Final = b"\x00"
+
+
 async def current(
     conn: Connection, wrap: KeyWrap, subject_keys: Iterable[str]
 ) -> dict[str, DataKey]:
-    """The current (not erased) data key of each person, created where there is none."""
+    """The current (not erased) data key of each person, created where there is none; each
+    person's key lock is held (shared) until the caller's transaction ends, so an erasure waits
+    for what is being sealed under the key and nothing is sealed under a key erased meanwhile."""
     wanted = sorted(set(subject_keys))
+    if wanted:  # in key order, in one statement: two callers cannot deadlock
+        await conn.execute(_LOCK_SHARED, KEY_LOCK_CLASS, wanted)
     found: dict[str, DataKey] = {}
     for _ in range(3):  # a lost race reads the winner's key; a third loss is not expected
         missing = [key for key in wanted if key not in found]
@@ -78,7 +95,17 @@ async def keyring(conn: Connection, wrap: KeyWrap, subject_keys: Iterable[str]) 
     )
 
 
-async def erase(conn: Connection, subject_key: str, erasure_ref: str) -> int:
-    """Destroy the person's current data key; how many versions were erased (0: none current)."""
-    erased = await conn.fetchval("SELECT carebus_erase_person($1, $2)", subject_key, erasure_ref)
+async def erase(
+    conn: Connection, subject_key: str, erasure_ref: str, operator_org: str, erasure_id: UUID
+) -> int:
+    """Destroy the person's current data key and record the erasure in `operator_actions` (the
+    function does both: no erasure happens unrecorded); how many versions were erased (0: none
+    current, or the same `erasure_ref` again)."""
+    erased = await conn.fetchval(
+        "SELECT carebus_erase_person($1, $2, $3, $4)",
+        subject_key,
+        erasure_ref,
+        operator_org,
+        erasure_id,
+    )
     return int(erased)

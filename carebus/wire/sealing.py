@@ -85,7 +85,7 @@ def seal(data_key: DataKey, path: str, value: str, nonce: bytes | None = None) -
         raise SealedUnreadableError(path, "cannot seal under an erased key")
     nonce = os.urandom(_NONCE_BYTES) if nonce is None else nonce
     associated = _associated(data_key.subject_key, data_key.version, path)
-    sealed = AESGCM(data_key.key).encrypt(nonce, value.encode("utf-8"), associated)
+    sealed = AESGCM(data_key.key).encrypt(nonce, _padded(value.encode("utf-8")), associated)
     encoded = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
     return f"{PREFIX}{data_key.version}:{encoded}"
 
@@ -116,7 +116,17 @@ def open_sealed(keys: Keyring, subject_key: str, path: str, value: str) -> str:
         plain = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], associated)
     except (InvalidTag, ValueError):
         raise SealedUnreadableError(path, "does not open under the person's data key") from None
-    return plain.decode("utf-8")
+    return plain.rstrip(b"\x00").decode("utf-8")
+
+
+# The clear text is padded with NUL bytes (which no accepted text holds: the input rule refuses
+# U+0000) to the next of these sizes, so a sealed ward's length does not tell which ward it is.
+_PAD_TO: Final = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def _padded(plain: bytes) -> bytes:
+    size = next((s for s in _PAD_TO if len(plain) <= s), -(-len(plain) // 4096) * 4096)
+    return plain.ljust(size, b"\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +212,10 @@ def _open_any(keys: Keyring, subject_key: str, paths: tuple[str, ...], value: st
     return None
 
 
+# The shortest key-encryption secret production accepts (32 random bytes in base64: 43).
+MIN_SECRET_CHARS: Final = 43
+
+
 class KeyWrap:
     """Wraps and unwraps data keys (AES-256-GCM) under the key-encryption key of a setting."""
 
@@ -220,6 +234,13 @@ class KeyWrap:
                 "person_key_secret: the local development key is public; production needs "
                 "CAREBUS_PERSON_KEY_SECRET or the file carebus_person_key_secret in "
                 "CAREBUS_SECRETS_DIR"
+            )
+        if not settings.development and len(secret) < MIN_SECRET_CHARS:
+            # HKDF does not stretch a weak secret: a database dump would let anyone guess it
+            # offline, unwrap every key and open every sealed copy.
+            raise ValueError(
+                f"person_key_secret: at least {MIN_SECRET_CHARS} characters of random secret "
+                "are needed outside development (e.g. `openssl rand -base64 48`)"
             )
         return cls(secret)
 

@@ -38,6 +38,11 @@ MAX_LABEL = 200
 StaffText = Annotated[str, Field(max_length=MAX_RECORDED_BY), text(MAX_RECORDED_BY)]
 # A reference into the recording organisation's own systems: an identifier it chose.
 StaffReference = Annotated[str, Field(max_length=MAX_RECORDED_BY), identifier(MAX_RECORDED_BY)]
+CaseReference = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9/._-]{0,39}$"),
+    identifier(40),
+]
 
 
 def _label(value: object) -> object:
@@ -202,6 +207,7 @@ class ErasureRequest(RequestBody):
     noun = "an erasure"
 
     nin: Nin = Field(repr=False)
-    # The data protection officer's reference to the request (a case number): an identifier
-    # the operator chose, never free text, so it holds no nin (docs/design.md, input rule).
-    request_ref: StaffReference
+    # The data protection officer's reference to the request: a case number (letters, digits
+    # and / . _ -, at most 40), never free text — it is kept for good beside the erased key, so
+    # a name typed into it could never be removed (and it holds no nin: the input rule).
+    request_ref: CaseReference

@@ -556,6 +556,8 @@ async def test_only_the_operators_data_protection_officer_may_erase(
         ({"nin": "12345678901", "request_ref": ref}, "nin"),
         ({"nin": person.nin}, "request_ref"),
         ({"nin": person.nin, "request_ref": f"case-{person.nin}"}, "request_ref"),
+        # Kept for good beside the erased key: a case number, never a name.
+        ({"nin": person.nin, "request_ref": "Sletting Kari Nordmann"}, "request_ref"),
         ({"nin": person.nin, "request_ref": ref, "reason": "x"}, "reason"),
     ):
         refused = await erase(http, tokens, "dpo", body)
@@ -692,6 +694,21 @@ async def test_events_after_erasure_start_a_new_key_version_the_old_copies_stay_
     )
     assert [(row["version"], row["erased"]) for row in rows] == [(1, True), (2, False)]
 
+    # The first request again (a client's retry) erases nothing of the new lifecycle; the
+    # fingerprints of the events accepted before the erasure are gone (a plain hash of the
+    # event with its nin would give the nin back to a brute force; the gateway takes a retry
+    # of such an event as a repeat).
+    retried = await erase(http, tokens, "dpo", {"nin": person.nin, "request_ref": "DPO-2026-0042"})
+    assert (retried.status_code, retried.json()["keys_erased"]) == (201, 0)
+    [fresh] = await deliveries(http, tokens, "municipality", {later})
+    assert fresh["subject"] == {"nin": person.nin}
+    hashes = await db.fetch(
+        "SELECT event_id, content_hash FROM accepted_events WHERE subject_key = $1", person.key
+    )
+    erased_hashes = {r["event_id"] for r in hashes if bytes(r["content_hash"]) == b"\x00"}
+    assert story.admitted in erased_hashes
+    assert later not in erased_hashes
+
 
 async def test_no_role_may_restore_change_or_remove_a_key(
     stack: TestStack, story: Story, db: asyncpg.Connection
@@ -712,8 +729,19 @@ async def test_no_role_may_restore_change_or_remove_a_key(
             await gateway.execute("DELETE FROM person_keys WHERE subject_key = $1", person.key)
         for conn in (audit, operator):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.fetchval("SELECT carebus_erase_person($1, 'x')", person.key)
+                await conn.fetchval(
+                    "SELECT carebus_erase_person($1, 'x', '918000008', gen_random_uuid())",
+                    person.key,
+                )
         assert await audit.fetchval("SELECT count(*) FROM person_keys") >= 2  # it reads
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # the operator reads no key
+            await operator.fetchval("SELECT count(*) FROM person_keys")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor inserts an erased row
+            await gateway.execute(
+                "INSERT INTO person_keys (subject_key, version, erased_at, erasure_ref)"
+                " VALUES ($1, 99, now(), 'x')",
+                person.key,
+            )
     finally:
         await gateway.close()
         await audit.close()

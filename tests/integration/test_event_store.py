@@ -29,6 +29,15 @@ CODEC = Codec.default()
 
 
 @pytest.fixture(scope="module")
+def stack() -> Iterator[TestStack]:
+    """A broker and database of this module's own: it puts 50,000 events on care.events.v1,
+    which every SLA engine a later module starts on the shared stack would first have to work
+    through (minutes on this box, while those modules' deadlines run in seconds)."""
+    with TestStack() as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
 def event_store(stack: TestStack) -> Iterator[ServiceProcess]:
     """The sink as its own process; /healthz on a free port tells when it is up."""
     service = stack.start_service("event_store")  # /metrics and /healthz on a free port

@@ -212,8 +212,10 @@ async def test_a_database_that_does_not_answer_is_unavailable_within_the_time_ou
     assert loop.time() - started < 3.0
 
 
-def test_the_pool_waits_its_acquisition_time_out_by_default() -> None:
+async def test_the_pool_waits_its_acquisition_time_out_by_default() -> None:
     """`acquire()` without a time-out uses the settings' one (the acquisition context keeps it)."""
+    # async: asyncpg's pool takes the running loop (a sync test has none once an earlier test
+    # has closed the default one, as in the whole suite's order).
     pool = BoundedPool(
         "postgresql://x@127.0.0.1:1/x",
         min_size=0,

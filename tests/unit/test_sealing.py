@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from carebus.runtime.config import LOCAL_PERSON_KEY_SECRET, Settings
 from carebus.wire.sealing import (
     ERASED_TEXT,
+    MIN_SECRET_CHARS,
     PREFIX,
     DataKey,
     Keyring,
@@ -217,8 +218,25 @@ def test_production_refuses_the_public_person_key_secret() -> None:
     with pytest.raises(ValueError, match="person_key_secret"):
         KeyWrap.from_settings(public)
     assert KeyWrap.from_settings(public.model_copy(update={"environment": "local"}))
-    own = public.model_copy(update={"person_key_secret": SecretStr("another-long-secret")})
+    short = public.model_copy(update={"person_key_secret": SecretStr("changeme")})
+    with pytest.raises(ValueError, match="at least 43 characters"):
+        KeyWrap.from_settings(short)  # HKDF does not stretch a guessable secret
+    own = public.model_copy(update={"person_key_secret": SecretStr("k" * MIN_SECRET_CHARS)})
     assert KeyWrap.from_settings(own)
+
+
+def test_a_sealed_values_length_does_not_tell_its_text() -> None:
+    """Texts of different lengths within one padding bucket seal to the same length, and the
+    padding never shows when opened."""
+    key = DataKey(PERSON, 1, new_data_key())
+    keys = Keyring.of([key])
+    short, longer = (
+        seal(key, "payload.ward", "Akutt 2"),
+        seal(key, "payload.ward", "Rusbehandling A"),
+    )
+    assert len(short) == len(longer)
+    assert open_sealed(keys, PERSON, "payload.ward", longer) == "Rusbehandling A"
+    assert len(seal(key, "payload.ward", "x" * 40)) > len(short)  # the next bucket
 
 
 def test_a_data_key_is_256_random_bits() -> None:

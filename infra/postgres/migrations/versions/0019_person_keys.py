@@ -7,7 +7,7 @@ version per person is current (not erased); the gateway creates it (`INSERT ... 
 NOTHING`, then `SELECT`), the readers that show data to a recipient (audit, inbox, webhook
 delivery) read it.
 
-`carebus_erase_person(subject_key, erasure_ref)` is SECURITY DEFINER, owned by the owner that
+`carebus_erase_person(subject_key, erasure_ref, operator_org, erasure_id)` is SECURITY DEFINER, owned by the owner that
 runs the migrations: it destroys the wrapped key of the person's current version (NULL) and
 records when and under which request; it returns how many versions it erased (0 or 1). Only the
 registry (`POST /v1/erasures`, the operator's data protection officer) may execute it: not the
@@ -31,16 +31,21 @@ branch_labels = None
 depends_on = None
 
 SELECT, INSERT = "SELECT", "INSERT"
+# Who reads wrapped keys: the gateway (sealing) and the three readers that open values for a
+# recipient. The registry erases through the function only; the operator's role has nothing.
+# The gateway inserts only a key (subject key, version, wrapped key): never an erased row.
 GRANTS: dict[str, tuple[str, ...]] = {
-    "gateway": (SELECT, INSERT),
+    "gateway": (SELECT, "INSERT (subject_key, version, wrapped_key)"),
     "audit": (SELECT,),
     "inbox": (SELECT,),
     "webhooks": (SELECT,),
-    "registry": (SELECT,),
-    "operator": (SELECT,),
 }
+# The advisory lock class of a person's keys: the gateway holds it shared while it seals and
+# publishes, the erasure exclusively, so an event is sealed either before an erasure (and is
+# erased with it) or after it (under the next version) — never under a key erased meanwhile.
+KEY_LOCK_CLASS = 0x0CB0_0E5E
 ERASERS = ("registry",)
-_FUNCTION = "carebus_erase_person(text, text)"
+_FUNCTION = "carebus_erase_person(text, text, text, uuid)"
 
 _GUARD = """
 CREATE FUNCTION carebus_person_keys_guard() RETURNS trigger
@@ -62,11 +67,17 @@ $$;
 """
 
 _ERASE = """
-CREATE FUNCTION carebus_erase_person(p_subject_key text, p_erasure_ref text) RETURNS integer
+CREATE FUNCTION carebus_erase_person(
+    p_subject_key text, p_erasure_ref text, p_operator_org text, p_erasure_id uuid
+) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     erased integer;
 BEGIN
+    IF p_operator_org IS NULL OR p_operator_org !~ '^[0-9]{9}$' OR p_erasure_id IS NULL THEN
+        RAISE EXCEPTION 'carebus_erase_person: the operator organisation and erasure id are '
+            'required' USING ERRCODE = '22023';
+    END IF;
     IF p_subject_key IS NULL OR p_subject_key !~ '^[0-9a-f]{64}$' THEN
         RAISE EXCEPTION 'carebus_erase_person: not a subject key' USING ERRCODE = '22023';
     END IF;
@@ -74,10 +85,26 @@ BEGIN
         RAISE EXCEPTION 'carebus_erase_person: erasure_ref must be 1 to 200 characters'
             USING ERRCODE = '22023';
     END IF;
+    PERFORM pg_advisory_xact_lock({lock_class}, hashtext(p_subject_key));
+    -- The same request again (a client's retry) erases nothing more: not the key of a new
+    -- lifecycle begun since.
+    IF EXISTS (SELECT 1 FROM person_keys
+               WHERE subject_key = p_subject_key AND erasure_ref = p_erasure_ref) THEN
+        RETURN 0;
+    END IF;
     UPDATE person_keys
        SET wrapped_key = NULL, erased_at = clock_timestamp(), erasure_ref = p_erasure_ref
      WHERE subject_key = p_subject_key AND erased_at IS NULL;
     GET DIAGNOSTICS erased = ROW_COUNT;
+    -- The idempotency ledger's fingerprint is a plain hash of the event, nin included: with the
+    -- rest of the event in the store it would give the nin back to a brute force. A retry of
+    -- such an event is still recognised as a repeat (the gateway reads this marker).
+    UPDATE accepted_events SET content_hash = '\\x00'::bytea WHERE subject_key = p_subject_key;
+    -- Recorded here, not by the caller: no erasure happens unrecorded, whoever calls.
+    INSERT INTO operator_actions (action_id, action, operator_org, target_org, subject_key, detail)
+    VALUES (p_erasure_id, 'person_erased', p_operator_org, NULL, p_subject_key,
+            jsonb_build_object('erasure_id', p_erasure_id::text, 'request_ref', p_erasure_ref,
+                               'keys_erased', erased));
     RETURN erased;
 END
 $$;
@@ -114,7 +141,7 @@ def upgrade() -> None:
             FOR EACH STATEMENT EXECUTE FUNCTION carebus_person_keys_guard();
         """
     )
-    op.execute(_ERASE)
+    op.execute(_ERASE.replace("{lock_class}", str(KEY_LOCK_CLASS)))
     op.execute(f"REVOKE ALL ON FUNCTION {_FUNCTION} FROM PUBLIC")
     for service, privileges in GRANTS.items():
         op.execute(f"GRANT {', '.join(privileges)} ON person_keys TO carebus_svc_{service}")
