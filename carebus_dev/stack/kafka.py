@@ -672,6 +672,12 @@ class KafkaCluster:
         """Start every node that is not running, side by side (a quorum of three elects a
         leader only once two run); return when the cluster lists all. True if any started."""
         self._refuse_other_layout()
+        if self.first.secure:
+            # The nodes share one CA, broker certificate and credential file: made here once,
+            # before the nodes start side by side (each would otherwise write them while another
+            # reads them half-written).
+            self.first.pki.ensure()
+            self.first.credentials.ensure()
         with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
             futures = [pool.submit(node.start, timeout_s=timeout_s) for node in self.nodes]
             errors = [future.exception() for future in futures]

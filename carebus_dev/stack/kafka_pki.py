@@ -156,6 +156,9 @@ def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_bytes(data)
+    """Write `data` (0600) whole: a reader sees the old file or the new one, never half."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.touch(mode=0o600, exist_ok=True)
+    partial.chmod(0o600)
+    partial.write_bytes(data)
+    partial.replace(path)
