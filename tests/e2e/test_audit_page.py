@@ -9,7 +9,11 @@ from typing import TypeVar
 
 import asyncpg
 import pytest
-from selenium.common.exceptions import NoSuchElementException, TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -46,8 +50,13 @@ async def disclosed(stack: TestStack, db: asyncpg.Connection) -> str:
 
 def wait(driver: WebDriver, condition: Callable[[], T | None], what: str) -> T:
     try:
+        # The page swaps its sections on sign-in and sign-out: an element found a moment ago may
+        # be gone by the time it is asked whether it shows, which is just "not yet".
         result: T = WebDriverWait(
-            driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(NoSuchElementException,)
+            driver,
+            WAIT_S,
+            poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
         ).until(lambda _driver: condition() or False)
     except TimeoutException:
         tail = driver.page_source[-3000:]
