@@ -72,9 +72,18 @@ RETRACTION_REASONS: Final = ("wrong_person", "sent_in_error", "duplicate", "othe
 # retraction.
 POLICY_EVENT_TYPES: Final = tuple(t for t in EVENT_TYPES if t != RETRACTION)
 
-ADMISSION_REASONS: Final = ("overdose", "suicide_attempt", "psychosis", "withdrawal", "other")
-ADMISSION_KINDS: Final = ("voluntary", "involuntary")
-HOUSING_STATUSES: Final = ("stable", "unstable", "homeless")
+# `unknown`: the sender's message does not say (a PLO logistics message carries no health
+# information; an HL7 v2 or FHIR admission may have no reason code).
+ADMISSION_REASONS: Final = (
+    "overdose",
+    "suicide_attempt",
+    "psychosis",
+    "withdrawal",
+    "other",
+    "unknown",
+)
+ADMISSION_KINDS: Final = ("voluntary", "involuntary", "unknown")
+HOUSING_STATUSES: Final = ("stable", "unstable", "homeless", "unknown")
 DESTINATIONS: Final = ("home", "municipal_housing", "institution", "homeless", "unknown")
 POLICE_CALLOUT_KINDS: Final = (
     "violence",

@@ -266,7 +266,7 @@ INVALID: list[tuple[str, object, str, str]] = [
     ("reason-wrong-case", with_payload(reason="Overdose"), "payload.reason", "one of"),
     (
         "enum-unknown-symbol",
-        with_payload(housing_status="unknown"),
+        with_payload(housing_status="temporary"),
         "payload.housing_status",
         "one of",
     ),
