@@ -176,9 +176,18 @@ class BodyLimits:
     def of(cls, settings: Settings) -> BodyLimits:
         # The one route whose bodies are larger than one request's: a batch of up to 1000
         # events. Every other body (one event, a consent, a query) fits in the default.
+        # The adapters take messages in agencies' own formats: a PLO message may carry
+        # attachments, an HL7 v2 batch or a FHIR Bundle several resources.
+        message = settings.http_max_message_body_bytes
         return cls(
             settings.http_max_body_bytes,
-            {"/v1/events:batch": settings.http_max_batch_body_bytes},
+            {
+                "/v1/events:batch": settings.http_max_batch_body_bytes,
+                "/v1/adapters/plo": message,
+                "/v1/adapters/hl7v2": message,
+                "/fhir": message,
+                "/fhir/Encounter": message,
+            },
         )
 
     def of_path(self, path: str) -> int:

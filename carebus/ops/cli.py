@@ -256,15 +256,26 @@ def org() -> None:
 @click.option("--org", "org_id", required=True, help="9-digit organisation number.")
 @click.option("--name", required=True, help="The organisation's name.")
 @click.option("--her-id", "her_id", help="Its HER-id in the national address register.")
-def org_add(agency: str, org_id: str, name: str, her_id: str | None) -> None:
-    """Register an organisation (or update its name and HER-id) and print its entry."""
+@click.option(
+    "--municipality-number", "municipality_number", help="A municipality's 4-digit kommunenummer."
+)
+def org_add(
+    agency: str, org_id: str, name: str, her_id: str | None, municipality_number: str | None
+) -> None:
+    """Register an organisation (or update its name, HER-id and kommunenummer) and print its
+    entry."""
     from carebus.adapters import directory
 
     async def add() -> directory.Organisation:
         conn = await asyncpg.connect(Settings().postgres_dsn)
         try:
             return await directory.add_organisation(
-                conn, agency=agency, org_id=org_id, name=name, her_id=her_id
+                conn,
+                agency=agency,
+                org_id=org_id,
+                name=name,
+                her_id=her_id,
+                municipality_number=municipality_number,
             )
         finally:
             await conn.close()

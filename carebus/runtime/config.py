@@ -21,6 +21,7 @@ LOCAL_SUBJECT_KEY_SECRET: Final = "carebus-local-development-secret"  # noqa: S1
 LOCAL_WEBHOOK_SECRET_KEY: Final = "carebus-local-webhook-secret-key"  # noqa: S105
 # The same for the key that wraps each person's data key (erasure by crypto-shredding).
 LOCAL_PERSON_KEY_SECRET: Final = "carebus-local-person-key-secret"  # noqa: S105
+LOCAL_ADAPTER_ID_SECRET: Final = "carebus-local-adapter-id-secret"  # noqa: S105
 # Where http webhooks and, by default, webhook targets on private addresses are allowed.
 DEVELOPMENT_ENVIRONMENTS: Final = frozenset({"local", "test"})
 # HelseID's claim naming the legal entity (organisation number) a client belongs to.
@@ -113,10 +114,26 @@ class Settings(BaseSettings):
     inbox_port: int = 18083
     # The local development OpenID Connect issuer (carebus_dev.oidc_issuer; never in production).
     oidc_issuer_port: int = 18084
+    # The adapters (services/adapters): PLO, HL7 v2 and FHIR over HTTP on `adapters_port`, HL7 v2
+    # over MLLP on `mllp_port`. They hand what they map to the gateway at `gateway_url` (unset:
+    # this host's `gateway_port`) with the caller's own token.
+    adapters_port: int = 18085
+    mllp_port: int = 18086
+    gateway_url: str | None = None
+    # The key of the adapters' event ids (`carebus.wire.translation.derived_event_id`: the same
+    # message, or a later one about the same stay, maps to the same id without stored state). A
+    # file secret in production (the local default is public and refused there); changing it
+    # makes later messages' ids differ from earlier ones' (a cancellation finds nothing).
+    adapter_id_secret: SecretStr = SecretStr(LOCAL_ADAPTER_ID_SECRET)
+    # The MLLP listener's read limit per message, and how long a connection may stay silent.
+    mllp_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
     # Request bodies over these sizes are refused (413) before they are read: every route but
     # `POST /v1/events:batch` (up to 1000 events) takes the first (carebus.adapters.http).
     http_max_body_bytes: int = Field(default=64 * 1024, ge=1)
     http_max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    # The adapters' message routes (PLO, HL7 v2, FHIR).
+    http_max_message_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     # Each organisation's requests per second of one service process, after authentication,
     # and how many it may make at once beyond that (429 with Retry-After past them). Generous:
     # one process answers ~700 single events per second, so only a runaway client is held back.
@@ -298,6 +315,11 @@ class Settings(BaseSettings):
         return f"http://{self.http_host}:{port}"
 
     @property
+    def gateway_base_url(self) -> str:
+        """Where the adapters post events: `gateway_url`, or this host's gateway."""
+        return (self.gateway_url or self.service_url(self.gateway_port)).rstrip("/")
+
+    @property
     def oidc_issuer(self) -> str | None:
         """The issuer people sign in with (`oidc_issuer_url`, or locally the bundled one)."""
         if self.oidc_issuer_url is not None:
@@ -366,3 +388,28 @@ def with_local_password(dsn: str, state_dir: Path) -> str:
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+
+
+# A secret a key is derived from needs this many characters of randomness outside development
+# (`openssl rand -base64 48` gives 64): HKDF and HMAC do not stretch a weak one.
+MIN_SECRET_CHARS: Final = 43
+
+
+def production_secret(settings: Settings, name: str, local_default: str) -> str:
+    """The secret setting `name`, refused (ValueError naming it) outside development when it is
+    the public local default or shorter than MIN_SECRET_CHARS."""
+    value = getattr(settings, name)
+    secret = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
+    if settings.development:
+        return secret
+    if secret == local_default:
+        raise ValueError(
+            f"{name}: the local development key is public; production needs "
+            f"CAREBUS_{name.upper()} or the file carebus_{name} in CAREBUS_SECRETS_DIR"
+        )
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{name}: at least {MIN_SECRET_CHARS} characters of random secret are needed "
+            "outside development (e.g. `openssl rand -base64 48`)"
+        )
+    return secret

@@ -57,6 +57,12 @@ EVENTS_REJECTED: Final = Counter(
     "Events the gateway refused, by reason (invalid, conflict, forbidden, unavailable).",
     ["reason"],
 )
+ADAPTER_MESSAGES: Final = Counter(
+    "carebus_adapter_messages_total",
+    "Messages the adapters answered, by protocol (plo, hl7v2, fhir) and outcome (accepted,"
+    " refused, forbidden, unavailable).",
+    ["protocol", "outcome"],
+)
 PRODUCE_LATENCY: Final = Histogram(
     "carebus_produce_duration_seconds",
     "Time from handing records to the producer to the broker's acknowledgement, by topic.",

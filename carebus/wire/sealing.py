@@ -25,7 +25,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from carebus.runtime.config import LOCAL_PERSON_KEY_SECRET, Settings
+from carebus.runtime.config import (
+    LOCAL_PERSON_KEY_SECRET,
+    Settings,
+    production_secret,
+)
 
 PREFIX: Final = "sealed:v1:"
 DATA_KEY_BYTES: Final = 32
@@ -212,10 +216,6 @@ def _open_any(keys: Keyring, subject_key: str, paths: tuple[str, ...], value: st
     return None
 
 
-# The shortest key-encryption secret production accepts (32 random bytes in base64: 43).
-MIN_SECRET_CHARS: Final = 43
-
-
 class KeyWrap:
     """Wraps and unwraps data keys (AES-256-GCM) under the key-encryption key of a setting."""
 
@@ -228,20 +228,9 @@ class KeyWrap:
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyWrap:
         """The wrap under the configured key; production refuses the public local default."""
-        secret = settings.person_key_secret.get_secret_value()
-        if not settings.development and secret == LOCAL_PERSON_KEY_SECRET:
-            raise ValueError(
-                "person_key_secret: the local development key is public; production needs "
-                "CAREBUS_PERSON_KEY_SECRET or the file carebus_person_key_secret in "
-                "CAREBUS_SECRETS_DIR"
-            )
-        if not settings.development and len(secret) < MIN_SECRET_CHARS:
-            # HKDF does not stretch a weak secret: a database dump would let anyone guess it
-            # offline, unwrap every key and open every sealed copy.
-            raise ValueError(
-                f"person_key_secret: at least {MIN_SECRET_CHARS} characters of random secret "
-                "are needed outside development (e.g. `openssl rand -base64 48`)"
-            )
+        # HKDF does not stretch a weak secret: a database dump would let anyone guess it
+        # offline, unwrap every key and open every sealed copy.
+        secret = production_secret(settings, "person_key_secret", LOCAL_PERSON_KEY_SECRET)
         return cls(secret)
 
     def wrap(self, subject_key: str, version: int, data_key: bytes) -> bytes:

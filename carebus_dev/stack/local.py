@@ -240,6 +240,9 @@ class LocalStack:
             for spec in SERVICES
             if spec.available() and (url := spec.metrics_url(self.settings)) is not None
         }
+        if "adapters" in services:
+            # The adapters' second listener: HL7 v2 over MLLP (TCP, not HTTP).
+            services["mllp"] = f"tcp://{self.settings.http_host}:{self.settings.mllp_port}"
         if self.prometheus.is_running():
             services["prometheus"] = self.prometheus.url
             scraped["prometheus"] = f"{self.prometheus.url}/metrics"

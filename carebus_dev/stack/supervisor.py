@@ -92,6 +92,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("registry", "services.registry", "registry_port", metrics_port=18097),
     ServiceSpec("audit", "services.audit", "audit_port", metrics_port=18098),
     ServiceSpec("inbox", "services.inbox", "inbox_port", metrics_port=18099),
+    # PLO, HL7 v2 (HTTP and MLLP on `mllp_port`) and FHIR, handed on to the gateway.
+    ServiceSpec("adapters", "services.adapters", "adapters_port", metrics_port=18101),
     # People sign in to the inbox here locally (HelseID in production; never deployed).
     ServiceSpec("oidc_issuer", "carebus_dev.oidc_issuer", "oidc_issuer_port", metrics_port=18100),
     ServiceSpec("event_store", "consumers.event_store", metrics_port=18090),

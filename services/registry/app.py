@@ -95,6 +95,7 @@ class OrganisationShown(BaseModel):
     agency: str
     name: str
     her_id: str | None = None
+    municipality_number: str | None = None
 
 
 class Organisations(BaseModel):
@@ -283,12 +284,18 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def post_organisation(
         body: OrganisationEntry, request: Request, principal: Principal = Depends(operator_only)
     ) -> OrganisationEntry:
-        """Register an organisation or update its name and HER-id (the operator only)."""
+        """Register an organisation or update its name, HER-id and kommunenummer (the operator
+        only)."""
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
                 entry = await directory.add_organisation(
-                    conn, agency=body.agency, org_id=body.org_id, name=body.name, her_id=body.her_id
+                    conn,
+                    agency=body.agency,
+                    org_id=body.org_id,
+                    name=body.name,
+                    her_id=body.her_id,
+                    municipality_number=body.municipality_number,
                 )
             except ValueError as error:
                 raise ApiError(422, str(error), [("org_id", str(error))]) from error

@@ -64,6 +64,12 @@ def _her_id(value: object) -> object:
     return value
 
 
+def _municipality_number(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}", value):
+        raise refused("must be a 4-digit kommunenummer")
+    return value
+
+
 class Recipient(RequestBody):
     """Whom a consent is about: an agency, or one organisation of it."""
 
@@ -181,6 +187,10 @@ class OrganisationEntry(RequestBody):
     agency: Realm
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME), text(MAX_NAME)]
     her_id: Annotated[str, Field(pattern=r"^[0-9]{1,9}$"), BeforeValidator(_her_id)] | None = None
+    # A municipality's kommunenummer (HL7 v2 and FHIR name the patient's municipality by it).
+    municipality_number: (
+        Annotated[str, Field(pattern=r"^[0-9]{4}$"), BeforeValidator(_municipality_number)] | None
+    ) = None
 
 
 class HomeMunicipalityEntry(RequestBody):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from carebus.runtime.config import LOCAL_PERSON_KEY_SECRET, Settings
+from carebus.runtime.config import LOCAL_PERSON_KEY_SECRET, MIN_SECRET_CHARS, Settings
 from carebus.wire.sealing import (
     ERASED_TEXT,
-    MIN_SECRET_CHARS,
     PREFIX,
     DataKey,
     Keyring,

@@ -6,7 +6,7 @@
 # statements by hand (docs/operations.md, "Database roles").
 set -eu
 
-services="gateway registry audit inbox event_store sla audit_store webhooks alert_store operator"
+services="gateway registry audit inbox adapters event_store sla audit_store webhooks alert_store operator"
 
 # psql variables, so each password is quoted by psql (:'name') and never part of a command line.
 set -- -v ON_ERROR_STOP=1 -v owner_password="$(cat /run/secrets/carebus_postgres_password)"

@@ -1,0 +1,110 @@
+"""The adapters: agencies' systems send the messages they already send (PLO, HL7 v2, FHIR R4)
+and get the answer their protocol expects; what the messages say goes to the gateway as carebus
+events, under the caller's own token (docs/adapters.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+
+from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.db import create_pool
+from carebus.adapters.http import ApiError, create_app, error_responses, principal_dependency
+from carebus.adapters.resources import pool_answers
+from carebus.runtime import metrics
+from carebus.runtime.config import (
+    LOCAL_ADAPTER_ID_SECRET,
+    Settings,
+    get_settings,
+    production_secret,
+)
+from services.adapters.directory import DirectorySnapshot
+from services.adapters.gateway import Gateway, GatewayUnavailableError
+from services.adapters.plo import Answer, PloAdapter
+
+_XML_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/xml": {"schema": {"type": "string"}}},
+        "description": "A MsgHead 1.2 document carrying a PLO 1.6 (or 1.5) message.",
+    }
+}
+_APPREC = {
+    "content": {"application/xml": {"schema": {"type": "string"}}},
+    "description": "An AppRec 1.1 document.",
+}
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    """The adapters app wired to the real pool and gateway."""
+    settings = settings or get_settings()
+    secret = production_secret(settings, "adapter_id_secret", LOCAL_ADAPTER_ID_SECRET).encode()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings, min_size=1, max_size=5)
+        gateway = Gateway(
+            settings.gateway_base_url,
+            settings.gateway_request_timeout_s,
+            settings.unavailable_retry_after_s,
+        )
+        directory = DirectorySnapshot(pool)
+        app.state.tokens = TokenCache(pool)
+        app.state.plo = PloAdapter(gateway, directory, secret)
+        app.state.readiness.add("database", pool_answers(pool))
+        app.state.readiness.add("gateway", gateway.answers)
+        try:
+            yield
+        finally:
+            await gateway.close()
+            await pool.close()
+
+    app = create_app("adapters", title="carebus adapters", lifespan=lifespan, settings=settings)
+    system_only = principal_dependency("system")
+
+    @app.post(
+        "/v1/adapters/plo",
+        responses={200: _APPREC, 400: _APPREC, 422: _APPREC, **error_responses(503)},
+        openapi_extra=_XML_BODY,
+    )
+    async def post_plo(request: Request, principal: Principal = Depends(system_only)) -> Response:
+        """A PLO message (MsgHead 1.2) from the caller's organisation; answered with an AppRec:
+        `OK` (200) once the gateway has its events, or `Avvist` naming the problem."""
+        body = await request.body()
+        adapter: PloAdapter = request.app.state.plo
+        return _respond(
+            await _unless_unavailable(
+                request, "plo", adapter.handle(body, principal, _authorization(request))
+            )
+        )
+
+    return app
+
+
+def _authorization(request: Request) -> str:
+    # The dependency has checked it is a valid bearer token; the gateway checks it again.
+    return request.headers["authorization"]
+
+
+async def _unless_unavailable(
+    request: Request, protocol: str, handling: Coroutine[Any, Any, Answer]
+) -> Answer:
+    try:
+        return await handling
+    except GatewayUnavailableError as unavailable:
+        metrics.ADAPTER_MESSAGES.labels(protocol, "unavailable").inc()
+        raise ApiError(
+            503,
+            "the message could not be handed on; retry later (it is taken once)",
+            headers={"Retry-After": str(unavailable.retry_after_s)},
+        ) from unavailable
+
+
+def _respond(answer: Answer) -> Response:
+    return Response(
+        answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers
+    )
