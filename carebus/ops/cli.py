@@ -23,6 +23,7 @@ import click
 
 from carebus.adapters.auth import REALMS, ROLES, TokenInfo
 from carebus.domain.sla import SlaRulesError
+from carebus.ops.plo_drop import plo
 from carebus.ops.retention import retention
 from carebus.runtime.config import Settings
 from carebus.wire.policy_files import load_rules
@@ -477,6 +478,7 @@ def trace_command(event_id: str, source_org: str | None, as_json: bool) -> None:
 
 
 main.add_command(retention)
+main.add_command(plo)
 
 
 if __name__ == "__main__":
