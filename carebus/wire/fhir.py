@@ -269,9 +269,11 @@ class _Resolver:
         by_url: dict[str, _Located] = {}
         by_type_id: dict[str, _Located] = {}
         for entry in entries:
+            kind, rid = _type_of(entry.resource), _string(entry.resource, "id")
             if entry.full_url is not None:
                 by_url.setdefault(entry.full_url, entry)
-            kind, rid = _type_of(entry.resource), _string(entry.resource, "id")
+                if not entry.full_url.startswith("urn:"):  # a RESTful URL ends in Type/id
+                    rid = rid or entry.full_url.rstrip("/").rpartition("/")[2]
             if kind is not None and rid is not None:
                 by_type_id.setdefault(f"{kind}/{rid}", entry)
         return _Resolver(by_url, by_type_id)
@@ -433,6 +435,7 @@ def _map_encounter(
     directory: DirectoryView,
     secret: bytes,
 ) -> _Mapped:
+    """The event the Encounter's status calls for (`EVENT_OF_STATUS`), or none."""
     at = encounter.path
     status = _string(encounter.resource, "status")
     if status is None or status not in EVENT_OF_STATUS:
@@ -678,20 +681,17 @@ def _municipality_extensions(patient: _Located) -> Iterator[tuple[Mapping[str, A
 
 
 def _ward(encounter: _Located) -> str | None:
-    """`location[0].location.display`, the ward as the sender names it; a blank one is left
-    out, one carebus cannot carry as text refused by name."""
+    """`location[0].location.display`, the ward as the sender names it, when carebus can carry
+    it as text. A blank, over-long or unclean one (control or format characters) is left out
+    rather than refused: the ward is optional, the admission is not, and the sender's ward
+    register is not something it can fix for one message."""
     locations = encounter.resource.get("location")
     if not isinstance(locations, list) or not locations or not isinstance(locations[0], dict):
         return None
     location = locations[0].get("location")
     display = _string(location, "display") if isinstance(location, dict) else None
-    if display is None or not display.strip():
+    if display is None or len(display) > MAX_TEXT or text_problem(display) is not None:
         return None
-    where = f"{encounter.path}.location[0].location.display"
-    if len(display) > MAX_TEXT:
-        raise FhirUntranslatable(where, f"must be at most {MAX_TEXT} characters", code="value")
-    if (problem := text_problem(display)) is not None:
-        raise FhirUntranslatable(where, problem, code="value")
     return display
 
 
