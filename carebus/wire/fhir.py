@@ -321,32 +321,56 @@ def _root(body: object, kind: str, model: type[FHIRAbstractModel]) -> Mapping[st
     return body
 
 
+# The way from the root to a node of the walk: (the parent's trail, the key or index).
+_Trail = tuple["_Trail", str | int] | None
+
+
 def _check_shape(body: Mapping[str, Any], root: str) -> None:
     """What fhir.resources does not survive, refused by name: nesting deeper than MAX_DEPTH,
-    non-string keys, a nested resource whose type FHIR R4B does not have."""
-    stack: list[tuple[object, str, int]] = [(body, root, 0)]
+    non-string keys, a nested resource whose type FHIR R4B does not have. Only the scalars
+    are skipped fast: the walk meets every node of a Bundle of a thousand Encounters."""
+    stack: list[tuple[object, int, _Trail]] = [(body, 0, None)]
     while stack:
-        value, path, depth = stack.pop()
+        value, depth, trail = stack.pop()
         if depth > MAX_DEPTH:
             raise FhirUntranslatable(
-                path, f"nests deeper than {MAX_DEPTH} levels", code="structure"
+                _trail_path(root, trail), f"nests deeper than {MAX_DEPTH} levels", code="structure"
             )
         if isinstance(value, list):
-            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+            stack.extend(
+                (item, depth + 1, (trail, index))
+                for index, item in enumerate(value)
+                if isinstance(item, dict | list)
+            )
         elif isinstance(value, dict):
-            kind = value.get("resourceType")
-            if depth > 0 and "resourceType" in value and not _is_resource_type(kind):
+            if (
+                depth > 0
+                and "resourceType" in value
+                and not _is_resource_type(value["resourceType"])
+            ):
                 raise FhirUntranslatable(
-                    f"{path}.resourceType",
+                    _trail_path(root, (trail, "resourceType")),
                     "is not a resource type of FHIR R4B",
                     code="not-supported",
                 )
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise FhirUntranslatable(
-                        path, "has a key that is not a string", code="structure"
+                        _trail_path(root, trail), "has a key that is not a string", code="structure"
                     )
-                stack.append((item, _child(path, key), depth + 1))
+                if isinstance(item, dict | list):
+                    stack.append((item, depth + 1, (trail, key)))
+
+
+def _trail_path(root: str, trail: _Trail) -> str:
+    steps: list[str | int] = []
+    while trail is not None:
+        trail, step = trail
+        steps.append(step)
+    path = root
+    for step in reversed(steps):
+        path = f"{path}[{step}]" if isinstance(step, int) else _child(path, step)
+    return path
 
 
 def _is_resource_type(kind: object) -> bool:
