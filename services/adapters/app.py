@@ -23,6 +23,7 @@ from carebus.runtime.config import (
     production_secret,
 )
 from services.adapters.directory import DirectorySnapshot
+from services.adapters.fhir import FHIR_JSON, FhirAdapter
 from services.adapters.gateway import Gateway, GatewayUnavailableError
 from services.adapters.plo import Answer, PloAdapter
 
@@ -32,6 +33,17 @@ _XML_BODY = {
         "content": {"application/xml": {"schema": {"type": "string"}}},
         "description": "A MsgHead 1.2 document carrying a PLO 1.6 (or 1.5) message.",
     }
+}
+_FHIR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+        "description": "A FHIR R4 resource (JSON).",
+    }
+}
+_OUTCOME = {
+    "content": {FHIR_JSON: {"schema": {"type": "object"}}},
+    "description": "A FHIR OperationOutcome.",
 }
 _APPREC = {
     "content": {"application/xml": {"schema": {"type": "string"}}},
@@ -55,6 +67,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         directory = DirectorySnapshot(pool)
         app.state.tokens = TokenCache(pool)
         app.state.plo = PloAdapter(gateway, directory, secret)
+        app.state.fhir = FhirAdapter(gateway, directory, secret)
         app.state.readiness.add("database", pool_answers(pool))
         app.state.readiness.add("gateway", gateway.answers)
         try:
@@ -79,6 +92,49 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return _respond(
             await _unless_unavailable(
                 request, "plo", adapter.handle(body, principal, _authorization(request))
+            )
+        )
+
+    @app.post(
+        "/fhir/Encounter",
+        status_code=201,
+        responses={
+            201: _OUTCOME,
+            200: _OUTCOME,
+            400: _OUTCOME,
+            422: _OUTCOME,
+            **error_responses(503),
+        },
+        openapi_extra=_FHIR_BODY,
+    )
+    async def post_encounter(
+        request: Request, principal: Principal = Depends(system_only)
+    ) -> Response:
+        """A FHIR R4 Encounter (create or update), its Patient contained or named by identifier;
+        answered with an OperationOutcome: 201 once the gateway has its events."""
+        adapter: FhirAdapter = request.app.state.fhir
+        body = await request.body()
+        return _respond(
+            await _unless_unavailable(
+                request, "fhir", adapter.encounter(body, principal, _authorization(request))
+            )
+        )
+
+    @app.post(
+        "/fhir",
+        responses={200: _OUTCOME, 400: _OUTCOME, 422: _OUTCOME, **error_responses(503)},
+        openapi_extra=_FHIR_BODY,
+    )
+    async def post_bundle(
+        request: Request, principal: Principal = Depends(system_only)
+    ) -> Response:
+        """A FHIR R4 Bundle (message, transaction, batch or collection): every Encounter in it
+        mapped, all or none; answered with an OperationOutcome."""
+        adapter: FhirAdapter = request.app.state.fhir
+        body = await request.body()
+        return _respond(
+            await _unless_unavailable(
+                request, "fhir", adapter.bundle(body, principal, _authorization(request))
             )
         )
 
