@@ -107,13 +107,33 @@ def declare_errors(document: dict[str, Any]) -> dict[str, Any]:
     schemas.update(body.pop("$defs", {}))
     schemas["ErrorBody"] = body
     for path, operations in document.get("paths", {}).items():
-        common = _EVERY_ROUTE + (_V1_ROUTES if path.startswith("/v1/") else ())
+        # Every route that takes a token: /v1, and the adapters' FHIR base.
+        with_token = path.startswith(("/v1/", "/fhir"))
+        common = (422, *_EVERY_ROUTE, *(_V1_ROUTES if with_token else ()))
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            responses["422"] = _error_response(422)
+            if _is_fastapis_validation_error(responses.get("422")):
+                del responses["422"]
             for status in common:
-                responses.setdefault(str(status), _error_response(status))
+                _declare(responses, status)
     return document
+
+
+def _is_fastapis_validation_error(response: dict[str, Any] | None) -> bool:
+    schema = ((response or {}).get("content") or {}).get("application/json", {}).get("schema")
+    return bool(schema) and "HTTPValidationError" in str(schema.get("$ref", ""))
+
+
+def _declare(responses: dict[str, Any], status: int) -> None:
+    """DESIGN's error body for `status`; beside a route's own body in another format (an
+    adapter's AppRec or OperationOutcome), which it answers for the same status."""
+    declared = responses.get(str(status))
+    if declared is None:
+        responses[str(status)] = _error_response(status)
+        return
+    # A new mapping: a route may share one response object among its statuses.
+    content = {"application/json": _error_response(status)["content"]["application/json"]}
+    responses[str(status)] = {**declared, "content": content | declared.get("content", {})}
 
 
 @dataclass

@@ -41,11 +41,11 @@ _FHIR_BODY = {
         "description": "A FHIR R4 resource (JSON).",
     }
 }
-_OUTCOME = {
+_OUTCOME: dict[str, Any] = {
     "content": {FHIR_JSON: {"schema": {"type": "object"}}},
     "description": "A FHIR OperationOutcome.",
 }
-_APPREC = {
+_APPREC: dict[str, Any] = {
     "content": {"application/xml": {"schema": {"type": "string"}}},
     "description": "An AppRec 1.1 document.",
 }
@@ -81,7 +81,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/adapters/plo",
-        responses={200: _APPREC, 400: _APPREC, 422: _APPREC, **error_responses(503)},
+        responses=_answers(_APPREC, 200, 400, 403, 409, 422),
         openapi_extra=_XML_BODY,
     )
     async def post_plo(request: Request, principal: Principal = Depends(system_only)) -> Response:
@@ -122,7 +122,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/fhir",
-        responses={200: _OUTCOME, 400: _OUTCOME, 422: _OUTCOME, **error_responses(503)},
+        responses=_answers(_OUTCOME, 200, 400, 403, 409, 422),
         openapi_extra=_FHIR_BODY,
     )
     async def post_bundle(
@@ -139,6 +139,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return app
+
+
+def _answers(body: dict[str, Any], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: the protocol's body for `statuses`, DESIGN's error for 503."""
+    return dict.fromkeys(statuses, body) | error_responses(503)
 
 
 def _authorization(request: Request) -> str:

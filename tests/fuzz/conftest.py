@@ -22,7 +22,7 @@ from carebus_dev.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
 from carebus_dev.testing import ServiceProcess, TestStack, free_ports
 from tests.fuzz.figures import FIGURES, write_reliability
 
-SERVICES = ("gateway", "registry", "audit", "inbox")
+SERVICES = ("gateway", "registry", "audit", "inbox", "adapters")
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +39,13 @@ def fuzzed_services(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
     suite's instances on the stack's configured ports; and the development issuer people sign
     in at (on its configured port, where the services look for it; for this module only)."""
     started = {"oidc_issuer": stack.start_service("oidc_issuer", name="fuzz_oidc_issuer")}
-    started.update(
-        (name, stack.start_service(name, name=f"fuzz_{name}", port=free_ports(1)[0]))
-        for name in SERVICES
-    )
+    for name in SERVICES:
+        # The adapters hand what they map to this module's gateway, not the stack's.
+        gateway_url = str(started["gateway"].url)
+        env = {"CAREBUS_GATEWAY_URL": gateway_url} if name == "adapters" else {}
+        started[name] = stack.start_service(
+            name, name=f"fuzz_{name}", port=free_ports(1)[0], env=env
+        )
     FIGURES.started = time.monotonic()
     yield started
     for service in started.values():
@@ -99,6 +102,11 @@ def registry_schema(fuzzed_services: dict[str, ServiceProcess]) -> OpenApiSchema
 @pytest.fixture(scope="module")
 def audit_schema(fuzzed_services: dict[str, ServiceProcess]) -> OpenApiSchema:
     return _schema(fuzzed_services["audit"])
+
+
+@pytest.fixture(scope="module")
+def adapters_schema(fuzzed_services: dict[str, ServiceProcess]) -> OpenApiSchema:
+    return _schema(fuzzed_services["adapters"])
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,19 @@ def test_audit_answers_every_case_within_its_contract(
     fuzz("audit", lambda label: AUDIT_ROLES.get(label, "privacy_officer"), case, callers)
 
 
+adapters = schemathesis.pytest.from_fixture("adapters_schema")
+
+
+@adapters.parametrize()
+@FUZZ_SETTINGS
+def test_adapters_answer_every_case_within_their_contract(
+    case: ApiCase, callers: dict[str, str]
+) -> None:
+    """PLO, HL7 v2 and FHIR bodies, well-formed or not, from a system token: no 5xx, and an
+    AppRec, ACK or OperationOutcome where the protocol expects one."""
+    fuzz("adapters", lambda _: "system", case, callers)
+
+
 @inbox.parametrize()
 @FUZZ_SETTINGS
 def test_inbox_answers_every_case_within_its_contract(
