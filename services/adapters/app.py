@@ -98,13 +98,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/fhir/Encounter",
         status_code=201,
-        responses={
-            201: _OUTCOME,
-            200: _OUTCOME,
-            400: _OUTCOME,
-            422: _OUTCOME,
-            **error_responses(503),
-        },
+        responses=_answers(_OUTCOME, 200, 201, 400, 403, 409, 422),
         openapi_extra=_FHIR_BODY,
     )
     async def post_encounter(
