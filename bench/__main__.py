@@ -21,6 +21,7 @@ from bench.harness import FULL, QUICK, RESULTS_DIR, Bench
 SECTIONS: Final = (
     "baseline",
     "cpu",
+    "adapters",
     "gateway",
     "router",
     "latency",
