@@ -69,7 +69,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.plo = PloAdapter(gateway, directory, secret)
         app.state.fhir = FhirAdapter(gateway, directory, secret)
         app.state.readiness.add("database", pool_answers(pool))
-        app.state.readiness.add("gateway", gateway.answers)
+        # Not the gateway: without it every message is answered 503 (retry), which is the
+        # protocol's own answer; the adapters start and stop independently of it.
         try:
             yield
         finally:

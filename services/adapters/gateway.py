@@ -68,13 +68,6 @@ class Gateway:
             raise GatewayUnavailableError(_retry_after(response, self._retry_after_s))
         return _refused(response)
 
-    def answers(self) -> bool:
-        """Readiness: the gateway answers its /healthz (for another thread)."""
-        try:
-            return httpx.get(f"{self._base_url}/healthz", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     async def close(self) -> None:
         await self._client.aclose()
 
