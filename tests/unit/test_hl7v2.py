@@ -3,6 +3,7 @@ place, and the ACK that answers them."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -680,7 +681,11 @@ def check_whole_or_untranslatable(text: str) -> None:
         error = refused
     else:
         assert_valid(translation)
-    assert error is None or error.severity in ("rejected", "error")
+    if error is not None:
+        # Every refusal is one of the module's own texts, so it cannot carry a message value.
+        assert error.problem in hl7v2.ERROR_CODES
+        assert re.fullmatch(r"[A-Z][A-Z0-9]{2}(-[0-9]{1,3})?", error.where)
+        assert error.severity in ("rejected", "error")
     ack = hl7v2.acknowledgement(text, error, now=NOW)
     assert ack.startswith("MSH")
     assert ack.split("\r")[1].startswith("MSA")
