@@ -225,7 +225,7 @@ class TestStack:
         brokers: int = 1,
     ) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="carebus-test-"))
-        ports = free_ports(8)
+        ports = free_ports(10)
         kafka_ports = [NodePorts(ports[0], ports[1])]
         if brokers > 1:
             extra = free_ports(2 * (brokers - 1))
@@ -241,6 +241,8 @@ class TestStack:
             audit_port=ports[5],
             inbox_port=ports[6],
             oidc_issuer_port=ports[7],
+            adapters_port=ports[8],
+            mllp_port=ports[9],
             person_partitions=person_partitions,
             produce_timeout_s=produce_timeout_s,
             log_level="info",
@@ -328,6 +330,9 @@ class TestStack:
             if port is not None:
                 for key, value in spec.env(port).items():
                     extra.setdefault(key, value)
+                if spec.name == "adapters":
+                    # A second instance listens for MLLP on a port of its own too.
+                    extra.setdefault("CAREBUS_MLLP_PORT", str(free_ports(1)[0]))
                 url = url or self.settings.service_url(port)
             url = url or spec.url(self.settings)
         else:

@@ -25,6 +25,8 @@ from carebus.runtime.config import (
 from services.adapters.directory import DirectorySnapshot
 from services.adapters.fhir import FHIR_JSON, FhirAdapter
 from services.adapters.gateway import Gateway, GatewayUnavailableError
+from services.adapters.hl7v2 import HL7_TYPE, Hl7Adapter
+from services.adapters.mllp import MllpListener
 from services.adapters.plo import Answer, PloAdapter
 
 _XML_BODY = {
@@ -44,6 +46,20 @@ _FHIR_BODY = {
 _OUTCOME: dict[str, Any] = {
     "content": {FHIR_JSON: {"schema": {"type": "object"}}},
     "description": "A FHIR OperationOutcome.",
+}
+_HL7_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            HL7_TYPE: {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+        "description": "One HL7 v2 message (ER7), MLLP framing optional.",
+    }
+}
+_ACK: dict[str, Any] = {
+    "content": {HL7_TYPE: {"schema": {"type": "string"}}},
+    "description": "The HL7 v2 ACK message.",
 }
 _APPREC: dict[str, Any] = {
     "content": {"application/xml": {"schema": {"type": "string"}}},
@@ -65,15 +81,23 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             settings.unavailable_retry_after_s,
         )
         directory = DirectorySnapshot(pool)
-        app.state.tokens = TokenCache(pool)
+        app.state.tokens = tokens = TokenCache(pool)
         app.state.plo = PloAdapter(gateway, directory, secret)
         app.state.fhir = FhirAdapter(gateway, directory, secret)
+        app.state.hl7v2 = hl7 = Hl7Adapter(gateway, directory, secret, tokens)
+        mllp = MllpListener(
+            hl7.handle_framed,
+            max_message_bytes=settings.mllp_max_message_bytes,
+            idle_timeout_s=settings.mllp_idle_timeout_s,
+        )
+        await mllp.start(settings.http_host, settings.mllp_port)
         app.state.readiness.add("database", pool_answers(pool))
         # Not the gateway: without it every message is answered 503 (retry), which is the
         # protocol's own answer; the adapters start and stop independently of it.
         try:
             yield
         finally:
+            await mllp.stop()
             await gateway.close()
             await pool.close()
 
@@ -93,6 +117,23 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return _respond(
             await _unless_unavailable(
                 request, "plo", adapter.handle(body, principal, _authorization(request))
+            )
+        )
+
+    @app.post(
+        "/v1/adapters/hl7v2",
+        responses=_answers(_ACK, 200, 400, 403, 409, 422),
+        openapi_extra=_HL7_BODY,
+    )
+    async def post_hl7v2(request: Request, principal: Principal = Depends(system_only)) -> Response:
+        """An HL7 v2 ADT message (A01, A04, A03, A08, A11, A13; segments ended by \\r, \\n or
+        \\r\\n); answered with its ACK: AA (200) once the gateway has its events, AE or AR with
+        an ERR segment naming the field."""
+        adapter: Hl7Adapter = request.app.state.hl7v2
+        body = await request.body()
+        return _respond(
+            await _unless_unavailable(
+                request, "hl7v2", adapter.handle(body, principal, _authorization(request))
             )
         )
 

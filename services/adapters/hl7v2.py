@@ -1,0 +1,120 @@
+"""HL7 v2 ADT over HTTP (`POST /v1/adapters/hl7v2`) and over MLLP: a message in, its events to
+the gateway, the ACK out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
+from carebus.runtime import metrics
+from carebus.wire import hl7v2
+from carebus.wire.translation import Party, Untranslatable
+from services.adapters.directory import DirectorySnapshot
+from services.adapters.gateway import Gateway, GatewayUnavailableError, Published
+from services.adapters.plo import Answer
+
+log = structlog.get_logger("carebus.adapters.hl7v2")
+HL7_TYPE = "application/hl7-v2"
+# MLLP has no headers: the organisation's token rides in MSH-8, the field HL7 keeps for it.
+SECURITY_FIELD = "MSH-8"
+MISSING_SECURITY = "must hold the organisation's carebus token (MLLP has no other place for it)"
+REFUSED_SECURITY = "holds no valid token of a system"
+UNAVAILABLE = "carebus cannot take the message now; send it again later"
+
+
+class Hl7Adapter:
+    def __init__(
+        self,
+        gateway: Gateway,
+        directory: DirectorySnapshot,
+        secret: bytes,
+        tokens: TokenCache,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._gateway = gateway
+        self._directory = directory
+        self._secret = secret
+        self._tokens = tokens
+        self._clock = clock
+
+    async def handle(self, body: bytes, principal: Principal, authorization: str) -> Answer:
+        """One message over HTTP (the caller authenticated by its bearer token): its ACK, 200
+        for AA, 422 for AE, 400 for AR, or the gateway's own 4xx. Raises
+        GatewayUnavailableError (503) when the gateway did not take the events."""
+        text = hl7v2.decode(body)
+        status, ack = await self._answer(text, principal, authorization)
+        return Answer(status, hl7v2.encode(ack), HL7_TYPE)
+
+    async def handle_framed(self, block: bytes) -> bytes:
+        """One message over MLLP: authenticated by the token in MSH-8; its ACK's bytes (AE
+        telling the sender to send again when the gateway is unavailable)."""
+        text = hl7v2.decode(block)
+        principal, token = await self._principal(text)
+        if principal is None:
+            problem = MISSING_SECURITY if token is None else REFUSED_SECURITY
+            refusal = Untranslatable(SECURITY_FIELD, problem)
+            return self._ack(text, refusal, None, "forbidden")
+        try:
+            _, ack = await self._answer(text, principal, f"Bearer {token}")
+        except GatewayUnavailableError:
+            metrics.ADAPTER_MESSAGES.labels("hl7v2", "unavailable").inc()
+            return self._ack(text, None, ("MSH", UNAVAILABLE), None)
+        return hl7v2.encode(ack)
+
+    async def _principal(self, text: str) -> tuple[Principal | None, str | None]:
+        try:
+            token = hl7v2.parse(text).header.value(8)
+        except Untranslatable:
+            return None, None
+        if not token:
+            return None, None
+        try:
+            principal = await self._tokens.principal(token)
+        except TokenRefusedError:
+            return None, token
+        if principal is None or principal.role != "system":
+            return None, token
+        return principal, token
+
+    async def _answer(self, text: str, principal: Principal, authorization: str) -> tuple[int, str]:
+        view = await self._directory.view()
+        sender = view.by_org_id(principal.org_id) or Party(principal.org_id, principal.agency)
+        try:
+            translation = await asyncio.to_thread(hl7v2.translate, text, sender, view, self._secret)
+        except Untranslatable as refusal:
+            status = 400 if refusal.severity == "rejected" else 422
+            return status, self._text_ack(text, refusal, None, "refused")
+        outcome = await self._gateway.publish(translation.events, authorization)
+        if isinstance(outcome, Published):
+            return 200, self._text_ack(text, None, None, "accepted")
+        field, problem = outcome.details[0] if outcome.details else ("", outcome.message)
+        where = translation.origin_of(field) if field else "MSH"
+        return outcome.status, self._text_ack(text, None, (where, problem), "refused")
+
+    def _text_ack(
+        self,
+        text: str,
+        refusal: Untranslatable | None,
+        gateway_problem: tuple[str, str] | None,
+        outcome: str | None,
+    ) -> str:
+        if outcome is not None:
+            metrics.ADAPTER_MESSAGES.labels("hl7v2", outcome).inc()
+        ack = hl7v2.acknowledgement(
+            text, refusal, now=self._clock(), gateway_problem=gateway_problem
+        )
+        log.info("hl7v2 message answered", outcome=outcome, ack=ack.split("\r")[1][:7])
+        return ack
+
+    def _ack(
+        self,
+        text: str,
+        refusal: Untranslatable | None,
+        gateway_problem: tuple[str, str] | None,
+        outcome: str | None,
+    ) -> bytes:
+        return hl7v2.encode(self._text_ack(text, refusal, gateway_problem, outcome))
