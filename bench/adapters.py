@@ -14,7 +14,7 @@ from bench.cpu import _cpu_per_item
 from bench.harness import Bench, Row
 from carebus.domain.events import parse_event
 from carebus.runtime.config import PROJECT_ROOT
-from carebus.wire import fhir, plo
+from carebus.wire import fhir, hl7v2, plo
 from carebus.wire.translation import Party, StaticDirectory
 
 SECTION: Final = "adapters"
@@ -25,6 +25,7 @@ DIRECTORY: Final = StaticDirectory(
     (
         HOSPITAL,
         Party("939865942", "municipality", "99387", "0301"),
+        Party("964338531", "municipality", None, "4601"),
         Party("974705788", "dps", "101"),
     )
 )
@@ -49,6 +50,8 @@ def run(bench: Bench) -> None:
     _row(bench, "PLO (MsgHead 1.2, innlagt pasient)", messages, plo_body, _plo)
     fhir_body = (DATA / "fhir" / "encounter-in-progress.json").read_bytes()
     _row(bench, "FHIR R4 Encounter", messages, fhir_body, _fhir)
+    hl7_body = (DATA / "hl7v2" / "adt_a01_v25.hl7").read_bytes()
+    _row(bench, "HL7 v2.5 ADT^A01", messages, hl7_body, _hl7)
 
 
 def _row(
@@ -74,6 +77,13 @@ def _plo(body: bytes) -> dict[str, Any]:
     message = plo.read(body)
     translation = plo.translate(message, plo.sender_of(message, DIRECTORY), DIRECTORY, SECRET)
     plo.apprec(message, plo.Receipt.ok(), now=NOW)
+    return {"events": translation.events}
+
+
+def _hl7(body: bytes) -> dict[str, Any]:
+    text = hl7v2.decode(body)
+    translation = hl7v2.translate(text, HOSPITAL, DIRECTORY, SECRET)
+    hl7v2.encode(hl7v2.acknowledgement(text, None, now=NOW))
     return {"events": translation.events}
 
 

@@ -138,7 +138,8 @@ def derived_event_id(secret: bytes, protocol: str, sender_org: str, *parts: str)
     Keyed (HMAC-SHA256 under the adapters' id secret) because the parts may be a national
     identity number and a time: a plain hash of those could be reversed by trying every nin.
     """
-    material = "\x1f".join((protocol, sender_org, *parts)).encode()
+    # surrogatepass: a part is the sender's text, and may hold a lone surrogate.
+    material = "\x1f".join((protocol, sender_org, *parts)).encode("utf-8", "surrogatepass")
     digest = hmac.new(secret, material, hashlib.sha256).hexdigest()[:32]
     return f"{protocol}-{digest}"
 
