@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -188,6 +190,11 @@ def test_up_status_down_leaves_nothing_running(cli_env: dict[str, str]) -> None:
     assert issuer == f"http://127.0.0.1:{cli_env['CAREBUS_OIDC_ISSUER_PORT']}"
     discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10)
     assert discovery.json()["issuer"] == issuer
+    # The adapters: HTTP for PLO, HL7 v2 and FHIR, and their MLLP listener for HL7 v2.
+    assert _answer(f"{document['services']['adapters']}/healthz") == 200
+    mllp = urlsplit(document["services"]["mllp"])
+    assert mllp.scheme == "tcp"
+    socket.create_connection((mllp.hostname, mllp.port), timeout=10).close()
     assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
     # The admin's client configuration works, and without it the broker refuses.
     client = document["kafka_client"]
