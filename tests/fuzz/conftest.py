@@ -35,21 +35,24 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="module")
 def fuzzed_services(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
-    """The four HTTP services on ports of their own, so they never meet the integration
+    """The HTTP services (adapters included) on ports of their own, so they never meet the integration
     suite's instances on the stack's configured ports; and the development issuer people sign
     in at (on its configured port, where the services look for it; for this module only)."""
     started = {"oidc_issuer": stack.start_service("oidc_issuer", name="fuzz_oidc_issuer")}
-    for name in SERVICES:
-        # The adapters hand what they map to this module's gateway, not the stack's.
-        gateway_url = str(started["gateway"].url)
-        env = {"CAREBUS_GATEWAY_URL": gateway_url} if name == "adapters" else {}
-        started[name] = stack.start_service(
-            name, name=f"fuzz_{name}", port=free_ports(1)[0], env=env
-        )
-    FIGURES.started = time.monotonic()
-    yield started
-    for service in started.values():
-        service.stop()
+    try:
+        for name in SERVICES:
+            # The adapters hand what they map to this module's gateway, not the stack's.
+            env = {"CAREBUS_GATEWAY_URL": str(started["gateway"].url)} if name == "adapters" else {}
+            started[name] = stack.start_service(
+                name, name=f"fuzz_{name}", port=free_ports(1)[0], env=env
+            )
+        FIGURES.started = time.monotonic()
+        yield started
+    finally:
+        # Also when a start failed: a service left running would hold its port (the issuer's
+        # is the stack's) against every later module.
+        for service in started.values():
+            service.stop()
 
 
 async def _callers(stack: TestStack) -> dict[str, str]:
