@@ -21,6 +21,10 @@ OUTAGES: Final[tuple[type[BaseException], ...]] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: disk full, too many connections
+    # A pooled connection the server ended while it was idle (57P01 on a fast shutdown) can be
+    # handed out before asyncpg sees it close; its next statement fails with "cannot switch to
+    # state 15; another operation (2) is in progress" (a scenario (c) fault run's one 500).
+    asyncpg.exceptions.InternalClientError,
     KafkaException,
     BrokerUnavailableError,
     DependencyUnavailableError,  # a pool not acquired in time (carebus.adapters.db)

@@ -4,7 +4,8 @@ It sleeps until the intake signals new rows, a request finishes (the next row of
 now be its head), the earliest backed-off head is due, or `idle_s` passes (rows that another
 process enqueued) — never a hot poll. Each outcome is recorded before the line moves on, and a
 dead delivery's dead letter is acknowledged by the broker before its row is marked dead, so
-nothing is silently dropped.
+nothing is silently dropped. A 2xx that cannot be recorded (the database is down) is held in
+memory and recorded before the next claim, never sent again (consumers.webhooks.acknowledged).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from carebus.runtime.retry import StopRequestedError
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.topics import AGENCIES
 
+from .acknowledged import Acknowledged
 from .protocol import Attempt, Decision, Failure, RetryPolicy, Verdict, request_headers
 from .queue import Claim, WebhookQueue
 from .targets import RefusedTargetError
@@ -95,6 +97,7 @@ class Dispatcher:
         # DeadLetterPolicy is not safe for concurrent send/flush: one dead letter at a time.
         self._dead_letter_lock = asyncio.Lock()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._acknowledged = Acknowledged()
         self._last_progress = time.monotonic()
         self._gauge_at = self._unstick_at = -float("inf")
 
@@ -134,15 +137,21 @@ class Dispatcher:
             if self._in_flight:
                 log.info("webhooks.draining", in_flight=len(self._in_flight))
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._record_acknowledged_before_stop()
             log.info("webhooks.dispatcher_stopped")
 
     async def _dispatch_once(self, stop: asyncio.Event) -> float:
         """Claim and start what is due; returns how long to sleep unless woken."""
+        # First what an outage kept from the database: a held row whose lease ran out would
+        # otherwise be claimed and sent again.
+        await self._record_acknowledged()
         await self._unstick()
         free = self._concurrency - len(self._in_flight)
         claimed = 0
         if free > 0:
-            claims = await self._queue.claim(free, self._lease_s)
+            claims = await self._queue.claim(
+                free, self._lease_s, passing_over=self._acknowledged.rows()
+            )
             for claim in claims:
                 self._start(claim, stop)
             claimed = len(claims)
@@ -231,15 +240,7 @@ class Dispatcher:
     ) -> None:
         status = attempt.status if attempt else None
         described = attempt.describe() if attempt else "not sent"
-        fields = {
-            "delivery_id": claim.delivery_id,
-            "event_id": _event_id(claim.body),
-            "subject_key": claim.subject_key,
-            "org_id": claim.org_id,
-            "agency": claim.agency,
-            "attempt": claim.attempts,
-            "outcome": described,
-        }
+        fields = _outcome_fields(claim, described)
 
         async def delivered() -> bool:
             return await self._queue.delivered(claim, status or 0)
@@ -251,11 +252,17 @@ class Dispatcher:
             return await self._queue.dead(claim, status, f"{decision.reason}: {decision.detail}")
 
         if decision.verdict is Verdict.DELIVERED:
-            held = await self._call("record", delivered, stop)
-            if held:
-                metrics.WEBHOOK_DELIVERED.labels(claim.agency).inc()
-                log.debug("webhook.delivered", **fields)
-        elif decision.verdict is Verdict.RETRY:
+            try:
+                held = await delivered()
+            except TRANSIENT_ERRORS as exc:
+                # The receiver has it: held until the loop can record it, not sent again.
+                self._acknowledged.hold(claim, status or 0, described)
+                metrics.SINK_RETRIES.labels(NAME, "record").inc()
+                log.warning("webhook.acknowledgement_held", error=type(exc).__name__, **fields)
+                return
+            self._count_delivered(claim, held, fields)
+            return
+        if decision.verdict is Verdict.RETRY:
             held = await self._call("record", reschedule, stop)
             if held:
                 metrics.WEBHOOK_RETRIES.labels(claim.agency).inc()
@@ -270,6 +277,35 @@ class Dispatcher:
                 log.error("webhook.dead", reason=reason.value, **fields)
         if not held:
             log.warning("webhook.claim_lost", **fields)
+
+    @staticmethod
+    def _count_delivered(claim: Claim, held: bool, fields: dict[str, object]) -> None:
+        if held:
+            metrics.WEBHOOK_DELIVERED.labels(claim.agency).inc()
+            log.debug("webhook.delivered", **fields)
+        else:
+            log.warning("webhook.claim_lost", **fields)
+
+    async def _record_acknowledged(self) -> None:
+        """Record the held 2xx answers, oldest first; an outage raises, before any claim."""
+        for acknowledgement in self._acknowledged.oldest_first():
+            claim = acknowledgement.claim
+            held = await self._queue.delivered(claim, acknowledgement.status)
+            self._acknowledged.recorded(claim)
+            self._count_delivered(claim, held, _outcome_fields(claim, acknowledgement.outcome))
+
+    async def _record_acknowledged_before_stop(self) -> None:
+        """One last try on stop; what stays unrecorded is sent again after its lease."""
+        if not self._acknowledged:
+            return
+        try:
+            await self._record_acknowledged()
+        except TRANSIENT_ERRORS as exc:
+            for acknowledgement in self._acknowledged.oldest_first():
+                fields = _outcome_fields(acknowledgement.claim, acknowledgement.outcome)
+                log.warning(
+                    "webhook.outcome_unrecorded", step="record", error=type(exc).__name__, **fields
+                )
 
     async def _dead_letter(
         self, claim: Claim, reason: Reason, detail: str, stop: asyncio.Event
@@ -311,6 +347,19 @@ class Dispatcher:
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+
+
+def _outcome_fields(claim: Claim, outcome: str) -> dict[str, object]:
+    """What an outcome's log line says about the delivery (no personal data)."""
+    return {
+        "delivery_id": claim.delivery_id,
+        "event_id": _event_id(claim.body),
+        "subject_key": claim.subject_key,
+        "org_id": claim.org_id,
+        "agency": claim.agency,
+        "attempt": claim.attempts,
+        "outcome": outcome,
+    }
 
 
 def _event_id(body: bytes) -> str | None:

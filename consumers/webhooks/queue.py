@@ -18,6 +18,9 @@ request is in flight (without holding a transaction open across HTTP), and `atte
 claim's token: an outcome is recorded only while the row still carries it. A dispatcher that
 dies mid-request leaves the row to be claimed again when the lease runs out, so a delivery may
 be sent again after a crash, never twice at once; receivers deduplicate on `Idempotency-Key`.
+A 2xx the database could not take (it was down) outlives its lease in the dispatcher's memory,
+and the dispatcher's claims pass over its row until it is recorded
+(consumers.webhooks.acknowledged).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ _CLAIM: Final = """
     WITH heads AS (
         SELECT q.seq FROM webhook_queue q
         WHERE q.status = 'pending' AND q.next_attempt_at <= now()
+          AND q.seq <> ALL($3::bigint[])
           AND NOT EXISTS (
                 SELECT 1 FROM webhook_queue e
                 WHERE e.org_id = q.org_id AND e.subject_key = q.subject_key
@@ -264,13 +268,16 @@ class WebhookQueue:
         self._box = box
         self._wrap = wrap
 
-    async def claim(self, limit: int, lease_s: float) -> list[Claim]:
-        """Up to `limit` due heads, each leased for `lease_s` seconds, with the secrets that
-        sign them (SecretUnreadableError if the configured key does not open one) and the body
-        as it is sent: the person's sealed fields opened at each attempt, so a delivery sent
-        after the person's erasure carries no nin (docs/design.md, "Erasure")."""
+    async def claim(
+        self, limit: int, lease_s: float, *, passing_over: Sequence[int] = ()
+    ) -> list[Claim]:
+        """Up to `limit` due heads but the rows `passing_over` (acknowledged, not yet recorded),
+        each leased for `lease_s` seconds, with the secrets that sign them
+        (SecretUnreadableError if the configured key does not open one) and the body as it is
+        sent: the person's sealed fields opened at each attempt, so a delivery sent after the
+        person's erasure carries no nin (docs/design.md, "Erasure")."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_CLAIM, limit, timedelta(seconds=lease_s))
+            rows = await conn.fetch(_CLAIM, limit, timedelta(seconds=lease_s), list(passing_over))
             sealed = [row["subject_key"] for row in rows if _SEALED in bytes(row["body"])]
             keys = await person_keys.keyring(conn, self._wrap, sealed)
         return [

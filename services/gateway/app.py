@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -24,10 +23,10 @@ from carebus.adapters.http import (
     error_responses,
     principal_dependency,
 )
+from carebus.adapters.outages import OUTAGES
 from carebus.adapters.publisher import Publisher
 from carebus.adapters.refusals import RefusalLog
 from carebus.adapters.resources import pool_answers
-from carebus.adapters.unavailable import DependencyUnavailableError
 from carebus.domain.agencies import AGENCIES
 from carebus.domain.authority import (
     Actor,
@@ -350,13 +349,10 @@ async def _accept(
             "this event_id was already accepted with other content",
             [(field, "already used for other content")],
         ) from conflict
-    except (
-        DependencyUnavailableError,
-        TimeoutError,
-        OSError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-    ) as error:
+    except OUTAGES as error:
+        # The one list every service answers 503 for (carebus.adapters.outages): a database
+        # shutting down, starting up or gone mid-transaction, a pool not acquired in time, a
+        # broker that does not acknowledge.
         metrics.EVENTS_REJECTED.labels("unavailable").inc()
         raise ApiError(
             503,

@@ -141,6 +141,11 @@ def _failing_service(error: Exception) -> FastAPI:
         asyncpg.PostgresConnectionError("connection lost"),
         asyncpg.InterfaceError("connection closed"),
         ConnectionRefusedError(),
+        asyncpg.exceptions.AdminShutdownError("terminating connection (57P01)"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up (57P03)"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection closed mid-operation"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15"),
+        asyncpg.exceptions.TooManyConnectionsError("too many clients already"),
     ],
     ids=lambda error: type(error).__name__,
 )
