@@ -35,9 +35,10 @@ def _node_id_for_schemathesis(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="module")
 def fuzzed_services(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
-    """The HTTP services (adapters included) on ports of their own, so they never meet the integration
-    suite's instances on the stack's configured ports; and the development issuer people sign
-    in at (on its configured port, where the services look for it; for this module only)."""
+    """The HTTP services (the adapters too) on ports of their own, so they never meet the
+    integration suite's instances on the stack's configured ports; and the development issuer
+    people sign in at (on its configured port, where the services look for it; for this module
+    only)."""
     started = {"oidc_issuer": stack.start_service("oidc_issuer", name="fuzz_oidc_issuer")}
     try:
         for name in SERVICES:
