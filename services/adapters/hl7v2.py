@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import structlog
 
 from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
+from carebus.adapters.outages import OUTAGES
 from carebus.runtime import metrics
 from carebus.wire import hl7v2
 from carebus.wire.translation import Party, Untranslatable
@@ -24,6 +25,8 @@ SECURITY_FIELD = "MSH-8"
 MISSING_SECURITY = "must hold the organisation's carebus token (MLLP has no other place for it)"
 REFUSED_SECURITY = "holds no valid token of a system"
 UNAVAILABLE = "carebus cannot take the message now; send it again later"
+# Over MLLP an outage is an AE asking to send again: there is no 503 to answer with.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (GatewayUnavailableError, *OUTAGES)
 
 
 class Hl7Adapter:
@@ -51,16 +54,16 @@ class Hl7Adapter:
 
     async def handle_framed(self, block: bytes) -> bytes:
         """One message over MLLP: authenticated by the token in MSH-8; its ACK's bytes (AE
-        telling the sender to send again when the gateway is unavailable)."""
+        telling the sender to send again when the gateway or the database is unavailable)."""
         text = hl7v2.decode(block)
-        principal, token = await self._principal(text)
-        if principal is None:
-            problem = MISSING_SECURITY if token is None else REFUSED_SECURITY
-            refusal = Untranslatable(SECURITY_FIELD, problem)
-            return self._ack(text, refusal, None, "forbidden")
         try:
+            principal, token = await self._principal(text)
+            if principal is None:
+                problem = MISSING_SECURITY if token is None else REFUSED_SECURITY
+                refusal = Untranslatable(SECURITY_FIELD, problem)
+                return self._ack(text, refusal, None, "forbidden")
             _, ack = await self._answer(text, principal, f"Bearer {token}")
-        except GatewayUnavailableError:
+        except _UNAVAILABLE:
             metrics.ADAPTER_MESSAGES.labels("hl7v2", "unavailable").inc()
             return self._ack(text, None, ("MSH", UNAVAILABLE), None)
         return hl7v2.encode(ack)
