@@ -307,17 +307,27 @@ class AccessTokens:
         )
 
 
+# HelseID's access tokens are ~1–2 KB; anything much longer is not one.
+MAX_TOKEN_CHARS: Final = 8192
+
+
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The header and claims of `token`, unverified: only to choose the issuer and its key.
 
     PyJWT parses the token again, strictly, when it verifies it (`_verified_claims`); a parse
     here instead of PyJWT's own unverified decode saves two of its strict parses (~60 µs each).
     """
+    if len(token) > MAX_TOKEN_CHARS:
+        raise AccessTokenRefusedError(
+            f"the access token is longer than {MAX_TOKEN_CHARS} characters"
+        )
     try:
         header_part, claims_part, _ = token.split(".")
         header = json.loads(base64url_decode(header_part))
         claims = json.loads(base64url_decode(claims_part))
-    except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError included
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; a header of a thousand `[` is a
+    # RecursionError (json), which must be a refusal (401), never a 500.
+    except (ValueError, binascii.Error, RecursionError):
         raise AccessTokenRefusedError("the access token is not a well-formed JWT") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise AccessTokenRefusedError("the access token is not a well-formed JWT")

@@ -200,6 +200,14 @@ async def test_a_key_pinned_to_another_algorithm_is_refused() -> None:
         assert "unknown key" in await refusal(verifier(Issuer(unusable)), token())
 
 
+async def test_a_deeply_nested_or_overlong_token_is_refused_not_a_crash() -> None:
+    """A JWT-shaped token whose header is a thousand `[` (json's RecursionError) and a token
+    longer than any access token are refusals (401), never a 500."""
+    nested = jwt.utils.base64url_encode(b"[" * 1000).decode()
+    assert "well-formed" in await refusal(verifier(), f"{nested}.{nested}.x")
+    assert "longer than" in await refusal(verifier(), "a" * 9000)
+
+
 async def test_a_tampered_token_is_refused() -> None:
     """Changing a claim after signing, or signing with a key the issuer does not publish
     under that key id, breaks the signature."""
