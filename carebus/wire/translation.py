@@ -141,7 +141,9 @@ def derived_event_id(secret: bytes, protocol: str, sender_org: str, *parts: str)
     # surrogatepass: a part is the sender's text, and may hold a lone surrogate.
     material = "\x1f".join((protocol, sender_org, *parts)).encode("utf-8", "surrogatepass")
     digest = hmac.new(secret, material, hashlib.sha256).hexdigest()[:32]
-    return f"{protocol}-{digest}"
+    # In groups of 8: 32 hex digits in a row hold an 11-digit run that passes the nin check
+    # about once in 7,800 ids, and the gateway refuses any id that embeds a nin, for good.
+    return f"{protocol}-" + "-".join(digest[i : i + 8] for i in range(0, 32, 8))
 
 
 _LOCAL_TIME: Final = re.compile(
