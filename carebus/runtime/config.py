@@ -126,7 +126,9 @@ class Settings(BaseSettings):
     # makes later messages' ids differ from earlier ones' (a cancellation finds nothing).
     adapter_id_secret: SecretStr = SecretStr(LOCAL_ADAPTER_ID_SECRET)
     # The MLLP listener's read limit per message, and how long a connection may stay silent.
-    mllp_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    mllp_max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Open MLLP connections at once (more are closed at once: senders keep one or a few).
+    mllp_max_connections: int = Field(default=64, ge=1)
     mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
     # Request bodies over these sizes are refused (413) before they are read: every route but
     # `POST /v1/events:batch` (up to 1000 events) takes the first (carebus.adapters.http).

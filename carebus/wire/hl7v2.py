@@ -276,12 +276,14 @@ def _read(text: str) -> Message:
     # Senders end segments with \r (the standard), \n or \r\n; python-hl7 splits on \r only.
     text = re.sub(r"[\r\n]+", "\r", text.strip().strip("\x0b\x1c").strip())
     encoding = _encoding(text)
+    # The escape character too: each escape sequence costs as much to decode as a part.
     delimiters = (
         "\r",
         encoding.field,
         encoding.component,
         encoding.repetition,
         encoding.subcomponent,
+        encoding.escape,
     )
     if sum(text.count(delimiter) for delimiter in delimiters) > MAX_DELIMITERS:
         raise Untranslatable("MSH", TOO_MANY_PARTS, "rejected")

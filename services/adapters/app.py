@@ -89,6 +89,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             hl7.handle_framed,
             max_message_bytes=settings.mllp_max_message_bytes,
             idle_timeout_s=settings.mllp_idle_timeout_s,
+            max_connections=settings.mllp_max_connections,
         )
         await mllp.start(settings.http_host, settings.mllp_port)
         app.state.readiness.add("database", pool_answers(pool))

@@ -4,6 +4,7 @@ the gateway, the ACK out."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -48,31 +49,30 @@ class Hl7Adapter:
         """One message over HTTP (the caller authenticated by its bearer token): its ACK, 200
         for AA, 422 for AE, 400 for AR, or the gateway's own 4xx. Raises
         GatewayUnavailableError (503) when the gateway did not take the events."""
-        text = hl7v2.decode(body)
+        # Every step that parses runs off the event loop: a hostile message costs its parse,
+        # never every other caller's answers.
+        text = await asyncio.to_thread(hl7v2.decode, body)
         status, ack = await self._answer(text, principal, authorization)
-        return Answer(status, hl7v2.encode(ack), HL7_TYPE)
+        return Answer(status, ack, HL7_TYPE)
 
     async def handle_framed(self, block: bytes) -> bytes:
         """One message over MLLP: authenticated by the token in MSH-8; its ACK's bytes (AE
         telling the sender to send again when the gateway or the database is unavailable)."""
-        text = hl7v2.decode(block)
+        text = await asyncio.to_thread(hl7v2.decode, block)
         try:
             principal, token = await self._principal(text)
             if principal is None:
                 problem = MISSING_SECURITY if token is None else REFUSED_SECURITY
                 refusal = Untranslatable(SECURITY_FIELD, problem)
-                return self._ack(text, refusal, None, "forbidden")
+                return await self._ack(text, refusal, None, "forbidden")
             _, ack = await self._answer(text, principal, f"Bearer {token}")
         except _UNAVAILABLE:
             metrics.ADAPTER_MESSAGES.labels("hl7v2", "unavailable").inc()
-            return self._ack(text, None, ("MSH", UNAVAILABLE), None)
-        return hl7v2.encode(ack)
+            return await self._ack(text, None, ("MSH", UNAVAILABLE), None)
+        return ack
 
     async def _principal(self, text: str) -> tuple[Principal | None, str | None]:
-        try:
-            token = hl7v2.parse(text).header.value(8)
-        except Untranslatable:
-            return None, None
+        token = security_field(text)
         if not token:
             return None, None
         try:
@@ -83,41 +83,49 @@ class Hl7Adapter:
             return None, token
         return principal, token
 
-    async def _answer(self, text: str, principal: Principal, authorization: str) -> tuple[int, str]:
+    async def _answer(
+        self, text: str, principal: Principal, authorization: str
+    ) -> tuple[int, bytes]:
         view = await self._directory.view()
         sender = view.by_org_id(principal.org_id) or Party(principal.org_id, principal.agency)
         try:
             translation = await asyncio.to_thread(hl7v2.translate, text, sender, view, self._secret)
         except Untranslatable as refusal:
             status = 400 if refusal.severity == "rejected" else 422
-            return status, self._text_ack(text, refusal, None, "refused")
+            return status, await self._ack(text, refusal, None, "refused")
         outcome = await self._gateway.publish(translation.events, authorization)
         if isinstance(outcome, Published):
-            return 200, self._text_ack(text, None, None, "accepted")
+            return 200, await self._ack(text, None, None, "accepted")
         field, problem = outcome.details[0] if outcome.details else ("", outcome.message)
         where = translation.origin_of(field) if field else "MSH"
-        return outcome.status, self._text_ack(text, None, (where, problem), "refused")
+        return outcome.status, await self._ack(text, None, (where, problem), "refused")
 
-    def _text_ack(
-        self,
-        text: str,
-        refusal: Untranslatable | None,
-        gateway_problem: tuple[str, str] | None,
-        outcome: str | None,
-    ) -> str:
-        if outcome is not None:
-            metrics.ADAPTER_MESSAGES.labels("hl7v2", outcome).inc()
-        ack = hl7v2.acknowledgement(
-            text, refusal, now=self._clock(), gateway_problem=gateway_problem
-        )
-        log.info("hl7v2 message answered", outcome=outcome, ack=ack.split("\r")[1][:7])
-        return ack
-
-    def _ack(
+    async def _ack(
         self,
         text: str,
         refusal: Untranslatable | None,
         gateway_problem: tuple[str, str] | None,
         outcome: str | None,
     ) -> bytes:
-        return hl7v2.encode(self._text_ack(text, refusal, gateway_problem, outcome))
+        """The ACK's bytes (built off the event loop: it parses the message again)."""
+        if outcome is not None:
+            metrics.ADAPTER_MESSAGES.labels("hl7v2", outcome).inc()
+        now = self._clock()
+
+        def build() -> str:
+            return hl7v2.acknowledgement(text, refusal, now=now, gateway_problem=gateway_problem)
+
+        ack = await asyncio.to_thread(build)
+        log.info("hl7v2 message answered", outcome=outcome, ack=ack.split("\r")[1][:7])
+        return hl7v2.encode(ack)
+
+
+def security_field(text: str) -> str | None:
+    """MSH-8 of `text`, read from the first segment alone (before any full parse, so an
+    unauthenticated message costs no parse); None when there is none."""
+    header = re.split(r"[\r\n]", text.lstrip("\x0b"), maxsplit=1)[0]
+    if not header.startswith("MSH") or len(header) < 4:
+        return None
+    fields = header.split(header[3])
+    # fields[0] is "MSH" and MSH-1 is the separator itself: MSH-n is fields[n - 1].
+    return fields[7].strip() or None if len(fields) > 7 else None

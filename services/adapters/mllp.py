@@ -19,12 +19,21 @@ Handler = Callable[[bytes], Awaitable[bytes]]
 class MllpListener:
     """Serves `handler` on host:port. A connection idle longer than `idle_timeout_s`, a frame
     larger than `max_message_bytes` or bytes outside a frame end the connection (a sender
-    reconnects and resends what it has no ACK for: the same message maps to the same events)."""
+    reconnects and resends what it has no ACK for: the same message maps to the same events);
+    beyond `max_connections` open ones a new connection is closed at once."""
 
-    def __init__(self, handler: Handler, *, max_message_bytes: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_message_bytes: int,
+        idle_timeout_s: float,
+        max_connections: int = 64,
+    ) -> None:
         self._handler = handler
         self._limit = max_message_bytes
         self._idle_timeout_s = idle_timeout_s
+        self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -44,6 +53,10 @@ class MllpListener:
             task.cancel()
 
     def _connected(self, reader: Any, writer: Any) -> None:
+        if len(self._connections) >= self._max_connections:
+            log.info("mllp connection refused", reason="too many connections")
+            writer.close()
+            return
         # Kept until done (the event loop holds tasks weakly), and cancelled on stop.
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._connections.add(task)
@@ -61,8 +74,11 @@ class MllpListener:
                     log.info("mllp connection closed", reason="bad frame or too large")
                     return
                 writer.writeblock(await self._handler(bytes(block)))
-                await writer.drain()
-        except ConnectionError:
+                # A sender that stops reading its ACKs holds no buffer of ours for long.
+                await asyncio.wait_for(writer.drain(), self._idle_timeout_s)
+        except (ConnectionError, TimeoutError):
             return
+        except Exception as error:  # a bug must end this connection, not the listener
+            log.error("mllp connection failed", error_type=type(error).__name__)
         finally:
             writer.close()
