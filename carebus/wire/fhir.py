@@ -127,7 +127,14 @@ _CAREBUS_DESTINATIONS: Final = ("home", "municipal_housing", "institution", "hom
 MAX_DEPTH: Final = 64
 
 IssueType = Literal[
-    "invalid", "structure", "required", "value", "not-supported", "processing", "informational"
+    "invalid",
+    "structure",
+    "required",
+    "value",
+    "not-supported",
+    "processing",
+    "informational",
+    "too-costly",
 ]
 
 
@@ -307,6 +314,7 @@ def _root(body: object, kind: str, model: type[FHIRAbstractModel]) -> Mapping[st
             code="not-supported",
             severity="rejected",
         )
+    _check_sizes(body, kind)
     _check_shape(body, kind)
     try:
         model.model_validate(body)
@@ -319,6 +327,52 @@ def _root(body: object, kind: str, model: type[FHIRAbstractModel]) -> Mapping[st
             kind, "could not be read as a FHIR R4 resource", code="structure"
         ) from None
     return body
+
+
+# How much one request may hold, checked before anything costly: the gateway takes at most
+# 1,000 events a batch, and references inside a resource are resolved one by one.
+MAX_ENCOUNTERS: Final = 1000
+MAX_ENTRIES: Final = 5000
+MAX_REFERENCES: Final = 100
+_REFERENCE_LISTS: Final = ("contained", "diagnosis", "reasonReference", "reasonCode", "location")
+
+
+def _check_sizes(body: Mapping[str, Any], root: str) -> None:
+    """Refuse (before validating) a Bundle of more entries or Encounters, or a resource of
+    longer reference lists, than one request may hold."""
+    resources: list[tuple[object, str]] = [(body, root)]
+    if root == "Bundle":
+        entries = body.get("entry")
+        if isinstance(entries, list):
+            if len(entries) > MAX_ENTRIES:
+                raise FhirUntranslatable(
+                    "Bundle.entry", f"holds more than {MAX_ENTRIES} entries", code="too-costly"
+                )
+            resources = [
+                (entry.get("resource"), f"Bundle.entry[{index}].resource")
+                for index, entry in enumerate(entries)
+                if isinstance(entry, dict)
+            ]
+            encounters = sum(
+                1
+                for resource, _ in resources
+                if isinstance(resource, dict) and resource.get("resourceType") == "Encounter"
+            )
+            if encounters > MAX_ENCOUNTERS:
+                raise FhirUntranslatable(
+                    "Bundle.entry",
+                    f"holds more than {MAX_ENCOUNTERS} Encounters (one request's events)",
+                    code="too-costly",
+                )
+    for resource, path in resources:
+        if not isinstance(resource, dict):
+            continue
+        for name in _REFERENCE_LISTS:
+            listed = resource.get(name)
+            if isinstance(listed, list) and len(listed) > MAX_REFERENCES:
+                raise FhirUntranslatable(
+                    f"{path}.{name}", f"holds more than {MAX_REFERENCES} items", code="too-costly"
+                )
 
 
 # The way from the root to a node of the walk: (the parent's trail, the key or index).

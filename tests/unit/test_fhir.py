@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -847,3 +848,23 @@ def _places(node: Any) -> list[tuple[Any, Any]]:
             if isinstance(current[key], dict | list):
                 stack.append(current[key])
     return found
+
+
+def test_oversized_requests_are_refused_before_validation() -> None:
+    """More Encounters than one batch holds, or a reference list longer than 100, is refused
+    as too costly (before fhir.resources validates it, which would take seconds)."""
+    encounter = json.loads((DATA / "encounter-in-progress.json").read_bytes())
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": dict(encounter, id=f"e{n}")} for n in range(1001)],
+    }
+    started = time.process_time()
+    with pytest.raises(FhirUntranslatable) as refused:
+        translate_bundle(bundle, SENDER, DIRECTORY, SECRET)
+    assert refused.value.code == "too-costly"
+    assert time.process_time() - started < 1.0
+    crowded = dict(encounter, diagnosis=[{"condition": {"reference": "#x"}}] * 101)
+    with pytest.raises(FhirUntranslatable) as too_many:
+        translate_encounter(crowded, SENDER, DIRECTORY, SECRET)
+    assert too_many.value.where == "Encounter.diagnosis"
