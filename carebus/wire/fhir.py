@@ -71,9 +71,11 @@ DNR_SYSTEM: Final = f"urn:oid:{DNR_OID}"
 
 EVENT_OF_STATUS: Final[Mapping[str, str | None]] = {
     "in-progress": "admission",
-    "arrived": "admission",
-    "triaged": "admission",
     "onleave": "admission",
+    # Arrived and triaged are an emergency department's or an outpatient clinic's flow, not
+    # an admission (yet): nothing until the stay is in progress.
+    "arrived": None,
+    "triaged": None,
     # The admission was (or should have been) sent while the stay was in progress; its id is
     # derived from the episode, so the discharge finds it without asking anyone.
     "finished": "discharge",
@@ -506,6 +508,16 @@ def _translation(mapped: list[_Mapped]) -> Translation:
     return Translation(events=tuple(events), origins=origins)
 
 
+# Encounter.class (v3 ActCode) of a stay in hospital: an outpatient (AMB), emergency (EMER),
+# virtual (VR) or home (HH) contact is no admission.
+INPATIENT_CLASSES: Final = ("IMP", "ACUTE", "NONAC")
+
+
+def _inpatient(encounter: Mapping[str, Any]) -> bool:
+    kind = encounter.get("class")
+    return isinstance(kind, dict) and kind.get("code") in INPATIENT_CLASSES
+
+
 def _map_encounter(
     encounter: _Located,
     resolver: _Resolver,
@@ -521,7 +533,7 @@ def _map_encounter(
             f"{at}.status", "must be a code of FHIR R4's encounter-status", code="value"
         )
     event_type = EVENT_OF_STATUS[status]
-    if event_type is None:
+    if event_type is None or (event_type == "admission" and not _inpatient(encounter.resource)):
         return _Mapped((), at)
     episode, episode_origin = _episode(encounter)
     nin, nin_origin, patient = _person(encounter, resolver)

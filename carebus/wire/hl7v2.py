@@ -46,6 +46,10 @@ MAX_MESSAGE: Final = 1_000_000
 MAX_DELIMITERS: Final = 10_000
 
 ADMISSION_TRIGGERS: Final = ("A01", "A04", "A08")
+REGISTER: Final = "A04"
+UPDATE: Final = "A08"
+# PV1-2 patient class (table 0004): an inpatient.
+INPATIENT: Final = "I"
 DISCHARGE_TRIGGER: Final = "A03"
 CANCEL_ADMISSION: Final = "A11"
 CANCEL_DISCHARGE: Final = "A13"
@@ -421,6 +425,11 @@ def translate(text: str, sender: Party, directory: DirectoryView, secret: bytes)
     nin = _nin(pid)
     episode, episode_origin = _episode(pv1, nin)
     context = _Context(message, sender, directory, secret, nin, episode, episode_origin)
+    if trigger == UPDATE or (trigger == REGISTER and pv1.value(2) != INPATIENT):
+        # An A08 changes what carebus does not carry (names, addresses, beds) or what it keeps
+        # as first reported; an A04 of an outpatient or emergency visit is no admission. Both
+        # are acknowledged (AA) with nothing published.
+        return Translation(events=())
     if trigger in ADMISSION_TRIGGERS:
         return _admission(context, pid, pv1)
     if trigger == DISCHARGE_TRIGGER:

@@ -93,6 +93,9 @@ class Hl7Adapter:
         except Untranslatable as refusal:
             status = 400 if refusal.severity == "rejected" else 422
             return status, await self._ack(text, refusal, None, "refused")
+        if not translation.events:
+            # An update or an outpatient's registration: acknowledged, nothing to hand on.
+            return 200, await self._ack(text, None, None, "nothing")
         outcome = await self._gateway.publish(translation.events, authorization)
         if isinstance(outcome, Published):
             return 200, await self._ack(text, None, None, "accepted")

@@ -167,6 +167,18 @@ async def test_bad_messages_get_an_ack_naming_the_problem(
     assert b"1507650056" not in response.content
 
 
+async def test_an_update_and_an_outpatient_registration_are_acknowledged_and_publish_nothing(
+    adapters: httpx.AsyncClient, token: str, db: asyncpg.Connection
+) -> None:
+    """A08 and an outpatient's A04 are AA, and no event of theirs reaches the store."""
+    before = len(await stored(db, "admission"))
+    for name in ("adt_a08_v25.hl7", "adt_a04_v231.hl7"):
+        response = await post(adapters, token, message(name))
+        assert response.status_code == 200, response.text
+        assert msa(response.content)[1] == "AA"
+    assert len(await stored(db, "admission")) == before
+
+
 async def test_without_a_token_http_is_401(adapters: httpx.AsyncClient) -> None:
     """Like the gateway: every message needs the agency's bearer token."""
     assert (await post(adapters, None, message("adt_a01_v25.hl7"))).status_code == 401
@@ -195,9 +207,9 @@ async def test_mllp_takes_messages_with_the_token_in_msh_8_and_refuses_them_with
 ) -> None:
     """Over MLLP each message is answered on the same connection, in order: AA for one whose
     MSH-8 holds the organisation's token, AE naming MSH-8 for one without or with a wrong one."""
-    signed = with_security(message("adt_a04_v231.hl7"), token)
-    unsigned = message("adt_a04_v231.hl7")
-    forged = with_security(message("adt_a04_v231.hl7"), "not-a-token")
+    signed = with_security(message("adt_a01_v25.hl7"), token)
+    unsigned = message("adt_a01_v25.hl7")
+    forged = with_security(message("adt_a01_v25.hl7"), "not-a-token")
     answers = await mllp_exchange(stack, signed, unsigned, forged, signed)
     assert [msa(a)[1] for a in answers] == ["AA", "AE", "AE", "AA"]
     assert b"MSH^1^8" in answers[1]

@@ -257,8 +257,8 @@ def test_every_mapped_field_has_its_origin_in_the_message(name: str) -> None:
     ("status", "event_type"),
     [
         ("in-progress", "admission"),
-        ("arrived", "admission"),
-        ("triaged", "admission"),
+        ("arrived", None),
+        ("triaged", None),
         ("onleave", "admission"),
         ("finished", "discharge"),
         ("cancelled", "retraction"),
@@ -868,3 +868,14 @@ def test_oversized_requests_are_refused_before_validation() -> None:
     with pytest.raises(FhirUntranslatable) as too_many:
         translate_encounter(crowded, SENDER, DIRECTORY, SECRET)
     assert too_many.value.where == "Encounter.diagnosis"
+
+
+@pytest.mark.parametrize("code", ["AMB", "EMER", "VR", "HH"])
+def test_only_a_stay_in_hospital_is_an_admission(code: str) -> None:
+    """An outpatient, emergency, virtual or home contact in progress publishes nothing."""
+    encounter = json.loads((DATA / "encounter-in-progress.json").read_bytes())
+    encounter["class"] = {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+        "code": code,
+    }
+    assert translate_encounter(encounter, SENDER, DIRECTORY, SECRET).events == ()

@@ -35,8 +35,9 @@ NAMES = ("Nordmann", "Kari", "Hansen", "Berg", "Østbø", "Åse", "Strandgaten",
 
 EXAMPLES = {
     "adt_a01_v25.hl7": "admission",
-    "adt_a04_v231.hl7": "admission",
-    "adt_a08_v25.hl7": "admission",
+    # An outpatient's A04 and any A08 publish nothing (acknowledged AA).
+    "adt_a04_v231.hl7": None,
+    "adt_a08_v25.hl7": None,
     "adt_a03_v25.hl7": "discharge",
     "adt_a11_v25.hl7": "retraction",
     "adt_a13_v25.hl7": "retraction",
@@ -67,6 +68,11 @@ def refusal(text: str, sender: Party = HOSPITAL) -> Untranslatable:
     return refused.value
 
 
+def inpatient(text: str) -> str:
+    """The outpatient A04 example as an inpatient's (PV1-2 I)."""
+    return replaced(text, "PV1|1|O", "PV1|1|I")
+
+
 def replaced(text: str, old: str, new: str) -> str:
     assert old in text
     return text.replace(old, new)
@@ -90,11 +96,15 @@ def fields_of(ack: str, segment: str) -> list[str]:
 @pytest.mark.parametrize("separator", ["\r", "\n", "\r\n"])
 @pytest.mark.parametrize(("name", "event_type"), EXAMPLES.items())
 def test_every_trigger_maps_to_a_valid_event_whatever_ends_its_segments(
-    name: str, event_type: str, separator: str
+    name: str, event_type: str | None, separator: str
 ) -> None:
-    """Each example maps to one event of its type that passes the event contract."""
+    """Each example maps to one event of its type that passes the event contract (or, for an
+    update or an outpatient's registration, to nothing)."""
     translation = translate(example(name, separator))
     assert_valid(translation)
+    if event_type is None:
+        assert translation.events == ()
+        return
     assert translation.events[0]["event_type"] == event_type
     assert translation.events[0]["source"] == {"agency": "dps", "org_id": HOSPITAL.org_id}
     assert translation == translate(example(name, "\r"))
@@ -273,14 +283,20 @@ def test_a11_retracts_the_admission_and_a13_the_discharge() -> None:
     )
 
 
-def test_an_a08_update_has_the_id_of_its_admission() -> None:
-    """An unchanged A08 is a repeat of the A01 to the gateway; a changed one conflicts."""
-    admission = only_event(example("adt_a01_v25.hl7"))
-    update = only_event(example("adt_a08_v25.hl7"))
-    assert update == admission
+def test_an_a08_update_publishes_nothing_even_when_it_changes_the_visit() -> None:
+    """carebus keeps an admission as first reported: an A08 (also after a transfer, with a new
+    ward or diagnosis) is acknowledged and publishes nothing, never a conflicting admission."""
+    assert translate(example("adt_a08_v25.hl7")).events == ()
     changed = replaced(example("adt_a08_v25.hl7"), "T40.1", "F20.0")
-    assert only_event(changed)["event_id"] == admission["event_id"]
-    assert only_event(changed)["payload"] != admission["payload"]
+    assert translate(changed).events == ()
+
+
+def test_only_an_inpatients_registration_is_an_admission() -> None:
+    """An A04 with PV1-2 I is an admission; O (outpatient) or E (emergency) publishes nothing."""
+    outpatient = example("adt_a04_v231.hl7")
+    assert translate(outpatient).events == ()
+    assert translate(replaced(outpatient, "PV1|1|O", "PV1|1|E")).events == ()
+    assert only_event(inpatient(outpatient))["event_type"] == "admission"
 
 
 def test_the_same_message_twice_maps_to_the_same_events() -> None:
@@ -291,12 +307,15 @@ def test_the_same_message_twice_maps_to_the_same_events() -> None:
 
 def test_without_a_visit_number_the_episode_is_the_person_and_the_admit_time() -> None:
     """A v2.3.1 A04 without PV1-19 and its A03 share the admission id through PV1-44."""
-    registration = only_event(example("adt_a04_v231.hl7"))
+    registration = only_event(inpatient(example("adt_a04_v231.hl7")))
     discharge_text = replaced(example("adt_a04_v231.hl7"), "ADT^A04", "ADT^A03")
     discharge = only_event(discharge_text)
     assert discharge["payload"]["admission_event_id"] == registration["event_id"]
-    assert translate(example("adt_a04_v231.hl7")).origin_of("events[0].event_id") == "PV1-44"
-    other_time = replaced(example("adt_a04_v231.hl7"), "|200611301000", "|200611301001")
+    assert (
+        translate(inpatient(example("adt_a04_v231.hl7"))).origin_of("events[0].event_id")
+        == "PV1-44"
+    )
+    other_time = replaced(inpatient(example("adt_a04_v231.hl7")), "|200611301000", "|200611301001")
     assert only_event(other_time)["event_id"] != registration["event_id"]
 
 
@@ -309,7 +328,7 @@ def test_no_visit_number_and_no_admit_time_is_an_error() -> None:
 
 def test_the_trigger_of_a_v2_2_message_is_read_from_evn_1() -> None:
     """MSH-9 without a trigger component: EVN-1 says it."""
-    text = replaced(example("adt_a04_v231.hl7"), "ADT^A04", "ADT")
+    text = replaced(inpatient(example("adt_a04_v231.hl7")), "ADT^A04", "ADT")
     assert only_event(text)["event_type"] == "admission"
 
 
@@ -576,7 +595,7 @@ def test_the_ack_control_id_is_new_and_deterministic() -> None:
 
 def test_a_refused_gateway_answer_is_acknowledged_ae_with_its_place() -> None:
     """The gateway's refusal, named by the HL7 origin of the field, is an AE."""
-    text = example("adt_a08_v25.hl7")
+    text = example("adt_a01_v25.hl7")
     where = translate(text).origin_of("events[0].event_id")
     problem = "changes an admission already sent: cancel it (A11) and admit again"
     ack = hl7v2.acknowledgement(text, None, now=NOW, gateway_problem=(where, problem))
