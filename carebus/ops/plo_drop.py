@@ -19,6 +19,8 @@ from typing import Final
 import click
 import httpx
 
+# Plain HTTP only to this machine (a local stack, a TLS-terminating proxy beside it).
+_LOCAL: Final = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 # A file still being written must not be sent half: only files untouched this long are taken.
 SETTLED_S: Final = 2.0
 
@@ -38,9 +40,12 @@ def drop_pass(folder: Path, client: httpx.Client, token: str, now: float) -> lis
         (folder / sub).mkdir(exist_ok=True)
     outcomes = []
     for path in sorted(folder.glob("*.xml")):
-        if now - path.stat().st_mtime < SETTLED_S:
+        try:
+            if now - path.stat().st_mtime < SETTLED_S:
+                continue
+            outcomes.append(_send(path, client, token))
+        except OSError:  # moved or removed meanwhile by someone else: next pass
             continue
-        outcomes.append(_send(path, client, token))
     return outcomes
 
 
@@ -59,10 +64,23 @@ def _send(path: Path, client: httpx.Client, token: str) -> Outcome:
         # ever, which the operator sees in the log line below).
         return Outcome(path.name, "retry", response.status_code)
     folder = path.parent
-    (folder / "apprec" / f"{path.stem}.apprec.xml").write_bytes(response.content)
     result = "accepted" if response.status_code == 200 else "refused"
-    path.replace(folder / ("done" if result == "accepted" else "refused") / path.name)
+    # A name the agency's system reuses must not overwrite an earlier message or its AppRec.
+    stem = _unused_stem(folder, path.stem)
+    (folder / "apprec" / f"{stem}.apprec.xml").write_bytes(response.content)
+    path.replace(folder / ("done" if result == "accepted" else "refused") / f"{stem}.xml")
     return Outcome(path.name, result, response.status_code)
+
+
+def _unused_stem(folder: Path, stem: str) -> str:
+    candidate, n = stem, 1
+    while any((folder / sub / f"{candidate}{suffix}").exists() for sub, suffix in _FILED):
+        n += 1
+        candidate = f"{stem}.{n}"
+    return candidate
+
+
+_FILED: Final = (("apprec", ".apprec.xml"), ("done", ".xml"), ("refused", ".xml"))
 
 
 @click.group()
@@ -84,6 +102,10 @@ def plo() -> None:
 def drop(folder: Path, url: str, token_file: Path, interval: float, once: bool) -> None:
     """Send each *.xml in FOLDER to the adapters; AppRecs to FOLDER/apprec/, the message to
     FOLDER/done/ (OK) or FOLDER/refused/ (Avvist); unanswered files are tried again."""
+    if not url.startswith("https://") and not url.startswith(_LOCAL):
+        raise click.BadParameter(
+            "must be https:// (the token and the messages go in it)", param_hint="--url"
+        )
     token = token_file.read_text().strip()
     folder.mkdir(parents=True, exist_ok=True)
     with httpx.Client(base_url=url.rstrip("/"), timeout=60) as client:

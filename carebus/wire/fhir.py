@@ -568,13 +568,14 @@ def _map_encounter(
 
 
 def _episode(encounter: _Located) -> tuple[str, str]:
-    """The episode key (`system|value` of the first identifier with a value, else
-    `Encounter/<id>`) and where it is."""
+    """The episode key (`<length of system>:system|value` of the first identifier with a
+    value, else `Encounter/<id>`) and where it is. The system's length goes first, so that
+    `https://x|y` + `1` and `https://x` + `y|1` are two episodes, not one."""
     for index, identifier in _objects(encounter.resource, "identifier"):
         value = _string(identifier, "value")
         if value is not None:
             system = _string(identifier, "system") or ""
-            return f"{system}|{value}", f"{encounter.path}.identifier[{index}]"
+            return f"{len(system)}:{system}|{value}", f"{encounter.path}.identifier[{index}]"
     resource_id = _string(encounter.resource, "id")
     if resource_id is not None:
         # An id holds no '|' (FHIR's id type), so it never equals an identifier's key.

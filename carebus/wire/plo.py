@@ -8,11 +8,11 @@ that carebus does not carry it, so the sender's system shows that it reached no 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 from hashlib import sha256
 from typing import Any, Final
 
@@ -156,12 +156,19 @@ class _LocalSchemas(etree.Resolver):  # type: ignore[misc]
         raise OSError("a PLO schema import that is not in schemas/plo")
 
 
-@cache
+_PER_THREAD = threading.local()
+
+
 def _schema(name: str) -> etree.XMLSchema:
-    # The schemas are ours (xmldsig's needs its internal DTD's entities); messages never are.
-    parser = etree.XMLParser(no_network=True, resolve_entities=True, load_dtd=False)
-    parser.resolvers.add(_LocalSchemas())
-    return etree.XMLSchema(etree.parse(str(SCHEMA_DIR / name), parser))
+    """The schema, one per thread: an XMLSchema's error log is its own, so two threads
+    validating with one would read each other's errors."""
+    schemas: dict[str, etree.XMLSchema] = _PER_THREAD.__dict__.setdefault("schemas", {})
+    if name not in schemas:
+        # The schemas are ours (xmldsig's needs its internal DTD's entities); messages never are.
+        parser = etree.XMLParser(no_network=True, resolve_entities=True, load_dtd=False)
+        parser.resolvers.add(_LocalSchemas())
+        schemas[name] = etree.XMLSchema(etree.parse(str(SCHEMA_DIR / name), parser))
+    return schemas[name]
 
 
 def message_schema() -> etree.XMLSchema:

@@ -24,7 +24,7 @@ from carebus.runtime.config import (
 )
 from services.adapters.directory import DirectorySnapshot
 from services.adapters.fhir import FHIR_JSON, FhirAdapter
-from services.adapters.gateway import Gateway, GatewayUnavailableError
+from services.adapters.gateway import Gateway, GatewayUnauthorizedError, GatewayUnavailableError
 from services.adapters.hl7v2 import HL7_TYPE, Hl7Adapter
 from services.adapters.mllp import MllpListener
 from services.adapters.plo import Answer, PloAdapter
@@ -193,6 +193,10 @@ async def _unless_unavailable(
 ) -> Answer:
     try:
         return await handling
+    except GatewayUnauthorizedError as unauthorized:
+        raise ApiError(
+            401, "the token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
+        ) from unauthorized
     except GatewayUnavailableError as unavailable:
         metrics.ADAPTER_MESSAGES.labels(protocol, "unavailable").inc()
         raise ApiError(

@@ -40,6 +40,11 @@ class GatewayUnavailableError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class GatewayUnauthorizedError(Exception):
+    """The gateway refused the caller's token (revoked or expired since the adapters checked
+    it): a question of the credential, not of the message, so no protocol answer decides it."""
+
+
 class Gateway:
     """An HTTP client of the gateway's `POST /v1/events:batch`."""
 
@@ -64,6 +69,8 @@ class Gateway:
             raise GatewayUnavailableError(self._retry_after_s) from error
         if response.status_code == 202:
             return Published(tuple(response.json()["accepted"]))
+        if response.status_code == 401:
+            raise GatewayUnauthorizedError
         if response.status_code in (429, 502, 503, 504) or response.status_code >= 500:
             raise GatewayUnavailableError(_retry_after(response, self._retry_after_s))
         return _refused(response)

@@ -16,7 +16,12 @@ from carebus.runtime import metrics
 from carebus.wire import hl7v2
 from carebus.wire.translation import Party, Untranslatable
 from services.adapters.directory import DirectorySnapshot
-from services.adapters.gateway import Gateway, GatewayUnavailableError, Published
+from services.adapters.gateway import (
+    Gateway,
+    GatewayUnauthorizedError,
+    GatewayUnavailableError,
+    Published,
+)
 from services.adapters.plo import Answer
 
 log = structlog.get_logger("carebus.adapters.hl7v2")
@@ -66,6 +71,9 @@ class Hl7Adapter:
                 refusal = Untranslatable(SECURITY_FIELD, problem)
                 return await self._ack(text, refusal, None, "forbidden")
             _, ack = await self._answer(text, principal, f"Bearer {token}")
+        except GatewayUnauthorizedError:
+            refusal = Untranslatable(SECURITY_FIELD, REFUSED_SECURITY)
+            return await self._ack(text, refusal, None, "forbidden")
         except _UNAVAILABLE:
             metrics.ADAPTER_MESSAGES.labels("hl7v2", "unavailable").inc()
             return await self._ack(text, None, ("MSH", UNAVAILABLE), None)

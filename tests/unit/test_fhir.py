@@ -51,7 +51,8 @@ NINS = ("15076500565", "13116900216", "12057900499")
 D_NUMMER = "55076510007"
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 DNR = "urn:oid:2.16.578.1.12.4.1.4.2"
-EPISODE = "https://dps.example.no/fhir/NamingSystem/opphold|2026-0417"
+SYSTEM = "https://dps.example.no/fhir/NamingSystem/opphold"
+EPISODE = f"{len(SYSTEM)}:{SYSTEM}|2026-0417"
 
 
 def example(name: str) -> dict[str, Any]:
@@ -879,3 +880,15 @@ def test_only_a_stay_in_hospital_is_an_admission(code: str) -> None:
         "code": code,
     }
     assert translate_encounter(encounter, SENDER, DIRECTORY, SECRET).events == ()
+
+
+def test_identifiers_that_join_alike_are_two_episodes() -> None:
+    """`https://x|y` + `1` and `https://x` + `y|1` would join to one string; they are two."""
+    encounter = json.loads((DATA / "encounter-in-progress.json").read_bytes())
+    first = dict(encounter, identifier=[{"system": "https://x|y", "value": "1"}])
+    second = dict(encounter, identifier=[{"system": "https://x", "value": "y|1"}])
+    ids = {
+        translate_encounter(e, SENDER, DIRECTORY, SECRET).events[0]["event_id"]
+        for e in (first, second)
+    }
+    assert len(ids) == 2

@@ -65,3 +65,14 @@ def test_answered_files_are_filed_with_their_apprec_and_unanswered_ones_wait(
     assert (tmp_path / "apprec" / "a.apprec.xml").read_bytes() == APPREC
     assert (tmp_path / "apprec" / "b.apprec.xml").read_bytes() == APPREC
     assert sorted(p.name for p in tmp_path.glob("*.xml")) == ["c.xml", "d.xml", "e.xml"]
+
+
+def test_a_reused_name_never_overwrites_an_earlier_message_or_its_apprec(tmp_path: Path) -> None:
+    """The second `a.xml` is filed as `a.2.xml` beside the first."""
+    for content in (b"ok", b"ok again"):
+        settled(tmp_path, "a.xml", content)
+        now = (tmp_path / "a.xml").stat().st_mtime + 60
+        drop_pass(tmp_path, client({b"ok": xml(200), b"ok again": xml(200)}), "t0ken", now)
+    assert (tmp_path / "done" / "a.xml").read_bytes() == b"ok"
+    assert (tmp_path / "done" / "a.2.xml").read_bytes() == b"ok again"
+    assert (tmp_path / "apprec" / "a.2.apprec.xml").exists()
