@@ -450,13 +450,17 @@ class _Episode:
             payload = self._admission(directory, origins)
             origins["events[0].occurred_at"] = _where(ADMITTED)
         elif event_type == "discharge_ready":
-            occurred = self._time(DISCHARGE_READY, "declared ready for discharge")
+            # The notice's own time (GenDate): the municipality's reply deadline runs from when
+            # it was told. The ready time itself is often a date alone, or an estimate
+            # (Anslag), and still keys the notice's id (`ready_id`).
+            self._time(DISCHARGE_READY, "declared ready for discharge")
+            occurred = self._sent_at()
             payload = {
                 "admission_event_id": self.admission_id(),
                 "needs_municipal_services": True,
                 "housing_status": "unknown",
             }
-            origins["events[0].occurred_at"] = _where(DISCHARGE_READY)
+            origins["events[0].occurred_at"] = "MsgHead/MsgInfo/GenDate"
         elif event_type == "discharge_ready_withdrawn":
             occurred = self._time(DISCHARGE_READY_WITHDRAWN, "withdrawn as ready")
             payload = {"discharge_ready_event_id": self.ready_id()}
