@@ -256,11 +256,14 @@ def decode(body: bytes) -> str:
 
 def _declared_latin1(body: bytes) -> bool:
     # Every byte is a character in ISO-8859-1, and MSH up to MSH-18 is ASCII in both encodings.
-    try:
-        header = parse(body.decode("iso-8859-1")).header
-    except Untranslatable:
+    # Only the first segment is read: parsing the whole message here cost a third of the work.
+    first = re.split(r"[\r\n]", body[:4096].decode("iso-8859-1").lstrip("\x0b"), maxsplit=1)[0]
+    if not first.startswith("MSH") or len(first) < 8:
         return False
-    return header.value(18).upper().replace(" ", "") in ("8859/1", "ISO-8859-1", "ISOIR100")
+    fields = first.split(first[3])
+    # fields[0] is "MSH" and MSH-1 is the separator itself: MSH-n is fields[n - 1].
+    charset = fields[17].split(first[4])[0] if len(fields) > 17 else ""
+    return charset.upper().replace(" ", "") in ("8859/1", "ISO-8859-1", "ISOIR100")
 
 
 def parse(text: str) -> Message:
