@@ -298,14 +298,28 @@ async def test_discharge_ready_without_reply_alerts_and_withdrawal_cancels(bus: 
     nin = random_nin(bus.rng)
     admitted = await bus.publish("dps", "admission", nin, admission())
     unanswered = await bus.publish("dps", "discharge_ready", nin, discharge_ready(admitted))
-    withdrawn = await bus.publish("dps", "discharge_ready", nin, discharge_ready(admitted))
+    # The second notice is dated 10 s ahead and withdrawn a second after it: "in time" by the
+    # events' own times, whatever a loaded box makes of the three requests (with both dated now,
+    # a withdrawal posted more than DEADLINE_S later was, rightly, late).
+    ahead = datetime.now(UTC) + timedelta(seconds=10)
+    withdrawn = await bus.publish(
+        "dps", "discharge_ready", nin, discharge_ready(admitted), occurred_at=ahead
+    )
     await bus.publish(
-        "dps", "discharge_ready_withdrawn", nin, {"discharge_ready_event_id": withdrawn}
+        "dps",
+        "discharge_ready_withdrawn",
+        nin,
+        {"discharge_ready_event_id": withdrawn},
+        occurred_at=ahead + timedelta(seconds=1),
     )
     alerts = await bus.alerts_eventually(unanswered, "municipal_reply.discharge_ready", 2)
     await settle()
     alerts = await bus.alerts(unanswered, "municipal_reply.discharge_ready")
     assert sorted(a["recipient_org"] for a in alerts) == sorted([ORGS["municipality"], ORGS["dps"]])
+    # Past the withdrawn notice's own deadline, and a few scans more, it has raised nothing.
+    past_due = ahead + timedelta(seconds=DEADLINE_S) - datetime.now(UTC)
+    await asyncio.sleep(max(0.0, past_due.total_seconds()))
+    await settle()
     assert await bus.alerts(withdrawn, "municipal_reply.discharge_ready") == []
 
 
