@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -45,18 +45,37 @@ from carebus_dev.stack.supervisor import child_env, healthz, service_named
 __all__ = ["EventFactory", "ServiceProcess", "StackError", "TestStack", "capture_logs"]
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports that nothing listens on right now."""
-    sockets = []
+# Ports handed out for listeners lie below the kernel's ephemeral range: a port picked from that
+# range can be taken as the source port of any outgoing connection before the service that owns
+# it binds it (a CI run lost a module to EADDRINUSE that way), and one below the range cannot.
+_LISTENER_PORTS = range(20000, 32768)
+_local_ports = random.SystemRandom()
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that nothing listens on right now, below the ephemeral range."""
+    candidates = [port for port in _LISTENER_PORTS if port < _ephemeral_low()]
+    _local_ports.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        if len(ports) == count:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    if len(ports) < count:
+        raise StackError(f"only {len(ports)} of {count} free ports below the ephemeral range")
+    return ports
 
 
 def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -350,6 +369,28 @@ class TestStack:
         self.services.append(process)
         process.require_ready = ready
         return process.start(wait=wait)
+
+    @contextlib.contextmanager
+    def running(self, *names: str) -> Iterator[list[ServiceProcess]]:
+        """The services `names`, started in order and stopped in reverse when the block ends.
+
+        If one fails to start, those already started are stopped before the error propagates:
+        a module whose setup failed leaves nothing behind to consume the next module's records.
+        """
+        with contextlib.ExitStack() as started:
+            processes = []
+            for name in names:
+                process = self.start_service(name)
+                started.callback(process.stop)
+                processes.append(process)
+            yield processes
+
+    def stop_started_since(self, count: int) -> list[str]:
+        """Stop the services started after the first `count`; the names of those still running."""
+        leaked = [p.name for p in self.services[count:] if p.alive]
+        for process in reversed(self.services[count:]):
+            process.stop()
+        return leaked
 
     def service_log(self, name: str) -> Path:
         """The log of every process started under `name` (restarts and second instances append)."""

@@ -10,6 +10,7 @@ import pytest
 from carebus_dev.testing import TestStack, routing_failures
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+_session_stack: list[TestStack] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -28,6 +29,7 @@ def stack() -> Iterator[TestStack]:
     """
     test_stack = TestStack()
     test_stack.start()  # raises StackError (with the component's log tail) on failure
+    _session_stack.append(test_stack)
     try:
         yield test_stack
         # No test routes a record that makes the router fail: such a dead letter is a bug (a
@@ -35,4 +37,18 @@ def stack() -> Iterator[TestStack]:
         if failed := routing_failures(test_stack.settings):
             pytest.fail(f"the router failed to route records: {failed}")
     finally:
+        _session_stack.clear()
         test_stack.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def services_end_with_their_module() -> Iterator[None]:
+    """No service a module started outlives it, whatever its fixtures did.
+
+    A module whose setup failed half-way once left a gateway and an event store running, and the
+    next modules' event-store tests met a second consumer of their records.
+    """
+    started_before = len(_session_stack[0].services) if _session_stack else 0
+    yield
+    if _session_stack:
+        _session_stack[0].stop_started_since(started_before)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
+import httpx
 import pytest
 
 from carebus.runtime.config import Settings
 from carebus_dev.stack.kafka import default_libs_dir, fetch_libs
-from carebus_dev.testing import free_ports, run_cli
+from carebus_dev.testing import TestStack, free_ports, run_cli
 
 
 @pytest.fixture
@@ -47,3 +49,28 @@ def cli_env() -> Iterator[dict[str, str]]:
     if location.exists():
         shutil.rmtree(location.read_text().strip(), ignore_errors=True)
     shutil.rmtree(state_dir.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def adapter_services(stack: TestStack) -> Iterator[None]:
+    """The adapters with what their translations reach: the gateway and the event store."""
+    with stack.running("gateway", "event_store", "adapters"):
+        yield
+
+
+@pytest.fixture
+async def adapters(stack: TestStack, adapter_services: None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the running adapters."""
+    settings = stack.settings
+    async with httpx.AsyncClient(
+        base_url=settings.service_url(settings.adapters_port), timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def db(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the database's owner, who reads every table."""
+    conn = await asyncpg.connect(stack.settings.postgres_dsn)
+    yield conn
+    await conn.close()

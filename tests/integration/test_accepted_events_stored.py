@@ -31,10 +31,8 @@ NON_ASCII_ID = "bolig-Æøå-🙂-0042"
 
 @pytest.fixture(scope="module")
 def services(stack: TestStack) -> Iterator[None]:
-    started = [stack.start_service(name) for name in ("gateway", "event_store")]
-    yield
-    for service in reversed(started):
-        service.stop()
+    with stack.running("gateway", "event_store"):
+        yield
 
 
 @pytest.fixture(scope="module")

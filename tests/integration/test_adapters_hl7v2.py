@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,7 @@ START, END = b"\x0b", b"\x1c\x0d"
 
 
 @pytest.fixture(scope="module")
-def services(stack: TestStack) -> Iterator[None]:
-    started = [stack.start_service(name) for name in ("gateway", "event_store", "adapters")]
-    yield
-    for service in reversed(started):
-        service.stop()
-
-
-@pytest.fixture(scope="module")
-async def token(stack: TestStack, services: None) -> str:
+async def token(stack: TestStack, adapter_services: None) -> str:
     conn = await asyncpg.connect(stack.settings.postgres_dsn)
     try:
         await add_organisation(
@@ -49,22 +40,6 @@ async def token(stack: TestStack, services: None) -> str:
         return await create_token(conn, agency="dps", org_id=DPS, role="system")
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def adapters(stack: TestStack) -> AsyncIterator[httpx.AsyncClient]:
-    settings = stack.settings
-    async with httpx.AsyncClient(
-        base_url=settings.service_url(settings.adapters_port), timeout=30
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-async def db(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.settings.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 def message(name: str, *, separator: bytes = b"\r", control_id: str | None = None) -> bytes:

@@ -3,7 +3,6 @@ out, and what they say in the event store as carebus events (docs/adapters.md)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,7 @@ APPREC_NS = {"a": plo.APPREC}
 
 
 @pytest.fixture(scope="module")
-def services(stack: TestStack) -> Iterator[None]:
-    started = [stack.start_service(name) for name in ("gateway", "event_store", "adapters")]
-    yield
-    for service in reversed(started):
-        service.stop()
-
-
-@pytest.fixture(scope="module")
-async def tokens(stack: TestStack, services: None) -> dict[str, str]:
+async def tokens(stack: TestStack, adapter_services: None) -> dict[str, str]:
     conn = await asyncpg.connect(stack.settings.postgres_dsn)
     try:
         for agency, org_id, her_id in (HOSPITAL, MUNICIPALITY):
@@ -53,22 +44,6 @@ async def tokens(stack: TestStack, services: None) -> dict[str, str]:
         }
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def adapters(stack: TestStack) -> AsyncIterator[httpx.AsyncClient]:
-    settings = stack.settings
-    async with httpx.AsyncClient(
-        base_url=settings.service_url(settings.adapters_port), timeout=30
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-async def db(stack: TestStack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.settings.postgres_dsn)
-    yield conn
-    await conn.close()
 
 
 async def send(

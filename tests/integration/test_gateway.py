@@ -6,7 +6,6 @@ import asyncio
 import copy
 import random
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from carebus.domain.events import rfc3339
 from carebus.domain.identity import random_nin, subject_key, validate_nin
 from carebus.wire import topics
 from carebus.wire.codec import Codec
-from carebus_dev.testing import TestStack, unsealed
+from carebus_dev.testing import TestStack, free_ports, unsealed
 
 pytestmark = pytest.mark.integration
 
@@ -339,7 +338,7 @@ async def test_idempotency_survives_a_restart(
         assert (
             await client.post("/v1/events", json=event, headers=auth(tokens["dps"]))
         ).status_code == 202
-    service = stack.start_service("gateway", port=_free_port())
+    service = stack.start_service("gateway", port=free_ports(1)[0])
     url = stack.settings.service_url(service.port)
     async with httpx.AsyncClient(base_url=url) as client:
         again = await client.post("/v1/events", json=event, headers=auth(tokens["dps"]))
@@ -352,12 +351,12 @@ async def test_broker_unavailable_is_503_with_retry_after(
     stack: TestStack, tokens: dict[str, str]
 ) -> None:
     """Without the broker's acknowledgement the answer is 503 with Retry-After; nothing recorded."""
-    port = _free_port()
+    port = free_ports(1)[0]
     service = stack.start_service(
         "gateway",
         port=port,
         env={
-            "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+            "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_ports(1)[0]}",
             "CAREBUS_PRODUCE_TIMEOUT_S": "1",
         },
         ready=False,  # it serves, but cannot be ready without its broker
@@ -403,9 +402,3 @@ def test_no_nin_in_gateway_logs(stack: TestStack, gateway: str) -> None:
     assert "events_accepted" in log_text
     candidates = re.findall(r"(?<![0-9A-Za-z])\d{11}(?![0-9A-Za-z])", log_text)
     assert [c for c in candidates if validate_nin(c) is None] == []
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -47,10 +47,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def services(stack: TestStack) -> Iterator[None]:
-    started = [stack.start_service(name) for name in SERVICES]
-    yield
-    for service in reversed(started):
-        service.stop()
+    with stack.running(*SERVICES):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from carebus.domain.identity import random_nin, subject_key, validate_nin
 from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus_dev.stack.devdata import OPERATOR_ORG
-from carebus_dev.testing import EventFactory, TestStack
+from carebus_dev.testing import EventFactory, TestStack, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -196,12 +195,6 @@ async def until(condition: Any, timeout_s: float = 20.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- consents ------------------------------------------------------------------------------
@@ -538,7 +531,7 @@ async def test_concurrent_changes_through_two_registries_stream_in_commit_order(
 ) -> None:
     """Changes for one person posted at once to two registry instances reach the stream once
     each, in the order their history rows were committed."""
-    second = stack.start_service("registry", name="registry-second", port=_free_port())
+    second = stack.start_service("registry", name="registry-second", port=free_ports(1)[0])
     nin = new_nin()
     key = key_of(stack, nin)
     await relate(registry, tokens, nin)
@@ -573,13 +566,13 @@ async def test_broker_unavailable_is_503_and_the_relay_publishes_later(
 ) -> None:
     """Without the broker's acknowledgement the answer is 503 with Retry-After; the change is
     committed, and a registry that can reach the broker publishes it."""
-    port = _free_port()
+    port = free_ports(1)[0]
     unreachable = stack.start_service(
         "registry",
         name="registry-no-broker",
         port=port,
         env={
-            "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}",
+            "CAREBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_ports(1)[0]}",
             "CAREBUS_PRODUCE_TIMEOUT_S": "1",
         },
         ready=False,  # it serves, but cannot be ready without its broker

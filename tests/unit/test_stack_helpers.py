@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -163,9 +164,24 @@ def test_a_stale_postmaster_pid_file_does_not_name_a_stranger(tmp_path: Path) ->
     assert not postgres.is_running()
 
 
-def test_free_ports_are_distinct() -> None:
+def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    """No outgoing connection can take a listener's port as its source port before it binds."""
     ports = free_ports(5)
     assert len(set(ports)) == 5
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(port < low for port in ports)
+
+
+def test_a_port_something_listens_on_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        monkeypatch.setattr(carebus_dev.testing, "_LISTENER_PORTS", range(taken, taken + 2))
+        monkeypatch.setattr(carebus_dev.testing, "_ephemeral_low", lambda: 65536)
+        assert free_ports(1) == [taken + 1]
+        with pytest.raises(carebus_dev.testing.StackError, match="only 1 of 2"):
+            free_ports(2)
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
