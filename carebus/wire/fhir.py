@@ -126,6 +126,8 @@ _CAREBUS_DESTINATIONS: Final = ("home", "municipal_housing", "institution", "hom
 
 # Deeper than any Encounter, Patient or Bundle a sender writes, and shallow enough that
 # fhir.resources' recursive validation never meets Python's recursion limit.
+# Condition.verificationStatus codes (condition-ver-status) that withdraw a diagnosis.
+_DISOWNED: Final = frozenset({"refuted", "entered-in-error"})
 MAX_DEPTH: Final = 64
 
 IssueType = Literal[
@@ -706,12 +708,26 @@ def _diagnosis_codes(encounter: _Located, resolver: _Resolver) -> tuple[list[str
     for reference in references:
         target = _string(reference, "reference")
         condition = resolver.resolve(target, encounter) if target is not None else None
-        if condition is not None and _type_of(condition.resource) == "Condition":
+        if (
+            condition is not None
+            and _type_of(condition.resource) == "Condition"
+            and not _disowned(condition.resource)
+        ):
             found = _icd10(condition.resource.get("code"))
             if found and not codes:
                 origin = f"{at}.diagnosis"
             codes += found
     return codes, origin
+
+
+def _disowned(condition: Mapping[str, Any]) -> bool:
+    """Whether the Condition's verificationStatus says it is not so: `refuted` (ruled out) or
+    `entered-in-error`. Such a diagnosis is no reason for the admission: a ruled-out overdose
+    must not tell the municipality the person overdosed."""
+    status = condition.get("verificationStatus")
+    if not isinstance(status, dict):
+        return False
+    return any(_string(coding, "code") in _DISOWNED for _, coding in _objects(status, "coding"))
 
 
 def _icd10(concept: object) -> list[str]:

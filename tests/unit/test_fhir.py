@@ -369,6 +369,49 @@ def test_reason_references_and_versioned_references_are_resolved() -> None:
     assert translate(bundle).events[0]["payload"]["reason"] == "withdrawal"
 
 
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ("confirmed", "overdose"),
+        ("provisional", "overdose"),
+        ("refuted", "unknown"),
+        ("entered-in-error", "unknown"),
+    ],
+)
+def test_a_ruled_out_diagnosis_is_no_reason_for_the_admission(status: str, reason: str) -> None:
+    """A Condition whose verificationStatus is refuted or entered-in-error does not make the
+    admission one after an overdose; any other status does."""
+    condition = {
+        "fullUrl": "urn:uuid:c",
+        "resource": {
+            "resourceType": "Condition",
+            "id": "c1",
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": status,
+                    }
+                ]
+            },
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "T40.1"}]},
+            "subject": {"reference": "urn:uuid:p"},
+        },
+    }
+    bundle = collection(
+        patient_entry("urn:uuid:p"),
+        condition,
+        encounter_entry(
+            "urn:uuid:e",
+            "urn:uuid:p",
+            "1",
+            reasonCode=None,
+            diagnosis=[{"condition": {"reference": "urn:uuid:c"}}],
+        ),
+    )
+    assert translate(bundle).events[0]["payload"]["reason"] == reason
+
+
 def test_a_subject_referencing_another_kind_of_resource_is_refused() -> None:
     """subject must be the Patient, not a Group or Condition."""
     bundle = collection(
