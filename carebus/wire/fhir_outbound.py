@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -169,20 +170,15 @@ def _encounter_of(
     return None
 
 
+@dataclass(frozen=True, slots=True)
 class _Parties:
-    """The sender and the recipient, and their Organization entries' URLs."""
+    """The organisation the event came from and the one the message goes to."""
 
-    def __init__(self, sender: Addressee, recipient: Addressee) -> None:
-        self.sender = sender
-        self.recipient = recipient
-        self.sender_url = _urn(_uuid(f"organization/{sender.org_id}"))
-        self.recipient_url = _urn(_uuid(f"organization/{recipient.org_id}"))
-
-    def reference(self, party: Addressee) -> dict[str, Any]:
-        url = self.sender_url if party is self.sender else self.recipient_url
-        return {"reference": url, "identifier": _enh(party.org_id), "display": party.name}
+    sender: Addressee
+    recipient: Addressee
 
     def municipality_number(self, org_id: str) -> str | None:
+        """The kommunenummer of `org_id` if it is one of the two and a municipality."""
         for party in (self.recipient, self.sender):
             if party.org_id == org_id and party.agency == "municipality":
                 return party.municipality_number
@@ -277,7 +273,7 @@ def _encounter(
         "identifier": identifiers,
         "status": status,
         "class": {"system": _ACT_CODE_SYSTEM, "code": class_code, "display": class_display},
-        "serviceProvider": parties.reference(parties.sender),
+        "serviceProvider": _reference(parties.sender),
     }
 
 
@@ -335,10 +331,10 @@ def _message_header(
             {
                 "name": recipient.name,
                 "endpoint": f"{_ENDPOINT}{recipient.org_id}",
-                "receiver": parties.reference(recipient),
+                "receiver": _reference(recipient),
             }
         ],
-        "sender": parties.reference(sender),
+        "sender": _reference(sender),
         "source": {"name": "carebus", "software": "carebus", "endpoint": _ENDPOINT + sender.org_id},
         "focus": [{"reference": encounter_url}],
     }
@@ -379,10 +375,20 @@ def _organization(party: Addressee) -> dict[str, Any]:
         identifiers.append({"system": HER_SYSTEM, "value": party.her_id})
     return {
         "resourceType": "Organization",
-        "id": _uuid(f"organization/{party.org_id}"),
+        "id": _organization_id(party.org_id),
         "identifier": identifiers,
         "name": party.name,
     }
+
+
+def _organization_id(org_id: str) -> str:
+    return _uuid(f"organization/{org_id}")
+
+
+def _reference(party: Addressee) -> dict[str, Any]:
+    """A reference to the party's Organization entry, with its organisation number."""
+    url = _urn(_organization_id(party.org_id))
+    return {"reference": url, "identifier": _enh(party.org_id), "display": party.name}
 
 
 def _nin(delivery: Mapping[str, Any]) -> str | None:
