@@ -127,8 +127,10 @@ def render(
     """The delivery as a FHIR R4 message Bundle (`application/fhir+json`), validated; None when
     FHIR has no message for it here (another event type, an emergency disclosure, a person
     erased since, a retraction of an event that had none)."""
-    nin = _nin(delivery)
-    if nin is None or delivery.get("emergency"):
+    subject = delivery.get("subject")
+    if not isinstance(subject, Mapping) or subject.get("nin") is None or delivery.get("erased"):
+        return None
+    if delivery.get("emergency"):
         # An emergency disclosure's justification and accountable person have no FHIR element;
         # carebus JSON carries them.
         return None
@@ -138,6 +140,7 @@ def render(
     encounter = _encounter_of(delivery, payload, parties)
     if encounter is None:
         return None
+    nin = _nin(subject["nin"])
     bundle = _bundle(delivery, nin, encounter, payload, parties, now)
     try:
         Bundle.model_validate(bundle)
@@ -391,12 +394,8 @@ def _reference(party: Addressee) -> dict[str, Any]:
     return {"reference": url, "identifier": _enh(party.org_id), "display": party.name}
 
 
-def _nin(delivery: Mapping[str, Any]) -> str | None:
-    """The person's nin, or None for a person erased since the event (`subject` null)."""
-    subject = delivery.get("subject")
-    nin = subject.get("nin") if isinstance(subject, Mapping) else None
-    if nin is None or delivery.get("erased"):
-        return None
+def _nin(nin: object) -> str:
+    """The opened nin of the delivery (its format only: the gateway validated it)."""
     if not isinstance(nin, str) or len(nin) != 11 or not nin.isascii() or not nin.isdigit():
         raise RenderError("subject.nin: must be 11 digits (a delivery of an opened subject)")
     return nin

@@ -480,6 +480,12 @@ def test_other_event_types_have_no_fhir_message(event_type: str, payload: dict[s
     assert render(delivery(event_type, payload), DPS, OSLO, NOW) is None
 
 
+def test_a_delivery_fhir_does_not_render_is_none_whatever_its_subject() -> None:
+    """What has no FHIR message is None before its subject is read: it goes as carebus JSON."""
+    police = delivery("police_callout", {"kind": "noise"}, nin="not a nin")
+    assert render(police, DPS, OSLO, NOW) is None
+
+
 def test_an_erased_persons_delivery_has_no_fhir_message() -> None:
     """A delivery of a person erased since (`subject` null, `erased`) is None."""
     assert render(delivery(nin=None, erased=True), DPS, OSLO, NOW) is None
