@@ -23,8 +23,9 @@ install: tools $(STAMP)
 # Java runs the local Kafka broker, Maven fetches its jars, docker-compose validates the
 # production stack description, chromium + chromium-driver run the browser test (tests/e2e)
 # offline, prometheus brings promtool, which checks and unit-tests the alerting rules
-# (infra/prometheus). Debian's packages, installed once; PostgreSQL is installed by
-# `carebus up` / the test stack when it is missing.
+# (infra/prometheus), nginx checks the TLS proxy's configuration (`nginx -t`), with its stream
+# module (MLLP over TLS), which Debian builds as a module of its own. Debian's packages, installed
+# once; PostgreSQL is installed by `carebus up` / the test stack when it is missing.
 tools:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
@@ -34,6 +35,7 @@ tools:
 	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -ne 0 ]; then \
 	    echo "needed: apt-get install -y --no-install-recommends$$missing (as root)" >&2; exit 1; \

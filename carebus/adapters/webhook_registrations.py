@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from carebus.domain.webhook_targets import TargetPolicy
 from carebus.runtime.config import LOCAL_WEBHOOK_SECRET_KEY, Settings, get_settings
+from carebus.wire.outbound import Format
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -40,19 +41,20 @@ _KEY_INFO: Final = b"carebus webhook secrets v1"
 _ANY_DEPLOYMENT: Final = TargetPolicy(allow_http=True, allow_private=True)
 
 _SET: Final = """
-    INSERT INTO webhooks (org_id, url, secret_sealed) VALUES ($1, $2, $3)
+    INSERT INTO webhooks (org_id, url, secret_sealed, format) VALUES ($1, $2, $3, $5)
     ON CONFLICT (org_id) DO UPDATE
         SET url = EXCLUDED.url, secret_sealed = EXCLUDED.secret_sealed,
+            format = EXCLUDED.format,
             previous_secret_sealed = webhooks.secret_sealed,
             previous_secret_until = now() + $4::interval,
             updated_at = now()
-    RETURNING org_id, url, secret_sealed, created_at, updated_at,
+    RETURNING org_id, url, format, secret_sealed, created_at, updated_at,
         CASE WHEN previous_secret_until > now() THEN previous_secret_sealed END AS previous_sealed,
         CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_until
 """
 # The previous secret only while its grace period lasts.
 _GET: Final = """
-    SELECT org_id, url, secret_sealed, created_at, updated_at,
+    SELECT org_id, url, format, secret_sealed, created_at, updated_at,
         CASE WHEN previous_secret_until > now() THEN previous_secret_sealed END AS previous_sealed,
         CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_until
     FROM webhooks WHERE org_id = $1
@@ -119,6 +121,7 @@ class Webhook:
     # The secret this one replaced, while its grace period lasts.
     previous_secret: str | None = field(default=None, repr=False)
     previous_until: datetime | None = None
+    format: Format = Format.CAREBUS
 
     @property
     def signing_secrets(self) -> tuple[str, ...]:
@@ -140,10 +143,15 @@ def new_secret() -> str:
 
 
 async def set_webhook(
-    conn: Connection, org_id: str, url: str, settings: Settings | None = None
+    conn: Connection,
+    org_id: str,
+    url: str,
+    settings: Settings | None = None,
+    format: Format = Format.CAREBUS,
 ) -> Webhook:
     """Register `url` for `org_id` with a new secret, replacing any earlier registration; the
-    secret it replaces keeps signing for `settings.webhook_secret_grace_s`.
+    secret it replaces keeps signing for `settings.webhook_secret_grace_s`. The deliveries go
+    in `format` (carebus.wire.outbound), from the next one sent, queued ones included.
 
     Raises ValueError for a URL the deployment refuses (`Settings.webhook_targets`), starting
     "url ", UnknownOrganisationError for an organisation that is not registered.
@@ -158,7 +166,8 @@ async def set_webhook(
         known = await conn.fetchval("SELECT 1 FROM organisations WHERE org_id = $1", org_id)
         if known is None:
             raise UnknownOrganisationError(f"organisation {org_id} is not registered")
-        row = await conn.fetchrow(_SET, org_id, url, box.seal(org_id, new_secret()), grace)
+        sealed = box.seal(org_id, new_secret())
+        row = await conn.fetchrow(_SET, org_id, url, sealed, grace, Format(format).value)
     assert row is not None
     return _webhook(box, row)
 
@@ -189,4 +198,5 @@ def _webhook(box: SecretBox, row: asyncpg.Record) -> Webhook:
         updated_at=row["updated_at"],
         previous_secret=None if previous is None else box.open(org_id, bytes(previous)),
         previous_until=row["previous_until"],
+        format=Format(row["format"]),
     )

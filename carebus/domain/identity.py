@@ -86,6 +86,11 @@ def validate_nin(nin: object, *, allow_synthetic: bool = False) -> str | None:
     return None
 
 
+def is_d_number(nin: str) -> bool:
+    """Whether a valid `nin` is a D-nummer (its day is 40 more than the birth day)."""
+    return nin[:1].isdigit() and int(nin[0:2]) > 40
+
+
 def subject_key(nin: str, secret: str | bytes) -> str:
     """The person's pseudonym inside the bus: HMAC-SHA256 of the nin under `secret`, hex."""
     key = secret.encode() if isinstance(secret, str) else secret

@@ -319,17 +319,29 @@ def webhook() -> None:
 @click.option(
     "--url", required=True, help="The https URL deliveries are POSTed to (http: local only)."
 )
-def webhook_set(org_id: str, url: str) -> None:
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["carebus", "plo", "fhir"]),
+    default="carebus",
+    show_default=True,
+    help="What the webhook receives: carebus JSON, PLO in MsgHead, or a FHIR message Bundle.",
+)
+def webhook_set(org_id: str, url: str, format_: str) -> None:
     """Register an organisation's webhook with a new signing secret and print the secret once;
     the secret it replaces keeps signing beside it for CAREBUS_WEBHOOK_SECRET_GRACE_S."""
     from carebus.adapters import webhook_registrations
+    from carebus.wire.outbound import Format
 
     settings = Settings()
 
     async def register() -> str:
         conn = await asyncpg.connect(settings.postgres_dsn)
         try:
-            return (await webhook_registrations.set_webhook(conn, org_id, url, settings)).secret
+            webhook = await webhook_registrations.set_webhook(
+                conn, org_id, url, settings, Format(format_)
+            )
+            return webhook.secret
         finally:
             await conn.close()
 

@@ -8,6 +8,7 @@ that carebus does not carry it, so the sender's system shows that it reached no 
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ PLO_NAMESPACES: Final = frozenset(
 # A PLO message is a few kilobytes; the largest real ones (with attachments) stay far below.
 MAX_BYTES: Final = 2 * 1024 * 1024
 _NS: Final = {"mh": MSGHEAD}
+# The element an XSD error names: "Element '{namespace}Name': ..."
+_XSD_ELEMENT: Final = re.compile(r"Element '(?:\{[^}]*\})?([A-Za-z0-9_.-]+)'")
 
 # KITH code lists: AppRec status (8258) and the general AppRec error codes (8221).
 STATUS_CODES: Final = "2.16.578.1.12.4.1.1.8258"
@@ -208,7 +211,7 @@ def read(body: bytes) -> PloMessage:
     content = _content(root)
     schema = message_schema()
     if not schema.validate(root):
-        raise PloRefusal(_schema_path(schema), "does not validate against the XSD", "T02")
+        raise PloRefusal(schema_error_path(schema), "does not validate against the XSD", "T02")
     return _message(root, content)
 
 
@@ -226,12 +229,16 @@ def _content(root: Any) -> Any:
     return content
 
 
-def _schema_path(schema: etree.XMLSchema) -> str:
-    """Where the first XSD error is, as an element path without positions or values."""
+def schema_error_path(schema: etree.XMLSchema) -> str:
+    """Where the last XSD error is, as an element path without positions or values: the path
+    lxml gives, its unnamed steps (`*`, in a foreign namespace) named from the error's text."""
     error = schema.error_log.last_error
     path = getattr(error, "path", None) or "/MsgHead"
     steps = [step.split("[", 1)[0].split(":")[-1] for step in str(path).split("/") if step]
-    return "/".join(steps) or "MsgHead"
+    named = _XSD_ELEMENT.search(getattr(error, "message", "") or "")
+    if named is not None and steps and steps[-1] == "*":
+        steps[-1] = named.group(1)
+    return "/".join(step for step in steps if step != "*") or "MsgHead"
 
 
 def _text(node: Any, path: str) -> str | None:

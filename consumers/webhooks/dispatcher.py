@@ -16,6 +16,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import httpx
@@ -28,10 +29,19 @@ from carebus.runtime import metrics
 from carebus.runtime.retry import RetryPolicy as OutagePolicy
 from carebus.runtime.retry import StopRequestedError
 from carebus.runtime.telemetry import get_logger
+from carebus.wire.outbound import RenderError
 from carebus.wire.topics import AGENCIES
 
 from .acknowledged import Acknowledged
-from .protocol import Attempt, Decision, Failure, RetryPolicy, Verdict, request_headers
+from .protocol import (
+    Attempt,
+    Decision,
+    Failure,
+    RetryPolicy,
+    Verdict,
+    rendered_body,
+    request_headers,
+)
 from .queue import Claim, WebhookQueue
 from .targets import RefusedTargetError
 
@@ -210,11 +220,24 @@ class Dispatcher:
         refused = self._targets.scheme_problem(url)
         if refused is not None:  # registered before https was required
             return Attempt.failed(Failure.REFUSED, refused)
-        headers = request_headers(claim.delivery_id, claim.body, secrets, int(self._clock()))
+        now = self._clock()
+        try:
+            rendered = rendered_body(
+                claim.body,
+                claim.format,
+                claim.sender,
+                claim.recipient,
+                datetime.fromtimestamp(now, UTC),
+            )
+        except RenderError as exc:  # a bug in carebus: dead-lettered with the reason, not sent
+            return Attempt.failed(Failure.UNRENDERABLE, f"not valid {claim.format}: {exc}")
+        headers = request_headers(
+            claim.delivery_id, rendered.body, secrets, int(now), rendered.content_type
+        )
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
-                request = self._client.stream("POST", url, content=claim.body, headers=headers)
+                request = self._client.stream("POST", url, content=rendered.body, headers=headers)
                 async with request as response:
                     attempt = Attempt.answered(
                         response.status_code, response.headers.get("content-type")

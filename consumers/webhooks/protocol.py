@@ -29,11 +29,14 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
 from carebus.adapters.deadletter import Reason
 from carebus.domain.deliveries import delivery_to_json
+from carebus.wire import plo_outbound
+from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format, Rendered, Renderer
 from carebus.wire.sealing import PREFIX, Keyring, open_body
 
 SIGNATURE_HEADER: Final = "X-Carebus-Signature"
@@ -121,12 +124,37 @@ def verify_signature(
     return False
 
 
+# The standard formats an organisation may choose for its webhook, and their renderers.
+RENDERERS: Final[Mapping[Format, Renderer]] = {Format.PLO: plo_outbound.render}
+
+
+def rendered_body(
+    body: bytes,
+    format: Format,
+    sender: Addressee | None,
+    recipient: Addressee | None,
+    now: datetime,
+) -> Rendered:
+    """The request body in the webhook's `format`: `body` (the opened delivery JSON) itself
+    for carebus JSON, for a delivery the format has no message for, and for a row queued before
+    its sender was recorded; raises RenderError when a message does not validate."""
+    renderer = RENDERERS.get(format)
+    if renderer is None or sender is None or recipient is None:
+        return Rendered(body, JSON_CONTENT_TYPE)
+    rendered = renderer(json.loads(body), sender, recipient, now)
+    return rendered if rendered is not None else Rendered(body, JSON_CONTENT_TYPE)
+
+
 def request_headers(
-    delivery_id: str, body: bytes, secrets: Iterable[str], timestamp: int
+    delivery_id: str,
+    body: bytes,
+    secrets: Iterable[str],
+    timestamp: int,
+    content_type: str = JSON_CONTENT_TYPE,
 ) -> dict[str, str]:
     """Every header of a webhook request, signed at `timestamp` (unix seconds)."""
     return {
-        "Content-Type": "application/json",
+        "Content-Type": content_type,
         IDEMPOTENCY_HEADER: delivery_id,
         SIGNATURE_HEADER: signature(body, secrets, timestamp),
         "User-Agent": USER_AGENT,
@@ -140,6 +168,9 @@ class Failure(StrEnum):
     CONNECTION = "connection"
     # Refused by carebus before connecting (consumers.webhooks.targets); never retried.
     REFUSED = "refused"
+    # The delivery did not render as a valid message of the webhook's format (a carebus bug,
+    # carebus.wire.outbound.RenderError); never sent, never retried.
+    UNRENDERABLE = "unrenderable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +201,8 @@ class Attempt:
             return "timeout"
         if self.failure is Failure.REFUSED:
             return f"target refused: {self.error or 'not allowed'}"
+        if self.failure is Failure.UNRENDERABLE:
+            return f"not rendered: {self.error or 'invalid'}"
         return f"connection error ({self.error or 'unknown'})"
 
 
@@ -241,6 +274,12 @@ class RetryPolicy:
                     f"{attempt.describe()} at attempt {attempts}; nothing was sent "
                     "(docs/security.md, control 4b)"
                 ),
+            )
+        if attempt.failure is Failure.UNRENDERABLE:
+            return Decision(
+                Verdict.DEAD,
+                reason=Reason.INVALID_RECORD,
+                detail=f"{attempt.describe()} at attempt {attempts}; nothing was sent",
             )
         if elapsed_s >= self.retry_for_s:
             return Decision(

@@ -40,6 +40,7 @@ from carebus.adapters.webhook_registrations import SecretBox
 from carebus.domain.records import DELIVERY
 from carebus.runtime import metrics
 from carebus.wire.codec import Decoded
+from carebus.wire.outbound import Addressee, Format
 from carebus.wire.sealing import PREFIX, KeyWrap
 
 from .protocol import opened_body, webhook_body
@@ -62,15 +63,18 @@ _BUSY_LINES: Final = """
 _ENQUEUE: Final = """
     INSERT INTO webhook_queue (
         delivery_id, org_id, agency, subject_key, body,
-        source_topic, source_partition, source_offset, source_value, next_attempt_at)
+        source_topic, source_partition, source_offset, source_value,
+        source_org_id, source_agency, next_attempt_at)
     SELECT d.delivery_id, d.org_id, d.agency, d.subject_key, d.body,
         d.source_topic, d.source_partition, d.source_offset, d.source_value,
+        d.source_org_id, d.source_agency,
         CASE WHEN d.head THEN now() ELSE 'infinity'::timestamptz END
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                $6::text[], $7::integer[], $8::bigint[], $9::bytea[], $10::boolean[])
+                $6::text[], $7::integer[], $8::bigint[], $9::bytea[],
+                $10::text[], $11::text[], $12::boolean[])
         WITH ORDINALITY AS d(delivery_id, org_id, agency, subject_key, body,
                              source_topic, source_partition, source_offset, source_value,
-                             head, ord)
+                             source_org_id, source_agency, head, ord)
     ORDER BY d.ord
     ON CONFLICT (delivery_id) DO NOTHING
 """
@@ -94,13 +98,17 @@ _CLAIM: Final = """
             next_attempt_at = now() + $2::interval
         FROM heads WHERE q.seq = heads.seq
         RETURNING q.seq, q.delivery_id, q.org_id, q.agency, q.subject_key, q.body,
-            q.attempts, q.first_attempt_at
+            q.attempts, q.first_attempt_at, q.source_org_id, q.source_agency
     )
     SELECT c.*, extract(epoch FROM now() - c.first_attempt_at)::float8 AS elapsed_s,
-        w.url, w.secret_sealed,
+        w.url, w.secret_sealed, w.format,
         CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_sealed END
-            AS previous_sealed
+            AS previous_sealed,
+        so.name AS source_name, so.her_id AS source_her_id,
+        ro.name AS recipient_name, ro.her_id AS recipient_her_id
     FROM claimed c LEFT JOIN webhooks w ON w.org_id = c.org_id
+        LEFT JOIN organisations so ON so.org_id = c.source_org_id
+        LEFT JOIN organisations ro ON ro.org_id = c.org_id
     ORDER BY c.seq
 """
 _NEXT_DUE: Final = """
@@ -181,6 +189,8 @@ class QueueWriter:
             message.partition(),
             message.offset(),
             message.value(),
+            record["source"]["org_id"],
+            record["source"]["agency"],
         )
 
     async def write(self, conn: Connection, rows: Sequence[Row]) -> None:
@@ -229,6 +239,10 @@ class Claim:
     # Every secret that signs now: the current one, and the previous one during its grace
     # period (so a receiver still on the old secret verifies); empty when url is None.
     secrets: tuple[str, ...] = field(repr=False)
+    format: Format = Format.CAREBUS
+    # The parties a standard format names (None: queued before carebus knew the sender).
+    sender: Addressee | None = None
+    recipient: Addressee | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +370,16 @@ def _claim(row: Any, secrets: tuple[str, ...], body: bytes) -> Claim:
         elapsed_s=float(row["elapsed_s"]),
         url=row["url"],
         secrets=secrets,
+        format=Format(row["format"] or Format.CAREBUS),
+        sender=_addressee(row["source_org_id"], row["source_agency"], row, "source"),
+        recipient=_addressee(row["org_id"], row["agency"], row, "recipient"),
     )
+
+
+def _addressee(org_id: str | None, agency: str | None, row: Any, role: str) -> Addressee | None:
+    if org_id is None or agency is None:
+        return None
+    return Addressee(org_id, agency, row[f"{role}_name"] or "", row[f"{role}_her_id"])
 
 
 def _count(status: str) -> int:

@@ -35,6 +35,7 @@ from carebus.domain.events import ORG_ID_PROBLEM, rfc3339
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.codec import Codec
+from carebus.wire.outbound import Format
 from carebus.wire.policy_files import load_authority
 from carebus.wire.requests import RequestBody, parse, request_body
 from services.registry import erasure
@@ -134,6 +135,7 @@ class CareTeamChangeRecorded(BaseModel):
 class WebhookRegistered(BaseModel):
     org_id: str
     url: str
+    format: Format
     secret: str = Field(
         description="Signs every delivery (X-Carebus-Signature); shown once. The secret it"
         " replaces keeps signing beside it for the grace period (CAREBUS_WEBHOOK_SECRET_GRACE_S)."
@@ -143,6 +145,7 @@ class WebhookRegistered(BaseModel):
 class WebhookShown(BaseModel):
     org_id: str
     url: str
+    format: Format
     created_at: str
     updated_at: str
     previous_secret_valid_until: str | None = Field(
@@ -483,7 +486,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
-                webhook = await webhook_registrations.set_webhook(conn, org_id, body.url, settings)
+                webhook = await webhook_registrations.set_webhook(
+                    conn, org_id, body.url, settings, Format(body.format)
+                )
             except webhook_registrations.UnknownOrganisationError as error:
                 raise ApiError(
                     422, str(error), [("org_id", "is not a registered organisation")]
@@ -494,7 +499,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         log.info("webhook_registered", org_id=org_id, by_org=principal.org_id)
         operator: OperatorActions = request.app.state.operator
         await operator.touched(principal, "webhook_registered", org_id)
-        return WebhookRegistered(org_id=webhook.org_id, url=webhook.url, secret=webhook.secret)
+        return WebhookRegistered(
+            org_id=webhook.org_id, url=webhook.url, format=webhook.format, secret=webhook.secret
+        )
 
     @app.get("/v1/webhooks", response_model=WebhookShown, responses=error_responses(404))
     async def get_webhook(
@@ -513,6 +520,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return WebhookShown(
             org_id=webhook.org_id,
             url=webhook.url,
+            format=webhook.format,
             created_at=rfc3339(webhook.created_at),
             updated_at=rfc3339(webhook.updated_at),
             previous_secret_valid_until=rfc3339(previous_until) if previous_until else None,

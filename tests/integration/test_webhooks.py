@@ -28,8 +28,9 @@ from carebus.adapters.webhook_registrations import SecretBox, get_webhook, set_w
 from carebus.domain.deliveries import delivery_id, delivery_to_json
 from carebus.domain.identity import random_nin, subject_key
 from carebus.runtime.config import local_password_file
-from carebus.wire import topics
+from carebus.wire import plo, topics
 from carebus.wire.codec import Codec
+from carebus.wire.outbound import Format
 from carebus.wire.sealing import KeyWrap
 from carebus_dev.stack.postgres import login_role
 from carebus_dev.testing import ServiceProcess, TestStack, free_ports
@@ -326,6 +327,42 @@ async def test_deliveries_are_posted_signed_with_idempotency_key(
         assert json.loads(request.body) == expected
         assert request.body == json.dumps(expected, separators=(",", ":")).encode()
     await wait_until_statuses(db, org_id, {r["delivery_id"] for r in records}, "delivered")
+
+
+async def test_a_plo_webhook_gets_plo_messages_and_json_for_what_plo_cannot_say(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A municipality that chose PLO receives the discharge as a PLO message in MsgHead, valid
+    against the XSDs, naming the DPS as sender; a police callout, which PLO has no message for,
+    arrives as carebus JSON; both signed over the bytes sent."""
+    org_id = new_org_id()
+    await ensure_organisation(db, agency="municipality", org_id=org_id)
+    await ensure_organisation(db, agency="dps", org_id="974705788")
+    webhook = await set_webhook(db, org_id, receiver.url(org_id), stack.settings, Format.PLO)
+    who = person(stack)
+    discharge = delivery(org_id, who)
+    callout = {
+        **delivery(org_id, who),
+        "event_type": "police_callout",
+        "payload_json": json.dumps({"kind": "welfare_check"}),
+    }
+    callout["delivery_id"] = delivery_id("974705788", callout["event_id"], org_id)
+    produce_deliveries(stack, [discharge, callout])
+
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= 2)
+    first, second = receiver.delivered(org_id)
+    assert first.delivery_id == discharge["delivery_id"]
+    assert first.headers["Content-Type"] == "application/xml"
+    message = plo.read(first.body)
+    assert message.msg_type == "LOG_UTSKREVET"
+    assert message.msg_id == discharge["delivery_id"]
+    assert message.nin == who.nin
+    assert ("ENH", "974705788") in message.sender.idents
+    assert ("ENH", org_id) in message.receiver.idents
+    assert second.headers["Content-Type"] == "application/json"
+    assert json.loads(second.body)["event_type"] == "police_callout"
+    assert signed(first, webhook.secret)
+    assert signed(second, webhook.secret)
 
 
 async def wait_until_statuses(
@@ -677,7 +714,12 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
             ]
             missing = await client.get("/v1/webhooks")
             first = await client.put("/v1/webhooks", json={"url": "https://nav.example/hook"})
-            second = await client.put("/v1/webhooks", json={"url": "https://nav.example/hook"})
+            unknown = await client.put(
+                "/v1/webhooks", json={"url": "https://nav.example/hook", "format": "edifact"}
+            )
+            second = await client.put(
+                "/v1/webhooks", json={"url": "https://nav.example/hook", "format": "fhir"}
+            )
             shown = await client.get("/v1/webhooks")
     finally:
         registry.stop()
@@ -686,6 +728,10 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
         assert [d["field"] for d in response.json()["error"]["details"]] == ["url"]
     assert missing.status_code == 404
     assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.json()["format"], second.json()["format"]) == ("carebus", "fhir")
+    assert unknown.status_code == 422, unknown.text
+    assert [d["field"] for d in unknown.json()["error"]["details"]] == ["format"]
+    assert shown.json()["format"] == "fhir"
     assert shown.json()["previous_secret_valid_until"] is not None
     staging = stack.settings.model_copy(
         update={"webhook_secret_key": SecretStr(STAGING_WEBHOOK_KEY)}

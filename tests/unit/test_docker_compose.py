@@ -97,9 +97,10 @@ DEPLOYABLES = HTTP_SERVICES | WORKERS
 SETUP_SERVICES = ("migrate", "topics")
 # The three KRaft nodes (broker + controller each); every client bootstraps from all of them.
 KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
-# Served to the outside by the TLS proxy, each under its own host name; the proxy is the only
-# service that publishes a port beyond the host's loopback address.
-PUBLIC_SERVICES = {*HTTP_SERVICES, "grafana"}
+# Served to the outside by the TLS proxy, each under its own host name (the adapters' MLLP
+# listener on the proxy's port 2575 too); the proxy is the only service that publishes a port
+# beyond the host's loopback address.
+PUBLIC_SERVICES = {*HTTP_SERVICES, "adapters", "grafana"}
 PROXY = "proxy"
 
 
@@ -431,10 +432,11 @@ def test_carebus_configuration_is_only_carebus_env(services: dict[str, dict[str,
 
 
 def test_only_the_tls_proxy_is_published(services: dict[str, dict[str, Any]]) -> None:
-    """Nothing speaks plain HTTP to the outside: the proxy alone publishes ports, 443 and the
-    80 that only sends browsers to https; Prometheus is bound to the loopback address; every
-    other service, the APIs and Grafana included, is reachable on the compose network only."""
-    assert _published_ports(services[PROXY]) == ["443:443", "80:80"]
+    """Nothing speaks plain HTTP or MLLP to the outside: the proxy alone publishes ports, 443,
+    2575 (HL7 v2 over MLLP with TLS) and the 80 that only sends browsers to https; Prometheus is
+    bound to the loopback address; every other service, the APIs, the adapters and Grafana
+    included, is reachable on the compose network only."""
+    assert _published_ports(services[PROXY]) == ["443:443", "80:80", "2575:2575"]
     assert _published_ports(services["prometheus"]) == ["127.0.0.1:9090:9090"]
     for name, service in services.items():
         if name not in {PROXY, "prometheus"}:
@@ -452,6 +454,24 @@ def test_http_services_expose_the_port_they_listen_on(
         assert [str(exposed) for exposed in service["expose"]] == [port], name
         assert f"127.0.0.1:{port}/healthz" in " ".join(service["healthcheck"]["test"]), name
     assert [str(exposed) for exposed in services["grafana"]["expose"]] == ["3000"]
+
+
+def test_the_adapters_expose_their_http_and_mllp_ports_to_the_proxy_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The adapters expose the HTTP and MLLP ports their settings make them listen on, which
+    the proxy passes to (infra/proxy: https://<CAREBUS_ADAPTERS_HOST>/ and MLLP over TLS on
+    2575), are health-checked on the first, and publish nothing themselves."""
+    adapters = services["adapters"]
+    environment = adapters["environment"]
+    ports = [environment["CAREBUS_ADAPTERS_PORT"], environment["CAREBUS_MLLP_PORT"]]
+    assert [str(exposed) for exposed in adapters["expose"]] == ports
+    assert f"127.0.0.1:{ports[0]}/healthz" in " ".join(adapters["healthcheck"]["test"])
+    assert not _published_ports(adapters)
+    proxy = (PROJECT_ROOT / "infra" / "proxy").glob("**/*.conf*")
+    text = "".join(path.read_text(encoding="utf-8") for path in proxy)
+    assert f"http://adapters:{ports[0]};" in text
+    assert f"adapters:{ports[1]};" in text
 
 
 def test_the_proxy_serves_each_public_service_under_its_own_host_name(

@@ -1,4 +1,5 @@
-"""The TLS proxy in front of the public APIs: infra/proxy/nginx.conf and its server template."""
+"""The TLS proxy in front of the public APIs and the adapters' MLLP listener: infra/proxy/nginx.conf
+and its server template."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from starlette.routing import Route
 
+from carebus.adapters.http import BodyLimits
 from carebus.runtime.config import Settings
 from carebus_dev.stack.kafka_pki import LocalPki
+from services.adapters.app import build_app as build_adapters_app
 from services.inbox.app import KEEPALIVE_S
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -27,15 +31,19 @@ UPSTREAMS = {
     "registry": "http://registry:18081",
     "audit": "http://audit:18082",
     "inbox": "http://inbox:18083",
+    "adapters": "http://adapters:18085",
     "grafana": "http://grafana:3000",
 }
+# The carebus APIs among them (Grafana is not carebus's).
+API_SERVICES = ("gateway", "registry", "audit", "inbox", "adapters")
 # Where people sign in: unauthenticated, and each /login stores a sign-in row.
 SIGN_IN_PATHS = {
     "inbox": ["/login", "/callback"],
     "audit": ["/login", "/callback", "/patient/login", "/patient/callback"],
 }
 STREAM_PATH = "/v1/alerts/stream"  # the inbox's live alert stream (services/inbox/app.py)
-BATCH_PATH = "/v1/events:batch"  # the one route with the larger body limit
+BATCH_PATH = "/v1/events:batch"  # the gateway's one route with a larger body limit
+MLLP_PORT = "2575"  # HL7's registered port: MLLP over TLS to the adapters
 
 
 class Directive(NamedTuple):
@@ -90,14 +98,27 @@ def http() -> list[Directive]:
 
 
 @pytest.fixture(scope="module")
+def stream() -> list[Directive]:
+    [directive] = find(parse(MAIN_FILE.read_text(encoding="utf-8")), "stream")
+    assert directive.block is not None
+    return directive.block
+
+
+@pytest.fixture(scope="module")
 def servers() -> list[Directive]:
     return find(parse(TEMPLATE_FILE.read_text(encoding="utf-8")), "server")
 
 
 @pytest.fixture(scope="module")
-def proxy_environment() -> dict[str, str]:
+def compose_services() -> dict[str, dict[str, Any]]:
     compose: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    environment: dict[str, str] = compose["services"]["proxy"]["environment"]
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def proxy_environment(compose_services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    environment: dict[str, str] = compose_services["proxy"]["environment"]
     return environment
 
 
@@ -114,6 +135,22 @@ def _tls_server(servers: list[Directive], service: str) -> Directive:
 def _location(server: Directive, *match: str) -> Directive:
     [location] = [found for found in find(server.block, "location") if found.args == list(match)]
     return location
+
+
+def _matching_location(server: Directive, path: str) -> Directive | None:
+    """The location nginx picks for `path` in `server`: an exact match, else the longest prefix
+    (the template has no regular-expression locations)."""
+    locations = find(server.block, "location")
+    assert all(location.args[0] == "=" or len(location.args) == 1 for location in locations)
+    for location in locations:
+        if location.args == ["=", path]:
+            return location
+    prefixes = [
+        location
+        for location in locations
+        if len(location.args) == 1 and path.startswith(location.args[0])
+    ]
+    return max(prefixes, key=lambda location: len(location.args[0]), default=None)
 
 
 def _bytes(size: str) -> int:
@@ -182,6 +219,110 @@ def test_tls_is_1_2_or_later_with_the_certificate_from_files(http: list[Directiv
     assert one(http, "ssl_certificate_key") == ["/run/secrets/proxy_tls_key"]
 
 
+# The TLS profile, shared by the http level and the MLLP stream.
+TLS_PROFILE = (
+    "ssl_protocols",
+    "ssl_ciphers",
+    "ssl_prefer_server_ciphers",
+    "ssl_session_timeout",
+    "ssl_session_tickets",
+    "ssl_certificate",
+    "ssl_certificate_key",
+)
+# What the MLLP access log may say about a connection: never a byte of what it carried.
+MLLP_LOG_VARIABLES = {
+    "time_iso8601",
+    "remote_addr",
+    "ssl_protocol",
+    "status",
+    "bytes_received",
+    "bytes_sent",
+    "session_time",
+}
+
+
+def _mllp_server(stream: list[Directive]) -> Directive:
+    [server] = find(stream, "server")
+    return server
+
+
+def _seconds(duration: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return int(duration[:-1]) * units[duration[-1]]
+
+
+def test_mllp_is_served_over_tls_like_the_apis(
+    http: list[Directive], stream: list[Directive]
+) -> None:
+    """HL7 v2 over MLLP is TLS on HL7's registered port, with the http level's profile and
+    certificate (TLS 1.2/1.3, the same ciphers, no session tickets), and a bounded handshake;
+    nothing in the stream's server changes them."""
+    server = _mllp_server(stream)
+    assert one(server.block, "listen") == [MLLP_PORT, "ssl"]
+    for name in TLS_PROFILE:
+        assert one(stream, name) == one(http, name), name
+    assert one(stream, "ssl_certificate") == ["/run/secrets/proxy_tls_cert"]
+    assert one(stream, "ssl_session_tickets") == ["off"]
+    assert _seconds(one(stream, "ssl_handshake_timeout")[0]) <= 10
+    assert not [d for d in server.block or [] if d.name.startswith("ssl_")]
+
+
+def test_mllp_passes_to_the_adapters_listener_looked_up_per_connection(
+    http: list[Directive],
+    stream: list[Directive],
+    compose_services: dict[str, dict[str, Any]],
+) -> None:
+    """The stream passes each connection to the adapters' MLLP port on the compose network,
+    through a variable (a map: stream has no `set` before nginx 1.19.3), so Docker's DNS is
+    asked per connection and the proxy starts without the adapters."""
+    server = _mllp_server(stream)
+    [variable] = one(server.block, "proxy_pass")
+    [upstream_map] = [d for d in find(stream, "map") if d.args[1] == variable]
+    assert variable.startswith("$")
+    adapters = compose_services["adapters"]
+    port = adapters["environment"]["CAREBUS_MLLP_PORT"]
+    assert one(upstream_map.block, "default") == [f"adapters:{port}"]
+    assert len(upstream_map.block or []) == 1
+    assert port in [str(exposed) for exposed in adapters["expose"]]
+    assert port == str(Settings.model_fields["mllp_port"].default)
+    assert one(stream, "resolver") == one(http, "resolver")
+    assert one(stream, "resolver_timeout") == one(http, "resolver_timeout")
+
+
+def test_mllp_connections_end_when_the_adapters_would_end_them(stream: list[Directive]) -> None:
+    """An MLLP connection stays open while it is used, and the proxy gives up on a silent one
+    exactly when the adapters do (CAREBUS_MLLP_IDLE_TIMEOUT_S), not sooner; a connection to
+    an adapters container that does not answer fails within seconds."""
+    server = _mllp_server(stream)
+    idle = Settings.model_fields["mllp_idle_timeout_s"].default
+    assert _seconds(one(server.block, "proxy_timeout")[0]) == idle
+    assert _seconds(one(server.block, "proxy_connect_timeout")[0]) <= 10
+
+
+def test_mllp_connections_are_limited_per_client_address(stream: list[Directive]) -> None:
+    """One client address holds a few MLLP connections at most, fewer than the adapters allow
+    in all (every connection reaches them from the proxy's address), so no sender can take
+    every connection from the others."""
+    server = _mllp_server(stream)
+    [zone] = find(stream, "limit_conn_zone")
+    assert zone.args[0] == "$binary_remote_addr"
+    name = zone.args[1].removeprefix("zone=").split(":")[0]
+    limit_zone, limit = one(server.block, "limit_conn")
+    assert limit_zone == name
+    assert 1 <= int(limit) < Settings.model_fields["mllp_max_connections"].default
+
+
+def test_mllp_access_log_is_json_without_a_byte_of_the_messages(stream: list[Directive]) -> None:
+    """Each MLLP connection is logged as JSON with the client's address, the TLS version, the
+    outcome, the byte counts and the duration: never what was sent (MSH-8 carries the sender's
+    token, the segments a person's nin)."""
+    [log_format] = find(stream, "log_format")
+    name, escape, *parts = log_format.args
+    assert escape == "escape=json"
+    assert one(stream, "access_log") == ["/dev/stdout", name]
+    assert set(re.findall(r"\$(\w+)", "".join(parts))) == MLLP_LOG_VARIABLES
+
+
 def test_every_response_has_hsts_and_no_server_version(
     http: list[Directive], servers: list[Directive]
 ) -> None:
@@ -192,23 +333,58 @@ def test_every_response_has_hsts_and_no_server_version(
     assert "add_header" not in TEMPLATE_FILE.read_text(encoding="utf-8")
 
 
+# The adapters' message routes (services/adapters/app.py) and the locations that carry them.
+ADAPTER_MESSAGE_PATHS = {"/v1/adapters/plo", "/v1/adapters/hl7v2", "/fhir", "/fhir/Encounter"}
+ADAPTER_MESSAGE_LOCATIONS = [["=", "/v1/adapters/plo"], ["=", "/v1/adapters/hl7v2"], ["/fhir"]]
+
+
 def test_body_limits_are_carebus_settings(http: list[Directive], servers: list[Directive]) -> None:
     """The proxy refuses bodies past carebus's own limits: 64 KiB everywhere, the batch limit
-    on the gateway's batch route only (Grafana, not carebus, takes larger dashboards)."""
+    on the gateway's batch route only, the message limit on the adapters' message routes only
+    (Grafana, not carebus, takes larger dashboards)."""
     fields = Settings.model_fields
     assert _bytes(one(http, "client_max_body_size")[0]) == fields["http_max_body_bytes"].default
     batch = _location(_tls_server(servers, "gateway"), "=", BATCH_PATH)
     assert _bytes(one(batch.block, "client_max_body_size")[0]) == (
         fields["http_max_batch_body_bytes"].default
     )
-    for service in ("gateway", "registry", "audit", "inbox"):
+    raised_by_service = {"gateway": [["=", BATCH_PATH]], "adapters": ADAPTER_MESSAGE_LOCATIONS}
+    for service in API_SERVICES:
         server = _tls_server(servers, service)
         raised = [
             location.args
             for location in find(server.block, "location")
             if find(location.block, "client_max_body_size")
         ]
-        assert raised == ([["=", BATCH_PATH]] if service == "gateway" else []), service
+        assert raised == raised_by_service.get(service, []), service
+
+
+def test_each_adapters_route_is_allowed_the_body_the_adapters_take(
+    http: list[Directive], servers: list[Directive]
+) -> None:
+    """Every route of the adapters app gets at the proxy the body limit the adapters apply to
+    it (carebus.adapters.http.BodyLimits): 2 MiB on the message routes, 64 KiB elsewhere; a
+    FHIR route added later falls under the /fhir prefix, where the adapters may hold it lower
+    themselves."""
+    settings = Settings()
+    limits = BodyLimits.of(settings)
+    paths = {
+        route.path for route in build_adapters_app(settings).routes if isinstance(route, Route)
+    }
+    assert {path for path in paths if limits.of_path(path) != limits.default} == (
+        ADAPTER_MESSAGE_PATHS
+    )
+    assert limits.of_path("/fhir") == settings.http_max_message_body_bytes
+    default = _bytes(one(http, "client_max_body_size")[0])
+    server = _tls_server(servers, "adapters")
+    for path in sorted(paths - {"/metrics"}):  # never through the proxy (404)
+        location = _matching_location(server, path)
+        assert location is not None, path
+        assert one(location.block, "proxy_pass") == ["$service"], path
+        raised = find(location.block, "client_max_body_size")
+        allowed = _bytes(raised[0].args[0]) if raised else default
+        if path in ADAPTER_MESSAGE_PATHS or not path.startswith("/fhir"):
+            assert allowed == limits.of_path(path), path
 
 
 def test_timeouts_are_bounded(http: list[Directive]) -> None:
@@ -331,7 +507,7 @@ def test_the_inbox_live_stream_passes_unbuffered(servers: list[Directive]) -> No
 
 def test_metrics_are_not_served_through_the_proxy(servers: list[Directive]) -> None:
     """/metrics stays on the internal port: the proxy answers 404 for it on every API host."""
-    for service in ("gateway", "registry", "audit", "inbox"):
+    for service in API_SERVICES:
         metrics = _location(_tls_server(servers, service), "=", "/metrics")
         assert one(metrics.block, "return") == ["404"], service
 
@@ -348,9 +524,29 @@ def _nginx() -> str:
     return binary
 
 
+def _load_stream_module(binary: str) -> str:
+    """The `load_module` line the local nginx needs before a `stream` block: Debian's builds the
+    stream module as a dynamic one (libnginx-mod-stream); the image's has it built in, so the
+    repository's nginx.conf loads nothing."""
+    built = subprocess.run(
+        [binary, "-V"], capture_output=True, text=True, timeout=30, check=True
+    ).stderr
+    if "--with-stream=dynamic" not in built:
+        return ""
+    found = re.search(r"--modules-path=(\S+)", built)
+    module = Path(found.group(1) if found else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
+    if not module.exists():
+        pytest.fail(
+            f"this nginx builds its stream module as {module}, which is missing; install "
+            "Debian's libnginx-mod-stream package (`make install` does)"
+        )
+    return f"load_module {module};\n"
+
+
 def test_nginx_accepts_the_configuration(tmp_path: Path, proxy_environment: dict[str, str]) -> None:
     """`nginx -t` passes on the configuration as the image renders it: the template filled in
-    with compose's default host names, a real certificate and key, local paths."""
+    with compose's default host names, a real certificate and key, local paths, the MLLP stream
+    included (its upstream, looked up per connection, need not resolve here)."""
     pki = LocalPki(tmp_path / "pki")
     pki.ensure()
     rendered = TEMPLATE_FILE.read_text(encoding="utf-8")
@@ -368,9 +564,10 @@ def test_nginx_accepts_the_configuration(tmp_path: Path, proxy_environment: dict
         .replace("/run/secrets/proxy_tls_cert", str(pki.broker_file))
         .replace("/run/secrets/proxy_tls_key", str(pki.broker_file))
     )
-    (tmp_path / "nginx.conf").write_text(main, encoding="utf-8")
+    binary = _nginx()
+    (tmp_path / "nginx.conf").write_text(_load_stream_module(binary) + main, encoding="utf-8")
     result = subprocess.run(
-        [_nginx(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        [binary, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
         capture_output=True,
         text=True,
         timeout=60,

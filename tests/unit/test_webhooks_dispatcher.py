@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,10 @@ from prometheus_client import REGISTRY
 from carebus.adapters.deadletter import DeadLetterPolicy
 from carebus.adapters.sink import sink_retry
 from carebus.domain.webhook_targets import TargetPolicy
+from carebus.wire import plo
 from carebus.wire.codec import Codec
+from carebus.wire.outbound import Addressee, Format, RenderError
+from consumers.webhooks import protocol
 from consumers.webhooks.dispatcher import NAME as WEBHOOKS_NAME
 from consumers.webhooks.dispatcher import Dispatcher
 from consumers.webhooks.protocol import RetryPolicy, signature, verify_signature
@@ -27,6 +31,15 @@ CODEC = Codec.default()
 SECRET = "webhook-secret"
 NOW = 1764979200.0  # the dispatcher's clock in these tests (unix seconds)
 LOCAL = TargetPolicy(allow_http=True, allow_private=True)
+OUTBOUND: dict[str, Any] = {
+    "event_id": "dps-1",
+    "event_type": "admission",
+    "occurred_at": "2026-12-07T08:15:00Z",
+    "subject": {"nin": "15076500565"},
+    "basis": "consent",
+    "categories": [],
+    "payload": {"home_municipality_org": "940493021"},
+}
 
 
 @dataclass
@@ -51,9 +64,12 @@ class FakeQueue:
     rows: list[Row] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     lease_s: float | None = None  # instead of the dispatcher's (0: due again at once)
+    format: Format = Format.CAREBUS
+    sender: Addressee | None = None
+    recipient: Addressee | None = None
 
-    def add(self, delivery_id: str, subject_key: str = "a" * 64) -> None:
-        body = f'{{"delivery_id":"{delivery_id}"}}'.encode()
+    def add(self, delivery_id: str, subject_key: str = "a" * 64, body: bytes | None = None) -> None:
+        body = body or f'{{"delivery_id":"{delivery_id}"}}'.encode()
         self.rows.append(Row(len(self.rows) + 1, delivery_id, subject_key, body))
 
     def _heads(self) -> list[Row]:
@@ -88,6 +104,9 @@ class FakeQueue:
                     elapsed_s=now - row.first_at,
                     url=self.url,
                     secrets=self.secrets if self.url else (),
+                    format=self.format,
+                    sender=self.sender,
+                    recipient=self.recipient,
                 )
             )
         return claims
@@ -264,6 +283,65 @@ async def test_posts_signed_json_with_idempotency_key() -> None:
         expected = signature(request.content, [SECRET], int(NOW))
         assert request.headers["X-Carebus-Signature"] == expected
     assert {row.status for row in queue.rows} == {"delivered"}
+
+
+async def test_a_plo_webhook_gets_signed_plo_for_logistics_and_json_for_the_rest() -> None:
+    """The body is rendered at sending in the webhook's format; the signature covers the bytes
+    sent, and the Content-Type says which format they are."""
+    sender = Addressee("974749025", "dps", "DPS", "59")
+    recipient = Addressee("940493021", "municipality", "Kommune", None)
+    queue = FakeQueue(format=Format.PLO, sender=sender, recipient=recipient)
+    admission = dict(OUTBOUND, event_type="admission", delivery_id="d-1")
+    police = dict(OUTBOUND, event_type="police_callout", delivery_id="d-2")
+    queue.add("d-1", body=json.dumps(admission).encode())
+    queue.add("d-2", subject_key="b" * 64, body=json.dumps(police).encode())
+    requests: dict[str, httpx.Request] = {}
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        requests[request.headers["Idempotency-Key"]] = request
+        return httpx.Response(204)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    plo_request, json_request = requests["d-1"], requests["d-2"]
+    assert plo_request.headers["Content-Type"] == "application/xml"
+    assert plo.read(plo_request.content).msg_id == "d-1"
+    assert json_request.headers["Content-Type"] == "application/json"
+    assert json.loads(json_request.content)["event_type"] == "police_callout"
+    for request in requests.values():
+        header = request.headers["X-Carebus-Signature"]
+        assert verify_signature([SECRET], header, request.content, now=NOW)
+    assert {row.status for row in queue.rows} == {"delivered"}
+
+
+async def test_a_delivery_that_does_not_render_is_dead_lettered_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rendered message that fails its own validation is a carebus bug: never sent half-right,
+    dead-lettered at once with the part that failed, never retried."""
+
+    def broken(*_args: Any) -> None:
+        raise RenderError("the PLO message does not validate at MsgHead/MsgInfo")
+
+    monkeypatch.setitem(protocol.RENDERERS, Format.PLO, broken)
+    queue = FakeQueue(
+        format=Format.PLO,
+        sender=Addressee("974749025", "dps", "DPS"),
+        recipient=Addressee("940493021", "municipality", "Kommune"),
+    )
+    queue.add("d-1", body=json.dumps(dict(OUTBOUND, delivery_id="d-1")).encode())
+    calls = 0
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(204)
+
+    producer = await dispatch(queue, receiver, until=finished(queue))
+    assert calls == 0
+    (letter,) = producer.produced
+    assert letter["reason"] == "invalid_record"
+    assert "not valid plo: the PLO message does not validate at MsgHead/MsgInfo" in letter["detail"]
+    assert queue.rows[0].status == "dead"
 
 
 async def test_during_a_rotation_each_delivery_is_signed_with_both_secrets() -> None:
