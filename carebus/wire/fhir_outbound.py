@@ -33,6 +33,7 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from carebus.domain.events import rfc3339
+from carebus.domain.identity import is_d_number
 from carebus.domain.text import embeds_nin
 from carebus.wire.fhir import (
     CAREBUS_DESTINATION_SYSTEM,
@@ -331,11 +332,11 @@ def _message_header(
         "id": _uuid(f"message-header/{delivery['delivery_id']}"),
         "eventCoding": {"system": EVENT_TYPE_SYSTEM, "code": delivery["event_type"]},
         "destination": [
-            {
-                "name": recipient.name,
-                "endpoint": f"{_ENDPOINT}{recipient.org_id}",
-                "receiver": _reference(recipient),
-            }
+            _named(
+                {"endpoint": f"{_ENDPOINT}{recipient.org_id}", "receiver": _reference(recipient)},
+                "name",
+                recipient,
+            )
         ],
         "sender": _reference(sender),
         "source": {"name": "carebus", "software": "carebus", "endpoint": _ENDPOINT + sender.org_id},
@@ -350,8 +351,7 @@ def _message_header(
 def _patient(
     patient_id: str, nin: str, home_municipality: object, parties: _Parties
 ) -> dict[str, Any]:
-    # A D-nummer is the fødselsnummer's day plus 40: its first digit is 4 to 7.
-    system = DNR_SYSTEM if nin[0] in "4567" else FNR_SYSTEM
+    system = DNR_SYSTEM if is_d_number(nin) else FNR_SYSTEM
     patient: dict[str, Any] = {
         "resourceType": "Patient",
         "id": patient_id,
@@ -376,12 +376,12 @@ def _organization(party: Addressee) -> dict[str, Any]:
     identifiers = [_enh(party.org_id)]
     if party.her_id:
         identifiers.append({"system": HER_SYSTEM, "value": party.her_id})
-    return {
+    organization = {
         "resourceType": "Organization",
         "id": _organization_id(party.org_id),
         "identifier": identifiers,
-        "name": party.name,
     }
+    return _named(organization, "name", party)
 
 
 def _organization_id(org_id: str) -> str:
@@ -389,9 +389,17 @@ def _organization_id(org_id: str) -> str:
 
 
 def _reference(party: Addressee) -> dict[str, Any]:
-    """A reference to the party's Organization entry, with its organisation number."""
+    """A reference to the party's Organization entry, with its organisation number (and its
+    name, when the directory has one)."""
     url = _urn(_organization_id(party.org_id))
-    return {"reference": url, "identifier": _enh(party.org_id), "display": party.name}
+    return _named({"reference": url, "identifier": _enh(party.org_id)}, "display", party)
+
+
+def _named(element: dict[str, Any], key: str, party: Addressee) -> dict[str, Any]:
+    # FHIR's strings are never empty: an organisation the directory has no name for has none.
+    if party.name.strip():
+        element[key] = party.name
+    return element
 
 
 def _nin(nin: object) -> str:

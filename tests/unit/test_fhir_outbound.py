@@ -220,6 +220,17 @@ def _references(node: object) -> list[str]:
     return []
 
 
+def test_an_organisation_without_a_name_in_the_directory_is_named_by_number_alone() -> None:
+    """FHIR strings are never empty: a party the directory has no name for has no name or
+    display, and is still named by its organisation number."""
+    nameless = Addressee(DPS.org_id, "dps", "")
+    bundle = bundle_of(delivery(), sender=nameless)
+    header = bundle["entry"][0]["resource"]
+    assert header["sender"]["identifier"] == {"system": ENH_SYSTEM, "value": DPS.org_id}
+    assert "display" not in header["sender"]
+    assert "name" not in organizations(bundle)[DPS.org_id]
+
+
 def test_the_patient_is_named_by_fodselsnummer_or_d_nummer() -> None:
     """A fødselsnummer is in the fnr system, a D-nummer (day + 40) in the dnr system, and the
     number appears nowhere else in the message."""
