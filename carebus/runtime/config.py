@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     adapters_port: int = 18085
     mllp_port: int = 18086
     gateway_url: str | None = None
+    # A FHIR Subscription (`POST /fhir/Subscription`) is the organisation's webhook: the adapters
+    # hand it to the registry's `PUT /v1/webhooks` at `registry_url` (unset: this host's
+    # `registry_port`) with the caller's own token.
+    registry_url: str | None = None
     # The key of the adapters' event ids (`carebus.wire.translation.derived_event_id`: the same
     # message, or a later one about the same stay, maps to the same id without stored state). A
     # file secret in production (the local default is public and refused there); changing it
@@ -320,6 +324,12 @@ class Settings(BaseSettings):
     def gateway_base_url(self) -> str:
         """Where the adapters post events: `gateway_url`, or this host's gateway."""
         return (self.gateway_url or self.service_url(self.gateway_port)).rstrip("/")
+
+    @property
+    def registry_base_url(self) -> str:
+        """Where the adapters register FHIR Subscriptions: `registry_url`, or this host's
+        registry."""
+        return (self.registry_url or self.service_url(self.registry_port)).rstrip("/")
 
     @property
     def oidc_issuer(self) -> str | None:

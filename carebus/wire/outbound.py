@@ -42,6 +42,8 @@ class Addressee:
     agency: str
     name: str
     her_id: str | None = None
+    # A municipality's kommunenummer (4 digits): FHIR and HL7 v2 name a home municipality by it.
+    municipality_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

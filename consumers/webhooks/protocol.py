@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from carebus.adapters.deadletter import Reason
 from carebus.domain.deliveries import delivery_to_json
-from carebus.wire import plo_outbound
+from carebus.wire import fhir_outbound, plo_outbound
 from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format, Rendered, Renderer
 from carebus.wire.sealing import PREFIX, Keyring, open_body
 
@@ -125,7 +125,10 @@ def verify_signature(
 
 
 # The standard formats an organisation may choose for its webhook, and their renderers.
-RENDERERS: Final[Mapping[Format, Renderer]] = {Format.PLO: plo_outbound.render}
+RENDERERS: Final[Mapping[Format, Renderer]] = {
+    Format.PLO: plo_outbound.render,
+    Format.FHIR: fhir_outbound.render,
+}
 
 
 def rendered_body(

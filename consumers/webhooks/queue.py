@@ -105,7 +105,9 @@ _CLAIM: Final = """
         CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_sealed END
             AS previous_sealed,
         so.name AS source_name, so.her_id AS source_her_id,
-        ro.name AS recipient_name, ro.her_id AS recipient_her_id
+        so.municipality_number AS source_municipality_number,
+        ro.name AS recipient_name, ro.her_id AS recipient_her_id,
+        ro.municipality_number AS recipient_municipality_number
     FROM claimed c LEFT JOIN webhooks w ON w.org_id = c.org_id
         LEFT JOIN organisations so ON so.org_id = c.source_org_id
         LEFT JOIN organisations ro ON ro.org_id = c.org_id
@@ -379,7 +381,13 @@ def _claim(row: Any, secrets: tuple[str, ...], body: bytes) -> Claim:
 def _addressee(org_id: str | None, agency: str | None, row: Any, role: str) -> Addressee | None:
     if org_id is None or agency is None:
         return None
-    return Addressee(org_id, agency, row[f"{role}_name"] or "", row[f"{role}_her_id"])
+    return Addressee(
+        org_id,
+        agency,
+        row[f"{role}_name"] or "",
+        row[f"{role}_her_id"],
+        row[f"{role}_municipality_number"],
+    )
 
 
 def _count(status: str) -> int:

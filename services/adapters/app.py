@@ -28,6 +28,12 @@ from services.adapters.gateway import Gateway, GatewayUnauthorizedError, Gateway
 from services.adapters.hl7v2 import HL7_TYPE, Hl7Adapter
 from services.adapters.mllp import MllpListener
 from services.adapters.plo import Answer, PloAdapter
+from services.adapters.registry import (
+    Registry,
+    RegistryUnauthorizedError,
+    RegistryUnavailableError,
+)
+from services.adapters.subscription import SubscriptionAdapter
 
 _XML_BODY = {
     "requestBody": {
@@ -80,7 +86,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             settings.gateway_request_timeout_s,
             settings.unavailable_retry_after_s,
         )
+        registry = Registry(
+            settings.registry_base_url,
+            settings.gateway_request_timeout_s,
+            settings.unavailable_retry_after_s,
+        )
         directory = DirectorySnapshot(pool)
+        app.state.subscriptions = SubscriptionAdapter(registry)
         app.state.tokens = tokens = TokenCache(pool)
         app.state.plo = PloAdapter(gateway, directory, secret)
         app.state.fhir = FhirAdapter(gateway, directory, secret)
@@ -100,10 +112,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await mllp.stop()
             await gateway.close()
+            await registry.close()
             await pool.close()
 
     app = create_app("adapters", title="carebus adapters", lifespan=lifespan, settings=settings)
     system_only = principal_dependency("system")
+    # The registry decides who may set the organisation's webhook (its own roles), as it does
+    # for PUT /v1/webhooks: any valid token gets that far.
+    any_role = principal_dependency()
 
     @app.post(
         "/v1/adapters/plo",
@@ -175,6 +191,62 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             )
         )
 
+    @app.post(
+        "/fhir/Subscription",
+        status_code=201,
+        responses=_answers(_OUTCOME, 201, 400, 403, 422),
+        openapi_extra=_FHIR_BODY,
+    )
+    async def post_subscription(
+        request: Request, principal: Principal = Depends(any_role)
+    ) -> Response:
+        """A FHIR R4 Subscription (rest-hook, payload application/fhir+json): the organisation's
+        webhook, whose deliveries are then FHIR messages; 201 with the Subscription (id: the
+        organisation number) and its signing secret, shown once."""
+        adapter: SubscriptionAdapter = request.app.state.subscriptions
+        body = await request.body()
+        return _respond(
+            await _unless_unavailable(
+                request, "fhir", adapter.create(body, _authorization(request))
+            )
+        )
+
+    @app.get(
+        "/fhir/Subscription/{subscription_id}",
+        responses=_answers(_OUTCOME, 200, 403, 404),
+    )
+    async def get_subscription(
+        subscription_id: str, request: Request, principal: Principal = Depends(any_role)
+    ) -> Response:
+        """The organisation's own Subscription (its webhook, if it receives FHIR), without
+        its secret."""
+        adapter: SubscriptionAdapter = request.app.state.subscriptions
+        return _respond(
+            await _unless_unavailable(
+                request,
+                "fhir",
+                adapter.read(subscription_id, principal, _authorization(request)),
+            )
+        )
+
+    @app.delete(
+        "/fhir/Subscription/{subscription_id}",
+        status_code=204,
+        responses=_answers(_OUTCOME, 204, 403, 404),
+    )
+    async def delete_subscription(
+        subscription_id: str, request: Request, principal: Principal = Depends(any_role)
+    ) -> Response:
+        """End the organisation's own Subscription: its webhook is deleted."""
+        adapter: SubscriptionAdapter = request.app.state.subscriptions
+        return _respond(
+            await _unless_unavailable(
+                request,
+                "fhir",
+                adapter.delete(subscription_id, principal, _authorization(request)),
+            )
+        )
+
     return app
 
 
@@ -193,11 +265,11 @@ async def _unless_unavailable(
 ) -> Answer:
     try:
         return await handling
-    except GatewayUnauthorizedError as unauthorized:
+    except (GatewayUnauthorizedError, RegistryUnauthorizedError) as unauthorized:
         raise ApiError(
             401, "the token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
         ) from unauthorized
-    except GatewayUnavailableError as unavailable:
+    except (GatewayUnavailableError, RegistryUnavailableError) as unavailable:
         metrics.ADAPTER_MESSAGES.labels(protocol, "unavailable").inc()
         raise ApiError(
             503,

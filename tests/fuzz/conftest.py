@@ -42,8 +42,16 @@ def fuzzed_services(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
     started = {"oidc_issuer": stack.start_service("oidc_issuer", name="fuzz_oidc_issuer")}
     try:
         for name in SERVICES:
-            # The adapters hand what they map to this module's gateway, not the stack's.
-            env = {"CAREBUS_GATEWAY_URL": str(started["gateway"].url)} if name == "adapters" else {}
+            # The adapters hand what they map to this module's gateway, and Subscriptions to
+            # its registry, not the stack's.
+            env = (
+                {
+                    "CAREBUS_GATEWAY_URL": str(started["gateway"].url),
+                    "CAREBUS_REGISTRY_URL": str(started["registry"].url),
+                }
+                if name == "adapters"
+                else {}
+            )
             started[name] = stack.start_service(
                 name, name=f"fuzz_{name}", port=free_ports(1)[0], env=env
             )

@@ -4,6 +4,7 @@ out, and the events they map to in the event store (docs/adapters.md)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,4 +159,117 @@ async def test_without_a_token_it_is_401(adapters: httpx.AsyncClient) -> None:
     response, _ = await post(
         adapters, "/fhir/Encounter", None, resource("encounter-in-progress.json")
     )
+    assert response.status_code == 401
+
+
+# FHIR Subscriptions: the organisation's webhook, set through the registry (docs/adapters.md,
+# "Outbound FHIR").
+
+ENDPOINT = "https://dps.example.no/carebus/fhir"
+SECRET_EXTENSION = "https://carebus.no/fhir/StructureDefinition/webhook-secret"
+
+
+@pytest.fixture(scope="module")
+def registry_service(stack: TestStack, adapter_services: None) -> Iterator[None]:
+    """The registry, which holds the webhook a Subscription sets."""
+    with stack.running("registry"):
+        yield
+
+
+@pytest.fixture
+async def registry(stack: TestStack, registry_service: None) -> AsyncIterator[httpx.AsyncClient]:
+    settings = stack.settings
+    async with httpx.AsyncClient(
+        base_url=settings.service_url(settings.registry_port), timeout=30
+    ) as client:
+        yield client
+
+
+def subscription(endpoint: str = ENDPOINT, **changes: Any) -> bytes:
+    resource: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "Innleggelser og utskrivninger fra carebus",
+        "criteria": "Encounter",
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": FHIR_JSON},
+    }
+    return json.dumps(resource | changes).encode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_subscription_is_the_organisations_fhir_webhook_until_deleted(
+    adapters: httpx.AsyncClient,
+    registry: httpx.AsyncClient,
+    token: str,
+    db: asyncpg.Connection,
+) -> None:
+    """201 with the Subscription (id the organisation number, active, its signing secret);
+    the registry holds the endpoint as the organisation's webhook with format fhir; GET shows
+    the Subscription without the secret; DELETE ends it, in the registry too."""
+    response, created = await post(adapters, "/fhir/Subscription", token, subscription())
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == f"/fhir/Subscription/{DPS}"
+    assert (created["resourceType"], created["id"], created["status"]) == (
+        "Subscription",
+        DPS,
+        "active",
+    )
+    assert created["channel"]["endpoint"] == ENDPOINT
+    [secret] = [e["valueString"] for e in created["extension"] if e["url"] == SECRET_EXTENSION]
+    assert len(secret) >= 32
+
+    webhook = await registry.get("/v1/webhooks", headers=bearer(token))
+    assert webhook.status_code == 200, webhook.text
+    assert (webhook.json()["url"], webhook.json()["format"]) == (ENDPOINT, "fhir")
+    row = await db.fetchrow("SELECT url, format FROM webhooks WHERE org_id = $1", DPS)
+    assert row is not None
+    assert (row["url"], row["format"]) == (ENDPOINT, "fhir")
+
+    shown = await adapters.get(f"/fhir/Subscription/{DPS}", headers=bearer(token))
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["channel"]["endpoint"] == ENDPOINT
+    assert secret not in shown.text
+    other = await adapters.get("/fhir/Subscription/958935420", headers=bearer(token))
+    assert other.status_code == 404
+
+    deleted = await adapters.delete(f"/fhir/Subscription/{DPS}", headers=bearer(token))
+    assert deleted.status_code == 204, deleted.text
+    assert (await registry.get("/v1/webhooks", headers=bearer(token))).status_code == 404
+    gone = await adapters.get(f"/fhir/Subscription/{DPS}", headers=bearer(token))
+    assert gone.status_code == 404
+
+
+async def test_a_subscription_carebus_cannot_serve_changes_nothing(
+    adapters: httpx.AsyncClient, registry: httpx.AsyncClient, token: str
+) -> None:
+    """A search criteria (422 naming Subscription.criteria, from the adapters) and an endpoint
+    the registry refuses (a URL holding a nin: 422 naming Subscription.channel.endpoint, the
+    nin never repeated) set no webhook."""
+    response, outcome = await post(
+        adapters, "/fhir/Subscription", token, subscription(criteria="Encounter?status=finished")
+    )
+    assert response.status_code == 422, response.text
+    assert outcome["issue"][0]["expression"] == ["Subscription.criteria"]
+    response, outcome = await post(
+        adapters,
+        "/fhir/Subscription",
+        token,
+        subscription("https://dps.example.no/hook/15076500565"),
+    )
+    assert response.status_code == 422, response.text
+    assert outcome["issue"][0]["expression"] == ["Subscription.channel.endpoint"]
+    assert "15076500565" not in response.text
+    assert (await registry.get("/v1/webhooks", headers=bearer(token))).status_code == 404
+
+
+async def test_a_subscription_without_a_token_is_401(
+    adapters: httpx.AsyncClient, registry_service: None
+) -> None:
+    """No valid token, no Subscription: 401 before anything is read."""
+    response, _ = await post(adapters, "/fhir/Subscription", None, subscription())
+    assert response.status_code == 401
+    response, _ = await post(adapters, "/fhir/Subscription", "not-a-token", subscription())
     assert response.status_code == 401

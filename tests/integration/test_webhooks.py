@@ -23,15 +23,17 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
 from carebus.adapters.auth import create_token, ensure_organisation
+from carebus.adapters.directory import add_organisation
 from carebus.adapters.kafka import consumer_config, producer_config
 from carebus.adapters.webhook_registrations import SecretBox, get_webhook, set_webhook
 from carebus.domain.deliveries import delivery_id, delivery_to_json
 from carebus.domain.identity import random_nin, subject_key
 from carebus.runtime.config import local_password_file
-from carebus.wire import plo, topics
+from carebus.wire import fhir, plo, topics
 from carebus.wire.codec import Codec
 from carebus.wire.outbound import Format
 from carebus.wire.sealing import KeyWrap
+from carebus.wire.translation import Party, StaticDirectory
 from carebus_dev.stack.postgres import login_role
 from carebus_dev.testing import ServiceProcess, TestStack, free_ports
 from consumers.webhooks.protocol import verify_signature
@@ -363,6 +365,64 @@ async def test_a_plo_webhook_gets_plo_messages_and_json_for_what_plo_cannot_say(
     assert json.loads(second.body)["event_type"] == "police_callout"
     assert signed(first, webhook.secret)
     assert signed(second, webhook.secret)
+
+
+async def test_a_fhir_webhook_gets_an_admission_as_a_fhir_message_the_adapter_reads_back(
+    stack: TestStack, webhooks: ServiceProcess, receiver: Receiver, db: asyncpg.Connection
+) -> None:
+    """A municipality that chose FHIR receives the admission as a FHIR R4 message Bundle
+    (application/fhir+json), signed over the bytes sent, naming both organisations and the
+    Patient's kommunenummer from the directory; carebus's own FHIR adapter reads it back as the
+    admission of the same person, in that municipality."""
+    org_id = new_org_id()
+    number = await numbered_municipality(db, org_id)
+    await ensure_organisation(db, agency="dps", org_id="974705788")
+    webhook = await set_webhook(db, org_id, receiver.url(org_id), stack.settings, Format.FHIR)
+    who = person(stack)
+    admission = {
+        **delivery(org_id, who),
+        "event_type": "admission",
+        "fields": ["home_municipality_org", "needs_municipal_services"],
+        "payload_json": json.dumps(
+            {"home_municipality_org": org_id, "needs_municipal_services": True}
+        ),
+    }
+    produce_deliveries(stack, [admission])
+
+    await wait_until(lambda: len(receiver.delivered(org_id)) >= 1)
+    [request] = receiver.delivered(org_id)
+    assert request.headers["Content-Type"] == "application/fhir+json"
+    assert signed(request, webhook.secret)
+    bundle = json.loads(request.body)
+    assert bundle["identifier"]["value"] == admission["delivery_id"]
+    header = bundle["entry"][0]["resource"]
+    assert header["eventCoding"]["code"] == "admission"
+    assert header["sender"]["identifier"]["value"] == "974705788"
+    assert header["destination"][0]["receiver"]["identifier"]["value"] == org_id
+    directory = StaticDirectory(
+        (Party(org_id, "municipality", None, number), Party("974705788", "dps"))
+    )
+    translation = fhir.translate_bundle(
+        bundle, Party("974705788", "dps"), directory, b"read-back-secret"
+    )
+    [event] = translation.events
+    assert (event["event_type"], event["subject"]) == ("admission", {"nin": who.nin})
+    assert event["payload"]["home_municipality_org"] == org_id
+    assert datetime.fromisoformat(event["occurred_at"]) == admission["occurred_at"]
+
+
+async def numbered_municipality(db: asyncpg.Connection, org_id: str) -> str:
+    """Register `org_id` as a municipality with a kommunenummer no other organisation has."""
+    for _ in range(20):
+        number = f"{RNG.randrange(9000, 10000)}"
+        try:
+            await add_organisation(
+                db, agency="municipality", org_id=org_id, name="Kommune", municipality_number=number
+            )
+        except ValueError:
+            continue
+        return number
+    raise AssertionError("no free kommunenummer")
 
 
 async def wait_until_statuses(

@@ -313,6 +313,35 @@ async def test_a_plo_webhook_gets_signed_plo_for_logistics_and_json_for_the_rest
     assert {row.status for row in queue.rows} == {"delivered"}
 
 
+async def test_a_fhir_webhook_gets_a_signed_fhir_message_for_an_admission() -> None:
+    """A webhook of format fhir gets an admission as a FHIR message Bundle
+    (application/fhir+json), signed over the bytes sent; another event goes as JSON."""
+    sender = Addressee("974749025", "dps", "", "59")  # a directory entry without a name
+    recipient = Addressee("940493021", "municipality", "Kommune", None, "0301")
+    queue = FakeQueue(format=Format.FHIR, sender=sender, recipient=recipient)
+    admission = dict(OUTBOUND, event_type="admission", delivery_id="d-1", event_id="e-1")
+    police = dict(OUTBOUND, event_type="police_callout", delivery_id="d-2")
+    queue.add("d-1", body=json.dumps(admission).encode())
+    queue.add("d-2", subject_key="b" * 64, body=json.dumps(police).encode())
+    requests: dict[str, httpx.Request] = {}
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        requests[request.headers["Idempotency-Key"]] = request
+        return httpx.Response(204)
+
+    await dispatch(queue, receiver, until=finished(queue))
+    fhir_request, json_request = requests["d-1"], requests["d-2"]
+    assert fhir_request.headers["Content-Type"] == "application/fhir+json"
+    bundle = json.loads(fhir_request.content)
+    assert (bundle["resourceType"], bundle["type"]) == ("Bundle", "message")
+    assert bundle["identifier"]["value"] == "d-1"
+    assert json_request.headers["Content-Type"] == "application/json"
+    for request in requests.values():
+        header = request.headers["X-Carebus-Signature"]
+        assert verify_signature([SECRET], header, request.content, now=NOW)
+    assert {row.status for row in queue.rows} == {"delivered"}
+
+
 async def test_a_delivery_that_does_not_render_is_dead_lettered_unsent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
