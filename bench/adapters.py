@@ -117,9 +117,9 @@ def _plo(body: bytes) -> dict[str, Any]:
 
 
 def _hl7(body: bytes) -> dict[str, Any]:
-    text = hl7v2.decode(body)
-    translation = hl7v2.translate(text, HOSPITAL, DIRECTORY, SECRET)
-    hl7v2.encode(hl7v2.acknowledgement(text, None, now=NOW))
+    message = hl7v2.read(hl7v2.decode(body))
+    translation = hl7v2.translate(message, HOSPITAL, DIRECTORY, SECRET)
+    hl7v2.encode(hl7v2.acknowledgement_of(message, None, now=NOW))
     return {"events": translation.events}
 
 
@@ -175,7 +175,7 @@ def _plo_translate(body: bytes, secret: bytes) -> Translation:
 
 
 def _hl7_translate(body: bytes, secret: bytes) -> Translation:
-    return hl7v2.translate(hl7v2.decode(body), DPS, DIRECTORY, secret)
+    return hl7v2.translate(hl7v2.read(hl7v2.decode(body)), DPS, DIRECTORY, secret)
 
 
 def _fhir_translate(body: bytes, secret: bytes) -> Translation:
