@@ -41,7 +41,7 @@ class Connection:
         return cls(reader, writer)
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
-        """(status, body) of the answer to `request`; the gateway always sends Content-Length."""
+        """(status, body) of the answer to `request` (carebus always sends Content-Length)."""
         self._writer.write(request)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -51,7 +51,7 @@ class Connection:
             if name.strip().lower() == b"content-length":
                 length = int(value)
         if length is None:
-            raise RuntimeError("the gateway answered without Content-Length")
+            raise RuntimeError("an answer without Content-Length")
         return status, await self._reader.readexactly(length)
 
     async def close(self) -> None:
@@ -61,21 +61,27 @@ class Connection:
 
 def post(host: str, path: str, token: str, body: object) -> bytes:
     """The bytes of one POST with a JSON body and a bearer token."""
-    content = json.dumps(body, separators=(",", ":")).encode()
+    return post_bytes(host, path, token, json.dumps(body, separators=(",", ":")).encode())
+
+
+def post_bytes(
+    host: str, path: str, token: str, content: bytes, content_type: str = "application/json"
+) -> bytes:
+    """The bytes of one POST of `content` as `content_type` with a bearer token."""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(content)}\r\n\r\n"
     )
     return head.encode() + content
 
 
 async def drive(
-    host: str, port: int, requests: Sequence[bytes], connections: int
+    host: str, port: int, requests: Sequence[bytes], connections: int, expected: int = 202
 ) -> tuple[float, list[float]]:
     """Send `requests` over `connections` connections, each one request at a time.
 
     Returns the seconds from the first request to the last answer and each request's latency.
-    Raises RuntimeError on any answer but 202.
+    Raises RuntimeError on any answer but `expected`.
     """
     pending = iter(requests)
     latencies: list[float] = []
@@ -86,8 +92,8 @@ async def drive(
             sent = time.perf_counter()
             status, body = await connection.send(request)
             latencies.append(time.perf_counter() - sent)
-            if status != 202:
-                raise RuntimeError(f"the gateway answered {status}: {body[:300]!r}")
+            if status != expected:
+                raise RuntimeError(f"port {port} answered {status}: {body[:300]!r}")
 
     started = time.perf_counter()
     try:

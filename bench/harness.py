@@ -73,6 +73,7 @@ class Scale:
     baseline_records: int
     gateway_single: int
     gateway_batches: int
+    adapter_messages: int  # distinct messages per adapter over HTTP (and as carebus JSON)
     router_events: int
     router_workers: tuple[int, ...]
     latency_loads: tuple[int, ...]
@@ -89,6 +90,7 @@ FULL: Final = Scale(
     baseline_records=500_000,
     gateway_single=5_000,
     gateway_batches=100,
+    adapter_messages=2_000,
     router_events=100_000,
     router_workers=(1, 2, 4),
     latency_loads=(100, 1_000, 5_000),
@@ -104,6 +106,7 @@ QUICK: Final = Scale(
     baseline_records=5_000,
     gateway_single=100,
     gateway_batches=2,
+    adapter_messages=50,
     router_events=1_000,
     router_workers=(1,),
     latency_loads=(100,),

@@ -35,7 +35,17 @@ from carebus.wire.translation import (
     norwegian_time,
 )
 
-__all__ = ["PROTOCOL", "acknowledgement", "decode", "encode", "error_code", "parse", "translate"]
+__all__ = [
+    "PROTOCOL",
+    "Message",
+    "acknowledgement",
+    "acknowledgement_of",
+    "decode",
+    "encode",
+    "error_code",
+    "read",
+    "translate",
+]
 
 PROTOCOL: Final = "hl7v2"
 
@@ -266,18 +276,10 @@ def _declared_latin1(body: bytes) -> bool:
     return charset.upper().replace(" ", "") in ("8859/1", "ISO-8859-1", "ISOIR100")
 
 
-def parse(text: str) -> Message:
-    """`text` as a Message; Untranslatable "rejected" when it is no single HL7 v2 message."""
-    message = _read(text)
-    if any(not _SEGMENT_ID.fullmatch(s.name) for s in message.segments):
-        raise Untranslatable("MSH", BAD_SEGMENT_ID, "rejected")
-    if any(s.name in ("MSH", "BHS", "FHS") for s in message.segments[1:]):
-        raise Untranslatable("MSH", BATCH, "rejected")
-    return message
-
-
-def _read(text: str) -> Message:
-    """The segments of `text` as python-hl7 parses them, whatever they are after MSH."""
+def read(text: str) -> Message:
+    """The segments of `text` as python-hl7 parses them, whatever they are after MSH: what
+    `translate` maps and `acknowledgement_of` answers, so a message is parsed once. Raises
+    Untranslatable "rejected" when `text` has no MSH that can be read."""
     if len(text) > MAX_MESSAGE:
         raise Untranslatable("MSH", TOO_LONG, "rejected")
     # Senders end segments with \r (the standard), \n or \r\n; python-hl7 splits on \r only.
@@ -302,6 +304,14 @@ def _read(text: str) -> Message:
     if not segments or segments[0].name != "MSH":
         raise Untranslatable("MSH", NOT_HL7, "rejected")
     return Message(encoding, segments)
+
+
+def _one_message(message: Message) -> None:
+    """Untranslatable "rejected" when `message` is not one HL7 v2 message of segments."""
+    if any(not _SEGMENT_ID.fullmatch(s.name) for s in message.segments):
+        raise Untranslatable("MSH", BAD_SEGMENT_ID, "rejected")
+    if any(s.name in ("MSH", "BHS", "FHS") for s in message.segments[1:]):
+        raise Untranslatable("MSH", BATCH, "rejected")
 
 
 def _encoding(text: str) -> Encoding:
@@ -418,9 +428,12 @@ class _Context:
         return derived_event_id(self.secret, PROTOCOL, self.sender.org_id, *parts)
 
 
-def translate(text: str, sender: Party, directory: DirectoryView, secret: bytes) -> Translation:
-    """The carebus event an ADT message says, or Untranslatable naming the HL7 place."""
-    message = parse(text)
+def translate(
+    message: Message, sender: Party, directory: DirectoryView, secret: bytes
+) -> Translation:
+    """The carebus event an ADT message (as `read`) says, or Untranslatable naming the HL7
+    place."""
+    _one_message(message)
     trigger = _trigger(message)
     _check_sender(message.header, sender, directory)
     pid = _required(message, "PID")
@@ -744,13 +757,26 @@ def acknowledgement(
     now: datetime,
     gateway_problem: tuple[str, str] | None = None,
 ) -> str:
-    """The original-mode ACK for `text`: AA, AE (content wrong, or the gateway refused it:
-    `gateway_problem` is (where, problem)) or AR (not a message carebus takes). Segments are
-    joined by \r; nothing of the patient is repeated."""
+    """The ACK for `text` not yet read: `acknowledgement_of` the message `read` from it (a
+    parse; an adapter that has read the message passes it instead)."""
     try:
-        message: Message | None = _read(text)
+        message: Message | None = read(text)
     except Untranslatable:
         message = None
+    return acknowledgement_of(message, error, now=now, gateway_problem=gateway_problem)
+
+
+def acknowledgement_of(
+    message: Message | None,
+    error: Untranslatable | None,
+    *,
+    now: datetime,
+    gateway_problem: tuple[str, str] | None = None,
+) -> str:
+    """The original-mode ACK for `message` (as `read`; None when nothing could be read): AA, AE
+    (content wrong, or the gateway refused it: `gateway_problem` is (where, problem)) or AR
+    (not a message carebus takes). Only MSH is read again; segments are joined by \r; nothing
+    of the patient is repeated."""
     encoding = message.encoding if message is not None else Encoding()
     header = message.header if message is not None else None
     problem: tuple[str, str, str] | None = None

@@ -14,7 +14,7 @@ from carebus.adapters.auth import Principal, TokenCache, TokenRefusedError
 from carebus.adapters.outages import OUTAGES
 from carebus.runtime import metrics
 from carebus.wire import hl7v2
-from carebus.wire.translation import Party, Untranslatable
+from carebus.wire.translation import DirectoryView, Party, Translation, Untranslatable
 from services.adapters.directory import DirectorySnapshot
 from services.adapters.gateway import (
     Gateway,
@@ -96,39 +96,63 @@ class Hl7Adapter:
     ) -> tuple[int, bytes]:
         view = await self._directory.view()
         sender = view.by_org_id(principal.org_id) or Party(principal.org_id, principal.agency)
-        try:
-            translation = await asyncio.to_thread(hl7v2.translate, text, sender, view, self._secret)
-        except Untranslatable as refusal:
-            status = 400 if refusal.severity == "rejected" else 422
-            return status, await self._ack(text, refusal, None, "refused")
+        message, translation = await asyncio.to_thread(
+            _read_and_translate, text, sender, view, self._secret
+        )
+        if isinstance(translation, Untranslatable):
+            status = 400 if translation.severity == "rejected" else 422
+            return status, await self._ack(message, translation, None, "refused")
         if not translation.events:
             # An update or an outpatient's registration: acknowledged, nothing to hand on.
-            return 200, await self._ack(text, None, None, "nothing")
+            return 200, await self._ack(message, None, None, "nothing")
         outcome = await self._gateway.publish(translation.events, authorization)
         if isinstance(outcome, Published):
-            return 200, await self._ack(text, None, None, "accepted")
+            return 200, await self._ack(message, None, None, "accepted")
         field, problem = outcome.details[0] if outcome.details else ("", outcome.message)
         where = translation.origin_of(field) if field else "MSH"
-        return outcome.status, await self._ack(text, None, (where, problem), "refused")
+        return outcome.status, await self._ack(message, None, (where, problem), "refused")
 
     async def _ack(
         self,
-        text: str,
+        original: hl7v2.Message | str | None,
         refusal: Untranslatable | None,
         gateway_problem: tuple[str, str] | None,
         outcome: str | None,
     ) -> bytes:
-        """The ACK's bytes (built off the event loop: it parses the message again)."""
+        """The ACK's bytes for the message as read (None: unreadable), or for its text when it
+        was answered before it was read (MLLP's token refused) or the reading was lost (an
+        outage while publishing): then it is read again. Built off the event loop."""
         if outcome is not None:
             metrics.ADAPTER_MESSAGES.labels("hl7v2", outcome).inc()
         now = self._clock()
 
         def build() -> str:
-            return hl7v2.acknowledgement(text, refusal, now=now, gateway_problem=gateway_problem)
+            if isinstance(original, str):
+                return hl7v2.acknowledgement(
+                    original, refusal, now=now, gateway_problem=gateway_problem
+                )
+            return hl7v2.acknowledgement_of(
+                original, refusal, now=now, gateway_problem=gateway_problem
+            )
 
         ack = await asyncio.to_thread(build)
         log.info("hl7v2 message answered", outcome=outcome, ack=ack.split("\r")[1][:7])
         return hl7v2.encode(ack)
+
+
+def _read_and_translate(
+    text: str, sender: Party, directory: DirectoryView, secret: bytes
+) -> tuple[hl7v2.Message | None, Translation | Untranslatable]:
+    """The message as read (its ACK is built from it, so it is parsed once) and its events, or
+    why it cannot be mapped; one step, so one trip off the event loop."""
+    try:
+        message = hl7v2.read(text)
+    except Untranslatable as unreadable:
+        return None, unreadable
+    try:
+        return message, hl7v2.translate(message, sender, directory, secret)
+    except Untranslatable as refusal:
+        return message, refusal
 
 
 def security_field(text: str) -> str | None:

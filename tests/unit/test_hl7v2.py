@@ -53,7 +53,15 @@ def example(name: str, separator: str = "\r") -> str:
 
 
 def translate(text: str, sender: Party = HOSPITAL) -> Translation:
-    return hl7v2.translate(text, sender, DIRECTORY, SECRET)
+    return hl7v2.translate(hl7v2.read(text), sender, DIRECTORY, SECRET)
+
+
+def read_once(text: str) -> hl7v2.Message | None:
+    """The message as the adapters read it once for both its mapping and its ACK."""
+    try:
+        return hl7v2.read(text)
+    except Untranslatable:
+        return None
 
 
 def only_event(text: str) -> dict[str, Any]:
@@ -648,6 +656,72 @@ def test_an_unreadable_original_gets_a_minimal_ar() -> None:
     assert "Nordmann" not in ack
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        replaced(example("adt_a01_v25.hl7"), "|HB20261201-000001|", "||"),
+        example("adt_a01_v25.hl7").split("\r", 1)[0].rsplit("|", 9)[0],  # MSH cut before MSH-10
+        example("adt_a01_v25.hl7", "\n"),
+        example("adt_a01_v25.hl7", "\r\n"),
+        example("adt_a01_custom_encoding_v25.hl7", "\n"),
+        replaced(example("adt_a01_v25.hl7"), "MSH|^~\\&|", "MSH|^~\\^|"),
+        replaced(example("adt_a01_v25.hl7"), "MSH|^~\\&|", "MSH|^~|"),
+        replaced(example("adt_a01_v25.hl7"), "MSH|^~\\&|", "MSH|A~\\&|"),
+        example("adt_a01_v25.hl7") + "\rthis is a note\r",
+        example("adt_a01_v25.hl7") + "\r" + example("adt_a03_v25.hl7"),
+        "garbage 15076500565 Nordmann",
+        "",
+    ],
+    ids=[
+        "empty-msh-10",
+        "no-msh-10",
+        "lf",
+        "crlf",
+        "lf-custom-encoding",
+        "repeated-encoding-character",
+        "two-encoding-characters",
+        "letter-as-encoding-character",
+        "not-a-segment",
+        "batch",
+        "garbage",
+        "empty",
+    ],
+)
+def test_the_ack_of_the_message_read_once_is_the_ack_of_its_text(text: str) -> None:
+    """The adapters read a message once and build its ACK from that reading: for odd input
+    (no MSH-10, bad encoding characters, \\n between segments, what `translate` refuses after
+    reading) the ACK is the one built from the text, read again."""
+    error: Untranslatable | None = None
+    try:
+        translate(text)
+    except Untranslatable as refused:
+        error = refused
+    once = hl7v2.acknowledgement_of(read_once(text), error, now=NOW)
+    assert once == hl7v2.acknowledgement(text, error, now=NOW)
+    assert once.split("\r")[1].startswith("MSA")
+
+
+def test_an_original_without_msh_10_is_answered_without_one() -> None:
+    """MSA-2 is empty and the ACK's own control id is still deterministic."""
+    text = replaced(example("adt_a01_v25.hl7", "\n"), "|HB20261201-000001|", "||")
+    ack = hl7v2.acknowledgement_of(read_once(text), None, now=NOW)
+    again = hl7v2.acknowledgement_of(read_once(text), None, now=NOW)
+    assert fields_of(ack, "MSA") == ["MSA", "AA", ""]
+    assert fields_of(ack, "MSH")[9] == fields_of(again, "MSH")[9]
+    assert fields_of(ack, "MSH")[1:6] == ["^~\\&", "KOMMUNE", "80621^^HER", "DIPS", "90234^^HER"]
+
+
+def test_bad_encoding_characters_are_answered_with_a_minimal_ar() -> None:
+    """Nothing is read from an MSH whose encoding characters are not four distinct ones."""
+    text = replaced(example("adt_a01_v25.hl7"), "MSH|^~\\&|", "MSH|^~\\^|")
+    assert read_once(text) is None
+    refused = refusal(text)
+    assert refused.where == "MSH-2"
+    ack = hl7v2.acknowledgement_of(None, refused, now=NOW)
+    assert fields_of(ack, "MSA") == ["MSA", "AR", ""]
+    assert fields_of(ack, "MSH")[1] == "^~\\&"
+
+
 @pytest.mark.parametrize("name", [*EXAMPLES, "adt_a02_v25.hl7"])
 def test_an_ack_never_repeats_the_patient(name: str) -> None:
     """No nin, no name, no address, whatever the answer."""
@@ -708,6 +782,7 @@ def check_whole_or_untranslatable(text: str) -> None:
     ack = hl7v2.acknowledgement(text, error, now=NOW)
     assert ack.startswith("MSH")
     assert ack.split("\r")[1].startswith("MSA")
+    assert hl7v2.acknowledgement_of(read_once(text), error, now=NOW) == ack
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
