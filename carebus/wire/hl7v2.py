@@ -101,6 +101,9 @@ NO_MUNICIPALITY: Final = (
     "is no municipality in the directory"
 )
 BAD_IDENTIFIER: Final = "must not contain control or format characters"
+# carebus could not take the message for a reason that is not the message's (the gateway or
+# the database is down): an AR, which tells the sender to send it again, unchanged, later.
+UNAVAILABLE: Final = "carebus cannot take the message now; send it again later"
 
 SEGMENT_SEQUENCE: Final = "100"
 REQUIRED_FIELD_MISSING: Final = "101"
@@ -119,6 +122,7 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     BATCH: SEGMENT_SEQUENCE,
     BAD_SEGMENT_ID: SEGMENT_SEQUENCE,
     NOT_ADT: UNSUPPORTED_MESSAGE_TYPE,
+    UNAVAILABLE: APPLICATION_INTERNAL_ERROR,
     UNSUPPORTED_TRIGGER: UNSUPPORTED_EVENT_CODE,
     REQUIRED: REQUIRED_FIELD_MISSING,
     NO_NIN: REQUIRED_FIELD_MISSING,
@@ -775,7 +779,8 @@ def acknowledgement_of(
 ) -> str:
     """The original-mode ACK for `message` (as `read`; None when nothing could be read): AA, AE
     (content wrong, or the gateway refused it: `gateway_problem` is (where, problem)) or AR
-    (not a message carebus takes). Only MSH is read again; segments are joined by \r; nothing
+    (not a message carebus takes, or carebus cannot take one now: HL7's "send it again later,
+    unchanged"). Only MSH is read again; segments are joined by \r; nothing
     of the patient is repeated."""
     encoding = message.encoding if message is not None else Encoding()
     header = message.header if message is not None else None

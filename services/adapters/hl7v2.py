@@ -30,7 +30,6 @@ HL7_TYPE = "application/hl7-v2"
 SECURITY_FIELD = "MSH-8"
 MISSING_SECURITY = "must hold the organisation's carebus token (MLLP has no other place for it)"
 REFUSED_SECURITY = "holds no valid token of a system"
-UNAVAILABLE = "carebus cannot take the message now; send it again later"
 # Over MLLP an outage is an AE asking to send again: there is no 503 to answer with.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (GatewayUnavailableError, *OUTAGES)
 
@@ -61,8 +60,8 @@ class Hl7Adapter:
         return Answer(status, ack, HL7_TYPE)
 
     async def handle_framed(self, block: bytes) -> bytes:
-        """One message over MLLP: authenticated by the token in MSH-8; its ACK's bytes (AE
-        telling the sender to send again when the gateway or the database is unavailable)."""
+        """One message over MLLP: authenticated by the token in MSH-8; its ACK's bytes (AR,
+        HL7's "send it again later, unchanged", when the gateway or the database is down)."""
         text = await asyncio.to_thread(hl7v2.decode, block)
         try:
             principal, token = await self._principal(text)
@@ -76,7 +75,8 @@ class Hl7Adapter:
             return await self._ack(text, refusal, None, "forbidden")
         except _UNAVAILABLE:
             metrics.ADAPTER_MESSAGES.labels("hl7v2", "unavailable").inc()
-            return await self._ack(text, None, ("MSH", UNAVAILABLE), None)
+            unavailable = Untranslatable("MSH", hl7v2.UNAVAILABLE, "rejected")
+            return await self._ack(text, unavailable, None, None)
         return ack
 
     async def _principal(self, text: str) -> tuple[Principal | None, str | None]:

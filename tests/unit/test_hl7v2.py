@@ -590,6 +590,18 @@ def test_an_accepted_message_is_acknowledged_aa_to_its_sender() -> None:
     assert "ERR" not in ack
 
 
+def test_a_message_carebus_cannot_take_now_is_rejected_to_be_sent_again_unchanged() -> None:
+    """An outage is no fault of the message: AR (HL7's "resend later, unchanged"), with 207
+    application internal error, not AE (which tells the sender to correct the message)."""
+    text = example("adt_a01_v25.hl7")
+    unavailable = Untranslatable("MSH", hl7v2.UNAVAILABLE, "rejected")
+    ack = hl7v2.acknowledgement(text, unavailable, now=NOW)
+    assert fields_of(ack, "MSA")[:3] == ["MSA", "AR", "HB20261201-000001"]
+    err = fields_of(ack, "ERR")
+    assert err[3].split("^")[0] == hl7v2.APPLICATION_INTERNAL_ERROR
+    assert err[8] == hl7v2.UNAVAILABLE
+
+
 def test_the_ack_control_id_is_new_and_deterministic() -> None:
     """The same original gives the same control id; another MSH-10 another one."""
     text = example("adt_a01_v25.hl7")
