@@ -104,6 +104,12 @@ BAD_IDENTIFIER: Final = "must not contain control or format characters"
 # carebus could not take the message for a reason that is not the message's (the gateway or
 # the database is down): an AR, which tells the sender to send it again, unchanged, later.
 UNAVAILABLE: Final = "carebus cannot take the message now; send it again later"
+# Address types (HL7 table 0190) by how surely they are the person's home: registry home,
+# legal, home, permanent, none given; every other type but those never a home comes after.
+_HOME_RANK: Final[Mapping[str, int]] = {"RH": 0, "L": 1, "H": 2, "P": 3, "": 4}
+# Bad address, birth (delivery location, residence, nee), country of origin, business, office,
+# billing: never where the person lives now.
+_NOT_A_HOME: Final = frozenset({"BA", "BDL", "BR", "N", "F", "B", "O", "BI"})
 
 SEGMENT_SEQUENCE: Final = "100"
 REQUIRED_FIELD_MISSING: Final = "101"
@@ -671,12 +677,19 @@ def _icd10_codes(ce: Field, *, default_system: bool) -> list[str]:
 
 
 def _home_municipality(context: _Context, pid: Segment) -> tuple[str, str]:
-    """The municipality of the first address with a kommunenummer (XAD.9), else the receiving
-    facility when it is a municipality."""
-    for repetition in pid.field(11):
+    """The municipality of the person's home address with a kommunenummer (XAD.9): the
+    repetitions of PID-11 by their type (XAD.7, table 0190) — the registry home first, then
+    legal, home, permanent and untyped addresses, then any other in order — leaving out those
+    that are no home (bad, birth, business, billing, office, country of origin); else the
+    receiving facility when it is a municipality."""
+    candidates: list[tuple[int, int, str]] = []
+    for index, repetition in enumerate(pid.field(11)):
         number = _part((repetition,), 9)
-        if not number:
-            continue
+        kind = _part((repetition,), 7).upper()
+        if number and kind not in _NOT_A_HOME:
+            candidates.append((_HOME_RANK.get(kind, len(_HOME_RANK)), index, number))
+    if candidates:
+        number = min(candidates)[2]
         if not _KOMMUNENUMMER.fullmatch(number):
             raise Untranslatable("PID-11", BAD_KOMMUNENUMMER)
         municipality = context.directory.municipality(number)

@@ -415,6 +415,27 @@ def test_the_first_address_with_a_kommunenummer_names_the_municipality() -> None
     assert only_event(text)["payload"]["home_municipality_org"] == ASKØY.org_id
 
 
+def test_the_home_address_outranks_a_mailing_address_and_a_bad_one_is_never_taken() -> None:
+    """PID-11's repetitions by type (XAD.7): a home (H) after a mailing address (M) still names
+    the municipality; a bad address (BA) or an office (O) never does."""
+    home_second = replaced(
+        example("adt_a01_v25.hl7"),
+        "NOR^H^^4601",
+        "NOR^M^^4627~Strandgaten 12^^BERGEN^^5013^NOR^H^^4601",
+    )
+    assert only_event(home_second)["payload"]["home_municipality_org"] == BERGEN.org_id
+    registry_home = replaced(
+        example("adt_a01_v25.hl7"), "NOR^H^^4601", "NOR^H^^4601~Kleppe^^ASKØY^^^NOR^RH^^4627"
+    )
+    assert only_event(registry_home)["payload"]["home_municipality_org"] == ASKØY.org_id
+    bad_only = replaced(
+        example("adt_a01_v25.hl7"), "NOR^H^^4601", "NOR^BA^^4627~Kontor^^^^^NOR^O^^4627"
+    )
+    translation = translate(bad_only)
+    assert translation.events[0]["payload"]["home_municipality_org"] == BERGEN.org_id
+    assert translation.origin_of("events[0].payload.home_municipality_org") == "MSH-6"
+
+
 @pytest.mark.parametrize(
     ("code", "problem"),
     [("0301", hl7v2.UNKNOWN_MUNICIPALITY), ("46O1", hl7v2.BAD_KOMMUNENUMMER)],
