@@ -36,7 +36,14 @@ from typing import Any, Final
 from carebus.adapters.deadletter import Reason
 from carebus.domain.deliveries import delivery_to_json
 from carebus.wire import fhir_outbound, plo_outbound
-from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format, Rendered, Renderer
+from carebus.wire.outbound import (
+    JSON_CONTENT_TYPE,
+    Addressee,
+    Format,
+    Rendered,
+    Renderer,
+    RenderError,
+)
 from carebus.wire.sealing import PREFIX, Keyring, open_body
 
 SIGNATURE_HEADER: Final = "X-Carebus-Signature"
@@ -144,7 +151,15 @@ def rendered_body(
     renderer = RENDERERS.get(format)
     if renderer is None or sender is None or recipient is None:
         return Rendered(body, JSON_CONTENT_TYPE)
-    rendered = renderer(json.loads(body), sender, recipient, now)
+    try:
+        rendered = renderer(json.loads(body), sender, recipient, now)
+    except RenderError:
+        raise
+    except Exception as exc:
+        # Rendering is pure code over one delivery: whatever it raises is a bug about that
+        # delivery, which is dead-lettered (RenderError) rather than left to stall its line
+        # by failing every attempt. The class name only: a message could quote a value.
+        raise RenderError(f"{type(exc).__name__} while rendering") from None
     return rendered if rendered is not None else Rendered(body, JSON_CONTENT_TYPE)
 
 

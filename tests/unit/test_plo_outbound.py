@@ -17,9 +17,9 @@ from lxml import etree
 from carebus.domain.events import EVENT_TYPES
 from carebus.domain.identity import random_nin
 from carebus.wire import plo, plo_outbound
-from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format
+from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format, RenderError
 from carebus.wire.translation import Party, StaticDirectory
-from consumers.webhooks.protocol import rendered_body
+from consumers.webhooks.protocol import RENDERERS, rendered_body
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 SENDER = Addressee("974749025", "dps", "St. Olavs hospital DPS", "59")
@@ -203,3 +203,20 @@ def test_any_subset_of_the_fields_renders_a_valid_message(
     out = plo_outbound.render(delivery(event_type, payload=payload), sender, RECIPIENT, NOW)
     assert out is not None
     assert plo.read(out.body).msg_type == plo_outbound.MESSAGES[event_type][0]
+
+
+def test_any_failure_while_rendering_is_a_render_error_naming_no_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renderer bug about one delivery becomes RenderError (dead-lettered), never another
+    exception that would fail every attempt and stall the person's line."""
+
+    def broken(delivery: Any, *_args: Any) -> None:
+        raise KeyError(delivery["subject"]["nin"])
+
+    monkeypatch.setitem(RENDERERS, Format.PLO, broken)
+    body = json.dumps(delivery("admission")).encode()
+    with pytest.raises(RenderError) as raised:
+        rendered_body(body, Format.PLO, SENDER, RECIPIENT, NOW)
+    assert str(raised.value) == "KeyError while rendering"
+    assert NIN not in str(raised.value)
