@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from carebus.domain.webhook_targets import TargetPolicy
 from carebus.runtime.config import LOCAL_WEBHOOK_SECRET_KEY, Settings, get_settings
-from carebus.wire.outbound import Format
+from carebus.wire.outbound import Format, format_problem
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -41,10 +41,11 @@ _KEY_INFO: Final = b"carebus webhook secrets v1"
 _ANY_DEPLOYMENT: Final = TargetPolicy(allow_http=True, allow_private=True)
 
 _SET: Final = """
-    INSERT INTO webhooks (org_id, url, secret_sealed, format) VALUES ($1, $2, $3, $5)
+    INSERT INTO webhooks (org_id, url, secret_sealed, format)
+        VALUES ($1, $2, $3, coalesce($5, 'carebus'))
     ON CONFLICT (org_id) DO UPDATE
         SET url = EXCLUDED.url, secret_sealed = EXCLUDED.secret_sealed,
-            format = EXCLUDED.format,
+            format = coalesce($5, webhooks.format),
             previous_secret_sealed = webhooks.secret_sealed,
             previous_secret_until = now() + $4::interval,
             updated_at = now()
@@ -147,14 +148,17 @@ async def set_webhook(
     org_id: str,
     url: str,
     settings: Settings | None = None,
-    format: Format = Format.CAREBUS,
+    format: Format | None = None,
 ) -> Webhook:
     """Register `url` for `org_id` with a new secret, replacing any earlier registration; the
     secret it replaces keeps signing for `settings.webhook_secret_grace_s`. The deliveries go
-    in `format` (carebus.wire.outbound), from the next one sent, queued ones included.
+    in `format` (carebus.wire.outbound), from the next one sent, queued ones included; None
+    keeps the registration's format (carebus JSON for a new one), so renewing a secret never
+    switches a PLO or FHIR receiver back to JSON.
 
     Raises ValueError for a URL the deployment refuses (`Settings.webhook_targets`), starting
-    "url ", UnknownOrganisationError for an organisation that is not registered.
+    "url ", or a format the organisation's agency may not take, starting "format ";
+    UnknownOrganisationError for an organisation that is not registered.
     """
     settings = settings or get_settings()
     problem = settings.webhook_targets().url_problem(url)
@@ -163,11 +167,16 @@ async def set_webhook(
     box = SecretBox.from_settings(settings)
     grace = timedelta(seconds=settings.webhook_secret_grace_s)
     async with conn.transaction():
-        known = await conn.fetchval("SELECT 1 FROM organisations WHERE org_id = $1", org_id)
-        if known is None:
+        agency = await conn.fetchval("SELECT agency FROM organisations WHERE org_id = $1", org_id)
+        if agency is None:
             raise UnknownOrganisationError(f"organisation {org_id} is not registered")
+        chosen = None if format is None else Format(format)
+        refused = None if chosen is None else format_problem(chosen, agency)
+        if refused is not None:
+            raise ValueError(f"format {refused}")
         sealed = box.seal(org_id, new_secret())
-        row = await conn.fetchrow(_SET, org_id, url, sealed, grace, Format(format).value)
+        value = None if chosen is None else chosen.value
+        row = await conn.fetchrow(_SET, org_id, url, sealed, grace, value)
     assert row is not None
     return _webhook(box, row)
 

@@ -323,11 +323,12 @@ def webhook() -> None:
     "--format",
     "format_",
     type=click.Choice(["carebus", "plo", "fhir"]),
-    default="carebus",
-    show_default=True,
-    help="What the webhook receives: carebus JSON, PLO in MsgHead, or a FHIR message Bundle.",
+    default=None,
+    help="What the webhook receives: carebus JSON, PLO in MsgHead, or a FHIR message Bundle"
+    " (PLO and FHIR: DPS, municipality and GP only). Default: the registration's format stays"
+    " (carebus for a new one).",
 )
-def webhook_set(org_id: str, url: str, format_: str) -> None:
+def webhook_set(org_id: str, url: str, format_: str | None) -> None:
     """Register an organisation's webhook with a new signing secret and print the secret once;
     the secret it replaces keeps signing beside it for CAREBUS_WEBHOOK_SECRET_GRACE_S."""
     from carebus.adapters import webhook_registrations
@@ -338,9 +339,8 @@ def webhook_set(org_id: str, url: str, format_: str) -> None:
     async def register() -> str:
         conn = await asyncpg.connect(settings.postgres_dsn)
         try:
-            webhook = await webhook_registrations.set_webhook(
-                conn, org_id, url, settings, Format(format_)
-            )
+            chosen = None if format_ is None else Format(format_)
+            webhook = await webhook_registrations.set_webhook(conn, org_id, url, settings, chosen)
             return webhook.secret
         finally:
             await conn.close()

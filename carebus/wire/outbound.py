@@ -24,6 +24,22 @@ from enum import StrEnum
 from typing import Any, Final
 
 JSON_CONTENT_TYPE: Final = "application/json"
+# Who may receive a standard format: the health and care services whose systems speak PLO and
+# FHIR (the DPS, the municipality's care services, the GP). A PLO or FHIR message names the
+# organisation the event came from (MsgHead's Sender, MessageHeader.sender), which carebus's
+# delivery JSON does not carry: a treatment unit's name can say why a person was admitted,
+# which routing withholds from NAV, the police and the housing office (as it withholds the ward).
+STANDARD_FORMAT_AGENCIES: Final = frozenset({"dps", "municipality", "fastlege"})
+
+
+def format_problem(format: Format, agency: str) -> str | None:
+    """Why an organisation of `agency` may not take its deliveries in `format`; None if it may."""
+    if format is Format.CAREBUS or agency in STANDARD_FORMAT_AGENCIES:
+        return None
+    return (
+        f"a {agency} organisation receives carebus JSON only: PLO and FHIR name the sending"
+        " organisation, which its deliveries do not disclose"
+    )
 
 
 class Format(StrEnum):

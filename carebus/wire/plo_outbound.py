@@ -24,7 +24,7 @@ attempt, to homelessness) are never reduced to a bare logistics code.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from lxml import etree
@@ -115,7 +115,9 @@ def render(
     the person's identity was erased: a PLO message names its patient)."""
     message = MESSAGES.get(str(delivery.get("event_type")))
     nin = (delivery.get("subject") or {}).get("nin")
-    if message is None or not isinstance(nin, str):
+    if message is None or not isinstance(nin, str) or delivery.get("emergency"):
+        # An emergency disclosure (helsepersonelloven § 23 no. 4) must reach its recipient with
+        # its justification and who is accountable, which PLO has no element for: JSON.
         return None
     msg_type, msg_name, element, code, code_name = message
     payload: Mapping[str, Any] = delivery.get("payload") or {}
@@ -202,7 +204,7 @@ def remarks(event_type: str, payload: Mapping[str, Any]) -> str:
     ward = payload.get("ward")
     if isinstance(ward, str) and ward:
         # TilknyttetEnhet would need the unit's identifier, which carebus is not told.
-        parts.append(f"Avdeling: {ward}")
+        parts.append(f"Avdeling: {_xml_text(ward)}")
     if payload.get("admission_kind") in _KIND:
         parts.append(f"Innleggelse: {_KIND[payload['admission_kind']]}")
     housing = payload.get("housing_status")
@@ -255,4 +257,14 @@ def _local(rfc3339: str) -> str:
 
 
 def _local_time(moment: datetime) -> str:
-    return moment.astimezone(NORWAY).replace(tzinfo=None).isoformat(timespec="seconds")
+    try:
+        local = moment.astimezone(NORWAY)
+    except OverflowError:  # the last hours of year 9999 (a sender's "unknown"): kept in UTC
+        return moment.astimezone(UTC).isoformat(timespec="seconds")
+    return local.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def _xml_text(text: str) -> str:
+    """`text` without what XML 1.0 cannot hold and the gateway's input rule lets through
+    (the noncharacters U+FFFE and U+FFFF; surrogates and controls never pass it)."""
+    return "".join(ch for ch in text if ch not in "\ufffe\uffff")

@@ -43,6 +43,7 @@ from carebus.wire.outbound import (
     Rendered,
     Renderer,
     RenderError,
+    format_problem,
 )
 from carebus.wire.sealing import PREFIX, Keyring, open_body
 
@@ -151,6 +152,8 @@ def rendered_body(
     renderer = RENDERERS.get(format)
     if renderer is None or sender is None or recipient is None:
         return Rendered(body, JSON_CONTENT_TYPE)
+    if format_problem(format, recipient.agency) is not None:
+        return Rendered(body, JSON_CONTENT_TYPE)  # registered before the rule: JSON, as allowed
     try:
         rendered = renderer(json.loads(body), sender, recipient, now)
     except RenderError:

@@ -486,16 +486,18 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         pool: asyncpg.Pool = request.app.state.pool
         async with pool.acquire() as conn:
             try:
+                chosen = None if body.format is None else Format(body.format)
                 webhook = await webhook_registrations.set_webhook(
-                    conn, org_id, body.url, settings, Format(body.format)
+                    conn, org_id, body.url, settings, chosen
                 )
             except webhook_registrations.UnknownOrganisationError as error:
                 raise ApiError(
                     422, str(error), [("org_id", "is not a registered organisation")]
                 ) from error
-            except ValueError as error:  # the deployment's rules for targets
-                problem = str(error).removeprefix("url ")
-                raise ApiError(422, "the webhook is invalid", [("url", problem)]) from error
+            except ValueError as error:  # the deployment's rules for targets, the agency's formats
+                field, _, problem = str(error).partition(" ")
+                field = field if field in ("url", "format") else "url"
+                raise ApiError(422, "the webhook is invalid", [(field, problem)]) from error
         log.info("webhook_registered", org_id=org_id, by_org=principal.org_id)
         operator: OperatorActions = request.app.state.operator
         await operator.touched(principal, "webhook_registered", org_id)

@@ -160,11 +160,13 @@ class WebhookRequest(RequestBody):
     org_id: OrgId | None = Field(
         default=None, description="the operator only; default: the caller's"
     )
-    format: Literal["carebus", "plo", "fhir"] = Field(
-        default="carebus",
+    format: Literal["carebus", "plo", "fhir"] | None = Field(
+        default=None,
         description="What the webhook receives: carebus's delivery JSON, PLO 1.6 in MsgHead"
         " 1.2 (application/xml), or a FHIR R4 message Bundle (application/fhir+json); a delivery"
-        " the chosen standard has no message for goes as carebus JSON (docs/adapters.md)",
+        " the chosen standard has no message for goes as carebus JSON (docs/adapters.md)."
+        " Absent: the registration's format stays (carebus for a new one). PLO and FHIR are for"
+        " the DPS, the municipality and the GP only",
     )
 
 

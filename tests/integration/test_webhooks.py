@@ -340,7 +340,10 @@ async def test_a_plo_webhook_gets_plo_messages_and_json_for_what_plo_cannot_say(
     org_id = new_org_id()
     await ensure_organisation(db, agency="municipality", org_id=org_id)
     await ensure_organisation(db, agency="dps", org_id="974705788")
-    webhook = await set_webhook(db, org_id, receiver.url(org_id), stack.settings, Format.PLO)
+    await set_webhook(db, org_id, receiver.url(org_id), stack.settings, Format.PLO)
+    # A new secret without a format keeps the format: renewing never switches back to JSON.
+    webhook = await set_webhook(db, org_id, receiver.url(org_id), stack.settings)
+    assert webhook.format is Format.PLO
     who = person(stack)
     discharge = delivery(org_id, who)
     callout = {
@@ -777,8 +780,12 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
             unknown = await client.put(
                 "/v1/webhooks", json={"url": "https://nav.example/hook", "format": "edifact"}
             )
-            second = await client.put(
+            # NAV's deliveries never name their source: no standard format for NAV.
+            not_for_nav = await client.put(
                 "/v1/webhooks", json={"url": "https://nav.example/hook", "format": "fhir"}
+            )
+            second = await client.put(
+                "/v1/webhooks", json={"url": "https://nav.example/hook", "format": "carebus"}
             )
             shown = await client.get("/v1/webhooks")
     finally:
@@ -788,10 +795,11 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
         assert [d["field"] for d in response.json()["error"]["details"]] == ["url"]
     assert missing.status_code == 404
     assert (first.status_code, second.status_code) == (200, 200)
-    assert (first.json()["format"], second.json()["format"]) == ("carebus", "fhir")
-    assert unknown.status_code == 422, unknown.text
-    assert [d["field"] for d in unknown.json()["error"]["details"]] == ["format"]
-    assert shown.json()["format"] == "fhir"
+    assert (first.json()["format"], second.json()["format"]) == ("carebus", "carebus")
+    for response in (unknown, not_for_nav):
+        assert response.status_code == 422, response.text
+        assert [d["field"] for d in response.json()["error"]["details"]] == ["format"]
+    assert shown.json()["format"] == "carebus"
     assert shown.json()["previous_secret_valid_until"] is not None
     staging = stack.settings.model_copy(
         update={"webhook_secret_key": SecretStr(STAGING_WEBHOOK_KEY)}

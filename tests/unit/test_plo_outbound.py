@@ -17,7 +17,13 @@ from lxml import etree
 from carebus.domain.events import EVENT_TYPES
 from carebus.domain.identity import random_nin
 from carebus.wire import plo, plo_outbound
-from carebus.wire.outbound import JSON_CONTENT_TYPE, Addressee, Format, RenderError
+from carebus.wire.outbound import (
+    JSON_CONTENT_TYPE,
+    Addressee,
+    Format,
+    RenderError,
+    format_problem,
+)
 from carebus.wire.translation import Party, StaticDirectory
 from consumers.webhooks.protocol import RENDERERS, rendered_body
 
@@ -220,3 +226,31 @@ def test_any_failure_while_rendering_is_a_render_error_naming_no_value(
         rendered_body(body, Format.PLO, SENDER, RECIPIENT, NOW)
     assert str(raised.value) == "KeyError while rendering"
     assert NIN not in str(raised.value)
+
+
+def test_an_emergency_disclosure_is_left_to_json_which_carries_its_justification() -> None:
+    emergency = delivery("admission")
+    emergency["emergency"] = {"justification": "livsfare", "accountable": "lege på vakt"}
+    assert plo_outbound.render(emergency, SENDER, RECIPIENT, NOW) is None
+
+
+@pytest.mark.parametrize("agency", ["nav", "police", "housing"])
+def test_nav_police_and_housing_get_json_whatever_was_registered(agency: str) -> None:
+    """A standard format names the sending organisation, which their deliveries never do."""
+    body = json.dumps(delivery("admission")).encode()
+    recipient = Addressee("974760673", agency, "Mottaker")
+    assert format_problem(Format.PLO, agency) is not None
+    assert rendered_body(body, Format.PLO, SENDER, recipient, NOW).body == body
+
+
+def test_values_xml_cannot_hold_or_the_last_hours_of_year_9999_still_render() -> None:
+    """Noncharacters pass the gateway's input rule but not XML 1.0; a 9999-12-31 placeholder
+    time has no Oslo time: both render (the first without the noncharacter, the second in
+    UTC), so such a delivery is never dead-lettered for it."""
+    ward = rendered("admission", payload={"ward": "Akutt\ufffe\uffffpost"}).decode()
+    assert "Avdeling: Akuttpost" in ward
+    late = delivery("discharge", payload={"followup_at": "9999-12-31T23:30:00Z"})
+    late["occurred_at"] = "9999-12-31T23:59:59Z"
+    out = plo_outbound.render(late, SENDER, RECIPIENT, NOW)
+    assert out is not None
+    assert b"9999-12-31T23:59:59" in out.body
