@@ -649,7 +649,8 @@ async def test_webhook_registration(
         deleted_again = await client.delete("/v1/webhooks", headers=auth(tokens["nav"]))
 
     assert first.status_code == 200, first.text
-    assert set(first.json()) == {"org_id", "url", "secret"}
+    assert set(first.json()) == {"org_id", "url", "format", "secret"}
+    assert first.json()["format"] == "carebus"
     assert (first.json()["org_id"], first.json()["url"]) == (NAV_ORG, url)
     assert first.json()["secret"] != second.json()["secret"]
     assert len(second.json()["secret"]) >= 43
