@@ -59,9 +59,25 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _worker_slice(ports: Sequence[int]) -> Sequence[int]:
+    """This pytest-xdist worker's share of `ports` (all of them outside xdist).
+
+    Each worker runs a stack of its own; a port one worker has picked but not yet bound could
+    otherwise be picked by the other worker too. Disjoint slices make that impossible.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return ports
+    index = int(worker[2:]) % count
+    size = len(ports) // count
+    return ports[index * size : (index + 1) * size]
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports that nothing listens on right now, below the ephemeral range."""
-    candidates = [port for port in _LISTENER_PORTS if port < _ephemeral_low()]
+    """`count` distinct TCP ports that nothing listens on right now, below the ephemeral range
+    (and, under pytest-xdist, in this worker's own slice of it)."""
+    candidates = list(_worker_slice([port for port in _LISTENER_PORTS if port < _ephemeral_low()]))
     _local_ports.shuffle(candidates)
     ports: list[int] = []
     for port in candidates:

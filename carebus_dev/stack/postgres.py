@@ -10,6 +10,7 @@ logs in as its own role, `carebus_<service>`, a member of the group role migrati
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pwd
@@ -61,6 +62,21 @@ def install_server() -> Path:
             "root can install them: run `sudo apt-get install -y --no-install-recommends "
             "postgresql`, or run this command as root"
         )
+    # Two test workers (or a test session and `carebus up`) may both find it missing; apt would
+    # refuse the second on its own lock, so the first installs and the others wait for it.
+    with Path("/var/lock/carebus-postgres-install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        bin_dir = server_bin_dir()
+        if bin_dir is not None:
+            return bin_dir
+        _apt_install_server()
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        raise StackError("the postgresql package installed, but no server binary was found")
+    return bin_dir
+
+
+def _apt_install_server() -> None:
     # The package would create and start a default cluster on port 5432 that carebus never
     # uses and `carebus down` would not stop; this documented switch tells it not to.
     conf = Path("/etc/postgresql-common/createcluster.conf")
@@ -86,10 +102,6 @@ def install_server() -> Path:
                 f"`{' '.join(argv)}` failed (exit {result.returncode}):\n"
                 + (result.stdout + result.stderr).strip()[-2000:]
             )
-    bin_dir = server_bin_dir()
-    if bin_dir is None:
-        raise StackError("the postgresql package installed, but no server binary was found")
-    return bin_dir
 
 
 def login_role(service: str) -> str:

@@ -17,9 +17,10 @@ from carebus_dev.stack.kafka import default_libs_dir, fetch_libs
 from carebus_dev.testing import TestStack, free_ports, run_cli
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cli_env() -> Iterator[dict[str, str]]:
-    """Environment for a `carebus` CLI stack in a private 0700 directory on free ports.
+    """Environment for a `carebus` CLI stack in a private 0700 directory on free ports (its
+    services' internal /metrics ports are the local stack's fixed ones: one such stack at once).
 
     Like CI's `mktemp -d` checkout, the postgres user cannot enter it, which exercises the
     data directory fallback. The Kafka jars are linked from the project's state dir.
@@ -29,7 +30,7 @@ def cli_env() -> Iterator[dict[str, str]]:
     fetch_libs(libs)
     (state_dir / "kafka").mkdir(parents=True)
     (state_dir / "kafka" / "libs").symlink_to(libs)
-    ports = free_ports(9)
+    ports = free_ports(11)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREBUS_")}
     env.update(
         CAREBUS_STATE_DIR=str(state_dir),
@@ -42,6 +43,8 @@ def cli_env() -> Iterator[dict[str, str]]:
         CAREBUS_INBOX_PORT=str(ports[6]),
         CAREBUS_PROMETHEUS_PORT=str(ports[7]),
         CAREBUS_OIDC_ISSUER_PORT=str(ports[8]),
+        CAREBUS_ADAPTERS_PORT=str(ports[9]),
+        CAREBUS_MLLP_PORT=str(ports[10]),
     )
     yield env
     run_cli(env, "down")

@@ -1,25 +1,37 @@
-"""Operations against a stack started as a user starts it: `carebus up --with-prometheus`.
+"""The stack as a user runs it: `carebus up --with-prometheus`, `status`, `trace`, `down`.
 
-Every metric a Grafana dashboard or a Prometheus rule uses must be exported by the running
-services, the local Prometheus must scrape every service and load the alert rules, and
-`carebus trace` must show the path of a demo scenario event.
+One stack for the module (starting it is most of the time these tests take): `up` again changes
+nothing and `status --json` prints the contract; every metric a Grafana dashboard or a Prometheus
+rule uses is exported by the running services, the local Prometheus scrapes every service and
+loads the alert rules, and `carebus trace` shows the path of a demo scenario event; `down` stops
+everything and leaves nothing running.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
 import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from carebus.runtime.config import PROJECT_ROOT, Settings
+from carebus.wire import topics
+from carebus_dev.stack.postgres import with_user
+from carebus_dev.stack.process import processes_mentioning
 from carebus_dev.stack.prometheus import RULES_DIR, job_name
 from carebus_dev.stack.supervisor import SERVICES
 from carebus_dev.testing import run_cli
@@ -81,12 +93,92 @@ def _has_sample(
     )
 
 
+@pytest.fixture(scope="module")
+def up(cli_env: dict[str, str]) -> dict[str, str]:
+    """`carebus up --with-prometheus` once for the module; the environment to speak to it."""
+    first = run_cli(cli_env, "up", "--with-prometheus")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "prometheus" in first.stdout
+    return cli_env
+
+
+def _answer(url: str) -> int | str:
+    """The status code of GET `url`, or the error that kept it from answering."""
+    try:
+        return httpx.get(url, timeout=10).status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+def test_up_again_changes_nothing_and_status_prints_the_contract(up: dict[str, str]) -> None:
+    """`carebus up` is healthy and idempotent; status prints the contract, every part working."""
+    cli_env = up
+    again = run_cli(cli_env, "up", "--with-prometheus")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "started" not in again.stdout  # everything was left running
+
+    status = run_cli(cli_env, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    document = json.loads(status.stdout)
+    assert {"services", "metrics", "kafka", "kafka_client", "postgres", "dev_tokens"} <= set(
+        document
+    )
+    # Each component's state, as the table without --json shows it.
+    components = document["components"]
+    assert {"kafka", "postgres", "migrations", "gateway", "router"} <= set(components)
+    assert {c["state"] for c in components.values()} <= {"up", "absent"}, components
+    # Every component's /metrics on its internal port, each one answering.
+    assert set(document["metrics"]) >= {"gateway", "registry", "audit", "inbox", "router"}
+    for component, url in document["metrics"].items():
+        assert url not in document["services"].values(), component
+        assert _answer(url) == 200, (component, url)
+    # The development OpenID Connect issuer people sign in to the inbox with.
+    issuer = document["services"]["oidc_issuer"]
+    assert issuer == f"http://127.0.0.1:{cli_env['CAREBUS_OIDC_ISSUER_PORT']}"
+    discovery = httpx.get(f"{issuer}/.well-known/openid-configuration", timeout=10)
+    assert discovery.json()["issuer"] == issuer
+    # The adapters: HTTP for PLO, HL7 v2 and FHIR, and their MLLP listener for HL7 v2.
+    assert _answer(f"{document['services']['adapters']}/healthz") == 200
+    mllp = urlsplit(document["services"]["mllp"])
+    assert mllp.scheme == "tcp"
+    socket.create_connection((mllp.hostname, mllp.port), timeout=10).close()
+    assert document["kafka"] == cli_env["CAREBUS_KAFKA_BOOTSTRAP"]
+    # The admin's client configuration works, and without it the broker refuses.
+    client = document["kafka_client"]
+    assert client["bootstrap.servers"] == document["kafka"]
+    assert client["security.protocol"] == "SASL_SSL"
+    assert AdminClient(client).list_topics(timeout=10).topics
+    with pytest.raises(KafkaException):
+        AdminClient({"bootstrap.servers": document["kafka"]}).list_topics(timeout=3)
+    # The owner's DSN with its generated password: it connects with no further setup, reads
+    # every table, and the audit trail stays append-only for it too.
+    assert document["postgres"] != cli_env["CAREBUS_POSTGRES_DSN"]
+    assert with_user(document["postgres"], "carebus") == cli_env["CAREBUS_POSTGRES_DSN"]
+    with psycopg.connect(document["postgres"]) as conn:
+        conn.execute("SELECT count(*) FROM events").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute("DELETE FROM disclosures")
+    tokens = document["dev_tokens"]
+    assert set(tokens) == {
+        *topics.AGENCIES,
+        "coordinator",
+        "privacy_officer",
+        "admin",
+        "orgs",
+        "operator",
+        "operator_privacy_officer",
+        "operator_org",
+    }
+    assert set(tokens["orgs"]) == set(topics.AGENCIES)
+    assert tokens["operator_org"] not in tokens["orgs"].values()
+    token_file = Path(cli_env["CAREBUS_STATE_DIR"]) / "dev_tokens.json"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+
+
 def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
-    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    up: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    up = run_cli(cli_env, "up", "--with-prometheus")
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert "prometheus" in up.stdout
+    cli_env = up
     demo = subprocess.run(
         [sys.executable, "-m", "producers.scenario"],
         env=cli_env,
@@ -175,6 +267,28 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
     for stage in ("received", "stored", "routed", "delivered", "obligation"):
         assert stage in trace.stdout, f"no {stage!r} hop in:\n{trace.stdout}"
 
+
+def test_down_stops_everything_and_leaves_nothing_running(up: dict[str, str]) -> None:
+    """`carebus down` (last: the module's stack is gone after it) stops every process."""
+    cli_env = up
+    state_dir = Path(cli_env["CAREBUS_STATE_DIR"])
+    pg_root = Path((state_dir / "postgres" / "location").read_text().strip())
+    if os.geteuid() == 0:  # PostgreSQL runs as `postgres`, who cannot enter a 0700 checkout
+        assert pg_root.parent == Path("/var/tmp")
+
     down = run_cli(cli_env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
+    assert "leftover" not in down.stdout
     assert "prometheus   stopped" in down.stdout
+    assert (
+        processes_mentioning(
+            [str(state_dir), str(pg_root)], marker_env=f"CAREBUS_STACK_STATE_DIR={state_dir}"
+        )
+        == []
+    )
+    assert run_cli(cli_env, "status").returncode != 0
+    stopped = run_cli(cli_env, "status", "--json")
+    assert stopped.returncode == 1
+    components = json.loads(stopped.stdout)["components"]
+    assert components["gateway"] == {"state": "down", "detail": "not running"}
+    assert components["kafka"]["state"] == "down"
