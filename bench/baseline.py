@@ -6,13 +6,16 @@ Every other figure is shown as a ratio to one of these, measured in the same run
 - `kafka.consume`: Kafka's own ConsumerPerformance (Java) reading those records back;
 - `kafka.loop`: a plain confluent-kafka consume → produce loop, the most a Python router could do;
 - `kafka.latency_p50_ms` / `kafka.latency_p99_ms`: produce → consume latency of confluent-kafka
-  at 1,000 records/s with carebus's linger, the floor under carebus's end-to-end latency.
+  at 1,000 records/s with carebus's linger, the floor under carebus's end-to-end latency;
+- `kafka.<figure>_plaintext`: the same four on a broker without TLS, SASL or ACLs, in rounds
+  alternating with carebus's broker (`tls_and_sasl_cost`): what security costs on each path.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -123,8 +126,6 @@ def run(bench: Bench) -> None:
             )
         )
 
-        tls_and_sasl_cost(bench, produced, consumed)
-
         target = create_topic(stack, "bench.baseline.looped", partitions)
         looped = consume_produce_loop(stack, source, target, count)
         bench.add(
@@ -157,47 +158,97 @@ def run(bench: Bench) -> None:
                 )
             )
 
+        tls_and_sasl_cost(bench, stack, size, partitions)
 
-def tls_and_sasl_cost(bench: Bench, produced: ProducerSummary, consumed: ConsumerSummary) -> None:
-    """The same producer and consumer runs on a plaintext broker (no TLS, SASL or ACLs: never
-    carebus's, which always authenticates), and the secured figures beside them."""
+
+@dataclass(frozen=True)
+class PathFigures:
+    """One round of the figures TLS and SASL are compared on, on one broker."""
+
+    produce: float  # ProducerPerformance, records/s
+    consume: float  # ConsumerPerformance, fetch records/s
+    loop: float  # the confluent-kafka consume → produce loop, records/s
+    latency_p99_ms: float  # confluent-kafka produce → consume at LATENCY_RATE
+
+
+def path_figures(stack: TestStack, bench: Bench, size: int, partitions: int) -> PathFigures:
+    """ProducerPerformance, ConsumerPerformance, the Python loop and the latency on `stack`,
+    each on fresh topics."""
     count = bench.scale.baseline_records
-    with private_stack(kafka_secure=False) as stack:
-        size = Workload(stack.settings.subject_key_secret.get_secret_value()).message_size()
-        source = create_topic(
-            stack, "bench.baseline.plaintext", partition_count(stack, topics.EVENTS)
-        )
-        plain_produced = producer_performance(stack, source, count, size)
-        plain_consumed = consumer_performance(stack, source, count)
-    for name, plain, secured, key in (
-        ("ProducerPerformance", plain_produced.records_per_s, produced.records_per_s, "produce"),
+    source = create_topic(stack, "bench.tls.source", partitions)
+    produced = producer_performance(stack, source, count, size)
+    consumed = consumer_performance(stack, source, count)
+    looped = consume_produce_loop(
+        stack, source, create_topic(stack, "bench.tls.loop", partitions), count
+    )
+    latency = produce_consume_latency(
+        stack,
+        create_topic(stack, "bench.tls.latency", partitions),
+        size,
+        LATENCY_RATE,
+        bench.scale.latency_seconds,
+    )
+    return PathFigures(
+        produced.records_per_s, consumed.fetch_records_per_s, looped, percentiles(latency)[99]
+    )
+
+
+def tls_and_sasl_cost(bench: Bench, secured: TestStack, size: int, partitions: int) -> None:
+    """The same producer, consumer, Python loop and latency runs on carebus's broker (SASL/SCRAM
+    over TLS, ACLs) and on a plaintext broker (none of them: never carebus's), both running,
+    in alternating rounds (plaintext first in odd rounds, secured first in even ones, so the
+    order and the box's drift fall on both sides); each figure is the median of its rounds.
+    The Java tools show the protocol's cost; the confluent-kafka loop and latency the cost on
+    the client path carebus's services take."""
+    rounds: dict[str, list[PathFigures]] = {"plaintext": [], "secured": []}
+    with private_stack(kafka_secure=False) as plaintext:
+        brokers = {"plaintext": plaintext, "secured": secured}
+        for round_no in range(bench.scale.tls_rounds):
+            order = ("plaintext", "secured") if round_no % 2 == 0 else ("secured", "plaintext")
+            for name in order:
+                rounds[name].append(path_figures(brokers[name], bench, size, partitions))
+    count = bench.scale.tls_rounds
+    for label, field, unit, key in (
+        ("Kafka ProducerPerformance", "produce", "records/s", "produce"),
+        ("Kafka ConsumerPerformance", "consume", "records/s", "consume"),
+        ("confluent-kafka consume → produce loop", "loop", "records/s", "loop"),
         (
-            "ConsumerPerformance",
-            plain_consumed.fetch_records_per_s,
-            consumed.fetch_records_per_s,
-            "consume",
+            f"confluent-kafka latency p99 at {LATENCY_RATE:,}/s",
+            "latency_p99_ms",
+            "ms",
+            "latency_p99_ms",
         ),
     ):
+        plain = [getattr(figures, field) for figures in rounds["plaintext"]]
+        sasl = [getattr(figures, field) for figures in rounds["secured"]]
         bench.add(
             Row(
                 SECTION,
-                f"Kafka {name}, plaintext broker",
-                plain,
-                "records/s",
-                note="the same run without TLS, SASL or ACLs (a throwaway broker)",
+                f"{label}, plaintext broker",
+                statistics.median(plain),
+                unit,
+                note=f"median of {count} rounds ({_spread(plain)}); no TLS, SASL or ACLs "
+                "(a throwaway broker beside carebus's)",
                 key=f"kafka.{key}_plaintext",
             )
         )
         bench.add(
             Row(
                 SECTION,
-                f"Kafka {name}, SASL/SCRAM over TLS (carebus's broker)",
-                secured,
-                "records/s",
+                f"{label}, SASL/SCRAM over TLS (carebus's broker)",
+                statistics.median(sasl),
+                unit,
                 baseline=f"kafka.{key}_plaintext",
-                note="the figure above: what TLS and SASL cost on this path",
+                note=f"median of {count} rounds ({_spread(sasl)}), alternating with the "
+                "plaintext broker's: what TLS and SASL cost on this path",
             )
         )
+
+
+def _spread(values: Sequence[float]) -> str:
+    """`low–high` of the rounds, as the table prints figures (whole numbers from 100 up)."""
+    digits = ",.0f" if max(values) >= 100 else ".3g"
+    return "–".join(format(value, digits) for value in (min(values), max(values)))
 
 
 def partition_count(stack: TestStack, topic: str) -> int:

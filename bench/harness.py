@@ -83,6 +83,7 @@ class Scale:
     sink_records: int
     replay_events: int
     rss_persons: int
+    tls_rounds: int  # alternating plaintext / SASL-over-TLS rounds of the baseline's TLS cost
 
 
 FULL: Final = Scale(
@@ -100,6 +101,7 @@ FULL: Final = Scale(
     sink_records=200_000,
     replay_events=1_000_000,
     rss_persons=100_000,
+    tls_rounds=3,
 )
 QUICK: Final = Scale(
     name="quick",
@@ -116,6 +118,7 @@ QUICK: Final = Scale(
     sink_records=2_000,
     replay_events=2_000,
     rss_persons=500,
+    tls_rounds=1,
 )
 
 

@@ -94,11 +94,18 @@ def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any
     if role == "source":
         return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
     if role == "coordinator":
-        for org_id in sorted(routing.team):
-            member = routing.team[org_id]
-            if member.role == "coordinator":
-                return {"agency": member.agency, "org_id": org_id}
-        return False
+        coordinators = [
+            (org_id, member) for org_id, member in routing.team.items() if member.role == role
+        ]
+        if not coordinators:
+            return False
+        # The municipal coordinator holds the individual plan and the coordination duty
+        # (sources.md, "Koordinator"); a specialist service's pathway coordinator gets the alert
+        # only where the municipality has named none. Never "the lower organisation number".
+        org_id, member = min(
+            coordinators, key=lambda pair: (pair[1].agency != "municipality", pair[0])
+        )
+        return {"agency": member.agency, "org_id": org_id}
     if role == "home_municipality":
         home = routing.home_municipality
         return {"agency": "municipality", "org_id": home} if home else False
@@ -115,13 +122,13 @@ def build_alerts(
     """The Alert records (JSON form) a breach of `rule` raises, one per recipient."""
     built = []
     now = stamp(context.now)
-    contact = _contact(rule, trigger, context.routing)
     # `context.routing` includes the trigger (the engine applies each record before observing
     # it), so this is routing's answer for the trigger now: whom it reaches, on which basis.
     # For an emergency that is whom the router delivered it to (consent plays no part).
     routed = route(trigger, context.routing, context.policy, context.now)
     for recipient in recipients(rule, trigger, context.routing, routed):
         org_id = None if recipient is None else recipient["org_id"]
+        contact = _contact(rule, trigger, context.routing, org_id)
         disclosure = _disclosure_for(trigger, org_id, routed)
         knows = disclosure is not None
         specific = knows and (
@@ -137,7 +144,7 @@ def build_alerts(
         summary = (
             _summary(rule, title, trigger, event_ids, deadline, contact, told)
             if knows
-            else _neutral_summary(title, contact)
+            else _neutral_summary(title, contact, trigger)
         )
         identity = alert_id(rule.rule_id, trigger, org_id)
         alert: AlertJson = {
@@ -180,10 +187,22 @@ def resolved(alert: AlertJson, resolution: str, event_id: str, now: datetime) ->
     return again
 
 
-def _contact(rule: Rule, trigger: Mapping[str, Any], routing: PersonState) -> Organisation:
+def _contact(
+    rule: Rule, trigger: Mapping[str, Any], routing: PersonState, recipient_org: str | None
+) -> Organisation | None:
+    """Whom `recipient_org` should contact: the rule's contact (the home municipality or the
+    trigger's source), else the source; never the recipient itself (issue 17: an alert that
+    says "contact" its own organisation helps nobody act). None: the recipient is the source
+    and the rule's contact, so the missing step is its own and the summary says so."""
+    source: Organisation = {
+        "agency": trigger["source"]["agency"],
+        "org_id": trigger["source"]["org_id"],
+    }
+    chain: list[Organisation] = []
     if rule.contact == "home_municipality" and routing.home_municipality:
-        return {"agency": "municipality", "org_id": routing.home_municipality}
-    return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
+        chain.append({"agency": "municipality", "org_id": routing.home_municipality})
+    chain.append(source)
+    return next((org for org in chain if org["org_id"] != recipient_org), None)
 
 
 def _disclosure_for(
@@ -216,9 +235,23 @@ def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> st
     return told or "no organisation (routing withheld it from every recipient)"
 
 
-def _neutral_summary(title: str, contact: Mapping[str, Any]) -> str:
-    whom = f"{contact['agency']} {contact['org_id']}"
-    return f"{title}. The details are not disclosed to your organisation; contact {whom}."
+def _neutral_summary(
+    title: str, contact: Mapping[str, Any] | None, trigger: Mapping[str, Any]
+) -> str:
+    """For a recipient routing does not let know the person: what it can do. The contact knows
+    the person (the source always does); the event id, which the source chose and which never
+    holds a nin (carebus.domain.text), lets the contact find the case without naming it here."""
+    whom = _whom(contact, trigger)
+    return (
+        f"{title}. Who the person is and the details are not disclosed to your organisation. "
+        f"Contact {whom} and quote event {trigger['event_id']}: they can act, or ask the "
+        "person for consent to share with you."
+    )
+
+
+def _whom(contact: Mapping[str, Any] | None, trigger: Mapping[str, Any]) -> str:
+    chosen = contact or trigger["source"]
+    return f"{chosen['agency']} {chosen['org_id']}"
 
 
 def _summary(
@@ -227,12 +260,12 @@ def _summary(
     trigger: Mapping[str, Any],
     event_ids: Sequence[str],
     deadline: str | None,
-    contact: Mapping[str, Any],
+    contact: Mapping[str, Any] | None,
     told: str,
 ) -> str:
     """The summary for an organisation routing lets know of the trigger; `told`: whom an
     emergency disclosure reached, as this organisation may read it."""
-    whom = f"{contact['agency']} {contact['org_id']}"
+    act = f"Contact {_whom(contact, trigger)}." if contact else "The next step is yours."
     when = _oslo(trigger["occurred_at"])
     source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
     if rule.kind == "window":
@@ -248,7 +281,8 @@ def _summary(
             f"Accountable: {emergency.get('accountable', '')}."
         )
     due = f"; the deadline was {_oslo(deadline)}" if deadline else ""
-    return f"{title}: {trigger['event_type']} at {when} from {source}{due}. Contact {whom}."
+    event = f"{trigger['event_type']} {trigger['event_id']}"
+    return f"{title}: {event} at {when} from {source}{due}. {act}"
 
 
 def _oslo(moment: str) -> str:

@@ -43,7 +43,12 @@ def test_quick_bench_measures_every_section_and_saves_the_table(tmp_path: Path) 
     keys = {row["key"] for row in rows if row["key"]}
     assert {"kafka.produce", "kafka.consume", "kafka.loop", "kafka.latency_p99_ms"} <= keys
     # TLS and SASL are measured against a plaintext broker in the same run.
-    assert {"kafka.produce_plaintext", "kafka.consume_plaintext"} <= keys
+    assert {
+        "kafka.produce_plaintext",
+        "kafka.consume_plaintext",
+        "kafka.loop_plaintext",
+        "kafka.latency_p99_ms_plaintext",
+    } <= keys
     for row in rows:
         assert math.isfinite(row["value"]), row
         if row["baseline"] is not None:

@@ -199,7 +199,9 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
     #    10 s, so this waits for a round or two).
     used = used_metric_names()
     assert len(used) > 20, used
-    deadline = time.monotonic() + 60
+    # A liveness bound, not a speed test: the router joins its group and restores its state on a
+    # box that may be busy with other tests.
+    deadline = time.monotonic() + 150
     while True:
         exported = _scrape(targets)
         missing = sorted(used - _names(exported) - {"up"})
@@ -212,7 +214,9 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
             break
         time.sleep(2)
     assert not missing, f"used by dashboards or rules but exported by no service: {missing}"
-    assert not silent, f"no series after the demo scenario for: {silent}"
+    if silent:
+        router_log = run_cli(cli_env, "logs", "router", "--lines", "60").stdout
+        pytest.fail(f"no series after the demo scenario for: {silent}; router log:\n{router_log}")
     personal = sorted(
         {
             f"{service}: {name}{labels}"

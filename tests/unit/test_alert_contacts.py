@@ -1,0 +1,119 @@
+"""Every alert says whom to contact, and never the recipient itself; the municipal coordinator,
+not the lower organisation number, gets the coordinator's alerts (issue 17, items 4 and 7)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from carebus.domain.alerts import AlertContext, build_alerts
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
+from carebus.domain.routing import Member, PersonState
+from carebus.domain.sla import Rule
+from carebus.runtime.config import PROJECT_ROOT
+from carebus.wire.policy_files import load_policy, load_rules
+
+RULES = load_rules(PROJECT_ROOT / "policy" / "sla.yaml")
+POLICY = load_policy(PROJECT_ROOT / "policy" / "routing.yaml")
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+NIN = "12345678901"
+DPS = {"agency": "dps", "org_id": "974705788"}
+HOME = {"agency": "municipality", "org_id": "940493021"}
+# A DPS pathway coordinator whose organisation number is lower than the municipality's.
+DPS_NORTH = {"agency": "dps", "org_id": "874705788"}
+
+
+def rule(rule_id: str) -> Rule:
+    found = RULES.rule(rule_id)
+    assert found is not None, rule_id
+    return found
+
+
+def trigger(event_type: str, event_id: str = "dr-17", **payload: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "occurred_at": rfc3339(T0),
+        "source": {**DPS, "system": "test"},
+        "subject": {"nin": NIN},
+        "subject_key": "7" * 64,
+        "payload": {**EXAMPLE_PAYLOADS[event_type], **payload},
+    }
+
+
+def alerts_for(rule_id: str, event: dict[str, Any], routing: PersonState) -> list[Any]:
+    context = AlertContext(T0 + timedelta(hours=5), routing, POLICY, RULES.version)
+    return build_alerts(rule(rule_id), event, [event["event_id"]], rfc3339(T0), context)
+
+
+def by_recipient(alerts: list[Any]) -> dict[str | None, Any]:
+    return {(a["recipient"] or {}).get("org_id"): a for a in alerts}
+
+
+def test_the_home_municipality_is_never_told_to_contact_itself() -> None:
+    """The rule's contact is the home municipality; the home municipality's own alert names the
+    DPS that sent the notice instead, and the DPS's alert names the municipality."""
+    routing = PersonState(
+        team={HOME["org_id"]: Member("municipality", {"registry:test": "coordinator"})},
+        home_municipality=HOME["org_id"],
+    )
+    alerts = by_recipient(
+        alerts_for("municipal_reply.discharge_ready", trigger("discharge_ready"), routing)
+    )
+    assert set(alerts) == {HOME["org_id"], DPS["org_id"]}
+    assert alerts[HOME["org_id"]]["contact"] == DPS
+    assert alerts[DPS["org_id"]]["contact"] == HOME
+    for alert in alerts.values():
+        assert alert["contact"]["org_id"] != alert["recipient"]["org_id"]
+        assert "dr-17" in alert["summary"]  # which case: distinct alerts read differently
+
+
+def test_an_alert_whose_contact_is_its_own_recipient_says_the_step_is_its_own() -> None:
+    """A rule whose contact is the source, alerting the source: no contact, and the summary says
+    the next step is the recipient's own rather than "contact" its own organisation."""
+    routing = PersonState(home_municipality=HOME["org_id"])
+    alerts = by_recipient(alerts_for("health_info.after_admission", trigger("admission"), routing))
+    own = alerts[DPS["org_id"]]
+    assert own["contact"] is None
+    assert "The next step is yours." in own["summary"]
+    assert f"Contact dps {DPS['org_id']}" not in own["summary"]
+
+
+def test_a_recipient_that_may_not_know_the_person_gets_a_reference_and_what_to_do() -> None:
+    """Routing withholds the person from an unassigned queue: the alert names no one, names an
+    organisation that knows the person (never the recipient) and the event to quote."""
+    routing = PersonState()  # no team, no home municipality: the coordinator chain is unassigned
+    alerts = alerts_for("municipal_reply.discharge_ready", trigger("discharge_ready"), routing)
+    unassigned = by_recipient(alerts)[None]
+    assert unassigned["subject"] is None
+    assert unassigned["contact"] == DPS
+    assert "quote event dr-17" in unassigned["summary"]
+    assert "consent" in unassigned["summary"]
+    assert NIN not in unassigned["summary"]
+
+
+def test_the_municipal_coordinator_gets_the_alert_whatever_the_organisation_numbers() -> None:
+    """With a municipal coordinator and a DPS pathway coordinator of a lower organisation number,
+    the coordinator's alert goes to the municipality; with the DPS's alone, to the DPS."""
+    both = PersonState(
+        team={
+            DPS_NORTH["org_id"]: Member("dps", {"registry:test": "coordinator"}),
+            HOME["org_id"]: Member("municipality", {"registry:test": "coordinator"}),
+        },
+    )
+    assert DPS_NORTH["org_id"] < HOME["org_id"]
+    # homeless admission: recipients [[coordinator, home_municipality, unassigned], [source]]
+    event = trigger("admission", event_id="adm-17", housing_status="homeless")
+    recipients = [
+        a["recipient"] for a in alerts_for("housing_work.homeless_admission", event, both)
+    ]
+    assert HOME in recipients
+    assert DPS_NORTH not in recipients
+
+    only_dps = PersonState(
+        team={DPS_NORTH["org_id"]: Member("dps", {"registry:test": "coordinator"})},
+    )
+    recipients = [
+        a["recipient"] for a in alerts_for("housing_work.homeless_admission", event, only_dps)
+    ]
+    assert DPS_NORTH in recipients
