@@ -23,7 +23,11 @@ compacted or transactional topics) and counts it as acknowledged, so the commit 
 records no agent ever saw. carebus's consumed topics are neither compacted nor transactional:
 their offsets are contiguous, so a hole is always a skip. `_Consumer.getmany` seeks such a
 partition back to the first skipped record and withholds the rest of that fetch, so the
-records are read again, in order, before anything after them.
+records are read again, in order, before anything after them. Where each partition must resume
+it learns from `NextOffsets` (the committed offset, or the log's start for a partition never
+committed, then one past each record handed on), not from faust's read offset, which could not
+tell a skip at a never-committed partition's start (a router SIGKILLed before its first commit
+on a partition lost 132 records that way in tests/integration/test_router_recovery.py).
 """
 
 from __future__ import annotations
@@ -63,27 +67,57 @@ def never_committed(
     ]
 
 
-def skipped_from(read_offset: int | None, committed: int | None, offset: int) -> int | None:
-    """The first record skipped before `offset`, or None when nothing was skipped.
+class NextOffsets:
+    """Per partition, the next offset the agent must be handed: the committed offset after a
+    seek to it (or the log's start for a partition never committed, which is read from its
+    beginning), then one past each record handed on.
 
-    faust's read offset is the last record handed on, except right after a seek to the
-    committed offsets, when it IS the committed offset (the next record to read). Read again
-    from the record after it, or from the committed one in the second case: at most one record
-    is read twice, and a second read is harmless (at-least-once, deterministic ids).
+    A record that arrives past it means records were skipped. faust's own read offset cannot
+    tell: right after a seek to the committed offsets it holds the next record to read, and
+    after that record is handed on it holds the same number as the last record read, so the
+    two cases look alike; and a partition never committed has no read offset at all, so a hole
+    at its start went unseen (a router killed before its first commit on a partition lost the
+    records its successor dropped during recovery).
     """
-    if read_offset is None:
-        return None  # a fresh assignment: seek_to_committed placed the consumer
-    start = read_offset if read_offset == committed else read_offset + 1
-    return start if offset > start else None
+
+    def __init__(self) -> None:
+        self._next: dict[Any, int] = {}
+
+    def expect(self, tp: Any, offset: int) -> None:
+        """`tp` is read from `offset` on (a seek)."""
+        self._next[tp] = offset
+
+    def forget(self, tps: Collection[Any]) -> None:
+        for tp in tps:
+            self._next.pop(tp, None)
+
+    def skipped(self, tp: Any, offset: int) -> int | None:
+        """The first record skipped before `offset` of `tp`, or None."""
+        expected = self._next.get(tp)
+        return expected if expected is not None and offset > expected else None
+
+    def handed_on(self, tp: Any, offset: int) -> None:
+        """The record at `offset` goes to the agent (a record read again moves nothing back)."""
+        if offset >= self._next.get(tp, offset):
+            self._next[tp] = offset + 1
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed: Mapping[TP, int] = await super().seek_to_committed()
         rewind = never_committed(committed, self.consumer.app.tables.changelog_topics)
+        starts: Mapping[Any, int] = {}
         if rewind:
             self.log.info("Seeking never-committed partitions to their beginning: %r", rewind)
             await self.call_thread(self._ensure_consumer().seek_to_beginning, *rewind)
+            starts = await self.call_thread(self._ensure_consumer().beginning_offsets, rewind)
+        next_offsets = getattr(self.consumer, "next_offsets", None)
+        if isinstance(next_offsets, NextOffsets):
+            for tp, offset in committed.items():
+                if offset:
+                    next_offsets.expect(TP(tp.topic, tp.partition), offset)
+            for tp, offset in starts.items():
+                next_offsets.expect(TP(tp.topic, tp.partition), offset)
         return committed
 
 
@@ -91,21 +125,27 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    next_offsets: NextOffsets | None = None
     # Rewinds so far by (partition, offset), to give up on a hole reading cannot fill.
     _rewinds: Counter[tuple[TP, int]] | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.next_offsets is not None:
+            self.next_offsets.forget(revoked)
+        await super().on_partitions_revoked(revoked)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109  # faust's signature
         """faust's fetch, with a partition that skipped records sought back (see above)."""
         if self._rewinds is None:
             self._rewinds = Counter()
-        rewinds = self._rewinds
+        if self.next_offsets is None:
+            self.next_offsets = NextOffsets()
+        rewinds, next_offsets = self._rewinds, self.next_offsets
         rewound: set[TP] = set()
         async for tp, message in super().getmany(timeout):
             if tp in rewound:
                 continue  # the rest of this fetch comes again after the skipped records
-            start = skipped_from(
-                self._read_offset.get(tp), self._committed_offset.get(tp), message.offset
-            )
+            start = next_offsets.skipped(tp, message.offset)
             if (
                 start is not None
                 and self.app.topics.acks_enabled_for(message.topic)
@@ -121,6 +161,7 @@ class _Consumer(faust_aiokafka.Consumer):
                 await self._seek(tp, start)
                 rewound.add(tp)
                 continue
+            next_offsets.handed_on(tp, message.offset)
             yield tp, message
 
 

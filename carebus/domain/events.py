@@ -73,7 +73,10 @@ RETRACTION_REASONS: Final = ("wrong_person", "sent_in_error", "duplicate", "othe
 POLICY_EVENT_TYPES: Final = tuple(t for t in EVENT_TYPES if t != RETRACTION)
 
 # `unknown`: the sender's message does not say (a PLO logistics message carries no health
-# information; an HL7 v2 or FHIR admission may have no reason code).
+# information; an HL7 v2 or FHIR admission may have no reason code). `possible_suicide_attempt`:
+# suicidal intent not (yet) established, which the parliamentary proposal names beside overdose
+# and suicide attempt as an admission the municipality must be warned of at discharge (seed 001,
+# proposal 3); added last, like every symbol after the first release.
 ADMISSION_REASONS: Final = (
     "overdose",
     "suicide_attempt",
@@ -81,6 +84,7 @@ ADMISSION_REASONS: Final = (
     "withdrawal",
     "other",
     "unknown",
+    "possible_suicide_attempt",
 )
 ADMISSION_KINDS: Final = ("voluntary", "involuntary", "unknown")
 HOUSING_STATUSES: Final = ("stable", "unstable", "homeless", "unknown")

@@ -182,7 +182,8 @@ def value_of(event: Mapping[str, Any], name: str) -> Any:
 def matches_when(
     when: Mapping[str, Any], event: Mapping[str, Any], admissions: Mapping[str, Any]
 ) -> bool:
-    """Whether every condition holds; `admission.x` reads the linked admission's field x."""
+    """Whether every condition holds; `admission.x` reads the linked admission's field x. A
+    condition's value is one value (null: the field is absent) or a list of them (any one)."""
     for name, wanted in when.items():
         if name.startswith("admission."):
             linked = admissions.get(str(value_of(event, "admission_event_id")))
@@ -191,7 +192,7 @@ def matches_when(
                 return False
         else:
             actual = value_of(event, name)
-        if actual != wanted:
+        if actual not in (wanted if isinstance(wanted, list | tuple) else (wanted,)):
             return False
     return True
 

@@ -79,6 +79,7 @@ MESSAGES: Final[Mapping[str, tuple[str, str, str, str, str]]] = {
 _REASON: Final = {
     "overdose": "overdose",
     "suicide_attempt": "selvmordsforsøk",
+    "possible_suicide_attempt": "mulig selvmordsforsøk",
     "psychosis": "psykose",
     "withdrawal": "abstinens",
     "other": "annet",
@@ -104,7 +105,8 @@ _DESTINATION_TEXT: Final = {
     "homeless": "uten fast bopel",
     "unknown": "ukjent",
 }
-_DANGEROUS: Final = frozenset({"overdose", "suicide_attempt"})
+# The admissions the parliamentary proposal asks the municipality to be warned of at discharge.
+_DANGEROUS: Final = frozenset({"overdose", "suicide_attempt", "possible_suicide_attempt"})
 _TIMES: Final = (("expected_discharge_at", "Forventet utskrevet"), ("followup_at", "Oppfølging"))
 
 

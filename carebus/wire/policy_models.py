@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from carebus.domain import policy, sla
-from carebus.domain.events import EVENT_TYPES
+from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS
 from carebus.wire.requests import REFUSED, field_path, refused
 
 __all__ = [
@@ -323,6 +323,28 @@ Chain = Annotated[
 ]
 
 
+def _checked_when(when: Mapping[str, Any], event_types: Sequence[str]) -> None:
+    """A condition's value is a scalar (null: absent) or a non-empty list of scalars (any one);
+    on a field of the contract with symbols, each value is one of them: a misspelt symbol would
+    silently never match."""
+    for name, wanted in when.items():
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if not values:
+            raise refused(f"when.{name}: an empty list matches nothing")
+        if any(isinstance(value, dict | list) for value in values):
+            raise refused(f"when.{name}: a value must be a scalar or a list of scalars")
+        prefix, _, field = name.rpartition(".")
+        for event_type in ["admission"] if prefix == "admission" else event_types:
+            spec = PAYLOAD_FIELDS.get(event_type, {}).get(field)
+            symbols = spec.symbols if spec is not None else ()
+            unknown = [v for v in values if symbols and v is not None and v not in symbols]
+            if unknown:
+                raise refused(
+                    f"when.{name}: {', '.join(map(str, unknown))} is not a symbol of "
+                    f"{event_type}.{field} ({', '.join(symbols)})"
+                )
+
+
 class SlaLink(_FileModel):
     """An event that relates to a trigger: its type, the field pair that links them, conditions."""
 
@@ -339,6 +361,11 @@ class SlaLink(_FileModel):
         if len(link) != 1:
             raise refused("must map one field of the event to one field of the trigger")
         return link
+
+    @model_validator(mode="after")
+    def _conditions(self) -> SlaLink:
+        _checked_when(self.when, [self.event_type])
+        return self
 
     def link_(self) -> sla.Link:
         ((own, theirs),) = self.link.items()
@@ -374,7 +401,8 @@ class Trigger(_FileModel):
 
     event_type: EventType | None = None
     event_types: list[EventType] | None = None
-    # Payload field -> value (null: absent); `admission.<field>` reads the linked admission.
+    # Payload field -> value (null: absent) or a list of values (any one); `admission.<field>`
+    # reads the linked admission.
     when: dict[str, Any] = Field(default_factory=dict)
     emergency: bool = False
 
@@ -384,6 +412,7 @@ class Trigger(_FileModel):
             raise refused("give event_type or event_types, not both")
         if self.event_type is None and not self.event_types and not self.emergency:
             raise refused("needs event_type, event_types or emergency: true")
+        _checked_when(self.when, self.types())
         return self
 
     def types(self) -> tuple[str, ...]:

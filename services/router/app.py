@@ -15,8 +15,10 @@ ids are deterministic and every sink is idempotent.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import faust
@@ -164,7 +166,15 @@ class Router:
             return self._route(message)
         except Exception as error:  # any failure of one record is a dead letter
             log.error(
-                "routing_failed", error_type=type(error).__name__, subject_key=_text(message.key)
+                "routing_failed",
+                error_type=type(error).__name__,
+                subject_key=_text(message.key),
+                # Where, never what: the frames' files, lines and functions, not the exception's
+                # text or any value (they could hold personal data).
+                where=[
+                    f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
+                    for frame in traceback.extract_tb(error.__traceback__)[-6:]
+                ],
             )
             self._dead_letters.send(
                 FaustMessage(message),

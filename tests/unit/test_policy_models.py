@@ -209,6 +209,43 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
             sla_rule(trigger={"event_type": "discharge", "when": {1: True}}),
             "trigger.when[1]: must be a string",
         ),
+        (
+            sla_rule(trigger={"event_type": "discharge", "when": {"admission.reason": []}}),
+            "trigger: when.admission.reason: an empty list matches nothing",
+        ),
+        (
+            sla_rule(trigger={"event_type": "discharge", "when": {"destination": [["home"]]}}),
+            "trigger: when.destination: a value must be a scalar or a list of scalars",
+        ),
+        (
+            sla_rule(
+                trigger={
+                    "event_type": "discharge",
+                    "when": {"admission.reason": ["overdose", "suicide_atempt"]},
+                }
+            ),
+            "trigger: when.admission.reason: suicide_atempt is not a symbol of admission.reason "
+            "(overdose, suicide_attempt, psychosis, withdrawal, other, unknown, "
+            "possible_suicide_attempt)",
+        ),
+        (
+            sla_rule(trigger={"event_type": "discharge", "when": {"destination": "homless"}}),
+            "trigger: when.destination: homless is not a symbol of discharge.destination "
+            "(home, municipal_housing, institution, homeless, unknown)",
+        ),
+        (
+            sla_rule(
+                fulfilled_by=[
+                    {
+                        "event_type": "discharge",
+                        "link": {"admission_event_id": "x"},
+                        "when": {"destination": ["home", "hospital"]},
+                    }
+                ]
+            ),
+            "fulfilled_by[0]: when.destination: hospital is not a symbol of discharge.destination "
+            "(home, municipal_housing, institution, homeless, unknown)",
+        ),
     ],
 )
 def test_a_rule_is_refused_naming_its_field_path(rule: dict[str, Any], expected: str) -> None:

@@ -529,6 +529,16 @@ def test_followup_before_the_discharge_does_not_count() -> None:
     assert orgs(of(case.rule_id, person.scan(deadline + MINUTE))) == [COORDINATOR]
 
 
+def test_a_possible_suicide_attempt_is_followed_up_like_an_attempt() -> None:
+    """The proposal names overdose, suicide attempt and possible suicide attempt: a discharge
+    after an admission for a possible attempt opens the suicide row's 7-day follow-up."""
+    person = Person()
+    person.see(_admission_for("possible_suicide_attempt")()[0])
+    person.see(CASES[3].trigger(T0))
+    assert person.deadlines("followup.discharge_7d") == [T0 + 7 * DAY]
+    assert person.deadlines("followup.discharge_48h") == []
+
+
 def test_follow_up_rules_need_the_admission_reason() -> None:
     """A discharge after an admission for another reason opens no follow-up obligation."""
     person = Person()

@@ -36,9 +36,13 @@ def test_the_app_consumer_uses_the_rewinding_thread() -> None:
 
 
 def test_seek_to_committed_rewinds_what_aiokafka_left(monkeypatch: Any) -> None:
-    """The override asks aiokafka to seek exactly the never-committed partitions to their start."""
+    """The override asks aiokafka to seek exactly the never-committed partitions to their start,
+    and expects each partition's next record where reading resumes: the committed offset, or
+    the log's start for a partition never committed."""
     app = StreamApp("carebus-test-streams", broker="kafka://127.0.0.1:1", store="memory://")
-    thread: Any = app.consumer._new_consumer_thread()  # type: ignore[attr-defined]
+    consumer: Any = app.consumer
+    consumer.next_offsets = streams.NextOffsets()
+    thread: Any = consumer._new_consumer_thread()
     events = [TopicPartition("care.events.v1", p) for p in range(3)]
     sought: list[tuple[TopicPartition, ...]] = []
 
@@ -48,6 +52,10 @@ def test_seek_to_committed_rewinds_what_aiokafka_left(monkeypatch: Any) -> None:
 
         async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
             sought.append(partitions)
+
+        async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[Any, int]:
+            # retention removed the first 7 records of partition 2
+            return {tp: 7 if tp.partition == 2 else 0 for tp in partitions}
 
     fake = FakeAiokafka()
 
@@ -59,20 +67,42 @@ def test_seek_to_committed_rewinds_what_aiokafka_left(monkeypatch: Any) -> None:
     committed = asyncio.run(thread.seek_to_committed())
     assert committed == {events[0]: None, events[1]: 42, events[2]: None}
     assert sought == [(events[0], events[2])]
+    offsets = consumer.next_offsets
+    # the first record read of each partition: anything later is a skip from where it resumes
+    assert [offsets.skipped(tp, 100) for tp in events] == [0, 42, 7]
+    assert [offsets.skipped(tp, start) for tp, start in zip(events, (0, 42, 7), strict=True)] == [
+        None,
+        None,
+        None,
+    ]
 
 
-def test_a_hole_after_the_last_record_read_is_a_skip_from_the_record_after_it() -> None:
-    assert streams.skipped_from(27, 20, 44) == 28
-    assert streams.skipped_from(27, 20, 28) is None
+TP0 = TopicPartition("care.events.v1", 0)
 
 
-def test_right_after_a_seek_to_the_committed_offset_that_offset_is_still_to_read() -> None:
-    # perform_seek sets the read offset to the committed one: 28 has not been handed on yet.
-    assert streams.skipped_from(28, 28, 44) == 28
-    assert streams.skipped_from(28, 28, 28) is None
-    assert streams.skipped_from(28, 28, 29) == 28
+def test_a_record_past_the_next_expected_one_is_a_skip_from_that_one() -> None:
+    offsets = streams.NextOffsets()
+    offsets.expect(TP0, 28)  # sought to the committed offset: 28 is still to read
+    assert offsets.skipped(TP0, 44) == 28
+    assert offsets.skipped(TP0, 28) is None
+    offsets.handed_on(TP0, 28)
+    # 28 was handed on: 29 is next, not a skip (faust's read offset would say 28 again here)
+    assert offsets.skipped(TP0, 29) is None
+    offsets.handed_on(TP0, 29)
+    assert offsets.skipped(TP0, 44) == 30
 
 
-def test_a_fresh_assignment_has_nothing_to_compare_with() -> None:
-    assert streams.skipped_from(None, None, 44) is None
-    assert streams.skipped_from(None, 10, 44) is None
+def test_a_record_read_again_moves_nothing_back() -> None:
+    offsets = streams.NextOffsets()
+    offsets.handed_on(TP0, 40)
+    offsets.handed_on(TP0, 12)  # a re-read after a seek back
+    assert offsets.skipped(TP0, 41) is None
+    assert offsets.skipped(TP0, 42) == 41
+
+
+def test_a_partition_nothing_is_known_of_has_nothing_to_compare_with() -> None:
+    offsets = streams.NextOffsets()
+    assert offsets.skipped(TP0, 44) is None
+    offsets.handed_on(TP0, 44)
+    offsets.forget([TP0])  # revoked: its next assignment starts from a seek again
+    assert offsets.skipped(TP0, 90) is None
