@@ -35,7 +35,7 @@ from __future__ import annotations
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -158,8 +158,14 @@ class _Consumer(faust_aiokafka.Consumer):
                     message.offset - 1,
                     tp,
                 )
-                await self._seek(tp, start)
                 rewound.add(tp)
+                try:
+                    # In the consumer's own thread, waiting for the new position: faust's
+                    # `_seek` calls aiokafka from this thread, racing the fetcher's update of
+                    # the position (a partition once stalled after a rewind that way).
+                    await self.seek_wait({tp: start})
+                except Exception as error:  # the next fetch finds the skip again
+                    self.log.warning("Seeking %r back failed: %s", tp, type(error).__name__)
                 continue
             next_offsets.handed_on(tp, message.offset)
             yield tp, message
@@ -240,10 +246,26 @@ def batch_agent(
         # faust-streaming has take_events on Stream but not on its StreamT protocol.
         batches = stream.take_events(size, within=within_s)  # type: ignore[attr-defined]
         async for batch in batches:
+            await changelog_metadata(app)
             await handle(batch)
             yield None
 
     app.agent(source, name=f"{app.conf.id}.{topic}")(consume)
+
+
+async def changelog_metadata(app: faust.App) -> None:
+    """Wait until faust's producer knows the partitions of every changelog topic.
+
+    A table write (carebus's tables use `use_partitioner=True`) picks its changelog partition
+    from the producer's metadata at once; a producer that has not loaded a changelog topic's
+    metadata yet raises TypeError for the write (aiokafka's `_partition` on `None`). A router
+    started under load dead-lettered whole batches that way ("routing failed: TypeError",
+    seen about once in seven runs of tests/integration/test_router_recovery.py). Known topics
+    are a dictionary look-up, so this costs nothing once loaded.
+    """
+    producer = cast(Any, app.producer)._ensure_producer()  # aiokafka's, as faust's own uses
+    for topic in sorted(app.tables.changelog_topics):
+        await producer.partitions_for(topic)
 
 
 def run_stream(

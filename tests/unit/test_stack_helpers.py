@@ -173,6 +173,7 @@ def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
 
 
 def test_a_port_something_listens_on_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # the whole range, not a slice
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -182,6 +183,22 @@ def test_a_port_something_listens_on_is_never_handed_out(monkeypatch: pytest.Mon
         assert free_ports(1) == [taken + 1]
         with pytest.raises(carebus_dev.testing.StackError, match="only 1 of 2"):
             free_ports(2)
+
+
+def test_each_test_worker_picks_ports_from_a_slice_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under pytest-xdist the workers' stacks take ports from disjoint slices of the range, so
+    a port one worker has picked but not yet bound is never picked by the other."""
+    ports = list(range(20000, 20010))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    slices = []
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        slices.append(set(carebus_dev.testing._worker_slice(ports)))
+    assert slices == [set(range(20000, 20005)), set(range(20005, 20010))]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert list(carebus_dev.testing._worker_slice(ports)) == ports
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
