@@ -35,9 +35,10 @@ from __future__ import annotations
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
@@ -199,6 +200,22 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
     )
 
 
+class KeyPartitionedTable(faust.Table[bytes, bytes]):
+    """A table whose `use_partitioner` writes (made outside faust's per-event context, while a
+    batch is handled) go to changelog partition murmur2(key) over the table's partitions: what
+    aiokafka's default partitioner picks, and the partition the person's events are on, but
+    computed here rather than from the producer's metadata. faust asks the producer, and a
+    producer whose metadata does not (yet, or after the changelog was re-created) hold the
+    changelog topic made aiokafka raise TypeError for the write: whole batches of a router
+    started under load were dead-lettered as "routing failed: TypeError"."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        if not self.use_partitioner or not isinstance(key, bytes):
+            return super().partition_for_key(key)
+        partitions = int(self.partitions or self.app.conf.topic_partitions)
+        return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def stream_app(name: str, settings: Settings) -> StreamApp:
     """A carebus stream processor's faust app: keys and values are bytes carebus encodes itself
     (subject keys, Avro, JSON state), at-least-once (faust commits only acknowledged records;
@@ -209,6 +226,7 @@ def stream_app(name: str, settings: Settings) -> StreamApp:
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=broker_credentials(settings),
         store="memory://",
+        Table=KeyPartitionedTable,
         key_serializer="raw",
         value_serializer="raw",
         datadir=str(settings.state_dir / name),
@@ -246,26 +264,10 @@ def batch_agent(
         # faust-streaming has take_events on Stream but not on its StreamT protocol.
         batches = stream.take_events(size, within=within_s)  # type: ignore[attr-defined]
         async for batch in batches:
-            await changelog_metadata(app)
             await handle(batch)
             yield None
 
     app.agent(source, name=f"{app.conf.id}.{topic}")(consume)
-
-
-async def changelog_metadata(app: faust.App) -> None:
-    """Wait until faust's producer knows the partitions of every changelog topic.
-
-    A table write (carebus's tables use `use_partitioner=True`) picks its changelog partition
-    from the producer's metadata at once; a producer that has not loaded a changelog topic's
-    metadata yet raises TypeError for the write (aiokafka's `_partition` on `None`). A router
-    started under load dead-lettered whole batches that way ("routing failed: TypeError",
-    seen about once in seven runs of tests/integration/test_router_recovery.py). Known topics
-    are a dictionary look-up, so this costs nothing once loaded.
-    """
-    producer = cast(Any, app.producer)._ensure_producer()  # aiokafka's, as faust's own uses
-    for topic in sorted(app.tables.changelog_topics):
-        await producer.partitions_for(topic)
 
 
 def run_stream(

@@ -106,3 +106,22 @@ def test_a_partition_nothing_is_known_of_has_nothing_to_compare_with() -> None:
     offsets.handed_on(TP0, 44)
     offsets.forget([TP0])  # revoked: its next assignment starts from a seek again
     assert offsets.skipped(TP0, 90) is None
+
+
+def test_a_table_write_goes_to_the_partition_aiokafkas_partitioner_picks() -> None:
+    """Without asking the producer's metadata: the partition of the person's events."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    app = StreamApp(
+        "carebus-test-streams",
+        broker="kafka://127.0.0.1:1",
+        store="memory://",
+        Table=streams.KeyPartitionedTable,
+        topic_partitions=4,
+    )
+    table: Any = app.Table("persons", partitions=4, key_type=bytes, use_partitioner=True)
+    assert isinstance(table, streams.KeyPartitionedTable)
+    keys = [f"{n:064x}".encode() for n in range(200)]
+    picked = [table.partition_for_key(key) for key in keys]
+    assert picked == [DefaultPartitioner()(key, [0, 1, 2, 3], []) for key in keys]
+    assert set(picked) == {0, 1, 2, 3}
