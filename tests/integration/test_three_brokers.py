@@ -71,11 +71,12 @@ def test_every_topic_and_changelog_has_three_replicas_and_min_isr_two(cluster: T
 
 
 def _led(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> dict[int, Any]:
-    """The topic's partitions once each has a leader."""
+    """The topic's partitions once the metadata lists them and each has a leader (just after
+    the topic is created the metadata may list it with no partitions yet)."""
     deadline = time.monotonic() + timeout_s
     while True:
         partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-        if all(p.leader > 0 for p in partitions.values()):
+        if partitions and all(p.leader > 0 for p in partitions.values()):
             return dict(partitions)
         assert time.monotonic() < deadline, f"{topic} has partitions without a leader"
         time.sleep(0.2)
