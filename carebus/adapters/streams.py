@@ -35,7 +35,7 @@ from __future__ import annotations
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -112,13 +112,16 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             self.log.info("Seeking never-committed partitions to their beginning: %r", rewind)
             await self.call_thread(self._ensure_consumer().seek_to_beginning, *rewind)
             starts = await self.call_thread(self._ensure_consumer().beginning_offsets, rewind)
-        next_offsets = getattr(self.consumer, "next_offsets", None)
-        if isinstance(next_offsets, NextOffsets):
-            for tp, offset in committed.items():
-                if offset:
-                    next_offsets.expect(TP(tp.topic, tp.partition), offset)
-            for tp, offset in starts.items():
+        # Often before the first fetch (a restarted worker seeks first): made here if need be.
+        consumer = cast("_Consumer", self.consumer)
+        if consumer.next_offsets is None:
+            consumer.next_offsets = NextOffsets()
+        next_offsets = consumer.next_offsets
+        for tp, offset in committed.items():
+            if offset:
                 next_offsets.expect(TP(tp.topic, tp.partition), offset)
+        for tp, offset in starts.items():
+            next_offsets.expect(TP(tp.topic, tp.partition), offset)
         return committed
 
 
