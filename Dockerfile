@@ -15,9 +15,11 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Every dependency from the lock, each file checked against its hash; then carebus itself
-# without resolving anything (requirements/base.lock includes its build tools).
-COPY requirements/base.lock requirements/base.lock
-RUN pip install --require-hashes -r requirements/base.lock
+# without resolving anything (requirements/base.lock includes its build tools). pip itself
+# comes first, from requirements/pip.lock (requirements/pip.in says why).
+COPY requirements/pip.lock requirements/base.lock requirements/
+RUN pip install --require-hashes -r requirements/pip.lock \
+    && pip install --require-hashes -r requirements/base.lock
 COPY . .
 RUN pip install --no-deps --no-build-isolation .
 

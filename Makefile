@@ -47,11 +47,13 @@ tools:
 # (pip refuses anything else); carebus itself is then installed without resolving anything.
 # Reinstalled only when the lock or pyproject.toml changes (the stamp is newer otherwise).
 LOCK := requirements/dev.lock
-$(STAMP): pyproject.toml $(LOCK)
+PIP_LOCK := requirements/pip.lock
+$(STAMP): pyproject.toml $(LOCK) $(PIP_LOCK)
 	@if [ ! -x $(PYTHON) ]; then \
 	  python3 -m venv $(VENV) || { \
 	    echo "python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2; exit 1; }; \
 	fi
+	$(PYTHON) -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(PYTHON) -m pip install --quiet --require-hashes -r $(LOCK)
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
@@ -117,8 +119,11 @@ bench-smoke: install
 
 # The lock files: base.lock (what the image runs), dev.lock (base + the dev tools); both with
 # carebus's build tools (requirements/build.in), every version pinned and every file hashed,
-# for Python 3.11 on any platform. Run after changing a dependency in pyproject.toml.
+# for Python 3.11 on any platform. pip.lock is pip itself, installed first (requirements/pip.in
+# says why). Run after changing a dependency in pyproject.toml.
 lock: install
+	$(VENV)/bin/uv pip compile requirements/pip.in --python-version 3.11 \
+	  --generate-hashes --universal -q -o requirements/pip.lock
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --python-version 3.11 \
 	  --generate-hashes --universal -q -o requirements/base.lock
 	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \

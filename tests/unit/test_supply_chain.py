@@ -85,6 +85,22 @@ def test_make_the_dockerfile_and_ci_install_from_the_lock() -> None:
     assert (PROJECT_ROOT / ".ci" / "run").read_text().strip().endswith("make test")
 
 
+def test_pip_itself_comes_first_from_its_own_lock() -> None:
+    """The venv's bundled pip mis-resolves a locked package asked for with an extra
+    (requirements/pip.in): pip is upgraded from a hashed lock before anything else, at the
+    version dev.lock pins, in make and in the image."""
+    pip = locked("pip.lock")
+    assert set(pip) == {"pip"}
+    assert pip["pip"] == locked("dev.lock")["pip"], "pip.lock and dev.lock disagree: make lock"
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert "PIP_LOCK := requirements/pip.lock" in makefile
+    assert makefile.index("-r $(PIP_LOCK)") < makefile.index("-r $(LOCK)")
+    assert dockerfile.index("-r requirements/pip.lock") < dockerfile.index(
+        "-r requirements/base.lock"
+    )
+
+
 def test_one_kafka_version_everywhere() -> None:
     pom = (PROJECT_ROOT / "infra" / "kafka" / "pom.xml").read_text()
     match = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
