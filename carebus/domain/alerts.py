@@ -34,6 +34,14 @@ FIELD_CATEGORY: Final[dict[str, str]] = {
 KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
 
 
+def kind_of(rule: Rule) -> str:
+    """The alert kind a rule raises: an immediate rule on an emergency is an emergency
+    disclosure for review; any other immediate rule is a notice, something to act on now."""
+    if rule.kind == "immediate":
+        return "emergency_disclosure" if rule.emergency else "notice"
+    return KIND[rule.kind]
+
+
 @dataclass(frozen=True, slots=True)
 class AlertContext:
     """What building an alert needs besides the rule and the events."""
@@ -142,7 +150,7 @@ def build_alerts(
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
-            _summary(rule, title, trigger, event_ids, deadline, contact, told)
+            _summary(rule, title, trigger, event_ids, deadline, contact, told, specific=specific)
             if knows
             else _neutral_summary(title, contact, trigger)
         )
@@ -151,7 +159,7 @@ def build_alerts(
             "alert_id": identity,
             "rule_id": rule.rule_id,
             "title": title,
-            "kind": "emergency_disclosure" if rule.kind == "immediate" else KIND[rule.kind],
+            "kind": kind_of(rule),
             "status": "open",
             "resolution": None,
             "subject_key": trigger["subject_key"],
@@ -262,9 +270,12 @@ def _summary(
     deadline: str | None,
     contact: Mapping[str, Any] | None,
     told: str,
+    *,
+    specific: bool,
 ) -> str:
     """The summary for an organisation routing lets know of the trigger; `told`: whom an
-    emergency disclosure reached, as this organisation may read it."""
+    emergency disclosure reached, as this organisation may read it. The rule's `why` only
+    where it may see what the rule's condition reads (`specific`): the why tells the reason."""
     act = f"Contact {_whom(contact, trigger)}." if contact else "The next step is yours."
     when = _oslo(trigger["occurred_at"])
     source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
@@ -273,6 +284,10 @@ def _summary(
             f"{title}: {len(event_ids)} events within {rule.window.text if rule.window else ''}, "
             f"the latest a {trigger['event_type']} at {when} from {source}."
         )
+    why = f" {rule.why}" if rule.why and specific else ""
+    if rule.kind == "immediate" and not rule.emergency:
+        event = f"{trigger['event_type']} {trigger['event_id']}"
+        return f"{title}: {event} at {when} from {source}.{why} {act}"
     if rule.kind == "immediate":
         emergency = trigger.get("emergency") or {}
         return (
@@ -282,7 +297,7 @@ def _summary(
         )
     due = f"; the deadline was {_oslo(deadline)}" if deadline else ""
     event = f"{trigger['event_type']} {trigger['event_id']}"
-    return f"{title}: {event} at {when} from {source}{due}. {act}"
+    return f"{title}: {event} at {when} from {source}{due}.{why} {act}"
 
 
 def _oslo(moment: str) -> str:
