@@ -150,7 +150,17 @@ def build_alerts(
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
-            _summary(rule, title, trigger, event_ids, deadline, contact, told, specific=specific)
+            _summary(
+                rule,
+                title,
+                trigger,
+                event_ids,
+                deadline,
+                contact,
+                told,
+                specific=specific,
+                shown=_shown(trigger, org_id, disclosure),
+            )
             if knows
             else _neutral_summary(title, contact, trigger)
         )
@@ -233,6 +243,26 @@ def _disclosure_for(
     return None
 
 
+def _shown(
+    trigger: Mapping[str, Any], org_id: str | None, disclosure: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """The trigger's payload fields `org_id` may see: all of its own event's, else those
+    routing delivered to it."""
+    payload: Mapping[str, Any] = trigger.get("payload") or {}
+    if org_id == trigger["source"]["org_id"]:
+        return payload
+    fields = (disclosure or {}).get("fields") or ()
+    return {name: payload[name] for name in fields if name in payload}
+
+
+# What a notice adds from the trigger's fields the recipient may see: the agreed time and whom
+# to contact at the source (issue 17: "that follow-up is needed, by when, whom to contact").
+_NOTICE_FIELDS: Final = (
+    ("followup_at", "Follow-up agreed for {}."),
+    ("dps_contact", "Contact at the DPS: {}."),
+)
+
+
 def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> str:
     """Whom an emergency alert to `org_id` says the event was disclosed to. The source's privacy
     officer reviews every recipient; a recipient learns only of its own organisation, since the
@@ -272,6 +302,7 @@ def _summary(
     told: str,
     *,
     specific: bool,
+    shown: Mapping[str, Any],
 ) -> str:
     """The summary for an organisation routing lets know of the trigger; `told`: whom an
     emergency disclosure reached, as this organisation may read it. The rule's `why` only
@@ -287,7 +318,12 @@ def _summary(
     why = f" {rule.why}" if rule.why and specific else ""
     if rule.kind == "immediate" and not rule.emergency:
         event = f"{trigger['event_type']} {trigger['event_id']}"
-        return f"{title}: {event} at {when} from {source}.{why} {act}"
+        facts = "".join(
+            " " + text.format(_oslo(value) if name.endswith("_at") else value)
+            for name, text in _NOTICE_FIELDS
+            if isinstance(value := shown.get(name), str) and value
+        )
+        return f"{title}: {event} at {when} from {source}.{why}{facts} {act}"
     if rule.kind == "immediate":
         emergency = trigger.get("emergency") or {}
         return (

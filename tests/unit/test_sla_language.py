@@ -6,6 +6,7 @@ can change without these tests losing their meaning."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from carebus.domain.events import rfc3339
 from carebus.domain.obligations import MEMORY, OPEN_ADMISSION_MEMORY
+from carebus.domain.routing import Consent
 from carebus.domain.sla import OSLO, RuleSet, SlaRulesError
 from carebus.wire.policy_files import load_rules
 from tests.unit.test_sla_rules import (
@@ -148,15 +150,40 @@ def test_a_group_opens_only_the_earliest_deadline(
     assert open_rules(person) == [opened]
 
 
-def test_a_breach_says_why_to_a_recipient_that_knows(tmp_path: Path) -> None:
+def test_the_home_municipality_outside_the_team_learns_why(tmp_path: Path) -> None:
+    """Routing tells a home municipality outside the care team the admission's reason at a
+    risk discharge (policy/routing.yaml, `discharge.home_municipality.risk`), so the alert
+    names the rule's title and why it exists."""
     person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, FOLLOWUP))
     person.see(admission("overdose"))
     person.see(discharge(T0 + DAY, followup_at=None))
-    raised = of("risk", person.scan(T0 + 4 * DAY))
-    # The home municipality outside the care team learns the discharge's logistics only: it
-    # gets the neutral title, never the reason, and so not the reason's "why" either.
-    assert orgs(raised) == [HOME]
-    assert "Risk is high" not in raised[0]["summary"]
+    (alert,) = of("risk", person.scan(T0 + 4 * DAY))
+    assert orgs([alert]) == [HOME]
+    assert alert["title"] == "No follow-up within 48 hours of a risk discharge"
+    assert "Risk is high in the first days" in alert["summary"]
+
+
+def test_after_an_objection_the_alert_does_not_say_why(tmp_path: Path) -> None:
+    """The person objected to the home municipality: the statutory notice still reaches it
+    (the alert names the person), but neither the reason nor the rule's why."""
+    objection = Consent(
+        agency="municipality",
+        org_id=HOME,
+        status="objection",
+        categories=frozenset(),
+        valid_from=T0 - DAY,
+        valid_to=None,
+        recorded_at=T0 - DAY,
+    )
+    routing = replace(routing_with(coordinator=None, home=HOME), consents=(objection,))
+    person = Person(routing, rules(tmp_path, FOLLOWUP))
+    person.see(admission("overdose"))
+    person.see(discharge(T0 + DAY, followup_at=None))
+    (alert,) = of("risk", person.scan(T0 + 4 * DAY))
+    assert orgs([alert]) == [HOME]
+    assert alert["subject"] is not None
+    assert "Risk is high" not in alert["summary"]
+    assert "overdose" not in alert["summary"].lower()
 
 
 def test_a_breach_says_why_to_the_coordinator_in_the_team(tmp_path: Path) -> None:
