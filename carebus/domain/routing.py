@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from carebus.domain.deliveries import delivery_id, no_candidate_audit_id
-from carebus.domain.events import PAYLOAD_FIELDS, record_to_json, rfc3339
+from carebus.domain.events import PAYLOAD_FIELDS, given, record_to_json, rfc3339
 from carebus.domain.policy import CATEGORIES, EVENT_CATEGORY, HOME_MUNICIPALITY, Policy, Rule
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
@@ -531,8 +531,8 @@ def _grant(rule: Rule, allowed: Iterable[str], payload: Mapping[str, Any]) -> _D
     }
     fields = tuple(
         name
-        for name in PAYLOAD_FIELDS[rule.event_type]
-        if name in permitted and payload.get(name) is not None
+        for name, spec in PAYLOAD_FIELDS[rule.event_type].items()
+        if name in permitted and given(spec, payload.get(name))
     )
     delivered = {permitted[name] for name in fields}
     delivered.add(EVENT_CATEGORY[rule.event_type])
