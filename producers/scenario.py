@@ -145,20 +145,33 @@ def person_journeys(
             },
             nin,
         )
-        discharge = event(
-            "dps",
-            person,
-            6,
-            "discharge",
-            50,
-            {
-                "admission_event_id": admission,
-                "destination": "municipal_housing",
-                "followup_at": _at(oslo, 70),
-                "crisis_plan": True,
-            },
-            nin,
-        )
+        discharge_payload: dict[str, Any] = {
+            "admission_event_id": admission,
+            "destination": "municipal_housing",
+            "followup_at": _at(oslo, 70),
+            "crisis_plan": True,
+            "kind": "planned",
+            "dps_contact": "Vakthavende sykepleier, Akuttpost 2",
+            "crisis_plan_id": f"KP-{run}-{person}",
+        }
+        if person == "b":
+            # The follow-up time is agreed after the discharge was sent, and sent on its own.
+            del discharge_payload["followup_at"]
+        discharge = event("dps", person, 6, "discharge", 50, discharge_payload, nin)
+        if person == "b":
+            event(
+                "dps",
+                person,
+                12,
+                "followup_scheduled",
+                52,
+                {
+                    "related_event_id": discharge,
+                    "followup_at": _at(oslo, 70),
+                    "with_org": municipality,
+                },
+                nin,
+            )
         event(
             "dps",
             person,

@@ -62,6 +62,7 @@ EVENT_TYPES: Final = (
     "application_preliminary_reply",
     "application_decided",
     "retraction",
+    "followup_scheduled",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -249,6 +250,12 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "outcome": _enum(*APPLICATION_OUTCOMES),
     },
     "retraction": {"retracted_event_id": _EVENT_REF, "reason": _enum(*RETRACTION_REASONS)},
+    # When the follow-up after a discharge ("time in hand") was agreed later than the discharge.
+    "followup_scheduled": {
+        "related_event_id": _EVENT_REF,
+        "followup_at": _TIME,
+        "with_org": FieldSpec("org", required=False),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -321,6 +328,11 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
     },
     "application_decided": {"application_id": "APP-2026-0099", "outcome": "granted"},
     "retraction": {"retracted_event_id": "dps-974705788-2026-000123", "reason": "wrong_person"},
+    "followup_scheduled": {
+        "related_event_id": "dps-974705788-2026-000125",
+        "followup_at": "2026-12-03T10:00:00+01:00",
+        "with_org": "940493021",
+    },
 }
 
 _TOP_LEVEL: Final = frozenset(

@@ -58,6 +58,7 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "application_received": ("application_id", "service", "service_kind"),
         "application_preliminary_reply": ("application_id", "expected_decision_at"),
         "application_decided": ("application_id", "outcome"),
+        "followup_scheduled": ("related_event_id", "followup_at", "with_org"),
     },
     "health": {
         "admission": ("reason", "admission_kind"),

@@ -65,9 +65,9 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's sixteen event types are each in EVENT_TYPES, the payload table and the examples;
-    the policy routes all but the retraction."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 16
+    """DESIGN's seventeen event types are each in EVENT_TYPES, the payload table and the
+    examples; the policy routes all but the retraction."""
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 17
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -499,6 +499,30 @@ INVALID: list[tuple[str, object, str, str]] = [
         with_payload("application_received", service_kind="bolig"),
         "payload.service_kind",
         "housing, housing_allowance, home_services",
+    ),
+    (
+        "followup-scheduled-without-time",
+        with_payload("followup_scheduled", followup_at=...),
+        "payload.followup_at",
+        "is required",
+    ),
+    (
+        "followup-scheduled-related",
+        with_payload("followup_scheduled", related_event_id="a b"),
+        "payload.related_event_id",
+        "1 to 200 characters",
+    ),
+    (
+        "followup-scheduled-with-org",
+        with_payload("followup_scheduled", with_org="DPS Nord"),
+        "payload.with_org",
+        "9-digit organisation number",
+    ),
+    (
+        "followup-scheduled-unknown-field",
+        with_payload("followup_scheduled", kind="phone"),
+        "payload.kind",
+        "not a field of followup_scheduled",
     ),
     ("emergency-string", raw_event(emergency="yes"), "emergency", "must be an object"),
     (

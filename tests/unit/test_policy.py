@@ -59,6 +59,9 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "application_decided.application_id",
         "application_decided.outcome",
         "followup_contact.related_event_id",
+        "followup_scheduled.related_event_id",
+        "followup_scheduled.followup_at",
+        "followup_scheduled.with_org",
     },
     "health": {
         "admission.reason",
@@ -161,9 +164,10 @@ def test_the_version_changes_with_the_file(tmp_path: Path) -> None:
     assert load_policy(same).version == load_policy(SHIPPED).version
 
 
-def test_statutory_rules_are_the_four_logistics_messages(shipped: Policy) -> None:
+def test_statutory_rules_are_the_logistics_messages(shipped: Policy) -> None:
     """The home municipality gets a statutory notice for admission, discharge-ready, its
-    withdrawal and discharge, with logistics fields only."""
+    withdrawal, discharge and the follow-up time set after a discharge, with logistics fields
+    only."""
     statutory = {
         rule.event_type: rule for rule in shipped.rules.values() if rule.basis == "statutory"
     }
@@ -172,6 +176,7 @@ def test_statutory_rules_are_the_four_logistics_messages(shipped: Policy) -> Non
         "discharge_ready",
         "discharge_ready_withdrawn",
         "discharge",
+        "followup_scheduled",
     }
     for rule in statutory.values():
         assert rule.recipient == HOME_MUNICIPALITY

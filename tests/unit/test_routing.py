@@ -445,10 +445,18 @@ def test_the_home_municipality_gets_logistics_only_without_consent() -> None:
 
 
 @pytest.mark.parametrize(
-    "event_type", ["admission", "discharge_ready", "discharge_ready_withdrawn", "discharge"]
+    "event_type",
+    [
+        "admission",
+        "discharge_ready",
+        "discharge_ready_withdrawn",
+        "discharge",
+        "followup_scheduled",
+    ],
 )
 def test_the_logistics_messages_reach_the_home_municipality(event_type: str) -> None:
-    """The four PLO logistics messages reach a home municipality outside the care team."""
+    """The four PLO logistics messages, and the follow-up time set after a discharge, reach a
+    home municipality outside the care team."""
     state = state_of((event_schema_name("admission"), event("admission")))
     disclosure = decision_for(routed(event(event_type), state), HOME)
     assert disclosure["decision"] == "delivered"
@@ -533,6 +541,29 @@ def test_the_service_kind_of_an_application_goes_with_the_application() -> None:
     delivery = delivery_for(routed(event("application_received"), state), MEMBER["nav"])
     assert delivery is not None
     assert payload_of(delivery)["service_kind"] == "housing"
+
+
+def test_a_scheduled_follow_up_reaches_health_care_and_the_home_municipality_only() -> None:
+    """The DPS's follow-up time reaches the GP and the home municipality; NAV has no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        member("fastlege"),
+        member("nav"),
+        consent("nav"),
+    )
+    routing = routed(event("followup_scheduled"), state)
+    expected = {
+        "related_event_id": "dps-974705788-2026-000125",
+        "followup_at": "2026-12-03T09:00:00Z",
+        "with_org": "940493021",
+    }
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    home = delivery_for(routing, HOME)
+    assert gp is not None
+    assert home is not None
+    assert payload_of(gp) == payload_of(home) == expected
+    assert (gp["basis"], home["basis"]) == ("presumed", "statutory")
+    assert decision_for(routing, MEMBER["nav"])["reason"] == "not_permitted"
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

@@ -76,6 +76,7 @@ CATEGORY_OF_FIELD = {
             "related_event_id",
             "dps_contact",
             "service_kind",
+            "with_org",
         ),
         "logistics",
     ),

@@ -233,7 +233,9 @@ def released_pairs() -> list[Any]:
 
 
 # Event schemas added after the last release; the next release freezes them (schemas/avro/README).
-NOT_YET_RELEASED = frozenset({event_schema_name("retraction")})
+NOT_YET_RELEASED = frozenset(
+    {event_schema_name("retraction"), event_schema_name("followup_scheduled")}
+)
 
 
 def test_there_is_a_release(catalogue: SchemaCatalogue) -> None:
