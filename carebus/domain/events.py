@@ -114,8 +114,8 @@ SEVERITIES: Final = ("low", "medium", "high")
 PLAN_STATUSES: Final = ("active", "closed")
 FOLLOWUP_KINDS: Final = ("meeting", "phone", "home_visit")
 APPLICATION_OUTCOMES: Final = ("granted", "denied", "partial")
-# How the stay ended. Left out, it is unknown: the wire record says `unknown` (ABSENT), which a
-# sender cannot write. A self-discharge or one against advice is clinical information (health).
+# How the stay ended. Left out, it is unknown: the wire record says `unknown` (FieldSpec.absent),
+# which a sender cannot write. A self-discharge or one against advice is clinical information.
 DISCHARGE_KINDS: Final = ("planned", "self_discharge", "against_advice", "transfer")
 # What an application is for; `other` where none of these fits.
 SERVICE_KINDS: Final = (
