@@ -34,6 +34,14 @@ FIELD_CATEGORY: Final[dict[str, str]] = {
 KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
 
 
+def kind_of(rule: Rule) -> str:
+    """The alert kind a rule raises: an immediate rule on an emergency is an emergency
+    disclosure for review; any other immediate rule is a notice, something to act on now."""
+    if rule.kind == "immediate":
+        return "emergency_disclosure" if rule.emergency else "notice"
+    return KIND[rule.kind]
+
+
 @dataclass(frozen=True, slots=True)
 class AlertContext:
     """What building an alert needs besides the rule and the events."""
@@ -142,7 +150,17 @@ def build_alerts(
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
-            _summary(rule, title, trigger, event_ids, deadline, contact, told)
+            _summary(
+                rule,
+                title,
+                trigger,
+                event_ids,
+                deadline,
+                contact,
+                told,
+                specific=specific,
+                shown=_shown(trigger, org_id, disclosure),
+            )
             if knows
             else _neutral_summary(title, contact, trigger)
         )
@@ -151,7 +169,7 @@ def build_alerts(
             "alert_id": identity,
             "rule_id": rule.rule_id,
             "title": title,
-            "kind": "emergency_disclosure" if rule.kind == "immediate" else KIND[rule.kind],
+            "kind": kind_of(rule),
             "status": "open",
             "resolution": None,
             "subject_key": trigger["subject_key"],
@@ -225,6 +243,26 @@ def _disclosure_for(
     return None
 
 
+def _shown(
+    trigger: Mapping[str, Any], org_id: str | None, disclosure: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """The trigger's payload fields `org_id` may see: all of its own event's, else those
+    routing delivered to it."""
+    payload: Mapping[str, Any] = trigger.get("payload") or {}
+    if org_id == trigger["source"]["org_id"]:
+        return payload
+    fields = (disclosure or {}).get("fields") or ()
+    return {name: payload[name] for name in fields if name in payload}
+
+
+# What a notice adds from the trigger's fields the recipient may see: the agreed time and whom
+# to contact at the source (issue 17: "that follow-up is needed, by when, whom to contact").
+_NOTICE_FIELDS: Final = (
+    ("followup_at", "Follow-up agreed for {}."),
+    ("dps_contact", "Contact at the DPS: {}."),
+)
+
+
 def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> str:
     """Whom an emergency alert to `org_id` says the event was disclosed to. The source's privacy
     officer reviews every recipient; a recipient learns only of its own organisation, since the
@@ -262,9 +300,13 @@ def _summary(
     deadline: str | None,
     contact: Mapping[str, Any] | None,
     told: str,
+    *,
+    specific: bool,
+    shown: Mapping[str, Any],
 ) -> str:
     """The summary for an organisation routing lets know of the trigger; `told`: whom an
-    emergency disclosure reached, as this organisation may read it."""
+    emergency disclosure reached, as this organisation may read it. The rule's `why` only
+    where it may see what the rule's condition reads (`specific`): the why tells the reason."""
     act = f"Contact {_whom(contact, trigger)}." if contact else "The next step is yours."
     when = _oslo(trigger["occurred_at"])
     source = f"{trigger['source']['agency']} {trigger['source']['org_id']}"
@@ -273,6 +315,15 @@ def _summary(
             f"{title}: {len(event_ids)} events within {rule.window.text if rule.window else ''}, "
             f"the latest a {trigger['event_type']} at {when} from {source}."
         )
+    why = f" {rule.why}" if rule.why and specific else ""
+    if rule.kind == "immediate" and not rule.emergency:
+        event = f"{trigger['event_type']} {trigger['event_id']}"
+        facts = "".join(
+            " " + text.format(_oslo(value) if name.endswith("_at") else value)
+            for name, text in _NOTICE_FIELDS
+            if isinstance(value := shown.get(name), str) and value
+        )
+        return f"{title}: {event} at {when} from {source}.{why}{facts} {act}"
     if rule.kind == "immediate":
         emergency = trigger.get("emergency") or {}
         return (
@@ -282,7 +333,7 @@ def _summary(
         )
     due = f"; the deadline was {_oslo(deadline)}" if deadline else ""
     event = f"{trigger['event_type']} {trigger['event_id']}"
-    return f"{title}: {event} at {when} from {source}{due}. {act}"
+    return f"{title}: {event} at {when} from {source}{due}.{why} {act}"
 
 
 def _oslo(moment: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from carebus.domain.alerts import AlertContext, build_alerts, resolved
@@ -30,9 +30,14 @@ from carebus.domain.sla import (
     value_of,
 )
 
-# How long facts that may still matter are kept: early fulfilments, admissions, breached
-# obligations awaiting a late fulfilment. Longer than any default deadline (P1M).
+# How long facts that may still matter are kept: early fulfilments, discharged admissions,
+# breached obligations awaiting a late fulfilment. Longer than any default deadline (P3M).
 MEMORY: Final = timedelta(days=120)
+# How long an admission whose discharge has not been seen is kept: a stay may outlast MEMORY,
+# and its discharge must still match the admission's reason (a risk discharge after a long
+# stay is no less a risk discharge). Longer than nearly every inpatient stay; bounded so that a
+# discharge that never reached carebus does not keep the admission for ever.
+OPEN_ADMISSION_MEMORY: Final = timedelta(days=730)
 # The status of an obligation whose trigger was retracted, and the resolution of its alerts.
 RETRACTED: Final = "retracted"
 ADMISSION_FIELDS: Final = ("reason", "housing_status")
@@ -48,7 +53,9 @@ class SlaState:
                  a replayed trigger or fulfilment changes nothing; an immediate rule's alert is
                  kept as breached.
     early        fulfilling or cancelling events seen before their trigger (event JSON)
-    admissions   admission event_id -> the fields trigger conditions read, and occurred_at
+    admissions   admission event_id -> the fields trigger conditions read, occurred_at,
+                 source_org, and once its discharge is seen discharged_at and discharged_by
+                 ([sender, discharge event_id])
     windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
     """
 
@@ -112,16 +119,18 @@ def observe(
             # Event ids are unique per sender only: a retraction withdraws its sender's own.
             "source_org": event["source"]["org_id"],
         }
+    if event.get("event_type") == "discharge":
+        _discharged(state, event)
     consumed = False
     for rule in rules.rules:
-        if rule.kind == "deadline":
+        if rule.kind == "deadline" or (rule.kind == "immediate" and rule.fulfilled_by):
             consumed |= _close_by(state, rule, event, alerts, context)
+        if rule.kind == "deadline":
             _set_before_deadline(state, rule, event)
     if not consumed and _could_close(event, rules):
         state.early.append(dict(event))
-    for rule in rules.rules:
-        if not _triggers(rule, event, state):
-            continue
+    triggered = [rule for rule in rules.rules if _triggers(rule, event, state)]
+    for rule in _first_of_each_group(triggered, event):
         if rule.kind == "deadline":
             _open(state, rule, event, alerts, context)
         elif rule.kind == "window":
@@ -186,6 +195,11 @@ def withdraw(
     admission = state.admissions.get(target)
     if admission is not None and admission.get("source_org") == source_org:
         del state.admissions[target]
+    for admission in state.admissions.values():
+        if admission.get("discharged_by") == [source_org, target]:
+            # The discharge is withdrawn: the admission is open again.
+            admission.pop("discharged_at", None)
+            admission.pop("discharged_by", None)
     for window in state.windows.values():
         window["events"] = [
             entry for entry in window["events"] if _entry_of(entry) != (target, source_org)
@@ -205,9 +219,42 @@ def _entry_of(entry: list[str]) -> tuple[str, str | None]:
 def _triggers(rule: Rule, event: Mapping[str, Any], state: SlaState) -> bool:
     if rule.emergency:
         return bool(event.get("emergency"))
-    return event.get("event_type") in rule.event_types and matches_when(
-        rule.when, event, state.admissions
-    )
+    if event.get("event_type") not in rule.event_types:
+        return False
+    if any(value_of(event, name) is None for name in rule.present):
+        return False
+    return matches_when(rule.when, event, state.admissions)
+
+
+def _first_of_each_group(triggered: Sequence[Rule], event: Mapping[str, Any]) -> list[Rule]:
+    """The triggered rules, of each group only the deadline rule with the earliest deadline
+    for `event` (no deadline yet counts as latest; ties go to file order): one event opens one
+    obligation of a group, so a person is not chased twice for one follow-up. Deterministic,
+    so a replayed trigger chooses the same rule and opens nothing new."""
+    latest = datetime.max.replace(tzinfo=UTC)
+    chosen: dict[str, Rule] = {}
+    for rule in triggered:
+        if rule.group is None or rule.kind != "deadline":
+            continue
+        deadline = deadline_of(rule, event) or latest
+        held = chosen.get(rule.group)
+        if held is None or deadline < (deadline_of(held, event) or latest):
+            chosen[rule.group] = rule
+    return [
+        rule
+        for rule in triggered
+        if rule.group is None or rule.kind != "deadline" or chosen[rule.group] is rule
+    ]
+
+
+def _discharged(state: SlaState, discharge: Mapping[str, Any]) -> None:
+    """Mark the admission a discharge names as discharged: from now on it is kept for MEMORY,
+    not OPEN_ADMISSION_MEMORY. The first discharge seen counts; a replay changes nothing."""
+    admission = state.admissions.get(str(value_of(discharge, "admission_event_id")))
+    if admission is None or admission.get("discharged_at"):
+        return
+    admission["discharged_at"] = discharge["occurred_at"]
+    admission["discharged_by"] = [discharge["source"]["org_id"], discharge["event_id"]]
 
 
 def _could_close(event: Mapping[str, Any], rules: RuleSet) -> bool:
@@ -252,11 +299,15 @@ def _open(
         "alerts": [],
     }
     state.obligations[oid] = obligation
-    # A deadline set by another event that came first, then fulfilments kept from earlier.
-    if rule.before is not None:
-        for early in state.early:
-            if links_to(rule.before, early, trigger):
-                obligation["deadline"] = early["occurred_at"]
+    # A deadline set by another event that came first (the earliest of them), then
+    # fulfilments kept from earlier.
+    setting = [
+        early["occurred_at"]
+        for early in state.early
+        if any(links_to(link, early, trigger) for link in rule.before)
+    ]
+    if setting:
+        obligation["deadline"] = min(setting, key=parse_rfc3339)
     for early in list(state.early):
         if _settle(state, oid, rule, early, alerts, context):
             state.early.remove(early)
@@ -304,6 +355,8 @@ def _settle(
     if obligation["status"] == "breached":
         if cancels:
             resolution = "cancelled"
+        elif not obligation.get("deadline"):
+            resolution = "fulfilled"  # a notice, raised at once: what it asked for was done
         elif parse_rfc3339(event["occurred_at"]) <= parse_rfc3339(obligation["deadline"]):
             resolution = "fulfilled_late_report"
         else:
@@ -325,17 +378,18 @@ def _breach_now(obligation: Obligation, rule: Rule, context: AlertContext) -> li
 
 
 def _set_before_deadline(state: SlaState, rule: Rule, event: Mapping[str, Any]) -> None:
-    if rule.before is None:
+    """The first event of the rule's `before` list that arrives sets the deadline."""
+    if not rule.before:
         return
     for obligation in state.obligations.values():
         if obligation["rule_id"] != rule.rule_id or obligation["status"] != "open":
             continue
-        if obligation.get("deadline") is None and links_to(
-            rule.before, event, obligation["trigger"]
+        if obligation.get("deadline") is None and any(
+            links_to(link, event, obligation["trigger"]) for link in rule.before
         ):
             obligation["deadline"] = event["occurred_at"]
     # Kept too: a trigger that arrives after it still gets its deadline.
-    if rule.before.event_type == event.get("event_type") and not any(
+    if any(link.event_type == event.get("event_type") for link in rule.before) and not any(
         early.get("event_id") == event.get("event_id") for early in state.early
     ):
         state.early.append(dict(event))
@@ -416,10 +470,15 @@ def _raise(
 def _forget_old(state: SlaState, now: datetime) -> None:
     horizon = now - MEMORY
     state.early = [e for e in state.early if parse_rfc3339(e["occurred_at"]) > horizon]
+    open_horizon = now - OPEN_ADMISSION_MEMORY
     state.admissions = {
         event_id: admission
         for event_id, admission in state.admissions.items()
-        if parse_rfc3339(admission["occurred_at"]) > horizon
+        if (
+            parse_rfc3339(admission["discharged_at"]) > horizon
+            if admission.get("discharged_at")
+            else parse_rfc3339(admission["occurred_at"]) > open_horizon
+        )
     }
     state.obligations = {
         oid: obligation

@@ -124,7 +124,7 @@ class Rule:
     deadline: Duration | None
     deadline_kind: str  # duration | end_of_day | field | before | none
     deadline_field: str | None
-    before: Link | None
+    before: tuple[Link, ...]  # the deadline is when the first of these events happened
     fulfilled_by: tuple[Link, ...]
     cancelled_by: tuple[Link, ...]
     identity: tuple[str, ...]
@@ -135,10 +135,21 @@ class Rule:
     count: int
     window: Duration | None
     source: str
+    # Trigger fields that must be present (not null) for the rule to apply.
+    present: tuple[str, ...] = ()
+    # A `field` deadline: added to the field's time; used from the trigger's time when the
+    # trigger lacks the field (None: then there is no deadline).
+    deadline_plus: Duration | None = None
+    deadline_fallback: Duration | None = None
+    # Deadline rules of one group that one event triggers open one obligation between them:
+    # the one with the earliest deadline (ties: file order).
+    group: str | None = None
+    # Why the obligation exists, one sentence, shown to a recipient that may know the details.
+    why: str | None = None
 
     def condition_fields(self) -> tuple[str, ...]:
         """Payload fields the trigger condition reads (`admission.x` reads the admission's x)."""
-        return tuple(self.when)
+        return tuple(self.when) + self.present
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +231,11 @@ def deadline_of(rule: Rule, trigger: Mapping[str, Any]) -> datetime | None:
         return end_of_day(occurred)
     if rule.deadline_kind == "field" and rule.deadline_field:
         value = value_of(trigger, rule.deadline_field)
-        return parse_rfc3339(value) if isinstance(value, str) else None
+        if not isinstance(value, str):
+            fallback = rule.deadline_fallback
+            return None if fallback is None else fallback.after(occurred)
+        moment = parse_rfc3339(value)
+        return moment if rule.deadline_plus is None else rule.deadline_plus.after(moment)
     return None
 
 

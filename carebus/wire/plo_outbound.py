@@ -198,7 +198,8 @@ def remarks(event_type: str, payload: Mapping[str, Any]) -> str:
     """What carebus knows beyond PLO's fields, in Norwegian, from the fields the recipient may
     see (each part only when its field was delivered)."""
     parts: list[str] = []
-    reason = payload.get("reason")
+    # A discharge carries its admission's reason only where routing derived and granted it.
+    reason = payload.get("reason") or payload.get("admission_reason")
     if reason in _DANGEROUS:
         parts.append(f"OBS: innlagt etter {_REASON[reason]}")
     elif reason in _REASON:

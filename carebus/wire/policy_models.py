@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -124,6 +125,7 @@ _ROUTING_PROBLEMS: Final[Mapping[str, Callable[[object], str]]] = {
     "basis": _unknown_basis,
     "source": lambda _: _SOURCE,
     "categories": lambda _: _CATEGORIES,
+    "when": lambda _: "when must map a condition (admission.reason) to a value or a list of them",
 }
 
 Category = Annotated[str, _one_of(policy.CATEGORIES, _unknown_category)]
@@ -152,9 +154,19 @@ class RoutingRule(_FileModel):
     basis: Annotated[str, _one_of(policy.BASES, _unknown_basis)]
     categories: Categories
     source: Annotated[str, AfterValidator(_cited)]
+    # A condition (`admission.reason`) -> a value or a list of values, any one of which.
+    when: dict[
+        str,
+        Annotated[
+            list[str], BeforeValidator(lambda value: value if isinstance(value, list) else [value])
+        ],
+    ] = Field(default_factory=dict)
 
     def rule(self) -> policy.Rule:
-        return _rule(self, self.recipient, self.basis)
+        return replace(
+            _rule(self, self.recipient, self.basis),
+            when=MappingProxyType({name: tuple(values) for name, values in self.when.items()}),
+        )
 
 
 def _rule(entry: EmergencyGrant | RoutingRule, recipient: str, basis: str) -> policy.Rule:
@@ -380,16 +392,25 @@ class SlaLink(_FileModel):
 
 
 class FieldDeadline(_FileModel):
-    """The deadline is a time the trigger carries: `{field: next_review_at}`."""
+    """The deadline is a time the trigger carries: `{field: next_review_at}`, optionally
+    `plus` a duration (a grace after an agreed time) and with a `fallback` duration from the
+    trigger's time when the trigger lacks the field (without one: no deadline then)."""
 
     field: str
+    plus: Duration | None = None
+    fallback: Duration | None = None
 
 
 class BeforeDeadline(_FileModel):
     """The deadline is when another event happened, once it arrives: `{before: {event_type,
-    link}}`."""
+    link}}`, or the first of several to arrive: `{before: [{…}, {…}]}`."""
 
-    before: SlaLink
+    before: Annotated[
+        list[SlaLink],
+        # Before-validators run last to first: a lone link becomes a list, then is checked.
+        _listed("a linked event, or a non-empty list of them"),
+        BeforeValidator(lambda links: links if isinstance(links, list) else [links]),
+    ]
 
 
 Deadline = sla.Duration | Literal["end_of_day"] | FieldDeadline | BeforeDeadline
@@ -404,6 +425,8 @@ class Trigger(_FileModel):
     # Payload field -> value (null: absent) or a list of values (any one); `admission.<field>`
     # reads the linked admission.
     when: dict[str, Any] = Field(default_factory=dict)
+    # Trigger fields that must be present (not null).
+    present: list[str] = Field(default_factory=list)
     emergency: bool = False
 
     @model_validator(mode="after")
@@ -413,6 +436,9 @@ class Trigger(_FileModel):
         if self.event_type is None and not self.event_types and not self.emergency:
             raise refused("needs event_type, event_types or emergency: true")
         _checked_when(self.when, self.types())
+        for name in self.present:
+            if not any(name in PAYLOAD_FIELDS.get(t, {}) for t in self.types()):
+                raise refused(f"present: {name} is not a payload field of the trigger's events")
         return self
 
     def types(self) -> tuple[str, ...]:
@@ -452,6 +478,17 @@ class SlaRule(_FileModel):
     escalation: Duration = Field(default_factory=lambda: sla.parse_duration("PT24H"))
     count: int = Field(default=0, validate_default=True)
     window: Duration | None = Field(default=None, validate_default=True)
+    group: str | None = Field(default=None, validate_default=True)
+    why: str | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _grouped(cls, group: str | None, info: ValidationInfo) -> str | None:
+        if group is not None and info.data.get("kind") != "deadline":
+            raise refused("only deadline rules form groups (one obligation per group)")
+        if group is not None:
+            _rule_id(group)
+        return group
 
     @field_validator("deadline", mode="plain")
     @classmethod
@@ -504,7 +541,13 @@ class SlaRule(_FileModel):
             deadline=deadline if isinstance(deadline, sla.Duration) else None,
             deadline_kind=_deadline_kind(deadline),
             deadline_field=deadline.field if isinstance(deadline, FieldDeadline) else None,
-            before=deadline.before.link_() if isinstance(deadline, BeforeDeadline) else None,
+            deadline_plus=deadline.plus if isinstance(deadline, FieldDeadline) else None,
+            deadline_fallback=deadline.fallback if isinstance(deadline, FieldDeadline) else None,
+            before=(
+                tuple(link.link_() for link in deadline.before)
+                if isinstance(deadline, BeforeDeadline)
+                else ()
+            ),
             fulfilled_by=tuple(link.link_() for link in self.fulfilled_by),
             cancelled_by=tuple(link.link_() for link in self.cancelled_by),
             identity=tuple(self.identity),
@@ -515,6 +558,9 @@ class SlaRule(_FileModel):
             count=self.count,
             window=self.window if self.kind == "window" else None,
             source=self.source,
+            present=tuple(self.trigger.present),
+            group=self.group,
+            why=self.why.strip() if self.why else None,
         )
 
 

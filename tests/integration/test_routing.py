@@ -271,19 +271,52 @@ async def test_objection_blocks_presumed(bus: Bus) -> None:
 
 
 async def test_home_municipality_gets_logistics_only_without_consent(bus: Bus) -> None:
-    """The home municipality outside the care team gets the admission's logistics, no health."""
+    """The home municipality outside the care team gets the admission's logistics and the
+    housing status (the regulation: a patient without suitable housing), no health."""
     nin = random_nin(bus.rng)
     admitted = await bus.publish("dps", "admission", nin, admission())
     [delivery] = await at_least(lambda: bus.deliveries("municipality", admitted), 1)
     assert delivery["basis"] == "statutory"
-    assert delivery["categories"] == ["logistics"]
+    assert delivery["categories"] == ["logistics", "social"]
     assert set(delivery["payload"]) <= {
         "ward",
         "expected_discharge_at",
         "needs_municipal_services",
         "home_municipality_org",
+        "housing_status",
     }
     assert delivery["payload"]["needs_municipal_services"] is True
+    assert delivery["payload"]["housing_status"] == "homeless"
+
+
+async def test_a_risk_discharge_tells_the_home_municipality_why(bus: Bus) -> None:
+    """A discharge after an overdose admission reaches the home municipality outside the care
+    team with the admission's reason (presumed), one delivery beside nothing else."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish("dps", "admission", nin, admission(reason="overdose"))
+    discharged = await bus.publish("dps", "discharge", nin, discharge(admitted))
+    [delivery] = await at_least(lambda: bus.deliveries("municipality", discharged), 1)
+    assert delivery["basis"] == "presumed"
+    assert delivery["categories"] == ["logistics", "health"]
+    assert delivery["payload"]["admission_reason"] == "overdose"
+    assert delivery["payload"]["crisis_plan"] is True
+
+
+async def test_an_objection_withholds_the_reason_not_the_notice(bus: Bus) -> None:
+    """After an objection to the home municipality, the discharge still reaches it (statutory,
+    logistics), and the audit trail shows the risk part withheld for the objection."""
+    nin = random_nin(bus.rng)
+    await bus.consent(nin, "municipality", "objection", ["health"], org_id=ORGS["municipality"])
+    admitted = await bus.publish("dps", "admission", nin, admission(reason="suicide_attempt"))
+    discharged = await bus.publish("dps", "discharge", nin, discharge(admitted))
+    [delivery] = await at_least(lambda: bus.deliveries("municipality", discharged), 1)
+    assert (delivery["basis"], delivery["categories"]) == ("statutory", ["logistics"])
+    assert "admission_reason" not in delivery["payload"]
+    decisions = await bus.decisions_for(nin, discharged, 2)
+    assert sorted((d["decision"], d.get("reason"), d["rule_id"]) for d in decisions) == [
+        ("delivered", None, "discharge.home_municipality"),
+        ("withheld", "objection", "discharge.home_municipality.risk"),
+    ]
 
 
 async def test_another_municipality_never_sees_the_person(bus: Bus) -> None:

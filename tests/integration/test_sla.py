@@ -293,6 +293,51 @@ async def test_overdose_discharge_without_followup_alerts_the_coordinator(bus: B
     assert await bus.alerts(discharged, "followup.discharge_7d") == []
 
 
+async def test_a_risk_discharge_notifies_the_home_municipality_at_once(bus: Bus) -> None:
+    """Issue 17, item 1: a discharge after a possible suicide attempt sends the home municipality
+    (outside any care team) a notice at once, naming the person; the follow-up contact
+    resolves it."""
+    nin = random_nin(bus.rng)
+    admitted = await bus.publish(
+        "dps",
+        "admission",
+        nin,
+        admission(reason="possible_suicide_attempt", needs_municipal_services=False),
+    )
+    discharged = await bus.publish(
+        "dps",
+        "discharge",
+        nin,
+        {"admission_event_id": admitted, "destination": "home", "crisis_plan": True},
+    )
+    [notice] = await bus.alerts_eventually(discharged, "risk_notice.discharge", 1)
+    assert (notice["recipient_org"], notice["nin"], notice["status"]) == (
+        ORGS["municipality"],
+        nin,
+        "open",
+    )
+    row = await bus.conn.fetchrow(
+        "SELECT kind, summary FROM alerts WHERE alert_id = $1", notice["alert_id"]
+    )
+    assert row is not None
+    assert row["kind"] == "notice"
+    assert "high-risk period" in row["summary"]  # the home municipality may know why (routing)
+    await bus.publish(
+        "municipality",
+        "followup_contact",
+        nin,
+        {"related_event_id": discharged, "kind": "home_visit"},
+    )
+    await bus.alerts_eventually(discharged, "risk_notice.discharge", 1)
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        [notice] = await bus.alerts(discharged, "risk_notice.discharge")
+        if notice["status"] == "resolved":
+            break
+        await asyncio.sleep(0.2)
+    assert (notice["status"], notice["resolution"]) == ("resolved", "fulfilled")
+
+
 async def test_discharge_ready_without_reply_alerts_and_withdrawal_cancels(bus: Bus) -> None:
     """No municipal_reply to a discharge-ready notice: one alert; withdrawn in time: none."""
     nin = random_nin(bus.rng)

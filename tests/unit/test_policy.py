@@ -70,6 +70,7 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "discharge.kind",
         "discharge.crisis_plan_id",
         "discharge.crisis_plan_reviewed_at",
+        "discharge.admission_reason",
         "ip_update.crisis_plan",
         "ip_update.crisis_plan_id",
         "ip_update.crisis_plan_reviewed_at",
@@ -167,7 +168,8 @@ def test_the_version_changes_with_the_file(tmp_path: Path) -> None:
 def test_statutory_rules_are_the_logistics_messages(shipped: Policy) -> None:
     """The home municipality gets a statutory notice for admission, discharge-ready, its
     withdrawal, discharge and the follow-up time set after a discharge, with logistics fields
-    only."""
+    only, and the housing status on the admission and discharge-ready notices (the regulation's
+    "uten egnet bolig")."""
     statutory = {
         rule.event_type: rule for rule in shipped.rules.values() if rule.basis == "statutory"
     }
@@ -180,7 +182,10 @@ def test_statutory_rules_are_the_logistics_messages(shipped: Policy) -> None:
     }
     for rule in statutory.values():
         assert rule.recipient == HOME_MUNICIPALITY
-        assert set(rule.categories) == {"logistics"}
+        beyond = {name for category, names in rule.categories.items() if category != "logistics"
+                  for name in names}  # fmt: skip
+        assert beyond == ({"housing_status"} if rule.event_type in ("admission", "discharge_ready")
+                          else set())  # fmt: skip
 
 
 def test_outside_health_care_only_with_consent_and_never_health(shipped: Policy) -> None:
@@ -357,7 +362,41 @@ REFUSALS: list[tuple[str, Mutation, list[str]]] = [
     (
         "home municipality on another basis",
         _set("admission.home_municipality", "basis", "presumed"),
-        ["rule admission.home_municipality", "takes basis statutory only"],
+        ["rule admission.home_municipality", "takes basis statutory, or presumed with a when"],
+    ),
+    (
+        "a conditional rule for an agency",
+        _set("discharge.nav", "when", {"admission.reason": ["overdose"]}),
+        ["rule discharge.nav", "only a home_municipality rule may be conditional"],
+    ),
+    (
+        "a conditional statutory rule",
+        _set("discharge.home_municipality", "when", {"admission.reason": ["overdose"]}),
+        ["rule discharge.home_municipality", "owed whatever the event; no when"],
+    ),
+    (
+        "an unknown condition",
+        _set("discharge.home_municipality.risk", "when", {"admission.ward": ["x"]}),
+        ["rule discharge.home_municipality.risk", "when.admission.ward: unknown condition"],
+    ),
+    (
+        "a misspelt admission reason",
+        _set("discharge.home_municipality.risk", "when", {"admission.reason": ["overdoze"]}),
+        ["rule discharge.home_municipality.risk", "when.admission.reason: each value"],
+    ),
+    (
+        "a conditional rule with nothing to add to",
+        lambda document: document["rules"].remove(rule_in(document, "discharge.home_municipality")),
+        ["rule discharge.home_municipality.risk", "adds to the home_municipality rule for"],
+    ),
+    (
+        "a social field on the statutory discharge notice",
+        _set(
+            "discharge.home_municipality",
+            "categories",
+            {"logistics": ["destination"], "social": []},
+        ),
+        ["rule discharge.home_municipality", "statutory may deliver logistics fields only"],
     ),
     (
         "duplicate event type and recipient",

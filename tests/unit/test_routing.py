@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from carebus.domain.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
+from carebus.domain.deliveries import (
+    delivery_id,
+    delivery_to_json,
+    no_candidate_audit_id,
+    part_audit_id,
+)
 from carebus.domain.events import (
     EVENT_TYPES,
     POLICY_EVENT_TYPES,
@@ -427,7 +432,8 @@ def test_an_agency_wide_objection_blocks_every_organisation_of_the_agency() -> N
 
 def test_the_home_municipality_gets_logistics_only_without_consent() -> None:
     """An admission reaches its own home municipality as a statutory logistics notice, even
-    over an objection, never with the reason, the kind of admission or the housing status."""
+    over an objection, never with the reason or the kind of admission; with the housing status
+    (the regulation has the municipality told when a patient will have no suitable housing)."""
     state = state_of(consent("municipality", HOME, status="objection"))
     routing = routed(event("admission"), state)
     assert recipients(routing) == {HOME}
@@ -435,12 +441,13 @@ def test_the_home_municipality_gets_logistics_only_without_consent() -> None:
     assert delivery is not None
     assert delivery["basis"] == "statutory"
     assert delivery["rule_id"] == "admission.home_municipality"
-    assert delivery["categories"] == ["logistics"]
+    assert delivery["categories"] == ["logistics", "social"]
     assert set(payload_of(delivery)) == {
         "needs_municipal_services",
         "home_municipality_org",
         "ward",
         "expected_discharge_at",
+        "housing_status",
     }
 
 
@@ -461,7 +468,10 @@ def test_the_logistics_messages_reach_the_home_municipality(event_type: str) -> 
     disclosure = decision_for(routed(event(event_type), state), HOME)
     assert disclosure["decision"] == "delivered"
     assert disclosure["basis"] == "statutory"
-    assert {FIELD_CATEGORY[(event_type, name)] for name in disclosure["fields"]} <= {"logistics"}
+    beyond = {
+        name for name in disclosure["fields"] if FIELD_CATEGORY[(event_type, name)] != "logistics"
+    }
+    assert beyond <= {"housing_status"}
 
 
 def test_the_home_municipality_learns_whom_to_contact_at_the_dps_not_how_the_stay_ended() -> None:
@@ -992,3 +1002,103 @@ def test_delivery_ids_are_the_rfc_4122_version_5_uuids_of_their_names(recipient:
     assert no_candidate_audit_id("111111111", event_id) == str(
         uuid.uuid5(namespace, f"event/111111111/{event_id}/-")
     )
+
+
+# --- the risk notice at discharge (issue 17, item 1) ------------------------------------------
+
+
+def risk_discharge(reason: str, *changes: Change) -> tuple[Routing, PersonState]:
+    """An admission for `reason`, then its discharge, routed against a state where the home
+    municipality is outside the care team."""
+    admitted = event("admission", reason=reason)
+    state = state_of(*changes, (event_schema_name("admission"), admitted))
+    discharge = event("discharge", admission_event_id=admitted["event_id"])
+    return routed(discharge, state), state
+
+
+@pytest.mark.parametrize("reason", ["overdose", "suicide_attempt", "possible_suicide_attempt"])
+def test_a_risk_discharge_tells_the_home_municipality_why(reason: str) -> None:
+    """Outside the care team, the home municipality gets the statutory notice plus the
+    admission's reason and the crisis plan, on the presumed basis, in one delivery."""
+    routing, _ = risk_discharge(reason)
+    delivery = delivery_for(routing, HOME)
+    assert delivery is not None
+    assert delivery["rule_id"] == "discharge.home_municipality.risk"
+    assert delivery["basis"] == "presumed"
+    assert delivery["categories"] == ["logistics", "health"]
+    payload = payload_of(delivery)
+    assert payload["admission_reason"] == reason
+    assert {"admission_event_id", "destination", "crisis_plan"} <= set(payload)
+    assert [d["audit_id"] for d in routing.disclosures if _to(d) == HOME] == [
+        delivery["delivery_id"]
+    ]
+
+
+@pytest.mark.parametrize("reason", ["psychosis", "withdrawal", "other"])
+def test_other_discharges_stay_the_statutory_notice(reason: str) -> None:
+    routing, _ = risk_discharge(reason)
+    delivery = delivery_for(routing, HOME)
+    assert delivery is not None
+    assert delivery["rule_id"] == "discharge.home_municipality"
+    assert delivery["basis"] == "statutory"
+    assert delivery["categories"] == ["logistics"]
+    assert "admission_reason" not in payload_of(delivery)
+
+
+def test_an_objection_withholds_the_reason_but_never_the_notice() -> None:
+    """The person objected to the home municipality: it still gets the statutory logistics
+    notice; the risk part is withheld, and that is audited as a row of its own."""
+    routing, _ = risk_discharge("overdose", consent("municipality", HOME, status="objection"))
+    delivery = delivery_for(routing, HOME)
+    assert delivery is not None
+    assert delivery["rule_id"] == "discharge.home_municipality"
+    assert delivery["categories"] == ["logistics"]
+    assert "admission_reason" not in payload_of(delivery)
+    rows = [d for d in routing.disclosures if _to(d) == HOME]
+    assert [(d["decision"], d["reason"], d["rule_id"]) for d in rows] == [
+        ("delivered", None, "discharge.home_municipality"),
+        ("withheld", "objection", "discharge.home_municipality.risk"),
+    ]
+    assert rows[1]["audit_id"] == part_audit_id(
+        SOURCE["dps"], rows[1]["event_id"], HOME, "discharge.home_municipality.risk"
+    )
+    assert rows[1]["audit_id"] != delivery["delivery_id"]
+    assert rows[1]["delivery_id"] is None
+    assert rows[1]["fields"] == []
+
+
+def test_the_care_team_never_gets_the_derived_reason_without_a_rule() -> None:
+    """A care-team municipality gets what its own rule lists; the derived field is the home
+    municipality's only where a rule lists it (and NAV's never)."""
+    routing, _ = risk_discharge(
+        "overdose", member("nav"), consent("nav", MEMBER["nav"], categories=CATEGORIES)
+    )
+    nav = delivery_for(routing, MEMBER["nav"])
+    assert nav is not None
+    assert "admission_reason" not in payload_of(nav)
+
+
+def test_the_reason_survives_the_discharge_and_a_round_trip() -> None:
+    """The state keeps the reason of a discharged admission (a replayed discharge routes the
+    same), only for the newest few, and reads back from JSON."""
+    admitted = event("admission", reason="overdose")
+    state = state_of((event_schema_name("admission"), admitted))
+    discharge = event("discharge", admission_event_id=admitted["event_id"])
+    state = apply(state, event_schema_name("discharge"), discharge)
+    assert state.admissions == {}
+    assert state.admission_reason(SOURCE["dps"], admitted["event_id"]) == "overdose"
+    replayed = delivery_for(routed(discharge, state), HOME)
+    assert replayed is not None
+    assert replayed["rule_id"] == "discharge.home_municipality.risk"
+    assert PersonState.from_json(json.loads(json.dumps(state.to_json()))) == state
+    for _ in range(12):
+        record = event("admission", reason="psychosis")
+        state = apply(state, event_schema_name("admission"), record)
+        done = event("discharge", admission_event_id=record["event_id"])
+        state = apply(state, event_schema_name("discharge"), done)
+    assert len(state.reasons) == 8
+    assert state.admission_reason(SOURCE["dps"], admitted["event_id"]) is None
+
+
+def _to(disclosure: Disclosure) -> str | None:
+    return None if disclosure["recipient"] is None else disclosure["recipient"]["org_id"]

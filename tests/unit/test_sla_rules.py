@@ -257,6 +257,24 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
+        rule_id="followup.at_agreed_time",
+        prior=_admission_for("overdose"),
+        # Agreed for 12 hours after discharge: due a day later, before the 48 hours.
+        trigger=lambda at: event(
+            "discharge",
+            "dis-1",
+            at,
+            admission_event_id="adm-1",
+            followup_at=rfc3339(at + 12 * HOUR),
+        ),
+        deadline=lambda at: at + 36 * HOUR,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
         rule_id="application.preliminary_reply",
         prior=_none,
         trigger=lambda at: event(
@@ -295,6 +313,7 @@ CASES: list[Case] = [
         },
     ),
 ]
+CASE = {case.rule_id: case for case in CASES}
 CANCELLABLE = [case for case in CASES if case.cancel is not None]
 BY_RULE = pytest.mark.parametrize("case", CASES, ids=str)
 
@@ -322,6 +341,7 @@ def test_every_rule_of_the_file_is_covered() -> None:
         "housing_work.homeless_admission",
         "care_team_meeting.repeated_incidents",
         "emergency_disclosure",
+        "risk_notice.discharge",
     }
     assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
 
@@ -497,15 +517,15 @@ def test_cancellation_after_breach_resolves_as_cancelled(case: Case) -> None:
     ("case", "fulfilment"),
     [
         (
-            CASES[3],
+            CASE["followup.discharge_7d"],
             event("followup_contact", "fu-9", T0 + DAY, source=MUNI, related_event_id="adm-1"),
         ),
         (
-            CASES[4],
+            CASE["followup.discharge_48h"],
             event("followup_contact", "fu-9", T0 + DAY, source=MUNI, related_event_id="adm-1"),
         ),
         (
-            CASES[5],
+            CASE["application.preliminary_reply"],
             event("application_decided", "dec-1", T0 + DAY, source=MUNI, application_id="APP-1"),
         ),
     ],
@@ -521,7 +541,7 @@ def test_second_fulfilling_link_fulfils_too(case: Case, fulfilment: dict[str, An
 
 def test_followup_before_the_discharge_does_not_count() -> None:
     """A follow-up contact that occurred before the discharge does not fulfil the follow-up."""
-    case = CASES[4]
+    case = CASE["followup.discharge_48h"]
     person, deadline = triggered(case)
     early = event("followup_contact", "fu-0", T0 - DAY, source=MUNI, related_event_id="adm-1")
     person.see(early, T0 + HOUR)
@@ -534,7 +554,7 @@ def test_a_possible_suicide_attempt_is_followed_up_like_an_attempt() -> None:
     after an admission for a possible attempt opens the suicide row's 7-day follow-up."""
     person = Person()
     person.see(_admission_for("possible_suicide_attempt")()[0])
-    person.see(CASES[3].trigger(T0))
+    person.see(CASE["followup.discharge_7d"].trigger(T0))
     assert person.deadlines("followup.discharge_7d") == [T0 + 7 * DAY]
     assert person.deadlines("followup.discharge_48h") == []
 
@@ -543,7 +563,7 @@ def test_follow_up_rules_need_the_admission_reason() -> None:
     """A discharge after an admission for another reason opens no follow-up obligation."""
     person = Person()
     person.see(_admission_for("psychosis")()[0])
-    person.see(CASES[3].trigger(T0))
+    person.see(CASE["followup.discharge_7d"].trigger(T0))
     assert person.deadlines("followup.discharge_7d") == []
     assert person.deadlines("followup.discharge_48h") == []
     assert len(person.deadlines("epikrise.after_discharge")) == 1
@@ -811,7 +831,7 @@ def test_emergency_replay_raises_nothing_new() -> None:
 
 
 def suicide_followup_breach(routing: PersonState) -> list[dict[str, Any]]:
-    return breached(CASES[3], Person(routing))[2]
+    return breached(CASE["followup.discharge_7d"], Person(routing))[2]
 
 
 def test_alert_to_a_recipient_routing_withholds_from_is_cut() -> None:
@@ -846,19 +866,22 @@ def test_alert_to_the_unassigned_queue_carries_no_nin() -> None:
 
 def test_alert_to_the_source_carries_the_nin_and_specific_title() -> None:
     """The trigger's own organisation sees everything about its own event."""
-    alerts = breached(CASES[0])[2]
+    alerts = breached(CASE["health_info.after_admission"])[2]
     source = next(a for a in alerts if a["recipient"]["org_id"] == DPS[1])
     assert source["subject"] == {"nin": NIN}
     assert source["title"] == "Health information to the municipality after admission not sent"
 
 
-def test_home_municipality_outside_the_team_gets_the_neutral_housing_title() -> None:
-    """A statutory (logistics-only) recipient learns the person but not the housing status."""
+def test_home_municipality_outside_the_team_gets_the_housing_title() -> None:
+    """The statutory notice tells the home municipality the housing status (the regulation:
+    a patient without suitable housing), so the housing alert may say what it is about."""
     person = Person(routing_with(coordinator=None, home=HOME))
     person.see(homeless_admission())
     (alert,) = of(HOUSING, person.see(discharge_ready(T0 + 5 * DAY)))
     assert alert["subject"] == {"nin": NIN}
-    assert alert["title"] == "Housing work not started before discharge-ready"
+    rule = RULES.rule(HOUSING)
+    assert rule is not None
+    assert alert["title"] == rule.title != rule.neutral_title
 
 
 # --- load_rules ---------------------------------------------------------------------------------
@@ -873,7 +896,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 11
+    assert len(RULES.rules) == 13
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1025,3 +1048,65 @@ def test_duration_parts(text: str, months: int, days: int, seconds: float) -> No
     """Years and months are calendar months, weeks days, the time part seconds."""
     duration = parse_duration(text)
     assert (duration.months, duration.days, duration.seconds) == (months, days, seconds)
+
+
+# --- risk_notice.discharge (immediate notice) ---------------------------------------------------
+
+RISK_NOTICE = "risk_notice.discharge"
+
+
+def risk_discharge(person: Person, reason: str, **payload: Any) -> list[AlertJson]:
+    person.see(_admission_for(reason)()[0])
+    return person.see(event("discharge", "dis-1", T0, admission_event_id="adm-1", **payload))
+
+
+@pytest.mark.parametrize("reason", ["overdose", "suicide_attempt", "possible_suicide_attempt"])
+def test_a_risk_discharge_notifies_the_home_municipality_at_once(reason: str) -> None:
+    """At once, not at a breach: the home municipality (outside the team) and the coordinator
+    learn that follow-up is needed, why, by when, and whom to contact."""
+    person = Person(SETUPS["coordinator_and_home"])
+    raised = of(RISK_NOTICE, risk_discharge(person, reason))
+    assert set(orgs(raised)) == {HOME, COORDINATOR}
+    assert len(raised) == 2
+    for alert in raised:
+        assert (alert["kind"], alert["status"], alert["deadline"]) == ("notice", "open", None)
+        assert alert["subject"] == {"nin": NIN}
+        assert alert["title"].startswith("Discharged after an overdose")
+        assert "high-risk period" in alert["summary"]
+        assert "Follow-up agreed for 2026-12-03 10:00 (Oslo)." in alert["summary"]
+        assert f"Contact dps {DPS[1]}." in alert["summary"]
+
+
+def test_no_notice_for_other_discharges() -> None:
+    assert of(RISK_NOTICE, risk_discharge(Person(), "psychosis")) == []
+
+
+def test_the_notice_resolves_when_the_follow_up_is_reported() -> None:
+    person = Person(SETUPS["home_only"])
+    (raised,) = of(RISK_NOTICE, risk_discharge(person, "overdose"))
+    contact = event("followup_contact", "fu-1", T0 + DAY, source=MUNI, related_event_id="dis-1")
+    (done,) = of(RISK_NOTICE, person.see(contact))
+    assert (done["alert_id"], done["status"], done["resolution"]) == (
+        raised["alert_id"],
+        "resolved",
+        "fulfilled",
+    )
+    # And the 48-hour obligation of the same group was met in time.
+    assert of("followup.discharge_48h", person.scan(T0 + 5 * DAY)) == []
+
+
+def test_one_follow_up_obligation_per_risk_discharge() -> None:
+    """The group: an agreed time sooner than the default opens only `at_agreed_time`; none,
+    only the default."""
+    early = Person(SETUPS["home_only"])
+    risk_discharge(early, "suicide_attempt", followup_at=rfc3339(T0 + DAY))
+    assert sorted(o["rule_id"] for o in early.state.obligations.values() if o["deadline"]) == [
+        "epikrise.after_discharge",
+        "followup.at_agreed_time",
+    ]
+    late = Person(SETUPS["home_only"])
+    risk_discharge(late, "suicide_attempt", followup_at=None)
+    assert sorted(o["rule_id"] for o in late.state.obligations.values() if o["deadline"]) == [
+        "epikrise.after_discharge",
+        "followup.discharge_7d",
+    ]
