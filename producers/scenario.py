@@ -66,6 +66,7 @@ class Journey:
     # backdated wholesale (a backdated trigger breaches at once, as DESIGN says it must).
     starts_h: float
     ends_h: float
+    kind: str  # of the discharge
     followup_agreed: bool  # the DPS agreed a follow-up time before discharge
     followed_up: bool  # the municipality reports the follow-up contact
     municipality_replies: bool  # to the discharge-ready notice, in time
@@ -74,19 +75,47 @@ class Journey:
 
 JOURNEYS: tuple[Journey, ...] = (
     Journey(
-        "a", "overdose", "homeless", "homeless", 4.0, 0.1, True, True, True,
-        "a risk notice at discharge (resolved by the follow-up contact), and an open "
+        person="a",
+        reason="overdose",
+        housing="homeless",
+        destination="homeless",
+        starts_h=4.0,
+        ends_h=0.1,
+        kind="planned",
+        followup_agreed=True,
+        followed_up=True,
+        municipality_replies=True,
+        shows="a notice at discharge (resolved by the follow-up contact), and an open "
         "housing-work obligation after a discharge to homelessness",
     ),
     Journey(
-        "b", "possible_suicide_attempt", "unstable", "home", 3.5, 0.3, False, False, True,
-        "an open risk notice: discharged after a possible suicide attempt, no follow-up yet",
+        person="b",
+        reason="possible_suicide_attempt",
+        housing="unstable",
+        destination="home",
+        starts_h=3.5,
+        ends_h=0.3,
+        kind="planned",
+        followup_agreed=False,
+        followed_up=False,
+        municipality_replies=True,
+        shows="an open notice: discharged after a possible suicide attempt, the follow-up "
+        "time sent on its own, no follow-up contact yet",
     ),
     Journey(
-        "c", "psychosis", "stable", "municipal_housing", 7.0, 0.6, True, True, False,
-        "a missed deadline: no reply to the discharge-ready notice within four hours",
+        person="c",
+        reason="psychosis",
+        housing="stable",
+        destination="municipal_housing",
+        starts_h=7.0,
+        ends_h=0.6,
+        kind="self_discharge",
+        followup_agreed=True,
+        followed_up=True,
+        municipality_replies=False,
+        shows="a missed deadline: no reply to the discharge-ready notice within four hours",
     ),
-)  # fmt: skip
+)
 
 
 def person_journeys(
@@ -184,10 +213,26 @@ def person_journeys(
             "admission_event_id": admission,
             "destination": journey.destination,
             "crisis_plan": True,
+            "kind": journey.kind,
+            "dps_contact": "Vakthavende sykepleier, Akuttpost 2, tlf. 22 00 00 00",
+            "crisis_plan_id": f"KP-{run}-{person}",
         }
         if journey.followup_agreed:
             discharge_payload["followup_at"] = _at(now, 20)
         discharge = event("dps", 6, "discharge", at(0.6), discharge_payload)
+        if not journey.followup_agreed:
+            # The follow-up time is agreed after the discharge was sent, and sent on its own.
+            event(
+                "dps",
+                12,
+                "followup_scheduled",
+                at(0.7),
+                {
+                    "related_event_id": discharge,
+                    "followup_at": _at(now, 20),
+                    "with_org": municipality,
+                },
+            )
         event(
             "dps",
             7,
