@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from carebus.domain.agencies import AGENCIES
+from carebus.domain.events import PAYLOAD_FIELDS
 from carebus.domain.policy import EMERGENCY, Policy
 from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
@@ -24,13 +25,6 @@ from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
 
 __all__ = ["AlertContext", "build_alerts", "operator_action_alert", "resolved"]
 
-# The category of the payload fields SLA trigger conditions read; a recipient learns the
-# rule's specific title only if routing lets it see each of these categories.
-FIELD_CATEGORY: Final[dict[str, str]] = {
-    "reason": "health",
-    "admission_kind": "health",
-    "housing_status": "social",
-}
 KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
 
 
@@ -50,6 +44,9 @@ class AlertContext:
     routing: PersonState
     policy: Policy
     rules_version: str
+    # The person's admissions as the SLA engine keeps them (event id -> the fields conditions
+    # read, occurred_at, source_org): what `admission.<field>` conditions read.
+    admissions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None) -> str:
@@ -139,14 +136,7 @@ def build_alerts(
         contact = _contact(rule, trigger, context.routing, org_id)
         disclosure = _disclosure_for(trigger, org_id, routed)
         knows = disclosure is not None
-        specific = knows and (
-            org_id == trigger["source"]["org_id"]
-            or all(
-                FIELD_CATEGORY.get(name.split(".")[-1], "logistics")
-                in (disclosure or {}).get("categories", ())
-                for name in rule.condition_fields()
-            )
-        )
+        specific = knows and _sees_the_condition(rule, trigger, org_id, routed, context)
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
@@ -221,6 +211,76 @@ def _contact(
         chain.append({"agency": "municipality", "org_id": routing.home_municipality})
     chain.append(source)
     return next((org for org in chain if org["org_id"] != recipient_org), None)
+
+
+def _sees_the_condition(
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    org_id: str | None,
+    routed: Routing,
+    context: AlertContext,
+) -> bool:
+    """Whether `org_id` may see every field the rule's condition reads, so that the alert may
+    say what the rule is about (its title and why). A trigger field: routing's rule for the
+    recipient grants it; `admission.<field>`: routing, asked now, lets the recipient see that
+    field of the admission the trigger names. Granted fields, not categories: a discharge that
+    shows a crisis plan (health) says nothing of why the person was admitted."""
+    if org_id is None:
+        return False
+    own = [name for name in rule.condition_fields() if not name.startswith("admission.")]
+    of_admission = [name.split(".", 1)[1] for name in rule.condition_fields() if name not in own]
+    if own and not set(own) <= _granted(trigger, org_id, routed, context.policy):
+        return False
+    if not of_admission:
+        return True
+    admission = _admission_of(trigger, context)
+    if admission is None:
+        return False
+    seen = _granted(admission, org_id, route(admission, context.routing, context.policy,
+                                              context.now), context.policy)  # fmt: skip
+    return set(of_admission) <= seen
+
+
+def _granted(
+    event: Mapping[str, Any], org_id: str, routed: Routing, policy: Policy
+) -> frozenset[str]:
+    """The payload fields routing's rule lets `org_id` see of `event` (all: its own event)."""
+    if org_id == event["source"]["org_id"]:
+        return frozenset(event.get("payload") or {}) | frozenset(
+            PAYLOAD_FIELDS[event["event_type"]]
+        )
+    decision = _disclosure_for(event, org_id, routed)
+    if decision is None:
+        return frozenset()
+    rule = policy.by_id(decision.get("rule_id"))
+    if rule is None:
+        return frozenset()
+    categories = set(decision.get("categories") or ())
+    return frozenset(
+        name
+        for category, names in rule.categories.items()
+        if category in categories
+        for name in names
+    )
+
+
+def _admission_of(trigger: Mapping[str, Any], context: AlertContext) -> dict[str, Any] | None:
+    """The admission a trigger names, rebuilt as an event from what the engine keeps of it."""
+    admission_id = (trigger.get("payload") or {}).get("admission_event_id")
+    kept = context.admissions.get(str(admission_id)) if admission_id is not None else None
+    if kept is None or not kept.get("source_org"):
+        return None
+    payload = {name: kept.get(name) for name in PAYLOAD_FIELDS["admission"] if name in kept}
+    return {
+        "event_id": str(admission_id),
+        "event_type": "admission",
+        "occurred_at": kept["occurred_at"],
+        "source": {"agency": "dps", "org_id": kept["source_org"], "system": None},
+        "subject": trigger["subject"],
+        "subject_key": trigger["subject_key"],
+        "payload": payload,
+        "emergency": None,
+    }
 
 
 def _disclosure_for(

@@ -22,12 +22,6 @@ def delivery_id(source_org: str, event_id: str, recipient_org: str) -> str:
     return _uuid5(f"event/{source_org}/{event_id}/{recipient_org}")
 
 
-def part_audit_id(source_org: str, event_id: str, recipient_org: str, rule_id: str) -> str:
-    """The id of the audit record of a conditional rule's part withheld from one organisation
-    (an objection), beside the record of what it did get."""
-    return _uuid5(f"event/{source_org}/{event_id}/{recipient_org}/{rule_id}")
-
-
 def no_candidate_audit_id(source_org: str, event_id: str) -> str:
     """The id of the single audit record of an event that had no candidate recipient."""
     return _uuid5(f"event/{source_org}/{event_id}/-")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -109,8 +109,9 @@ def observe(
     alerts: list[AlertJson] = []
     now = context.now
     _forget_old(state, now)
+    context = replace(context, admissions=state.admissions)
     if event.get("event_type") == RETRACTION:
-        return withdraw(state, event, context) + breach_due(state, rules, context)
+        return withdraw(state, event, context, rules) + breach_due(state, rules, context)
     if event.get("event_type") == "admission":
         payload = event.get("payload") or {}
         state.admissions[event["event_id"]] = {
@@ -144,6 +145,7 @@ def breach_due(state: SlaState, rules: RuleSet, context: AlertContext) -> list[A
     """Breach, in `state`, every open obligation whose deadline is at or before `context.now`;
     the Alert records that raises."""
     alerts: list[AlertJson] = []
+    context = replace(context, admissions=state.admissions)
     for obligation in state.obligations.values():
         deadline = obligation.get("deadline")
         if obligation["status"] != "open" or not deadline:
@@ -165,7 +167,10 @@ def breach_due(state: SlaState, rules: RuleSet, context: AlertContext) -> list[A
 
 
 def withdraw(
-    state: SlaState, retraction: Mapping[str, Any], context: AlertContext
+    state: SlaState,
+    retraction: Mapping[str, Any],
+    context: AlertContext,
+    rules: RuleSet | None = None,
 ) -> list[AlertJson]:
     """Withdraw, in `state`, what the event a retraction (JSON form) names had opened: its
     open or breached obligations get status `retracted`, their raised alerts are re-published
@@ -177,7 +182,9 @@ def withdraw(
     alerts: list[AlertJson] = []
     for obligation in state.obligations.values():
         trigger = obligation["trigger"]
-        if (trigger["source"]["org_id"], trigger["event_id"]) != (source_org, target):
+        if (trigger["source"]["org_id"], trigger["event_id"]) != (source_org, target) and not (
+            _read_the_admission(obligation, source_org, target, rules)
+        ):
             continue
         if obligation["status"] not in ("open", "breached"):
             continue  # settled before the retraction: its history stands
@@ -205,6 +212,20 @@ def withdraw(
             entry for entry in window["events"] if _entry_of(entry) != (target, source_org)
         ]
     return alerts
+
+
+def _read_the_admission(
+    obligation: Obligation, source_org: str, admission_id: str, rules: RuleSet | None
+) -> bool:
+    """Whether the obligation exists because its trigger's admission, `admission_id` of
+    `source_org`, said so (its rule's condition reads `admission.<field>`): withdrawn with it."""
+    trigger = obligation["trigger"]
+    if trigger["source"]["org_id"] != source_org:
+        return False
+    if (trigger.get("payload") or {}).get("admission_event_id") != admission_id:
+        return False
+    rule = None if rules is None else rules.rule(obligation["rule_id"])
+    return rule is not None and any(name.startswith("admission.") for name in rule.when)
 
 
 def _entry_of(entry: list[str]) -> tuple[str, str | None]:

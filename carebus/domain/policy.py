@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 from carebus.domain.agencies import AGENCIES
-from carebus.domain.events import (
-    ADMISSION_REASONS,
-    EVENT_TYPES,
-    PAYLOAD_FIELDS,
-    POLICY_EVENT_TYPES,
-)
+from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS, POLICY_EVENT_TYPES
 
 __all__ = [
     "BASES",
     "CATEGORIES",
-    "CONDITIONS",
-    "DERIVED_FIELDS",
     "EMERGENCY",
     "EVENT_CATEGORY",
     "FIELD_CATEGORY",
@@ -41,11 +34,6 @@ EMERGENCY: Final = "emergency"
 HOME_MUNICIPALITY: Final = "home_municipality"
 RECIPIENTS: Final = (*AGENCIES, HOME_MUNICIPALITY)
 
-# Fields routing adds to a delivery from the person's state, never from the event: a discharge's
-# admission reason (the DPS stated it at admission; the discharge names the admission).
-DERIVED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {"discharge": ("admission_reason",)}
-# What a conditional rule's `when` may read, and the values it may name.
-CONDITIONS: Final[Mapping[str, tuple[str, ...]]] = {"admission.reason": ADMISSION_REASONS}
 # The statutory notice is logistics, with these exceptions the regulation names: the
 # municipality is to be told when a patient will have no suitable housing (FOR-2011-11-18-1115,
 # as cited in Dokument 8:130 S's answer; sources.md "Legal basis by recipient").
@@ -88,7 +76,6 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
             "kind",
             "crisis_plan_id",
             "crisis_plan_reviewed_at",
-            "admission_reason",
         ),
         "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
         "epikrise_sent": ("recipient_org",),
@@ -146,10 +133,7 @@ class Rule:
 
     `categories` maps each category the rule grants to the payload fields it lets through
     (possibly none: the event's own category can be granted without a field). Emergency
-    grants are rules too, with basis `emergency` and recipient `emergency`. A rule with a
-    `when` (condition -> the values any one of which it holds for) is conditional: it adds to
-    the home municipality's statutory notice what collaborating health personnel need when the
-    condition holds (a discharge after an overdose), unless the person has objected.
+    grants are rules too, with basis `emergency` and recipient `emergency`.
     """
 
     rule_id: str
@@ -158,7 +142,6 @@ class Rule:
     basis: str
     categories: Mapping[str, tuple[str, ...]]
     source: str
-    when: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -168,18 +151,17 @@ class Policy:
     version: str
     rules: Mapping[tuple[str, str], Rule]
     emergency: Mapping[str, Rule]
-    # (event type, recipient) -> its conditional rules, in file order.
-    conditional: Mapping[tuple[str, str], tuple[Rule, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
 
     def rule(self, event_type: str, recipient: str) -> Rule | None:
         """The rule for `recipient` (an agency or `home_municipality`), or None: not permitted."""
         return self.rules.get((event_type, recipient))
 
-    def conditions(self, event_type: str, recipient: str) -> tuple[Rule, ...]:
-        """The conditional rules that may add to `recipient`'s rule for `event_type`."""
-        return self.conditional.get((event_type, recipient), ())
+    def by_id(self, rule_id: object) -> Rule | None:
+        """The rule or emergency grant with id `rule_id` (what an audit record names)."""
+        return next(
+            (r for r in (*self.rules.values(), *self.emergency.values()) if r.rule_id == rule_id),
+            None,
+        )
 
 
 def cites(source: str) -> bool:
@@ -216,12 +198,9 @@ def build_policy(
     for rule_id in sorted({i for i in ids if ids.count(i) > 1}):
         problems.append(f"rule id {rule_id!r} is used more than once")
     by_recipient: dict[tuple[str, str], Rule] = {}
-    conditional: dict[tuple[str, str], tuple[Rule, ...]] = {}
     for rule in checked:
         key = (rule.event_type, rule.recipient)
-        if rule.when:
-            conditional[key] = (*conditional.get(key, ()), rule)
-        elif key in by_recipient:
+        if key in by_recipient:
             problems.append(
                 f"rule {rule.rule_id}: duplicate of rule {by_recipient[key].rule_id} "
                 f"(both for {rule.event_type} to {rule.recipient})"
@@ -237,13 +216,6 @@ def build_policy(
             )
         else:
             by_type[grant.event_type] = grant
-    for (event_type, recipient), extra in conditional.items():
-        if (event_type, recipient) not in by_recipient:
-            problems.extend(
-                f"rule {rule.rule_id}: a conditional rule adds to the {recipient} rule for "
-                f"{event_type}, and there is none"
-                for rule in extra
-            )
     # A retraction is never an emergency: it reaches only those who got the retracted event.
     for event_type in POLICY_EVENT_TYPES:
         if event_type not in by_type and emergency is not None:
@@ -254,7 +226,6 @@ def build_policy(
         version=f"{version}+{digest}",
         rules=MappingProxyType(by_recipient),
         emergency=MappingProxyType(by_type),
-        conditional=MappingProxyType(conditional),
     )
 
 
@@ -262,7 +233,7 @@ def _checked(rule: Rule, problems: list[str]) -> Rule | None:
     """`rule` (or emergency grant) checked against the ceiling, its fields in payload order."""
     name = f"{'emergency grant' if rule.basis == EMERGENCY else 'rule'} {rule.rule_id}"
     before = len(problems)
-    fields = [*PAYLOAD_FIELDS[rule.event_type], *DERIVED_FIELDS.get(rule.event_type, ())]
+    fields = PAYLOAD_FIELDS[rule.event_type]
     seen: set[str] = set()
     for category, names in rule.categories.items():
         for field_name in names:
@@ -308,25 +279,8 @@ def _checked(rule: Rule, problems: list[str]) -> Rule | None:
         # The statutory basis is the home municipality's logistics notice and nothing else.
         if rule.recipient != HOME_MUNICIPALITY:
             problems.append(f"{name}: basis statutory is only for recipient {HOME_MUNICIPALITY}")
-        if rule.when:
-            problems.append(f"{name}: the statutory notice is owed whatever the event; no when")
-    elif rule.recipient == HOME_MUNICIPALITY and not (rule.basis == "presumed" and rule.when):
-        problems.append(
-            f"{name}: recipient {HOME_MUNICIPALITY} takes basis statutory, or presumed with a "
-            "when (what collaborating health personnel need in that case)"
-        )
-    elif rule.when and rule.recipient != HOME_MUNICIPALITY:
-        problems.append(f"{name}: only a {HOME_MUNICIPALITY} rule may be conditional")
-    for condition, values in rule.when.items():
-        allowed = CONDITIONS.get(condition)
-        if allowed is None:
-            problems.append(
-                f"{name}: when.{condition}: unknown condition (one of {', '.join(CONDITIONS)})"
-            )
-        elif not values or any(value not in allowed for value in values):
-            problems.append(
-                f"{name}: when.{condition}: each value must be one of {', '.join(allowed)}"
-            )
+    elif rule.recipient == HOME_MUNICIPALITY:
+        problems.append(f"{name}: recipient {HOME_MUNICIPALITY} takes basis statutory only")
     if len(problems) > before:
         return None
     # Kept in the payload's order, so deliveries list fields the same way whatever the file.

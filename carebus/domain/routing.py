@@ -15,16 +15,9 @@ from typing import Any, Final
 
 import orjson
 
-from carebus.domain.deliveries import delivery_id, no_candidate_audit_id, part_audit_id
+from carebus.domain.deliveries import delivery_id, no_candidate_audit_id
 from carebus.domain.events import PAYLOAD_FIELDS, given, record_to_json, rfc3339
-from carebus.domain.policy import (
-    CATEGORIES,
-    DERIVED_FIELDS,
-    EVENT_CATEGORY,
-    HOME_MUNICIPALITY,
-    Policy,
-    Rule,
-)
+from carebus.domain.policy import CATEGORIES, EVENT_CATEGORY, HOME_MUNICIPALITY, Policy, Rule
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
     CONSENT_CHANGE,
@@ -67,9 +60,6 @@ STATE_SENDERS: Final[Mapping[str, frozenset[str]]] = {
     "ip_update": frozenset({"municipality", "dps"}),
 }
 _ROLE_STRENGTH: Final = ("coordinator", "gp", "participant")
-# How many discharged admissions' reasons are kept (the newest): a discharge routed again (a
-# replay, a rebuild) still finds its admission's reason, and the state stays small.
-_DISCHARGED_REASONS: Final = 8
 HOME_FROM_REGISTER: Final = "register"
 HOME_FROM_ADMISSION: Final = "admission"
 
@@ -136,9 +126,6 @@ class PersonState:
     gp: str | None = None
     # DPS org_id -> ids of its admissions of the person not yet followed by a discharge.
     admissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # `<DPS org_id>/<admission event_id>` -> the admission's reason, for open admissions and the
-    # newest discharged ones: what a conditional rule on a discharge reads (`admission.reason`).
-    reasons: Mapping[str, str] = field(default_factory=dict)
 
     def relations(self, org_id: str) -> frozenset[str]:
         """How `org_id` is related to the person: care_team, home_municipality, gp, admitting."""
@@ -183,7 +170,6 @@ class PersonState:
             "home_source": self.home_source,
             "gp": self.gp,
             "admissions": {org_id: sorted(ids) for org_id, ids in self.admissions.items()},
-            "reasons": dict(self.reasons),
         }
 
     @classmethod
@@ -217,12 +203,7 @@ class PersonState:
             admissions={
                 org_id: frozenset(ids) for org_id, ids in (data.get("admissions") or {}).items()
             },
-            reasons=dict(data.get("reasons") or {}),
         )
-
-    def admission_reason(self, dps: str, admission_event_id: object) -> str | None:
-        """The reason `dps` gave for its admission `admission_event_id`, if known."""
-        return self.reasons.get(f"{dps}/{admission_event_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +253,7 @@ def _admitted(
     home, home_source = state.home_municipality, state.home_source
     if payload.get("home_municipality_org") and home_source != HOME_FROM_REGISTER:
         home, home_source = payload["home_municipality_org"], HOME_FROM_ADMISSION
-    reasons = dict(state.reasons)
-    if isinstance(payload.get("reason"), str):
-        reasons[f"{dps}/{event_id}"] = payload["reason"]
-    return replace(
-        state,
-        admissions=admissions,
-        home_municipality=home,
-        home_source=home_source,
-        reasons=_kept_reasons(reasons, admissions),
-    )
+    return replace(state, admissions=admissions, home_municipality=home, home_source=home_source)
 
 
 def _discharged(state: PersonState, dps: str, payload: Mapping[str, Any]) -> PersonState:
@@ -289,16 +261,7 @@ def _discharged(state: PersonState, dps: str, payload: Mapping[str, Any]) -> Per
     admissions = {org_id: ids for org_id, ids in state.admissions.items() if org_id != dps}
     if open_ids:
         admissions[dps] = open_ids
-    return replace(state, admissions=admissions, reasons=_kept_reasons(state.reasons, admissions))
-
-
-def _kept_reasons(
-    reasons: Mapping[str, str], admissions: Mapping[str, frozenset[str]]
-) -> dict[str, str]:
-    """The reasons of open admissions, and of the newest discharged ones."""
-    open_keys = {f"{dps}/{event_id}" for dps, ids in admissions.items() for event_id in ids}
-    closed = [key for key in reasons if key not in open_keys][-_DISCHARGED_REASONS:]
-    return {key: reason for key, reason in reasons.items() if key in open_keys or key in closed}
+    return replace(state, admissions=admissions)
 
 
 def _register_changed(state: PersonState, record: Mapping[str, Any]) -> PersonState:
@@ -423,8 +386,6 @@ class _Decision:
     categories: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
     reason: str | None = None
-    # A conditional rule that held but whose part was withheld (an objection).
-    withheld_part: Rule | None = None
 
     @property
     def delivered(self) -> bool:
@@ -478,39 +439,13 @@ def route(
         return Routing(deliveries=[], disclosures=[_no_candidate(event_record, policy, now)])
     deliveries: list[Delivery] = []
     disclosures: list[Disclosure] = []
-    values = _values(event_record, state)
     for candidate in found:
-        decision = _decide(event_record, candidate, state, policy, now, values)
+        decision = _decide(event_record, candidate, state, policy, now)
         identity = delivery_id(source_org, event_id, candidate.org_id)
         if decision.delivered:
-            deliveries.append(
-                _delivery(event_record, candidate, decision, identity, policy, now, values)
-            )
+            deliveries.append(_delivery(event_record, candidate, decision, identity, policy, now))
         disclosures.append(_disclosure(event_record, candidate, decision, identity, policy, now))
-        withheld = decision.withheld_part
-        if withheld is not None:
-            # The part a conditional rule would have added, withheld (the person objected): a
-            # row of its own, so the privacy officer sees what was held back and why.
-            part = _Decision(rule=withheld, reason="objection")
-            audit_id = part_audit_id(source_org, event_id, candidate.org_id, withheld.rule_id)
-            disclosures.append(_disclosure(event_record, candidate, part, audit_id, policy, now))
     return Routing(deliveries=deliveries, disclosures=disclosures)
-
-
-def _values(event_record: Mapping[str, Any], state: PersonState) -> Mapping[str, Any]:
-    """The event's payload, plus the fields routing derives from the person's state."""
-    payload: Mapping[str, Any] = event_record["payload"]
-    if not DERIVED_FIELDS.get(event_record["event_type"]):
-        return payload
-    source = event_record["source"]["org_id"]
-    reason = state.admission_reason(source, payload.get("admission_event_id"))
-    return {**payload, "admission_reason": reason}
-
-
-def _holds(rule: Rule, values: Mapping[str, Any]) -> bool:
-    """Whether a conditional rule's `when` holds for an event (`values`: `_values`)."""
-    readings = {"admission.reason": values.get("admission_reason")}
-    return all(readings.get(name) in wanted for name, wanted in rule.when.items())
 
 
 def _decide(
@@ -519,9 +454,9 @@ def _decide(
     state: PersonState,
     policy: Policy,
     now: datetime,
-    payload: Mapping[str, Any],
 ) -> _Decision:
     event_type = event_record["event_type"]
+    payload = event_record["payload"]
     if event_record.get("emergency"):
         grant = policy.emergency.get(event_type)
         if grant is None:
@@ -539,57 +474,14 @@ def _decide(
         # The home municipality's logistics notice is owed whatever its care-team rule says.
         statutory = policy.rule(event_type, HOME_MUNICIPALITY)
         if statutory is not None:
-            decision = _with_condition(
-                _grant(statutory, statutory.categories, payload), candidate, state, policy, payload
-            )
+            decision = _grant(statutory, statutory.categories, payload)
     return decision or _Decision(rule=None, reason="not_permitted")
 
 
-def _with_condition(
-    notice: _Decision,
-    candidate: _Candidate,
-    state: PersonState,
-    policy: Policy,
-    payload: Mapping[str, Any],
-) -> _Decision:
-    """The statutory notice, plus the first conditional rule that holds (presumed consent:
-    what collaborating health personnel need, e.g. at a discharge after an overdose) unless
-    the person has objected to this organisation, when that part is withheld."""
-    assert notice.rule is not None
-    extra = next(
-        (
-            rule
-            for rule in policy.conditions(notice.rule.event_type, HOME_MUNICIPALITY)
-            if _holds(rule, payload)
-        ),
-        None,
-    )
-    if extra is None:
-        return notice
-    latest = state.latest_consent(candidate.agency, candidate.org_id)
-    if latest is not None and latest.status == "objection":
-        return replace(notice, withheld_part=extra)
-    added = _grant(extra, extra.categories, payload)
-    delivered = set(notice.categories) | set(added.categories)
-    fields = set(notice.fields) | set(added.fields)
-    return _Decision(
-        rule=extra,
-        basis=extra.basis,
-        categories=tuple(category for category in CATEGORIES if category in delivered),
-        fields=tuple(name for name in _field_order(extra.event_type) if name in fields),
-    )
-
-
-def _field_order(event_type: str) -> tuple[str, ...]:
-    return (*PAYLOAD_FIELDS[event_type], *DERIVED_FIELDS.get(event_type, ()))
-
-
 def _said(event_type: str, name: str, payload: Mapping[str, Any]) -> bool:
-    """Whether the payload says anything in `name`: not null, and for a payload field not the
-    record's symbol for a field left out (`events.given`); a derived field when it is there."""
-    spec = PAYLOAD_FIELDS[event_type].get(name)
-    value = payload.get(name)
-    return value is not None if spec is None else given(spec, value)
+    """Whether the payload says anything in `name`: not null, and not the record's symbol for a
+    field left out (`events.given`)."""
+    return given(PAYLOAD_FIELDS[event_type][name], payload.get(name))
 
 
 def _judge(
@@ -645,7 +537,7 @@ def _grant(rule: Rule, allowed: Iterable[str], payload: Mapping[str, Any]) -> _D
     }
     fields = tuple(
         name
-        for name in _field_order(rule.event_type)
+        for name in PAYLOAD_FIELDS[rule.event_type]
         if name in permitted and _said(rule.event_type, name, payload)
     )
     delivered = {permitted[name] for name in fields}
@@ -668,11 +560,10 @@ def _delivery(
     identity: str,
     policy: Policy,
     now: datetime,
-    values: Mapping[str, Any],
 ) -> Delivery:
     assert decision.rule is not None
     assert decision.basis is not None
-    payload = {name: values[name] for name in decision.fields}
+    payload = {name: event_record["payload"][name] for name in decision.fields}
     emergency = event_record.get("emergency")
     return {
         "delivery_id": identity,

@@ -223,10 +223,6 @@ def _discharge(
     stay = _code(payload, "admission_event_id")
     encounter = _encounter(event_id, stay, "finished", *_INPATIENT, parties)
     encounter["period"] = {"end": occurred_at}
-    # The admission's reason, where routing derived it and the recipient may see it.
-    reason = _code(payload, "admission_reason")
-    if reason is not None and reason != "unknown":
-        encounter["reasonCode"] = [{"coding": [{"system": REASON_SYSTEM, "code": reason}]}]
     destination = _code(payload, "destination")
     if destination is not None:
         codings = [{"system": CAREBUS_DESTINATION_SYSTEM, "code": destination}]

@@ -198,8 +198,7 @@ def remarks(event_type: str, payload: Mapping[str, Any]) -> str:
     """What carebus knows beyond PLO's fields, in Norwegian, from the fields the recipient may
     see (each part only when its field was delivered)."""
     parts: list[str] = []
-    # A discharge carries its admission's reason only where routing derived and granted it.
-    reason = payload.get("reason") or payload.get("admission_reason")
+    reason = payload.get("reason")
     if reason in _DANGEROUS:
         parts.append(f"OBS: innlagt etter {_REASON[reason]}")
     elif reason in _REASON:

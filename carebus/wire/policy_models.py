@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -125,7 +124,6 @@ _ROUTING_PROBLEMS: Final[Mapping[str, Callable[[object], str]]] = {
     "basis": _unknown_basis,
     "source": lambda _: _SOURCE,
     "categories": lambda _: _CATEGORIES,
-    "when": lambda _: "when must map a condition (admission.reason) to a value or a list of them",
 }
 
 Category = Annotated[str, _one_of(policy.CATEGORIES, _unknown_category)]
@@ -154,19 +152,9 @@ class RoutingRule(_FileModel):
     basis: Annotated[str, _one_of(policy.BASES, _unknown_basis)]
     categories: Categories
     source: Annotated[str, AfterValidator(_cited)]
-    # A condition (`admission.reason`) -> a value or a list of values, any one of which.
-    when: dict[
-        str,
-        Annotated[
-            list[str], BeforeValidator(lambda value: value if isinstance(value, list) else [value])
-        ],
-    ] = Field(default_factory=dict)
 
     def rule(self) -> policy.Rule:
-        return replace(
-            _rule(self, self.recipient, self.basis),
-            when=MappingProxyType({name: tuple(values) for name, values in self.when.items()}),
-        )
+        return _rule(self, self.recipient, self.basis)
 
 
 def _rule(entry: EmergencyGrant | RoutingRule, recipient: str, basis: str) -> policy.Rule:

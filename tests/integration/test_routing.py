@@ -289,34 +289,19 @@ async def test_home_municipality_gets_logistics_only_without_consent(bus: Bus) -
     assert delivery["payload"]["housing_status"] == "homeless"
 
 
-async def test_a_risk_discharge_tells_the_home_municipality_why(bus: Bus) -> None:
+async def test_a_risk_discharge_tells_the_home_municipality_what_to_do_never_why(
+    bus: Bus,
+) -> None:
     """A discharge after an overdose admission reaches the home municipality outside the care
-    team with the admission's reason (presumed), one delivery beside nothing else."""
+    team as the statutory notice: whom to ask at the DPS, never the reason or the kind."""
     nin = random_nin(bus.rng)
     admitted = await bus.publish("dps", "admission", nin, admission(reason="overdose"))
-    discharged = await bus.publish("dps", "discharge", nin, discharge(admitted))
-    [delivery] = await at_least(lambda: bus.deliveries("municipality", discharged), 1)
-    assert delivery["basis"] == "presumed"
-    assert delivery["categories"] == ["logistics", "health"]
-    assert delivery["payload"]["admission_reason"] == "overdose"
-    assert delivery["payload"]["crisis_plan"] is True
-
-
-async def test_an_objection_withholds_the_reason_not_the_notice(bus: Bus) -> None:
-    """After an objection to the home municipality, the discharge still reaches it (statutory,
-    logistics), and the audit trail shows the risk part withheld for the objection."""
-    nin = random_nin(bus.rng)
-    await bus.consent(nin, "municipality", "objection", ["health"], org_id=ORGS["municipality"])
-    admitted = await bus.publish("dps", "admission", nin, admission(reason="suicide_attempt"))
-    discharged = await bus.publish("dps", "discharge", nin, discharge(admitted))
+    payload = {**discharge(admitted), "dps_contact": "Vakthavende", "kind": "against_advice"}
+    discharged = await bus.publish("dps", "discharge", nin, payload)
     [delivery] = await at_least(lambda: bus.deliveries("municipality", discharged), 1)
     assert (delivery["basis"], delivery["categories"]) == ("statutory", ["logistics"])
-    assert "admission_reason" not in delivery["payload"]
-    decisions = await bus.decisions_for(nin, discharged, 2)
-    assert sorted((d["decision"], d.get("reason"), d["rule_id"]) for d in decisions) == [
-        ("delivered", None, "discharge.home_municipality"),
-        ("withheld", "objection", "discharge.home_municipality.risk"),
-    ]
+    assert delivery["payload"]["dps_contact"] == "Vakthavende"
+    assert not {"reason", "kind", "crisis_plan"} & set(delivery["payload"])
 
 
 async def test_another_municipality_never_sees_the_person(bus: Bus) -> None:

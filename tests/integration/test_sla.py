@@ -295,8 +295,8 @@ async def test_overdose_discharge_without_followup_alerts_the_coordinator(bus: B
 
 async def test_a_risk_discharge_notifies_the_home_municipality_at_once(bus: Bus) -> None:
     """Issue 17, item 1: a discharge after a possible suicide attempt sends the home municipality
-    (outside any care team) a notice at once, naming the person; the follow-up contact
-    resolves it."""
+    (outside any care team) a notice at once, naming the person but not the reason; the
+    follow-up contact resolves it."""
     nin = random_nin(bus.rng)
     admitted = await bus.publish(
         "dps",
@@ -310,7 +310,7 @@ async def test_a_risk_discharge_notifies_the_home_municipality_at_once(bus: Bus)
         nin,
         {"admission_event_id": admitted, "destination": "home", "crisis_plan": True},
     )
-    [notice] = await bus.alerts_eventually(discharged, "risk_notice.discharge", 1)
+    [notice] = await bus.alerts_eventually(discharged, "followup_notice.discharge", 1)
     assert (notice["recipient_org"], notice["nin"], notice["status"]) == (
         ORGS["municipality"],
         nin,
@@ -321,17 +321,19 @@ async def test_a_risk_discharge_notifies_the_home_municipality_at_once(bus: Bus)
     )
     assert row is not None
     assert row["kind"] == "notice"
-    assert "high-risk period" in row["summary"]  # the home municipality may know why (routing)
+    # Outside the care team it learns what to do and whom to ask, never why (routing).
+    assert "high-risk period" not in row["summary"]
+    assert "suicide" not in row["summary"]
     await bus.publish(
         "municipality",
         "followup_contact",
         nin,
         {"related_event_id": discharged, "kind": "home_visit"},
     )
-    await bus.alerts_eventually(discharged, "risk_notice.discharge", 1)
+    await bus.alerts_eventually(discharged, "followup_notice.discharge", 1)
     deadline = asyncio.get_running_loop().time() + WAIT_S
     while asyncio.get_running_loop().time() < deadline:
-        [notice] = await bus.alerts(discharged, "risk_notice.discharge")
+        [notice] = await bus.alerts(discharged, "followup_notice.discharge")
         if notice["status"] == "resolved":
             break
         await asyncio.sleep(0.2)

@@ -730,11 +730,7 @@ def check_deliveries(record: Mapping[str, Any], person: Person, *, objections_st
         elif basis == "emergency":
             assert emergency is not None
         elif basis == "presumed":
-            # The care team; or the home municipality, where a conditional rule added to its
-            # statutory notice (a risk discharge) - an objection withholds that too.
-            assert recipient in team or (
-                recipient in home and delivery["rule_id"] == "discharge.home_municipality.risk"
-            )
+            assert recipient in team
             if objections_stand:
                 assert not model.objected(recipient), ("presumed despite an objection", delivery)
         else:

@@ -360,15 +360,7 @@ def test_a_discharge_is_a_finished_encounter_of_the_same_stay() -> None:
         CRISIS_PLAN_EXTENSION: True,
         FOLLOWUP_EXTENSION: "2026-12-12T10:00:00Z",
     }
-    assert "reasonCode" not in encounter
-
-
-def test_a_risk_discharge_names_the_admissions_reason() -> None:
-    """Where routing derived the admission's reason (a risk discharge), the Encounter of the
-    discharge carries it as the stay's reason."""
-    payload = {**DISCHARGE_PAYLOAD, "admission_reason": "overdose"}
-    encounter = resource(bundle_of(delivery("discharge", payload)), "Encounter")
-    assert encounter["reasonCode"] == [{"coding": [{"system": REASON_SYSTEM, "code": "overdose"}]}]
+    assert "reasonCode" not in encounter  # a discharge never says why the person was admitted
 
 
 @pytest.mark.parametrize(

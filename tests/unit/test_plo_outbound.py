@@ -119,9 +119,6 @@ def test_the_dangerous_transitions_are_spelled_out_in_the_remark() -> None:
     assert "Oppfølging: 2026-12-09T09:00:00" in discharge
     suicide = rendered("admission", payload={"reason": "suicide_attempt"}).decode()
     assert "OBS: innlagt etter selvmordsforsøk" in suicide
-    # A risk discharge to the home municipality: routing derived the admission's reason.
-    risk = rendered("discharge", payload={"admission_reason": "possible_suicide_attempt"})
-    assert "OBS: innlagt etter mulig selvmordsforsøk" in risk.decode()
 
 
 def test_discharge_home_has_the_code_and_any_other_destination_only_its_text() -> None:

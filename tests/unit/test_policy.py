@@ -70,7 +70,6 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "discharge.kind",
         "discharge.crisis_plan_id",
         "discharge.crisis_plan_reviewed_at",
-        "discharge.admission_reason",
         "ip_update.crisis_plan",
         "ip_update.crisis_plan_id",
         "ip_update.crisis_plan_reviewed_at",
@@ -362,32 +361,7 @@ REFUSALS: list[tuple[str, Mutation, list[str]]] = [
     (
         "home municipality on another basis",
         _set("admission.home_municipality", "basis", "presumed"),
-        ["rule admission.home_municipality", "takes basis statutory, or presumed with a when"],
-    ),
-    (
-        "a conditional rule for an agency",
-        _set("discharge.nav", "when", {"admission.reason": ["overdose"]}),
-        ["rule discharge.nav", "only a home_municipality rule may be conditional"],
-    ),
-    (
-        "a conditional statutory rule",
-        _set("discharge.home_municipality", "when", {"admission.reason": ["overdose"]}),
-        ["rule discharge.home_municipality", "owed whatever the event; no when"],
-    ),
-    (
-        "an unknown condition",
-        _set("discharge.home_municipality.risk", "when", {"admission.ward": ["x"]}),
-        ["rule discharge.home_municipality.risk", "when.admission.ward: unknown condition"],
-    ),
-    (
-        "a misspelt admission reason",
-        _set("discharge.home_municipality.risk", "when", {"admission.reason": ["overdoze"]}),
-        ["rule discharge.home_municipality.risk", "when.admission.reason: each value"],
-    ),
-    (
-        "a conditional rule with nothing to add to",
-        lambda document: document["rules"].remove(rule_in(document, "discharge.home_municipality")),
-        ["rule discharge.home_municipality.risk", "adds to the home_municipality rule for"],
+        ["rule admission.home_municipality", "takes basis statutory only"],
     ),
     (
         "a social field on the statutory discharge notice",

@@ -10,12 +10,7 @@ from typing import Any
 
 import pytest
 
-from carebus.domain.deliveries import (
-    delivery_id,
-    delivery_to_json,
-    no_candidate_audit_id,
-    part_audit_id,
-)
+from carebus.domain.deliveries import delivery_id, delivery_to_json, no_candidate_audit_id
 from carebus.domain.events import (
     EVENT_TYPES,
     POLICY_EVENT_TYPES,
@@ -1004,100 +999,34 @@ def test_delivery_ids_are_the_rfc_4122_version_5_uuids_of_their_names(recipient:
     )
 
 
-# --- the risk notice at discharge (issue 17, item 1) ------------------------------------------
-
-
-def risk_discharge(reason: str, *changes: Change) -> tuple[Routing, PersonState]:
-    """An admission for `reason`, then its discharge, routed against a state where the home
-    municipality is outside the care team."""
-    admitted = event("admission", reason=reason)
-    state = state_of(*changes, (event_schema_name("admission"), admitted))
-    discharge = event("discharge", admission_event_id=admitted["event_id"])
-    return routed(discharge, state), state
+# --- a risk discharge to the home municipality (issue 17, item 1) ------------------------------
 
 
 @pytest.mark.parametrize("reason", ["overdose", "suicide_attempt", "possible_suicide_attempt"])
-def test_a_risk_discharge_tells_the_home_municipality_why(reason: str) -> None:
-    """Outside the care team, the home municipality gets the statutory notice plus the
-    admission's reason and the crisis plan, on the presumed basis, in one delivery."""
-    routing, _ = risk_discharge(reason)
+def test_a_risk_discharge_tells_the_home_municipality_what_to_do_never_why(reason: str) -> None:
+    """Outside the care team the home municipality gets the statutory notice: by when the
+    follow-up is agreed and whom to ask at the DPS, never the admission's reason, the kind of
+    discharge or the crisis plan (the SLA engine's notice says follow-up is needed)."""
+    admitted = event("admission", reason=reason)
+    state = state_of((event_schema_name("admission"), admitted))
+    discharge = event(
+        "discharge",
+        admission_event_id=admitted["event_id"],
+        dps_contact="Vakthavende sykepleier",
+        kind="against_advice",
+    )
+    routing = routed(discharge, state)
     delivery = delivery_for(routing, HOME)
     assert delivery is not None
-    assert delivery["rule_id"] == "discharge.home_municipality.risk"
-    assert delivery["basis"] == "presumed"
-    assert delivery["categories"] == ["logistics", "health"]
+    assert (delivery["rule_id"], delivery["basis"]) == ("discharge.home_municipality", "statutory")
+    assert delivery["categories"] == ["logistics"]
     payload = payload_of(delivery)
-    assert payload["admission_reason"] == reason
-    assert {"admission_event_id", "destination", "crisis_plan"} <= set(payload)
+    assert payload["dps_contact"] == "Vakthavende sykepleier"
+    assert "followup_at" in payload
+    assert not {"reason", "kind", "crisis_plan", "crisis_plan_id"} & set(payload)
     assert [d["audit_id"] for d in routing.disclosures if _to(d) == HOME] == [
         delivery["delivery_id"]
     ]
-
-
-@pytest.mark.parametrize("reason", ["psychosis", "withdrawal", "other"])
-def test_other_discharges_stay_the_statutory_notice(reason: str) -> None:
-    routing, _ = risk_discharge(reason)
-    delivery = delivery_for(routing, HOME)
-    assert delivery is not None
-    assert delivery["rule_id"] == "discharge.home_municipality"
-    assert delivery["basis"] == "statutory"
-    assert delivery["categories"] == ["logistics"]
-    assert "admission_reason" not in payload_of(delivery)
-
-
-def test_an_objection_withholds_the_reason_but_never_the_notice() -> None:
-    """The person objected to the home municipality: it still gets the statutory logistics
-    notice; the risk part is withheld, and that is audited as a row of its own."""
-    routing, _ = risk_discharge("overdose", consent("municipality", HOME, status="objection"))
-    delivery = delivery_for(routing, HOME)
-    assert delivery is not None
-    assert delivery["rule_id"] == "discharge.home_municipality"
-    assert delivery["categories"] == ["logistics"]
-    assert "admission_reason" not in payload_of(delivery)
-    rows = [d for d in routing.disclosures if _to(d) == HOME]
-    assert [(d["decision"], d["reason"], d["rule_id"]) for d in rows] == [
-        ("delivered", None, "discharge.home_municipality"),
-        ("withheld", "objection", "discharge.home_municipality.risk"),
-    ]
-    assert rows[1]["audit_id"] == part_audit_id(
-        SOURCE["dps"], rows[1]["event_id"], HOME, "discharge.home_municipality.risk"
-    )
-    assert rows[1]["audit_id"] != delivery["delivery_id"]
-    assert rows[1]["delivery_id"] is None
-    assert rows[1]["fields"] == []
-
-
-def test_the_care_team_never_gets_the_derived_reason_without_a_rule() -> None:
-    """A care-team municipality gets what its own rule lists; the derived field is the home
-    municipality's only where a rule lists it (and NAV's never)."""
-    routing, _ = risk_discharge(
-        "overdose", member("nav"), consent("nav", MEMBER["nav"], categories=CATEGORIES)
-    )
-    nav = delivery_for(routing, MEMBER["nav"])
-    assert nav is not None
-    assert "admission_reason" not in payload_of(nav)
-
-
-def test_the_reason_survives_the_discharge_and_a_round_trip() -> None:
-    """The state keeps the reason of a discharged admission (a replayed discharge routes the
-    same), only for the newest few, and reads back from JSON."""
-    admitted = event("admission", reason="overdose")
-    state = state_of((event_schema_name("admission"), admitted))
-    discharge = event("discharge", admission_event_id=admitted["event_id"])
-    state = apply(state, event_schema_name("discharge"), discharge)
-    assert state.admissions == {}
-    assert state.admission_reason(SOURCE["dps"], admitted["event_id"]) == "overdose"
-    replayed = delivery_for(routed(discharge, state), HOME)
-    assert replayed is not None
-    assert replayed["rule_id"] == "discharge.home_municipality.risk"
-    assert PersonState.from_json(json.loads(json.dumps(state.to_json()))) == state
-    for _ in range(12):
-        record = event("admission", reason="psychosis")
-        state = apply(state, event_schema_name("admission"), record)
-        done = event("discharge", admission_event_id=record["event_id"])
-        state = apply(state, event_schema_name("discharge"), done)
-    assert len(state.reasons) == 8
-    assert state.admission_reason(SOURCE["dps"], admitted["event_id"]) is None
 
 
 def _to(disclosure: Disclosure) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ from carebus.domain.records import (
     Organisation,
     event_schema_name,
 )
-from carebus.domain.routing import PersonState, Routing, apply, route
+from carebus.domain.routing import PersonState, apply, route
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.codec import Codec
 from carebus.wire.policy_files import load_policy
@@ -86,14 +86,11 @@ CATEGORY_OF_FIELD = {
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
     "recipient_org": "health",
-    "admission_reason": "health",
     "housing_status": "social",
 }
-# DESIGN: a discharge after an admission for these reasons adds the reason (and the crisis
-# plan) to the home municipality's statutory notice, unless the person objected.
+# A discharge after these is a risk discharge: the home municipality still learns only the
+# statutory notice's logistics (the property below checks that it never learns why).
 RISK_REASONS = ("overdose", "suicide_attempt", "possible_suicide_attempt")
-RISK_RULE = "discharge.home_municipality.risk"
-KEPT_DISCHARGED = 8  # the newest discharged admissions whose reasons routing keeps
 ADMISSION_IDS = ("adm-1", "adm-2", "adm-3")
 ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
@@ -128,8 +125,6 @@ class Expected:
     reason: str | None = None
     basis: str | None = None
     fields: frozenset[str] = frozenset()
-    # The conditional part withheld by an objection (audited as a row of its own).
-    part_withheld: bool = False
 
 
 PLAN_SENDERS = ("municipality", "dps")  # DESIGN: who may send ip_update
@@ -266,44 +261,7 @@ def model_decision(
                 basis="statutory",
                 fields=present(record, granted_fields(statutory.categories)),
             )
-            admitted_for = model_admission_reason(record, history)
-            latest = model_consent(history, org_id)
-            objected = latest is not None and latest["status"] == "objection"
-            if admitted_for in RISK_REASONS and objected:
-                outcome = replace(outcome, part_withheld=True)
-            elif admitted_for in RISK_REASONS:
-                risk = next(r for r in POLICY.conditions(event_type, "home_municipality"))
-                fields = present(record, granted_fields(risk.categories)) | {"admission_reason"}
-                outcome = Expected("delivered", basis="presumed", fields=outcome.fields | fields)
     return outcome or Expected("withheld", "not_permitted")
-
-
-def model_admission_reason(
-    record: dict[str, Any], history: list[tuple[str, dict[str, Any]]]
-) -> str | None:
-    """The reason of the admission a discharge names, as far as routing still knows it: open
-    admissions' reasons, and the newest KEPT_DISCHARGED discharged ones'."""
-    if record["event_type"] != "discharge":
-        return None
-    reasons: dict[str, str] = {}
-    still_open: set[str] = set()
-    for kind, earlier in [*history, ("event", record)]:
-        if kind != "event" or earlier["source"]["agency"] != "dps":
-            continue
-        key = f"{earlier['source']['org_id']}/"
-        if earlier["event_type"] == "admission":
-            key += earlier["event_id"]
-            still_open.add(key)
-            if earlier["payload"].get("reason") is not None:
-                reasons[key] = earlier["payload"]["reason"]
-        elif earlier["event_type"] == "discharge":
-            still_open -= {key + str(earlier["payload"].get("admission_event_id"))}
-        else:
-            continue
-        closed = [k for k in reasons if k not in still_open][-KEPT_DISCHARGED:]
-        reasons = {k: v for k, v in reasons.items() if k in still_open or k in closed}
-    source = record["source"]["org_id"]
-    return reasons.get(f"{source}/{record['payload'].get('admission_event_id')}")
 
 
 # --- generated histories --------------------------------------------------------------------
@@ -498,26 +456,6 @@ def check_event(
         assert [d["decision"] for d in routing.disclosures] == ["no_candidate"]
         assert routing.deliveries == []
         return
-    # A withheld conditional part is audited as a row of its own, beside the candidate's.
-    parts = [
-        d for d in routing.disclosures if d["rule_id"] == RISK_RULE and d["decision"] == "withheld"
-    ]
-    assert [_org(part["recipient"]) for part in parts] == [
-        org_id
-        for org_id in sorted(candidates)
-        if model_decision(record, history, org_id, team, home).part_withheld
-    ]
-    for part in parts:
-        assert (part["decision"], part["reason"], part["rule_id"], part["delivery_id"]) == (
-            "withheld",
-            "objection",
-            RISK_RULE,
-            None,
-        )
-    routing = Routing(
-        deliveries=routing.deliveries,
-        disclosures=[d for d in routing.disclosures if d not in parts],
-    )
     audited = [_org(d["recipient"]) for d in routing.disclosures]
     assert sorted(audited) == sorted(candidates), "every candidate audited exactly once"
     assert {d["recipient"]["org_id"] for d in routing.deliveries} <= candidates

@@ -99,7 +99,11 @@ def followup(at: datetime, related: str = "dis-1") -> dict[str, object]:
 
 
 def open_rules(person: Person) -> list[str]:
-    return sorted(ob["rule_id"] for ob in person.state.obligations.values() if ob["deadline"])
+    return sorted(
+        ob["rule_id"]
+        for ob in person.state.obligations.values()
+        if ob["deadline"] and ob["status"] == "open"
+    )
 
 
 # --- present, {field, plus} and group ---------------------------------------------------------
@@ -150,17 +154,16 @@ def test_a_group_opens_only_the_earliest_deadline(
     assert open_rules(person) == [opened]
 
 
-def test_the_home_municipality_outside_the_team_learns_why(tmp_path: Path) -> None:
-    """Routing tells a home municipality outside the care team the admission's reason at a
-    risk discharge (policy/routing.yaml, `discharge.home_municipality.risk`), so the alert
-    names the rule's title and why it exists."""
+def test_the_home_municipality_outside_the_team_never_learns_why(tmp_path: Path) -> None:
+    """Its statutory notice shows logistics only, not the admission's reason: the alert names
+    the person and the neutral title, never the rule's why (the condition reads the reason)."""
     person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, FOLLOWUP))
     person.see(admission("overdose"))
     person.see(discharge(T0 + DAY, followup_at=None))
     (alert,) = of("risk", person.scan(T0 + 4 * DAY))
     assert orgs([alert]) == [HOME]
-    assert alert["title"] == "No follow-up within 48 hours of a risk discharge"
-    assert "Risk is high in the first days" in alert["summary"]
+    assert alert["subject"] is not None
+    assert "Risk is high" not in alert["summary"]
 
 
 def test_after_an_objection_the_alert_does_not_say_why(tmp_path: Path) -> None:
@@ -378,3 +381,50 @@ def test_the_engine_keeps_working_on_utc(tmp_path: Path) -> None:
     (deadline,) = person.deadlines("fallback")
     assert deadline.tzinfo is not None
     assert deadline.astimezone(UTC) == T0 + 3 * DAY
+
+
+# --- what an alert may say: the fields a recipient may see, not their categories ----------------
+
+NAV = "889640790"
+
+
+def test_a_recipient_that_sees_health_but_not_the_reason_gets_the_neutral_title(
+    tmp_path: Path,
+) -> None:
+    """A NAV coordinator with consent for every category gets the discharge (logistics) but
+    never an admission's reason (its rules grant no health field): the alert cannot say the
+    discharge followed an overdose, whatever categories it was granted."""
+    text = FOLLOWUP.replace("[[home_municipality, unassigned]]", "[[coordinator, unassigned]]")
+    consent = Consent(
+        agency="nav",
+        org_id=NAV,
+        status="given",
+        categories=frozenset({"logistics", "health", "social", "police"}),
+        valid_from=T0 - DAY,
+        valid_to=None,
+        recorded_at=T0 - DAY,
+    )
+    routing = replace(routing_with(coordinator=NAV, home=None, agency="nav"), consents=(consent,))
+    person = Person(routing, rules(tmp_path, text))
+    person.see(admission("overdose"))
+    person.see(discharge(T0 + DAY, followup_at=None))
+    (alert,) = of("risk", person.scan(T0 + 4 * DAY))
+    assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
+    assert alert["subject"] is not None  # it may know of the discharge
+    assert "Risk is high" not in alert["summary"]
+
+
+def test_retracting_the_admission_withdraws_what_its_reason_opened(tmp_path: Path) -> None:
+    """The admission was about someone else, or wrong: the follow-up obligations and the notice
+    its reason opened at the discharge are withdrawn; the discharge's own obligations stay."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, FOLLOWUP))
+    person.see(admission("overdose"))
+    raised = of("notice", person.see(discharge(T0 + DAY, followup_at=None)))
+    assert raised
+    retraction = event("retraction", "r-1", T0 + 2 * DAY, retracted_event_id="adm-1")
+    withdrawn = person.see(retraction)
+    assert [(a["alert_id"], a["resolution"]) for a in of("notice", withdrawn)] == [
+        (raised[0]["alert_id"], "retracted")
+    ]
+    assert open_rules(person) == []
+    assert of("risk", person.scan(T0 + 10 * DAY)) == []

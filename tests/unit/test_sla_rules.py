@@ -354,7 +354,7 @@ def test_every_rule_of_the_file_is_covered() -> None:
         "housing_work.homeless_admission",
         "care_team_meeting.repeated_incidents",
         "emergency_disclosure",
-        "risk_notice.discharge",
+        "followup_notice.discharge",
     }
     assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
 
@@ -1073,9 +1073,9 @@ def test_duration_parts(text: str, months: int, days: int, seconds: float) -> No
     assert (duration.months, duration.days, duration.seconds) == (months, days, seconds)
 
 
-# --- risk_notice.discharge (immediate notice) ---------------------------------------------------
+# --- followup_notice.discharge (immediate notice) --------------------------------------------
 
-RISK_NOTICE = "risk_notice.discharge"
+FOLLOWUP_NOTICE = "followup_notice.discharge"
 
 
 def risk_discharge(person: Person, reason: str, **payload: Any) -> list[AlertJson]:
@@ -1086,29 +1086,44 @@ def risk_discharge(person: Person, reason: str, **payload: Any) -> list[AlertJso
 @pytest.mark.parametrize("reason", ["overdose", "suicide_attempt", "possible_suicide_attempt"])
 def test_a_risk_discharge_notifies_the_home_municipality_at_once(reason: str) -> None:
     """At once, not at a breach: the home municipality (outside the team) and the coordinator
-    learn that follow-up is needed, why, by when, and whom to contact."""
+    learn that follow-up is needed, by when and whom to contact; only the coordinator, whom
+    routing let see the admission's reason, reads what the discharge was about and why."""
     person = Person(SETUPS["coordinator_and_home"])
-    raised = of(RISK_NOTICE, risk_discharge(person, reason))
-    assert set(orgs(raised)) == {HOME, COORDINATOR}
-    assert len(raised) == 2
-    for alert in raised:
+    alerts = of(FOLLOWUP_NOTICE, risk_discharge(person, reason))
+    raised = dict(zip(orgs(alerts), alerts, strict=True))
+    assert set(raised) == {HOME, COORDINATOR}
+    rule = RULES.rule(FOLLOWUP_NOTICE)
+    assert rule is not None
+    for alert in raised.values():
         assert (alert["kind"], alert["status"], alert["deadline"]) == ("notice", "open", None)
         assert alert["subject"] == {"nin": NIN}
-        assert alert["title"].startswith("Discharged after an overdose")
-        assert "high-risk period" in alert["summary"]
         assert "Follow-up agreed for 2026-12-03 10:00 (Oslo)." in alert["summary"]
         assert f"Contact dps {DPS[1]}." in alert["summary"]
+    assert raised[COORDINATOR]["title"] == rule.title
+    assert "high-risk period" in raised[COORDINATOR]["summary"]
+    assert raised[HOME]["title"] == rule.neutral_title
+    assert "high-risk period" not in raised[HOME]["summary"]
+    assert "overdose" not in raised[HOME]["summary"] + raised[HOME]["title"]
+
+
+def test_without_a_home_municipality_the_dps_gets_the_notice() -> None:
+    """Nobody in the municipality to tell: the discharging DPS, whose step it then is."""
+    person = Person(SETUPS["nobody"])
+    (alert,) = of(FOLLOWUP_NOTICE, risk_discharge(person, "overdose"))
+    assert alert["recipient"] == {"agency": "dps", "org_id": DPS[1]}
+    assert alert["contact"] is None
+    assert "The next step is yours." in alert["summary"]
 
 
 def test_no_notice_for_other_discharges() -> None:
-    assert of(RISK_NOTICE, risk_discharge(Person(), "psychosis")) == []
+    assert of(FOLLOWUP_NOTICE, risk_discharge(Person(), "psychosis")) == []
 
 
 def test_the_notice_resolves_when_the_follow_up_is_reported() -> None:
     person = Person(SETUPS["home_only"])
-    (raised,) = of(RISK_NOTICE, risk_discharge(person, "overdose"))
+    (raised,) = of(FOLLOWUP_NOTICE, risk_discharge(person, "overdose"))
     contact = event("followup_contact", "fu-1", T0 + DAY, source=MUNI, related_event_id="dis-1")
-    (done,) = of(RISK_NOTICE, person.see(contact))
+    (done,) = of(FOLLOWUP_NOTICE, person.see(contact))
     assert (done["alert_id"], done["status"], done["resolution"]) == (
         raised["alert_id"],
         "resolved",
