@@ -50,6 +50,10 @@ __all__ = [
 # Each source is removed only by whoever added it (or by the member itself stepping out).
 _REGISTRY: Final = "registry:"
 _PLAN: Final = "plan:"
+# The GP on the GP list is a care-team member by default (issue 17: the GP otherwise hears
+# nothing unless someone adds the GP); the operator's GP-list entry puts it there and a new
+# entry moves it.
+_GP_LIST: Final = "register:gp"
 # The events that change a person's state, and the only agencies whose events may change it.
 # policy/authority.yaml's `senders` decides who may send them at all; the fold repeats the
 # check so a record that reached the stream some other way changes nothing (a unit test keeps
@@ -122,7 +126,8 @@ class PersonState:
     # Where the home municipality came from: the population register (the operator's entry)
     # outranks a DPS admission's statement.
     home_source: str | None = None
-    # The GP on the GP list (the operator's entry): a relation, not a care-team membership.
+    # The GP on the GP list (the operator's entry): a relation, and a care-team member with the
+    # role gp (its source in `team` is `register:gp`).
     gp: str | None = None
     # DPS org_id -> ids of its admissions of the person not yet followed by a discharge.
     admissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -268,7 +273,19 @@ def _register_changed(state: PersonState, record: Mapping[str, Any]) -> PersonSt
     organisation = record.get("organisation")
     org_id = organisation["org_id"] if organisation else None
     if record["register"] == "gp":
-        return replace(state, gp=org_id)
+        team = dict(state.team)
+        for member_id, member in state.team.items():
+            if _GP_LIST in member.sources:
+                kept = member.without(_GP_LIST)
+                if kept is None:
+                    del team[member_id]
+                else:
+                    team[member_id] = kept
+        if org_id is not None:
+            held = team.get(org_id)
+            agency = organisation["agency"] if organisation else "fastlege"
+            team[org_id] = (held or Member(agency, {})).plus(_GP_LIST, "gp")
+        return replace(state, gp=org_id, team=team)
     if record["register"] == "home_municipality":
         # Clearing the register entry leaves no home: an admission names it again.
         return replace(

@@ -333,9 +333,11 @@ def _root(body: object, kind: str, model: type[FHIRAbstractModel]) -> Mapping[st
         model.model_validate(body)
     except ValidationError as error:
         raise validation_error(error, kind) from None
-    except (KeyError, TypeError, ValueError, RecursionError):
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError):
         # fhir.resources' own failures on input its models do not expect (a KeyError for an
-        # unknown nested resource type); _check_shape catches those it can name first.
+        # unknown nested resource type; an AttributeError from fhir_core's url type, which calls
+        # `startswith` on a boolean `endpoint` before checking its type); _check_shape catches
+        # those it can name first.
         raise FhirUntranslatable(
             kind, "could not be read as a FHIR R4 resource", code="structure"
         ) from None

@@ -833,11 +833,17 @@ def test_clearing_the_register_leaves_no_home_until_an_admission_names_one() -> 
 
 
 def test_the_gp_list_makes_the_gp_related() -> None:
-    """The GP on the GP list is related as gp; another GP, or the GP once cleared, is not."""
+    """The GP on the GP list is related as gp and is a care-team member with the role gp
+    (issue 17: the GP hears of discharges without anyone adding it); another GP, or the GP once
+    cleared or replaced, is neither."""
     state = folded(register("gp", GP))
-    assert state.relations(GP) == {"gp"}
+    assert state.relations(GP) == {"gp", "care_team"}
+    assert state.team[GP].role == "gp"
     assert state.relations(STRANGER["fastlege"]) == frozenset()
     assert folded(register("gp", None), state=state).relations(GP) == frozenset()
+    moved = folded(register("gp", STRANGER["fastlege"]), state=state)
+    assert moved.relations(GP) == frozenset()
+    assert moved.relations(STRANGER["fastlege"]) == {"gp", "care_team"}
 
 
 def test_an_admission_opens_the_admitting_relation_and_its_discharge_closes_it() -> None:

@@ -130,7 +130,9 @@ class Model:
         return "coordinator" in self.sources.get(org_id, {}).values()
 
     def team(self) -> set[str]:
-        return {org_id for org_id, sources in self.sources.items() if sources}
+        # The GP on the GP list is a member by default (the operator's entry).
+        listed = {self.gp} if self.gp else set()
+        return {org_id for org_id, sources in self.sources.items() if sources} | listed
 
     def covering(self, org_id: str) -> list[ModelConsent]:
         return [c for c in self.consents if c.covers(org_id)]

@@ -934,6 +934,20 @@ def test_mutated_trees_translate_whole_or_are_untranslatable(
     attempt(body)
 
 
+def test_a_source_endpoint_that_is_not_text_is_untranslatable() -> None:
+    """fhir_core calls `startswith` on the endpoint before checking its type: an AttributeError
+    inside the library is still a clear refusal, never a crash (found by the test above)."""
+    body = example("bundle-message")
+    header = next(
+        entry["resource"]
+        for entry in body["entry"]
+        if entry["resource"]["resourceType"] == "MessageHeader"
+    )
+    header["source"]["endpoint"] = False
+    with pytest.raises(Untranslatable):
+        translate(body)
+
+
 def _places(node: Any) -> list[tuple[Any, Any]]:
     """Every (container, key) of a JSON tree."""
     found: list[tuple[Any, Any]] = []
