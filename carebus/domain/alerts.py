@@ -114,6 +114,10 @@ def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any
     if role == "home_municipality":
         home = routing.home_municipality
         return {"agency": "municipality", "org_id": home} if home else False
+    if role == "gp":
+        # The care team's GP (the GP list's, or one a plan or the registry named).
+        gps = sorted(org_id for org_id, member in routing.team.items() if member.role == "gp")
+        return {"agency": routing.team[gps[0]].agency, "org_id": gps[0]} if gps else False
     return None  # unassigned
 
 

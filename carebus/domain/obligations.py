@@ -40,7 +40,7 @@ MEMORY: Final = timedelta(days=120)
 OPEN_ADMISSION_MEMORY: Final = timedelta(days=730)
 # The status of an obligation whose trigger was retracted, and the resolution of its alerts.
 RETRACTED: Final = "retracted"
-ADMISSION_FIELDS: Final = ("reason", "housing_status")
+ADMISSION_FIELDS: Final = ("reason", "housing_status", "needs_municipal_services")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from carebus.domain.events import rfc3339
+from carebus.domain.events import PAYLOAD_FIELDS, rfc3339
 
 __all__ = [
     "OSLO",
@@ -35,7 +35,7 @@ __all__ = [
 
 OSLO: Final = ZoneInfo("Europe/Oslo")
 KINDS: Final = ("deadline", "window", "immediate")
-ROLES: Final = ("source", "coordinator", "home_municipality", "unassigned")
+ROLES: Final = ("source", "coordinator", "home_municipality", "gp", "unassigned")
 AUDIENCES: Final = ("coordinator", "privacy_officer")
 CONTACTS: Final = ("source", "home_municipality")
 _DURATION: Final = re.compile(
@@ -184,10 +184,16 @@ def build_rules(
 
 
 def value_of(event: Mapping[str, Any], name: str) -> Any:
-    """A trigger or fulfilment field: `event_id` or a payload field (JSON form)."""
+    """A trigger or fulfilment field: `event_id` or a payload field (JSON form); a field left
+    out reads as null, also where the wire record holds its `absent` symbol (a discharge's
+    `kind` left out is `unknown` in the record)."""
     if name == "event_id":
         return event.get("event_id")
-    return (event.get("payload") or {}).get(name)
+    value = (event.get("payload") or {}).get(name)
+    spec = PAYLOAD_FIELDS.get(str(event.get("event_type")), {}).get(name)
+    if spec is not None and spec.absent is not None and value == spec.absent:
+        return None
+    return value
 
 
 def matches_when(

@@ -196,9 +196,9 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
         ),
         (sla_rule(kind="window", count="3", window="P1D"), "count: must be an integer"),
         (
-            sla_rule(recipients=["source", ["coordinator", "gp"]]),
-            "recipients[1][1]: unknown role 'gp' "
-            "(one of source, coordinator, home_municipality, unassigned)",
+            sla_rule(recipients=["source", ["coordinator", "nurse"]]),
+            "recipients[1][1]: unknown role 'nurse' "
+            "(one of source, coordinator, home_municipality, gp, unassigned)",
         ),
         (
             sla_rule(recipients=...),

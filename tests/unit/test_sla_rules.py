@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,9 @@ def _none() -> list[dict[str, Any]]:
     return []
 
 
-def _admission_for(reason: str) -> Callable[[], list[dict[str, Any]]]:
+def _admission_for(
+    reason: str, *, needs_municipal_services: bool = False
+) -> Callable[[], list[dict[str, Any]]]:
     def prior() -> list[dict[str, Any]]:
         return [
             event(
@@ -156,7 +158,7 @@ def _admission_for(reason: str) -> Callable[[], list[dict[str, Any]]]:
                 T0 - 3 * DAY,
                 reason=reason,
                 housing_status="stable",
-                needs_municipal_services=False,
+                needs_municipal_services=needs_municipal_services,
                 home_municipality_org=None,
             )
         ]
@@ -286,6 +288,47 @@ CASES: list[Case] = [
         ),
         cancel=None,
         recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.self_discharge",
+        prior=_admission_for("psychosis"),
+        trigger=lambda at: event(
+            "discharge", "dis-1", at, admission_event_id="adm-1", kind="self_discharge"
+        ),
+        deadline=lambda at: at + 48 * HOUR,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.discharge_any",
+        prior=_admission_for("psychosis", needs_municipal_services=True),
+        trigger=lambda at: event("discharge", "dis-1", at, admission_event_id="adm-1"),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.time_in_hand",
+        prior=_admission_for("overdose"),
+        trigger=lambda at: event(
+            "discharge", "dis-1", at, admission_event_id="adm-1", followup_at=None
+        ),
+        deadline=lambda at: datetime(2026, 11, 23, 23, 0, tzinfo=UTC),  # the Oslo midnight
+        fulfil=lambda at: event(
+            "followup_scheduled",
+            "fs-1",
+            at,
+            related_event_id="dis-1",
+            followup_at=rfc3339(at + DAY),
+        ),
+        cancel=None,
+        recipients=EVERYWHERE_SOURCE,
     ),
     Case(
         rule_id="application.preliminary_reply",
@@ -919,7 +962,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 14
+    assert len(RULES.rules) == 17
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -957,9 +1000,9 @@ def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
             "discharged",
         ),
         (
-            "{id: epikrise.after_discharge, recipients: [[gp]]}",
+            "{id: epikrise.after_discharge, recipients: [[nurse]]}",
             "epikrise.after_discharge",
-            "'gp'",
+            "'nurse'",
         ),
         (
             "{id: ip.review_due, fulfilled_by: [{event_type: ip_updated, link: {a: a}}]}",
@@ -1147,4 +1190,53 @@ def test_one_follow_up_obligation_per_risk_discharge() -> None:
     assert sorted(o["rule_id"] for o in late.state.obligations.values() if o["deadline"]) == [
         "epikrise.after_discharge",
         "followup.discharge_7d",
+        "followup.time_in_hand",  # the DPS owes the agreed time, by the end of the day
     ]
+
+
+# --- continuity: the kind of discharge -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "needs", "opened"),
+    [
+        ("self_discharge", "overdose", False, "followup.discharge_48h"),  # tie: file order
+        ("against_advice", "psychosis", False, "followup.self_discharge"),
+        ("planned", "psychosis", True, "followup.discharge_any"),
+        (None, "psychosis", True, "followup.discharge_any"),  # kind left out
+        ("planned", "suicide_attempt", True, "followup.discharge_7d"),  # tie: file order
+        ("transfer", "psychosis", True, None),  # still in inpatient care
+        ("planned", "psychosis", False, None),  # no municipal services needed
+    ],
+)
+def test_one_follow_up_obligation_per_discharge_whatever_its_kind(
+    kind: str | None, reason: str, needs: bool, opened: str | None
+) -> None:
+    person = Person(SETUPS["coordinator_and_home"])
+    for record in _admission_for(reason, needs_municipal_services=needs)():
+        person.see(record)
+    person.see(event("discharge", "dis-1", T0, admission_event_id="adm-1", kind=kind))
+    followups = [
+        ob["rule_id"]
+        for ob in person.state.obligations.values()
+        if ob["rule_id"].startswith("followup.") and ob["deadline"]
+    ]
+    assert followups == ([] if opened is None else [opened])
+
+
+def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
+    person = Person(
+        replace(
+            SETUPS["coordinator_and_home"],
+            team={
+                **SETUPS["coordinator_and_home"].team,
+                "912345683": Member("fastlege", {"register:gp": "gp"}),
+            },
+        )
+    )
+    for record in _admission_for("psychosis")():
+        person.see(record)
+    person.see(event("discharge", "dis-1", T0, admission_event_id="adm-1", kind="against_advice"))
+    alerts = of("followup.self_discharge", person.scan(T0 + 3 * DAY))
+    assert set(orgs(alerts)) == {COORDINATOR, "912345683"}
+    assert len(alerts) == 2
