@@ -22,7 +22,13 @@ from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
 from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
 
-__all__ = ["AlertContext", "build_alerts", "operator_action_alert", "resolved"]
+__all__ = [
+    "AlertContext",
+    "build_alerts",
+    "may_read_condition",
+    "operator_action_alert",
+    "resolved",
+]
 
 # The category of the payload fields SLA trigger conditions read; a recipient learns the
 # rule's specific title only if routing lets it see each of these categories.
@@ -139,14 +145,7 @@ def build_alerts(
         contact = _contact(rule, trigger, context.routing, org_id)
         disclosure = _disclosure_for(trigger, org_id, routed)
         knows = disclosure is not None
-        specific = knows and (
-            org_id == trigger["source"]["org_id"]
-            or all(
-                FIELD_CATEGORY.get(name.split(".")[-1], "logistics")
-                in (disclosure or {}).get("categories", ())
-                for name in rule.condition_fields()
-            )
-        )
+        specific = may_read_condition(rule, trigger, org_id, disclosure)
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
@@ -192,6 +191,28 @@ def build_alerts(
             alert["disclosure"] = _audit(alert, trigger, disclosure, context)
         built.append(alert)
     return built
+
+
+def may_read_condition(
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    org_id: str | None,
+    disclosure: Mapping[str, Any] | None,
+) -> bool:
+    """Whether `org_id`, told of `trigger` as `disclosure` says (None: not told at all), may
+    read what the rule's condition reads, and so its specific title and why: always for its
+    own event, otherwise only with every category the condition's fields belong to (the
+    title of a rule on `reason` tells the reason). The inbox's person view cuts titles with
+    this too."""
+    if disclosure is None or org_id is None:
+        return False
+    if org_id == trigger["source"]["org_id"]:
+        return True
+    categories = disclosure.get("categories") or ()
+    return all(
+        FIELD_CATEGORY.get(name.split(".")[-1], "logistics") in categories
+        for name in rule.condition_fields()
+    )
 
 
 def resolved(alert: AlertJson, resolution: str, event_id: str, now: datetime) -> AlertJson:
