@@ -148,11 +148,19 @@ def sent_item(
     }
 
 
-def first_sealed_nin(state: SlaState) -> str | None:
-    """A sealed nin of the person from an obligation's trigger, for a caller that holds no
-    delivery about them (it sent every event itself)."""
+def first_sealed_nin(
+    state: SlaState, org_id: str, seen: Mapping[tuple[str, str], frozenset[str]]
+) -> str | None:
+    """A sealed nin of the person from the trigger of an obligation, for a caller that holds no
+    delivery naming them (it sent the events itself): only from a trigger the caller sent or
+    was delivered, never from one routing kept from it (a care-team member without consent
+    is not told who the person is)."""
     for obligation in state.obligations.values():
-        nin = (obligation["trigger"].get("subject") or {}).get("nin")
+        trigger = obligation["trigger"]
+        source = trigger["source"]["org_id"]
+        if source != org_id and (source, trigger["event_id"]) not in seen:
+            continue
+        nin = (trigger.get("subject") or {}).get("nin")
         if isinstance(nin, str):
             return nin
     return None

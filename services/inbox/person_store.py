@@ -144,10 +144,11 @@ class PersonStore:
             )
         more = len(rows) > limit
         cursor = Cursor(page[-1]["occurred_at"], page[-1]["key"]) if more else None
-        nin = sealed_nin or first_sealed_nin(person.state)
+        seen = seen_events(seen_rows)
+        nin = sealed_nin or first_sealed_nin(person.state, looker.org_id, seen)
         return Timeline(
             subject=_subject(nin, subject_key, keys),
-            seen=seen_events(seen_rows),
+            seen=seen,
             items=[_item(row, subject_key, keys) for row in page],
             next=cursor,
         )

@@ -194,8 +194,17 @@ def test_the_subject_opens_or_reads_erased() -> None:
         "erased": True,
     }
     assert _subject(None, KEY, Keyring({})) is None
-    state = SlaState(obligations={"o": obligation("followup.discharge_7d", nin=sealed)})
-    assert first_sealed_nin(state) == sealed
+
+
+def test_a_nin_is_taken_only_from_a_trigger_the_caller_sent_or_was_delivered() -> None:
+    """A care-team member routing told nothing (NAV without consent) learns no nin from the
+    person's obligations; the source and a recipient of the trigger do."""
+    state = SlaState(obligations={"o": obligation("followup.discharge_7d", nin="sealed-nin")})
+    assert first_sealed_nin(state, DPS, {}) == "sealed-nin"
+    assert first_sealed_nin(state, HOME, {(DPS, "dps-1"): frozenset({"logistics"})}) == (
+        "sealed-nin"
+    )
+    assert first_sealed_nin(state, NAV, {}) is None
 
 
 def test_the_view_has_exactly_the_documented_keys() -> None:
