@@ -461,6 +461,7 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_preliminary_reply": "municipality",
     "application_decided": "municipality",
     "retraction": "dps",
+    "followup_scheduled": "dps",
 }
 
 
@@ -501,6 +502,8 @@ class EventFactory:
             ]
         if event_type == "epikrise_sent":
             payload["recipient_org"] = self.orgs["fastlege"]
+        if event_type == "followup_scheduled":
+            payload["with_org"] = self.orgs["municipality"]
         for name, value in fields.items():
             if value is None:
                 payload.pop(name, None)

@@ -52,160 +52,226 @@ def _at(base: datetime, hours: float) -> str:
     return (base + timedelta(hours=hours)).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class Journey:
+    """One person's path: why they were admitted, how they live, and what the demo shows."""
+
+    person: str
+    reason: str
+    housing: str
+    destination: str
+    # Hours before now at which the journey starts and ends. Each person's times differ, so no
+    # two alerts read alike, and every deadline is still ahead when its trigger arrives except
+    # the one breach a journey shows on purpose: a demo played in fast-forward, never
+    # backdated wholesale (a backdated trigger breaches at once, as DESIGN says it must).
+    starts_h: float
+    ends_h: float
+    kind: str  # of the discharge
+    followup_agreed: bool  # the DPS agreed a follow-up time before discharge
+    followed_up: bool  # the municipality reports the follow-up contact
+    municipality_replies: bool  # to the discharge-ready notice, in time
+    shows: str  # what the coordinator sees for this person, printed after the run
+
+
+JOURNEYS: tuple[Journey, ...] = (
+    Journey(
+        person="a",
+        reason="overdose",
+        housing="homeless",
+        destination="homeless",
+        starts_h=4.0,
+        ends_h=0.1,
+        kind="planned",
+        followup_agreed=True,
+        followed_up=True,
+        municipality_replies=True,
+        shows="a notice at discharge (resolved by the follow-up contact), and an open "
+        "housing-work obligation after a discharge to homelessness",
+    ),
+    Journey(
+        person="b",
+        reason="possible_suicide_attempt",
+        housing="unstable",
+        destination="home",
+        starts_h=3.5,
+        ends_h=0.3,
+        kind="planned",
+        followup_agreed=False,
+        followed_up=False,
+        municipality_replies=True,
+        shows="an open notice: discharged after a possible suicide attempt, the follow-up "
+        "time sent on its own, no follow-up contact yet",
+    ),
+    Journey(
+        person="c",
+        reason="psychosis",
+        housing="stable",
+        destination="municipal_housing",
+        starts_h=7.0,
+        ends_h=0.6,
+        kind="self_discharge",
+        followup_agreed=True,
+        followed_up=True,
+        municipality_replies=False,
+        shows="a missed deadline: no reply to the discharge-ready notice within four hours",
+    ),
+)
+
+
 def person_journeys(
     orgs: dict[str, str], run: str, rng: random.Random
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(agency, event) pairs for three persons, in the order the agencies would post them."""
-    oslo = datetime.now(UTC).astimezone().replace(microsecond=0) - timedelta(days=3)
+    """(agency, event) pairs for the persons of JOURNEYS, in the order agencies post them."""
+    now = datetime.now(UTC).astimezone().replace(microsecond=0)
     events: list[tuple[str, dict[str, Any]]] = []
-
-    def event(
-        agency: str,
-        person: str,
-        n: int,
-        event_type: str,
-        hours: float,
-        payload: dict[str, Any],
-        nin: str,
-    ) -> str:
-        event_id = f"{agency}-{orgs[agency]}-{run}-{person}-{n:03d}"
-        events.append(
-            (
-                agency,
-                {
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "occurred_at": _at(oslo, hours),
-                    "source": {"agency": agency, "org_id": orgs[agency], "system": "carebus-demo"},
-                    "subject": {"nin": nin},
-                    "payload": payload,
-                },
-            )
-        )
-        return event_id
-
     municipality = orgs["municipality"]
-    for person, reason, housing in (
-        ("a", "overdose", "homeless"),
-        ("b", "suicide_attempt", "unstable"),
-        ("c", "psychosis", "stable"),
-    ):
+    for journey in JOURNEYS:
         nin = random_nin(rng)
+        base = now - timedelta(hours=journey.starts_h)
+        span = journey.starts_h - journey.ends_h
+        person = journey.person
+
+        def at(share: float, span: float = span) -> float:
+            """Hours after the journey's start, `share` of the way through it."""
+            return share * span
+
+        def event(
+            agency: str,
+            n: int,
+            event_type: str,
+            hours: float,
+            payload: dict[str, Any],
+            person: str = person,
+            nin: str = nin,
+            base: datetime = base,
+        ) -> str:
+            event_id = f"{agency}-{orgs[agency]}-{run}-{person}-{n:03d}"
+            source = {"agency": agency, "org_id": orgs[agency], "system": "carebus-demo"}
+            events.append(
+                (
+                    agency,
+                    {
+                        "event_id": event_id,
+                        "event_type": event_type,
+                        "occurred_at": _at(base, hours),
+                        "source": source,
+                        "subject": {"nin": nin},
+                        "payload": payload,
+                    },
+                )
+            )
+            return event_id
+
         admission = event(
             "dps",
-            person,
             1,
             "admission",
-            0,
+            at(0.0),
             {
-                "reason": reason,
+                "reason": journey.reason,
                 "admission_kind": "voluntary",
-                "housing_status": housing,
+                "housing_status": journey.housing,
                 "needs_municipal_services": True,
                 "home_municipality_org": municipality,
                 "ward": "Akuttpost 2",
-                "expected_discharge_at": _at(oslo, 72),
+                "expected_discharge_at": _at(base, 72),
             },
-            nin,
         )
-        event("dps", person, 2, "health_info_sent", 6, {"admission_event_id": admission}, nin)
-        if housing == "homeless":
+        event("dps", 2, "health_info_sent", at(0.1), {"admission_event_id": admission})
+        if journey.housing == "homeless":
             event(
                 "municipality",
-                person,
                 3,
                 "housing_work_started",
-                20,
+                at(0.2),
                 {"admission_event_id": admission},
-                nin,
             )
         ready = event(
             "dps",
-            person,
             4,
             "discharge_ready",
-            40,
+            at(0.3),
             {
                 "admission_event_id": admission,
                 "needs_municipal_services": True,
-                "housing_status": housing,
+                "housing_status": journey.housing,
             },
-            nin,
         )
+        if journey.municipality_replies:
+            event(
+                "municipality",
+                5,
+                "municipal_reply",
+                at(0.35),
+                {
+                    "discharge_ready_event_id": ready,
+                    "can_receive": True,
+                    "expected_ready_at": _at(base, at(0.5)),
+                },
+            )
+        discharge_payload: dict[str, Any] = {
+            "admission_event_id": admission,
+            "destination": journey.destination,
+            "crisis_plan": True,
+            "kind": journey.kind,
+            "dps_contact": "Vakthavende sykepleier, Akuttpost 2, tlf. 22 00 00 00",
+            "crisis_plan_id": f"KP-{run}-{person}",
+        }
+        if journey.followup_agreed:
+            discharge_payload["followup_at"] = _at(now, 20)
+        discharge = event("dps", 6, "discharge", at(0.6), discharge_payload)
+        if not journey.followup_agreed:
+            # The follow-up time is agreed after the discharge was sent, and sent on its own.
+            event(
+                "dps",
+                12,
+                "followup_scheduled",
+                at(0.7),
+                {
+                    "related_event_id": discharge,
+                    "followup_at": _at(now, 20),
+                    "with_org": municipality,
+                },
+            )
         event(
-            "municipality",
-            person,
-            5,
-            "municipal_reply",
-            42,
-            {
-                "discharge_ready_event_id": ready,
-                "can_receive": True,
-                "expected_ready_at": _at(oslo, 48),
-            },
-            nin,
-        )
-        discharge = event(
             "dps",
-            person,
-            6,
-            "discharge",
-            50,
-            {
-                "admission_event_id": admission,
-                "destination": "municipal_housing",
-                "followup_at": _at(oslo, 70),
-                "crisis_plan": True,
-            },
-            nin,
-        )
-        event(
-            "dps",
-            person,
             7,
             "epikrise_sent",
-            52,
+            at(0.65),
             {"admission_event_id": admission, "recipient_org": orgs["fastlege"]},
-            nin,
         )
-        event(
-            "municipality",
-            person,
-            8,
-            "followup_contact",
-            60,
-            {"related_event_id": discharge, "kind": "home_visit"},
-            nin,
-        )
+        if journey.followed_up:
+            event(
+                "municipality",
+                8,
+                "followup_contact",
+                at(0.8),
+                {"related_event_id": discharge, "kind": "home_visit"},
+            )
         event(
             "police",
-            person,
             9,
             "police_callout",
-            62,
+            at(0.85),
             {
                 "kind": "welfare_check",
                 "injuries": False,
                 "location_type": "home",
                 "housing_unit_id": f"unit-{person}-12",
             },
-            nin,
         )
         event(
             "housing",
-            person,
             10,
             "housing_incident",
-            63,
+            at(0.9),
             {"kind": "noise", "severity": "low", "housing_unit_id": f"unit-{person}-12"},
-            nin,
         )
         event(
             "municipality",
-            person,
             11,
             "ip_update",
-            66,
+            at(1.0),
             {
                 "plan_id": f"ip-{run}-{person}",
                 "status": "active",
@@ -214,10 +280,9 @@ def person_journeys(
                     {"agency": "dps", "org_id": orgs["dps"]},
                     {"agency": "fastlege", "org_id": orgs["fastlege"]},
                 ],
-                "next_review_at": _at(oslo, 24 * 90),
+                "next_review_at": _at(now, 24 * 90),
                 "crisis_plan": True,
             },
-            nin,
         )
     return events
 
@@ -334,7 +399,10 @@ def main() -> None:
     stack = read_stack()
     run = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     event_ids = asyncio.run(play(stack, run, args.seed))
-    print(f"posted {len(event_ids)} events for 3 persons through {stack.gateway}")
+    print(f"posted {len(event_ids)} events for {len(JOURNEYS)} persons through {stack.gateway}")
+    print("what the demo municipality's coordinator sees in the inbox:")
+    for journey in JOURNEYS:
+        print(f"  person {journey.person}: {journey.shows}")
     asyncio.run(show_event_store(stack.postgres, event_ids))
     asyncio.run(show_authority(stack, args.seed))
 

@@ -325,20 +325,29 @@ def _plan_members(payload: Mapping[str, Any], path: str) -> list[tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """An organisation a request names: where (field path), as which agency, and its number."""
+    """An organisation a request names: where (field path), as which agency, and its number.
+
+    `alternatives` are further agencies it may be registered as instead (any one will do), for
+    a field that names an organisation by its number alone."""
 
     field: str
     agency: str
     org_id: str
+    alternatives: tuple[str, ...] = ()
 
 
 def claim_problems(claims: Iterable[Claim], registered: Mapping[str, str]) -> list[Problem]:
     """A problem for every claim whose organisation is not registered as the claimed agency."""
     return [
-        Problem(claim.field, f"is not a registered {claim.agency} organisation")
+        Problem(claim.field, f"is not a registered {_either(claim)} organisation")
         for claim in claims
-        if registered.get(claim.org_id) != claim.agency
+        if registered.get(claim.org_id) not in (claim.agency, *claim.alternatives)
     ]
+
+
+def _either(claim: Claim) -> str:
+    agencies = (claim.agency, *claim.alternatives)
+    return agencies[0] if len(agencies) == 1 else f"{', '.join(agencies[:-1])} or {agencies[-1]}"
 
 
 def event_claims(
@@ -357,6 +366,16 @@ def event_claims(
     if payload.get("recipient_org"):
         # epikrise_sent: the discharge summary goes to the patient's GP.
         claims.append(Claim(f"{path}payload.recipient_org", "fastlege", payload["recipient_org"]))
+    if payload.get("with_org"):
+        # followup_scheduled: who holds the follow-up appointment, a health service.
+        claims.append(
+            Claim(
+                f"{path}payload.with_org",
+                "dps",
+                payload["with_org"],
+                alternatives=("municipality", "fastlege"),
+            )
+        )
     coordinator = payload.get("coordinator")
     if coordinator:
         claims.append(

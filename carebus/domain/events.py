@@ -39,6 +39,7 @@ __all__ = [
     "content_fingerprint",
     "event_to_json",
     "event_to_record",
+    "given",
     "parse_event",
     "record_to_json",
     "rfc3339",
@@ -61,6 +62,7 @@ EVENT_TYPES: Final = (
     "application_preliminary_reply",
     "application_decided",
     "retraction",
+    "followup_scheduled",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -112,6 +114,18 @@ SEVERITIES: Final = ("low", "medium", "high")
 PLAN_STATUSES: Final = ("active", "closed")
 FOLLOWUP_KINDS: Final = ("meeting", "phone", "home_visit")
 APPLICATION_OUTCOMES: Final = ("granted", "denied", "partial")
+# How the stay ended. Left out, it is unknown: the wire record says `unknown` (FieldSpec.absent),
+# which a sender cannot write. A self-discharge or one against advice is clinical information.
+DISCHARGE_KINDS: Final = ("planned", "self_discharge", "against_advice", "transfer")
+# What an application is for; `other` where none of these fits.
+SERVICE_KINDS: Final = (
+    "housing",
+    "housing_allowance",
+    "home_services",
+    "mental_health_substance_services",
+    "social_assistance",
+    "other",
+)
 
 MAX_TEXT: Final = 200
 MAX_JUSTIFICATION: Final = 2000
@@ -133,15 +147,27 @@ Kind = Literal[
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One payload field of the contract: its kind, whether it is required, its symbols."""
+    """One payload field of the contract: its kind, whether it is required, its symbols.
+
+    `absent` is the wire record's symbol for an optional enum left out, where the Avro field is
+    the enum itself (with that symbol as its default) rather than a union with null: a sender
+    cannot write it, and nothing delivers it (`given`).
+    """
 
     kind: Kind
     required: bool = True
     symbols: tuple[str, ...] = ()
+    absent: str | None = None
 
 
 def _enum(*symbols: str) -> FieldSpec:
     return FieldSpec("enum", symbols=symbols)
+
+
+def given(spec: FieldSpec, value: object) -> bool:
+    """Whether a wire record's `value` for a field of `spec` says anything: it is neither null
+    nor the symbol that stands for the field left out."""
+    return value is not None and (spec.absent is None or value != spec.absent)
 
 
 _BOOL: Final = FieldSpec("bool")
@@ -151,6 +177,7 @@ _EVENT_REF: Final = FieldSpec("event_ref")
 _TEXT: Final = FieldSpec("text")
 _IDENTIFIER: Final = FieldSpec("identifier")
 _OPTIONAL_TIME: Final = FieldSpec("time", required=False)
+_OPTIONAL_IDENTIFIER: Final = FieldSpec("identifier", required=False)
 
 # DESIGN.md "Payload fields", in its order. Optional fields may be added later; none renamed
 # or removed, because the Avro schemas and every recipient's integration depend on them.
@@ -175,6 +202,12 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "destination": _enum(*DESTINATIONS),
         "followup_at": _OPTIONAL_TIME,
         "crisis_plan": _BOOL,
+        "kind": FieldSpec("enum", required=False, symbols=DISCHARGE_KINDS, absent="unknown"),
+        # Whom to contact at the DPS (name, role, phone, as the DPS writes it): free text that
+        # names health personnel, sealed like every free text (carebus.wire.sealing).
+        "dps_contact": FieldSpec("text", required=False),
+        "crisis_plan_id": _OPTIONAL_IDENTIFIER,
+        "crisis_plan_reviewed_at": _OPTIONAL_TIME,
     },
     "police_callout": {
         "kind": _enum(*POLICE_CALLOUT_KINDS),
@@ -194,6 +227,8 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "participants": FieldSpec("organisations"),
         "next_review_at": _TIME,
         "crisis_plan": _BOOL,
+        "crisis_plan_id": _OPTIONAL_IDENTIFIER,
+        "crisis_plan_reviewed_at": _OPTIONAL_TIME,
     },
     "health_info_sent": {"admission_event_id": _EVENT_REF},
     "municipal_reply": {
@@ -204,13 +239,23 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
     "housing_work_started": {"admission_event_id": _EVENT_REF},
     "epikrise_sent": {"admission_event_id": _EVENT_REF, "recipient_org": _ORG},
     "followup_contact": {"related_event_id": _EVENT_REF, "kind": _enum(*FOLLOWUP_KINDS)},
-    "application_received": {"application_id": _IDENTIFIER, "service": _TEXT},
+    "application_received": {
+        "application_id": _IDENTIFIER,
+        "service": _TEXT,
+        "service_kind": FieldSpec("enum", required=False, symbols=SERVICE_KINDS),
+    },
     "application_preliminary_reply": {"application_id": _IDENTIFIER, "expected_decision_at": _TIME},
     "application_decided": {
         "application_id": _IDENTIFIER,
         "outcome": _enum(*APPLICATION_OUTCOMES),
     },
     "retraction": {"retracted_event_id": _EVENT_REF, "reason": _enum(*RETRACTION_REASONS)},
+    # When the follow-up after a discharge ("time in hand") was agreed later than the discharge.
+    "followup_scheduled": {
+        "related_event_id": _EVENT_REF,
+        "followup_at": _TIME,
+        "with_org": FieldSpec("org", required=False),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -235,6 +280,10 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "destination": "municipal_housing",
         "followup_at": "2026-12-03T10:00:00+01:00",
         "crisis_plan": True,
+        "kind": "planned",
+        "dps_contact": "Kari Nordmann, sykepleier, 22 00 00 00",
+        "crisis_plan_id": "KP-2026-17",
+        "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
     },
     "police_callout": {
         "kind": "welfare_check",
@@ -253,6 +302,8 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         ],
         "next_review_at": "2027-02-01T09:00:00+01:00",
         "crisis_plan": True,
+        "crisis_plan_id": "KP-2026-17",
+        "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
     },
     "health_info_sent": {"admission_event_id": "dps-974705788-2026-000123"},
     "municipal_reply": {
@@ -266,13 +317,22 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "recipient_org": "912345678",
     },
     "followup_contact": {"related_event_id": "dps-974705788-2026-000125", "kind": "home_visit"},
-    "application_received": {"application_id": "APP-2026-0099", "service": "bolig"},
+    "application_received": {
+        "application_id": "APP-2026-0099",
+        "service": "bolig",
+        "service_kind": "housing",
+    },
     "application_preliminary_reply": {
         "application_id": "APP-2026-0099",
         "expected_decision_at": "2026-12-20T12:00:00+01:00",
     },
     "application_decided": {"application_id": "APP-2026-0099", "outcome": "granted"},
     "retraction": {"retracted_event_id": "dps-974705788-2026-000123", "reason": "wrong_person"},
+    "followup_scheduled": {
+        "related_event_id": "dps-974705788-2026-000125",
+        "followup_at": "2026-12-03T10:00:00+01:00",
+        "with_org": "940493021",
+    },
 }
 
 _TOP_LEVEL: Final = frozenset(
@@ -607,7 +667,21 @@ def _payload(value: object, event_type: object, problems: list[Problem]) -> dict
             parsed = _VALIDATORS[spec.kind](raw, path, problems)
         if parsed is not None:
             payload[name] = parsed
+    _crisis_plan_problems(payload, problems)
     return payload
+
+
+def _crisis_plan_problems(payload: Mapping[str, Any], problems: list[Problem]) -> None:
+    # A reference to a crisis plan (or its review time) says that there is one.
+    named = [name for name in ("crisis_plan_id", "crisis_plan_reviewed_at") if name in payload]
+    if named and payload.get("crisis_plan") is False:
+        problems.append(
+            Problem(
+                "payload.crisis_plan",
+                f"must be true when {' and '.join(named)} {'is' if len(named) == 1 else 'are'}"
+                " given",
+            )
+        )
 
 
 def _emergency(value: object, problems: list[Problem]) -> dict[str, Any] | None:
@@ -636,7 +710,10 @@ def event_to_record(event: Event, subject_key: str, received_at: datetime) -> di
     """The Avro wire record of `event` (see `carebus.wire.codec`): every optional field present."""
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
-    payload = {name: event.payload.get(name) for name in PAYLOAD_FIELDS[event.event_type]}
+    payload = {
+        name: event.payload.get(name, spec.absent)
+        for name, spec in PAYLOAD_FIELDS[event.event_type].items()
+    }
     return {
         "event_id": event.event_id,
         "event_type": event.event_type,

@@ -65,7 +65,8 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         ),
         "discharge_ready": ("admission_event_id", "needs_municipal_services"),
         "discharge_ready_withdrawn": ("discharge_ready_event_id",),
-        "discharge": ("admission_event_id", "destination", "followup_at"),
+        # dps_contact: whom to contact at the DPS, the practical part of a notice.
+        "discharge": ("admission_event_id", "destination", "followup_at", "dps_contact"),
         "ip_update": ("plan_id", "status", "coordinator", "participants", "next_review_at"),
         "health_info_sent": ("admission_event_id",),
         "municipal_reply": ("discharge_ready_event_id", "can_receive", "expected_ready_at"),
@@ -73,14 +74,23 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "epikrise_sent": ("admission_event_id",),
         # An id link to the discharge or incident followed up, not what happened there.
         "followup_contact": ("related_event_id",),
-        "application_received": ("application_id", "service"),
+        "application_received": ("application_id", "service", "service_kind"),
         "application_preliminary_reply": ("application_id", "expected_decision_at"),
         "application_decided": ("application_id", "outcome"),
+        "followup_scheduled": ("related_event_id", "followup_at", "with_org"),
     },
     "health": {
         "admission": ("reason", "admission_kind"),
-        "discharge": ("crisis_plan", "admission_reason"),
-        "ip_update": ("crisis_plan",),
+        # A self-discharge or one against advice is clinical information; so is a crisis plan
+        # and, with it, which plan and when it was last reviewed.
+        "discharge": (
+            "crisis_plan",
+            "kind",
+            "crisis_plan_id",
+            "crisis_plan_reviewed_at",
+            "admission_reason",
+        ),
+        "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
     },

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from carebus.domain.deliveries import delivery_id, no_candidate_audit_id, part_audit_id
-from carebus.domain.events import PAYLOAD_FIELDS, record_to_json, rfc3339
+from carebus.domain.events import PAYLOAD_FIELDS, given, record_to_json, rfc3339
 from carebus.domain.policy import (
     CATEGORIES,
     DERIVED_FIELDS,
@@ -584,6 +584,14 @@ def _field_order(event_type: str) -> tuple[str, ...]:
     return (*PAYLOAD_FIELDS[event_type], *DERIVED_FIELDS.get(event_type, ()))
 
 
+def _said(event_type: str, name: str, payload: Mapping[str, Any]) -> bool:
+    """Whether the payload says anything in `name`: not null, and for a payload field not the
+    record's symbol for a field left out (`events.given`); a derived field when it is there."""
+    spec = PAYLOAD_FIELDS[event_type].get(name)
+    value = payload.get(name)
+    return value is not None if spec is None else given(spec, value)
+
+
 def _judge(
     rule: Rule,
     candidate: _Candidate,
@@ -638,7 +646,7 @@ def _grant(rule: Rule, allowed: Iterable[str], payload: Mapping[str, Any]) -> _D
     fields = tuple(
         name
         for name in _field_order(rule.event_type)
-        if name in permitted and payload.get(name) is not None
+        if name in permitted and _said(rule.event_type, name, payload)
     )
     delivered = {permitted[name] for name in fields}
     delivered.add(EVENT_CATEGORY[rule.event_type])

@@ -119,6 +119,15 @@ _DISPOSITION_DESTINATION: Final[Mapping[str, str]] = {
     "exp": "unknown",
     "oth": "unknown",
 }
+# The same codes -> the discharge's `kind`, only where the definition says how the stay ended:
+# aadvice "The patient self discharged against medical advice"; other-hcf "The patient was
+# transferred to another healthcare facility" and psy "The patient has been transferred to a
+# psychiatric facility" are transfers. Every other code says where the person went, not how.
+_DISPOSITION_KIND: Final[Mapping[str, str]] = {
+    "aadvice": "against_advice",
+    "other-hcf": "transfer",
+    "psy": "transfer",
+}
 # carebus's own code system: its codes are the contract's destinations, for what HL7's codes
 # cannot say (municipal housing, no home).
 CAREBUS_DESTINATION_SYSTEM: Final = "https://carebus.no/fhir/CodeSystem/discharge-destination"
@@ -818,7 +827,33 @@ def _discharge(
         "destination": destination_origin,
         "crisis_plan": at,
     }
+    kind = _kind(encounter)
+    if kind is not None:
+        payload["kind"] = kind
+        origins["kind"] = f"{at}.hospitalization.dischargeDisposition"
     return payload, origins
+
+
+def _kind(encounter: _Located) -> str | None:
+    """carebus's discharge kind from HL7's hospitalization.dischargeDisposition, where a code
+    says it; otherwise none (the contract's "unknown")."""
+    hospitalization = encounter.resource.get("hospitalization")
+    disposition = (
+        hospitalization.get("dischargeDisposition") if isinstance(hospitalization, dict) else None
+    )
+    codes = [
+        coding.get("code")
+        for _, coding in _objects(disposition, "coding")
+        if coding.get("system") == DISCHARGE_DISPOSITION_SYSTEM
+    ]
+    return next(
+        (
+            _DISPOSITION_KIND[code]
+            for code in codes
+            if isinstance(code, str) and code in _DISPOSITION_KIND
+        ),
+        None,
+    )
 
 
 def _destination(encounter: _Located) -> tuple[str, str]:

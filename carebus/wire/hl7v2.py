@@ -182,6 +182,17 @@ DISCHARGE_DESTINATIONS: Final[Mapping[str, str]] = {
     "05": "institution",
 }
 
+# The same table -> the discharge's `kind`, only where a code says how the stay ended: "01
+# Discharged to home or self care (routine discharge)" is planned, "02 Discharged/transferred to
+# another short term general hospital for inpatient care" a transfer, "07 Left against medical
+# advice or discontinued care" against advice. The rest (a nursing or other facility that may or
+# may not be inpatient care, home with home health care, died, still a patient) leave it out.
+DISCHARGE_KINDS: Final[Mapping[str, str]] = {
+    "01": "planned",
+    "02": "transfer",
+    "07": "against_advice",
+}
+
 _SEGMENT_ID: Final = re.compile(r"[A-Z][A-Z0-9]{2}")
 _HL7_TIME: Final = re.compile(
     r"(?P<date>[0-9]{8})(?P<hour>[0-9]{2})?(?P<minute>[0-9]{2})?"
@@ -731,6 +742,10 @@ def _discharge(context: _Context, pv1: Segment) -> Translation:
         "destination": "PV1-36",
         "crisis_plan": "PV1",
     }
+    kind = DISCHARGE_KINDS.get(disposition)
+    if kind is not None:
+        payload["kind"] = kind
+        origins["kind"] = "PV1-36"
     event_id = context.event_id("discharge", context.episode)
     event = _event(context, "discharge", event_id, occurred_at, payload)
     return Translation((event,), _origins(context, occurred_origin, origins))

@@ -44,6 +44,7 @@ SEALED_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("subject", "nin"),
     ("payload", "ward"),
     ("payload", "service"),
+    ("payload", "dps_contact"),
     ("emergency", "justification"),
     ("emergency", "accountable"),
 )

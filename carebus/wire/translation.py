@@ -178,9 +178,13 @@ def national_identity_number(value: str, where: str) -> str:
 
 # ICD-10 (the Norwegian edition, code system 7110, and the WHO's) -> the admission's `reason`.
 # Intentional self-harm (X60-X84) is a suicide attempt, and outranks the poisoning it was done
-# with; poisoning by narcotics (T40), sedatives (T42), psychotropics (T43) or alcohol (T51) is
-# an overdose; the withdrawal states of substance use (F1x.3, F1x.4) withdrawal; F20-F29
-# psychosis.
+# with; an event of undetermined intent (Y10-Y34: poisoning or injury where it is not
+# established whether it was self-inflicted on purpose) is a possible suicide attempt, below a
+# suicide attempt and, like it, above the poisoning it names (Y10-Y19 always come with a
+# poisoning code: below overdose they could never count); poisoning by narcotics (T40),
+# sedatives (T42), psychotropics (T43) or alcohol (T51) is an overdose; the withdrawal states of
+# substance use (F1x.3, F1x.4) withdrawal; F20-F29 psychosis. The Y10-Y34 mapping is carebus's
+# reading of the proposal's "mogleg sjølvmordsforsøk" (docs/adapters.md), not a coding rule.
 _ICD10: Final = re.compile(r"([A-Z])([0-9]{2})(?:\.?([0-9A-Z]{1,4}))?")
 
 
@@ -188,7 +192,13 @@ def admission_reason(icd10_codes: list[str]) -> str:
     """The carebus `reason` the diagnosis codes of an admission give; `unknown` without any,
     `other` when none of them is one the sources single out."""
     reasons = [_reason_of(code) for code in icd10_codes]
-    for wanted in ("suicide_attempt", "overdose", "withdrawal", "psychosis"):
+    for wanted in (
+        "suicide_attempt",
+        "possible_suicide_attempt",
+        "overdose",
+        "withdrawal",
+        "psychosis",
+    ):
         if wanted in reasons:
             return wanted
     return "other" if icd10_codes else "unknown"
@@ -201,6 +211,8 @@ def _reason_of(code: str) -> str:
     chapter, number, detail = match.group(1), int(match.group(2)), match.group(3) or ""
     if chapter == "X" and 60 <= number <= 84:
         return "suicide_attempt"
+    if chapter == "Y" and 10 <= number <= 34:
+        return "possible_suicide_attempt"
     if chapter == "T" and number in (40, 42, 43, 51):
         return "overdose"
     if chapter == "F" and 10 <= number <= 19 and detail[:1] in ("3", "4"):

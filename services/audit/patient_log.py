@@ -110,6 +110,7 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "application_preliminary_reply": "a preliminary reply to your application",
     "application_decided": "the decision on your application",
     "retraction": "a correction withdrawing an earlier message about you",
+    "followup_scheduled": "a follow-up appointment after your discharge",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",

@@ -92,6 +92,10 @@ class Person:
         return f"Bolig {self.marker}S"
 
     @property
+    def dps_contact(self) -> str:
+        return f"Vakthavende {self.marker}D"
+
+    @property
     def justification(self) -> str:
         return f"Fare for liv {self.marker}J"
 
@@ -384,6 +388,7 @@ class Story:
     admitted: str
     urgent: str
     applied: str
+    discharged: str
     before: dict[str, int] = field(default_factory=dict)
     decisions: int = 0
 
@@ -426,9 +431,25 @@ async def story(
         nin,
         {"application_id": f"A-{uuid.uuid4().hex[:8]}", "service": person.service},
     )
+    # The home municipality's statutory discharge notice carries whom to contact at the DPS.
+    discharged = await publish(
+        http,
+        tokens,
+        "dps",
+        "discharge",
+        nin,
+        {
+            "admission_event_id": admitted,
+            "destination": "home",
+            "crisis_plan": False,
+            "dps_contact": person.dps_contact,
+        },
+    )
     # Routed, stored and delivered: the first start of every service is slow, hence 180 s.
     await at_least(
-        lambda: deliveries(http, tokens, "municipality", {admitted, urgent}), 2, timeout_s=180
+        lambda: deliveries(http, tokens, "municipality", {admitted, urgent, discharged}),
+        3,
+        timeout_s=180,
     )
     await at_least(lambda: deliveries(http, tokens, "police", {urgent}), 1, timeout_s=60)
     await at_least(lambda: alerts(http, tokens, "dps_privacy_officer", urgent), 1, timeout_s=60)
@@ -437,15 +458,27 @@ async def story(
         rows = await db.fetch("SELECT event_id FROM events WHERE subject_key = $1", person.key)
         return [dict(row) for row in rows]
 
-    await at_least(stored, 3, timeout_s=60)
+    await at_least(stored, 4, timeout_s=60)
     await wait_until(
         lambda: (
-            len(receiver.delivered(ORGS["municipality"])) >= 2
+            len(receiver.delivered(ORGS["municipality"])) >= 3
             and bool(receiver.received(ORGS["police"]))
         ),
         timeout_s=60,
     )
-    return Story(person, admitted, urgent, applied)
+
+    # The backdated discharge breaches its epikrise and follow-up deadlines at once: the counts
+    # the later tests compare are taken after those alerts are stored.
+    async def discharge_alerts() -> list[dict[str, Any]]:
+        rows = await db.fetch(
+            "SELECT DISTINCT rule_id FROM alerts WHERE subject_key = $1 AND $2 = ANY(event_ids)",
+            person.key,
+            discharged,
+        )
+        return [dict(row) for row in rows]
+
+    await at_least(discharge_alerts, 2, timeout_s=60)
+    return Story(person, admitted, urgent, applied, discharged)
 
 
 def coverage(label: str, tables: Scan, topics: Scan) -> None:
@@ -476,6 +509,8 @@ async def test_before_erasure_recipients_read_the_clear_values_and_no_store_hold
     assert [d["subject"] for d in municipal] == [{"nin": person.nin}] * 2
     assert [d["payload"]["ward"] for d in municipal] == [person.ward] * 2
     assert all("erased" not in d for d in municipal)
+    [discharge] = await deliveries(http, tokens, "municipality", {story.discharged})
+    assert discharge["payload"]["dps_contact"] == person.dps_contact
     [police] = await deliveries(http, tokens, "police", {story.urgent})
     assert police["subject"] == {"nin": person.nin}
     assert police["emergency"] == {
@@ -489,9 +524,13 @@ async def test_before_erasure_recipients_read_the_clear_values_and_no_store_hold
     hooked = [
         httpx.Response(200, content=r.body).json() for r in receiver.delivered(ORGS["municipality"])
     ]
-    assert sorted(d["event_id"] for d in hooked) == sorted([story.admitted, story.urgent])
+    assert sorted(d["event_id"] for d in hooked) == sorted(
+        [story.admitted, story.urgent, story.discharged]
+    )
     assert all(d["subject"] == {"nin": person.nin} for d in hooked)
-    assert all(d["payload"]["ward"] == person.ward for d in hooked)
+    assert [d["payload"].get("ward") or d["payload"]["dps_contact"] for d in hooked] == [
+        person.dps_contact if d["event_id"] == story.discharged else person.ward for d in hooked
+    ]
     tried = [httpx.Response(503, content=r.body).json() for r in receiver.received(ORGS["police"])]
     assert tried
     assert all(d["subject"] == {"nin": person.nin} for d in tried)
@@ -514,13 +553,20 @@ async def test_before_erasure_recipients_read_the_clear_values_and_no_store_hold
         "webhook_queue.body",
     } <= tables.places
     keys = await keyring(stack, db, person)
-    clear = {person.nin, person.ward, person.service, person.justification, person.accountable}
+    clear = {
+        person.nin,
+        person.ward,
+        person.service,
+        person.dps_contact,
+        person.justification,
+        person.accountable,
+    }
     for sealed in [*tables.sealed, *topics.sealed]:
         assert opens(keys, person, sealed) in clear
     assert len(tables.sealed) >= 10  # events, deliveries, alerts, the webhook queue
     assert len(topics.sealed) >= 10  # the events, deliveries, alerts topics and changelogs
     story.before = await counts(db, person.key)
-    assert story.before["events"] == 3
+    assert story.before["events"] == 4
     assert story.before["deliveries"] >= 3
     assert story.before["alerts"] >= 1
     story.decisions = len(await decisions(http, tokens, person))
@@ -640,6 +686,9 @@ async def test_after_erasure_no_copy_opens_readers_answer_erased_and_counts_stay
         assert (delivery["subject"], delivery["erased"]) == (None, True)
         assert delivery["payload"]["ward"] is None
         assert delivery["payload"]["needs_municipal_services"] is True  # the rest stays
+    [discharge] = await deliveries(http, tokens, "municipality", {story.discharged})
+    assert (discharge["erased"], discharge["payload"]["dps_contact"]) == (True, None)
+    assert discharge["payload"]["destination"] == "home"
     [police] = await deliveries(http, tokens, "police", {story.urgent})
     assert police["emergency"] == {"justification": None, "accountable": None}
     [alert] = await alerts(http, tokens, "dps_privacy_officer", story.urgent)

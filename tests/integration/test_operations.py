@@ -257,7 +257,26 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
     status = run_cli(cli_env, "status", "--json")
     assert '"prometheus"' in status.stdout
 
-    # 3. `carebus trace` shows every hop of a demo admission.
+    # 3. Every alert the demo raised is one a coordinator can act on (issue 17): none names its
+    #    own recipient as the contact, no two read alike, and the dangerous transitions the demo
+    #    plays are not silent (a risk notice for each risk discharge, the breach it shows).
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        wanted = {"risk_notice.discharge": 2, "municipal_reply.discharge_ready": 1}
+        deadline = time.monotonic() + 60
+        while True:
+            alerts = conn.execute(
+                "SELECT rule_id, recipient_org, contact_org, summary FROM alerts"
+            ).fetchall()
+            seen = {rule: sum(1 for a in alerts if a[0] == rule) for rule in wanted}
+            if all(seen[rule] >= count for rule, count in wanted.items()):
+                break
+            assert time.monotonic() < deadline, f"alerts after the demo: {seen}"
+            time.sleep(1)
+    assert not [a for a in alerts if a[2] is not None and a[2] == a[1]], alerts
+    summaries = [(a[1], a[3]) for a in alerts]
+    assert len(summaries) == len(set(summaries)), "two alerts to one recipient read alike"
+
+    # 4. `carebus trace` shows every hop of a demo admission.
     with psycopg.connect(settings.postgres_dsn) as conn:
         row = conn.execute(
             "SELECT event_id FROM events WHERE event_type = 'admission' "

@@ -16,10 +16,13 @@ from carebus.domain.authority import (
     Actor,
     AuthorityPolicy,
     AuthorityPolicyError,
+    Claim,
     ConsentVerdict,
     Refusal,
+    claim_problems,
+    event_claims,
 )
-from carebus.domain.events import EVENT_TYPES, event_to_record, parse_event
+from carebus.domain.events import EVENT_TYPES, Problem, event_to_record, parse_event
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     CARE_TEAM_CHANGE,
@@ -918,3 +921,29 @@ def test_a_closed_plans_coordinator_no_longer_restricts_others() -> None:
     verdict = AUTHORITY.consent_verdict(state, actor(NAV), "dps", ADMITTING, "objection")
     assert verdict.refusal is not None
     assert verdict.refusal.rule_id == "objection.recorder"
+
+
+# --- organisations an event names -------------------------------------------------------------
+
+
+def test_a_scheduled_follow_up_names_a_health_service_as_the_one_who_holds_it() -> None:
+    """`with_org` must be registered as a DPS, a municipality or a GP; NAV or an unknown number
+    is refused naming the field."""
+    claims = event_claims({"related_event_id": "d-1", "with_org": "940493021"}, None)
+    assert claims == [
+        Claim("payload.with_org", "dps", "940493021", alternatives=("municipality", "fastlege"))
+    ]
+    for agency in ("dps", "municipality", "fastlege"):
+        assert claim_problems(claims, {"940493021": agency}) == []
+    problem = "is not a registered dps, municipality or fastlege organisation"
+    assert claim_problems(claims, {"940493021": "nav"}) == [Problem("payload.with_org", problem)]
+    assert claim_problems(claims, {}) == [Problem("payload.with_org", problem)]
+    assert event_claims({"related_event_id": "d-1"}, None) == []
+
+
+def test_a_claim_of_one_agency_is_named_alone() -> None:
+    """The GP an epikrise goes to must be registered as a GP, and the problem says so."""
+    claims = event_claims({"recipient_org": "912345675"}, None)
+    assert claim_problems(claims, {"912345675": "dps"}) == [
+        Problem("payload.recipient_org", "is not a registered fastlege organisation")
+    ]

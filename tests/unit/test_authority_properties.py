@@ -75,6 +75,7 @@ SENDERS: dict[str, frozenset[str]] = {
     "municipal_reply": frozenset({"municipality"}),
     "housing_work_started": frozenset({"municipality", "housing"}),
     "followup_contact": frozenset({"municipality", "fastlege", "dps"}),
+    "followup_scheduled": frozenset({"dps", "municipality", "fastlege"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),

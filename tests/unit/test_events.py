@@ -65,9 +65,9 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's sixteen event types are each in EVENT_TYPES, the payload table and the examples;
-    the policy routes all but the retraction."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 16
+    """DESIGN's seventeen event types are each in EVENT_TYPES, the payload table and the
+    examples; the policy routes all but the retraction."""
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 17
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -444,6 +444,86 @@ INVALID: list[tuple[str, object, str, str]] = [
         "payload.outcome",
         "granted, denied, partial",
     ),
+    (
+        "discharge-kind",
+        with_payload("discharge", kind="escaped"),
+        "payload.kind",
+        "planned, self_discharge, against_advice, transfer",
+    ),
+    # `unknown` is the wire record's word for a kind left out, not one a sender writes.
+    ("discharge-kind-unknown", with_payload("discharge", kind="unknown"), "payload.kind", "one of"),
+    (
+        "dps-contact-too-long",
+        with_payload("discharge", dps_contact="x" * 201),
+        "payload.dps_contact",
+        "at most 200 characters",
+    ),
+    (
+        "dps-contact-empty",
+        with_payload("discharge", dps_contact=" "),
+        "payload.dps_contact",
+        "empty",
+    ),
+    (
+        "dps-contact-control",
+        with_payload("discharge", dps_contact="Kari\u0000"),
+        "payload.dps_contact",
+        events.CONTROL_PROBLEM,
+    ),
+    (
+        "crisis-plan-id-nin",
+        with_payload("discharge", crisis_plan_id=f"KP-{NIN}"),
+        "payload.crisis_plan_id",
+        "must not contain a national identity number",
+    ),
+    (
+        "crisis-plan-reviewed-at",
+        with_payload("ip_update", crisis_plan_reviewed_at="last week"),
+        "payload.crisis_plan_reviewed_at",
+        "RFC 3339",
+    ),
+    (
+        "crisis-plan-id-without-a-plan",
+        with_payload("discharge", crisis_plan=False),
+        "payload.crisis_plan",
+        "must be true when crisis_plan_id and crisis_plan_reviewed_at are given",
+    ),
+    (
+        "crisis-plan-id-without-a-plan-in-the-ip",
+        with_payload("ip_update", crisis_plan=False, crisis_plan_reviewed_at=...),
+        "payload.crisis_plan",
+        "must be true when crisis_plan_id is given",
+    ),
+    (
+        "service-kind",
+        with_payload("application_received", service_kind="bolig"),
+        "payload.service_kind",
+        "housing, housing_allowance, home_services",
+    ),
+    (
+        "followup-scheduled-without-time",
+        with_payload("followup_scheduled", followup_at=...),
+        "payload.followup_at",
+        "is required",
+    ),
+    (
+        "followup-scheduled-related",
+        with_payload("followup_scheduled", related_event_id="a b"),
+        "payload.related_event_id",
+        "1 to 200 characters",
+    ),
+    (
+        "followup-scheduled-with-org",
+        with_payload("followup_scheduled", with_org="DPS Nord"),
+        "payload.with_org",
+        "9-digit organisation number",
+    ),
+    (
+        "followup-scheduled-unknown-field",
+        with_payload("followup_scheduled", kind="phone"),
+        "payload.kind",
+        "not a field of followup_scheduled",
+    ),
     ("emergency-string", raw_event(emergency="yes"), "emergency", "must be an object"),
     (
         "emergency-no-justification",
@@ -585,7 +665,8 @@ def test_event_to_record_has_every_field_of_the_wire_record(event_type: str) -> 
     ]
     assert list(record["payload"]) == list(PAYLOAD_FIELDS[event_type])
     for name, spec in PAYLOAD_FIELDS[event_type].items():
-        assert (record["payload"][name] is None) == (not spec.required)
+        left_out = None if spec.absent is None else spec.absent
+        assert (record["payload"][name] == left_out) == (not spec.required)
     assert record["subject"] == {"nin": NIN}
     assert record["subject_key"] == "ab" * 32
     assert record["source"] == {"agency": "dps", "org_id": "974705788", "system": "DIPS"}
@@ -705,6 +786,35 @@ def test_fingerprints_are_those_the_ledger_already_holds(event_type: str) -> Non
     # U+2028 is refused now (carebus.domain.text), but the ledger holds events accepted with it.
     accepted_before = dataclasses.replace(tricky, payload={**tricky.payload, "ward": "a\u2028b"})
     assert content_fingerprint(accepted_before) == _stdlib_fingerprint(accepted_before)
+
+
+def test_a_discharge_kind_left_out_is_unknown_on_the_wire_and_absent_again_in_json() -> None:
+    """The Avro field has no null: the record says `unknown`, which `given` reads as nothing;
+    a kind that was sent is kept as it was."""
+    spec = PAYLOAD_FIELDS["discharge"]["kind"]
+    left_out = parse_ok(with_payload("discharge", kind=...))
+    assert "kind" not in left_out.payload
+    assert "kind" not in event_to_json(left_out)["payload"]
+    record = event_to_record(left_out, "ab" * 32, RECEIVED_AT)
+    assert record["payload"]["kind"] == "unknown"
+    assert not events.given(spec, record["payload"]["kind"])
+    sent = event_to_record(parse_ok(raw_event("discharge")), "ab" * 32, RECEIVED_AT)
+    assert sent["payload"]["kind"] == "planned"
+    assert events.given(spec, sent["payload"]["kind"])
+    assert not events.given(PAYLOAD_FIELDS["discharge"]["followup_at"], None)
+
+
+def test_a_crisis_plan_with_its_reference_parses() -> None:
+    """crisis_plan true with an id and a review time is a plan reference; without them too."""
+    event = parse_ok(raw_event("discharge"))
+    assert event.payload["crisis_plan_id"] == "KP-2026-17"
+    assert event.payload["crisis_plan_reviewed_at"] == datetime(2026, 11, 27, 13, tzinfo=UTC)
+    bare = parse_ok(
+        with_payload(
+            "discharge", crisis_plan=False, crisis_plan_id=..., crisis_plan_reviewed_at=...
+        )
+    )
+    assert bare.payload["crisis_plan"] is False
 
 
 def test_module_exports() -> None:

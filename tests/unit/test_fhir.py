@@ -510,6 +510,13 @@ def test_a_lone_encounter_needs_no_municipality_to_be_discharged_or_retracted() 
         ([{"system": "http://snomed.info/sct", "code": "55680006"}], "unknown"),
         ([{"system": "http://hl7.org/fhir/sid/icd-10-no", "code": "F10.3"}], "withdrawal"),
         ([{"system": "http://hl7.org/fhir/sid/icd-10", "code": "Z03.9"}], "other"),
+        (
+            [
+                {"system": "http://hl7.org/fhir/sid/icd-10", "code": "T40.1"},
+                {"system": "http://hl7.org/fhir/sid/icd-10", "code": "Y12"},
+            ],
+            "possible_suicide_attempt",
+        ),
     ],
 )
 def test_only_icd10_codings_give_the_reason(codings: list[dict[str, str]], reason: str) -> None:
@@ -553,6 +560,53 @@ def test_the_discharge_disposition_gives_the_destination(
         "dischargeDisposition": {"coding": [{"system": system, "code": code}]}
     }
     assert translate(body).events[0]["payload"]["destination"] == destination
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("aadvice", "against_advice"),
+        ("other-hcf", "transfer"),
+        ("psy", "transfer"),
+        ("home", None),
+        ("snf", None),
+        ("rehab", None),
+        ("exp", None),
+        ("oth", None),
+    ],
+)
+def test_the_discharge_disposition_gives_the_kind_where_a_code_says_it(
+    code: str, kind: str | None
+) -> None:
+    """Left against advice and a transfer to another facility say how the stay ended; the other
+    codes say only where the person went, so the kind is left out (unknown)."""
+    body = example("encounter-finished")
+    body["hospitalization"] = {
+        "dischargeDisposition": {"coding": [{"system": DISCHARGE_DISPOSITION_SYSTEM, "code": code}]}
+    }
+    translation = translate(body)
+    assert translation.events[0]["payload"].get("kind") == kind
+    assert parse_event(translation.events[0])[1] == []
+    if kind is not None:
+        assert (
+            translation.origin_of("events[0].payload.kind")
+            == "Encounter.hospitalization.dischargeDisposition"
+        )
+
+
+def test_a_discharge_kind_is_read_from_hl7_s_codes_only() -> None:
+    """carebus's destination code system says nothing of the kind; another system's aadvice
+    is not HL7's."""
+    body = example("encounter-finished")
+    body["hospitalization"] = {
+        "dischargeDisposition": {
+            "coding": [
+                {"system": CAREBUS_DESTINATION_SYSTEM, "code": "homeless"},
+                {"system": "urn:other", "code": "aadvice"},
+            ]
+        }
+    }
+    assert "kind" not in translate(body).events[0]["payload"]
 
 
 def test_carebus_s_own_code_outranks_hl7_s() -> None:

@@ -267,6 +267,7 @@ def test_a_discharge_names_the_admission_of_its_episode() -> None:
         "admission_event_id": admission["event_id"],
         "destination": "home",
         "crisis_plan": False,
+        "kind": "planned",  # PV1-36 01, a routine discharge
     }
     assert discharge["occurred_at"] == "2026-12-05T14:00:00+01:00"  # PV1-45
 
@@ -497,6 +498,34 @@ def test_discharge_disposition_table_0112_gives_the_destination(
 
 
 @pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("01", "planned"),
+        ("1", "planned"),
+        ("02", "transfer"),
+        ("07", "against_advice"),
+        ("03", None),
+        ("05", None),
+        ("06", None),
+        ("09", None),
+        ("20", None),
+        ("", None),
+    ],
+)
+def test_discharge_disposition_table_0112_gives_the_kind_where_a_code_says_it(
+    code: str, kind: str | None
+) -> None:
+    """A routine discharge is planned, another hospital's inpatient care a transfer, leaving
+    against advice against advice; any other code leaves the kind out (unknown)."""
+    text = replaced(example("adt_a03_v25.hl7"), "|01|", f"|{code}|")
+    translation = translate(text)
+    assert_valid(translation)
+    assert translation.events[0]["payload"].get("kind") == kind
+    if kind is not None:
+        assert translation.origin_of("events[0].payload.kind") == "PV1-36"
+
+
+@pytest.mark.parametrize(
     ("pv2_3", "dg1", "reason"),
     [
         ("F10.3^Abstinens^I10", "", "withdrawal"),
@@ -506,6 +535,7 @@ def test_discharge_disposition_table_0112_gives_the_destination(
         ("", "DG1|1||T43.0^Forgiftning", "overdose"),
         ("", "DG1|1||T43.0^Forgiftning^ICPC2", "unknown"),
         ("", "DG1|1|I10|X70^Selvskading", "suicide_attempt"),
+        ("", "DG1|1||Y12^Forgiftning, uavklart hensikt^ICD10", "possible_suicide_attempt"),
         ("", "DG1|1||Z03.9^Observasjon^ICD10", "other"),
         ("", "", "unknown"),
     ],

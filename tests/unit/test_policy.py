@@ -38,6 +38,7 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "discharge.destination",
         "discharge.followup_at",
         "discharge.admission_event_id",
+        "discharge.dps_contact",
         "discharge_ready_withdrawn.discharge_ready_event_id",
         "health_info_sent.admission_event_id",
         "housing_work_started.admission_event_id",
@@ -52,18 +53,27 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.next_review_at",
         "application_received.application_id",
         "application_received.service",
+        "application_received.service_kind",
         "application_preliminary_reply.application_id",
         "application_preliminary_reply.expected_decision_at",
         "application_decided.application_id",
         "application_decided.outcome",
         "followup_contact.related_event_id",
+        "followup_scheduled.related_event_id",
+        "followup_scheduled.followup_at",
+        "followup_scheduled.with_org",
     },
     "health": {
         "admission.reason",
         "admission.admission_kind",
         "discharge.crisis_plan",
+        "discharge.kind",
+        "discharge.crisis_plan_id",
+        "discharge.crisis_plan_reviewed_at",
         "discharge.admission_reason",
         "ip_update.crisis_plan",
+        "ip_update.crisis_plan_id",
+        "ip_update.crisis_plan_reviewed_at",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
     },
@@ -155,10 +165,11 @@ def test_the_version_changes_with_the_file(tmp_path: Path) -> None:
     assert load_policy(same).version == load_policy(SHIPPED).version
 
 
-def test_statutory_rules_are_the_four_logistics_messages(shipped: Policy) -> None:
+def test_statutory_rules_are_the_logistics_messages(shipped: Policy) -> None:
     """The home municipality gets a statutory notice for admission, discharge-ready, its
-    withdrawal and discharge, with logistics fields only, and the housing status on the
-    admission and discharge-ready notices (the regulation's "uten egnet bolig")."""
+    withdrawal, discharge and the follow-up time set after a discharge, with logistics fields
+    only, and the housing status on the admission and discharge-ready notices (the regulation's
+    "uten egnet bolig")."""
     statutory = {
         rule.event_type: rule for rule in shipped.rules.values() if rule.basis == "statutory"
     }
@@ -167,6 +178,7 @@ def test_statutory_rules_are_the_four_logistics_messages(shipped: Policy) -> Non
         "discharge_ready",
         "discharge_ready_withdrawn",
         "discharge",
+        "followup_scheduled",
     }
     for rule in statutory.values():
         assert rule.recipient == HOME_MUNICIPALITY

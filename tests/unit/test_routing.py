@@ -452,10 +452,18 @@ def test_the_home_municipality_gets_logistics_only_without_consent() -> None:
 
 
 @pytest.mark.parametrize(
-    "event_type", ["admission", "discharge_ready", "discharge_ready_withdrawn", "discharge"]
+    "event_type",
+    [
+        "admission",
+        "discharge_ready",
+        "discharge_ready_withdrawn",
+        "discharge",
+        "followup_scheduled",
+    ],
 )
 def test_the_logistics_messages_reach_the_home_municipality(event_type: str) -> None:
-    """The four PLO logistics messages reach a home municipality outside the care team."""
+    """The four PLO logistics messages, and the follow-up time set after a discharge, reach a
+    home municipality outside the care team."""
     state = state_of((event_schema_name("admission"), event("admission")))
     disclosure = decision_for(routed(event(event_type), state), HOME)
     assert disclosure["decision"] == "delivered"
@@ -464,6 +472,108 @@ def test_the_logistics_messages_reach_the_home_municipality(event_type: str) -> 
         name for name in disclosure["fields"] if FIELD_CATEGORY[(event_type, name)] != "logistics"
     }
     assert beyond <= {"housing_status"}
+
+
+def test_the_home_municipality_learns_whom_to_contact_at_the_dps_not_how_the_stay_ended() -> None:
+    """The statutory discharge notice carries the DPS contact and the follow-up time, never the
+    discharge kind, the crisis plan or its reference (health), even over an objection."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        consent("municipality", HOME, status="objection"),
+    )
+    routing = routed(event("discharge", kind="against_advice"), state)
+    delivery = delivery_for(routing, HOME)
+    assert delivery is not None
+    assert delivery["rule_id"] == "discharge.home_municipality"
+    assert delivery["categories"] == ["logistics"]
+    assert payload_of(delivery) == {
+        "admission_event_id": "dps-974705788-2026-000123",
+        "destination": "municipal_housing",
+        "followup_at": "2026-12-03T09:00:00Z",
+        "dps_contact": "Kari Nordmann, sykepleier, 22 00 00 00",
+    }
+
+
+@pytest.mark.parametrize("agency", ["dps", "municipality", "fastlege"])
+def test_the_care_team_gets_the_discharge_kind_and_crisis_plan_reference(agency: str) -> None:
+    """Health services in the team learn how the stay ended, whom to contact and which crisis
+    plan, last reviewed when; an objection withholds it all."""
+    routing = routed(event("discharge", kind="self_discharge"), state_of(member(agency)))
+    delivery = delivery_for(routing, MEMBER[agency])
+    assert delivery is not None
+    payload = payload_of(delivery)
+    assert payload["kind"] == "self_discharge"
+    assert payload["dps_contact"] == "Kari Nordmann, sykepleier, 22 00 00 00"
+    assert payload["crisis_plan_id"] == "KP-2026-17"
+    assert payload["crisis_plan_reviewed_at"] == "2026-11-27T13:00:00Z"
+    assert delivery["categories"] == ["logistics", "health"]
+    objected = state_of(member(agency), consent(agency, MEMBER[agency], status="objection"))
+    assert delivery_for(routed(event("discharge"), objected), MEMBER[agency]) is None
+
+
+def test_a_discharge_kind_left_out_is_not_delivered_as_unknown() -> None:
+    """The wire record says `unknown` for a kind left out; no recipient is told that."""
+    record = event("discharge", kind=None, crisis_plan_id=None, crisis_plan_reviewed_at=None)
+    assert record["payload"]["kind"] == "unknown"
+    delivery = delivery_for(routed(record, state_of(member("fastlege"))), MEMBER["fastlege"])
+    assert delivery is not None
+    assert "kind" not in payload_of(delivery)
+    assert "kind" not in delivery["fields"]
+
+
+@pytest.mark.parametrize("agency", ["nav", "housing"])
+def test_nav_and_housing_never_get_the_dps_contact_or_the_kind(agency: str) -> None:
+    """With a consent for every category, NAV and the housing office still get only that the
+    person was discharged and where to."""
+    state = state_of(member(agency), consent(agency))
+    delivery = delivery_for(
+        routed(event("discharge", kind="against_advice"), state), MEMBER[agency]
+    )
+    assert delivery is not None
+    assert set(payload_of(delivery)) == {"admission_event_id", "destination"}
+
+
+def test_a_crisis_plan_reference_in_a_plan_goes_to_health_members_only() -> None:
+    """The individual plan's crisis-plan id and review time reach the GP, not NAV."""
+    state = state_of(member("fastlege"), member("nav"), consent("nav"))
+    routing = routed(event("ip_update"), state)
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    nav = delivery_for(routing, MEMBER["nav"])
+    assert gp is not None
+    assert nav is not None
+    assert payload_of(gp)["crisis_plan_id"] == "KP-2026-17"
+    assert {"crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"}.isdisjoint(payload_of(nav))
+
+
+def test_the_service_kind_of_an_application_goes_with_the_application() -> None:
+    """NAV with a logistics consent learns what the application is for."""
+    state = state_of(member("nav"), consent("nav", categories=["logistics"]))
+    delivery = delivery_for(routed(event("application_received"), state), MEMBER["nav"])
+    assert delivery is not None
+    assert payload_of(delivery)["service_kind"] == "housing"
+
+
+def test_a_scheduled_follow_up_reaches_health_care_and_the_home_municipality_only() -> None:
+    """The DPS's follow-up time reaches the GP and the home municipality; NAV has no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        member("fastlege"),
+        member("nav"),
+        consent("nav"),
+    )
+    routing = routed(event("followup_scheduled"), state)
+    expected = {
+        "related_event_id": "dps-974705788-2026-000125",
+        "followup_at": "2026-12-03T09:00:00Z",
+        "with_org": "940493021",
+    }
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    home = delivery_for(routing, HOME)
+    assert gp is not None
+    assert home is not None
+    assert payload_of(gp) == payload_of(home) == expected
+    assert (gp["basis"], home["basis"]) == ("presumed", "statutory")
+    assert decision_for(routing, MEMBER["nav"])["reason"] == "not_permitted"
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

@@ -74,12 +74,17 @@ CATEGORY_OF_FIELD = {
             "expected_decision_at",
             "outcome",
             "related_event_id",
+            "dps_contact",
+            "service_kind",
+            "with_org",
         ),
         "logistics",
     ),
     "reason": "health",
     "admission_kind": "health",
     "crisis_plan": "health",
+    "crisis_plan_id": "health",
+    "crisis_plan_reviewed_at": "health",
     "recipient_org": "health",
     "admission_reason": "health",
     "housing_status": "social",
@@ -93,6 +98,7 @@ ADMISSION_IDS = ("adm-1", "adm-2", "adm-3")
 ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
     ("followup_contact", "kind"): "health",
+    ("discharge", "kind"): "health",
     ("housing_incident", "kind"): "social",
     ("housing_incident", "severity"): "social",
     ("housing_incident", "housing_unit_id"): "social",
@@ -188,9 +194,16 @@ def model_consent(history: list[tuple[str, dict[str, Any]]], org_id: str) -> dic
     return covering[-1] if covering else None
 
 
+# DESIGN "Payload fields": a discharge's `kind` left out is unknown, which says nothing.
+LEFT_OUT = {("discharge", "kind"): "unknown"}
+
+
 def present(record: dict[str, Any], allowed: set[str]) -> frozenset[str]:
+    left_out = {name: v for (t, name), v in LEFT_OUT.items() if t == record["event_type"]}
     return frozenset(
-        name for name, value in record["payload"].items() if value is not None and name in allowed
+        name
+        for name, value in record["payload"].items()
+        if value is not None and value != left_out.get(name) and name in allowed
     )
 
 

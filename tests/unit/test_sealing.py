@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from carebus.domain.events import PAYLOAD_FIELDS
 from carebus.runtime.config import LOCAL_PERSON_KEY_SECRET, MIN_SECRET_CHARS, Settings
 from carebus.wire.sealing import (
     ERASED_TEXT,
     PREFIX,
+    SEALED_FIELDS,
     DataKey,
     Keyring,
     KeyWrap,
@@ -124,6 +126,28 @@ def test_seal_record_seals_the_nin_and_every_free_text_and_leaves_the_rest() -> 
         assert open_sealed(KEYS, PERSON, f"{obj}.{name}", sealed[obj][name]) == record[obj][name]  # type: ignore[index]
     assert open_sealed(KEYS, PERSON, "emergency.accountable", sealed["emergency"]["accountable"])
     assert sealed["emergency"]["recipients"] == []
+
+
+def test_every_free_text_field_of_the_contract_is_sealed() -> None:
+    """A payload field of kind text (a ward, a service, whom to contact at the DPS) is personal
+    data in clear unless it is sealed: each is in SEALED_FIELDS."""
+    free_text = {
+        name
+        for fields in PAYLOAD_FIELDS.values()
+        for name, spec in fields.items()
+        if spec.kind == "text"
+    }
+    assert free_text == {"ward", "service", "dps_contact"}
+    assert {("payload", name) for name in free_text} <= set(SEALED_FIELDS)
+
+
+def test_the_dps_contact_of_a_discharge_is_sealed_and_opens_for_its_recipient() -> None:
+    """The DPS contact (a name of health personnel) travels sealed under the person's key."""
+    record = {"subject": {"nin": NIN}, "payload": {"dps_contact": "Kari, 22 00 00 00"}}
+    sealed = seal_record(record, KEY)
+    assert is_sealed(sealed["payload"]["dps_contact"])
+    assert "Kari" not in sealed["payload"]["dps_contact"]
+    assert open_body(sealed, PERSON, KEYS)["payload"] == record["payload"]
 
 
 def test_a_record_without_emergency_or_free_text_seals_only_the_nin() -> None:

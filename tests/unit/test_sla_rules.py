@@ -275,6 +275,19 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
+        rule_id="housing_work.discharge_homeless",
+        prior=_admission_for("psychosis"),
+        trigger=lambda at: event(
+            "discharge", "dis-1", at, admission_event_id="adm-1", destination="homeless"
+        ),
+        deadline=lambda at: at + 3 * DAY,
+        fulfil=lambda at: event(
+            "housing_work_started", "hw-1", at, source=MUNI, admission_event_id="adm-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
         rule_id="application.preliminary_reply",
         prior=_none,
         trigger=lambda at: event(
@@ -709,6 +722,16 @@ def test_discharge_ready_arriving_before_the_admission_sets_the_deadline() -> No
     assert [a["deadline"] for a in alerts] == [rfc3339(T0 + 5 * DAY)]
 
 
+def test_a_discharge_without_discharge_ready_sets_the_housing_deadline() -> None:
+    """No discharge-ready notice, then the discharge: the housing obligation is due at the
+    discharge, and breaches at once if no housing work has started."""
+    person = Person()
+    person.see(homeless_admission())
+    discharge = event("discharge", "dis-1", T0 + 9 * DAY, admission_event_id="adm-1")
+    alerts = of(HOUSING, person.see(discharge))
+    assert [a["deadline"] for a in alerts] == [rfc3339(T0 + 9 * DAY)]
+
+
 def test_housing_replays_change_nothing() -> None:
     """Admission, discharge-ready and housing work seen twice raise nothing new."""
     person = Person()
@@ -896,7 +919,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 13
+    assert len(RULES.rules) == 14
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:

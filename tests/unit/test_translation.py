@@ -86,6 +86,13 @@ def test_a_nin_is_checked_and_never_repeated_in_the_error() -> None:
         (["T401"], "overdose"),
         (["T40.1", "X62"], "suicide_attempt"),
         (["X62.0", "T40.1"], "suicide_attempt"),
+        (["Y12"], "possible_suicide_attempt"),
+        (["T40.1", "Y12.0"], "possible_suicide_attempt"),
+        (["Y34"], "possible_suicide_attempt"),
+        (["Y10", "X62"], "suicide_attempt"),
+        (["Y09"], "other"),
+        (["Y35.0"], "other"),
+        (["Y20", "F20.0"], "possible_suicide_attempt"),
         (["F10.3"], "withdrawal"),
         (["F11.4"], "withdrawal"),
         (["F11.2"], "other"),
@@ -95,7 +102,8 @@ def test_a_nin_is_checked_and_never_repeated_in_the_error() -> None:
     ],
 )
 def test_icd10_codes_give_the_reason_the_sources_single_out(codes: list[str], reason: str) -> None:
-    """Self-harm outranks the poisoning it was done with; no code is unknown, not other."""
+    """Self-harm outranks the poisoning it was done with, and an event of undetermined intent
+    (Y10-Y34) comes right below it; no code is unknown, not other."""
     assert admission_reason(codes) == reason
 
 
