@@ -72,6 +72,8 @@ STATIC: Final = Path(__file__).parent / "static"
 PERSON_PAGE: Final = STATIC / "person.html"
 # One answer for an unknown key, a malformed one and a person the caller is not related to.
 NO_SUCH_PERSON: Final = "no such person"
+# What a malformed key is looked up as: never a subject key (64 hex digits), safe to send.
+NO_KEY: Final = "-"
 ASSETS: Final = {
     "inbox.js": "text/javascript",
     "inbox.css": "text/css",
@@ -359,7 +361,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(422, "`before` is invalid", [("before", str(error))]) from None
         principal = caller.principal
         people: PersonStore = request.app.state.people
-        person = await people.person(subject_key) if well_formed(subject_key) else None
+        # A malformed key is looked up too (as one no person has), so it takes the time an
+        # unknown one does: neither answer may tell the other apart.
+        person = await people.person(subject_key if well_formed(subject_key) else NO_KEY)
         if person is None or not person.routing.relations(principal.org_id):
             metrics.PERSON_VIEWS.labels("not_found").inc()
             log.info("inbox.person_not_found", org_id=principal.org_id, role=principal.role)
