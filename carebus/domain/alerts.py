@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -23,7 +23,18 @@ from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
 from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
 
-__all__ = ["AlertContext", "build_alerts", "operator_action_alert", "resolved"]
+__all__ = [
+    "AlertContext",
+    "build_alerts",
+    "may_read_condition",
+    "operator_action_alert",
+    "resolved",
+]
+
+# The payload fields an organisation was given of an event, by the event (source org and
+# event_id matter; for an admission a rule reads, only those and event_type are set); None: it
+# was told nothing of it.
+FieldsSeen = Callable[[Mapping[str, Any]], frozenset[str] | None]
 
 KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
 
@@ -140,7 +151,12 @@ def build_alerts(
         contact = _contact(rule, trigger, context.routing, org_id)
         disclosure = _disclosure_for(trigger, org_id, routed)
         knows = disclosure is not None
-        specific = knows and _sees_the_condition(rule, trigger, org_id, routed, context)
+        specific = knows and may_read_condition(
+            rule,
+            trigger,
+            org_id,
+            lambda event, org_id=org_id: _seen(event, org_id, routed, context),  # type: ignore[misc]
+        )
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
         summary = (
@@ -217,45 +233,72 @@ def _contact(
     return next((org for org in chain if org["org_id"] != recipient_org), None)
 
 
-def _sees_the_condition(
-    rule: Rule,
-    trigger: Mapping[str, Any],
-    org_id: str | None,
-    routed: Routing,
-    context: AlertContext,
+def may_read_condition(
+    rule: Rule, trigger: Mapping[str, Any], org_id: str | None, fields_seen: FieldsSeen
 ) -> bool:
-    """Whether `org_id` may see every field the rule's condition reads, so that the alert may
-    say what the rule is about (its title and why). A trigger field: routing's rule for the
-    recipient grants it; `admission.<field>`: routing, asked now, lets the recipient see that
-    field of the admission the trigger names. Granted fields, not categories: a discharge that
-    shows a crisis plan (health) says nothing of why the person was admitted."""
+    """Whether `org_id` may read every field the rule's condition reads, and so its specific
+    title and why: always for its own event; otherwise a trigger field must be among the
+    fields it was given of the trigger, and `admission.<field>` among those it was given of
+    the admission the trigger names. Fields, not categories: a discharge that shows a crisis
+    plan (health) says nothing of why the person was admitted. The alerts ask routing now
+    (`_seen`); the inbox's person view asks the disclosures it was delivered."""
     if org_id is None:
         return False
-    own = [name for name in rule.condition_fields() if not name.startswith("admission.")]
-    of_admission = [name.split(".", 1)[1] for name in rule.condition_fields() if name not in own]
-    if own and not set(own) <= _granted(trigger, org_id, routed, context.policy):
+    if org_id == trigger["source"]["org_id"]:
+        return True
+    own = {name for name in rule.condition_fields() if not name.startswith("admission.")}
+    of_admission = {
+        name.split(".", 1)[1] for name in rule.condition_fields() if name.startswith("admission.")
+    }
+    seen = fields_seen(trigger)
+    if seen is None or not own <= seen:
         return False
     if not of_admission:
         return True
-    admission = _admission_of(trigger, context)
-    if admission is None:
+    admission_id = (trigger.get("payload") or {}).get("admission_event_id")
+    if admission_id is None:
         return False
-    seen = _granted(admission, org_id, route(admission, context.routing, context.policy,
-                                              context.now), context.policy)  # fmt: skip
-    return set(of_admission) <= seen
+    admission = {
+        "event_type": "admission",
+        "event_id": str(admission_id),
+        "source": trigger["source"],  # a DPS discharges its own admissions
+        "subject": trigger.get("subject"),
+        "subject_key": trigger.get("subject_key"),
+    }
+    seen_of_admission = fields_seen(admission)
+    return seen_of_admission is not None and of_admission <= seen_of_admission
+
+
+def _seen(
+    event: Mapping[str, Any], org_id: str | None, routed: Routing, context: AlertContext
+) -> frozenset[str] | None:
+    """What routing, asked now, lets `org_id` see of `event`: the trigger as already routed,
+    or the admission a trigger names, rebuilt from what the engine keeps of it."""
+    if org_id is None:
+        return None
+    if event["event_type"] != "admission" or "payload" in event:
+        return _granted(event, org_id, routed, context.policy)
+    admission = _admission_of(event, context)
+    if admission is None:
+        return None
+    return _granted(
+        admission, org_id, route(admission, context.routing, context.policy, context.now),
+        context.policy,
+    )  # fmt: skip
 
 
 def _granted(
     event: Mapping[str, Any], org_id: str, routed: Routing, policy: Policy
-) -> frozenset[str]:
-    """The payload fields routing's rule lets `org_id` see of `event` (all: its own event)."""
+) -> frozenset[str] | None:
+    """The payload fields routing's rule lets `org_id` see of `event` (all: its own event;
+    None: routing tells it nothing of the event)."""
     if org_id == event["source"]["org_id"]:
         return frozenset(event.get("payload") or {}) | frozenset(
             PAYLOAD_FIELDS[event["event_type"]]
         )
     decision = _disclosure_for(event, org_id, routed)
     if decision is None:
-        return frozenset()
+        return None
     rule = policy.by_id(decision.get("rule_id"))
     if rule is None:
         return frozenset()
@@ -268,20 +311,21 @@ def _granted(
     )
 
 
-def _admission_of(trigger: Mapping[str, Any], context: AlertContext) -> dict[str, Any] | None:
-    """The admission a trigger names, rebuilt as an event from what the engine keeps of it."""
-    admission_id = (trigger.get("payload") or {}).get("admission_event_id")
-    kept = context.admissions.get(str(admission_id)) if admission_id is not None else None
-    if kept is None or not kept.get("source_org"):
+def _admission_of(named: Mapping[str, Any], context: AlertContext) -> dict[str, Any] | None:
+    """The admission `named` (its event_id and source), rebuilt as an event from what the
+    engine keeps of it; None when the engine keeps no such admission of that DPS."""
+    admission_id = named["event_id"]
+    kept = context.admissions.get(admission_id)
+    if kept is None or kept.get("source_org") != named["source"]["org_id"]:
         return None
     payload = {name: kept.get(name) for name in PAYLOAD_FIELDS["admission"] if name in kept}
     return {
-        "event_id": str(admission_id),
+        "event_id": admission_id,
         "event_type": "admission",
         "occurred_at": kept["occurred_at"],
         "source": {"agency": "dps", "org_id": kept["source_org"], "system": None},
-        "subject": trigger["subject"],
-        "subject_key": trigger["subject_key"],
+        "subject": named["subject"],
+        "subject_key": named["subject_key"],
         "payload": payload,
         "emergency": None,
     }

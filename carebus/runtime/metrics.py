@@ -211,6 +211,13 @@ INBOX_ACTIONS: Final = Counter(
     "unchanged: a repeat or an alert already past that state).",
     ["action", "result"],
 )
+PERSON_VIEWS: Final = Counter(
+    "carebus_inbox_person_views_total",
+    "Person-view calls (GET /v1/persons/{subject_key}/timeline) by result: shown, or not_found"
+    " (an unknown or malformed key, or a person the caller has no relation to; many in a row"
+    " from one organisation look like probing).",
+    ["result"],
+)
 INBOX_STREAMS: Final = Gauge(
     "carebus_inbox_streams",
     "Live alert streams (GET /v1/alerts/stream) open on this inbox process.",

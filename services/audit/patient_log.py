@@ -71,12 +71,15 @@ class ConsentChange:
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """A privacy officer's disclosure query about the person."""
+    """A look at the person's data: a privacy officer's disclosure query (`disclosure_query`),
+    or a coordinator's or privacy officer's look at the inbox's person view
+    (`person_timeline`)."""
 
     by: Party
     role: str
     purpose: str | None
     looked_at: datetime
+    what: str = "disclosure_query"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,8 @@ def confirmation_row(consent: ConsentChange, confirmed_at: datetime) -> dict[str
 
 
 def lookup_row(lookup: Lookup) -> dict[str, Any]:
-    """`lookup`: a privacy officer looked at who received information about the patient."""
+    """`lookup`: a privacy officer looked at who received information about the patient, or
+    someone looked at the patient's page in the coordinators' inbox (`what`)."""
     officer = "data protection officer" if lookup.by.agency == "operator" else "privacy officer"
     why = " without giving a reason"
     if lookup.purpose:
@@ -248,6 +252,13 @@ def lookup_row(lookup: Lookup) -> dict[str, Any]:
         f"The {officer} of {lookup.by.described()} looked up who received information "
         f"about you{why}."
     )
+    if lookup.what == "person_timeline":
+        who = "coordinator" if lookup.role == "coordinator" else officer
+        text = (
+            f"A {who} of {lookup.by.described()} looked at your page in the coordinators' inbox:"
+            " your care team, the deadlines between the services and what that organisation"
+            " sent or received about you."
+        )
     return {
         "at": rfc3339(lookup.looked_at),
         "kind": "lookup",
@@ -255,6 +266,7 @@ def lookup_row(lookup: Lookup) -> dict[str, Any]:
         "by": lookup.by.to_json(),
         "role": lookup.role,
         "purpose": lookup.purpose,
+        "what": lookup.what,
     }
 
 

@@ -69,7 +69,7 @@ _DISCLOSURES: Final = """
 """
 # Every looking organisation had a token or a person's session, and either's is registered.
 _LOOKUPS: Final = """
-    SELECT l.org_id, o.agency, l.role, l.purpose, l.looked_at
+    SELECT l.org_id, o.agency, l.role, l.purpose, l.looked_at, l.what
     FROM disclosure_lookups l JOIN organisations o USING (org_id)
     WHERE l.subject_key = $1 AND ($2::text IS NULL OR l.org_id = $2)
     ORDER BY l.looked_at, l.lookup_id
@@ -242,6 +242,8 @@ def lookup_json(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
         "role": row["role"],
         "purpose": row["purpose"],
         "looked_at": rfc3339(row["looked_at"]),
+        # Added field: disclosure_query (this service) or person_timeline (the inbox's view).
+        "what": row["what"],
     }
 
 
@@ -327,7 +329,11 @@ class _Directory:
 
     def lookup(self, row: asyncpg.Record) -> Lookup:
         return Lookup(
-            self.party(row["org_id"], row["agency"]), row["role"], row["purpose"], row["looked_at"]
+            self.party(row["org_id"], row["agency"]),
+            row["role"],
+            row["purpose"],
+            row["looked_at"],
+            row["what"],
         )
 
     def refusal(self, row: asyncpg.Record) -> Refusal:

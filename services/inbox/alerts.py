@@ -75,6 +75,9 @@ def alert_json(row: AlertRow) -> dict[str, Any]:
     }
     if row["nin"] is not None:
         alert["subject"] = {"nin": row["nin"]}
+        # Added fields, only where the alert names the person: the way to the person view.
+        alert["subject_key"] = row["subject_key"]
+        alert["person_url"] = f"/persons/{row['subject_key']}"
     elif row.get("erased"):
         # The person was erased since (docs/design.md, "Erasure"): the alert stays, nameless.
         alert["subject"] = None

@@ -20,21 +20,22 @@ from typing import Final, Literal
 import asyncpg
 import httpx
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from carebus.adapters.auth import Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, bearer_token, create_app, error_responses
 from carebus.adapters.oidc import issuer_client
-from carebus.adapters.pages import add_page_routes
+from carebus.adapters.pages import PAGE_HEADERS, add_page_routes
 from carebus.adapters.resources import pool_answers
-from carebus.adapters.sessions import Caller, PersonSessions
+from carebus.adapters.sessions import Caller, PersonSessions, session_caller
 from carebus.domain.text import text_problem
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
+from carebus.wire.policy_files import load_rules
 from carebus.wire.sealing import KeyWrap
 from services.inbox.alerts import (
     AlertRow,
@@ -44,7 +45,16 @@ from services.inbox.alerts import (
     parse_filter,
 )
 from services.inbox.live import AlertFeed, Subscriber
-from services.inbox.sign_in import STAFF_ISSUER, add_inbox_sign_in, caller_dependency
+from services.inbox.person import DEFAULT_LIMIT as PERSON_DEFAULT_LIMIT
+from services.inbox.person import MAX_LIMIT as PERSON_MAX_LIMIT
+from services.inbox.person import VIEW_ROLES, view, well_formed
+from services.inbox.person_store import Looker, PersonStore
+from services.inbox.sign_in import (
+    STAFF_ISSUER,
+    add_inbox_sign_in,
+    caller_dependency,
+    inbox_site,
+)
 from services.inbox.store import AlertStore, Change
 
 log = get_logger(__name__)
@@ -59,10 +69,16 @@ STREAM_RETRY_AFTER_S: Final = 30
 # about 6 s of its token being revoked or expiring.
 TOKEN_RECHECK_S: Final = 1.0
 STATIC: Final = Path(__file__).parent / "static"
+PERSON_PAGE: Final = STATIC / "person.html"
+# One answer for an unknown key, a malformed one and a person the caller is not related to.
+NO_SUCH_PERSON: Final = "no such person"
+# What a malformed key is looked up as: never a subject key (64 hex digits), safe to send.
+NO_KEY: Final = "-"
 ASSETS: Final = {
     "inbox.js": "text/javascript",
     "inbox.css": "text/css",
     "favicon.svg": "image/svg+xml",
+    "person.js": "text/javascript",
 }
 STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 ISSUER_TIMEOUT_S: Final = 10.0
@@ -103,6 +119,15 @@ class Alert(BaseModel):
         description="Present only when the recipient may know the person; null once the person"
         " was erased (then `erased` is true).",
     )
+    subject_key: str | None = Field(
+        default=None,
+        description="Present only with `subject`: the person's subject key (a keyed hash, not"
+        " the nin), for the person view.",
+    )
+    person_url: str | None = Field(
+        default=None,
+        description="Present only with `subject`: `/persons/<subject_key>`, the person view.",
+    )
     erased: bool | None = Field(
         default=None,
         description="Present, and true, only when the person was erased since: the alert names"
@@ -119,6 +144,46 @@ class Alert(BaseModel):
     resolved_by: ActingPerson | None = Field(
         default=None, description="The person who resolved it; null for a system's token."
     )
+
+
+class PersonTimeline(BaseModel):
+    subject: dict[str, str | bool | None] | None = Field(
+        description='`{"nin"}` as the caller\'s organisation was told it; `{"nin": null,'
+        ' "erased": true}` once the person was erased; null when it holds nothing naming them.'
+    )
+    relations: list[str] = Field(
+        description="care_team, home_municipality, gp, admitting: how the caller's organisation"
+        " is related to the person."
+    )
+    care_team: list[dict[str, str]] = Field(
+        description="{agency, org_id, role}: every member for a health organisation (dps,"
+        " municipality, fastlege), only its own entry for anyone else."
+    )
+    obligations: list[dict[str, str | None]] = Field(
+        description="{rule_id, title, deadline, status}: owed obligations (open or breached)"
+        " whose trigger the caller's organisation sent or was delivered; the rule's neutral"
+        " title where it may not read what the rule's condition reads."
+    )
+    events: dict[str, object] = Field(
+        description="{items, next}: the caller's deliveries about the person (`direction`"
+        " received, as delivered) and the events it sent (`direction` sent), newest first."
+    )
+
+
+_PERSON_DOC = f"""
+What the caller's organisation may know about one person, for a coordinator or a privacy
+officer (a token or a signed-in person); a `system` token and the operator are `403`.
+
+`404`, always with the same body, for a person the caller's organisation has no relation to
+(care team, home municipality, GP list, open admission), for a subject key carebus does not
+know and for anything that is not a subject key (64 lower-case hex digits), so the answer never
+tells whether a person exists. The subject key is the keyed hash of the nin, never the nin.
+
+`events` pages newest first: `limit` 1 to {PERSON_MAX_LIMIT} (default {PERSON_DEFAULT_LIMIT}),
+`next` an opaque cursor to pass back as `before`. Every answered call is recorded in the
+disclosure log (`disclosure_lookups`, what `person_timeline`: organisation, role, token or
+person, subject key, time), which the person reads in their own log.
+"""
 
 
 class AlertList(BaseModel):
@@ -145,11 +210,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Alerts are shown with the person's nin opened: refuse to start without the key.
     wrap = KeyWrap.from_settings(settings)
+    # The person view titles obligations as the alerts do: the same rule file as the SLA engine.
+    rules = load_rules(settings.sla_rules, settings.sla_rules_override)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
         store = AlertStore(pool, wrap)
+        app.state.people = PersonStore(pool, wrap)
         feed = AlertFeed(settings.postgres_dsn, store.load)
         app.state.tokens = TokenCache(pool)
         app.state.store = store
@@ -187,6 +255,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_app("inbox", title="carebus inbox", lifespan=lifespan, settings=settings)
     inbox_roles = caller_dependency(settings)
+    person_roles = session_caller(inbox_site(settings), *VIEW_ROLES)
     add_inbox_sign_in(app, settings)
 
     add_page_routes(app, STATIC, ASSETS)
@@ -271,6 +340,63 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         _visible(await store.get(alert_id), caller.principal)
         change = await store.resolve(alert_id, caller.actor)
         return _changed("resolve", change, caller)
+
+    @app.get(
+        "/v1/persons/{subject_key}/timeline",
+        response_model=PersonTimeline,
+        description=_PERSON_DOC,
+        responses=error_responses(404),
+    )
+    async def person_timeline(
+        request: Request,
+        subject_key: str,
+        before: str | None = Query(default=None, description="`next` of the previous page."),
+        limit: int = Query(default=PERSON_DEFAULT_LIMIT, ge=1, le=PERSON_MAX_LIMIT),
+        caller: Caller = Depends(person_roles),
+    ) -> JSONResponse:
+        # The cursor is checked before the person: a bad cursor is 422 for every key alike.
+        try:
+            after = Cursor.decode(before) if before is not None else None
+        except CursorError as error:
+            raise ApiError(422, "`before` is invalid", [("before", str(error))]) from None
+        principal = caller.principal
+        people: PersonStore = request.app.state.people
+        # A malformed key is looked up too (as one no person has), so it takes the time an
+        # unknown one does: neither answer may tell the other apart.
+        person = await people.person(subject_key if well_formed(subject_key) else NO_KEY)
+        if person is None or not person.routing.relations(principal.org_id):
+            metrics.PERSON_VIEWS.labels("not_found").inc()
+            log.info("inbox.person_not_found", org_id=principal.org_id, role=principal.role)
+            raise ApiError(404, NO_SUCH_PERSON, [("subject_key", "unknown")])
+        looker = Looker(principal.org_id, principal.role, caller.actor)
+        found = await people.timeline(subject_key, person, looker, before=after, limit=limit)
+        metrics.PERSON_VIEWS.labels("shown").inc()
+        log.info(
+            "inbox.person_timeline",
+            org_id=principal.org_id,
+            role=principal.role,
+            subject_key=subject_key,
+            items=len(found.items),
+            by="person" if caller.session is not None else "token",
+        )
+        return JSONResponse(
+            view(
+                subject=found.subject,
+                routing=person.routing,
+                state=person.state,
+                rules=rules,
+                agency=principal.agency,
+                org_id=principal.org_id,
+                seen=found.seen,
+                items=found.items,
+                next_cursor=found.next.encode() if found.next else None,
+            )
+        )
+
+    @app.get("/persons/{subject_key}", include_in_schema=False)
+    async def person_page(subject_key: str) -> Response:
+        # The same page for any key: it holds no data; its script asks the API, which decides.
+        return Response(PERSON_PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
 
     return app
 

@@ -292,6 +292,7 @@ async def test_every_answered_query_is_recorded_and_shown_to_the_next_one(
             "role": "privacy_officer",
             "purpose": "The patient asked for a copy",
             "looked_at": looked_at,
+            "what": "disclosure_query",
         }
     ]
     # Another organisation does not learn that this one looked; the DPO does.

@@ -249,6 +249,81 @@ async def test_a_service_cannot_touch_the_other_services_sessions(
         await conn.close()
 
 
+LOOKUP = (
+    "INSERT INTO disclosure_lookups (lookup_id, subject_key, org_id, role, token_id, items, what)"
+    " VALUES (gen_random_uuid(), 'k', '974705788', 'coordinator', gen_random_uuid(), 0, $1)"
+)
+
+
+async def test_the_inbox_only_adds_person_view_lookups_and_never_reads_the_log(
+    stack: TestStack,
+) -> None:
+    """Migration 0022: the inbox records each person-view answer in the disclosure log, but
+    only as `person_timeline` (row-level security), so it cannot forge a privacy officer's
+    query; it may not read, change or remove a lookup; the audit service, for its part, may
+    not record a person-view lookup."""
+    conn = await connect_as(stack, "inbox")
+    try:
+        trying = conn.transaction()
+        await trying.start()
+        assert await conn.execute(LOOKUP, "person_timeline") == "INSERT 0 1"
+        await trying.rollback()  # leave no row behind: the audit trail cannot lose it later
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await conn.execute(LOOKUP, "disclosure_query")
+        for statement in (
+            "SELECT count(*) FROM disclosure_lookups",
+            "UPDATE disclosure_lookups SET items = items WHERE false",
+            "DELETE FROM disclosure_lookups WHERE false",
+            "TRUNCATE disclosure_lookups",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+    audit = await connect_as(stack, "audit")
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await audit.execute(LOOKUP, "person_timeline")
+        await audit.fetchval("SELECT count(*) FROM disclosure_lookups")  # still reads them all
+    finally:
+        await audit.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # What the view shows or decides by, column by column: nothing more.
+        "SELECT emergency FROM events",
+        "SELECT source_system FROM events",
+        "SELECT * FROM events",
+        "SELECT reason, basis, rule_id FROM disclosures",
+        "SELECT * FROM disclosures",
+        "SELECT delivered_at FROM deliveries",
+        "SELECT updated_at FROM sla_persons",
+        "SELECT * FROM sla_deadlines",
+        "SELECT * FROM consents",
+        "SELECT * FROM care_team_changes",
+        "SELECT * FROM person_facts",
+        "SELECT * FROM authority_refusals",
+    ],
+)
+async def test_the_inbox_reads_only_the_columns_the_person_view_needs(
+    stack: TestStack, query: str
+) -> None:
+    """The person view reads the SLA engine's person rows, the caller's delivered disclosures,
+    deliveries and sent events (migration 0022's column grants); anything else is refused."""
+    conn = await connect_as(stack, "inbox")
+    try:
+        await conn.fetchval(
+            "SELECT count(*) FROM events WHERE subject_key = 'k' AND source_org = 'o'"
+            " AND payload IS NOT NULL"
+        )  # what it needs still works
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await conn.fetch(query)
+    finally:
+        await conn.close()
+
+
 async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(
     stack: TestStack,
 ) -> None:

@@ -51,6 +51,8 @@ ALERT_KEYS = {
     "acknowledged_by",
     "resolved_by",
 }
+# An alert that names the person also leads to the person view.
+NAMED_ALERT_KEYS = ALERT_KEYS | {"subject_key", "person_url"}
 FACTORY = EventFactory()
 
 
@@ -231,8 +233,9 @@ async def test_an_alert_is_stored_as_the_engine_wrote_it(
     response = await client.get(f"/v1/alerts/{opened['alert_id']}", headers=auth(bearer))
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == ALERT_KEYS
+    assert set(body) == NAMED_ALERT_KEYS
     assert body["subject"] == {"nin": opened["subject"]["nin"]}
+    assert body["person_url"] == f"/persons/{opened['subject_key']}"
     assert body["status"] == "open"
     assert body["escalated"] is False
     assert body["recipient"] == {"agency": "municipality", "org_id": org}
@@ -609,7 +612,7 @@ async def test_the_stream_sends_the_callers_new_and_changed_alerts(
         (mine["alert_id"], "open"),
         (mine["alert_id"], "acknowledged"),
     ]
-    assert set(received[0]) == ALERT_KEYS
+    assert set(received[0]) == NAMED_ALERT_KEYS
     assert received[1] == ack.json()
 
 

@@ -159,6 +159,32 @@ async def test_a_person_signs_in_sees_their_organisations_alerts_and_acks_as_the
     assert abs(lifetime - timedelta(hours=8)) < timedelta(seconds=1)
 
 
+async def test_a_signed_in_person_looks_at_a_person_view_as_themselves(
+    inbox: ServiceProcess, issuer: ServiceProcess, db: asyncpg.Connection
+) -> None:
+    """The person view takes the session like every inbox call; the disclosure log records the
+    person's `sub` and issuer, and no token."""
+    key = uuid.uuid4().hex * 2
+    routing = {"consents": [], "team": {}, "home": DEMO_MUNICIPALITY, "home_source": "register"}
+    await db.execute(
+        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, '{}', $2::json)",
+        key,
+        json.dumps(routing),
+    )
+    async with signed_in(inbox) as browser:
+        shown = await browser.get(f"/v1/persons/{key}/timeline")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["relations"] == ["home_municipality"]
+    row = await db.fetchrow(
+        "SELECT * FROM disclosure_lookups WHERE subject_key = $1 AND what = 'person_timeline'",
+        key,
+    )
+    assert row is not None
+    assert row["token_id"] is None
+    assert (row["org_id"], row["role"]) == (DEMO_MUNICIPALITY, "coordinator")
+    assert (row["looked_by_subject"], row["looked_by_issuer"]) == (COORDINATOR.subject, issuer.url)
+
+
 async def test_a_cross_site_post_with_the_session_cookie_is_refused(
     inbox: ServiceProcess, db: asyncpg.Connection
 ) -> None:

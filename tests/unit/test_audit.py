@@ -253,6 +253,7 @@ class TestReportJson:
                 "role": "privacy_officer",
                 "purpose": None,
                 "looked_at": NOW,
+                "what": "disclosure_query",
             }
         )
         assert lookup == {
@@ -261,6 +262,7 @@ class TestReportJson:
             "role": "privacy_officer",
             "purpose": None,
             "looked_at": "2026-11-23T08:15:30.123456Z",
+            "what": "disclosure_query",
         }
         assert refusal_json(refusal()) == {
             "actor": {"agency": "police", "org_id": "987654321"},

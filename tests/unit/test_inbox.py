@@ -29,6 +29,18 @@ OTHER = "974705788"
 MOMENT = datetime(2026, 11, 23, 7, 15, 0, 250000, tzinfo=UTC)
 
 
+KEY = "ab" * 32
+
+
+def test_an_alert_that_does_not_name_the_person_has_no_way_to_the_person_view() -> None:
+    """`subject_key` and `person_url` come only with `subject`: an alert that may not name the
+    person does not lead to them either (nor does one about a person erased since)."""
+    for nameless in (row(nin=None), row(nin=None, erased=True)):
+        alert = alert_json(nameless)
+        assert "subject_key" not in alert
+        assert "person_url" not in alert
+
+
 def row(**changes: Any) -> dict[str, Any]:
     """A row of `alerts` as the store selects it."""
     base: dict[str, Any] = {
@@ -40,6 +52,7 @@ def row(**changes: Any) -> dict[str, Any]:
         "resolution": None,
         "escalated": False,
         "nin": "12345678901",
+        "subject_key": KEY,
         "recipient_agency": "municipality",
         "recipient_org": ORG,
         "audience": "coordinator",
@@ -182,6 +195,8 @@ def test_alert_json_has_the_contract_fields_in_utc() -> None:
         "escalate_at": "2026-11-23T09:15:00.250000Z",
         "recipient": {"agency": "municipality", "org_id": ORG},
         "subject": {"nin": "12345678901"},
+        "subject_key": KEY,
+        "person_url": f"/persons/{KEY}",
         "contact": {"agency": "dps", "org_id": OTHER},
         "summary": "No reply.",
         "event_ids": ["dps-1"],
@@ -437,7 +452,7 @@ def test_an_alert_reads_its_sealed_nin_and_quoted_text_in_clear_or_as_erased() -
         nin=seal(key, "subject.nin", "12345678901"),
         summary=f"Emergency. Justification: {sealed_text}.",
     )
-    clear = alert_json(row(summary="Emergency. Justification: Fare for liv."))
+    clear = alert_json(row(subject_key=person, summary="Emergency. Justification: Fare for liv."))
 
     assert alert_json(opened(sealed, Keyring.of([key]))) == clear
     erased = alert_json(opened(sealed, Keyring.of([DataKey(person, 1, None)])))

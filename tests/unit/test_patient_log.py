@@ -296,3 +296,18 @@ def test_a_retracted_event_stays_in_the_log_marked_as_withdrawn() -> None:
         "message about you by Demo DPS (dps 974705788): practical details, because it had "
         "received the message withdrawn."
     )
+
+
+def test_a_look_at_the_person_view_says_who_looked_and_at_what() -> None:
+    """pasientjournalloven §18: the patient learns that a coordinator of an organisation looked
+    at their page in the coordinators' inbox, not a disclosure query it never ran."""
+    row = lookup_row(Lookup(MUNICIPALITY, "coordinator", None, AT, "person_timeline"))
+    assert row["what"] == "person_timeline"
+    assert row["text"] == (
+        "A coordinator of Demo municipality (municipality 940493021) looked at your page in the"
+        " coordinators' inbox: your care team, the deadlines between the services and what that"
+        " organisation sent or received about you."
+    )
+    query = lookup_row(Lookup(MUNICIPALITY, "privacy_officer", None, AT))
+    assert query["what"] == "disclosure_query"
+    assert query["text"].startswith("The privacy officer of Demo municipality")

@@ -7,6 +7,7 @@
   const CSRF = { "X-Carebus-Request": "inbox" };
   const PAGE_LIMIT = 1000;
   const MAX_PAGES = 20;
+  const PERSON_URL = /^\/persons\/[0-9a-f]{64}$/;
   const STREAM_SILENCE_MS = 45000; // the server sends a keepalive every 15 s
   const OSLO = new Intl.DateTimeFormat("nb-NO", {
     timeZone: "Europe/Oslo", year: "numeric", month: "2-digit", day: "2-digit",
@@ -159,9 +160,21 @@
   // Rows are updated in place, never rebuilt, so a row element stays the same element.
   function fillRow(row, alert, now) {
     // An operator action concerns the organisation, not a person.
-    cell(row, "subject").textContent = alert.subject ? alert.subject.nin
+    const who = alert.subject ? alert.subject.nin
       : alert.erased ? "erased" : alert.kind === "operator_action" ? "no person"
       : "not disclosed to you";
+    const subject = cell(row, "subject");
+    // Only an alert that names the person leads to the person view; the link is checked to be
+    // exactly the inbox's own /persons/<subject key> before it is used.
+    if (alert.subject && PERSON_URL.test(alert.person_url || "")) {
+      const link = document.createElement("a");
+      link.href = alert.person_url;
+      link.className = "person-link";
+      link.textContent = who;
+      subject.replaceChildren(link);
+    } else {
+      subject.textContent = who;
+    }
     cell(row, "title").textContent = alert.title;
     cell(row, "rule").textContent = alert.rule_id;
     cell(row, "rule").className = "rule";

@@ -1,0 +1,178 @@
+"""The person view's reads, and the record of each lookup (`disclosure_lookups`, what
+`person_timeline`): one transaction, so no answer goes out unrecorded.
+
+Reads only what migration 0022 grants the inbox: the SLA engine's state of the person
+(`sla_persons`), the caller organisation's delivered disclosures (which events it was told
+of, and with which fields), its deliveries (as delivered) and the events it sent itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import orjson
+
+from carebus.adapters import person_keys
+from carebus.adapters.sessions import Actor
+from carebus.domain.events import rfc3339
+from carebus.domain.obligations import SlaState
+from carebus.domain.routing import PersonState
+from carebus.wire.cursor import Cursor
+from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_body, open_sealed
+from carebus.wire.sealing import SealedUnreadableError as Unreadable
+from services.inbox.person import Row, first_sealed_nin, received_item, seen_events, sent_item
+
+PERSON_TIMELINE: Final = "person_timeline"
+
+_PERSON: Final = "SELECT state, routing FROM sla_persons WHERE subject_key = $1"
+# Routing's deliveries to the caller (an alert's disclosure has no delivery_id: it told the
+# caller of the alert, not the event's fields).
+_SEEN: Final = """
+    SELECT source_org, event_id, fields FROM disclosures
+    WHERE subject_key = $1 AND recipient_org = $2 AND decision = 'delivered'
+      AND delivery_id IS NOT NULL
+"""
+# The caller's deliveries about the person and the events it sent, newest first, by
+# (occurred_at, key) under the C collation; `key` tells a delivery from an own event.
+_TIMELINE: Final = """
+    SELECT direction, key, occurred_at, event_id, event_type, body FROM (
+        SELECT 'received' AS direction, 'd:' || delivery_id AS key, occurred_at, event_id,
+               event_type, body::text AS body
+        FROM deliveries WHERE recipient_org = $1 AND subject_key = $2
+        UNION ALL
+        SELECT 'sent', 'e:' || event_id, occurred_at, event_id, event_type, payload::text
+        FROM events WHERE source_org = $1 AND subject_key = $2
+    ) AS timeline
+    WHERE $3::timestamptz IS NULL OR (occurred_at, key COLLATE "C") < ($3, $4 COLLATE "C")
+    ORDER BY occurred_at DESC, key COLLATE "C" DESC
+    LIMIT $5
+"""
+# The newest delivery to the caller names the person as it was told of them.
+_NIN: Final = """
+    SELECT body -> 'subject' ->> 'nin' FROM deliveries
+    WHERE recipient_org = $1 AND subject_key = $2 AND body -> 'subject' ->> 'nin' IS NOT NULL
+    ORDER BY occurred_at DESC LIMIT 1
+"""
+_RECORD: Final = """
+    INSERT INTO disclosure_lookups (lookup_id, subject_key, org_id, role, token_id,
+                                    looked_by_subject, looked_by_issuer, items, what)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Looker:
+    """Who looks: the organisation, the role, and the token or the signed-in person."""
+
+    org_id: str
+    role: str
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What the view is cut from, as stored."""
+
+    routing: PersonState
+    state: SlaState
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """The view's person-level facts (opened) and one page of items."""
+
+    subject: dict[str, Any] | None
+    seen: dict[tuple[str, str], frozenset[str]]
+    items: list[dict[str, Any]]
+    next: Cursor | None
+
+
+class PersonStore:
+    def __init__(self, pool: asyncpg.Pool, wrap: KeyWrap) -> None:
+        self._pool = pool
+        self._wrap = wrap
+
+    async def person(self, subject_key: str) -> Person | None:
+        """The SLA engine's routing state and obligations of the person; None if unknown."""
+        row = await self._pool.fetchrow(_PERSON, subject_key)
+        if row is None:
+            return None
+        return Person(
+            PersonState.from_json(orjson.loads(row["routing"])),
+            SlaState.from_json(orjson.loads(row["state"])),
+        )
+
+    async def timeline(
+        self,
+        subject_key: str,
+        person: Person,
+        looker: Looker,
+        *,
+        before: Cursor | None,
+        limit: int,
+    ) -> Timeline:
+        """One page of the caller's timeline and what the view needs besides; the lookup is
+        recorded in the same transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            seen_rows = await conn.fetch(_SEEN, subject_key, looker.org_id)
+            rows = await conn.fetch(
+                _TIMELINE,
+                looker.org_id,
+                subject_key,
+                before.at if before else None,
+                before.key if before else "",
+                limit + 1,  # one more than asked tells whether another page follows
+            )
+            sealed_nin = await conn.fetchval(_NIN, looker.org_id, subject_key)
+            keys = await person_keys.keyring(conn, self._wrap, [subject_key])
+            page = rows[:limit]
+            await conn.execute(
+                _RECORD,
+                uuid.uuid4(),
+                subject_key,
+                looker.org_id,
+                looker.role,
+                looker.actor.token_id,
+                looker.actor.subject,
+                looker.actor.issuer,
+                len(page),
+                PERSON_TIMELINE,
+            )
+        more = len(rows) > limit
+        cursor = Cursor(page[-1]["occurred_at"], page[-1]["key"]) if more else None
+        seen = seen_events(seen_rows)
+        nin = sealed_nin or first_sealed_nin(person.state, looker.org_id, seen)
+        return Timeline(
+            subject=_subject(nin, subject_key, keys),
+            seen=seen,
+            items=[_item(row, subject_key, keys) for row in page],
+            next=cursor,
+        )
+
+
+def _subject(nin: str | None, subject_key: str, keys: Keyring) -> dict[str, Any] | None:
+    """The person's nin opened; `{"nin": null, "erased": true}` once erased; None when the
+    caller holds nothing that names the person."""
+    if nin is None:
+        return None
+    if not nin.startswith(PREFIX):
+        return {"nin": nin}
+    try:
+        return {"nin": open_sealed(keys, subject_key, "subject.nin", nin)}
+    except Unreadable:
+        return {"nin": None, "erased": True}
+
+
+def _item(row: Row, subject_key: str, keys: Keyring) -> dict[str, Any]:
+    body = orjson.loads(row["body"])
+    if row["direction"] == "received":
+        return received_item(open_body(body, subject_key, keys) if PREFIX in row["body"] else body)
+    payload = body
+    if PREFIX in row["body"]:
+        payload = open_body({"payload": body}, subject_key, keys).get("payload") or {}
+    occurred_at: datetime = row["occurred_at"]
+    return sent_item(row["event_id"], row["event_type"], rfc3339(occurred_at), payload)

@@ -1,0 +1,146 @@
+// The person view's script (served as /static/person.js: the page's CSP allows no inline
+// script). Everything shown is set with textContent: no data ever becomes markup.
+"use strict";
+(() => {
+  const SUBJECT_KEY = /^\/persons\/([0-9a-f]{64})$/;
+  const PAGE_LIMIT = 50;
+  const OSLO = new Intl.DateTimeFormat("nb-NO", {
+    timeZone: "Europe/Oslo", year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit",
+  });
+  const $ = (selector) => document.querySelector(selector);
+  const state = { subjectKey: null, next: null };
+
+  class ApiFailure extends Error {
+    constructor(status, message) { super(message); this.status = status; }
+  }
+
+  async function api(path) {
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "GET", credentials: "same-origin", cache: "no-store",
+        headers: { "Accept": "application/json" },
+      });
+    } catch (err) {
+      throw new ApiFailure(0, "the inbox cannot be reached");
+    }
+    let body = null;
+    try { body = await response.json(); } catch (err) { body = null; }
+    if (!response.ok) {
+      const error = body && body.error;
+      throw new ApiFailure(response.status,
+        response.status + " " + (error && error.message ? error.message : "request failed"));
+    }
+    return body;
+  }
+
+  function showError(message) {
+    const box = $("#error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function formatTime(iso) {
+    return iso ? OSLO.format(new Date(iso)) : "—";
+  }
+
+  function text(value) {
+    if (value === null || value === undefined) return "—";
+    return typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
+  function row(tbody, values, field) {
+    const tr = document.createElement("tr");
+    values.forEach((value, index) => {
+      const td = document.createElement("td");
+      td.dataset.field = field[index];
+      td.textContent = value;
+      tr.appendChild(td);
+    });
+    tbody.appendChild(tr);
+    return tr;
+  }
+
+  function fields(payload) {
+    return Object.keys(payload || {}).sort()
+      .map((name) => name + ": " + text(payload[name])).join("; ");
+  }
+
+  function showPerson(view) {
+    $("#nin").textContent = view.subject && view.subject.nin ? view.subject.nin
+      : (view.subject && view.subject.erased ? "erased" : "not known to your organisation");
+    $("#relations").textContent = view.relations.join(", ").replaceAll("_", " ");
+
+    const team = $("#care-team tbody");
+    team.replaceChildren();
+    view.care_team.forEach((member) => row(team, [member.agency, member.org_id, member.role],
+                                               ["agency", "org_id", "role"]));
+    $("#care-team-empty").hidden = view.care_team.length > 0;
+
+    const owed = $("#obligations tbody");
+    owed.replaceChildren();
+    view.obligations.forEach((obligation) => row(owed,
+      [obligation.title, obligation.rule_id, formatTime(obligation.deadline), obligation.status],
+      ["title", "rule_id", "deadline", "status"]));
+    $("#obligations-empty").hidden = view.obligations.length > 0;
+  }
+
+  function showEvents(events, append) {
+    const tbody = $("#events tbody");
+    if (!append) tbody.replaceChildren();
+    events.items.forEach((item) => row(tbody,
+      [formatTime(item.occurred_at), item.direction, item.event_type, item.event_id,
+       item.basis || "—", fields(item.payload)],
+      ["occurred_at", "direction", "event_type", "event_id", "basis", "payload"]));
+    $("#events-empty").hidden = tbody.children.length > 0;
+    state.next = events.next;
+    $("#more").hidden = !events.next;
+  }
+
+  function timelinePath(before) {
+    const params = new URLSearchParams({ limit: String(PAGE_LIMIT) });
+    if (before) params.set("before", before);
+    return "/v1/persons/" + state.subjectKey + "/timeline?" + params.toString();
+  }
+
+  function handleFailure(err) {
+    if (err instanceof ApiFailure && err.status === 401) {
+      $("#person").hidden = true;
+      $("#signin-form").hidden = false;
+      return;
+    }
+    showError(err.message);
+  }
+
+  async function start() {
+    const found = SUBJECT_KEY.exec(window.location.pathname);
+    if (!found) {
+      showError("404 no such person");
+      return;
+    }
+    state.subjectKey = found[1];
+    try {
+      const view = await api(timelinePath(null));
+      showPerson(view);
+      showEvents(view.events, false);
+      $("#person").hidden = false;
+    } catch (err) {
+      handleFailure(err);
+    }
+  }
+
+  $("#more").addEventListener("click", async () => {
+    const button = $("#more");
+    button.disabled = true;
+    try {
+      showEvents((await api(timelinePath(state.next))).events, true);
+    } catch (err) {
+      handleFailure(err);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  start();
+})();
