@@ -107,7 +107,7 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
                     "source": {"agency": "dps", "org_id": DPS},
                     "subject_key": key,
                     "subject": {"nin": nin},
-                    "payload": {},
+                    "payload": {"admission_event_id": admitted},
                 },
                 "deadline": rfc3339(deadline),
                 "status": "open",
@@ -137,9 +137,9 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
         )
         await db.execute(
             "INSERT INTO disclosures (audit_id, event_id, event_type, source_org, subject_key,"
-            " recipient_agency, recipient_org, decision, basis, categories, policy_version,"
-            " decided_at, delivery_id) VALUES ($1, $2, $3, $4, $5, 'municipality', $6,"
-            " 'delivered', 'presumed', $7, 'e2e', now(), $8)",
+            " recipient_agency, recipient_org, decision, basis, categories, fields,"
+            " policy_version, decided_at, delivery_id) VALUES ($1, $2, $3, $4, $5,"
+            " 'municipality', $6, 'delivered', 'presumed', $7, $8, 'e2e', now(), $9)",
             str(uuid.uuid4()),
             body["event_id"],
             body["event_type"],
@@ -147,6 +147,7 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
             key,
             DEMO_MUNICIPALITY,
             body["categories"],
+            list(body["payload"]),  # the fields delivered: what the titles are cut by
             body["delivery_id"],
         )
     return Person(nin, key, admitted, discharged, deadline)
