@@ -123,8 +123,14 @@ def observe(
     if event.get("event_type") == "discharge":
         _discharged(state, event)
     consumed = False
+    event_type = event.get("event_type")
     for rule in rules.rules:
-        if rule.kind == "deadline" or (rule.kind == "immediate" and rule.fulfilled_by):
+        # Only a rule with a link for this type of event can close anything with it: the
+        # others are skipped before their obligations are looked at (most rules, most events).
+        closing = rule.kind == "deadline" or (rule.kind == "immediate" and rule.fulfilled_by)
+        if closing and any(
+            link.event_type == event_type for link in (*rule.fulfilled_by, *rule.cancelled_by)
+        ):
             consumed |= _close_by(state, rule, event, alerts, context)
         if rule.kind == "deadline":
             _set_before_deadline(state, rule, event)

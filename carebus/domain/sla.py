@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 OSLO: Final = ZoneInfo("Europe/Oslo")
+# The symbols that stand for an optional enum left out in a wire record (`FieldSpec.absent`).
+_ABSENT_SYMBOLS: Final = frozenset(
+    spec.absent for fields in PAYLOAD_FIELDS.values() for spec in fields.values() if spec.absent
+)
 KINDS: Final = ("deadline", "window", "immediate")
 ROLES: Final = ("source", "coordinator", "home_municipality", "gp", "unassigned")
 AUDIENCES: Final = ("coordinator", "privacy_officer")
@@ -190,9 +194,10 @@ def value_of(event: Mapping[str, Any], name: str) -> Any:
     if name == "event_id":
         return event.get("event_id")
     value = (event.get("payload") or {}).get(name)
-    spec = PAYLOAD_FIELDS.get(str(event.get("event_type")), {}).get(name)
-    if spec is not None and spec.absent is not None and value == spec.absent:
-        return None
+    if isinstance(value, str) and value in _ABSENT_SYMBOLS:
+        spec = PAYLOAD_FIELDS.get(str(event.get("event_type")), {}).get(name)
+        if spec is not None and value == spec.absent:
+            return None
     return value
 
 
