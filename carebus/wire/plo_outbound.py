@@ -207,6 +207,10 @@ def remarks(event_type: str, payload: Mapping[str, Any]) -> str:
     if isinstance(ward, str) and ward:
         # TilknyttetEnhet would need the unit's identifier, which carebus is not told.
         parts.append(f"Avdeling: {_xml_text(ward)}")
+    contact = payload.get("dps_contact")
+    if isinstance(contact, str) and contact:
+        # Whom the municipality should call about the follow-up (issue 17, item 1).
+        parts.append(f"Kontakt ved DPS: {_xml_text(contact)}")
     if payload.get("admission_kind") in _KIND:
         parts.append(f"Innleggelse: {_KIND[payload['admission_kind']]}")
     housing = payload.get("housing_status")

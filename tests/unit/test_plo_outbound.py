@@ -119,6 +119,14 @@ def test_the_dangerous_transitions_are_spelled_out_in_the_remark() -> None:
     assert "Oppfølging: 2026-12-09T09:00:00" in discharge
     suicide = rendered("admission", payload={"reason": "suicide_attempt"}).decode()
     assert "OBS: innlagt etter selvmordsforsøk" in suicide
+    # Whom to call at the DPS, where the recipient was given it (the statutory notice is).
+    contact = {"destination": "home", "dps_contact": "Kari Nordmann, sykepleier, 22 00 00 00"}
+    with_contact = plo.read(rendered("discharge", payload=contact))
+    assert with_contact.msg_type == plo_outbound.MESSAGES["discharge"][0]
+    assert (
+        "Kontakt ved DPS: Kari Nordmann, sykepleier, 22 00 00 00"
+        in rendered("discharge", payload=contact).decode()
+    )
 
 
 def test_discharge_home_has_the_code_and_any_other_destination_only_its_text() -> None:
