@@ -363,12 +363,10 @@ def _shown(
     return {name: payload[name] for name in fields if name in payload}
 
 
-# What a notice adds from the trigger's fields the recipient may see: the agreed time and whom
-# to contact at the source (issue 17: "that follow-up is needed, by when, whom to contact").
-_NOTICE_FIELDS: Final = (
-    ("followup_at", "Follow-up agreed for {}."),
-    ("dps_contact", "Contact at the DPS: {}."),
-)
+# What a notice adds from the trigger's fields the recipient may see: the agreed time. Never
+# `dps_contact`: free text is sealed under the person's key (carebus.wire.sealing) and an
+# alert's summary is stored in clear, so erasure could not reach it; the delivery carries it.
+_NOTICE_FIELDS: Final = (("followup_at", "Follow-up agreed for {}."),)
 
 
 def _told(org_id: str | None, trigger: Mapping[str, Any], routed: Routing) -> str:

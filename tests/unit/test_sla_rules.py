@@ -1142,6 +1142,8 @@ def test_a_risk_discharge_notifies_the_home_municipality_at_once(reason: str) ->
         assert alert["subject"] == {"nin": NIN}
         assert "Follow-up agreed for 2026-12-03 10:00 (Oslo)." in alert["summary"]
         assert f"Contact dps {DPS[1]}." in alert["summary"]
+        # The DPS contact is sealed free text; an alert's summary is stored in clear.
+        assert "Kari Nordmann" not in alert["summary"]
     assert raised[COORDINATOR]["title"] == rule.title
     assert "high-risk period" in raised[COORDINATOR]["summary"]
     assert raised[HOME]["title"] == rule.neutral_title
