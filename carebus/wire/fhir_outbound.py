@@ -83,6 +83,7 @@ RETRACTION_REASON_SYSTEM: Final = f"{_CAREBUS}/CodeSystem/retraction-reason"
 _BASIS_SYSTEM: Final = f"{_CAREBUS}/CodeSystem/basis"
 _ADMISSION_KIND_SYSTEM: Final = f"{_CAREBUS}/CodeSystem/admission-kind"
 _HOUSING_STATUS_SYSTEM: Final = f"{_CAREBUS}/CodeSystem/housing-status"
+_DISCHARGE_KIND_SYSTEM: Final = f"{_CAREBUS}/CodeSystem/discharge-kind"
 # The stay is named by its admission's carebus event id, so the admission's and the discharge's
 # Encounters are one stay to a receiver that follows Encounter.identifier; each Encounter also
 # names the event it renders. Event ids are unique per sender, hence the assigner.
@@ -100,6 +101,10 @@ NEEDS_MUNICIPAL_SERVICES_EXTENSION: Final = f"{_EXTENSION}needs-municipal-servic
 HOME_MUNICIPALITY_EXTENSION: Final = f"{_EXTENSION}home-municipality"
 CRISIS_PLAN_EXTENSION: Final = f"{_EXTENSION}crisis-plan"
 FOLLOWUP_EXTENSION: Final = f"{_EXTENSION}followup-at"
+DISCHARGE_KIND_EXTENSION: Final = f"{_EXTENSION}discharge-kind"
+DPS_CONTACT_EXTENSION: Final = f"{_EXTENSION}dps-contact"
+CRISIS_PLAN_ID_EXTENSION: Final = f"{_EXTENSION}crisis-plan-id"
+CRISIS_PLAN_REVIEWED_EXTENSION: Final = f"{_EXTENSION}crisis-plan-reviewed-at"
 
 # The inverse of carebus.wire.fhir's reading of HL7's discharge-disposition, as close as HL7's
 # codes come: municipal housing is the person's home; HL7 has no code for having none (`oth`,
@@ -231,9 +236,17 @@ def _discharge(
             codings.append({"system": DISCHARGE_DISPOSITION_SYSTEM, "code": hl7})
         encounter["hospitalization"] = {"dischargeDisposition": {"coding": codings}}
     followup = _optional_time(payload, "followup_at")
+    reviewed = _optional_time(payload, "crisis_plan_reviewed_at")
+    # How the stay ended rides in an extension, not in dischargeDisposition beside the
+    # destination: one CodeableConcept's codings must mean the same thing.
     extensions = [
+        _coded(DISCHARGE_KIND_EXTENSION, _DISCHARGE_KIND_SYSTEM, _code(payload, "kind")),
         _flag(CRISIS_PLAN_EXTENSION, payload.get("crisis_plan")),
+        _text(CRISIS_PLAN_ID_EXTENSION, "valueIdentifier", payload.get("crisis_plan_id")),
+        {"url": CRISIS_PLAN_REVIEWED_EXTENSION, "valueDateTime": reviewed} if reviewed else None,
         {"url": FOLLOWUP_EXTENSION, "valueDateTime": followup} if followup else None,
+        # Whom the municipality should contact at the DPS about the follow-up (issue 17).
+        _text(DPS_CONTACT_EXTENSION, "valueString", payload.get("dps_contact")),
     ]
     return _with_extensions(encounter, extensions)
 
@@ -442,6 +455,15 @@ def _coded(url: str, system: str, code: str | None) -> dict[str, Any] | None:
 
 def _flag(url: str, value: object) -> dict[str, Any] | None:
     return {"url": url, "valueBoolean": value} if isinstance(value, bool) else None
+
+
+def _text(url: str, element: str, value: object) -> dict[str, Any] | None:
+    """A text extension (`valueString`), or an identifier's (`valueIdentifier`)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if element == "valueIdentifier":
+        return {"url": url, "valueIdentifier": {"value": value}}
+    return {"url": url, element: value}
 
 
 def _home_municipality(org_id: object) -> dict[str, Any] | None:

@@ -26,8 +26,12 @@ from carebus.wire.fhir import (
 from carebus.wire.fhir_outbound import (
     ADMISSION_KIND_EXTENSION,
     CRISIS_PLAN_EXTENSION,
+    CRISIS_PLAN_ID_EXTENSION,
+    CRISIS_PLAN_REVIEWED_EXTENSION,
     DELIVERY_SYSTEM,
+    DISCHARGE_KIND_EXTENSION,
     DISPOSITION_OF_DESTINATION,
+    DPS_CONTACT_EXTENSION,
     ENH_SYSTEM,
     EVENT_SYSTEM,
     EVENT_TYPE_SYSTEM,
@@ -363,6 +367,27 @@ def test_a_discharge_is_a_finished_encounter_of_the_same_stay() -> None:
     assert "reasonCode" not in encounter  # a discharge never says why the person was admitted
 
 
+def test_a_discharge_carries_how_it_ended_whom_to_contact_and_the_crisis_plan() -> None:
+    """The discharge kind, the DPS contact and the crisis plan's reference, each where the
+    recipient was given it (issue 17): in extensions, the kind not mixed into the destination's
+    dischargeDisposition."""
+    payload = dict(
+        DISCHARGE_PAYLOAD,
+        kind="self_discharge",
+        dps_contact="Sykepleier Kari, tlf 22 00 00 00",
+        crisis_plan_id="KP-17",
+        crisis_plan_reviewed_at="2026-12-01T09:00:00Z",
+    )
+    encounter = resource(bundle_of(delivery("discharge", payload)), "Encounter")
+    found = {e["url"]: e for e in encounter["extension"]}
+    assert found[DISCHARGE_KIND_EXTENSION]["valueCoding"]["code"] == "self_discharge"
+    assert found[DPS_CONTACT_EXTENSION]["valueString"] == "Sykepleier Kari, tlf 22 00 00 00"
+    assert found[CRISIS_PLAN_ID_EXTENSION]["valueIdentifier"] == {"value": "KP-17"}
+    assert found[CRISIS_PLAN_REVIEWED_EXTENSION]["valueDateTime"] == "2026-12-01T09:00:00Z"
+    codes = [c["code"] for c in encounter["hospitalization"]["dischargeDisposition"]["coding"]]
+    assert "self_discharge" not in codes
+
+
 @pytest.mark.parametrize(
     "destination", ["home", "municipal_housing", "institution", "homeless", "unknown"]
 )
@@ -590,6 +615,10 @@ DISCHARGE_VALUES = st.fixed_dictionaries(
         ),
         "followup_at": st.just("2026-12-12T10:00:00+01:00"),
         "crisis_plan": st.booleans(),
+        "kind": st.sampled_from(["planned", "self_discharge", "against_advice", "transfer"]),
+        "dps_contact": st.just("Lege Per, 22 00 00 00 <&>"),
+        "crisis_plan_id": st.just("KP-1"),
+        "crisis_plan_reviewed_at": st.just("2026-12-01T10:00:00+01:00"),
     }
 ).flatmap(_subset)
 RETRACTION_VALUES = st.fixed_dictionaries(
@@ -618,6 +647,10 @@ ELEMENT_OF_FIELD: Mapping[str, Mapping[str, Callable[[Mapping[str, Any]], bool]]
         "destination": lambda e: "hospitalization" in e,
         "followup_at": lambda e: FOLLOWUP_EXTENSION in extensions(e),
         "crisis_plan": lambda e: CRISIS_PLAN_EXTENSION in extensions(e),
+        "kind": lambda e: DISCHARGE_KIND_EXTENSION in extensions(e),
+        "dps_contact": lambda e: DPS_CONTACT_EXTENSION in extensions(e),
+        "crisis_plan_id": lambda e: CRISIS_PLAN_ID_EXTENSION in extensions(e),
+        "crisis_plan_reviewed_at": lambda e: CRISIS_PLAN_REVIEWED_EXTENSION in extensions(e),
     },
 }
 
