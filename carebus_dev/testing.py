@@ -462,6 +462,7 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_decided": "municipality",
     "retraction": "dps",
     "followup_scheduled": "dps",
+    "treatment_interrupted": "dps",
 }
 
 

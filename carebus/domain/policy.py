@@ -80,6 +80,8 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
+        # Which treatment was broken off, how and when the patient was last seen: clinical.
+        "treatment_interrupted": ("treatment_id", "kind", "last_contact_at"),
     },
     "social": {
         "admission": ("housing_status",),
@@ -108,6 +110,8 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             "police_callout": "police",
             "housing_incident": "social",
             "housing_work_started": "social",
+            # That a treatment was broken off says the person was in treatment.
+            "treatment_interrupted": "health",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

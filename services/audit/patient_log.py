@@ -111,6 +111,7 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "application_decided": "the decision on your application",
     "retraction": "a correction withdrawing an earlier message about you",
     "followup_scheduled": "a follow-up appointment after your discharge",
+    "treatment_interrupted": "a message that your treatment was broken off",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",

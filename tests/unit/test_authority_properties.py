@@ -76,6 +76,7 @@ SENDERS: dict[str, frozenset[str]] = {
     "housing_work_started": frozenset({"municipality", "housing"}),
     "followup_contact": frozenset({"municipality", "fastlege", "dps"}),
     "followup_scheduled": frozenset({"dps", "municipality", "fastlege"}),
+    "treatment_interrupted": frozenset({"dps", "municipality"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),

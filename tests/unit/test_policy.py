@@ -75,6 +75,9 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.crisis_plan_reviewed_at",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
+        "treatment_interrupted.treatment_id",
+        "treatment_interrupted.kind",
+        "treatment_interrupted.last_contact_at",
     },
     "social": {
         "admission.housing_status",
@@ -129,11 +132,19 @@ def test_every_payload_field_has_a_category() -> None:
 
 
 def test_the_event_category_of_every_type() -> None:
-    """Police callouts are police, housing incidents and housing work social, the rest logistics."""
+    """Police callouts are police, housing incidents and housing work social, a treatment
+    interruption health, the rest logistics."""
     assert EVENT_CATEGORY["police_callout"] == "police"
     assert EVENT_CATEGORY["housing_incident"] == "social"
     assert EVENT_CATEGORY["housing_work_started"] == "social"
-    others = set(EVENT_TYPES) - {"police_callout", "housing_incident", "housing_work_started"}
+    assert EVENT_CATEGORY["treatment_interrupted"] == "health"
+    special = {
+        "police_callout",
+        "housing_incident",
+        "housing_work_started",
+        "treatment_interrupted",
+    }
+    others = set(EVENT_TYPES) - special
     assert {EVENT_CATEGORY[event_type] for event_type in others} == {"logistics"}
 
 

@@ -23,6 +23,7 @@ from carebus.domain.records import (
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
+    REGISTER_CHANGE,
     Delivery,
     Disclosure,
     event_schema_name,
@@ -569,6 +570,57 @@ def test_a_scheduled_follow_up_reaches_health_care_and_the_home_municipality_onl
     assert payload_of(gp) == payload_of(home) == expected
     assert (gp["basis"], home["basis"]) == ("presumed", "statutory")
     assert decision_for(routing, MEMBER["nav"])["reason"] == "not_permitted"
+
+
+def gp_list_entry(org_id: str) -> Change:
+    """The operator's GP-list entry naming `org_id` as the person's GP."""
+    return REGISTER_CHANGE, {
+        "change_id": str(uuid.uuid4()),
+        "subject_key": "7" * 64,
+        "register": "gp",
+        "organisation": {"agency": "fastlege", "org_id": org_id},
+        "recorded_by_org": "918000008",
+        "recorded_at": NOW,
+    }
+
+
+def test_a_treatment_interruption_reaches_health_care_in_the_team_and_the_listed_gp() -> None:
+    """The DPS's treatment interruption reaches the municipal services in the team and the GP
+    on the GP list (presumed, health); NAV and housing, even with consent, and a home
+    municipality outside the team have no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        gp_list_entry(MEMBER["fastlege"]),
+        member("municipality"),
+        member("nav"),
+        consent("nav"),
+        member("housing"),
+        consent("housing"),
+    )
+    routing = routed(event("treatment_interrupted"), state)
+    expected = {
+        "treatment_id": "LAR-2026-0042",
+        "kind": "missed_appointments",
+        "last_contact_at": "2026-11-20T09:00:00Z",
+    }
+    for agency in ("fastlege", "municipality"):
+        delivery = delivery_for(routing, MEMBER[agency])
+        assert delivery is not None, agency
+        assert payload_of(delivery) == expected
+        assert delivery["basis"] == "presumed"
+        assert delivery["categories"] == ["health"]
+    for org_id in (MEMBER["nav"], MEMBER["housing"], HOME):
+        assert decision_for(routing, org_id)["reason"] == "not_permitted"
+
+
+def test_an_objection_withholds_a_treatment_interruption_from_the_gp() -> None:
+    """Presumed sharing ends where the patient objects, for this too."""
+    state = state_of(
+        gp_list_entry(MEMBER["fastlege"]),
+        consent("fastlege", MEMBER["fastlege"], status="objection"),
+    )
+    decision = decision_for(routed(event("treatment_interrupted"), state), MEMBER["fastlege"])
+    assert (decision["decision"], decision["reason"]) == ("withheld", "objection")
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

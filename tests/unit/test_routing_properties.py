@@ -86,6 +86,8 @@ CATEGORY_OF_FIELD = {
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
     "recipient_org": "health",
+    "treatment_id": "health",
+    "last_contact_at": "health",
     "housing_status": "social",
 }
 # A discharge after these is a risk discharge: the home municipality still learns only the
@@ -96,6 +98,7 @@ ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
     ("followup_contact", "kind"): "health",
     ("discharge", "kind"): "health",
+    ("treatment_interrupted", "kind"): "health",
     ("housing_incident", "kind"): "social",
     ("housing_incident", "severity"): "social",
     ("housing_incident", "housing_unit_id"): "social",
@@ -108,6 +111,7 @@ FACT_CATEGORY = {
     "police_callout": "police",
     "housing_incident": "social",
     "housing_work_started": "social",
+    "treatment_interrupted": "health",
 }
 
 

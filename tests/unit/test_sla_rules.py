@@ -303,6 +303,17 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
+        rule_id="followup.treatment_interrupted",
+        prior=_none,
+        trigger=lambda at: event("treatment_interrupted", "ti-1", at),
+        deadline=lambda at: at + 48 * HOUR,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="ti-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
         rule_id="followup.discharge_any",
         prior=_admission_for("psychosis", needs_municipal_services=True),
         trigger=lambda at: event("discharge", "dis-1", at, admission_event_id="adm-1"),
@@ -962,7 +973,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 17
+    assert len(RULES.rules) == 18
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1242,3 +1253,53 @@ def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
     alerts = of("followup.self_discharge", person.scan(T0 + 3 * DAY))
     assert set(orgs(alerts)) == {COORDINATOR, "912345683"}
     assert len(alerts) == 2
+
+
+# --- followup.treatment_interrupted ---------------------------------------------------------
+
+TREATMENT = "followup.treatment_interrupted"
+GP = "912345683"
+
+
+def with_gp(routing: PersonState) -> PersonState:
+    return replace(routing, team={**routing.team, GP: Member("fastlege", {"register:gp": "gp"})})
+
+
+def test_a_treatment_interruption_tells_the_coordinator_and_the_gp_what_happened() -> None:
+    """The coordinator and the GP on the GP list, both health personnel in the team, get the
+    person and the specific title and why."""
+    person = Person(with_gp(SETUPS["coordinator_and_home"]))
+    person.see(event("treatment_interrupted", "ti-1", T0, kind="dropout"))
+    alerts = of(TREATMENT, person.scan(T0 + 49 * HOUR))
+    rule = RULES.rule(TREATMENT)
+    assert rule is not None
+    assert sorted(orgs(alerts)) == sorted([COORDINATOR, GP])  # type: ignore[type-var]
+    for alert in alerts:
+        assert alert["subject"] == {"nin": NIN}
+        assert alert["title"] == rule.title
+        assert rule.why is not None
+        assert rule.why in alert["summary"]
+        assert alert["contact"] == {"agency": "dps", "org_id": DPS[1]}
+        assert alert["disclosure"]["basis"] == "presumed"
+
+
+def test_a_home_municipality_outside_the_team_gets_a_neutral_actionable_alert() -> None:
+    """No rule routes a treatment interruption to a home municipality outside the team: its
+    alert names neither the person nor what happened, and says whom to contact (the DPS)."""
+    person = Person(SETUPS["home_only"])
+    person.see(event("treatment_interrupted", "ti-1", T0))
+    (alert,) = of(TREATMENT, person.scan(T0 + 49 * HOUR))
+    assert alert["recipient"] == {"agency": "municipality", "org_id": HOME}
+    assert alert["subject"] is None
+    assert alert["title"] == "No follow-up contact by the deadline"
+    assert "treatment" not in alert["summary"].lower()
+    assert f"Contact dps {DPS[1]} and quote event ti-1" in alert["summary"]
+    assert "disclosure" not in alert
+
+
+def test_a_follow_up_of_another_event_does_not_fulfil_the_interruption() -> None:
+    """Only a follow-up contact naming the interruption closes it."""
+    person = Person()
+    person.see(event("treatment_interrupted", "ti-1", T0))
+    person.see(event("followup_contact", "fu-1", T0 + HOUR, source=MUNI, related_event_id="x"))
+    assert len(of(TREATMENT, person.scan(T0 + 49 * HOUR))) == 1
