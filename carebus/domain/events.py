@@ -64,6 +64,7 @@ EVENT_TYPES: Final = (
     "retraction",
     "followup_scheduled",
     "treatment_interrupted",
+    "prison_release",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -266,6 +267,14 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "kind": _enum(*INTERRUPTION_KINDS),
         "last_contact_at": _OPTIONAL_TIME,
     },
+    # Corrections: a person is to be (or was) released from prison. No reason, sentence or
+    # offence: that the person was in prison is all the bus carries (GDPR art. 10).
+    "prison_release": {
+        "release_at": _TIME,
+        "home_municipality_org": FieldSpec("org", required=False),
+        "needs_municipal_services": _BOOL,
+        "housing_status": _enum(*HOUSING_STATUSES),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -347,6 +356,12 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "treatment_id": "LAR-2026-0042",
         "kind": "missed_appointments",
         "last_contact_at": "2026-11-20T10:00:00+01:00",
+    },
+    "prison_release": {
+        "release_at": "2026-12-10T09:00:00+01:00",
+        "home_municipality_org": "940493021",
+        "needs_municipal_services": True,
+        "housing_status": "homeless",
     },
 }
 

@@ -27,7 +27,9 @@ __all__ = [
     "cites",
 ]
 
-CATEGORIES: Final = ("logistics", "health", "social", "police")
+# `justice`: that a person was in prison and when released (GDPR art. 10); its own category,
+# added last, so that no consent given before it existed covers it.
+CATEGORIES: Final = ("logistics", "health", "social", "police", "justice")
 # The bases a rule may name; `emergency` is granted in its own section, never per recipient.
 BASES: Final = ("statutory", "presumed", "consent")
 EMERGENCY: Final = "emergency"
@@ -87,9 +89,14 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "admission": ("housing_status",),
         "discharge_ready": ("housing_status",),
         "housing_incident": ("kind", "severity", "housing_unit_id"),
+        "prison_release": ("housing_status",),
     },
     "police": {
         "police_callout": ("kind", "injuries", "location_type", "housing_unit_id"),
+    },
+    # Every field of a release says the person was in prison.
+    "justice": {
+        "prison_release": ("release_at", "home_municipality_org", "needs_municipal_services"),
     },
 }
 
@@ -112,6 +119,7 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             "housing_work_started": "social",
             # That a treatment was broken off says the person was in treatment.
             "treatment_interrupted": "health",
+            "prison_release": "justice",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

@@ -52,6 +52,7 @@ MEMBER = {
     "nav": "889640790",
     "police": "974760681",
     "housing": "987654333",
+    "corrections": "971278382",
 }
 OTHER = {  # a second organisation of each agency
     "dps": "974705800",
@@ -60,6 +61,7 @@ OTHER = {  # a second organisation of each agency
     "nav": "889640804",
     "police": "974760690",
     "housing": "987654341",
+    "corrections": "971278390",
 }
 HOME = "940493047"  # the person's home municipality, outside the care team unless a test adds it
 SOURCE = DEV_ORGANISATIONS
@@ -621,6 +623,57 @@ def test_an_objection_withholds_a_treatment_interruption_from_the_gp() -> None:
     )
     decision = decision_for(routed(event("treatment_interrupted"), state), MEMBER["fastlege"])
     assert (decision["decision"], decision["reason"]) == ("withheld", "objection")
+
+
+def test_a_prison_release_needs_a_consent_that_names_justice() -> None:
+    """A consent given for every other category does not cover a release (no consent widens
+    with the new category): withheld as category_not_consented."""
+    state = state_of(
+        member("municipality"),
+        consent("municipality", categories=["logistics", "health", "social", "police"]),
+    )
+    decision = decision_for(routed(event("prison_release"), state), MEMBER["municipality"])
+    assert (decision["decision"], decision["reason"]) == ("withheld", "category_not_consented")
+
+
+def test_a_justice_consent_delivers_the_release_and_social_adds_the_housing_status() -> None:
+    """With `justice` the municipality learns the release; the housing status only where the
+    consent names `social` too."""
+    release = event("prison_release")
+    justice_only = state_of(member("municipality"), consent("municipality", categories=["justice"]))
+    delivery = delivery_for(routed(release, justice_only), MEMBER["municipality"])
+    assert delivery is not None
+    assert payload_of(delivery) == {
+        "release_at": "2026-12-10T08:00:00Z",
+        "home_municipality_org": SOURCE["municipality"],
+        "needs_municipal_services": True,
+    }
+    assert (delivery["basis"], delivery["categories"]) == ("consent", ["justice"])
+    both = state_of(
+        member("municipality"), consent("municipality", categories=["justice", "social"])
+    )
+    delivery = delivery_for(routed(release, both), MEMBER["municipality"])
+    assert delivery is not None
+    assert payload_of(delivery)["housing_status"] == "homeless"
+    assert delivery["categories"] == ["social", "justice"]
+
+
+def test_a_prison_release_reaches_no_one_on_a_presumed_or_statutory_basis() -> None:
+    """No consent: the GP and the DPS in the team get nothing; the home municipality outside
+    the team and the police (with consent) have no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        gp_list_entry(MEMBER["fastlege"]),
+        member("dps"),
+        member("police"),
+        consent("police"),
+    )
+    routing = routed(event("prison_release"), state)
+    assert routing.deliveries == []
+    assert decision_for(routing, MEMBER["fastlege"])["reason"] == "no_consent"
+    assert decision_for(routing, MEMBER["dps"])["reason"] == "no_consent"
+    assert decision_for(routing, MEMBER["police"])["reason"] == "not_permitted"
+    assert decision_for(routing, HOME)["reason"] == "not_permitted"
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

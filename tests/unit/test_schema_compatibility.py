@@ -238,6 +238,7 @@ NOT_YET_RELEASED = frozenset(
         event_schema_name("retraction"),
         event_schema_name("followup_scheduled"),
         event_schema_name("treatment_interrupted"),
+        event_schema_name("prison_release"),
     }
 )
 
