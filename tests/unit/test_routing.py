@@ -676,6 +676,16 @@ def test_a_prison_release_reaches_no_one_on_a_presumed_or_statutory_basis() -> N
     assert decision_for(routing, HOME)["reason"] == "not_permitted"
 
 
+def test_a_prison_release_does_not_set_the_home_municipality() -> None:
+    """Only an admission or the population register names the home municipality: a release
+    naming one changes nothing, so corrections cannot steer who gets statutory notices."""
+    release = event("prison_release", home_municipality_org=OTHER["municipality"])
+    assert state_of((event_schema_name("prison_release"), release)) == PersonState()
+    admitted = state_of((event_schema_name("admission"), event("admission")))
+    after = state_of((event_schema_name("prison_release"), release), state=admitted)
+    assert after.home_municipality == HOME
+
+
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:
     """The home municipality is a candidate for a police callout but has no rule for it."""
     state = state_of((event_schema_name("admission"), event("admission")))
