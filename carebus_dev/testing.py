@@ -462,6 +462,8 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_decided": "municipality",
     "retraction": "dps",
     "followup_scheduled": "dps",
+    "treatment_interrupted": "dps",
+    "prison_release": "corrections",
 }
 
 
@@ -492,7 +494,7 @@ class EventFactory:
     def payload(self, event_type: str, **fields: Any) -> dict[str, Any]:
         """The example payload of `event_type` with `fields` replaced (None removes a field)."""
         payload = copy.deepcopy(dict(EXAMPLE_PAYLOADS[event_type]))
-        if event_type == "admission":
+        if event_type in ("admission", "prison_release"):
             payload["home_municipality_org"] = self.orgs["municipality"]
         if event_type == "ip_update":
             payload["coordinator"] = {"agency": "municipality", "org_id": self.orgs["municipality"]}

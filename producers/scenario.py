@@ -85,8 +85,9 @@ JOURNEYS: tuple[Journey, ...] = (
         followup_agreed=True,
         followed_up=True,
         municipality_replies=True,
-        shows="a notice at discharge (resolved by the follow-up contact), and an open "
-        "housing-work obligation after a discharge to homelessness",
+        shows="a notice at discharge (resolved by the follow-up contact), an open "
+        "housing-work obligation after a discharge to homelessness, and a release from prison "
+        "announced for ten days ahead, told with the person's consent (justice)",
     ),
     Journey(
         person="b",
@@ -113,7 +114,8 @@ JOURNEYS: tuple[Journey, ...] = (
         followup_agreed=True,
         followed_up=True,
         municipality_replies=False,
-        shows="a missed deadline: no reply to the discharge-ready notice within four hours",
+        shows="a missed deadline: no reply to the discharge-ready notice within four hours; "
+        "then the DPS reports the treatment broken off: a follow-up owed within 48 hours",
     ),
 )
 
@@ -178,6 +180,18 @@ def person_journeys(
             },
         )
         event("dps", 2, "health_info_sent", at(0.1), {"admission_event_id": admission})
+        if person == "a":
+            # The person consents that the municipality learn of a release from prison (a
+            # category of its own); the admitting DPS records it, so it takes effect at once.
+            consent = {
+                "nin": nin,
+                "recipient": {"agency": "municipality", "org_id": municipality},
+                "categories": ["justice", "social"],
+                "status": "given",
+                "valid_from": _at(base, 0),
+                "recorded_by": "Demo DPS, Akuttpost 2",
+            }
+            events.append(("dps", {"consent": consent}))
         if journey.housing == "homeless":
             event(
                 "municipality",
@@ -284,17 +298,42 @@ def person_journeys(
                 "crisis_plan": True,
             },
         )
+        if journey.kind == "self_discharge":
+            # The outpatient treatment after the self-discharge is broken off too: the care
+            # team (the plan's coordinator and GP) learns it and owes a follow-up in 48 hours.
+            event(
+                "dps",
+                13,
+                "treatment_interrupted",
+                at(1.0),
+                {"treatment_id": f"TI-{run}-{person}", "kind": "missed_appointments"},
+            )
+        if person == "a":
+            release = {
+                "release_at": _at(now, 24 * 10),
+                "home_municipality_org": municipality,
+                "needs_municipal_services": True,
+                "housing_status": "homeless",
+            }
+            event("corrections", 14, "prison_release", at(1.0), release)
     return events
 
 
 async def play(stack: Stack, run: str, seed: int) -> list[str]:
-    """Post every event of the scenario; returns the accepted event ids."""
+    """Post every event of the scenario (and the consents, to the registry, in their place);
+    returns the accepted event ids."""
     accepted: list[str] = []
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         for agency, body in person_journeys(stack.orgs, run, random.Random(seed)):
-            response = await client.post(
-                "/v1/events", json=body, headers={"Authorization": f"Bearer {stack.tokens[agency]}"}
-            )
+            headers = {"Authorization": f"Bearer {stack.tokens[agency]}"}
+            if "consent" in body:
+                recorded = await client.post(
+                    f"{stack.registry}/v1/consents", json=body["consent"], headers=headers
+                )
+                if recorded.status_code != 201:
+                    raise SystemExit(f"registry refused a consent: {recorded.status_code}")
+                continue
+            response = await client.post("/v1/events", json=body, headers=headers)
             if response.status_code != 202:
                 raise SystemExit(
                     f"gateway refused {body['event_id']}: {response.status_code} {response.text}"

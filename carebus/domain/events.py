@@ -63,6 +63,8 @@ EVENT_TYPES: Final = (
     "application_decided",
     "retraction",
     "followup_scheduled",
+    "treatment_interrupted",
+    "prison_release",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -117,6 +119,9 @@ APPLICATION_OUTCOMES: Final = ("granted", "denied", "partial")
 # How the stay ended. Left out, it is unknown: the wire record says `unknown` (FieldSpec.absent),
 # which a sender cannot write. A self-discharge or one against advice is clinical information.
 DISCHARGE_KINDS: Final = ("planned", "self_discharge", "against_advice", "transfer")
+# How a treatment was broken off. `missed_appointments`: by the sender's own threshold (DESIGN
+# "Payload fields"; the documented default is two consecutive missed appointments).
+INTERRUPTION_KINDS: Final = ("dropout", "missed_appointments", "other")
 # What an application is for; `other` where none of these fits.
 SERVICE_KINDS: Final = (
     "housing",
@@ -256,6 +261,20 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "followup_at": _TIME,
         "with_org": FieldSpec("org", required=False),
     },
+    # A DPS or a municipal substance service (e.g. LAR) lost a patient: treatment broken off.
+    "treatment_interrupted": {
+        "treatment_id": _IDENTIFIER,
+        "kind": _enum(*INTERRUPTION_KINDS),
+        "last_contact_at": _OPTIONAL_TIME,
+    },
+    # Corrections: a person is to be (or was) released from prison. No reason, sentence or
+    # offence: that the person was in prison is all the bus carries (GDPR art. 10).
+    "prison_release": {
+        "release_at": _TIME,
+        "home_municipality_org": FieldSpec("org", required=False),
+        "needs_municipal_services": _BOOL,
+        "housing_status": _enum(*HOUSING_STATUSES),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -332,6 +351,17 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "related_event_id": "dps-974705788-2026-000125",
         "followup_at": "2026-12-03T10:00:00+01:00",
         "with_org": "940493021",
+    },
+    "treatment_interrupted": {
+        "treatment_id": "LAR-2026-0042",
+        "kind": "missed_appointments",
+        "last_contact_at": "2026-11-20T10:00:00+01:00",
+    },
+    "prison_release": {
+        "release_at": "2026-12-10T09:00:00+01:00",
+        "home_municipality_org": "940493021",
+        "needs_municipal_services": True,
+        "housing_status": "homeless",
     },
 }
 

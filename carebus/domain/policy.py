@@ -27,7 +27,9 @@ __all__ = [
     "cites",
 ]
 
-CATEGORIES: Final = ("logistics", "health", "social", "police")
+# `justice`: that a person was in prison and when released (GDPR art. 10); its own category,
+# added last, so that no consent given before it existed covers it.
+CATEGORIES: Final = ("logistics", "health", "social", "police", "justice")
 # The bases a rule may name; `emergency` is granted in its own section, never per recipient.
 BASES: Final = ("statutory", "presumed", "consent")
 EMERGENCY: Final = "emergency"
@@ -80,14 +82,21 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
+        # Which treatment was broken off, how and when the patient was last seen: clinical.
+        "treatment_interrupted": ("treatment_id", "kind", "last_contact_at"),
     },
     "social": {
         "admission": ("housing_status",),
         "discharge_ready": ("housing_status",),
         "housing_incident": ("kind", "severity", "housing_unit_id"),
+        "prison_release": ("housing_status",),
     },
     "police": {
         "police_callout": ("kind", "injuries", "location_type", "housing_unit_id"),
+    },
+    # Every field of a release says the person was in prison.
+    "justice": {
+        "prison_release": ("release_at", "home_municipality_org", "needs_municipal_services"),
     },
 }
 
@@ -108,6 +117,9 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             "police_callout": "police",
             "housing_incident": "social",
             "housing_work_started": "social",
+            # That a treatment was broken off says the person was in treatment.
+            "treatment_interrupted": "health",
+            "prison_release": "justice",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

@@ -22,6 +22,7 @@ DEV_ORGANISATIONS: dict[str, str] = {
     "nav": "889640782",
     "police": "974760673",
     "housing": "987654325",
+    "corrections": "971278374",
 }
 DEMO_MUNICIPALITY = DEV_ORGANISATIONS["municipality"]
 # Roles besides `system` that get a token at the demo municipality (`admin`: the municipality's
@@ -39,6 +40,7 @@ DEV_NAMES: dict[str, str] = {
     "nav": "Demo NAV office",
     "police": "Demo police district",
     "housing": "Demo housing office",
+    "corrections": "Demo prison (correctional service)",
     "operator": "carebus operator",
 }
 LABEL = "carebus dev token"

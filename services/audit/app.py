@@ -51,8 +51,10 @@ SINCE_OR_CURSOR_PROBLEM = (
     "must be an RFC 3339 time with offset, e.g. 2026-11-23T08:15:00+01:00, or a `next` cursor"
 )
 
-Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
-Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
+Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "corrections"]
+Realm = Literal[
+    "dps", "municipality", "fastlege", "nav", "police", "housing", "corrections", "operator"
+]
 MAX_PURPOSE: Final = 200
 
 _DELIVERIES_DOC = f"""

@@ -111,12 +111,15 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "application_decided": "the decision on your application",
     "retraction": "a correction withdrawing an earlier message about you",
     "followup_scheduled": "a follow-up appointment after your discharge",
+    "treatment_interrupted": "a message that your treatment was broken off",
+    "prison_release": "a message about your release from prison",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",
     "health": "health information",
     "social": "social and welfare information",
     "police": "police information",
+    "justice": "information about a prison stay",
 }
 BASIS_WORDS: Final[Mapping[str, str]] = {
     "statutory": "because the law requires it",

@@ -25,11 +25,13 @@ from carebus.wire.requests import (
 )
 from services.registry.changes import CareTeamChange, Consent
 
-Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing"]
+Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "corrections"]
 # The agencies and the operator: whose tokens, organisations and webhooks there are.
-Realm = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "operator"]
+Realm = Literal[
+    "dps", "municipality", "fastlege", "nav", "police", "housing", "corrections", "operator"
+]
 Role = Literal["system", "coordinator", "privacy_officer", "admin", "operator", "patient"]
-Category = Literal["logistics", "health", "social", "police"]
+Category = Literal["logistics", "health", "social", "police", "justice"]
 ConsentStatus = Literal["given", "withdrawn", "objection"]
 CareTeamRole = Literal["coordinator", "gp", "participant"]
 MembershipStatus = Literal["member", "removed"]

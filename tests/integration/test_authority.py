@@ -206,6 +206,15 @@ def discharge(admission_event_id: str) -> dict[str, Any]:
     return {"admission_event_id": admission_event_id, "destination": "home", "crisis_plan": True}
 
 
+def release() -> dict[str, Any]:
+    return {
+        "release_at": rfc3339(datetime.now(UTC)),
+        "home_municipality_org": ORGS["municipality"],
+        "needs_municipal_services": True,
+        "housing_status": "homeless",
+    }
+
+
 async def ledger_has(bus: Agencies, source_org: str, event_id: str) -> bool:
     return bool(
         await bus.conn.fetchval(
@@ -449,6 +458,62 @@ async def test_nav_cannot_declare_an_emergency(agencies: Agencies) -> None:
         },
     )
     forbidden(response, "emergency")
+
+
+async def test_corrections_sends_prison_releases_and_nothing_else(agencies: Agencies) -> None:
+    """Corrections may not send an admission, the police may not send a prison release (403
+    naming event_type, audited); corrections' own release is accepted."""
+    bus = agencies
+    nin = bus.nin()
+    admitted, response = await bus.post("corrections", "admission", nin, admission())
+    forbidden(response, "event_type")
+    assert not await ledger_has(bus, ORGS["corrections"], admitted)
+    assert await bus.refusals("sender.event_type", ORGS["corrections"])
+    _, response = await bus.post("police", "prison_release", nin, release())
+    forbidden(response, "event_type")
+    await bus.accepted("corrections", "prison_release", nin, release())
+
+
+async def test_a_release_reaches_only_a_recipient_consented_for_justice(agencies: Agencies) -> None:
+    """The GP on the GP list, consented for every category there was before `justice`, does
+    not get a release (category_not_consented), nor does the home municipality outside the
+    team (no rule); once the consent names justice and social, the GP gets the release."""
+    bus = agencies
+    nin = bus.nin()
+    await bus.register(
+        "/v1/population-register", {"nin": nin, "home_municipality_org": ORGS["municipality"]}
+    )
+    await bus.register("/v1/gp-list", {"nin": nin, "org_id": ORGS["fastlege"]})
+
+    async def consent(categories: list[str]) -> None:
+        body = {
+            "nin": nin,
+            "recipient": {"agency": "fastlege", "org_id": ORGS["fastlege"]},
+            "categories": categories,
+            "status": "given",
+            "valid_from": "2026-01-01T00:00:00+01:00",
+            "recorded_by": "test",
+        }
+        response = await bus.registry.post(
+            "/v1/consents", json=body, headers=bus.auth("municipality")
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["state"] == "effective"
+
+    await consent(["logistics", "health", "social", "police"])
+    first = await bus.accepted("corrections", "prison_release", nin, release())
+    decisions = await bus.decisions(first, 2)
+    assert decisions[ORGS["fastlege"]]["reason"] == "category_not_consented"
+    assert decisions[ORGS["municipality"]]["reason"] == "not_permitted"
+    assert await bus.deliveries("fastlege", first) == []
+
+    await consent(["justice", "social"])
+    second = await bus.accepted("corrections", "prison_release", nin, release())
+    [delivery] = await at_least(lambda: bus.deliveries("fastlege", second), 1)
+    assert delivery["basis"] == "consent"
+    assert delivery["categories"] == ["social", "justice"]
+    assert delivery["payload"]["housing_status"] == "homeless"
+    assert await bus.deliveries("municipality", second) == []
 
 
 # --- the legitimate flows ------------------------------------------------------------------

@@ -275,6 +275,26 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
     assert not [a for a in alerts if a[2] is not None and a[2] == a[1]], alerts
     summaries = [(a[1], a[3]) for a in alerts]
     assert len(summaries) == len(set(summaries)), "two alerts to one recipient read alike"
+    # The release from prison reaches the demo municipality on the person's consent (justice)
+    # and no one else; the treatment interruption reaches the plan's coordinator and GP on the
+    # presumed basis.
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        deadline = time.monotonic() + 60
+        while True:
+            told = conn.execute(
+                "SELECT event_type, decision, basis, recipient_agency FROM disclosures"
+                " WHERE event_type IN ('prison_release', 'treatment_interrupted')"
+                " AND decision = 'delivered' ORDER BY event_type, recipient_agency"
+            ).fetchall()
+            if len(told) >= 3:
+                break
+            assert time.monotonic() < deadline, f"deliveries after the demo: {told}"
+            time.sleep(1)
+    assert told == [
+        ("prison_release", "delivered", "consent", "municipality"),
+        ("treatment_interrupted", "delivered", "presumed", "fastlege"),
+        ("treatment_interrupted", "delivered", "presumed", "municipality"),
+    ]
 
     # 4. `carebus trace` shows every hop of a demo admission.
     with psycopg.connect(settings.postgres_dsn) as conn:

@@ -52,6 +52,7 @@ ORGS: dict[str, tuple[str, str, str]] = {
     "nav": ("889640782", "889640790", "889640804"),
     "police": ("974760673", "974760681", "974760690"),
     "housing": ("987654325", "987654333", "987654341"),
+    "corrections": ("971278374", "971278382", "971278390"),
 }
 AGENCY_OF = {org_id: agency for agency, orgs in ORGS.items() for org_id in orgs}
 FACTORY = EventFactory(seed=12, orgs={agency: orgs[0] for agency, orgs in ORGS.items()})
@@ -248,6 +249,8 @@ def test_an_agency_sends_exactly_the_event_types_the_policy_lists(
         ("application_received", {"municipality", "nav"}),
         ("application_preliminary_reply", {"municipality", "nav"}),
         ("application_decided", {"municipality", "nav"}),
+        ("treatment_interrupted", {"dps", "municipality"}),
+        ("prison_release", {"corrections"}),
     ],
 )
 def test_the_senders_the_issue_names_are_the_policys(event_type: str, agencies: set[str]) -> None:
@@ -269,13 +272,14 @@ OWN_EVENT = {
     "police": "police_callout",
     "nav": "application_received",
     "housing": "housing_incident",
+    "corrections": "prison_release",
 }
 
 
 @pytest.mark.parametrize("agency", AGENCIES)
 def test_only_health_agencies_and_the_police_declare_an_emergency(agency: str) -> None:
-    """An emergency is declared by dps, municipality, fastlege or police; from nav or housing it
-    is refused under emergency.declarer naming the field emergency."""
+    """An emergency is declared by dps, municipality, fastlege or police; from nav, housing or
+    corrections it is refused under emergency.declarer naming the field emergency."""
     refusal = AUTHORITY.sender_refusal(actor(ORGS[agency][0]), OWN_EVENT[agency], True)
     if agency in ("dps", "municipality", "fastlege", "police"):
         assert refusal is None

@@ -50,6 +50,7 @@ ORGS: dict[str, tuple[str, str]] = {
     "nav": ("889640782", "889640790"),
     "police": ("974760673", "974760681"),
     "housing": ("987654325", "987654333"),
+    "corrections": ("971278374", "971278382"),
 }
 AGENCY_OF = {org_id: agency for agency, orgs in ORGS.items() for org_id in orgs}
 ALL_ORGS = sorted(AGENCY_OF)
@@ -76,12 +77,16 @@ SENDERS: dict[str, frozenset[str]] = {
     "housing_work_started": frozenset({"municipality", "housing"}),
     "followup_contact": frozenset({"municipality", "fastlege", "dps"}),
     "followup_scheduled": frozenset({"dps", "municipality", "fastlege"}),
+    "treatment_interrupted": frozenset({"dps", "municipality"}),
+    "prison_release": frozenset({"corrections"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),
     # Anyone may retract its own events (judged against the gateway's ledger, not modelled here:
     # tests/unit/test_retraction.py).
-    "retraction": frozenset({"dps", "municipality", "fastlege", "nav", "police", "housing"}),
+    "retraction": frozenset(
+        {"dps", "municipality", "fastlege", "nav", "police", "housing", "corrections"}
+    ),
 }
 
 Source = tuple[str, ...]  # ("registry", recorder) or ("plan", owner, plan_id)

@@ -65,9 +65,9 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's seventeen event types are each in EVENT_TYPES, the payload table and the
+    """DESIGN's nineteen event types are each in EVENT_TYPES, the payload table and the
     examples; the policy routes all but the retraction."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 17
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 19
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -523,6 +523,54 @@ INVALID: list[tuple[str, object, str, str]] = [
         with_payload("followup_scheduled", kind="phone"),
         "payload.kind",
         "not a field of followup_scheduled",
+    ),
+    (
+        "treatment-interrupted-kind",
+        with_payload("treatment_interrupted", kind="relapse"),
+        "payload.kind",
+        "dropout, missed_appointments, other",
+    ),
+    (
+        "treatment-interrupted-without-treatment",
+        with_payload("treatment_interrupted", treatment_id=...),
+        "payload.treatment_id",
+        "is required",
+    ),
+    (
+        "treatment-interrupted-nin-as-treatment-id",
+        with_payload("treatment_interrupted", treatment_id=f"LAR-{NIN}"),
+        "payload.treatment_id",
+        "identity number",
+    ),
+    (
+        "prison-release-without-release",
+        with_payload("prison_release", release_at=...),
+        "payload.release_at",
+        "is required",
+    ),
+    (
+        "prison-release-home",
+        with_payload("prison_release", home_municipality_org="Oslo"),
+        "payload.home_municipality_org",
+        "9-digit organisation number",
+    ),
+    (
+        "prison-release-housing",
+        with_payload("prison_release", housing_status="prison"),
+        "payload.housing_status",
+        "stable, unstable, homeless, unknown",
+    ),
+    (
+        "prison-release-offence",
+        with_payload("prison_release", offence="theft"),
+        "payload.offence",
+        "not a field of prison_release",
+    ),
+    (
+        "treatment-interrupted-last-contact",
+        with_payload("treatment_interrupted", last_contact_at="yesterday"),
+        "payload.last_contact_at",
+        "RFC 3339",
     ),
     ("emergency-string", raw_event(emergency="yes"), "emergency", "must be an object"),
     (

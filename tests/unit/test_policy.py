@@ -75,10 +75,14 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.crisis_plan_reviewed_at",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
+        "treatment_interrupted.treatment_id",
+        "treatment_interrupted.kind",
+        "treatment_interrupted.last_contact_at",
     },
     "social": {
         "admission.housing_status",
         "discharge_ready.housing_status",
+        "prison_release.housing_status",
         "housing_incident.kind",
         "housing_incident.severity",
         "housing_incident.housing_unit_id",
@@ -88,6 +92,11 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "police_callout.injuries",
         "police_callout.location_type",
         "police_callout.housing_unit_id",
+    },
+    "justice": {
+        "prison_release.release_at",
+        "prison_release.home_municipality_org",
+        "prison_release.needs_municipal_services",
     },
 }
 
@@ -129,11 +138,21 @@ def test_every_payload_field_has_a_category() -> None:
 
 
 def test_the_event_category_of_every_type() -> None:
-    """Police callouts are police, housing incidents and housing work social, the rest logistics."""
+    """Police callouts are police, housing incidents and housing work social, a treatment
+    interruption health, a prison release justice, the rest logistics."""
     assert EVENT_CATEGORY["police_callout"] == "police"
     assert EVENT_CATEGORY["housing_incident"] == "social"
     assert EVENT_CATEGORY["housing_work_started"] == "social"
-    others = set(EVENT_TYPES) - {"police_callout", "housing_incident", "housing_work_started"}
+    assert EVENT_CATEGORY["treatment_interrupted"] == "health"
+    assert EVENT_CATEGORY["prison_release"] == "justice"
+    special = {
+        "police_callout",
+        "housing_incident",
+        "housing_work_started",
+        "treatment_interrupted",
+        "prison_release",
+    }
+    others = set(EVENT_TYPES) - special
     assert {EVENT_CATEGORY[event_type] for event_type in others} == {"logistics"}
 
 
@@ -203,13 +222,13 @@ def test_police_learn_of_care_only_by_emergency(shipped: Policy) -> None:
 
 
 def test_health_recipients_are_presumed_or_consent(shipped: Policy) -> None:
-    """Health-care members act on `presumed`, except for police and housing information,
-    which the source may not share with them without consent."""
+    """Health-care members act on `presumed`, except for police, housing and prison
+    information, which the source may not share with them without consent."""
     for rule in shipped.rules.values():
         if rule.recipient in HEALTH_CARE:
             expected = (
                 "consent"
-                if rule.event_type in ("police_callout", "housing_incident")
+                if rule.event_type in ("police_callout", "housing_incident", "prison_release")
                 else "presumed"
             )
             assert rule.basis == expected, rule.rule_id
@@ -352,6 +371,25 @@ REFUSALS: list[tuple[str, Mutation, list[str]]] = [
             }
         ),
         ["rule police_callout.home_municipality", "a police_callout is police information"],
+    ),
+    (
+        "a statutory notice of a prison release",
+        lambda document: document["rules"].append(
+            {
+                "id": "prison_release.home_municipality",
+                "event_type": "prison_release",
+                "recipient": HOME_MUNICIPALITY,
+                "basis": "statutory",
+                "categories": {"justice": ["release_at"]},
+                "source": "carebus-default: test",
+            }
+        ),
+        ["rule prison_release.home_municipality", "a prison_release is justice information"],
+    ),
+    (
+        "a prison release's fields as logistics",
+        _set("prison_release.nav", "categories", {"logistics": ["release_at"], "justice": []}),
+        ["rule prison_release.nav", "field release_at widens its category", "justice"],
     ),
     (
         "statutory basis for an agency",
@@ -514,4 +552,40 @@ def test_recipients_and_bases_are_closed_sets() -> None:
     """Recipients are the agencies plus home_municipality; rule bases exclude emergency."""
     assert set(BASES) == {"statutory", "presumed", "consent"}
     assert set(CATEGORIES) == set(DESIGN_FIELD_MAP)
-    assert set(AGENCIES) == {"dps", "municipality", "fastlege", "nav", "police", "housing"}
+    assert set(AGENCIES) == {
+        "dps",
+        "municipality",
+        "fastlege",
+        "nav",
+        "police",
+        "housing",
+        "corrections",
+    }
+
+
+def test_a_prison_release_goes_only_where_the_person_consented(shipped: Policy) -> None:
+    """Corrections is not health personnel and a release reveals a conviction: every rule for
+    a release is `consent`, none is for the home municipality, the police or corrections."""
+    rules = [rule for rule in shipped.rules.values() if rule.event_type == "prison_release"]
+    assert {rule.recipient for rule in rules} == {
+        "municipality",
+        "fastlege",
+        "dps",
+        "nav",
+        "housing",
+    }
+    for rule in rules:
+        assert rule.basis == "consent"
+        assert dict(rule.categories) == {
+            "social": ("housing_status",),
+            "justice": ("release_at", "home_municipality_org", "needs_municipal_services"),
+        }
+        assert rule.source.startswith("carebus-default:")
+    assert dict(shipped.emergency["prison_release"].categories) == {"justice": ()}
+
+
+def test_no_rule_sends_anything_to_corrections(shipped: Policy) -> None:
+    """Corrections sends releases and receives nothing."""
+    assert [
+        rule.rule_id for rule in shipped.rules.values() if rule.recipient == "corrections"
+    ] == []

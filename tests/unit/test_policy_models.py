@@ -103,7 +103,10 @@ def test_a_rule_without_id_is_named_by_position_with_all_its_problems() -> None:
         ({"logistics": ["ward", 7]}, "logistics must be a list of field names (or [])"),
         ({}, "categories must map each granted category to a list of fields"),
         (["logistics"], "categories must map each granted category to a list of fields"),
-        ({1: []}, "unknown category 1 (expected one of logistics, health, social, police)"),
+        (
+            {1: []},
+            "unknown category 1 (expected one of logistics, health, social, police, justice)",
+        ),
     ],
 )
 def test_categories_of_the_wrong_shape_are_named(categories: object, expected: str) -> None:

@@ -156,7 +156,7 @@ def test_an_invalid_consent_names_the_field(body: dict[str, Any], field: str) ->
         (
             consent_body(recipient={"agency": "bank"}),
             "recipient.agency",
-            "must be one of: dps, municipality, fastlege, nav, police, housing",
+            "must be one of: dps, municipality, fastlege, nav, police, housing, corrections",
         ),
         (consent_body(categories=["health", "health"]), "categories[1]", "is listed twice"),
         (consent_body(categories=[]), "categories", "must name at least one category when given"),

@@ -106,7 +106,7 @@ def test_every_agency_may_send_a_retraction_and_the_rules_are_explained() -> Non
     """policy/authority.yaml lets every agency retract (its own events) and explains the rules."""
     authority = load_authority()
     assert authority.senders["retraction"] == frozenset(
-        {"dps", "municipality", "fastlege", "nav", "police", "housing"}
+        {"dps", "municipality", "fastlege", "nav", "police", "housing", "corrections"}
     )
 
 

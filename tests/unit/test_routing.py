@@ -23,6 +23,7 @@ from carebus.domain.records import (
     CONSENT_CHANGE,
     DELIVERY,
     DISCLOSURE,
+    REGISTER_CHANGE,
     Delivery,
     Disclosure,
     event_schema_name,
@@ -51,6 +52,7 @@ MEMBER = {
     "nav": "889640790",
     "police": "974760681",
     "housing": "987654333",
+    "corrections": "971278382",
 }
 OTHER = {  # a second organisation of each agency
     "dps": "974705800",
@@ -59,6 +61,7 @@ OTHER = {  # a second organisation of each agency
     "nav": "889640804",
     "police": "974760690",
     "housing": "987654341",
+    "corrections": "971278390",
 }
 HOME = "940493047"  # the person's home municipality, outside the care team unless a test adds it
 SOURCE = DEV_ORGANISATIONS
@@ -569,6 +572,118 @@ def test_a_scheduled_follow_up_reaches_health_care_and_the_home_municipality_onl
     assert payload_of(gp) == payload_of(home) == expected
     assert (gp["basis"], home["basis"]) == ("presumed", "statutory")
     assert decision_for(routing, MEMBER["nav"])["reason"] == "not_permitted"
+
+
+def gp_list_entry(org_id: str) -> Change:
+    """The operator's GP-list entry naming `org_id` as the person's GP."""
+    return REGISTER_CHANGE, {
+        "change_id": str(uuid.uuid4()),
+        "subject_key": "7" * 64,
+        "register": "gp",
+        "organisation": {"agency": "fastlege", "org_id": org_id},
+        "recorded_by_org": "918000008",
+        "recorded_at": NOW,
+    }
+
+
+def test_a_treatment_interruption_reaches_health_care_in_the_team_and_the_listed_gp() -> None:
+    """The DPS's treatment interruption reaches the municipal services in the team and the GP
+    on the GP list (presumed, health); NAV and housing, even with consent, and a home
+    municipality outside the team have no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        gp_list_entry(MEMBER["fastlege"]),
+        member("municipality"),
+        member("nav"),
+        consent("nav"),
+        member("housing"),
+        consent("housing"),
+    )
+    routing = routed(event("treatment_interrupted"), state)
+    expected = {
+        "treatment_id": "LAR-2026-0042",
+        "kind": "missed_appointments",
+        "last_contact_at": "2026-11-20T09:00:00Z",
+    }
+    for agency in ("fastlege", "municipality"):
+        delivery = delivery_for(routing, MEMBER[agency])
+        assert delivery is not None, agency
+        assert payload_of(delivery) == expected
+        assert delivery["basis"] == "presumed"
+        assert delivery["categories"] == ["health"]
+    for org_id in (MEMBER["nav"], MEMBER["housing"], HOME):
+        assert decision_for(routing, org_id)["reason"] == "not_permitted"
+
+
+def test_an_objection_withholds_a_treatment_interruption_from_the_gp() -> None:
+    """Presumed sharing ends where the patient objects, for this too."""
+    state = state_of(
+        gp_list_entry(MEMBER["fastlege"]),
+        consent("fastlege", MEMBER["fastlege"], status="objection"),
+    )
+    decision = decision_for(routed(event("treatment_interrupted"), state), MEMBER["fastlege"])
+    assert (decision["decision"], decision["reason"]) == ("withheld", "objection")
+
+
+def test_a_prison_release_needs_a_consent_that_names_justice() -> None:
+    """A consent given for every other category does not cover a release (no consent widens
+    with the new category): withheld as category_not_consented."""
+    state = state_of(
+        member("municipality"),
+        consent("municipality", categories=["logistics", "health", "social", "police"]),
+    )
+    decision = decision_for(routed(event("prison_release"), state), MEMBER["municipality"])
+    assert (decision["decision"], decision["reason"]) == ("withheld", "category_not_consented")
+
+
+def test_a_justice_consent_delivers_the_release_and_social_adds_the_housing_status() -> None:
+    """With `justice` the municipality learns the release; the housing status only where the
+    consent names `social` too."""
+    release = event("prison_release")
+    justice_only = state_of(member("municipality"), consent("municipality", categories=["justice"]))
+    delivery = delivery_for(routed(release, justice_only), MEMBER["municipality"])
+    assert delivery is not None
+    assert payload_of(delivery) == {
+        "release_at": "2026-12-10T08:00:00Z",
+        "home_municipality_org": SOURCE["municipality"],
+        "needs_municipal_services": True,
+    }
+    assert (delivery["basis"], delivery["categories"]) == ("consent", ["justice"])
+    both = state_of(
+        member("municipality"), consent("municipality", categories=["justice", "social"])
+    )
+    delivery = delivery_for(routed(release, both), MEMBER["municipality"])
+    assert delivery is not None
+    assert payload_of(delivery)["housing_status"] == "homeless"
+    assert delivery["categories"] == ["social", "justice"]
+
+
+def test_a_prison_release_reaches_no_one_on_a_presumed_or_statutory_basis() -> None:
+    """No consent: the GP and the DPS in the team get nothing; the home municipality outside
+    the team and the police (with consent) have no rule."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        gp_list_entry(MEMBER["fastlege"]),
+        member("dps"),
+        member("police"),
+        consent("police"),
+    )
+    routing = routed(event("prison_release"), state)
+    assert routing.deliveries == []
+    assert decision_for(routing, MEMBER["fastlege"])["reason"] == "no_consent"
+    assert decision_for(routing, MEMBER["dps"])["reason"] == "no_consent"
+    assert decision_for(routing, MEMBER["police"])["reason"] == "not_permitted"
+    assert decision_for(routing, HOME)["reason"] == "not_permitted"
+
+
+def test_a_prison_release_does_not_set_the_home_municipality() -> None:
+    """Only an admission or the population register names the home municipality: a release
+    naming one changes nothing, so corrections cannot steer who gets statutory notices."""
+    release = event("prison_release", home_municipality_org=OTHER["municipality"])
+    assert state_of((event_schema_name("prison_release"), release)) == PersonState()
+    admitted = state_of((event_schema_name("admission"), event("admission")))
+    after = state_of((event_schema_name("prison_release"), release), state=admitted)
+    assert after.home_municipality == HOME
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

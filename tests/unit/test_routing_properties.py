@@ -44,6 +44,7 @@ ORGS: dict[str, tuple[str, str]] = {
     "nav": ("889640782", "889640790"),
     "police": ("974760673", "974760681"),
     "housing": ("987654325", "987654333"),
+    "corrections": ("971278374", "971278382"),
 }
 AGENCY_OF = {org_id: agency for agency, orgs in ORGS.items() for org_id in orgs}
 FACTORY = EventFactory(seed=11, orgs={agency: orgs[0] for agency, orgs in ORGS.items()})
@@ -86,6 +87,8 @@ CATEGORY_OF_FIELD = {
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
     "recipient_org": "health",
+    "treatment_id": "health",
+    "last_contact_at": "health",
     "housing_status": "social",
 }
 # A discharge after these is a risk discharge: the home municipality still learns only the
@@ -96,6 +99,10 @@ ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
     ("followup_contact", "kind"): "health",
     ("discharge", "kind"): "health",
+    ("treatment_interrupted", "kind"): "health",
+    ("prison_release", "release_at"): "justice",
+    ("prison_release", "home_municipality_org"): "justice",
+    ("prison_release", "needs_municipal_services"): "justice",
     ("housing_incident", "kind"): "social",
     ("housing_incident", "severity"): "social",
     ("housing_incident", "housing_unit_id"): "social",
@@ -108,6 +115,8 @@ FACT_CATEGORY = {
     "police_callout": "police",
     "housing_incident": "social",
     "housing_work_started": "social",
+    "treatment_interrupted": "health",
+    "prison_release": "justice",
 }
 
 
@@ -274,6 +283,9 @@ consented = st.sampled_from(
     [
         ["health", "logistics", "police", "social"],
         ["health", "logistics", "police", "social"],
+        # A release needs `justice`; every category before it existed does not cover one.
+        ["health", "justice", "logistics", "police", "social"],
+        ["justice", "social"],
         ["logistics", "social"],
         ["logistics"],
         ["police"],

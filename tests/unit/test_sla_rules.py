@@ -16,7 +16,7 @@ from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.domain.policy import Policy
 from carebus.domain.records import AlertJson, event_schema_name
-from carebus.domain.routing import Member, PersonState, apply
+from carebus.domain.routing import Consent, Member, PersonState, apply
 from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.policy_files import load_policy, load_rules
@@ -36,6 +36,7 @@ MUNI = ("municipality", "940493039")  # the source of applications
 HOME = "940493021"  # the person's home municipality
 COORDINATOR = "940493047"  # a municipality organisation that coordinates the care team
 NAV = "889640790"
+CORRECTIONS = ("corrections", "971278374")
 
 
 # --- building events and driving the engine --------------------------------------------------
@@ -298,6 +299,34 @@ CASES: list[Case] = [
         deadline=lambda at: at + 48 * HOUR,
         fulfil=lambda at: event(
             "followup_contact", "fu-1", at, source=MUNI, related_event_id="dis-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.treatment_interrupted",
+        prior=_none,
+        trigger=lambda at: event("treatment_interrupted", "ti-1", at),
+        deadline=lambda at: at + 48 * HOUR,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="ti-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="followup.prison_release",
+        prior=_none,
+        trigger=lambda at: event(
+            "prison_release",
+            "rel-1",
+            at,
+            source=CORRECTIONS,
+            release_at=rfc3339(at + DAY),
+        ),
+        deadline=lambda at: at + 3 * DAY,  # the release, a day later, plus 48 hours
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="rel-1"
         ),
         cancel=None,
         recipients=CHAIN_COORDINATOR_HOME,
@@ -962,7 +991,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 17
+    assert len(RULES.rules) == 19
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1242,3 +1271,136 @@ def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
     alerts = of("followup.self_discharge", person.scan(T0 + 3 * DAY))
     assert set(orgs(alerts)) == {COORDINATOR, "912345683"}
     assert len(alerts) == 2
+
+
+# --- followup.treatment_interrupted ---------------------------------------------------------
+
+TREATMENT = "followup.treatment_interrupted"
+GP = "912345683"
+
+
+def with_gp(routing: PersonState) -> PersonState:
+    return replace(routing, team={**routing.team, GP: Member("fastlege", {"register:gp": "gp"})})
+
+
+def test_a_treatment_interruption_tells_the_coordinator_and_the_gp_what_happened() -> None:
+    """The coordinator and the GP on the GP list, both health personnel in the team, get the
+    person and the specific title and why."""
+    person = Person(with_gp(SETUPS["coordinator_and_home"]))
+    person.see(event("treatment_interrupted", "ti-1", T0, kind="dropout"))
+    alerts = of(TREATMENT, person.scan(T0 + 49 * HOUR))
+    rule = RULES.rule(TREATMENT)
+    assert rule is not None
+    assert sorted(orgs(alerts)) == sorted([COORDINATOR, GP])  # type: ignore[type-var]
+    for alert in alerts:
+        assert alert["subject"] == {"nin": NIN}
+        assert alert["title"] == rule.title
+        assert rule.why is not None
+        assert rule.why in alert["summary"]
+        assert alert["contact"] == {"agency": "dps", "org_id": DPS[1]}
+        assert alert["disclosure"]["basis"] == "presumed"
+
+
+def test_a_home_municipality_outside_the_team_gets_a_neutral_actionable_alert() -> None:
+    """No rule routes a treatment interruption to a home municipality outside the team: its
+    alert names neither the person nor what happened, and says whom to contact (the DPS)."""
+    person = Person(SETUPS["home_only"])
+    person.see(event("treatment_interrupted", "ti-1", T0))
+    (alert,) = of(TREATMENT, person.scan(T0 + 49 * HOUR))
+    assert alert["recipient"] == {"agency": "municipality", "org_id": HOME}
+    assert alert["subject"] is None
+    assert alert["title"] == "No follow-up contact by the deadline"
+    assert "treatment" not in alert["summary"].lower()
+    assert f"Contact dps {DPS[1]} and quote event ti-1" in alert["summary"]
+    assert "disclosure" not in alert
+
+
+def test_a_follow_up_of_another_event_does_not_fulfil_the_interruption() -> None:
+    """Only a follow-up contact naming the interruption closes it."""
+    person = Person()
+    person.see(event("treatment_interrupted", "ti-1", T0))
+    person.see(event("followup_contact", "fu-1", T0 + HOUR, source=MUNI, related_event_id="x"))
+    assert len(of(TREATMENT, person.scan(T0 + 49 * HOUR))) == 1
+
+
+# --- followup.prison_release ----------------------------------------------------------------
+
+RELEASE = "followup.prison_release"
+
+
+def consented(routing: PersonState, org_id: str, *categories: str) -> PersonState:
+    """`routing` with the person's consent for `org_id` (a municipality) to learn `categories`."""
+    consent = Consent(
+        agency="municipality",
+        org_id=org_id,
+        status="given",
+        categories=frozenset(categories),
+        valid_from=T0 - 10 * DAY,
+        valid_to=None,
+        recorded_at=T0 - 10 * DAY,
+    )
+    return replace(routing, consents=(*routing.consents, consent))
+
+
+def release_breach(routing: PersonState) -> list[AlertJson]:
+    return breached(CASE[RELEASE], Person(routing))[2]
+
+
+def test_a_coordinator_the_person_told_of_the_release_gets_the_specific_alert() -> None:
+    """With a `justice` consent the coordinator learns whom and why, from corrections."""
+    routing = consented(SETUPS["coordinator_only"], COORDINATOR, "justice")
+    (alert,) = release_breach(routing)
+    rule = RULES.rule(RELEASE)
+    assert rule is not None
+    assert alert["recipient"] == {"agency": "municipality", "org_id": COORDINATOR}
+    assert alert["subject"] == {"nin": NIN}
+    assert alert["title"] == rule.title
+    assert rule.why is not None
+    assert rule.why in alert["summary"]
+    assert alert["contact"] == {"agency": CORRECTIONS[0], "org_id": CORRECTIONS[1]}
+    assert alert["disclosure"]["basis"] == "consent"
+
+
+@pytest.mark.parametrize(
+    ("setup", "categories"),
+    [
+        ("coordinator_only", ()),
+        # Consented to everything there was before `justice`: covers no release.
+        ("coordinator_only", ("logistics", "health", "social", "police")),
+        ("home_only", ()),
+    ],
+)
+def test_a_recipient_not_told_of_the_release_gets_a_neutral_actionable_alert(
+    setup: str, categories: tuple[str, ...]
+) -> None:
+    """A coordinator or home municipality routing does not tell of the release learns neither
+    the person nor the release, and is told whom to contact (never itself) and which event to
+    quote, so that it can act or have the person asked for consent."""
+    routing = SETUPS[setup]
+    recipient = COORDINATOR if setup == "coordinator_only" else HOME
+    if categories:
+        routing = consented(routing, recipient, *categories)
+    (alert,) = release_breach(routing)
+    rule = RULES.rule(RELEASE)
+    assert rule is not None
+    assert alert["recipient"] == {"agency": "municipality", "org_id": recipient}
+    assert alert["subject"] is None
+    assert alert["title"] == rule.neutral_title == "No follow-up contact by the deadline"
+    text = (alert["title"] + alert["summary"]).lower()
+    assert "prison" not in text
+    assert "release" not in text
+    assert NIN not in json.dumps(alert)
+    assert alert["contact"] is not None
+    assert alert["contact"]["org_id"] != recipient
+    assert "quote event rel-1" in alert["summary"]
+    assert "ask the person for consent" in alert["summary"]
+    assert "disclosure" not in alert
+
+
+def test_the_release_deadline_follows_the_release_date() -> None:
+    """A release announced ahead: 48 hours after the release, not after the announcement."""
+    person = Person()
+    person.see(
+        event("prison_release", "rel-1", T0, source=CORRECTIONS, release_at=rfc3339(T0 + 10 * DAY))
+    )
+    assert person.deadlines(RELEASE) == [T0 + 12 * DAY]
