@@ -390,6 +390,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 seen=found.seen,
                 items=found.items,
                 next_cursor=found.next.encode() if found.next else None,
+                contacts=found.contacts,
             )
         )
 

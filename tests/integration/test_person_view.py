@@ -249,7 +249,9 @@ async def test_a_nav_coordinator_in_the_team_sees_only_itself_and_nothing_it_was
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["relations"] == ["care_team"]
-    assert body["care_team"] == [{"agency": "nav", "org_id": ORGS["nav"], "role": "participant"}]
+    assert body["care_team"] == [
+        {"agency": "nav", "org_id": ORGS["nav"], "role": "participant", "contacts": []}
+    ]
     assert body["obligations"] == []
     assert body["events"] == {"items": [], "next": None}
     assert body["subject"] is None
