@@ -325,7 +325,7 @@ async def test_the_inbox_reads_only_the_columns_the_person_view_needs(
 
 
 async def test_contact_persons_are_added_by_the_registry_and_read_by_inbox_and_audit(
-    stack: TestStack,
+    stack: TestStack, owner: asyncpg.Connection
 ) -> None:
     """Migration 0024: the registry adds contact persons (a history: never changed or removed
     by a service) and takes the person's data key to seal the name; the inbox and the audit
@@ -334,6 +334,10 @@ async def test_contact_persons_are_added_by_the_registry_and_read_by_inbox_and_a
         "INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position, name,"
         " status, recorded_by_org) VALUES (gen_random_uuid(), $1, '940493021', 'coordinator',"
         " 'accountable', 'sealed:v1:1:AAAA', 'active', '940493021')"
+    )
+    await owner.execute(
+        "INSERT INTO organisations (org_id, agency) VALUES ('940493021', 'municipality')"
+        " ON CONFLICT DO NOTHING"
     )
     registry = await connect_as(stack, "registry")
     try:
