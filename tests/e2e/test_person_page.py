@@ -157,6 +157,11 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
     data_key = (await person_keys.current(db, KeyWrap.from_settings(stack.settings), [key]))[key]
     for org_id, role, position, name, hpr in CONTACTS:
         await db.execute(
+            "INSERT INTO organisations (org_id, agency) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            org_id,
+            "dps" if org_id == DPS else "municipality",
+        )
+        await db.execute(
             "INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position,"
             " name, hpr_number, status, recorded_by_org) VALUES ($1, $2, $3, $4, $5, $6, $7,"
             " 'active', $3)",
