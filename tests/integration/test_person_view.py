@@ -154,6 +154,7 @@ async def test_the_home_municipalitys_coordinator_sees_the_person(
         "agency": "municipality",
         "org_id": ORGS["municipality"],
         "role": "coordinator",
+        "contacts": [],  # no one named (tests/e2e/test_person_page.py names them)
     }
     assert {m["org_id"] for m in body["care_team"]} == {ORGS["municipality"], ORGS["nav"]}
     followup = RULES.rule("followup.discharge_48h")
