@@ -222,3 +222,16 @@ def test_the_unassigned_queue_has_no_recipient_role() -> None:
     )
     unassigned = by_recipient(alerts)[None]
     assert unassigned["recipient_role"] is None
+
+
+def test_a_member_named_pathway_coordinator_holds_that_role_over_participant_not_coordinator() -> (
+    None
+):
+    """A DPS a plan lists as participant and the registry names pathway coordinator is the
+    pathway coordinator; a coordinator statement outranks it (routing's role strength)."""
+    named = Member(
+        "dps", {"plan:940493021:IP-1": "participant", "registry:x": "pathway_coordinator"}
+    )
+    assert named.role == "pathway_coordinator"
+    assert named.plus("registry:y", "coordinator").role == "coordinator"
+    assert named.without("registry:x") == Member("dps", {"plan:940493021:IP-1": "participant"})
