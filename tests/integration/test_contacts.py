@@ -311,3 +311,41 @@ async def stored_alert(
         recipient_role,
     )
     return alert_id
+
+
+async def test_the_coordinator_names_the_dps_pathway_coordinator_and_no_one_else_does(
+    stack: TestStack, registry: httpx.AsyncClient, db: asyncpg.Connection, tokens: dict[str, str]
+) -> None:
+    """The municipal coordinator names the DPS pathway coordinator (201, on the stream as
+    `pathway_coordinator`); a DPS without the person admitted may not name itself (403); a
+    municipality is no pathway coordinator (422 naming role)."""
+    nin = await in_team(registry, tokens)
+    change = {"nin": nin, "agency": "dps", "org_id": ORGS["dps"], "status": "member"}
+    named = await registry.post(
+        "/v1/care-teams",
+        json={**change, "role": "pathway_coordinator"},
+        headers=auth(tokens, "municipality"),
+    )
+    assert named.status_code == 201, named.text
+    row = await db.fetchrow(
+        "SELECT role, recorded_by_org FROM care_team_changes WHERE change_id = $1",
+        uuid.UUID(named.json()["change_id"]),
+    )
+    assert row is not None
+    assert (row["role"], row["recorded_by_org"]) == ("pathway_coordinator", ORGS["municipality"])
+
+    other = await in_team(registry, tokens)
+    itself = await registry.post(
+        "/v1/care-teams",
+        json={**change, "nin": other, "role": "pathway_coordinator"},
+        headers=auth(tokens, "dps"),
+    )
+    assert itself.status_code == 403, itself.text
+    municipal = await registry.post(
+        "/v1/care-teams",
+        json={**change, "nin": other, "agency": "municipality", "org_id": ORGS["municipality"],
+              "role": "pathway_coordinator"},
+        headers=auth(tokens, "municipality"),
+    )  # fmt: skip
+    assert municipal.status_code == 422, municipal.text
+    assert [d["field"] for d in municipal.json()["error"]["details"]] == ["role"]
