@@ -35,7 +35,7 @@ from typing import Any, Final
 from confluent_kafka import Message
 
 from carebus.adapters.sink import Connection, InvalidRecordError, Row, SinkSpec, serve_sink
-from carebus.domain.alerts import OPERATOR_ACTION, operator_alert_id
+from carebus.domain.alerts import OPERATOR_ACTION, RECIPIENT_ROLES, operator_alert_id
 from carebus.domain.records import ALERT
 from carebus.wire import topics
 from carebus.wire.codec import Decoded
@@ -60,9 +60,10 @@ _STORE_ALERT: Final = """
         INSERT INTO alerts (
             alert_id, rule_id, title, kind, status, resolution, subject_key, nin,
             recipient_agency, recipient_org, audience, contact_agency, contact_org, deadline,
-            breached_at, escalate_at, summary, event_ids, rules_version, resolved_at)
+            breached_at, escalate_at, summary, event_ids, rules_version, resolved_at,
+            recipient_role)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, $19, CASE WHEN $5 = 'resolved' THEN $20::timestamptz END)
+                $18, $19, CASE WHEN $5 = 'resolved' THEN $20::timestamptz END, $21)
         ON CONFLICT (alert_id) DO NOTHING
         RETURNING alert_id
     ), resolved AS (
@@ -125,7 +126,15 @@ def alert_row(record: Mapping[str, Any]) -> Row:
         list(record["event_ids"]),
         record["rules_version"],
         record["changed_at"],
+        _recipient_role(record) if recipient_org is not None else None,
     )
+
+
+def _recipient_role(record: Mapping[str, Any]) -> str | None:
+    """The chain role that chose the recipient, if it is one this store knows (a newer engine's
+    role reads as none: the inbox then names the organisation's contact by its general order)."""
+    role = record.get("recipient_role")
+    return role if role in RECIPIENT_ROLES else None
 
 
 def _check_operator_alert(record: Mapping[str, Any]) -> None:

@@ -322,7 +322,10 @@ def person_journeys(
 async def play(stack: Stack, run: str, seed: int) -> list[str]:
     """Post every event of the scenario (and the consents, to the registry, in their place);
     returns the accepted event ids."""
+    """Post every event of the scenario, then person a's contact persons; returns the accepted
+    event ids."""
     accepted: list[str] = []
+    journeys = person_journeys(stack.orgs, run, random.Random(seed))
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         for agency, body in person_journeys(stack.orgs, run, random.Random(seed)):
             headers = {"Authorization": f"Bearer {stack.tokens[agency]}"}
@@ -334,12 +337,44 @@ async def play(stack: Stack, run: str, seed: int) -> list[str]:
                     raise SystemExit(f"registry refused a consent: {recorded.status_code}")
                 continue
             response = await client.post("/v1/events", json=body, headers=headers)
+        for agency, body in journeys:
+            response = await client.post(
+                "/v1/events", json=body, headers={"Authorization": f"Bearer {stack.tokens[agency]}"}
+            )
             if response.status_code != 202:
                 raise SystemExit(
                     f"gateway refused {body['event_id']}: {response.status_code} {response.text}"
                 )
             accepted.append(body["event_id"])
+    person_a = next(body for _, body in journeys if f"-{run}-a-" in body["event_id"])
+    await name_contacts(stack, person_a["subject"]["nin"])
     return accepted
+
+
+async def name_contacts(stack: Stack, nin: str) -> None:
+    """Issue 17, item 4: for person a, the demo municipality (its coordinator) names the DPS the
+    pathway coordinator, then its own coordinator and deputy; the DPS its pathway coordinator
+    with an HPR number. The inbox names them on the alerts about person a."""
+    dps, municipality = stack.orgs["dps"], stack.orgs["municipality"]
+    team = {"nin": nin, "agency": "dps", "org_id": dps, "role": "pathway_coordinator"}
+    named = {"nin": nin, "position": "accountable", "status": "active"}
+    statements = [
+        ("municipality", "/v1/care-teams", {**team, "status": "member"}),
+        ("municipality", "/v1/care-teams/contacts", {**named, "org_id": municipality,
+         "role": "coordinator", "name": "Kari Koordinator (demo)"}),
+        ("municipality", "/v1/care-teams/contacts", {**named, "org_id": municipality,
+         "role": "coordinator", "position": "deputy", "name": "Per Vara (demo)"}),
+        ("dps", "/v1/care-teams/contacts", {**named, "org_id": dps, "role": "pathway_coordinator",
+         "name": "Lege Forløp (demo)", "hpr_number": "9876543"}),
+    ]  # fmt: skip
+    async with httpx.AsyncClient(base_url=stack.registry, timeout=30) as client:
+        for who, path, body in statements:
+            headers = {"Authorization": f"Bearer {stack.tokens[who]}"}
+            response = await client.post(path, json=body, headers=headers)
+            if response.status_code != 201:
+                raise SystemExit(f"registry refused {path}: {response.status_code} {response.text}")
+    print("person a: the municipality named its coordinator and deputy, the DPS its pathway"
+          " coordinator (HPR 9876543); the inbox names them on person a's alerts")  # fmt: skip
 
 
 async def show_event_store(dsn: str, event_ids: list[str], timeout_s: float = 30.0) -> None:

@@ -21,7 +21,7 @@ from carebus.domain.events import PAYLOAD_FIELDS
 from carebus.domain.policy import EMERGENCY, Policy
 from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
-from carebus.domain.sla import OSLO, Rule, parse_rfc3339, stamp
+from carebus.domain.sla import OSLO, ROLES, Rule, parse_rfc3339, stamp
 
 __all__ = [
     "AlertContext",
@@ -37,6 +37,9 @@ __all__ = [
 FieldsSeen = Callable[[Mapping[str, Any]], frozenset[str] | None]
 
 KIND: Final = {"deadline": "deadline_missed", "window": "care_team_meeting"}
+# The roles an alert's `recipient_role` may hold: a rule's chain roles that name an
+# organisation, and the organisations an emergency was delivered to.
+RECIPIENT_ROLES: Final = frozenset(ROLES) - {"unassigned"} | {"emergency_recipient"}
 
 
 def kind_of(rule: Rule) -> str:
@@ -69,8 +72,10 @@ def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None
 
 def recipients(
     rule: Rule, trigger: Mapping[str, Any], routing: PersonState, routed: Routing
-) -> list[Organisation | None]:
-    """One organisation per fallback chain (None: the unassigned queue), each at most once.
+) -> list[tuple[Organisation | None, str]]:
+    """One organisation per fallback chain (None: the unassigned queue), each at most once,
+    with the chain role it was chosen by (the first chain's when two chains find it): the
+    inbox names that role's accountable person at the organisation (issue 17, item 4).
 
     An emergency rule also alerts every organisation routing delivered the emergency to
     (`routed`: the trigger routed against `routing`): the care team and the home municipality
@@ -78,22 +83,22 @@ def recipients(
     without consent (helsepersonelloven §23 no. 4), so each one's privacy officer reviews the
     disclosure, not only the source's (issue 12, item 9).
     """
-    chosen: list[Organisation | None] = []
+    chosen: list[tuple[Organisation | None, str]] = []
 
-    def choose(found: Organisation | None) -> None:
-        org_ids = [None if c is None else c["org_id"] for c in chosen]
+    def choose(found: Organisation | None, role: str) -> None:
+        org_ids = [None if c is None else c["org_id"] for c, _ in chosen]
         if (None if found is None else found["org_id"]) not in org_ids:
-            chosen.append(found)
+            chosen.append((found, role))
 
     for chain in rule.recipients:
         for role in chain:
             found = _resolve(role, trigger, routing)
             if found is not False:
-                choose(found)
+                choose(found, role)
                 break
     if rule.emergency:
         for recipient in emergency_recipients(routed):
-            choose(recipient)
+            choose(recipient, "emergency_recipient")
     return chosen
 
 
@@ -107,29 +112,62 @@ def emergency_recipients(routed: Routing) -> list[Organisation]:
 
 
 def _resolve(role: str, trigger: Mapping[str, Any], routing: PersonState) -> Any:
+    """The organisation `role` names for the trigger's person; False: none; None: the
+    unassigned queue. No role is ever settled by the lower organisation number."""
     if role == "source":
         return {"agency": trigger["source"]["agency"], "org_id": trigger["source"]["org_id"]}
-    if role == "coordinator":
-        coordinators = [
-            (org_id, member) for org_id, member in routing.team.items() if member.role == role
-        ]
-        if not coordinators:
-            return False
-        # The municipal coordinator holds the individual plan and the coordination duty
-        # (sources.md, "Koordinator"); a specialist service's pathway coordinator gets the alert
-        # only where the municipality has named none. Never "the lower organisation number".
-        org_id, member = min(
-            coordinators, key=lambda pair: (pair[1].agency != "municipality", pair[0])
-        )
-        return {"agency": member.agency, "org_id": org_id}
+    if role in _COORDINATORS:
+        for wanted in _COORDINATORS[role]:
+            found = _coordinator(wanted, trigger, routing)
+            if found is not None:
+                return found
+        return False
     if role == "home_municipality":
         home = routing.home_municipality
         return {"agency": "municipality", "org_id": home} if home else False
     if role == "gp":
-        # The care team's GP (the GP list's, or one a plan or the registry named).
-        gps = sorted(org_id for org_id, member in routing.team.items() if member.role == "gp")
-        return {"agency": routing.team[gps[0]].agency, "org_id": gps[0]} if gps else False
+        # The care team's GP: the GP list's (its GP-list membership), else the first named.
+        gps = [org_id for org_id, member in routing.team.items() if member.role == "gp"]
+        listed = [org_id for org_id in gps if org_id == routing.gp]
+        if not gps:
+            return False
+        org_id = (listed or gps)[0]
+        return {"agency": routing.team[org_id].agency, "org_id": org_id}
     return None  # unassigned
+
+
+# The defined rule for the two coordinator roles (issue 17, item 4; docs/design.md "Who gets
+# which alert"): the municipal coordinator holds the individual plan and the coordination duty
+# (sources.md, "Koordinator"), so obligations the municipality owes go to it; the DPS's pathway
+# coordinator (forløpskoordinator) gets a copy of what the DPS owes. `coordinator`, kept for
+# override files, is the municipal coordinator, else the pathway coordinator. Each role tries
+# these kinds of member in order.
+_COORDINATORS: Final[Mapping[str, tuple[str, ...]]] = {
+    "municipal_coordinator": ("municipal", "any_coordinator"),
+    "pathway_coordinator": ("pathway",),
+    "coordinator": ("municipal", "any_coordinator", "pathway"),
+}
+
+
+def _coordinator(
+    wanted: str, trigger: Mapping[str, Any], routing: PersonState
+) -> Organisation | None:
+    """The member of the kind `wanted`: `municipal` (role coordinator, a municipality),
+    `any_coordinator` (role coordinator), `pathway` (role pathway_coordinator, a DPS). Where
+    two qualify, the home municipality (for a municipal one) or the trigger's own DPS (for a
+    pathway one) first, then the one the team has held longest (its order on the stream)."""
+    role = "pathway_coordinator" if wanted == "pathway" else "coordinator"
+    agency = {"municipal": "municipality", "pathway": "dps"}.get(wanted)
+    found = [
+        (org_id, member)
+        for org_id, member in routing.team.items()
+        if member.role == role and (agency is None or member.agency == agency)
+    ]
+    if not found:
+        return None
+    first = routing.home_municipality if wanted != "pathway" else trigger["source"]["org_id"]
+    org_id, member = min(found, key=lambda pair: pair[0] != first)  # stable: team order
+    return {"agency": member.agency, "org_id": org_id}
 
 
 def build_alerts(
@@ -146,7 +184,7 @@ def build_alerts(
     # it), so this is routing's answer for the trigger now: whom it reaches, on which basis.
     # For an emergency that is whom the router delivered it to (consent plays no part).
     routed = route(trigger, context.routing, context.policy, context.now)
-    for recipient in recipients(rule, trigger, context.routing, routed):
+    for recipient, recipient_role in recipients(rule, trigger, context.routing, routed):
         org_id = None if recipient is None else recipient["org_id"]
         contact = _contact(rule, trigger, context.routing, org_id)
         disclosure = _disclosure_for(trigger, org_id, routed)
@@ -185,6 +223,7 @@ def build_alerts(
             "subject_key": trigger["subject_key"],
             "subject": {"nin": trigger["subject"]["nin"]} if knows else None,
             "recipient": recipient,
+            "recipient_role": recipient_role if recipient is not None else None,
             "audience": rule.audience,
             "contact": contact,
             "deadline": deadline,

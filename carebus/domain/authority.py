@@ -31,6 +31,7 @@ RULES: Final = (
     "retraction.own_event",
     "retraction.repeated",
     "erasure.data_protection_officer",
+    "contact.own_staff",
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"
@@ -188,6 +189,34 @@ class AuthorityPolicy:
                 "role",
                 "a coordinator is named by the home municipality, the admitting DPS or the"
                 " current coordinator",
+            )
+        own_dps = org_id == actor.org_id and "admitting" in relations
+        if role == "pathway_coordinator" and not (own_dps or coordinator):
+            return Refusal(
+                "care_team.recorder",
+                "role",
+                "a pathway coordinator is named by the DPS itself while it has the person"
+                " admitted, or by the coordinator",
+            )
+        return None
+
+    def contact_refusal(self, state: PersonState, actor: Actor, org_id: str) -> Refusal | None:
+        """The refusal of naming a contact person (issue 17, item 4); None to accept it.
+
+        An organisation names only its own staff, and only while it serves the person: in the
+        care team, or the GP on the GP list. Ending a contact is judged alike: another
+        organisation cannot take a named person off a team it is not in.
+        """
+        if org_id != actor.org_id:
+            return Refusal(
+                "contact.own_staff", "org_id", "an organisation names only its own staff"
+            )
+        if not state.relations(actor.org_id) & {"care_team", "gp"}:
+            return Refusal(
+                "contact.own_staff",
+                "nin",
+                "an organisation names its staff for a person only while it is in the person's"
+                " care team or is the GP on the GP list",
             )
         return None
 

@@ -173,6 +173,7 @@ class Alert(TypedDict):
     subject_key: str
     subject: Subject | None
     recipient: Organisation | None
+    recipient_role: NotRequired[str | None]
     audience: str
     contact: Organisation | None
     deadline: datetime | None
@@ -219,6 +220,9 @@ class AlertJson(TypedDict):
     subject_key: str
     subject: Subject | None
     recipient: Organisation | None
+    # The recipients chain role that chose the recipient (None: the unassigned queue); absent
+    # in alerts raised before issue 17's contact persons.
+    recipient_role: NotRequired[str | None]
     audience: str
     contact: Organisation | None
     deadline: str | None

@@ -40,6 +40,7 @@ PURGE_ORDER: Final = (
     "retractions",
     "consents",
     "care_team_changes",
+    "care_team_contacts",
     "register_changes",
 )
 

@@ -63,7 +63,7 @@ STATE_SENDERS: Final[Mapping[str, frozenset[str]]] = {
     "discharge": frozenset({"dps"}),
     "ip_update": frozenset({"municipality", "dps"}),
 }
-_ROLE_STRENGTH: Final = ("coordinator", "gp", "participant")
+_ROLE_STRENGTH: Final = ("coordinator", "pathway_coordinator", "gp", "participant")
 HOME_FROM_REGISTER: Final = "register"
 HOME_FROM_ADMISSION: Final = "admission"
 

@@ -39,7 +39,15 @@ _ABSENT_SYMBOLS: Final = frozenset(
     spec.absent for fields in PAYLOAD_FIELDS.values() for spec in fields.values() if spec.absent
 )
 KINDS: Final = ("deadline", "window", "immediate")
-ROLES: Final = ("source", "coordinator", "home_municipality", "gp", "unassigned")
+ROLES: Final = (
+    "source",
+    "coordinator",
+    "municipal_coordinator",
+    "pathway_coordinator",
+    "home_municipality",
+    "gp",
+    "unassigned",
+)
 AUDIENCES: Final = ("coordinator", "privacy_officer")
 CONTACTS: Final = ("source", "home_municipality")
 _DURATION: Final = re.compile(

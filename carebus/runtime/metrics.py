@@ -105,7 +105,7 @@ SINK_RETRIES: Final = Counter(
 REGISTRY_CHANGES: Final = Counter(
     "carebus_registry_changes_total",
     "Consent and care-team changes the registry recorded (committed with their outbox record),"
-    " by kind (consent, care_team).",
+    " and contact persons, by kind (consent, care_team, register, contact).",
     ["kind"],
 )
 AUTHORITY_REFUSALS: Final = Counter(

@@ -140,6 +140,7 @@ REASON_WORDS: Final[Mapping[str, str]] = {
 # The statements of the AuthorityRefusal schema, as the object of "tried to …".
 STATEMENT_WORDS: Final[Mapping[str, str]] = {
     "care_team_change": "change who is in your care team",
+    "contact": "name who at an organisation is responsible for you",
     "consent": "record a consent or an objection for you",
     "consent_confirmation": "confirm a consent for you",
     "register_change": "change your home municipality or GP in the register",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -72,12 +72,18 @@ def alert_json(row: AlertRow) -> dict[str, Any]:
         "breached_at": rfc3339(row["breached_at"]),
         "escalate_at": rfc3339(row["escalate_at"]),
         "recipient": _organisation(row["recipient_agency"], row["recipient_org"]),
+        "recipient_role": row.get("recipient_role"),
     }
     if row["nin"] is not None:
         alert["subject"] = {"nin": row["nin"]}
         # Added fields, only where the alert names the person: the way to the person view.
         alert["subject_key"] = row["subject_key"]
         alert["person_url"] = f"/persons/{row['subject_key']}"
+        # Whom at the recipient the alert is for (issue 17, item 4), read now: null when the
+        # organisation named no one. Only where the alert may name the person.
+        accountable, deputy = named(row.get("contacts") or (), row.get("recipient_role"))
+        alert["accountable"] = accountable.json() if accountable else None
+        alert["deputy"] = deputy.json() if deputy else None
     elif row.get("erased"):
         # The person was erased since (docs/design.md, "Erasure"): the alert stays, nameless.
         alert["subject"] = None
@@ -92,6 +98,52 @@ def alert_json(row: AlertRow) -> dict[str, Any]:
     alert["acknowledged_by"] = _person(row, "acknowledged_by")
     alert["resolved_by"] = _person(row, "resolved_by")
     return alert
+
+
+# Which contact role names the accountable person for an alert chosen by a chain role; then,
+# for a role that names no particular one (source, home municipality) or where that role has
+# no contact registered, the organisation's contacts in this order.
+_CONTACT_ROLE_FIRST: Final = {
+    "coordinator": "coordinator",
+    "municipal_coordinator": "coordinator",
+    "pathway_coordinator": "pathway_coordinator",
+    "gp": "gp",
+}
+CONTACT_ROLES: Final = ("coordinator", "pathway_coordinator", "gp", "contact")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPerson:
+    """A current, active contact person of one organisation for one person, name opened."""
+
+    org_id: str
+    role: str
+    position: str  # accountable | deputy
+    name: str
+    hpr_number: str | None
+    phone: str | None
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "hpr_number": self.hpr_number,
+            "phone": self.phone,
+        }
+
+
+def named(
+    contacts: Sequence[ContactPerson], recipient_role: str | None
+) -> tuple[ContactPerson | None, ContactPerson | None]:
+    """The accountable person and the deputy an alert names, from its recipient organisation's
+    contacts: those of the role the alert was routed by, else of the first role in
+    CONTACT_ROLES that has any; (None, None) when the organisation named no one."""
+    first = _CONTACT_ROLE_FIRST.get(recipient_role or "")
+    for role in ((first,) if first else ()) + CONTACT_ROLES:
+        of_role = {c.position: c for c in contacts if c.role == role}
+        if of_role:
+            return of_role.get("accountable"), of_role.get("deputy")
+    return None, None
 
 
 def _person(row: AlertRow, action: str) -> dict[str, str] | None:

@@ -99,6 +99,16 @@ class ActingPerson(BaseModel):
     issuer: str
 
 
+class NamedContact(BaseModel):
+    """A member of staff a care-team organisation named for the person (the registry's
+    `POST /v1/care-teams/contacts`)."""
+
+    name: str
+    role: Literal["coordinator", "pathway_coordinator", "gp", "contact"]
+    hpr_number: str | None
+    phone: str | None
+
+
 class Alert(BaseModel):
     alert_id: str
     rule_id: str
@@ -114,6 +124,12 @@ class Alert(BaseModel):
     breached_at: datetime
     escalate_at: datetime
     recipient: Organisation | None = Field(description="null: the unassigned queue.")
+    recipient_role: str | None = Field(
+        default=None,
+        description="The SLA rule's role that chose the recipient (source,"
+        " municipal_coordinator, pathway_coordinator, home_municipality, gp, ...); null for"
+        " the unassigned queue, an operator action, or an alert raised before it was recorded.",
+    )
     subject: Subject | None = Field(
         default=None,
         description="Present only when the recipient may know the person; null once the person"
@@ -132,6 +148,16 @@ class Alert(BaseModel):
         default=None,
         description="Present, and true, only when the person was erased since: the alert names"
         " no one, and its summary reads `(erased)` where it quoted a sealed text.",
+    )
+    accountable: NamedContact | None = Field(
+        default=None,
+        description="Present only with `subject`: the person the recipient organisation named"
+        " accountable for the person in the role the alert was routed by (else its first role"
+        " with a named person: coordinator, pathway_coordinator, gp, contact), read from the"
+        " registry now; null when it named no one.",
+    )
+    deputy: NamedContact | None = Field(
+        default=None, description="Present only with `subject`: the deputy, as `accountable`."
     )
     contact: Organisation | None
     summary: str
@@ -155,9 +181,11 @@ class PersonTimeline(BaseModel):
         description="care_team, home_municipality, gp, admitting: how the caller's organisation"
         " is related to the person."
     )
-    care_team: list[dict[str, str]] = Field(
-        description="{agency, org_id, role}: every member for a health organisation (dps,"
-        " municipality, fastlege), only its own entry for anyone else."
+    care_team: list[dict[str, object]] = Field(
+        description="{agency, org_id, role, contacts}: every member for a health organisation"
+        " (dps, municipality, fastlege), only its own entry for anyone else; `contacts` the"
+        " staff each named for the person ({position, name, role, hpr_number, phone}),"
+        " accountable first."
     )
     obligations: list[dict[str, str | None]] = Field(
         description="{rule_id, title, deadline, status}: owed obligations (open or breached)"
@@ -390,6 +418,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 seen=found.seen,
                 items=found.items,
                 next_cursor=found.next.encode() if found.next else None,
+                contacts=found.contacts,
             )
         )
 

@@ -18,6 +18,7 @@ from carebus.domain.alerts import may_read_condition
 from carebus.domain.obligations import SlaState
 from carebus.domain.routing import PersonState
 from carebus.domain.sla import RuleSet, parse_rfc3339
+from services.inbox.alerts import CONTACT_ROLES, ContactPerson
 
 # A stored row as asyncpg returns it, or any mapping with the same keys (tests).
 Row = asyncpg.Record | Mapping[str, Any]
@@ -34,7 +35,7 @@ MAX_LIMIT: Final = 200
 HEALTH_AGENCIES: Final = frozenset({"dps", "municipality", "fastlege"})
 # Obligations still owed: open, or breached and not yet fulfilled.
 OWED: Final = ("open", "breached")
-_ROLE_ORDER: Final = {"coordinator": 0, "gp": 1, "participant": 2}
+_ROLE_ORDER: Final = {"coordinator": 0, "pathway_coordinator": 1, "gp": 2, "participant": 3}
 # The keys of a delivery the timeline repeats, exactly as delivered (never `subject`: the
 # view names the person once, at the top).
 _DELIVERY_KEYS: Final = (
@@ -59,15 +60,32 @@ def relations(routing: PersonState, org_id: str) -> list[str]:
     return sorted(routing.relations(org_id))
 
 
-def care_team(routing: PersonState, agency: str, org_id: str) -> list[dict[str, str]]:
+def care_team(
+    routing: PersonState,
+    agency: str,
+    org_id: str,
+    contacts: Mapping[str, Sequence[ContactPerson]] | None = None,
+) -> list[dict[str, Any]]:
     """The care team as the caller may see it: every member for a health organisation, only
-    its own entry for anyone else; coordinators first."""
+    its own entry for anyone else; coordinators first. Each entry lists the contact persons its
+    organisation named for the person (issue 17, item 4), accountable before deputy."""
     members = sorted(
         routing.team.items(),
         key=lambda pair: (_ROLE_ORDER.get(pair[1].role, 9), pair[1].agency, pair[0]),
     )
     return [
-        {"agency": member.agency, "org_id": member_org, "role": member.role}
+        {
+            "agency": member.agency,
+            "org_id": member_org,
+            "role": member.role,
+            "contacts": [
+                {"position": person.position, **person.json()}
+                for person in sorted(
+                    (contacts or {}).get(member_org, ()),
+                    key=lambda c: (CONTACT_ROLES.index(c.role), c.position != "accountable"),
+                )
+            ],
+        }
         for member_org, member in members
         if agency in HEALTH_AGENCIES or member_org == org_id
     ]
@@ -176,12 +194,13 @@ def view(
     seen: Mapping[tuple[str, str], frozenset[str]],
     items: Sequence[Mapping[str, Any]],
     next_cursor: str | None,
+    contacts: Mapping[str, Sequence[ContactPerson]] | None = None,
 ) -> dict[str, Any]:
     """The timeline's JSON for a caller with a relation to the person."""
     return {
         "subject": dict(subject) if subject is not None else None,
         "relations": relations(routing, org_id),
-        "care_team": care_team(routing, agency, org_id),
+        "care_team": care_team(routing, agency, org_id, contacts),
         "obligations": obligations(state, rules, org_id, seen),
         "events": {"items": [dict(item) for item in items], "next": next_cursor},
     }

@@ -24,7 +24,9 @@ from carebus.domain.routing import PersonState
 from carebus.wire.cursor import Cursor
 from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_body, open_sealed
 from carebus.wire.sealing import SealedUnreadableError as Unreadable
+from services.inbox.alerts import ContactPerson
 from services.inbox.person import Row, first_sealed_nin, received_item, seen_events, sent_item
+from services.inbox.store import current_contacts
 
 PERSON_TIMELINE: Final = "person_timeline"
 
@@ -89,6 +91,8 @@ class Timeline:
     seen: dict[tuple[str, str], frozenset[str]]
     items: list[dict[str, Any]]
     next: Cursor | None
+    # org_id -> the contact persons it named for the person (active ones, names opened).
+    contacts: dict[str, list[ContactPerson]]
 
 
 class PersonStore:
@@ -129,6 +133,9 @@ class PersonStore:
             )
             sealed_nin = await conn.fetchval(_NIN, looker.org_id, subject_key)
             keys = await person_keys.keyring(conn, self._wrap, [subject_key])
+            contacts = await current_contacts(
+                conn, [(subject_key, member) for member in sorted(person.routing.team)], keys
+            )
             page = rows[:limit]
             await conn.execute(
                 _RECORD,
@@ -151,6 +158,7 @@ class PersonStore:
             seen=seen,
             items=[_item(row, subject_key, keys) for row in page],
             next=cursor,
+            contacts={org: found for (_, org), found in contacts.items()},
         )
 
 

@@ -14,7 +14,13 @@ from carebus.adapters.sessions import Actor
 from carebus.wire.cursor import BEGINNING, Cursor
 from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_sealed, open_text
 from carebus.wire.sealing import SealedUnreadableError as Unreadable
-from services.inbox.alerts import AUDIENCE_OF_ROLE, AlertFilter, AlertRow, works_the_queue
+from services.inbox.alerts import (
+    AUDIENCE_OF_ROLE,
+    AlertFilter,
+    AlertRow,
+    ContactPerson,
+    works_the_queue,
+)
 
 # The channel the alert store sink and this service notify, with the alert id as payload.
 CHANNEL: Final = "carebus_alerts"
@@ -24,7 +30,7 @@ _COLUMNS: Final = """
     recipient_agency,
     recipient_org, audience, contact_agency, contact_org, deadline, breached_at, escalate_at,
     summary, event_ids, acknowledged_at, resolved_at, acknowledged_by_subject,
-    acknowledged_by_issuer, resolved_by_subject, resolved_by_issuer
+    acknowledged_by_issuer, resolved_by_subject, resolved_by_issuer, recipient_role
 """
 # services.inbox.alerts.can_see in SQL ($1: the caller's org_id). Fixed texts only: the
 # audience comes from AUDIENCE_OF_ROLE, never from the request.
@@ -77,6 +83,44 @@ _ESCALATE: Final = """
 _NOTIFY: Final = "SELECT pg_notify($1, alert_id) FROM unnest($2::text[]) AS alert_id"
 # The fields of an alert's trigger its summary may quote (an emergency's justification).
 _QUOTED: Final = ("emergency.justification", "emergency.accountable")
+
+
+# The current contact of each (person, organisation, role, position): its latest row.
+_CONTACTS: Final = """
+    SELECT DISTINCT ON (subject_key, org_id, role, position)
+        subject_key, org_id, role, position, name, hpr_number, phone, status
+    FROM care_team_contacts
+    WHERE (subject_key, org_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    ORDER BY subject_key, org_id, role, position, recorded_at DESC, contact_id DESC
+"""
+# carebus.wire.sealing path of a contact's name (services.registry.history seals it).
+CONTACT_NAME_PATH: Final = "contact.name"
+
+
+async def current_contacts(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    wanted: Sequence[tuple[str, str]],
+    keys: Keyring,
+) -> dict[tuple[str, str], list[ContactPerson]]:
+    """The active contact persons of each (subject key, org_id), names opened; a name that does
+    not open (the person was erased) leaves its contact out."""
+    found: dict[tuple[str, str], list[ContactPerson]] = {}
+    if not wanted:
+        return found
+    rows = await conn.fetch(_CONTACTS, [w[0] for w in wanted], [w[1] for w in wanted])
+    for row in rows:
+        if row["status"] != "active":
+            continue
+        try:
+            name = open_sealed(keys, row["subject_key"], CONTACT_NAME_PATH, row["name"])
+        except Unreadable:
+            continue
+        found.setdefault((row["subject_key"], row["org_id"]), []).append(
+            ContactPerson(
+                row["org_id"], row["role"], row["position"], name, row["hpr_number"], row["phone"]
+            )
+        )
+    return found
 
 
 def opened(row: AlertRow, keys: Keyring) -> AlertRow:
@@ -134,17 +178,34 @@ class AlertStore:
 
     async def _opened(self, rows: Sequence[AlertRow]) -> list[AlertRow]:
         """`rows` with their sealed values opened under the persons' current keys (no cache:
-        an erasure shows at the next read)."""
+        an erasure shows at the next read), and each alert that names the person with its
+        recipient's contact persons (`contacts`), read now."""
         sealed = [
             row["subject_key"]
             for row in rows
             if PREFIX in (row["nin"] or "") or PREFIX in row["summary"]
         ]
-        if not sealed:
+        naming = sorted(
+            {
+                (row["subject_key"], row["recipient_org"])
+                for row in rows
+                if row["nin"] is not None and row["recipient_org"] is not None
+            }
+        )
+        if not sealed and not naming:
             return list(rows)
         async with self._pool.acquire() as conn:
-            keys = await person_keys.keyring(conn, self._wrap, sealed)
-        return [opened(row, keys) for row in rows]
+            keys = await person_keys.keyring(
+                conn, self._wrap, {*sealed, *(subject for subject, _ in naming)}
+            )
+            contacts = await current_contacts(conn, naming, keys)
+        shown = [opened(row, keys) for row in rows]
+        return [
+            {**dict(row), "contacts": contacts.get((row["subject_key"], row["recipient_org"]), [])}
+            if row["nin"] is not None and row["recipient_org"] is not None
+            else row
+            for row in shown
+        ]
 
     async def page(
         self, caller: Principal, wanted: AlertFilter, *, after: Cursor | None, limit: int

@@ -38,6 +38,7 @@ from carebus.wire.codec import Codec
 from carebus.wire.outbound import Format
 from carebus.wire.policy_files import load_authority
 from carebus.wire.requests import RequestBody, parse, request_body
+from carebus.wire.sealing import KeyWrap
 from services.registry import erasure
 from services.registry.history import (
     ChangeNotPublishedError,
@@ -50,6 +51,7 @@ from services.registry.operator import OperatorActions
 from services.registry.outbox import Outbox
 from services.registry.requests import (
     CareTeamChangeRequest,
+    CareTeamContactRequest,
     ConsentRequest,
     ErasureRequest,
     GpListEntry,
@@ -76,6 +78,8 @@ WEBHOOK_ROLES: Final = ("system", "admin", "operator")
 # An agency's admin issues tokens for its own organisation; the operator for any.
 TOKEN_ROLES: Final = ("admin", "operator")
 RETRY_AFTER_S: Final = "5"
+# The contact roles only one agency's staff hold: the DPS's forløpskoordinator, the GP.
+_ROLE_AGENCY: Final = {"pathway_coordinator": "dps", "gp": "fastlege"}
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
 
 Body = TypeVar("Body", bound=RequestBody)
@@ -105,6 +109,10 @@ class Organisations(BaseModel):
 
 class ChangeRecorded(BaseModel):
     change_id: str
+
+
+class ContactRecorded(BaseModel):
+    contact_id: str
 
 
 class ErasureRecorded(BaseModel):
@@ -173,7 +181,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.readiness.add("database", pool_answers(pool))
         app.state.readiness.add("broker", publisher.answers)
         app.state.tokens = TokenCache(pool)
-        app.state.history = History(pool, outbox, codec, secret, authority)
+        app.state.history = History(
+            pool, outbox, codec, secret, authority, KeyWrap.from_settings(settings)
+        )
         app.state.refusals = RefusalLog(publisher, codec, authority.version)
         app.state.operator = OperatorActions(pool, publisher, codec)
         relay = asyncio.create_task(outbox.run_relay(settings.outbox_relay_interval_s))
@@ -428,6 +438,32 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         async with _recording(request, principal, "care_team_change"):
             change_id = await history.record_care_team_change(change, _actor(principal))
         return CareTeamChangeRecorded(change_id=change_id)
+
+    @app.post(
+        "/v1/care-teams/contacts",
+        status_code=201,
+        response_model=ContactRecorded,
+        responses=error_responses(503),
+        openapi_extra=request_body(CareTeamContactRequest),
+    )
+    async def post_contact(
+        request: Request, principal: Principal = Depends(recorder)
+    ) -> ContactRecorded:
+        """Name a member of the caller's own staff accountable for a person, or the deputy
+        (issue 17, item 4): only while the caller is in the person's care team or is the GP on
+        the GP list (`contact.own_staff`); anyone else 403, audited, nothing written."""
+        body = await _body(request, CareTeamContactRequest, "the contact person is invalid")
+        wrong_agency = _ROLE_AGENCY.get(body.role)
+        if wrong_agency is not None and principal.agency != wrong_agency:
+            raise ApiError(
+                422,
+                "the contact person is invalid",
+                [("role", f"{body.role} is a role of a {wrong_agency} only")],
+            )
+        history: History = request.app.state.history
+        async with _recording(request, principal, "contact"):
+            contact_id = await history.record_contact(body.contact(), _actor(principal))
+        return ContactRecorded(contact_id=contact_id)
 
     @app.post(
         "/v1/erasures",

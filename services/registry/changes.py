@@ -42,6 +42,21 @@ class CareTeamChange:
     status: str
 
 
+@dataclass(frozen=True, slots=True)
+class CareTeamContact:
+    """A validated contact person: a named member of staff at a care-team organisation, in a
+    role and a position, for one person (issue 17, item 4). Not streamed: the inbox reads it."""
+
+    nin: str = field(repr=False)
+    org_id: str
+    role: str  # coordinator | pathway_coordinator | gp | contact
+    position: str  # accountable | deputy
+    name: str = field(repr=False)  # a staff member's name: sealed under the person's key
+    hpr_number: str | None
+    phone: str | None = field(repr=False)
+    status: str  # active | ended
+
+
 def consent_record(
     consent: Consent,
     *,

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from carebus.adapters import facts
+from carebus.adapters import facts, person_keys
 from carebus.adapters.auth import Connection
 from carebus.adapters.publisher import BrokerUnavailableError, OutgoingRecord
 from carebus.domain.authority import Actor, AuthorityPolicy, NotEntitledError, Refusal
@@ -22,8 +22,10 @@ from carebus.runtime import metrics
 from carebus.runtime.telemetry import get_logger
 from carebus.wire import topics
 from carebus.wire.codec import Codec
+from carebus.wire.sealing import KeyWrap, seal
 from services.registry.changes import (
     CareTeamChange,
+    CareTeamContact,
     Consent,
     care_team_record,
     consent_record,
@@ -32,6 +34,9 @@ from services.registry.changes import (
 from services.registry.outbox import Outbox
 
 log = get_logger(__name__)
+
+# The sealed name's field path (carebus.wire.sealing binds a sealed value to it).
+CONTACT_NAME_PATH: Final = "contact.name"
 
 _UNAVAILABLE: Final = (
     BrokerUnavailableError,
@@ -91,12 +96,14 @@ class History:
         codec: Codec,
         secret: bytes,
         authority: AuthorityPolicy,
+        wrap: KeyWrap,
     ) -> None:
         self._pool = pool
         self._outbox = outbox
         self._codec = codec
         self._secret = secret
         self._authority = authority
+        self._wrap = wrap
 
     def subject_key(self, nin: str) -> str:
         return subject_key(nin, self._secret)
@@ -277,6 +284,51 @@ class History:
         )
         await self._publish(key, change_id)
         return change_id
+
+    async def record_contact(self, contact: CareTeamContact, actor: Actor) -> str:
+        """Judge (`contact.own_staff`) and append a contact person; its contact_id.
+
+        Not streamed: no staff name goes on Kafka; the inbox reads the table when it shows an
+        alert or the person view. The name is sealed under the person's current data key
+        (`contact.name`), so an erasure makes it unreadable. Raises NotEntitledError (nothing
+        recorded).
+        """
+        key = self.subject_key(contact.nin)
+        contact_id = uuid.uuid4()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The care-team changes' locks: a removal recorded meanwhile is judged before or
+            # after this, never beside it.
+            state = await self._locked(conn, key)
+            _refuse(self._authority.contact_refusal(state, actor, contact.org_id), key)
+            data_key = (await person_keys.current(conn, self._wrap, [key]))[key]
+            await conn.execute(
+                """
+                INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position,
+                    name, hpr_number, phone, status, recorded_by_org)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                """,
+                contact_id,
+                key,
+                contact.org_id,
+                contact.role,
+                contact.position,
+                seal(data_key, CONTACT_NAME_PATH, contact.name),
+                contact.hpr_number,
+                contact.phone,
+                contact.status,
+                actor.org_id,
+            )
+        metrics.REGISTRY_CHANGES.labels("contact").inc()
+        log.info(
+            "contact_recorded",
+            contact_id=str(contact_id),
+            subject_key=key,
+            org_id=contact.org_id,
+            role=contact.role,
+            position=contact.position,
+            status=contact.status,
+        )
+        return str(contact_id)
 
     async def record_register_change(
         self, nin: str, register: str, agency: str, org_id: str | None, operator_org: str

@@ -23,7 +23,7 @@ from carebus.wire.requests import (
     refused,
     text,
 )
-from services.registry.changes import CareTeamChange, Consent
+from services.registry.changes import CareTeamChange, CareTeamContact, Consent
 
 Agency = Literal["dps", "municipality", "fastlege", "nav", "police", "housing", "corrections"]
 # The agencies and the operator: whose tokens, organisations and webhooks there are.
@@ -33,8 +33,12 @@ Realm = Literal[
 Role = Literal["system", "coordinator", "privacy_officer", "admin", "operator", "patient"]
 Category = Literal["logistics", "health", "social", "police", "justice"]
 ConsentStatus = Literal["given", "withdrawn", "objection"]
-CareTeamRole = Literal["coordinator", "gp", "participant"]
+CareTeamRole = Literal["coordinator", "pathway_coordinator", "gp", "participant"]
 MembershipStatus = Literal["member", "removed"]
+ContactRole = Literal["coordinator", "pathway_coordinator", "gp", "contact"]
+ContactPosition = Literal["accountable", "deputy"]
+ContactStatus = Literal["active", "ended"]
+MAX_CONTACT_NAME = 200
 MAX_RECORDED_BY = 200
 MAX_LABEL = 200
 StaffText = Annotated[str, Field(max_length=MAX_RECORDED_BY), text(MAX_RECORDED_BY)]
@@ -147,9 +151,78 @@ class CareTeamChangeRequest(RequestBody):
     role: CareTeamRole
     status: MembershipStatus
 
+    @field_validator("role")
+    @classmethod
+    def _pathway_coordinator_is_a_dps(cls, role: str, info: ValidationInfo) -> str:
+        # The specialist service's forløpskoordinator (seed 003): a DPS role only.
+        agency = info.data.get("agency")
+        if role == "pathway_coordinator" and agency is not None and agency != "dps":
+            raise refused("pathway_coordinator is a role of a dps only")
+        return role
+
     def change(self) -> CareTeamChange:
         return CareTeamChange(
             nin=self.nin, agency=self.agency, org_id=self.org_id, role=self.role, status=self.status
+        )
+
+
+def _hpr_number(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{6,9}", value):
+        raise refused("must be an HPR number of 6 to 9 digits")
+    return value
+
+
+def _phone(value: object) -> object:
+    if not isinstance(value, str) or not re.fullmatch(r"\+?[0-9]{8,15}", value):
+        raise refused("must be a phone number: 8 to 15 digits, optionally after +")
+    return value
+
+
+class CareTeamContactRequest(RequestBody):
+    """A named member of staff of a care-team organisation, accountable for the person or the
+    deputy, in a care-team role; `ended` takes the person off that position."""
+
+    noun = "a contact person"
+
+    nin: Nin = Field(repr=False)
+    org_id: OrgId
+    role: ContactRole
+    position: ContactPosition
+    name: Annotated[
+        str, Field(min_length=1, max_length=MAX_CONTACT_NAME), text(MAX_CONTACT_NAME)
+    ] = Field(repr=False)
+    hpr_number: (
+        Annotated[
+            str,
+            Field(pattern=r"^[0-9]{6,9}$", description="Helsepersonellregisteret number"),
+            BeforeValidator(_hpr_number),
+        ]
+        | None
+    ) = Field(default=None, validate_default=True)
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9]{8,15}$"), BeforeValidator(_phone)] | None = (
+        Field(default=None, repr=False)
+    )
+    status: ContactStatus
+
+    @field_validator("hpr_number")
+    @classmethod
+    def _hpr_for_a_gp(cls, hpr_number: str | None, info: ValidationInfo) -> str | None:
+        # A GP is health personnel by definition: the HPR number identifies the doctor.
+        # A municipal coordinator is often a social worker (seed 003: "sosionom"): optional.
+        if hpr_number is None and info.data.get("role") == "gp":
+            raise refused("is required for the role gp")
+        return hpr_number
+
+    def contact(self) -> CareTeamContact:
+        return CareTeamContact(
+            nin=self.nin,
+            org_id=self.org_id,
+            role=self.role,
+            position=self.position,
+            name=self.name,
+            hpr_number=self.hpr_number,
+            phone=self.phone,
+            status=self.status,
         )
 
 

@@ -389,6 +389,7 @@ def alert_record(alert: AlertJson) -> Alert:
         "subject_key": alert["subject_key"],
         "subject": alert["subject"],
         "recipient": alert["recipient"],
+        "recipient_role": alert.get("recipient_role"),
         "audience": alert["audience"],
         "contact": alert["contact"],
         "deadline": None if deadline is None else parse_rfc3339(deadline),

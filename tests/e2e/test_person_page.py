@@ -15,11 +15,13 @@ import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
+from carebus.adapters import person_keys
 from carebus.domain.events import rfc3339
 from carebus.domain.identity import subject_key
 from carebus.domain.obligations import SlaState
 from carebus.domain.routing import Member, PersonState
 from carebus.wire.policy_files import load_rules
+from carebus.wire.sealing import KeyWrap, seal
 from carebus_dev.stack.devdata import DEMO_MUNICIPALITY
 from carebus_dev.testing import ServiceProcess, TestStack
 from tests.e2e.test_inbox_page import (
@@ -150,7 +152,35 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
             list(body["payload"]),  # the fields delivered: what the titles are cut by
             body["delivery_id"],
         )
+    # The municipality named its coordinator and deputy, the DPS its pathway coordinator: the
+    # registry's rows, names sealed under the person's key (services.registry.history).
+    data_key = (await person_keys.current(db, KeyWrap.from_settings(stack.settings), [key]))[key]
+    for org_id, role, position, name, hpr in CONTACTS:
+        await db.execute(
+            "INSERT INTO organisations (org_id, agency) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            org_id,
+            "dps" if org_id == DPS else "municipality",
+        )
+        await db.execute(
+            "INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position,"
+            " name, hpr_number, status, recorded_by_org) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+            " 'active', $3)",
+            uuid.uuid4(),
+            key,
+            org_id,
+            role,
+            position,
+            seal(data_key, "contact.name", name),
+            hpr,
+        )
     return Person(nin, key, admitted, discharged, deadline)
+
+
+CONTACTS = (
+    (DEMO_MUNICIPALITY, "coordinator", "accountable", "Kari Koordinator", None),
+    (DEMO_MUNICIPALITY, "coordinator", "deputy", "Per Vara", None),
+    (DPS, "pathway_coordinator", "accountable", "Lege Forløp", "1234567"),
+)
 
 
 def cells(browser: WebDriver, table: str) -> list[dict[str, str]]:
@@ -171,17 +201,21 @@ def test_an_alert_leads_to_the_persons_view(
     coordinator: Caller,
     person: Person,
 ) -> None:
-    """The coordinator follows the person link of an alert's row and sees the care team with
-    its coordinator, the open follow-up with its deadline and the events newest first."""
+    """The coordinator sees whom the alert is for (its accountable person and deputy), follows
+    the person link of the alert's row and sees the care team with its coordinator and each
+    member's named staff, the open follow-up with its deadline and the events newest first."""
     record = alert(stack, coordinator.org_id, title=f"Follow-up overdue {uuid.uuid4().hex[:8]}")
     record["subject"] = {"nin": person.nin}
     record["subject_key"] = person.key
+    record["recipient_role"] = "municipal_coordinator"
     produce(stack, [record])
 
     page = InboxPage(browser, inbox)
     page.open()
     page.sign_in(coordinator.person)
     row = page.wait(lambda: page.row(record["alert_id"]), "the alert's row appears")
+    responsible = row.find_element(By.CSS_SELECTOR, '[data-field="responsible"]').text.strip()
+    assert responsible == "accountable: Kari Koordinator; deputy: Per Vara"
     link = row.find_element(By.CSS_SELECTOR, '[data-field="subject"] a.person-link')
     assert link.text.strip() == person.nin
     link.click()
@@ -192,8 +226,19 @@ def test_an_alert_leads_to_the_persons_view(
     assert page.text("#nin") == person.nin
     assert page.text("#relations") == "care team, home municipality"
     assert cells(browser, "care-team") == [
-        {"agency": "municipality", "org_id": DEMO_MUNICIPALITY, "role": "coordinator"},
-        {"agency": "dps", "org_id": DPS, "role": "participant"},
+        {
+            "agency": "municipality",
+            "org_id": DEMO_MUNICIPALITY,
+            "role": "coordinator",
+            "contacts": "accountable: Kari Koordinator (coordinator); deputy: Per Vara"
+            " (coordinator)",
+        },
+        {
+            "agency": "dps",
+            "org_id": DPS,
+            "role": "participant",
+            "contacts": "accountable: Lege Forløp (pathway coordinator, HPR 1234567)",
+        },
     ]
     [owed] = cells(browser, "obligations")
     assert RULE is not None

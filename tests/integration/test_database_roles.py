@@ -324,6 +324,57 @@ async def test_the_inbox_reads_only_the_columns_the_person_view_needs(
         await conn.close()
 
 
+async def test_contact_persons_are_added_by_the_registry_and_read_by_inbox_and_audit(
+    stack: TestStack, owner: asyncpg.Connection
+) -> None:
+    """Migration 0024: the registry adds contact persons (a history: never changed or removed
+    by a service) and takes the person's data key to seal the name; the inbox and the audit
+    service only read them; no other service sees them at all."""
+    insert = (
+        "INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position, name,"
+        " status, recorded_by_org) VALUES (gen_random_uuid(), $1, '940493021', 'coordinator',"
+        " 'accountable', 'sealed:v1:1:AAAA', 'active', '940493021')"
+    )
+    await owner.execute(
+        "INSERT INTO organisations (org_id, agency) VALUES ('940493021', 'municipality')"
+        " ON CONFLICT DO NOTHING"
+    )
+    registry = await connect_as(stack, "registry")
+    try:
+        trying = registry.transaction()  # rolled back: nothing stays
+        await trying.start()
+        try:
+            await registry.execute(insert, "cd" * 32)
+            assert await registry.fetchval("SELECT count(*) FROM care_team_contacts") >= 1
+            await registry.fetchval("SELECT count(*) FROM person_keys")
+        finally:
+            await trying.rollback()
+        for statement in (
+            "UPDATE care_team_contacts SET status = 'ended' WHERE false",
+            "DELETE FROM care_team_contacts WHERE false",
+            "UPDATE person_keys SET wrapped_key = NULL WHERE false",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await registry.execute(statement)
+    finally:
+        await registry.close()
+    for reader in ("inbox", "audit"):
+        conn = await connect_as(stack, reader)
+        try:
+            await conn.fetchval("SELECT count(*) FROM care_team_contacts")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(insert, "cd" * 32)
+        finally:
+            await conn.close()
+    for outsider in ("gateway", "webhooks", "sla", "alert_store", "operator"):
+        conn = await connect_as(stack, outsider)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.fetchval("SELECT count(*) FROM care_team_contacts")
+        finally:
+            await conn.close()
+
+
 async def test_the_audit_store_inserts_disclosures_but_may_not_change_them(
     stack: TestStack,
 ) -> None:

@@ -42,6 +42,7 @@ ALERT_KEYS = {
     "breached_at",
     "escalate_at",
     "recipient",
+    "recipient_role",
     "subject",
     "contact",
     "summary",
@@ -51,8 +52,8 @@ ALERT_KEYS = {
     "acknowledged_by",
     "resolved_by",
 }
-# An alert that names the person also leads to the person view.
-NAMED_ALERT_KEYS = ALERT_KEYS | {"subject_key", "person_url"}
+# An alert that names the person also leads to the person view and names whom it is for.
+NAMED_ALERT_KEYS = ALERT_KEYS | {"subject_key", "person_url", "accountable", "deputy"}
 FACTORY = EventFactory()
 
 

@@ -154,6 +154,7 @@ async def test_the_home_municipalitys_coordinator_sees_the_person(
         "agency": "municipality",
         "org_id": ORGS["municipality"],
         "role": "coordinator",
+        "contacts": [],  # no one named (tests/e2e/test_person_page.py names them)
     }
     assert {m["org_id"] for m in body["care_team"]} == {ORGS["municipality"], ORGS["nav"]}
     followup = RULES.rule("followup.discharge_48h")
@@ -249,7 +250,9 @@ async def test_a_nav_coordinator_in_the_team_sees_only_itself_and_nothing_it_was
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["relations"] == ["care_team"]
-    assert body["care_team"] == [{"agency": "nav", "org_id": ORGS["nav"], "role": "participant"}]
+    assert body["care_team"] == [
+        {"agency": "nav", "org_id": ORGS["nav"], "role": "participant", "contacts": []}
+    ]
     assert body["obligations"] == []
     assert body["events"] == {"items": [], "next": None}
     assert body["subject"] is None

@@ -309,6 +309,32 @@ async def superseded_register_entry(conn: asyncpg.Connection, key: str, at: date
     return 2
 
 
+async def contact(
+    conn: asyncpg.Connection, key: str, at: datetime, position: str, status: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO care_team_contacts (contact_id, subject_key, org_id, role, position, name,"
+        " status, recorded_by_org, recorded_at) VALUES ($1, $2, $3, 'coordinator', $4,"
+        " 'sealed:v1:1:AAAA', $5, $3, $6)",
+        uuid.uuid4(),
+        key,
+        ORG,
+        position,
+        status,
+        at,
+    )
+
+
+async def replaced_and_ended_contacts(conn: asyncpg.Connection, key: str, at: datetime) -> int:
+    """An accountable person replaced at `at` and a deputy ended at `at`: all but the current
+    accountable person may go."""
+    await contact(conn, key, at - timedelta(days=30), "accountable", "active")
+    await contact(conn, key, at, "accountable", "active")
+    await contact(conn, key, at - timedelta(days=30), "deputy", "active")
+    await contact(conn, key, at, "deputy", "ended")
+    return 4
+
+
 # store -> (insert, the column a row's test key is in, rows of the key that must stay anyway)
 TABLES: dict[str, tuple[Insert, str, int]] = {
     "person_sign_ins": (sign_in, "state", 0),
@@ -327,6 +353,7 @@ TABLES: dict[str, tuple[Insert, str, int]] = {
     "disclosures": (disclosure, "subject_key", 0),
     "consents": (expired_consent, "subject_key", 0),
     "care_team_changes": (ended_membership, "subject_key", 0),
+    "care_team_contacts": (replaced_and_ended_contacts, "subject_key", 1),
     "register_changes": (superseded_register_entry, "subject_key", 1),
 }
 

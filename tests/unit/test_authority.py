@@ -456,10 +456,12 @@ def expected_team_refusal(
         return ("care_team.recorder", "org_id")  # membership brings health sharing
     if role == "coordinator" and recorder not in (HOME, ADMITTING):
         return ("care_team.recorder", "role")
+    if role == "pathway_coordinator" and not (target == "self" and recorder == ADMITTING):
+        return ("care_team.recorder", "role")  # the DPS names itself, or the coordinator
     return None
 
 
-@pytest.mark.parametrize("role", ["participant", "coordinator"])
+@pytest.mark.parametrize("role", ["participant", "coordinator", "pathway_coordinator"])
 @pytest.mark.parametrize("status", ["member", "removed"])
 @pytest.mark.parametrize("target", ["self", "other"])
 @pytest.mark.parametrize("recorder_name", TEAM_ACTORS)
@@ -479,7 +481,7 @@ def test_the_coordinator_may_add_members_and_hand_over() -> None:
     """The coordinator (NAV here, named by the registry) may add a member and name another
     coordinator, though NAV is not a health organisation."""
     state = folded(team(NAV, role="coordinator"), state=STATE)
-    for role in ("participant", "coordinator"):
+    for role in ("participant", "coordinator", "pathway_coordinator"):
         assert AUTHORITY.care_team_refusal(state, actor(NAV), DPS_MEMBER, "member", role) is None
 
 
@@ -489,6 +491,60 @@ def test_a_gp_relation_comes_only_from_the_gp_list() -> None:
         STATE, actor(STRANGER["fastlege"]), GP, "member", "participant"
     )
     assert rule_of(refusal) == ("relation.required", "nin")
+
+
+# --- contact persons (issue 17, item 4) ------------------------------------------------------
+
+# The home municipality is in the team here (as coordinator): STATE leaves it outside.
+CONTACT_STATE = folded(team(HOME, role="coordinator"), state=STATE)
+CONTACT_CASES = {
+    # recorder, the organisation it names staff of -> the refusal
+    "home municipality, its own staff": (HOME, HOME, None),
+    "member municipality, its own staff": (MUNICIPAL_MEMBER, MUNICIPAL_MEMBER, None),
+    "GP on the GP list, its own staff": (GP, GP, None),
+    "member NAV, its own staff": (NAV, NAV, None),
+    "member municipality, another member's staff": (
+        MUNICIPAL_MEMBER, DPS_MEMBER, ("contact.own_staff", "org_id")
+    ),
+    "stranger DPS, its own staff": (STRANGER["dps"], STRANGER["dps"], ("contact.own_staff", "nin")),
+    "stranger DPS, a member's staff": (
+        STRANGER["dps"], DPS_MEMBER, ("contact.own_staff", "org_id")
+    ),
+    "stranger GP, its own staff": (
+        STRANGER["fastlege"], STRANGER["fastlege"], ("contact.own_staff", "nin")
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONTACT_CASES)
+def test_an_organisation_names_only_its_own_staff_and_only_while_it_serves_the_person(
+    case: str,
+) -> None:
+    """Contact persons: one's own staff only, and only in the care team or as the GP on the GP
+    list; the home municipality names its staff because it is a member here."""
+    recorder, org_id, expected = CONTACT_CASES[case]
+    refusal = AUTHORITY.contact_refusal(CONTACT_STATE, actor(recorder), org_id)
+    assert rule_of(refusal) == expected
+
+
+def test_outside_the_team_no_one_is_named_not_even_by_the_home_municipality() -> None:
+    """An open admission or being the home municipality is a relation but not care-team
+    membership: the DPS names its pathway coordinator once it is in the team. A member that
+    stepped out names no one any more."""
+    assert rule_of(AUTHORITY.contact_refusal(STATE, actor(HOME), HOME)) == (
+        "contact.own_staff",
+        "nin",
+    )
+    assert rule_of(AUTHORITY.contact_refusal(STATE, actor(ADMITTING), ADMITTING)) == (
+        "contact.own_staff",
+        "nin",
+    )
+    stepped_out = care_team_change(DPS_MEMBER, DPS_MEMBER, status="removed")
+    out = folded((CARE_TEAM_CHANGE, stepped_out), state=CONTACT_STATE)
+    assert rule_of(AUTHORITY.contact_refusal(out, actor(DPS_MEMBER), DPS_MEMBER)) == (
+        "contact.own_staff",
+        "nin",
+    )
 
 
 # --- consents and objections ------------------------------------------------------------------

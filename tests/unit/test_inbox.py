@@ -19,7 +19,14 @@ from carebus.wire.codec import Codec
 from carebus.wire.cursor import Cursor, CursorError
 from carebus.wire.sealing import DataKey, Keyring, new_data_key, seal
 from consumers.alert_store import AlertStoreWriter, alert_row
-from services.inbox.alerts import AlertFilter, FilterError, alert_json, can_see, parse_filter
+from services.inbox.alerts import (
+    AlertFilter,
+    ContactPerson,
+    FilterError,
+    alert_json,
+    can_see,
+    parse_filter,
+)
 from services.inbox.app import admit_stream
 from services.inbox.live import RESYNC_FRAME, AlertFeed, Subscriber, alert_frame
 from services.inbox.store import opened, visible_to
@@ -194,9 +201,12 @@ def test_alert_json_has_the_contract_fields_in_utc() -> None:
         "breached_at": "2026-11-23T08:15:00.250000Z",
         "escalate_at": "2026-11-23T09:15:00.250000Z",
         "recipient": {"agency": "municipality", "org_id": ORG},
+        "recipient_role": None,
         "subject": {"nin": "12345678901"},
         "subject_key": KEY,
         "person_url": f"/persons/{KEY}",
+        "accountable": None,
+        "deputy": None,
         "contact": {"agency": "dps", "org_id": OTHER},
         "summary": "No reply.",
         "event_ids": ["dps-1"],
@@ -205,6 +215,52 @@ def test_alert_json_has_the_contract_fields_in_utc() -> None:
         "acknowledged_by": None,
         "resolved_by": None,
     }
+
+
+def contact(role: str, position: str, name: str, hpr: str | None = None) -> ContactPerson:
+    return ContactPerson(ORG, role, position, name, hpr, None)
+
+
+def test_an_alert_names_the_accountable_person_and_deputy_of_the_role_it_was_routed_by() -> None:
+    """A municipal coordinator's alert names the municipality's coordinator and deputy, not its
+    other contacts; an alert to the source names the organisation's first role that has any."""
+    contacts = [
+        contact("contact", "accountable", "Ola Kontakt"),
+        contact("coordinator", "deputy", "Per Vara"),
+        contact("coordinator", "accountable", "Kari Koordinator"),
+    ]
+    alert = alert_json(row(recipient_role="municipal_coordinator", contacts=contacts))
+    assert alert["recipient_role"] == "municipal_coordinator"
+    assert alert["accountable"] == {
+        "name": "Kari Koordinator",
+        "role": "coordinator",
+        "hpr_number": None,
+        "phone": None,
+    }
+    assert alert["deputy"]["name"] == "Per Vara"
+    as_source = alert_json(row(recipient_role="source", contacts=contacts[:1]))
+    assert as_source["accountable"]["name"] == "Ola Kontakt"
+    assert as_source["deputy"] is None
+
+
+def test_a_pathway_coordinators_alert_names_the_pathway_coordinator_with_hpr_number() -> None:
+    """At a DPS with a pathway coordinator and another contact, the pathway coordinator's copy
+    names the pathway coordinator; with none of that role, the organisation's first role."""
+    pathway = contact("pathway_coordinator", "accountable", "Lege Forløp", "1234567")
+    other = contact("contact", "accountable", "Ola Kontakt")
+    alert = alert_json(row(recipient_role="pathway_coordinator", contacts=[other, pathway]))
+    assert alert["accountable"]["hpr_number"] == "1234567"
+    alert = alert_json(row(recipient_role="pathway_coordinator", contacts=[other]))
+    assert alert["accountable"]["name"] == "Ola Kontakt"
+
+
+def test_an_alert_that_may_not_name_the_person_names_no_staff_either() -> None:
+    """No accountable person or deputy on an alert without the person (nor null): it would say
+    that the organisation has someone responsible for a person it was not told of."""
+    alert = alert_json(row(nin=None, contacts=[contact("coordinator", "accountable", "Kari")]))
+    assert "accountable" not in alert
+    assert "deputy" not in alert
+    assert "Kari" not in str(alert)
 
 
 def test_alert_json_names_the_person_who_acted_never_the_token() -> None:
@@ -289,7 +345,30 @@ def test_an_alert_record_becomes_its_row() -> None:
     assert values[4:6] == ("resolved", "cancelled")
     assert values[7] == "12345678901"
     assert values[8:11] == ("municipality", ORG, "coordinator")
-    assert values[-1] == MOMENT
+    assert values[19] == MOMENT
+    assert values[20] is None  # an alert raised before recipient_role existed
+
+
+@pytest.mark.parametrize(
+    ("recipient_role", "recipient", "stored"),
+    [
+        ("pathway_coordinator", {"agency": "dps", "org_id": ORG}, "pathway_coordinator"),
+        (
+            "municipal_coordinator",
+            {"agency": "municipality", "org_id": ORG},
+            "municipal_coordinator",
+        ),
+        ("a_newer_engines_role", {"agency": "municipality", "org_id": ORG}, None),
+        ("source", None, None),
+    ],
+)
+def test_the_recipient_role_is_stored_when_known_and_for_an_organisation(
+    recipient_role: str, recipient: dict[str, str] | None, stored: str | None
+) -> None:
+    """The chain role that chose the recipient is kept for the inbox to name its person; an
+    unknown role or one without a recipient organisation is stored as none."""
+    values = alert_row(record(recipient_role=recipient_role, recipient=recipient))
+    assert values[20] == stored
 
 
 def test_the_unassigned_queue_has_no_recipient() -> None:

@@ -13,6 +13,7 @@ from carebus.domain.records import Obligation
 from carebus.domain.routing import Member, PersonState
 from carebus.wire.policy_files import load_rules
 from carebus.wire.sealing import DataKey, Keyring, new_data_key, seal
+from services.inbox.alerts import ContactPerson
 from services.inbox.person import (
     care_team,
     first_sealed_nin,
@@ -101,7 +102,12 @@ def test_a_health_organisation_sees_the_whole_team_coordinator_first() -> None:
     for org in (HOME, DPS, GP):
         agency = {HOME: "municipality", DPS: "dps", GP: "fastlege"}[org]
         team = care_team(ROUTING, agency, org)
-        assert team[0] == {"agency": "municipality", "org_id": HOME, "role": "coordinator"}
+        assert team[0] == {
+            "agency": "municipality",
+            "org_id": HOME,
+            "role": "coordinator",
+            "contacts": [],
+        }
         assert {m["org_id"] for m in team} == {HOME, DPS, NAV, GP}
 
 
@@ -109,9 +115,47 @@ def test_a_health_organisation_sees_the_whole_team_coordinator_first() -> None:
 def test_outside_health_care_a_caller_sees_only_its_own_entry(agency: str) -> None:
     """The team's list reveals specialist care: NAV, the police and housing see themselves."""
     assert care_team(ROUTING, agency, NAV) == (
-        [{"agency": "nav", "org_id": NAV, "role": "participant"}]
+        [{"agency": "nav", "org_id": NAV, "role": "participant", "contacts": []}]
     )
     assert care_team(ROUTING, agency, HOUSING) == []
+
+
+CONTACTS = {
+    HOME: [
+        ContactPerson(HOME, "coordinator", "deputy", "Per Vara", None, None),
+        ContactPerson(HOME, "coordinator", "accountable", "Kari Koordinator", None, "91234567"),
+    ],
+    DPS: [ContactPerson(DPS, "pathway_coordinator", "accountable", "Lege Forløp", "1234567", None)],
+    NAV: [ContactPerson(NAV, "contact", "accountable", "Nina Nav", None, None)],
+}
+
+
+def test_each_care_team_entry_lists_its_contact_persons_accountable_first() -> None:
+    """A health organisation sees every member's named staff: position, name, role, HPR."""
+    team = {m["org_id"]: m["contacts"] for m in care_team(ROUTING, "dps", DPS, CONTACTS)}
+    assert [(c["position"], c["name"]) for c in team[HOME]] == [
+        ("accountable", "Kari Koordinator"),
+        ("deputy", "Per Vara"),
+    ]
+    assert team[DPS] == [
+        {
+            "position": "accountable",
+            "name": "Lege Forløp",
+            "role": "pathway_coordinator",
+            "hpr_number": "1234567",
+            "phone": None,
+        }
+    ]
+    assert team[GP] == []
+
+
+def test_outside_health_care_a_caller_sees_only_its_own_contact_persons() -> None:
+    """NAV sees its own entry and its own named staff, never the DPS's pathway coordinator."""
+    team = care_team(ROUTING, "nav", NAV, CONTACTS)
+    assert [(m["org_id"], [c["name"] for c in m["contacts"]]) for m in team] == [
+        (NAV, ["Nina Nav"])
+    ]
+    assert "Lege" not in str(team)
 
 
 def test_obligations_show_only_those_whose_trigger_the_caller_sent_or_received() -> None:
@@ -237,7 +281,7 @@ def test_the_view_has_exactly_the_documented_keys() -> None:
     assert shown == {
         "subject": {"nin": "12345678901"},
         "relations": ["care_team"],
-        "care_team": [{"agency": "nav", "org_id": NAV, "role": "participant"}],
+        "care_team": [{"agency": "nav", "org_id": NAV, "role": "participant", "contacts": []}],
         "obligations": [],
         "events": {"items": [], "next": None},
     }

@@ -201,7 +201,8 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
         (
             sla_rule(recipients=["source", ["coordinator", "nurse"]]),
             "recipients[1][1]: unknown role 'nurse' "
-            "(one of source, coordinator, home_municipality, gp, unassigned)",
+            "(one of source, coordinator, municipal_coordinator, pathway_coordinator, "
+            "home_municipality, gp, unassigned)",
         ),
         (
             sla_rule(recipients=...),

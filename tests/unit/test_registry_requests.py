@@ -26,6 +26,7 @@ from services.registry.app import build_app
 from services.registry.requests import (
     Agency,
     CareTeamChangeRequest,
+    CareTeamContactRequest,
     Category,
     ConsentRequest,
     GpListEntry,
@@ -38,6 +39,14 @@ from services.registry.requests import (
 
 NIN = "14038512324"
 ORG = "889640782"
+CONTACT = {
+    "nin": NIN,
+    "org_id": ORG,
+    "role": "coordinator",
+    "position": "accountable",
+    "name": "Kari Nordmann",
+    "status": "active",
+}
 
 
 @pytest.mark.parametrize(
@@ -82,6 +91,34 @@ ORG = "889640782"
             ("secret", "not a field of a webhook")
         ]),
         (WebhookRequest, ["https://nav.example/hook"], [("body", "must be a JSON object")]),
+        (CareTeamChangeRequest, {"nin": NIN, "agency": "municipality", "org_id": ORG,
+                                 "role": "pathway_coordinator", "status": "member"}, [
+            ("role", "pathway_coordinator is a role of a dps only")
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "role": "gp"}, [
+            ("hpr_number", "is required for the role gp")
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "hpr_number": "12345"}, [
+            ("hpr_number", "must be an HPR number of 6 to 9 digits")
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "hpr_number": 1234567}, [
+            ("hpr_number", "must be an HPR number of 6 to 9 digits")
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "name": "Kari\u202e"}, [
+            ("name", "must not contain control or format characters (Unicode Cc, Cf, Cs, Zl, Zp)")
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "name": " "}, [("name", "must not be empty")]),
+        (CareTeamContactRequest, {**CONTACT, "position": "boss", "phone": "ring me"}, [
+            ("position", "must be one of: accountable, deputy"),
+            ("phone", "must be a phone number: 8 to 15 digits, optionally after +"),
+        ]),
+        (CareTeamContactRequest, {**CONTACT, "role": "participant", "status": "gone"}, [
+            ("role", "must be one of: coordinator, pathway_coordinator, gp, contact"),
+            ("status", "must be one of: active, ended"),
+        ]),
+        (CareTeamContactRequest, {k: v for k, v in CONTACT.items() if k != "name"}, [
+            ("name", "is required")
+        ]),
     ],
 )  # fmt: skip
 def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
@@ -102,8 +139,13 @@ def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
         (HomeMunicipalityEntry, {"nin": NIN, "home_municipality_org": None}),
         (GpListEntry, {"nin": NIN, "org_id": "912345675"}),
         (WebhookRequest, {"url": "http://127.0.0.1:9/hook", "org_id": None}),
+        (CareTeamContactRequest, CONTACT),
+        (CareTeamContactRequest, {**CONTACT, "role": "gp", "hpr_number": "123456789",
+                                  "phone": "+4791234567", "position": "deputy"}),
+        (CareTeamChangeRequest, {"nin": NIN, "agency": "dps", "org_id": ORG,
+                                 "role": "pathway_coordinator", "status": "member"}),
     ],
-)
+)  # fmt: skip
 def test_valid_bodies_are_read_and_their_repr_holds_no_nin(
     model: type[BaseModel], body: dict[str, Any]
 ) -> None:
@@ -197,8 +239,30 @@ async def test_a_consent_refused_by_its_model_is_the_registrys_422(
             "the care-team change is invalid",
             [
                 ("org_id", "must be a 9-digit organisation number"),
-                ("role", "must be one of: coordinator, gp, participant"),
+                ("role", "must be one of: coordinator, pathway_coordinator, gp, participant"),
             ],
+        ),
+        (
+            "POST",
+            "/v1/care-teams/contacts",
+            {**CONTACT, "hpr_number": "1"},
+            "the contact person is invalid",
+            [("hpr_number", "must be an HPR number of 6 to 9 digits")],
+        ),
+        (
+            # The caller is a municipality: its staff are no DPS's pathway coordinator.
+            "POST",
+            "/v1/care-teams/contacts",
+            {**CONTACT, "role": "pathway_coordinator"},
+            "the contact person is invalid",
+            [("role", "pathway_coordinator is a role of a dps only")],
+        ),
+        (
+            "POST",
+            "/v1/care-teams/contacts",
+            {**CONTACT, "role": "gp", "hpr_number": "1234567"},
+            "the contact person is invalid",
+            [("role", "gp is a role of a fastlege only")],
         ),
         (
             "PUT",
@@ -301,3 +365,14 @@ async def test_the_openapi_request_bodies_are_the_models(registry: httpx.AsyncCl
         name = schema["$ref"].removeprefix("#/components/schemas/")
         assert list(schemas[name]["properties"]) == list(model.model_fields)
     assert schemas["TokenRequest"]["properties"]["org_id"]["pattern"] == "^[0-9]{9}$"
+
+
+def test_a_contact_persons_name_and_phone_are_not_in_its_repr() -> None:
+    """A staff member's name and phone are personal data: a logged request shows neither."""
+    parsed, problems = parse(CareTeamContactRequest, {**CONTACT, "phone": "91234567"})
+    assert problems == []
+    assert "Kari" not in repr(parsed)
+    assert "91234567" not in repr(parsed)
+    assert parsed is not None
+    assert "Kari" not in repr(parsed.contact())
+    assert parsed.contact().name == "Kari Nordmann"

@@ -83,7 +83,11 @@ def test_every_catalogued_topic_is_inventoried_with_the_catalogues_retention() -
 def test_the_files_minimums_are_the_migrations_floors() -> None:
     """The database refuses cut-offs younger than its floors; the file must say the same, so a
     setting that passes the loader is never refused half-way through a run."""
-    rules = {**migration("retention").RULES, **migration("retraction_marks").RULE_CHANGES}
+    rules = {
+        **migration("retention").RULES,
+        **migration("retraction_marks").RULE_CHANGES,
+        **migration("care_team_contacts").RULE_CHANGES,
+    }
     inventory = load_inventory()
     purged = {store.name: store for store in inventory.purged()}
     assert set(purged) == set(rules) == set(PURGE_ORDER)

@@ -139,8 +139,8 @@
   function newRow(alertId) {
     const row = document.createElement("tr");
     row.dataset.alertId = alertId;
-    for (const field of ["subject", "title", "rule", "summary", "contact", "deadline",
-                         "overdue", "status", "escalated"]) {
+    for (const field of ["subject", "title", "rule", "summary", "contact", "responsible",
+                         "deadline", "overdue", "status", "escalated"]) {
       cell(row, field);
     }
     const actions = document.createElement("td");
@@ -155,6 +155,19 @@
     }
     row.appendChild(actions);
     return row;
+  }
+
+  // Whom at the caller's organisation the alert is for: the accountable person and the deputy
+  // (only on an alert that names the person; the registry's contact persons, read now).
+  function responsible(alert) {
+    if (!("accountable" in alert)) return "";
+    const named = [["accountable", alert.accountable], ["deputy", alert.deputy]]
+      .filter(([, person]) => person)
+      .map(([position, person]) => position + ": " + person.name
+        + (person.hpr_number ? " (HPR " + person.hpr_number + ")" : "")
+        + (person.phone ? ", " + person.phone : ""));
+    return named.length ? named.join("; ")
+      : "no named person registered - add one in the registry";
   }
 
   // Rows are updated in place, never rebuilt, so a row element stays the same element.
@@ -180,6 +193,7 @@
     cell(row, "rule").className = "rule";
     cell(row, "summary").textContent = alert.summary;
     cell(row, "contact").textContent = organisation(alert.contact);
+    cell(row, "responsible").textContent = responsible(alert);
     cell(row, "deadline").textContent = formatTime(alert.deadline);
     cell(row, "overdue").textContent = overdue(alert, now);
     cell(row, "status").textContent = alert.status;

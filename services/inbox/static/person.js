@@ -62,6 +62,15 @@
     return tr;
   }
 
+  // The named staff of a care-team organisation: position, name, role and HPR number.
+  function contacts(named) {
+    if (!named || !named.length) return "no named person registered";
+    return named.map((person) => person.position + ": " + person.name
+      + " (" + person.role.replaceAll("_", " ")
+      + (person.hpr_number ? ", HPR " + person.hpr_number : "") + ")"
+      + (person.phone ? ", " + person.phone : "")).join("; ");
+  }
+
   function fields(payload) {
     return Object.keys(payload || {}).sort()
       .map((name) => name + ": " + text(payload[name])).join("; ");
@@ -74,8 +83,9 @@
 
     const team = $("#care-team tbody");
     team.replaceChildren();
-    view.care_team.forEach((member) => row(team, [member.agency, member.org_id, member.role],
-                                               ["agency", "org_id", "role"]));
+    view.care_team.forEach((member) => row(
+      team, [member.agency, member.org_id, member.role, contacts(member.contacts)],
+      ["agency", "org_id", "role", "contacts"]));
     $("#care-team-empty").hidden = view.care_team.length > 0;
 
     const owed = $("#obligations tbody");
