@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from carebus.domain.agencies import AGENCIES
 from carebus.domain.events import PAYLOAD_FIELDS
-from carebus.domain.policy import EMERGENCY, Policy
+from carebus.domain.policy import CATEGORIES, EMERGENCY, Policy
 from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
 from carebus.domain.sla import OSLO, ROLES, Rule, parse_rfc3339, stamp
@@ -91,11 +91,21 @@ def recipients(
             chosen.append((found, role))
 
     for chain in rule.recipients:
-        for role in chain:
-            found = _resolve(role, trigger, routing)
-            if found is not False:
-                choose(found, role)
-                break
+        resolved = [
+            (found, role)
+            for role in chain
+            if (found := _resolve(role, trigger, routing)) is not False
+        ]
+        # The first role that may know the person, else the first that resolves: an alert
+        # should go to an organisation that can act on it by name (issue 17, item 7); one
+        # routing keeps from the trigger gets it only when no role of the chain may know.
+        knowing = [
+            (found, role)
+            for found, role in resolved
+            if found is not None and _disclosure_for(trigger, found["org_id"], routed) is not None
+        ]
+        if resolved:
+            choose(*(knowing or resolved)[0])
     if rule.emergency:
         for recipient in emergency_recipients(routed):
             choose(recipient, "emergency_recipient")
@@ -379,7 +389,7 @@ def _disclosure_for(
     if org_id == trigger["source"]["org_id"]:
         return {
             "basis": None,
-            "categories": ["logistics", "health", "social", "police"],
+            "categories": list(CATEGORIES),
             "fields": [],
         }
     for decision in routed.disclosures:

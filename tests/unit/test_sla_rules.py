@@ -329,7 +329,8 @@ CASES: list[Case] = [
             "followup_contact", "fu-1", at, source=MUNI, related_event_id="rel-1"
         ),
         cancel=None,
-        recipients=CHAIN_COORDINATOR_HOME,
+        # Without a `justice` consent no municipality was told: the correctional service.
+        recipients={setup: [CORRECTIONS[1]] for setup in SETUPS},
     ),
     Case(
         rule_id="followup.discharge_any",
@@ -929,9 +930,18 @@ def suicide_followup_breach(routing: PersonState) -> list[dict[str, Any]]:
     return breached(CASE["followup.discharge_7d"], Person(routing))[2]
 
 
-def test_alert_to_a_recipient_routing_withholds_from_is_cut() -> None:
-    """A coordinator routing lets see nothing (NAV, no consent) gets no nin, a neutral title."""
+def test_alert_goes_to_the_chains_first_organisation_that_may_know_the_person() -> None:
+    """A coordinator routing lets see nothing (NAV, no consent) is passed over for the home
+    municipality, which the statutory notice told (issue 17, item 7)."""
     (alert,) = suicide_followup_breach(routing_with(coordinator=NAV, home=HOME, agency="nav"))
+    assert alert["recipient"] == {"agency": "municipality", "org_id": HOME}
+    assert alert["subject"] == {"nin": NIN}
+
+
+def test_alert_to_a_recipient_routing_withholds_from_is_cut() -> None:
+    """When no one in the chain may know (NAV without consent, no home municipality), the
+    coordinator gets no nin and a neutral title."""
+    (alert,) = suicide_followup_breach(routing_with(coordinator=NAV, home=None, agency="nav"))
     rule = RULES.rule("followup.discharge_7d")
     assert rule is not None
     assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
@@ -1368,33 +1378,30 @@ def test_a_coordinator_the_person_told_of_the_release_gets_the_specific_alert() 
         # Consented to everything there was before `justice`: covers no release.
         ("coordinator_only", ("logistics", "health", "social", "police")),
         ("home_only", ()),
+        ("coordinator_and_home", ("logistics", "health", "social", "police")),
     ],
 )
-def test_a_recipient_not_told_of_the_release_gets_a_neutral_actionable_alert(
+def test_no_one_the_person_did_not_tell_of_the_release_is_alerted_of_it(
     setup: str, categories: tuple[str, ...]
 ) -> None:
-    """A coordinator or home municipality routing does not tell of the release learns neither
-    the person nor the release, and is told whom to contact (never itself) and which event to
-    quote, so that it can act or have the person asked for consent."""
+    """A coordinator or home municipality routing does not tell of the release gets no alert
+    at all (even a neutral one would say that someone unknown was released from prison): the
+    correctional service gets it, naming the person, and is told whom in the municipality to
+    contact where it knows the home municipality (issue 17, item 7: an alert goes to an
+    organisation that may know the person)."""
     routing = SETUPS[setup]
-    recipient = COORDINATOR if setup == "coordinator_only" else HOME
-    if categories:
-        routing = consented(routing, recipient, *categories)
+    for org_id in (COORDINATOR, HOME):
+        if categories:
+            routing = consented(routing, org_id, *categories)
     (alert,) = release_breach(routing)
     rule = RULES.rule(RELEASE)
     assert rule is not None
-    assert alert["recipient"] == {"agency": "municipality", "org_id": recipient}
-    assert alert["subject"] is None
-    assert alert["title"] == rule.neutral_title == "No follow-up contact by the deadline"
-    text = (alert["title"] + alert["summary"]).lower()
-    assert "prison" not in text
-    assert "release" not in text
-    assert NIN not in json.dumps(alert)
-    assert alert["contact"] is not None
-    assert alert["contact"]["org_id"] != recipient
-    assert "quote event rel-1" in alert["summary"]
-    assert "ask the person for consent" in alert["summary"]
-    assert "disclosure" not in alert
+    assert alert["recipient"] == {"agency": CORRECTIONS[0], "org_id": CORRECTIONS[1]}
+    assert alert["subject"] == {"nin": NIN}
+    assert alert["title"] == rule.title
+    home = routing.home_municipality
+    expected = {"agency": "municipality", "org_id": home} if home else None
+    assert alert["contact"] == expected
 
 
 def test_the_release_deadline_follows_the_release_date() -> None:
