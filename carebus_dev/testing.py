@@ -462,6 +462,11 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_decided": "municipality",
     "retraction": "dps",
     "followup_scheduled": "dps",
+    "housing_waitlisted": "housing",
+    "temporary_housing_started": "municipality",
+    "temporary_housing_ended": "municipality",
+    "tenancy_at_risk": "housing",
+    "brukerplan_assessment": "municipality",
 }
 
 
