@@ -167,7 +167,7 @@ def _admission_for(
     return prior
 
 
-def brukerplan(event_id: str, at: datetime, **scores: str) -> dict[str, Any]:
+def brukerplan(event_id: str, at: datetime, **scores: Any) -> dict[str, Any]:
     """The municipality's Brukerplan assessment: the example's scores with `scores` changed."""
     return event("brukerplan_assessment", event_id, at, source=MUNI, **scores)
 
