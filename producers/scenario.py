@@ -85,8 +85,9 @@ JOURNEYS: tuple[Journey, ...] = (
         followup_agreed=True,
         followed_up=True,
         municipality_replies=True,
-        shows="a notice at discharge (resolved by the follow-up contact), and an open "
-        "housing-work obligation after a discharge to homelessness",
+        shows="a notice at discharge (resolved by the follow-up contact), an open "
+        "housing-work obligation due within a day of a discharge to homelessness (Brukerplan "
+        "housing red), and an open three-month obligation for the emergency shelter stay",
     ),
     Journey(
         person="b",
@@ -116,6 +117,19 @@ JOURNEYS: tuple[Journey, ...] = (
         shows="a missed deadline: no reply to the discharge-ready notice within four hours",
     ),
 )
+
+
+BRUKERPLAN_RED_HOUSING: dict[str, Any] = {
+    "housing": "red",
+    "meaningful_activity": "yellow",
+    "finances": "red",
+    "physical_health": "yellow",
+    "mental_health": "yellow",
+    "substance_use": "red",
+    "social_functioning": "yellow",
+    "network": "yellow",
+    "assessment_year": "2026",
+}
 
 
 def person_journeys(
@@ -209,6 +223,10 @@ def person_journeys(
                     "expected_ready_at": _at(base, at(0.5)),
                 },
             )
+        if journey.housing == "homeless":
+            # The municipality's Brukerplan survey: housing red, so a homeless discharge owes
+            # housing work within a day rather than three.
+            event("municipality", 13, "brukerplan_assessment", at(0.5), BRUKERPLAN_RED_HOUSING)
         discharge_payload: dict[str, Any] = {
             "admission_event_id": admission,
             "destination": journey.destination,
@@ -233,6 +251,11 @@ def person_journeys(
                     "with_org": municipality,
                 },
             )
+        if journey.destination == "homeless":
+            stay = {"stay_id": f"TB-{run}-{person}", "housing_kind": "emergency_shelter"}
+            event("municipality", 14, "temporary_housing_started", at(0.75), stay)
+            waiting = {"application_id": f"APP-{run}-{person}", "housing_kind": "supported"}
+            event("municipality", 15, "housing_waitlisted", at(0.78), waiting)
         event(
             "dps",
             7,
