@@ -169,6 +169,8 @@ def model_accepts_event(
         return False
     if emergency and agency not in DECLARERS:  # item 9
         return False
+    if event_type == "brukerplan_assessment":  # issue 17 item 8: scores only from a relation
+        return model.related(source)
     if event_type == "ip_update":  # item 3
         plan: Source = ("plan", source, payload["plan_id"])
         if payload["status"] == "closed" and any(plan in s for s in model.sources.values()):
