@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from carebus.domain.alerts import AlertContext
+from carebus.domain.alerts import AlertContext, may_read_condition
 from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.domain.policy import Policy
@@ -1177,6 +1177,30 @@ def test_the_red_title_only_for_a_recipient_who_may_read_the_score(
     assert alert["subject"] == {"nin": NIN}
     assert alert["title"] == (rule.title if specific else rule.neutral_title)
     assert ("Brukerplan" in alert["summary"]) is specific
+
+
+def test_without_the_persons_facts_a_brukerplan_condition_is_not_readable() -> None:
+    """A caller that passes no person facts (the inbox's person view) or a person with no
+    assessment kept gets the neutral title, even for a recipient that saw every field."""
+    rule = RULES.rule(RED)
+    assert rule is not None
+    trigger = homeless_discharge(T0)
+    everything = frozenset({"destination", *EXAMPLE_PAYLOADS["brukerplan_assessment"]})
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: everything)
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: everything, {})
+    person = {
+        "brukerplan": [
+            {
+                "event_id": "bp-1",
+                "source_org": MUNI[1],
+                "occurred_at": rfc3339(T0),
+                "scores": {"housing": "red"},
+            }
+        ]
+    }
+    assert may_read_condition(rule, trigger, COORDINATOR, lambda _: everything, person)
+    only_health = frozenset({"destination", "mental_health"})
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: only_health, person)
 
 
 def test_an_eviction_warning_opens_a_tenancy_obligation_and_other_incidents_do_not() -> None:
