@@ -464,6 +464,11 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "followup_scheduled": "dps",
     "treatment_interrupted": "dps",
     "prison_release": "corrections",
+    "housing_waitlisted": "housing",
+    "temporary_housing_started": "municipality",
+    "temporary_housing_ended": "municipality",
+    "tenancy_at_risk": "housing",
+    "brukerplan_assessment": "municipality",
 }
 
 

@@ -88,6 +88,8 @@ JOURNEYS: tuple[Journey, ...] = (
         shows="a notice at discharge (resolved by the follow-up contact), an open "
         "housing-work obligation after a discharge to homelessness, and a release from prison "
         "announced for ten days ahead, told with the person's consent (justice)",
+        "housing-work obligation due within a day of a discharge to homelessness (Brukerplan "
+        "housing red), and an open three-month obligation for the emergency shelter stay",
     ),
     Journey(
         person="b",
@@ -118,6 +120,19 @@ JOURNEYS: tuple[Journey, ...] = (
         "then the DPS reports the treatment broken off: a follow-up owed within 48 hours",
     ),
 )
+
+
+BRUKERPLAN_RED_HOUSING: dict[str, Any] = {
+    "housing": "red",
+    "meaningful_activity": "yellow",
+    "finances": "red",
+    "physical_health": "yellow",
+    "mental_health": "yellow",
+    "substance_use": "red",
+    "social_functioning": "yellow",
+    "network": "yellow",
+    "assessment_year": "2026",
+}
 
 
 def person_journeys(
@@ -223,6 +238,10 @@ def person_journeys(
                     "expected_ready_at": _at(base, at(0.5)),
                 },
             )
+        if journey.housing == "homeless":
+            # The municipality's Brukerplan survey: housing red, so a homeless discharge owes
+            # housing work within a day rather than three.
+            event("municipality", 13, "brukerplan_assessment", at(0.5), BRUKERPLAN_RED_HOUSING)
         discharge_payload: dict[str, Any] = {
             "admission_event_id": admission,
             "destination": journey.destination,
@@ -247,6 +266,11 @@ def person_journeys(
                     "with_org": municipality,
                 },
             )
+        if journey.destination == "homeless":
+            stay = {"stay_id": f"TB-{run}-{person}", "housing_kind": "emergency_shelter"}
+            event("municipality", 14, "temporary_housing_started", at(0.75), stay)
+            waiting = {"application_id": f"APP-{run}-{person}", "housing_kind": "supported"}
+            event("municipality", 15, "housing_waitlisted", at(0.78), waiting)
         event(
             "dps",
             7,

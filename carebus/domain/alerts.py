@@ -22,6 +22,7 @@ from carebus.domain.policy import CATEGORIES, EMERGENCY, Policy
 from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
 from carebus.domain.sla import OSLO, ROLES, Rule, parse_rfc3339, stamp
+from carebus.domain.sla import BRUKERPLAN, OSLO, Rule, latest_brukerplan, parse_rfc3339, stamp
 
 __all__ = [
     "AlertContext",
@@ -61,6 +62,9 @@ class AlertContext:
     # The person's admissions as the SLA engine keeps them (event id -> the fields conditions
     # read, occurred_at, source_org): what `admission.<field>` conditions read.
     admissions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The person facts the SLA engine keeps (`SlaState.person`): what `person.<fact>.<name>`
+    # conditions read (the latest Brukerplan scores).
+    person: Mapping[str, Any] = field(default_factory=dict)
 
 
 def alert_id(rule_id: str, trigger: Mapping[str, Any], recipient_org: str | None) -> str:
@@ -204,6 +208,7 @@ def build_alerts(
             trigger,
             org_id,
             lambda event, org_id=org_id: _seen(event, org_id, routed, context),  # type: ignore[misc]
+            context.person,
         )
         title = rule.title if specific else rule.neutral_title
         told = _told(org_id, trigger, routed)
@@ -283,19 +288,31 @@ def _contact(
 
 
 def may_read_condition(
-    rule: Rule, trigger: Mapping[str, Any], org_id: str | None, fields_seen: FieldsSeen
+    rule: Rule,
+    trigger: Mapping[str, Any],
+    org_id: str | None,
+    fields_seen: FieldsSeen,
+    person: Mapping[str, Any] | None = None,
 ) -> bool:
     """Whether `org_id` may read every field the rule's condition reads, and so its specific
     title and why: always for its own event; otherwise a trigger field must be among the
     fields it was given of the trigger, and `admission.<field>` among those it was given of
     the admission the trigger names. Fields, not categories: a discharge that shows a crisis
-    plan (health) says nothing of why the person was admitted. The alerts ask routing now
-    (`_seen`); the inbox's person view asks the disclosures it was delivered."""
+    plan (health) says nothing of why the person was admitted. `person.brukerplan.<domain>`
+    must be among the fields it may see of the latest assessment in `person` (the engine's
+    person facts; without them, or with no assessment kept, it may not). The alerts ask
+    routing now (`_seen`); the inbox's person view asks the disclosures it was delivered."""
     if org_id is None:
+        return False
+    if not _may_read_person_facts(rule, trigger, fields_seen, person or {}):
         return False
     if org_id == trigger["source"]["org_id"]:
         return True
-    own = {name for name in rule.condition_fields() if not name.startswith("admission.")}
+    own = {
+        name
+        for name in rule.condition_fields()
+        if not name.startswith("admission.") and not name.startswith("person.")
+    }
     of_admission = {
         name.split(".", 1)[1] for name in rule.condition_fields() if name.startswith("admission.")
     }
@@ -318,6 +335,33 @@ def may_read_condition(
     return seen_of_admission is not None and of_admission <= seen_of_admission
 
 
+def _may_read_person_facts(
+    rule: Rule, trigger: Mapping[str, Any], fields_seen: FieldsSeen, person: Mapping[str, Any]
+) -> bool:
+    """Whether the recipient may see, of the latest Brukerplan assessment, every domain the
+    rule's condition reads (True when it reads none). Asked also of the trigger's own source: a
+    DPS that discharges does not thereby know the municipality's scores."""
+    domains = {
+        name.removeprefix(BRUKERPLAN)
+        for name in rule.condition_fields()
+        if name.startswith(BRUKERPLAN)
+    }
+    if not domains:
+        return True
+    latest = latest_brukerplan(person)
+    if latest is None:
+        return False
+    assessment = {
+        "event_type": "brukerplan_assessment",
+        "event_id": latest["event_id"],
+        "source": {"agency": "municipality", "org_id": latest["source_org"], "system": None},
+        "subject": trigger.get("subject"),
+        "subject_key": trigger.get("subject_key"),
+    }
+    seen = fields_seen(assessment)
+    return seen is not None and domains <= seen
+
+
 def _seen(
     event: Mapping[str, Any], org_id: str | None, routed: Routing, context: AlertContext
 ) -> frozenset[str] | None:
@@ -325,8 +369,14 @@ def _seen(
     or the admission a trigger names, rebuilt from what the engine keeps of it."""
     if org_id is None:
         return None
-    if event["event_type"] != "admission" or "payload" in event:
+    if "payload" in event or event["event_type"] not in ("admission", "brukerplan_assessment"):
         return _granted(event, org_id, routed, context.policy)
+    if event["event_type"] == "brukerplan_assessment":
+        assessment = _assessment_of(event, context)
+        return _granted(
+            assessment, org_id, route(assessment, context.routing, context.policy, context.now),
+            context.policy,
+        )  # fmt: skip
     admission = _admission_of(event, context)
     if admission is None:
         return None
@@ -358,6 +408,22 @@ def _granted(
         if category in categories
         for name in names
     )
+
+
+def _assessment_of(named: Mapping[str, Any], context: AlertContext) -> dict[str, Any]:
+    """The latest Brukerplan assessment (`named` is built from it), rebuilt as an event to ask
+    routing what a recipient may see of it: routing decides by sender and recipient."""
+    latest = latest_brukerplan(context.person) or {"scores": {}, "occurred_at": stamp(context.now)}
+    return {
+        "event_id": named["event_id"],
+        "event_type": "brukerplan_assessment",
+        "occurred_at": latest["occurred_at"],
+        "source": named["source"],
+        "subject": named["subject"],
+        "subject_key": named["subject_key"],
+        "payload": dict(latest["scores"]),
+        "emergency": None,
+    }
 
 
 def _admission_of(named: Mapping[str, Any], context: AlertContext) -> dict[str, Any] | None:

@@ -35,9 +35,12 @@ RULES: Final = (
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"
-# The only event type judged against the person's state (`event_refusal`): every other event
-# that changes state (an admission, a discharge) changes only its sender's own facts.
-JUDGED_EVENT_TYPES: Final = frozenset({"ip_update"})
+# The event types judged against the person's state (`event_refusal`): the individual plan,
+# which changes who learns about the person; and the Brukerplan assessment, a statement about
+# the person's life that SLA rules act on (person.brukerplan.<domain>), which only a
+# municipality that serves the person may make. Every other event that changes state (an
+# admission, a discharge) changes only its sender's own facts.
+JUDGED_EVENT_TYPES: Final = frozenset({"ip_update", "brukerplan_assessment"})
 # Relations that let an organisation name itself in the care team (how plans are made).
 _SELF_NAMING: Final = frozenset({"home_municipality", "admitting"})
 
@@ -130,11 +133,17 @@ class AuthorityPolicy:
 
         Only an individual plan changes who learns about the person by its sender's say-so:
         its sender needs a relation, and may name itself only as home municipality or
-        admitting DPS. Admissions and discharges change state too, but only the sender's own
-        (its admission, the home municipality a DPS states) and `sender_refusal` covers them.
+        admitting DPS. A Brukerplan assessment needs a relation too (a stranger's scores would
+        shorten another municipality's deadlines and reach the care team). Admissions and
+        discharges change state too, but only the sender's own (its admission, the home
+        municipality a DPS states) and `sender_refusal` covers them.
         """
         if event_type not in JUDGED_EVENT_TYPES:
             return None
+        if event_type == "brukerplan_assessment":
+            if state.relations(actor.org_id):
+                return None
+            return _no_relation(f"{path}subject", "assess the person (Brukerplan)")
         if payload.get("status") == "closed" and _owns_plan(state, actor.org_id, payload):
             return None  # closing restricts: the owner may always close its own plan
         relations = state.relations(actor.org_id)

@@ -65,6 +65,11 @@ EVENT_TYPES: Final = (
     "followup_scheduled",
     "treatment_interrupted",
     "prison_release",
+    "housing_waitlisted",
+    "temporary_housing_started",
+    "temporary_housing_ended",
+    "tenancy_at_risk",
+    "brukerplan_assessment",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -131,6 +136,45 @@ SERVICE_KINDS: Final = (
     "social_assistance",
     "other",
 )
+# The housing pathway (issue 17 item 2): a waiting list's kind of dwelling, a temporary stay's
+# kind (a training flat is planned for 1½-2 years, seed 003, and so not "temporary" in the
+# three-month sense), how a stay ended, and why a tenancy is at risk.
+WAITLIST_HOUSING_KINDS: Final = ("ordinary", "supported", "staffed", "other")
+TEMPORARY_HOUSING_KINDS: Final = (
+    "emergency_shelter",
+    "low_threshold",
+    "hotel_or_campsite",
+    "training_flat",
+    "other",
+)
+TEMPORARY_HOUSING_OUTCOMES: Final = (
+    "permanent_housing",
+    "other_temporary",
+    "institution",
+    "homeless",
+    "unknown",
+)
+TENANCY_RISK_CAUSES: Final = (
+    "rent_arrears",
+    "eviction_notice",
+    "eviction_petition",
+    "conduct",
+    "other",
+)
+# Brukerplan (seed 004): the municipality's yearly survey scores eight life domains green,
+# yellow or red. The first three of BRUKERPLAN_HEALTH_DOMAINS are health information.
+BRUKERPLAN_SCORES: Final = ("green", "yellow", "red")
+BRUKERPLAN_DOMAINS: Final = (
+    "housing",
+    "meaningful_activity",
+    "finances",
+    "physical_health",
+    "mental_health",
+    "substance_use",
+    "social_functioning",
+    "network",
+)
+BRUKERPLAN_HEALTH_DOMAINS: Final = ("physical_health", "mental_health", "substance_use")
 
 MAX_TEXT: Final = 200
 MAX_JUSTIFICATION: Final = 2000
@@ -241,7 +285,12 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "can_receive": _BOOL,
         "expected_ready_at": _OPTIONAL_TIME,
     },
-    "housing_work_started": {"admission_event_id": _EVENT_REF},
+    # `related_event_id`: the discharge or tenancy-at-risk the work answers, where it answers
+    # one (the admission id stays required: a released field's type does not change).
+    "housing_work_started": {
+        "admission_event_id": _EVENT_REF,
+        "related_event_id": FieldSpec("event_ref", required=False),
+    },
     "epikrise_sent": {"admission_event_id": _EVENT_REF, "recipient_org": _ORG},
     "followup_contact": {"related_event_id": _EVENT_REF, "kind": _enum(*FOLLOWUP_KINDS)},
     "application_received": {
@@ -274,6 +323,31 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "home_municipality_org": FieldSpec("org", required=False),
         "needs_municipal_services": _BOOL,
         "housing_status": _enum(*HOUSING_STATUSES),
+    "housing_waitlisted": {
+        "application_id": _IDENTIFIER,
+        "housing_kind": _enum(*WAITLIST_HOUSING_KINDS),
+        # The place in the queue as the housing office writes it ("12", "12 of 40"): a short
+        # identifier, not free text (nothing to seal; a nin is refused like in any key).
+        "position": _OPTIONAL_IDENTIFIER,
+    },
+    "temporary_housing_started": {
+        "stay_id": _IDENTIFIER,
+        "housing_kind": _enum(*TEMPORARY_HOUSING_KINDS),
+        "housing_unit_id": _OPTIONAL_IDENTIFIER,
+    },
+    "temporary_housing_ended": {
+        "stay_id": _IDENTIFIER,
+        "outcome": _enum(*TEMPORARY_HOUSING_OUTCOMES),
+    },
+    "tenancy_at_risk": {
+        "cause": _enum(*TENANCY_RISK_CAUSES),
+        "eviction_at": _OPTIONAL_TIME,
+        "housing_unit_id": _OPTIONAL_IDENTIFIER,
+    },
+    "brukerplan_assessment": {
+        **{domain: _enum(*BRUKERPLAN_SCORES) for domain in BRUKERPLAN_DOMAINS},
+        # The survey's year, four digits: an identifier, since a client chooses it.
+        "assessment_year": _IDENTIFIER,
     },
 }
 
@@ -330,7 +404,10 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "can_receive": True,
         "expected_ready_at": "2026-11-28T12:00:00+01:00",
     },
-    "housing_work_started": {"admission_event_id": "dps-974705788-2026-000123"},
+    "housing_work_started": {
+        "admission_event_id": "dps-974705788-2026-000123",
+        "related_event_id": "dps-974705788-2026-000125",
+    },
     "epikrise_sent": {
         "admission_event_id": "dps-974705788-2026-000123",
         "recipient_org": "912345678",
@@ -362,6 +439,32 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "home_municipality_org": "940493021",
         "needs_municipal_services": True,
         "housing_status": "homeless",
+    "housing_waitlisted": {
+        "application_id": "APP-2026-0099",
+        "housing_kind": "supported",
+        "position": "12",
+    },
+    "temporary_housing_started": {
+        "stay_id": "TB-2026-31",
+        "housing_kind": "emergency_shelter",
+        "housing_unit_id": "KB-0042",
+    },
+    "temporary_housing_ended": {"stay_id": "TB-2026-31", "outcome": "permanent_housing"},
+    "tenancy_at_risk": {
+        "cause": "rent_arrears",
+        "eviction_at": "2027-01-15T12:00:00+01:00",
+        "housing_unit_id": "KB-0042",
+    },
+    "brukerplan_assessment": {
+        "housing": "red",
+        "meaningful_activity": "yellow",
+        "finances": "red",
+        "physical_health": "yellow",
+        "mental_health": "yellow",
+        "substance_use": "red",
+        "social_functioning": "yellow",
+        "network": "green",
+        "assessment_year": "2026",
     },
 }
 
@@ -698,7 +801,30 @@ def _payload(value: object, event_type: object, problems: list[Problem]) -> dict
         if parsed is not None:
             payload[name] = parsed
     _crisis_plan_problems(payload, problems)
+    _shape_problems(event_type, payload, problems)
     return payload
+
+
+# Fields whose value has a narrower shape than their kind: (event type, field) -> (pattern,
+# the problem). A place in a waiting list is a short note, not a message; a survey year is four
+# digits.
+_SHAPES: Final[Mapping[tuple[str, str], tuple[re.Pattern[str], str]]] = {
+    ("housing_waitlisted", "position"): (
+        re.compile(r".{1,20}", re.DOTALL),
+        "must be at most 20 characters",
+    ),
+    ("brukerplan_assessment", "assessment_year"): (
+        re.compile(r"[0-9]{4}"),
+        "must be a year of four digits, e.g. 2026",
+    ),
+}
+
+
+def _shape_problems(event_type: str, payload: Mapping[str, Any], problems: list[Problem]) -> None:
+    for (of_type, name), (pattern, problem) in _SHAPES.items():
+        value = payload.get(name)
+        if of_type == event_type and isinstance(value, str) and not pattern.fullmatch(value):
+            problems.append(Problem(f"payload.{name}", problem))
 
 
 def _crisis_plan_problems(payload: Mapping[str, Any], problems: list[Problem]) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from carebus.domain.alerts import AlertContext, build_alerts, resolved
-from carebus.domain.events import RETRACTION
+from carebus.domain.events import BRUKERPLAN_DOMAINS, RETRACTION
 from carebus.domain.records import AlertJson, Obligation, Window
 from carebus.domain.sla import (
     Rule,
@@ -41,6 +41,9 @@ OPEN_ADMISSION_MEMORY: Final = timedelta(days=730)
 # The status of an obligation whose trigger was retracted, and the resolution of its alerts.
 RETRACTED: Final = "retracted"
 ADMISSION_FIELDS: Final = ("reason", "housing_status", "needs_municipal_services")
+# Brukerplan assessments kept per person (the survey is yearly): the latest is what conditions
+# read; the ones before it stand in when the latest is retracted.
+BRUKERPLAN_KEPT: Final = 3
 
 
 @dataclass
@@ -57,12 +60,16 @@ class SlaState:
                  source_org, and once its discharge is seen discharged_at and discharged_by
                  ([sender, discharge event_id])
     windows      rule_id -> {"events": [[occurred_at, event_id], ...], "episode_at": time|None}
+    person       facts about the person that conditions read (`person.<fact>.<name>`):
+                 "brukerplan" -> the latest BRUKERPLAN_KEPT assessments, each {event_id,
+                 source_org, occurred_at, scores: domain -> green|yellow|red}
     """
 
     obligations: dict[str, Obligation] = field(default_factory=dict)
     early: list[dict[str, Any]] = field(default_factory=list)
     admissions: dict[str, dict[str, Any]] = field(default_factory=dict)
     windows: dict[str, Window] = field(default_factory=dict)
+    person: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +77,7 @@ class SlaState:
             "early": self.early,
             "admissions": self.admissions,
             "windows": self.windows,
+            "person": self.person,
         }
 
     @classmethod
@@ -80,6 +88,7 @@ class SlaState:
             early=list(data.get("early") or []),
             admissions=dict(data.get("admissions") or {}),
             windows=dict(data.get("windows") or {}),
+            person=dict(data.get("person") or {}),
         )
 
     def deadlines(self) -> dict[str, datetime]:
@@ -109,7 +118,7 @@ def observe(
     alerts: list[AlertJson] = []
     now = context.now
     _forget_old(state, now)
-    context = replace(context, admissions=state.admissions)
+    context = replace(context, admissions=state.admissions, person=state.person)
     if event.get("event_type") == RETRACTION:
         return withdraw(state, event, context, rules) + breach_due(state, rules, context)
     if event.get("event_type") == "admission":
@@ -122,6 +131,8 @@ def observe(
         }
     if event.get("event_type") == "discharge":
         _discharged(state, event)
+    if event.get("event_type") == "brukerplan_assessment":
+        _assessed(state, event)
     consumed = False
     event_type = event.get("event_type")
     for rule in rules.rules:
@@ -151,7 +162,7 @@ def breach_due(state: SlaState, rules: RuleSet, context: AlertContext) -> list[A
     """Breach, in `state`, every open obligation whose deadline is at or before `context.now`;
     the Alert records that raises."""
     alerts: list[AlertJson] = []
-    context = replace(context, admissions=state.admissions)
+    context = replace(context, admissions=state.admissions, person=state.person)
     for obligation in state.obligations.values():
         deadline = obligation.get("deadline")
         if obligation["status"] != "open" or not deadline:
@@ -217,6 +228,14 @@ def withdraw(
         window["events"] = [
             entry for entry in window["events"] if _entry_of(entry) != (target, source_org)
         ]
+    if "brukerplan" in state.person:
+        # Its scores go; an obligation a red score opened stands (like a later green score, a
+        # retraction does not reopen what was decided), the assessment before it counts again.
+        state.person["brukerplan"] = [
+            kept
+            for kept in state.person["brukerplan"]
+            if (kept["source_org"], kept["event_id"]) != (source_org, target)
+        ]
     return alerts
 
 
@@ -250,7 +269,7 @@ def _triggers(rule: Rule, event: Mapping[str, Any], state: SlaState) -> bool:
         return False
     if any(value_of(event, name) is None for name in rule.present):
         return False
-    return matches_when(rule.when, event, state.admissions)
+    return matches_when(rule.when, event, state.admissions, state.person)
 
 
 def _first_of_each_group(triggered: Sequence[Rule], event: Mapping[str, Any]) -> list[Rule]:
@@ -282,6 +301,28 @@ def _discharged(state: SlaState, discharge: Mapping[str, Any]) -> None:
         return
     admission["discharged_at"] = discharge["occurred_at"]
     admission["discharged_by"] = [discharge["source"]["org_id"], discharge["event_id"]]
+
+
+def _assessed(state: SlaState, assessment: Mapping[str, Any]) -> None:
+    """Keep a Brukerplan assessment's scores, the latest BRUKERPLAN_KEPT by occurred_at (an
+    older one arriving late does not displace a newer one); a replay changes nothing."""
+    payload = assessment.get("payload") or {}
+    kept = [
+        entry
+        for entry in state.person.get("brukerplan") or []
+        if (entry["source_org"], entry["event_id"])
+        != (assessment["source"]["org_id"], assessment["event_id"])
+    ]
+    kept.append(
+        {
+            "event_id": assessment["event_id"],
+            "source_org": assessment["source"]["org_id"],
+            "occurred_at": assessment["occurred_at"],
+            "scores": {domain: payload.get(domain) for domain in BRUKERPLAN_DOMAINS},
+        }
+    )
+    kept.sort(key=lambda entry: parse_rfc3339(entry["occurred_at"]))
+    state.person["brukerplan"] = kept[-BRUKERPLAN_KEPT:]
 
 
 def _could_close(event: Mapping[str, Any], rules: RuleSet) -> bool:

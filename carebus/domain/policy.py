@@ -9,7 +9,13 @@ from types import MappingProxyType
 from typing import Final
 
 from carebus.domain.agencies import AGENCIES
-from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS, POLICY_EVENT_TYPES
+from carebus.domain.events import (
+    BRUKERPLAN_DOMAINS,
+    BRUKERPLAN_HEALTH_DOMAINS,
+    EVENT_TYPES,
+    PAYLOAD_FIELDS,
+    POLICY_EVENT_TYPES,
+)
 
 __all__ = [
     "BASES",
@@ -60,7 +66,7 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "ip_update": ("plan_id", "status", "coordinator", "participants", "next_review_at"),
         "health_info_sent": ("admission_event_id",),
         "municipal_reply": ("discharge_ready_event_id", "can_receive", "expected_ready_at"),
-        "housing_work_started": ("admission_event_id",),
+        "housing_work_started": ("admission_event_id", "related_event_id"),
         "epikrise_sent": ("admission_event_id",),
         # An id link to the discharge or incident followed up, not what happened there.
         "followup_contact": ("related_event_id",),
@@ -68,6 +74,8 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "application_preliminary_reply": ("application_id", "expected_decision_at"),
         "application_decided": ("application_id", "outcome"),
         "followup_scheduled": ("related_event_id", "followup_at", "with_org"),
+        # When the survey was taken, not what it found.
+        "brukerplan_assessment": ("assessment_year",),
     },
     "health": {
         "admission": ("reason", "admission_kind"),
@@ -84,12 +92,22 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "followup_contact": ("kind",),
         # Which treatment was broken off, how and when the patient was last seen: clinical.
         "treatment_interrupted": ("treatment_id", "kind", "last_contact_at"),
+        "brukerplan_assessment": BRUKERPLAN_HEALTH_DOMAINS,
     },
     "social": {
         "admission": ("housing_status",),
         "discharge_ready": ("housing_status",),
         "housing_incident": ("kind", "severity", "housing_unit_id"),
         "prison_release": ("housing_status",),
+        # The housing pathway: where a person lives, waits or is about to lose a home.
+        "housing_waitlisted": ("application_id", "housing_kind", "position"),
+        "temporary_housing_started": ("stay_id", "housing_kind", "housing_unit_id"),
+        "temporary_housing_ended": ("stay_id", "outcome"),
+        "tenancy_at_risk": ("cause", "eviction_at", "housing_unit_id"),
+        # The five life domains outside health (housing, activity, finances, social, network).
+        "brukerplan_assessment": tuple(
+            d for d in BRUKERPLAN_DOMAINS if d not in BRUKERPLAN_HEALTH_DOMAINS
+        ),
     },
     "police": {
         "police_callout": ("kind", "injuries", "location_type", "housing_unit_id"),
@@ -120,6 +138,12 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             # That a treatment was broken off says the person was in treatment.
             "treatment_interrupted": "health",
             "prison_release": "justice",
+            "housing_waitlisted": "social",
+            "temporary_housing_started": "social",
+            "temporary_housing_ended": "social",
+            "tenancy_at_risk": "social",
+            # Being mapped at all says the person receives mental-health or substance services.
+            "brukerplan_assessment": "health",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

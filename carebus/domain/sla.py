@@ -160,7 +160,8 @@ class Rule:
     why: str | None = None
 
     def condition_fields(self) -> tuple[str, ...]:
-        """Payload fields the trigger condition reads (`admission.x` reads the admission's x)."""
+        """Payload fields the trigger condition reads (`admission.x` reads the admission's x,
+        `person.brukerplan.x` the person's latest Brukerplan assessment's x)."""
         return tuple(self.when) + self.present
 
 
@@ -209,17 +210,48 @@ def value_of(event: Mapping[str, Any], name: str) -> Any:
     return value
 
 
+# The person facts a condition may read (`person.<fact>.<name>`): the latest Brukerplan scores.
+BRUKERPLAN: Final = "person.brukerplan."
+
+
+def latest_brukerplan(person: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The person's latest Brukerplan assessment the engine keeps (by occurred_at; ties: the
+    later kept): {event_id, source_org, occurred_at, scores}; None when it keeps none."""
+    kept: list[Mapping[str, Any]] = person.get("brukerplan") or []
+    if not kept:
+        return None
+    latest: Mapping[str, Any] = max(
+        reversed(kept), key=lambda entry: parse_rfc3339(entry["occurred_at"])
+    )
+    return latest
+
+
+def person_value(person: Mapping[str, Any], name: str) -> Any:
+    """The person fact `name` reads (`person.brukerplan.housing`: the latest housing score);
+    null when the engine keeps none."""
+    if name.startswith(BRUKERPLAN):
+        latest = latest_brukerplan(person)
+        return None if latest is None else latest["scores"].get(name.removeprefix(BRUKERPLAN))
+    return None
+
+
 def matches_when(
-    when: Mapping[str, Any], event: Mapping[str, Any], admissions: Mapping[str, Any]
+    when: Mapping[str, Any],
+    event: Mapping[str, Any],
+    admissions: Mapping[str, Any],
+    person: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Whether every condition holds; `admission.x` reads the linked admission's field x. A
-    condition's value is one value (null: the field is absent) or a list of them (any one)."""
+    """Whether every condition holds; `admission.x` reads the linked admission's field x,
+    `person.brukerplan.x` the person's latest Brukerplan score x. A condition's value is one
+    value (null: the field is absent) or a list of them (any one)."""
     for name, wanted in when.items():
         if name.startswith("admission."):
             linked = admissions.get(str(value_of(event, "admission_event_id")))
             actual = None if linked is None else linked.get(name.split(".", 1)[1])
             if linked is None:
                 return False
+        elif name.startswith("person."):
+            actual = person_value(person or {}, name)
         else:
             actual = value_of(event, name)
         if actual not in (wanted if isinstance(wanted, list | tuple) else (wanted,)):

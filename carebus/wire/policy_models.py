@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from carebus.domain import policy, sla
-from carebus.domain.events import EVENT_TYPES, PAYLOAD_FIELDS
+from carebus.domain.events import BRUKERPLAN_DOMAINS, EVENT_TYPES, PAYLOAD_FIELDS
 from carebus.wire.requests import REFUSED, field_path, refused
 
 __all__ = [
@@ -334,7 +334,17 @@ def _checked_when(when: Mapping[str, Any], event_types: Sequence[str]) -> None:
         if any(isinstance(value, dict | list) for value in values):
             raise refused(f"when.{name}: a value must be a scalar or a list of scalars")
         prefix, _, field = name.rpartition(".")
-        for event_type in ["admission"] if prefix == "admission" else event_types:
+        if prefix not in ("", "admission", "person.brukerplan"):
+            raise refused(
+                f"when.{name}: unknown prefix {prefix!r} (admission.<field> or "
+                "person.brukerplan.<domain>)"
+            )
+        if prefix == "person.brukerplan" and field not in BRUKERPLAN_DOMAINS:
+            raise refused(
+                f"when.{name}: {field} is not a Brukerplan domain ({', '.join(BRUKERPLAN_DOMAINS)})"
+            )
+        of = {"admission": ["admission"], "person.brukerplan": ["brukerplan_assessment"]}
+        for event_type in of.get(prefix, event_types):
             spec = PAYLOAD_FIELDS.get(event_type, {}).get(field)
             symbols = spec.symbols if spec is not None else ()
             unknown = [v for v in values if symbols and v is not None and v not in symbols]

@@ -113,6 +113,11 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "followup_scheduled": "a follow-up appointment after your discharge",
     "treatment_interrupted": "a message that your treatment was broken off",
     "prison_release": "a message about your release from prison",
+    "housing_waitlisted": "that you are on a waiting list for housing",
+    "temporary_housing_started": "that you moved into temporary housing",
+    "temporary_housing_ended": "that your stay in temporary housing ended",
+    "tenancy_at_risk": "that your tenancy is at risk",
+    "brukerplan_assessment": "your Brukerplan survey scores",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",

@@ -108,7 +108,7 @@ class Ingest:
             stateful = [
                 (p, record)
                 for p, record in zip(fresh, records, strict=True)
-                if p.event.event_type in STATE_SENDERS
+                if p.event.event_type in STATE_SENDERS or p.event.event_type in JUDGED_EVENT_TYPES
             ]
             if any(p.event.event_type in JUDGED_EVENT_TYPES for p, _ in stateful):
                 await self._fold(conn, stateful, actor)  # may refuse: nothing is published

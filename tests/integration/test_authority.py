@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from carebus.adapters.auth import create_token
-from carebus.domain.events import rfc3339
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.identity import random_nin
 from carebus_dev.stack.devdata import DEV_ORGANISATIONS, OPERATOR_ORG
 from carebus_dev.testing import TestStack, at_least
@@ -305,6 +305,27 @@ async def test_a_stranger_or_a_member_cannot_add_itself_to_the_team(agencies: Ag
     forbidden(self_added, "nin")
     await bus.refusals("care_team.self_add", OTHER_MUNICIPALITY)
     await bus.refusals("relation.required", OTHER_MUNICIPALITY)
+
+
+async def test_a_stranger_cannot_post_a_persons_brukerplan_scores(agencies: Agencies) -> None:
+    """Issue 17 item 8: a municipality with no relation to the person posting Brukerplan scores
+    (which would shorten the home municipality's housing deadline) is 403 naming the subject,
+    audited as relation.required; the home municipality may."""
+    bus = agencies
+    nin = bus.nin()
+    await bus.accepted("dps", "admission", nin, admission())
+    scores = dict(EXAMPLE_PAYLOADS["brukerplan_assessment"])
+    _, stranger = await bus.post(
+        "other_municipality",
+        "brukerplan_assessment",
+        nin,
+        scores,
+        agency="municipality",
+        org_id=OTHER_MUNICIPALITY,
+    )
+    forbidden(stranger, "subject")
+    await bus.refusals("relation.required", OTHER_MUNICIPALITY)
+    await bus.accepted("municipality", "brukerplan_assessment", nin, scores)
 
 
 async def test_nobody_grants_itself_consent_and_police_cannot_object_for_others(

@@ -54,6 +54,8 @@ rules:
   - {{id: followup.discharge_48h, deadline: PT{DEADLINE_S}S}}
   - {{id: followup.discharge_7d, deadline: PT{DEADLINE_S}S}}
   - {{id: epikrise.after_discharge, deadline: PT{DEADLINE_S}S}}
+  - {{id: housing_work.discharge_homeless, deadline: PT{DEADLINE_S + 1}S}}
+  - {{id: housing_work.discharge_homeless_red, deadline: PT{DEADLINE_S}S}}
 """
 
 
@@ -427,6 +429,40 @@ async def test_homeless_admission_without_housing_work_alerts(bus: Bus) -> None:
     alerts = await bus.alerts(admitted, "housing_work.homeless_admission")
     assert [a["recipient_org"] for a in alerts] == [ORGS["municipality"]]
     assert await bus.alerts(housed, "housing_work.homeless_admission") == []
+
+
+async def test_a_homeless_discharge_with_brukerplan_housing_red_alerts_once(bus: Bus) -> None:
+    """Issue 17, items 2 and 8: the municipality's Brukerplan assessment says housing red; the
+    discharge to homelessness opens the shorter housing rule only (one group), whose breach
+    alerts the coordinator naming the person."""
+    nin = random_nin(bus.rng)
+    await bus.coordinator(nin)
+    scores = {
+        "housing": "red",
+        "meaningful_activity": "yellow",
+        "finances": "red",
+        "physical_health": "yellow",
+        "mental_health": "yellow",
+        "substance_use": "red",
+        "social_functioning": "yellow",
+        "network": "green",
+        "assessment_year": "2026",
+    }
+    assessed = await bus.publish("municipality", "brukerplan_assessment", nin, scores)
+    await bus.tracked(assessed)
+    admitted = await bus.publish(
+        "dps", "admission", nin, admission(reason="psychosis", needs_municipal_services=False)
+    )
+    discharged = await bus.publish(
+        "dps",
+        "discharge",
+        nin,
+        {"admission_event_id": admitted, "destination": "homeless", "crisis_plan": False},
+    )
+    alerts = await bus.alerts_eventually(discharged, "housing_work.discharge_homeless_red", 1)
+    await settle()  # past the (shortened) three-day rule's deadline too: it never opened
+    assert [(a["recipient_org"], a["nin"]) for a in alerts] == [(ORGS["municipality"], nin)]
+    assert await bus.alerts(discharged, "housing_work.discharge_homeless") == []
 
 
 async def test_five_police_callouts_raise_one_meeting_alert(bus: Bus) -> None:

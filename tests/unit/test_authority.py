@@ -417,9 +417,11 @@ def test_a_discharged_dps_no_longer_names_itself() -> None:
     assert rule_of(refusal) == ("care_team.self_add", "payload.coordinator.org_id")
 
 
-@pytest.mark.parametrize("event_type", [t for t in EVENT_TYPES if t != "ip_update"])
-def test_only_plans_need_a_relation(event_type: str) -> None:
-    """Events other than ip_update are judged by their sender alone."""
+@pytest.mark.parametrize(
+    "event_type", [t for t in EVENT_TYPES if t not in ("ip_update", "brukerplan_assessment")]
+)
+def test_only_plans_and_brukerplan_need_a_relation(event_type: str) -> None:
+    """Events other than ip_update and brukerplan_assessment are judged by their sender alone."""
     payload = event_record(event_type, ORGS[OWN_EVENT_ANY[event_type]][1])["payload"]
     who = actor(ORGS[OWN_EVENT_ANY[event_type]][1])
     assert AUTHORITY.event_refusal(PersonState(), who, event_type, payload) is None
@@ -1013,3 +1015,21 @@ def test_a_claim_of_one_agency_is_named_alone() -> None:
     assert claim_problems(claims, {"912345675": "dps"}) == [
         Problem("payload.recipient_org", "is not a registered fastlege organisation")
     ]
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        (HOME, None),
+        (MUNICIPAL_MEMBER, None),
+        (STRANGER["municipality"], ("relation.required", "subject")),
+    ],
+    ids=["home_municipality", "care_team_member", "stranger"],
+)
+def test_a_brukerplan_assessment_needs_a_relation(
+    sender: str, expected: tuple[str, str] | None
+) -> None:
+    """The home municipality or a municipality in the care team may post the person's scores;
+    a municipality with no relation may not (its red score would shorten another's deadline)."""
+    payload = event_record("brukerplan_assessment", sender)["payload"]
+    assert rule_of(judge_event(STATE, sender, "brukerplan_assessment", payload)) == expected

@@ -79,6 +79,11 @@ SENDERS: dict[str, frozenset[str]] = {
     "followup_scheduled": frozenset({"dps", "municipality", "fastlege"}),
     "treatment_interrupted": frozenset({"dps", "municipality"}),
     "prison_release": frozenset({"corrections"}),
+    "housing_waitlisted": frozenset({"municipality", "housing"}),
+    "temporary_housing_started": frozenset({"municipality", "housing", "nav"}),
+    "temporary_housing_ended": frozenset({"municipality", "housing", "nav"}),
+    "tenancy_at_risk": frozenset({"housing", "nav", "municipality"}),
+    "brukerplan_assessment": frozenset({"municipality"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),
@@ -169,6 +174,8 @@ def model_accepts_event(
         return False
     if emergency and agency not in DECLARERS:  # item 9
         return False
+    if event_type == "brukerplan_assessment":  # issue 17 item 8: scores only from a relation
+        return model.related(source)
     if event_type == "ip_update":  # item 3
         plan: Source = ("plan", source, payload["plan_id"])
         if payload["status"] == "closed" and any(plan in s for s in model.sources.values()):

@@ -68,6 +68,9 @@ def test_the_contract_names_every_event_type_once() -> None:
     """DESIGN's nineteen event types are each in EVENT_TYPES, the payload table and the
     examples; the policy routes all but the retraction."""
     assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 19
+    """DESIGN's twenty-two event types are each in EVENT_TYPES, the payload table and the
+    examples; the policy routes all but the retraction."""
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 22
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -517,6 +520,48 @@ INVALID: list[tuple[str, object, str, str]] = [
         with_payload("followup_scheduled", with_org="DPS Nord"),
         "payload.with_org",
         "9-digit organisation number",
+    ),
+    (
+        "waitlist-position-too-long",
+        with_payload("housing_waitlisted", position="x" * 21),
+        "payload.position",
+        "at most 20 characters",
+    ),
+    (
+        "temporary-housing-kind",
+        with_payload("temporary_housing_started", housing_kind="tent"),
+        "payload.housing_kind",
+        "emergency_shelter, low_threshold, hotel_or_campsite, training_flat, other",
+    ),
+    (
+        "temporary-housing-ended-without-stay",
+        with_payload("temporary_housing_ended", stay_id=...),
+        "payload.stay_id",
+        "is required",
+    ),
+    (
+        "tenancy-eviction-at",
+        with_payload("tenancy_at_risk", eviction_at="next week"),
+        "payload.eviction_at",
+        "RFC 3339",
+    ),
+    (
+        "brukerplan-score",
+        with_payload("brukerplan_assessment", housing="purple"),
+        "payload.housing",
+        "green, yellow, red",
+    ),
+    (
+        "brukerplan-year",
+        with_payload("brukerplan_assessment", assessment_year="26"),
+        "payload.assessment_year",
+        "four digits",
+    ),
+    (
+        "brukerplan-without-network",
+        with_payload("brukerplan_assessment", network=...),
+        "payload.network",
+        "is required",
     ),
     (
         "followup-scheduled-unknown-field",

@@ -62,6 +62,8 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "followup_scheduled.related_event_id",
         "followup_scheduled.followup_at",
         "followup_scheduled.with_org",
+        "housing_work_started.related_event_id",
+        "brukerplan_assessment.assessment_year",
     },
     "health": {
         "admission.reason",
@@ -78,6 +80,9 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "treatment_interrupted.treatment_id",
         "treatment_interrupted.kind",
         "treatment_interrupted.last_contact_at",
+        "brukerplan_assessment.physical_health",
+        "brukerplan_assessment.mental_health",
+        "brukerplan_assessment.substance_use",
     },
     "social": {
         "admission.housing_status",
@@ -86,6 +91,22 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "housing_incident.kind",
         "housing_incident.severity",
         "housing_incident.housing_unit_id",
+        "housing_waitlisted.application_id",
+        "housing_waitlisted.housing_kind",
+        "housing_waitlisted.position",
+        "temporary_housing_started.stay_id",
+        "temporary_housing_started.housing_kind",
+        "temporary_housing_started.housing_unit_id",
+        "temporary_housing_ended.stay_id",
+        "temporary_housing_ended.outcome",
+        "tenancy_at_risk.cause",
+        "tenancy_at_risk.eviction_at",
+        "tenancy_at_risk.housing_unit_id",
+        "brukerplan_assessment.housing",
+        "brukerplan_assessment.meaningful_activity",
+        "brukerplan_assessment.finances",
+        "brukerplan_assessment.social_functioning",
+        "brukerplan_assessment.network",
     },
     "police": {
         "police_callout.kind",
@@ -137,6 +158,16 @@ def test_every_payload_field_has_a_category() -> None:
             assert (event_type, name) in FIELD_CATEGORY, f"{event_type}.{name}"
 
 
+HOUSING_PATHWAY = (
+    "housing_incident",
+    "housing_work_started",
+    "housing_waitlisted",
+    "temporary_housing_started",
+    "temporary_housing_ended",
+    "tenancy_at_risk",
+)
+
+
 def test_the_event_category_of_every_type() -> None:
     """Police callouts are police, housing incidents and housing work social, a treatment
     interruption health, a prison release justice, the rest logistics."""
@@ -153,6 +184,12 @@ def test_the_event_category_of_every_type() -> None:
         "prison_release",
     }
     others = set(EVENT_TYPES) - special
+    """Police callouts are police, the housing pathway's events social, a Brukerplan assessment
+    health (being mapped says the person receives such services), the rest logistics."""
+    assert EVENT_CATEGORY["police_callout"] == "police"
+    assert {EVENT_CATEGORY[event_type] for event_type in HOUSING_PATHWAY} == {"social"}
+    assert EVENT_CATEGORY["brukerplan_assessment"] == "health"
+    others = set(EVENT_TYPES) - {"police_callout", "brukerplan_assessment", *HOUSING_PATHWAY}
     assert {EVENT_CATEGORY[event_type] for event_type in others} == {"logistics"}
 
 
@@ -221,6 +258,16 @@ def test_police_learn_of_care_only_by_emergency(shipped: Policy) -> None:
     assert police == {"ip_update"}
 
 
+# Events whose senders include the housing office or NAV, not health personnel.
+HOUSING_REPORTS = (
+    "housing_incident",
+    "housing_waitlisted",
+    "temporary_housing_started",
+    "temporary_housing_ended",
+    "tenancy_at_risk",
+)
+
+
 def test_health_recipients_are_presumed_or_consent(shipped: Policy) -> None:
     """Health-care members act on `presumed`, except for police, housing and prison
     information, which the source may not share with them without consent."""
@@ -230,6 +277,7 @@ def test_health_recipients_are_presumed_or_consent(shipped: Policy) -> None:
                 "consent"
                 if rule.event_type in ("police_callout", "housing_incident", "prison_release")
                 else "presumed"
+                "consent" if rule.event_type in ("police_callout", *HOUSING_REPORTS) else "presumed"
             )
             assert rule.basis == expected, rule.rule_id
 

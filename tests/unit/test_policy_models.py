@@ -250,6 +250,26 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
             "fulfilled_by[0]: when.destination: hospital is not a symbol of discharge.destination "
             "(home, municipal_housing, institution, homeless, unknown)",
         ),
+        (
+            sla_rule(trigger={"event_type": "discharge", "when": {"persn.brukerplan": "red"}}),
+            "trigger: when.persn.brukerplan: unknown prefix 'persn' "
+            "(admission.<field> or person.brukerplan.<domain>)",
+        ),
+        (
+            sla_rule(
+                trigger={"event_type": "discharge", "when": {"person.brukerplan.home": "red"}}
+            ),
+            "trigger: when.person.brukerplan.home: home is not a Brukerplan domain (housing, "
+            "meaningful_activity, finances, physical_health, mental_health, substance_use, "
+            "social_functioning, network)",
+        ),
+        (
+            sla_rule(
+                trigger={"event_type": "discharge", "when": {"person.brukerplan.housing": "rød"}}
+            ),
+            "trigger: when.person.brukerplan.housing: rød is not a symbol of "
+            "brukerplan_assessment.housing (green, yellow, red)",
+        ),
     ],
 )
 def test_a_rule_is_refused_naming_its_field_path(rule: dict[str, Any], expected: str) -> None:

@@ -1146,3 +1146,61 @@ def test_a_risk_discharge_tells_the_home_municipality_what_to_do_never_why(reaso
 
 def _to(disclosure: Disclosure) -> str | None:
     return None if disclosure["recipient"] is None else disclosure["recipient"]["org_id"]
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "housing_waitlisted",
+        "temporary_housing_started",
+        "temporary_housing_ended",
+        "tenancy_at_risk",
+    ],
+)
+def test_the_housing_pathway_reaches_the_team_only_with_consent(event_type: str) -> None:
+    """A waiting-list entry, a temporary stay or a tenancy at risk comes from the housing office
+    or NAV (not health personnel): the GP and NAV get it with consent, not without, and a home
+    municipality outside the care team has no rule (not a hospital logistics notice)."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        member("fastlege"),
+        member("nav"),
+        consent("fastlege"),
+    )
+    routing = routed(event(event_type, source=("housing", SOURCE["housing"])), state)
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    assert gp is not None
+    assert gp["basis"] == "consent"
+    assert decision_for(routing, MEMBER["nav"])["decision"] == "withheld"
+    assert delivery_for(routing, HOME) is None
+
+
+def test_the_gp_learns_a_tenancy_risk_but_not_the_flat() -> None:
+    """Health care learns the cause and the eviction date; the unit goes to housing and NAV."""
+    state = state_of(member("fastlege"), member("nav"), consent("fastlege"), consent("nav"))
+    routing = routed(event("tenancy_at_risk", source=("housing", SOURCE["housing"])), state)
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    nav = delivery_for(routing, MEMBER["nav"])
+    assert gp is not None
+    assert nav is not None
+    assert set(payload_of(gp)) == {"cause", "eviction_at"}
+    assert set(payload_of(nav)) == {"cause", "eviction_at", "housing_unit_id"}
+
+
+def test_brukerplan_scores_reach_health_care_in_the_team_only() -> None:
+    """The scores go, presumed, to the GP in the team (all eight domains); NAV and the housing
+    office get nothing even with consent, and neither does a home municipality outside it."""
+    state = state_of(
+        member("fastlege"), member("nav"), member("housing"), consent("nav"), consent("housing")
+    )
+    routing = routed(
+        event("brukerplan_assessment", source=("municipality", SOURCE["municipality"])), state
+    )
+    gp = delivery_for(routing, MEMBER["fastlege"])
+    assert gp is not None
+    assert gp["basis"] == "presumed"
+    assert payload_of(gp)["housing"] == "red"
+    assert payload_of(gp)["substance_use"] == "red"
+    for agency in ("nav", "housing"):
+        assert decision_for(routing, MEMBER[agency])["reason"] == "not_permitted"
+    assert delivery_for(routing, HOME) is None

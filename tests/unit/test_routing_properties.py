@@ -110,6 +110,28 @@ TYPE_CATEGORY_OF_FIELD = {
     ("police_callout", "injuries"): "police",
     ("police_callout", "location_type"): "police",
     ("police_callout", "housing_unit_id"): "police",
+    # The housing pathway (issue 17 item 2): all social, even an application id or an outcome.
+    ("housing_waitlisted", "application_id"): "social",
+    ("housing_waitlisted", "housing_kind"): "social",
+    ("housing_waitlisted", "position"): "social",
+    ("temporary_housing_started", "stay_id"): "social",
+    ("temporary_housing_started", "housing_kind"): "social",
+    ("temporary_housing_started", "housing_unit_id"): "social",
+    ("temporary_housing_ended", "stay_id"): "social",
+    ("temporary_housing_ended", "outcome"): "social",
+    ("tenancy_at_risk", "cause"): "social",
+    ("tenancy_at_risk", "eviction_at"): "social",
+    ("tenancy_at_risk", "housing_unit_id"): "social",
+    # Brukerplan (item 8): physical health, mental health and substance use are health.
+    ("brukerplan_assessment", "assessment_year"): "logistics",
+    ("brukerplan_assessment", "housing"): "social",
+    ("brukerplan_assessment", "meaningful_activity"): "social",
+    ("brukerplan_assessment", "finances"): "social",
+    ("brukerplan_assessment", "social_functioning"): "social",
+    ("brukerplan_assessment", "network"): "social",
+    ("brukerplan_assessment", "physical_health"): "health",
+    ("brukerplan_assessment", "mental_health"): "health",
+    ("brukerplan_assessment", "substance_use"): "health",
 }
 FACT_CATEGORY = {
     "police_callout": "police",
@@ -117,6 +139,11 @@ FACT_CATEGORY = {
     "housing_work_started": "social",
     "treatment_interrupted": "health",
     "prison_release": "justice",
+    "housing_waitlisted": "social",
+    "temporary_housing_started": "social",
+    "temporary_housing_ended": "social",
+    "tenancy_at_risk": "social",
+    "brukerplan_assessment": "health",
 }
 
 

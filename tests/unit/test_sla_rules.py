@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from carebus.domain.alerts import AlertContext
+from carebus.domain.alerts import AlertContext, may_read_condition
 from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.domain.policy import Policy
@@ -33,6 +33,7 @@ SUBJECT_KEY = "7" * 64
 
 DPS = ("dps", "974705788")  # the source of hospital events
 MUNI = ("municipality", "940493039")  # the source of applications
+HOUSING_OFFICE = ("housing", "987654321")  # the source of tenancy and incident reports
 HOME = "940493021"  # the person's home municipality
 COORDINATOR = "940493047"  # a municipality organisation that coordinates the care team
 NAV = "889640790"
@@ -165,6 +166,11 @@ def _admission_for(
         ]
 
     return prior
+
+
+def brukerplan(event_id: str, at: datetime, **scores: Any) -> dict[str, Any]:
+    """The municipality's Brukerplan assessment: the example's scores with `scores` changed."""
+    return event("brukerplan_assessment", event_id, at, source=MUNI, **scores)
 
 
 def _plan(at: datetime, event_id: str, **changes: Any) -> dict[str, Any]:
@@ -359,6 +365,59 @@ CASES: list[Case] = [
         ),
         cancel=None,
         recipients=EVERYWHERE_SOURCE,
+    ),
+    Case(
+        rule_id="housing_work.discharge_homeless_red",
+        prior=lambda: [
+            *_admission_for("psychosis")(),
+            brukerplan("bp-1", T0 - 2 * DAY, housing="red"),
+        ],
+        trigger=lambda at: event(
+            "discharge", "dis-1", at, admission_event_id="adm-1", destination="homeless"
+        ),
+        deadline=lambda at: at + DAY,
+        fulfil=lambda at: event(
+            "housing_work_started", "hw-1", at, source=MUNI, admission_event_id="adm-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="housing.temporary_over_3_months",
+        prior=_none,
+        trigger=lambda at: event(
+            "temporary_housing_started", "ths-1", at, source=MUNI, stay_id="TB-1"
+        ),
+        deadline=lambda at: datetime(2027, 2, 23, 8, 0, tzinfo=UTC),  # P3M on the Oslo calendar
+        fulfil=lambda at: event(
+            "temporary_housing_ended", "the-1", at, source=MUNI, stay_id="TB-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="housing.tenancy_at_risk",
+        prior=_none,
+        trigger=lambda at: event("tenancy_at_risk", "tr-1", at, source=HOUSING_OFFICE),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="tr-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="housing.eviction_warning",
+        prior=_none,
+        trigger=lambda at: event(
+            "housing_incident", "hi-1", at, source=HOUSING_OFFICE, kind="eviction_warning"
+        ),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event(
+            "followup_contact", "fu-1", at, source=MUNI, related_event_id="hi-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
         rule_id="application.preliminary_reply",
@@ -613,6 +672,39 @@ def test_cancellation_after_breach_resolves_as_cancelled(case: Case) -> None:
         (
             CASE["application.preliminary_reply"],
             event("application_decided", "dec-1", T0 + DAY, source=MUNI, application_id="APP-1"),
+        ),
+        (
+            CASE["housing_work.discharge_homeless"],
+            event(
+                "housing_work_started",
+                "hw-9",
+                T0 + DAY,
+                source=MUNI,
+                admission_event_id="adm-other",
+                related_event_id="dis-1",
+            ),
+        ),
+        (
+            CASE["housing.tenancy_at_risk"],
+            event(
+                "housing_work_started",
+                "hw-9",
+                T0 + DAY,
+                source=HOUSING_OFFICE,
+                admission_event_id="adm-other",
+                related_event_id="tr-1",
+            ),
+        ),
+        (
+            CASE["housing.eviction_warning"],
+            event(
+                "housing_work_started",
+                "hw-9",
+                T0 + DAY,
+                source=HOUSING_OFFICE,
+                admission_event_id="adm-other",
+                related_event_id="hi-1",
+            ),
         ),
     ],
     ids=str,
@@ -989,6 +1081,178 @@ def test_home_municipality_outside_the_team_gets_the_housing_title() -> None:
     assert alert["title"] == rule.title != rule.neutral_title
 
 
+# --- the housing pathway and Brukerplan (issue 17 items 2 and 8) -----------------------------
+
+STAY = "housing.temporary_over_3_months"
+AFTER_DISCHARGE = "housing_work.discharge_homeless"
+RED = "housing_work.discharge_homeless_red"
+
+
+def temporary_stay(at: datetime, housing_kind: str = "emergency_shelter") -> dict[str, Any]:
+    return event(
+        "temporary_housing_started",
+        "ths-1",
+        at,
+        source=MUNI,
+        stay_id="TB-1",
+        housing_kind=housing_kind,
+    )
+
+
+def homeless_discharge(at: datetime) -> dict[str, Any]:
+    return event("discharge", "dis-1", at, admission_event_id="adm-1", destination="homeless")
+
+
+def test_day_91_of_a_temporary_stay_breaches_and_its_end_on_day_95_resolves_late() -> None:
+    """Three months (P3M, the Oslo calendar: 92 days from 23 November) in an emergency shelter
+    alert the coordinator; the stay's end four days later resolves the alert fulfilled_late."""
+    person = Person()
+    person.see(temporary_stay(T0))
+    assert of(STAY, person.scan(T0 + 91 * DAY)) == []
+    (alert,) = of(STAY, person.scan(T0 + 92 * DAY + MINUTE))
+    assert alert["recipient"] == {"agency": "municipality", "org_id": COORDINATOR}
+    ended = event("temporary_housing_ended", "the-1", T0 + 95 * DAY, source=MUNI, stay_id="TB-1")
+    (again,) = of(STAY, person.see(ended))
+    assert (again["status"], again["resolution"]) == ("resolved", "fulfilled_late")
+
+
+def test_a_training_flat_opens_nothing() -> None:
+    """A training flat is a planned stay of 1½-2 years (seed 003): no three-month obligation."""
+    person = Person()
+    person.see(temporary_stay(T0, housing_kind="training_flat"))
+    assert person.deadlines(STAY) == []
+    assert of(STAY, person.scan(T0 + 200 * DAY)) == []
+
+
+def test_the_same_stay_reported_twice_is_one_obligation() -> None:
+    """The stay id names the obligation: the housing office and NAV reporting one stay, or a
+    resend under a new event id, open one obligation."""
+    person = Person()
+    person.see(temporary_stay(T0))
+    person.see({**temporary_stay(T0 + HOUR), "event_id": "ths-2"})
+    assert len(person.deadlines(STAY)) == 1
+
+
+def test_a_red_housing_score_shortens_the_homeless_discharge_deadline() -> None:
+    """With Brukerplan housing red the discharge opens the one-day rule and not the three-day
+    one (one group: one obligation per discharge); without an assessment, three days."""
+    red = Person()
+    for record in _admission_for("psychosis")():
+        red.see(record)
+    red.see(brukerplan("bp-1", T0 - 2 * DAY, housing="red"))
+    red.see(homeless_discharge(T0))
+    assert (red.deadlines(RED), red.deadlines(AFTER_DISCHARGE)) == ([T0 + DAY], [])
+    plain = Person()
+    for record in _admission_for("psychosis")():
+        plain.see(record)
+    plain.see(brukerplan("bp-1", T0 - 2 * DAY, housing="yellow"))
+    plain.see(homeless_discharge(T0))
+    assert (plain.deadlines(RED), plain.deadlines(AFTER_DISCHARGE)) == ([], [T0 + 3 * DAY])
+
+
+def test_a_later_green_score_does_not_change_an_open_obligation() -> None:
+    """The deadline was set when the discharge arrived; a green assessment after it changes
+    neither the deadline nor which rule is open."""
+    person = Person()
+    for record in _admission_for("psychosis")():
+        person.see(record)
+    person.see(brukerplan("bp-1", T0 - 2 * DAY, housing="red"))
+    person.see(homeless_discharge(T0))
+    person.see(brukerplan("bp-2", T0 + HOUR, housing="green"))
+    assert (person.deadlines(RED), person.deadlines(AFTER_DISCHARGE)) == ([T0 + DAY], [])
+    assert of(RED, person.scan(T0 + DAY + MINUTE))
+
+
+def test_an_older_assessment_arriving_late_does_not_replace_the_latest() -> None:
+    """The latest scores by occurred_at count, not the last to arrive."""
+    person = Person()
+    for record in _admission_for("psychosis")():
+        person.see(record)
+    person.see(brukerplan("bp-2", T0 - DAY, housing="red"))
+    person.see(brukerplan("bp-1", T0 - 300 * DAY, housing="green"))
+    person.see(homeless_discharge(T0))
+    assert person.deadlines(RED) == [T0 + DAY]
+
+
+def test_retracting_the_assessment_removes_its_scores() -> None:
+    """A retracted red assessment no longer shortens anything; the one before it counts again."""
+    person = Person()
+    for record in _admission_for("psychosis")():
+        person.see(record)
+    person.see(brukerplan("bp-1", T0 - 300 * DAY, housing="yellow"))
+    person.see(brukerplan("bp-2", T0 - 2 * DAY, housing="red"))
+    person.see(event("retraction", "r-1", T0 - DAY, source=MUNI, retracted_event_id="bp-2"))
+    assert [kept["event_id"] for kept in person.state.person["brukerplan"]] == ["bp-1"]
+    person.see(homeless_discharge(T0))
+    assert (person.deadlines(RED), person.deadlines(AFTER_DISCHARGE)) == ([], [T0 + 3 * DAY])
+
+
+def test_another_organisations_retraction_leaves_the_scores() -> None:
+    """Event ids are unique per sender: a DPS retracting its own event of the same id does not
+    remove the municipality's assessment."""
+    person = Person()
+    person.see(brukerplan("bp-1", T0 - 2 * DAY, housing="red"))
+    person.see(event("retraction", "r-1", T0 - DAY, retracted_event_id="bp-1"))
+    assert [kept["event_id"] for kept in person.state.person["brukerplan"]] == ["bp-1"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "specific"), [("coordinator_and_home", True), ("home_only", False)]
+)
+def test_the_red_title_only_for_a_recipient_who_may_read_the_score(
+    setup: str, specific: bool
+) -> None:
+    """The coordinator in the care team is given the assessment's housing score (presumed) and
+    reads why; a home municipality outside the team knows of the discharge (statutory) but not
+    the score, so it gets the neutral title and no why."""
+    person = Person(SETUPS[setup])
+    for record in _admission_for("psychosis")():
+        person.see(record)
+    person.see(brukerplan("bp-1", T0 - 2 * DAY, housing="red"))
+    person.see(homeless_discharge(T0))
+    (alert,) = of(RED, person.scan(T0 + DAY + MINUTE))
+    rule = RULES.rule(RED)
+    assert rule is not None
+    assert alert["subject"] == {"nin": NIN}
+    assert alert["title"] == (rule.title if specific else rule.neutral_title)
+    assert ("Brukerplan" in alert["summary"]) is specific
+
+
+def test_without_the_persons_facts_a_brukerplan_condition_is_not_readable() -> None:
+    """A caller that passes no person facts (the inbox's person view) or a person with no
+    assessment kept gets the neutral title, even for a recipient that saw every field."""
+    rule = RULES.rule(RED)
+    assert rule is not None
+    trigger = homeless_discharge(T0)
+    everything = frozenset({"destination", *EXAMPLE_PAYLOADS["brukerplan_assessment"]})
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: everything)
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: everything, {})
+    person = {
+        "brukerplan": [
+            {
+                "event_id": "bp-1",
+                "source_org": MUNI[1],
+                "occurred_at": rfc3339(T0),
+                "scores": {"housing": "red"},
+            }
+        ]
+    }
+    assert may_read_condition(rule, trigger, COORDINATOR, lambda _: everything, person)
+    only_health = frozenset({"destination", "mental_health"})
+    assert not may_read_condition(rule, trigger, COORDINATOR, lambda _: only_health, person)
+
+
+def test_an_eviction_warning_opens_a_tenancy_obligation_and_other_incidents_do_not() -> None:
+    """Of the housing incidents only the eviction warning asks for a follow-up."""
+    person = Person()
+    person.see(event("housing_incident", "hi-1", T0, source=HOUSING_OFFICE, kind="noise"))
+    assert person.deadlines("housing.eviction_warning") == []
+    person.see(
+        event("housing_incident", "hi-2", T0, source=HOUSING_OFFICE, kind="eviction_warning")
+    )
+    assert person.deadlines("housing.eviction_warning") == [T0 + 7 * DAY]
+
+
 # --- load_rules ---------------------------------------------------------------------------------
 
 
@@ -1002,6 +1266,7 @@ def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
     assert len(RULES.rules) == 19
+    assert len(RULES.rules) == 21
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
