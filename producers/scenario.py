@@ -86,10 +86,10 @@ JOURNEYS: tuple[Journey, ...] = (
         followed_up=True,
         municipality_replies=True,
         shows="a notice at discharge (resolved by the follow-up contact), an open "
-        "housing-work obligation after a discharge to homelessness, and a release from prison "
-        "announced for ten days ahead, told with the person's consent (justice)",
         "housing-work obligation due within a day of a discharge to homelessness (Brukerplan "
-        "housing red), and an open three-month obligation for the emergency shelter stay",
+        "housing red), an open three-month obligation for the emergency shelter stay, and a "
+        "release from prison announced for ten days ahead, told with the person's consent "
+        "(justice)",
     ),
     Journey(
         person="b",

@@ -21,8 +21,15 @@ from carebus.domain.events import PAYLOAD_FIELDS
 from carebus.domain.policy import CATEGORIES, EMERGENCY, Policy
 from carebus.domain.records import AlertJson, DisclosureJson, Organisation
 from carebus.domain.routing import PersonState, Routing, route
-from carebus.domain.sla import OSLO, ROLES, Rule, parse_rfc3339, stamp
-from carebus.domain.sla import BRUKERPLAN, OSLO, Rule, latest_brukerplan, parse_rfc3339, stamp
+from carebus.domain.sla import (
+    BRUKERPLAN,
+    OSLO,
+    ROLES,
+    Rule,
+    latest_brukerplan,
+    parse_rfc3339,
+    stamp,
+)
 
 __all__ = [
     "AlertContext",

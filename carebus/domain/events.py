@@ -323,6 +323,7 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "home_municipality_org": FieldSpec("org", required=False),
         "needs_municipal_services": _BOOL,
         "housing_status": _enum(*HOUSING_STATUSES),
+    },
     "housing_waitlisted": {
         "application_id": _IDENTIFIER,
         "housing_kind": _enum(*WAITLIST_HOUSING_KINDS),
@@ -439,6 +440,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "home_municipality_org": "940493021",
         "needs_municipal_services": True,
         "housing_status": "homeless",
+    },
     "housing_waitlisted": {
         "application_id": "APP-2026-0099",
         "housing_kind": "supported",

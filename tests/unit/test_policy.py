@@ -169,27 +169,22 @@ HOUSING_PATHWAY = (
 
 
 def test_the_event_category_of_every_type() -> None:
-    """Police callouts are police, housing incidents and housing work social, a treatment
-    interruption health, a prison release justice, the rest logistics."""
+    """Police callouts are police, the housing pathway's events social, a treatment
+    interruption and a Brukerplan assessment health (being mapped says the person receives
+    such services), a prison release justice, the rest logistics."""
     assert EVENT_CATEGORY["police_callout"] == "police"
-    assert EVENT_CATEGORY["housing_incident"] == "social"
-    assert EVENT_CATEGORY["housing_work_started"] == "social"
+    assert {EVENT_CATEGORY[event_type] for event_type in HOUSING_PATHWAY} == {"social"}
     assert EVENT_CATEGORY["treatment_interrupted"] == "health"
+    assert EVENT_CATEGORY["brukerplan_assessment"] == "health"
     assert EVENT_CATEGORY["prison_release"] == "justice"
     special = {
         "police_callout",
-        "housing_incident",
-        "housing_work_started",
         "treatment_interrupted",
+        "brukerplan_assessment",
         "prison_release",
+        *HOUSING_PATHWAY,
     }
     others = set(EVENT_TYPES) - special
-    """Police callouts are police, the housing pathway's events social, a Brukerplan assessment
-    health (being mapped says the person receives such services), the rest logistics."""
-    assert EVENT_CATEGORY["police_callout"] == "police"
-    assert {EVENT_CATEGORY[event_type] for event_type in HOUSING_PATHWAY} == {"social"}
-    assert EVENT_CATEGORY["brukerplan_assessment"] == "health"
-    others = set(EVENT_TYPES) - {"police_callout", "brukerplan_assessment", *HOUSING_PATHWAY}
     assert {EVENT_CATEGORY[event_type] for event_type in others} == {"logistics"}
 
 
@@ -273,12 +268,8 @@ def test_health_recipients_are_presumed_or_consent(shipped: Policy) -> None:
     information, which the source may not share with them without consent."""
     for rule in shipped.rules.values():
         if rule.recipient in HEALTH_CARE:
-            expected = (
-                "consent"
-                if rule.event_type in ("police_callout", "housing_incident", "prison_release")
-                else "presumed"
-                "consent" if rule.event_type in ("police_callout", *HOUSING_REPORTS) else "presumed"
-            )
+            consent_only = ("police_callout", "prison_release", *HOUSING_REPORTS)
+            expected = "consent" if rule.event_type in consent_only else "presumed"
             assert rule.basis == expected, rule.rule_id
 
 
