@@ -134,7 +134,7 @@ def observe(
             consumed |= _close_by(state, rule, event, alerts, context)
         if rule.kind == "deadline":
             _set_before_deadline(state, rule, event)
-    if not consumed and _could_close(event, rules):
+    if not consumed and _could_close(event, rules) and not _kept(state.early, event):
         state.early.append(dict(event))
     triggered = [rule for rule in rules.rules if _triggers(rule, event, state)]
     for rule in _first_of_each_group(triggered, event):
@@ -282,6 +282,13 @@ def _discharged(state: SlaState, discharge: Mapping[str, Any]) -> None:
         return
     admission["discharged_at"] = discharge["occurred_at"]
     admission["discharged_by"] = [discharge["source"]["org_id"], discharge["event_id"]]
+
+
+def _kept(early: Sequence[Mapping[str, Any]], event: Mapping[str, Any]) -> bool:
+    """Whether `event` waits among the early events already: a replay of an event that closed
+    nothing (a yearly check that opened its own obligation) is not kept twice."""
+    sent = (event.get("event_id"), event["source"]["org_id"])
+    return any((e.get("event_id"), e["source"]["org_id"]) == sent for e in early)
 
 
 def _could_close(event: Mapping[str, Any], rules: RuleSet) -> bool:

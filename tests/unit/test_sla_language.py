@@ -1,5 +1,5 @@
 """The SLA rule language beyond single conditions (issue 17): `present`, `{field, plus}` and
-`fallback` deadlines, groups, a list of `before` events, notices (immediate rules that are not
+`fallback` deadlines, groups, `link: subject`, a list of `before` events, notices (immediate rules that are not
 emergencies) that resolve when what they ask for is done, and admissions kept until their
 discharge. Each is tried on a small rule file of its own, so that the reviewed file's rules
 can change without these tests losing their meaning."""
@@ -15,7 +15,7 @@ import pytest
 from carebus.domain.events import rfc3339
 from carebus.domain.obligations import MEMORY, OPEN_ADMISSION_MEMORY
 from carebus.domain.routing import Consent
-from carebus.domain.sla import OSLO, RuleSet, SlaRulesError
+from carebus.domain.sla import OSLO, SUBJECT, Link, RuleSet, SlaRulesError, links_to
 from carebus.wire.policy_files import load_rules
 from tests.unit.test_sla_rules import (
     COORDINATOR,
@@ -23,6 +23,7 @@ from tests.unit.test_sla_rules import (
     DPS,
     HOME,
     HOUR,
+    MINUTE,
     MUNI,
     T0,
     Person,
@@ -428,3 +429,103 @@ def test_retracting_the_admission_withdraws_what_its_reason_opened(tmp_path: Pat
     ]
     assert open_rules(person) == []
     assert of("risk", person.scan(T0 + 10 * DAY)) == []
+
+
+# --- `link: subject`: any other event of the same person ---------------------------------------
+
+CONTACTED = (
+    """\
+  - id: contacted
+    title: No contact of any kind within a week of a discharge
+    kind: deadline
+    trigger: {event_type: discharge}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+    + """\
+  - id: again
+    title: No contact within a week of the last one
+    kind: deadline
+    trigger: {event_type: followup_contact}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+)
+
+
+def contact(at: datetime, event_id: str, related: str = "elsewhere") -> dict[str, object]:
+    return event("followup_contact", event_id, at, source=MUNI, related_event_id=related)
+
+
+def test_a_subject_link_is_fulfilled_by_any_event_of_the_person(tmp_path: Path) -> None:
+    """A contact about anything at all (its related event is not the discharge) fulfils."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(discharge(T0, followup_at=None))
+    assert person.deadlines("contacted") == [T0 + 7 * DAY]
+    person.see(contact(T0 + DAY, "c-1"))
+    assert person.deadlines("contacted") == []
+    assert of("contacted", person.scan(T0 + 30 * DAY)) == []
+
+
+def test_a_subject_link_needs_the_same_person_and_another_event() -> None:
+    """`links_to` on its own (the engine's state is per person, the link says so itself): an
+    event of another person, or the trigger itself, is not linked."""
+    link = Link("followup_contact", SUBJECT, SUBJECT)
+    first = contact(T0, "c-1")
+    assert links_to(link, contact(T0 + DAY, "c-2"), first)
+    assert not links_to(link, {**contact(T0 + DAY, "c-2"), "subject_key": "8" * 64}, first)
+    assert not links_to(link, first, first)
+    # The same id from another sender is another event.
+    assert links_to(link, {**first, "source": {"agency": "dps", "org_id": DPS[1]}}, first)
+    assert not links_to(link, discharge(T0 + DAY, followup_at=None), first)
+
+
+def test_an_event_of_the_person_before_the_trigger_does_not_fulfil(tmp_path: Path) -> None:
+    """A contact a day before the discharge answers an earlier question, not this one."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(contact(T0 - DAY, "c-0"))
+    person.see(discharge(T0, followup_at=None))
+    assert person.deadlines("contacted") == [T0 + 7 * DAY]
+    assert orgs(of("contacted", person.scan(T0 + 8 * DAY))) == [HOME]
+
+
+def test_the_next_event_closes_the_last_ones_obligation_and_opens_its_own(
+    tmp_path: Path,
+) -> None:
+    """A recurring obligation: each contact is due a week after the last; the one that opens an
+    obligation does not fulfil it, the next one does, and a replay changes nothing."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(contact(T0, "c-1"))
+    assert person.deadlines("again") == [T0 + 7 * DAY]
+    person.see(contact(T0 + 5 * DAY, "c-2"))
+    assert person.deadlines("again") == [T0 + 12 * DAY]
+    assert person.see(contact(T0 + 5 * DAY, "c-2"), T0 + 6 * DAY) == []
+    assert person.deadlines("again") == [T0 + 12 * DAY]
+    assert orgs(of("again", person.scan(T0 + 13 * DAY))) == [HOME]
+
+
+@pytest.mark.parametrize("link", ["person", "[subject]", "{a: b, c: d}"])
+def test_a_link_that_is_neither_a_pair_nor_subject_is_refused(tmp_path: Path, link: str) -> None:
+    """A link is one field pair or the word `subject`; anything else is refused by its path."""
+    text = CONTACTED.replace(
+        "link: subject}]\n    recipients", f"link: {link}}}]\n    recipients", 1
+    )
+    with pytest.raises(SlaRulesError) as refused:
+        rules(tmp_path, text)
+    assert any(
+        p.startswith("rule contacted: fulfilled_by[0].link:") and "or be 'subject'" in p
+        for p in refused.value.problems
+    ), refused.value.problems
+
+
+def test_a_replayed_event_that_closed_nothing_is_kept_once(tmp_path: Path) -> None:
+    """The first contact opens an obligation and closes none: kept as an early event (it may
+    still close one whose trigger arrives late), once however often it is replayed."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    for at in (T0 + MINUTE, T0 + HOUR, T0 + DAY):
+        person.see(contact(T0, "c-1"), at)
+    assert [e["event_id"] for e in person.state.early] == ["c-1"]
