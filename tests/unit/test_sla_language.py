@@ -1,8 +1,8 @@
 """The SLA rule language beyond single conditions (issue 17): `present`, `{field, plus}` and
-`fallback` deadlines, groups, `link: subject`, a list of `before` events, notices (immediate rules that are not
-emergencies) that resolve when what they ask for is done, and admissions kept until their
-discharge. Each is tried on a small rule file of its own, so that the reviewed file's rules
-can change without these tests losing their meaning."""
+`fallback` deadlines, groups, `link: subject`, a list of `before` events, notices (immediate
+rules that are not emergencies) that resolve when what they ask for is done, and admissions
+kept until their discharge. Each is tried on a small rule file of its own, so that the
+reviewed file's rules can change without these tests losing their meaning."""
 
 from __future__ import annotations
 
