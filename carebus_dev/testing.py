@@ -462,6 +462,8 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "application_decided": "municipality",
     "retraction": "dps",
     "followup_scheduled": "dps",
+    "somatic_check_done": "fastlege",
+    "somatic_referral": "fastlege",
 }
 
 

@@ -63,6 +63,8 @@ EVENT_TYPES: Final = (
     "application_decided",
     "retraction",
     "followup_scheduled",
+    "somatic_check_done",
+    "somatic_referral",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -126,6 +128,11 @@ SERVICE_KINDS: Final = (
     "social_assistance",
     "other",
 )
+
+# Physical health (issue 17 item 5): a check of somatic health and lifestyle, and a referral
+# it led to. `targeted`: a check for a known complaint or risk; `annual`: the yearly check.
+SOMATIC_CHECK_KINDS: Final = ("annual", "targeted", "other")
+SOMATIC_REFERRAL_TARGETS: Final = ("specialist_somatic", "dental", "substitution_clinic", "other")
 
 MAX_TEXT: Final = 200
 MAX_JUSTIFICATION: Final = 2000
@@ -256,6 +263,13 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "followup_at": _TIME,
         "with_org": FieldSpec("org", required=False),
     },
+    "somatic_check_done": {"kind": _enum(*SOMATIC_CHECK_KINDS), "referral_needed": _BOOL},
+    "somatic_referral": {
+        "referral_id": _IDENTIFIER,
+        "to": _enum(*SOMATIC_REFERRAL_TARGETS),
+        # The check that found the referral needed, when there was one.
+        "related_event_id": FieldSpec("event_ref", required=False),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -332,6 +346,12 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "related_event_id": "dps-974705788-2026-000125",
         "followup_at": "2026-12-03T10:00:00+01:00",
         "with_org": "940493021",
+    },
+    "somatic_check_done": {"kind": "annual", "referral_needed": True},
+    "somatic_referral": {
+        "referral_id": "HV-2026-0042",
+        "to": "dental",
+        "related_event_id": "gp-912345678-2026-000007",
     },
 }
 

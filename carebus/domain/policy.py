@@ -66,6 +66,8 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "application_preliminary_reply": ("application_id", "expected_decision_at"),
         "application_decided": ("application_id", "outcome"),
         "followup_scheduled": ("related_event_id", "followup_at", "with_org"),
+        # An id link to the check that found the referral needed, not what it found.
+        "somatic_referral": ("related_event_id",),
     },
     "health": {
         "admission": ("reason", "admission_kind"),
@@ -80,6 +82,9 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
+        # Physical health: what was checked, whether a referral is needed, where it went.
+        "somatic_check_done": ("kind", "referral_needed"),
+        "somatic_referral": ("referral_id", "to"),
     },
     "social": {
         "admission": ("housing_status",),
@@ -108,6 +113,9 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             "police_callout": "police",
             "housing_incident": "social",
             "housing_work_started": "social",
+            # That a somatic check or referral happened is itself health information.
+            "somatic_check_done": "health",
+            "somatic_referral": "health",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

@@ -111,6 +111,8 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "application_decided": "the decision on your application",
     "retraction": "a correction withdrawing an earlier message about you",
     "followup_scheduled": "a follow-up appointment after your discharge",
+    "somatic_check_done": "a check of your physical health",
+    "somatic_referral": "a referral after a check of your physical health",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",

@@ -255,6 +255,13 @@ def test_the_senders_the_issue_names_are_the_policys(event_type: str, agencies: 
     assert AUTHORITY.senders[event_type] == agencies
 
 
+@pytest.mark.parametrize("event_type", ["somatic_check_done", "somatic_referral"])
+def test_only_health_care_states_a_somatic_check_or_referral(event_type: str) -> None:
+    """Issue 17 item 5: the GP, the municipal health service or the DPS does the check and
+    refers; NAV, housing and police may not say that one was done."""
+    assert AUTHORITY.senders[event_type] == {"fastlege", "municipality", "dps"}
+
+
 def test_a_refused_event_type_names_its_path_in_a_batch() -> None:
     """In a batch, the refusal's field carries the event's path."""
     refusal = AUTHORITY.sender_refusal(actor(POLICE), "admission", False, path="events[3].")

@@ -76,6 +76,8 @@ SENDERS: dict[str, frozenset[str]] = {
     "housing_work_started": frozenset({"municipality", "housing"}),
     "followup_contact": frozenset({"municipality", "fastlege", "dps"}),
     "followup_scheduled": frozenset({"dps", "municipality", "fastlege"}),
+    "somatic_check_done": frozenset({"fastlege", "municipality", "dps"}),
+    "somatic_referral": frozenset({"fastlege", "municipality", "dps"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),

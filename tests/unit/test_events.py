@@ -65,9 +65,9 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's seventeen event types are each in EVENT_TYPES, the payload table and the
+    """DESIGN's nineteen event types are each in EVENT_TYPES, the payload table and the
     examples; the policy routes all but the retraction."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 17
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 19
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -523,6 +523,48 @@ INVALID: list[tuple[str, object, str, str]] = [
         with_payload("followup_scheduled", kind="phone"),
         "payload.kind",
         "not a field of followup_scheduled",
+    ),
+    (
+        "somatic-check-kind",
+        with_payload("somatic_check_done", kind="yearly"),
+        "payload.kind",
+        "annual, targeted, other",
+    ),
+    (
+        "somatic-check-referral-needed",
+        with_payload("somatic_check_done", referral_needed="yes"),
+        "payload.referral_needed",
+        "true or false",
+    ),
+    (
+        "somatic-check-free-text",
+        with_payload("somatic_check_done", finding="blood pressure high"),
+        "payload.finding",
+        "not a field of somatic_check_done",
+    ),
+    (
+        "somatic-referral-to",
+        with_payload("somatic_referral", to="dentist"),
+        "payload.to",
+        "specialist_somatic, dental, substitution_clinic, other",
+    ),
+    (
+        "somatic-referral-id-nin",
+        with_payload("somatic_referral", referral_id=f"HV-{NIN}"),
+        "payload.referral_id",
+        "must not contain a national identity number",
+    ),
+    (
+        "somatic-referral-without-id",
+        with_payload("somatic_referral", referral_id=...),
+        "payload.referral_id",
+        "is required",
+    ),
+    (
+        "somatic-referral-related",
+        with_payload("somatic_referral", related_event_id="a b"),
+        "payload.related_event_id",
+        "1 to 200 characters",
     ),
     ("emergency-string", raw_event(emergency="yes"), "emergency", "must be an object"),
     (

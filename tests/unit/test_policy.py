@@ -62,6 +62,7 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "followup_scheduled.related_event_id",
         "followup_scheduled.followup_at",
         "followup_scheduled.with_org",
+        "somatic_referral.related_event_id",
     },
     "health": {
         "admission.reason",
@@ -75,6 +76,10 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.crisis_plan_reviewed_at",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
+        "somatic_check_done.kind",
+        "somatic_check_done.referral_needed",
+        "somatic_referral.referral_id",
+        "somatic_referral.to",
     },
     "social": {
         "admission.housing_status",
@@ -129,11 +134,19 @@ def test_every_payload_field_has_a_category() -> None:
 
 
 def test_the_event_category_of_every_type() -> None:
-    """Police callouts are police, housing incidents and housing work social, the rest logistics."""
+    """Police callouts are police, housing incidents and housing work social, somatic checks and
+    referrals health, the rest logistics."""
     assert EVENT_CATEGORY["police_callout"] == "police"
     assert EVENT_CATEGORY["housing_incident"] == "social"
     assert EVENT_CATEGORY["housing_work_started"] == "social"
-    others = set(EVENT_TYPES) - {"police_callout", "housing_incident", "housing_work_started"}
+    assert EVENT_CATEGORY["somatic_check_done"] == EVENT_CATEGORY["somatic_referral"] == "health"
+    others = set(EVENT_TYPES) - {
+        "police_callout",
+        "housing_incident",
+        "housing_work_started",
+        "somatic_check_done",
+        "somatic_referral",
+    }
     assert {EVENT_CATEGORY[event_type] for event_type in others} == {"logistics"}
 
 

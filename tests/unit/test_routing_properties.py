@@ -86,6 +86,9 @@ CATEGORY_OF_FIELD = {
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
     "recipient_org": "health",
+    "referral_needed": "health",
+    "referral_id": "health",
+    "to": "health",
     "housing_status": "social",
 }
 # A discharge after these is a risk discharge: the home municipality still learns only the
@@ -95,6 +98,7 @@ ADMISSION_IDS = ("adm-1", "adm-2", "adm-3")
 ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
     ("followup_contact", "kind"): "health",
+    ("somatic_check_done", "kind"): "health",
     ("discharge", "kind"): "health",
     ("housing_incident", "kind"): "social",
     ("housing_incident", "severity"): "social",
@@ -108,6 +112,8 @@ FACT_CATEGORY = {
     "police_callout": "police",
     "housing_incident": "social",
     "housing_work_started": "social",
+    "somatic_check_done": "health",
+    "somatic_referral": "health",
 }
 
 
