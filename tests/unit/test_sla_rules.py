@@ -20,6 +20,7 @@ from carebus.domain.routing import Member, PersonState, apply
 from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.policy_files import load_policy, load_rules
+from services.inbox.person import obligations as person_view_obligations
 
 RULES_FILE = PROJECT_ROOT / "policy" / "sla.yaml"
 RULES: RuleSet = load_rules(RULES_FILE)
@@ -36,6 +37,7 @@ MUNI = ("municipality", "940493039")  # the source of applications
 HOME = "940493021"  # the person's home municipality
 COORDINATOR = "940493047"  # a municipality organisation that coordinates the care team
 NAV = "889640790"
+GP = ("fastlege", "912345683")  # a GP office that does somatic checks
 
 
 # --- building events and driving the engine --------------------------------------------------
@@ -369,6 +371,28 @@ CASES: list[Case] = [
         },
     ),
 ]
+CASES += [
+    Case(
+        rule_id="somatic.first_check",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1"),
+        deadline=lambda at: datetime(2027, 11, 23, 8, 0, tzinfo=UTC),  # P1Y, Oslo calendar
+        fulfil=lambda at: event("somatic_check_done", "sc-1", at, source=GP),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="somatic.referral_followed",
+        prior=_none,
+        trigger=lambda at: event("somatic_check_done", "sc-1", at, source=GP),
+        deadline=lambda at: datetime(2026, 12, 23, 8, 0, tzinfo=UTC),  # P1M, Oslo calendar
+        fulfil=lambda at: event(
+            "somatic_referral", "ref-1", at, source=GP, related_event_id="sc-1"
+        ),
+        cancel=None,
+        recipients={setup: [GP[1]] for setup in SETUPS},
+    ),
+]
 CASE = {case.rule_id: case for case in CASES}
 CANCELLABLE = [case for case in CASES if case.cancel is not None]
 BY_RULE = pytest.mark.parametrize("case", CASES, ids=str)
@@ -398,6 +422,7 @@ def test_every_rule_of_the_file_is_covered() -> None:
         "care_team_meeting.repeated_incidents",
         "emergency_disclosure",
         "followup_notice.discharge",
+        "somatic.yearly_check",
     }
     assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
 
@@ -962,7 +987,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 17
+    assert len(RULES.rules) == 20
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1242,3 +1267,152 @@ def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
     alerts = of("followup.self_discharge", person.scan(T0 + 3 * DAY))
     assert set(orgs(alerts)) == {COORDINATOR, "912345683"}
     assert len(alerts) == 2
+
+
+# --- physical health (issue 17 item 5) ----------------------------------------------------------
+
+YEAR = parse_duration("P1Y")
+YEAR_AFTER_T0 = datetime(2027, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def check(at: datetime, event_id: str, *, referral_needed: bool = False) -> dict[str, Any]:
+    return event(
+        "somatic_check_done",
+        event_id,
+        at,
+        source=GP,
+        kind="annual",
+        referral_needed=referral_needed,
+    )
+
+
+def with_gp() -> PersonState:
+    """The coordinator and home setup, with the GP from the GP list in the care team."""
+    base = SETUPS["coordinator_and_home"]
+    return replace(base, team={**base.team, GP[1]: Member("fastlege", {"register:gp": "gp"})})
+
+
+def test_the_gp_is_alerted_for_a_missed_somatic_check_before_the_coordinator() -> None:
+    """With a GP on the GP list, the first check's and the yearly check's alerts go to the GP;
+    the coordinator is the fallback (the table cases above) and sees the obligation anyway."""
+    person = Person(with_gp())
+    person.see(_plan(T0, "ip-1"))
+    assert orgs(of("somatic.first_check", person.scan(YEAR_AFTER_T0 + MINUTE))) == [GP[1]]
+    person.see(check(YEAR_AFTER_T0 + DAY, "sc-1"))
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(YEAR_AFTER_T0 + DAY)]
+    alerts = person.scan(YEAR.after(YEAR_AFTER_T0 + 2 * DAY))
+    assert orgs(of("somatic.yearly_check", alerts)) == [GP[1]]
+
+
+def test_a_check_before_the_plan_does_not_fulfil_the_first_check() -> None:
+    """The check a month before the plan became active answers an earlier question."""
+    person = Person()
+    person.see(check(T0 - 30 * DAY, "sc-0"))
+    person.see(_plan(T0, "ip-1"))
+    assert person.deadlines("somatic.first_check") == [YEAR_AFTER_T0]
+    assert orgs(of("somatic.first_check", person.scan(YEAR_AFTER_T0 + MINUTE))) == [COORDINATOR]
+
+
+def test_a_check_by_anyone_in_health_care_fulfils_the_first_check() -> None:
+    """The municipality's health service or the DPS may do the check: any check of the person
+    after the plan fulfils, whoever sent the plan."""
+    for source in (MUNI, DPS, GP):
+        person = Person()
+        person.see(_plan(T0, "ip-1"))
+        person.see(event("somatic_check_done", "sc-1", T0 + 40 * DAY, source=source))
+        assert person.deadlines("somatic.first_check") == []
+
+
+def test_a_new_check_closes_the_old_obligation_and_opens_the_next() -> None:
+    """Each check is due a year after the last: one open yearly obligation per person."""
+    person = Person()
+    first = check(T0, "sc-1")
+    assert person.see(first) == []
+    assert person.deadlines("somatic.yearly_check") == [YEAR_AFTER_T0]
+    person.see(check(T0 + 200 * DAY, "sc-2"))
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(T0 + 200 * DAY)]
+    statuses = sorted(
+        obligation["status"]
+        for obligation in person.state.obligations.values()
+        if obligation["rule_id"] == "somatic.yearly_check"
+    )
+    assert statuses == ["closed", "open"]
+    assert of("somatic.yearly_check", person.scan(YEAR_AFTER_T0 + DAY)) == []
+
+
+def test_a_missed_yearly_check_alerts_and_the_late_check_resolves_it() -> None:
+    """No check for a year: an alert; the late check resolves it and opens the next year's."""
+    person = Person()
+    person.see(check(T0, "sc-1"))
+    (raised,) = of("somatic.yearly_check", person.scan(YEAR_AFTER_T0 + MINUTE))
+    assert orgs([raised]) == [COORDINATOR]
+    late = check(YEAR_AFTER_T0 + 10 * DAY, "sc-2")
+    (resolved,) = of("somatic.yearly_check", person.see(late))
+    assert (resolved["alert_id"], resolved["resolution"]) == (raised["alert_id"], "fulfilled_late")
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(YEAR_AFTER_T0 + 10 * DAY)]
+
+
+def test_a_replayed_check_changes_nothing() -> None:
+    """The same check seen again neither closes its own obligation nor opens another."""
+    person = Person()
+    person.see(check(T0, "sc-1"))
+    for at in (T0 + HOUR, T0 + 100 * DAY):
+        assert person.see(check(T0, "sc-1"), at) == []
+    assert person.deadlines("somatic.yearly_check") == [YEAR_AFTER_T0]
+
+
+def test_a_late_arriving_older_check_does_not_close_the_newer_one() -> None:
+    """Checks out of order: the older one, arriving second, is closed by the newer one at once;
+    the newer one's obligation stays open with its own deadline."""
+    person = Person()
+    newer = check(T0 + 30 * DAY, "sc-2")
+    person.see(newer)
+    person.see(check(T0, "sc-1"), T0 + 31 * DAY)
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(T0 + 30 * DAY)]
+
+
+def test_no_referral_obligation_when_no_referral_is_needed() -> None:
+    """A check that found no referral needed owes none."""
+    person = Person()
+    person.see(check(T0, "sc-1", referral_needed=False))
+    assert person.deadlines("somatic.referral_followed") == []
+
+
+def test_a_referral_for_another_check_does_not_fulfil() -> None:
+    """The referral must name the check that found it needed (related_event_id)."""
+    person = Person()
+    person.see(check(T0, "sc-1", referral_needed=True))
+    person.see(event("somatic_referral", "ref-1", T0 + DAY, source=GP, related_event_id="sc-0"))
+    person.see(event("somatic_referral", "ref-2", T0 + DAY, source=GP, related_event_id=None))
+    assert person.deadlines("somatic.referral_followed") == [
+        datetime(2026, 12, 23, 8, 0, tzinfo=UTC)
+    ]
+
+
+def test_the_coordinator_sees_the_somatic_obligations_in_the_person_view() -> None:
+    """The GP is alerted, but the coordinator sees what is owed: the person view lists the
+    open somatic obligations whose trigger the coordinator was delivered (routing gives a
+    care-team municipality the plan and the check on the presumed basis), with their titles."""
+    person = Person(with_gp())
+    person.see(_plan(T0, "ip-1"))
+    person.see(check(T0 + 30 * DAY, "sc-1", referral_needed=True))
+    person.see(_plan(T0 + 40 * DAY, "ip-2", status="closed"))
+    seen = {
+        (DPS[1], "ip-1"): frozenset({"plan_id", "status", "next_review_at"}),
+        (GP[1], "sc-1"): frozenset({"kind", "referral_needed"}),
+    }
+    owed = person_view_obligations(person.state, RULES, COORDINATOR, seen)
+    assert [(o["rule_id"], o["title"], o["deadline"]) for o in owed] == [
+        (
+            "somatic.referral_followed",
+            "No referral sent within a month of a somatic check that found one needed",
+            rfc3339(parse_duration("P1M").after(T0 + 30 * DAY)),
+        ),
+        (
+            "somatic.yearly_check",
+            "No somatic health check within a year of the last one",
+            rfc3339(YEAR.after(T0 + 30 * DAY)),
+        ),
+    ]
+    # Without the check delivered (an objection, say), the check's obligations are not shown.
+    assert person_view_obligations(person.state, RULES, COORDINATOR, {}) == []
