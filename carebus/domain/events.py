@@ -215,6 +215,8 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "dps_contact": FieldSpec("text", required=False),
         "crisis_plan_id": _OPTIONAL_IDENTIFIER,
         "crisis_plan_reviewed_at": _OPTIONAL_TIME,
+        # Who holds the crisis plan (a health service; the gateway checks the directory).
+        "crisis_plan_owner": FieldSpec("organisation", required=False),
     },
     "police_callout": {
         "kind": _enum(*POLICE_CALLOUT_KINDS),
@@ -236,6 +238,8 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "crisis_plan": _BOOL,
         "crisis_plan_id": _OPTIONAL_IDENTIFIER,
         "crisis_plan_reviewed_at": _OPTIONAL_TIME,
+        # Who holds the crisis plan (a health service; the gateway checks the directory).
+        "crisis_plan_owner": FieldSpec("organisation", required=False),
     },
     "health_info_sent": {"admission_event_id": _EVENT_REF},
     "municipal_reply": {
@@ -298,6 +302,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "dps_contact": "Kari Nordmann, sykepleier, 22 00 00 00",
         "crisis_plan_id": "KP-2026-17",
         "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
+        "crisis_plan_owner": {"agency": "dps", "org_id": "974705788"},
     },
     "police_callout": {
         "kind": "welfare_check",
@@ -318,6 +323,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "crisis_plan": True,
         "crisis_plan_id": "KP-2026-17",
         "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
+        "crisis_plan_owner": {"agency": "dps", "org_id": "974705788"},
     },
     "health_info_sent": {"admission_event_id": "dps-974705788-2026-000123"},
     "municipal_reply": {
@@ -691,15 +697,31 @@ def _payload(value: object, event_type: object, problems: list[Problem]) -> dict
     return payload
 
 
+# Who may hold a crisis plan: a health service (the DPS, the municipality's, the GP).
+CRISIS_PLAN_OWNERS: Final = ("dps", "municipality", "fastlege")
+
+
 def _crisis_plan_problems(payload: Mapping[str, Any], problems: list[Problem]) -> None:
-    # A reference to a crisis plan (or its review time) says that there is one.
-    named = [name for name in ("crisis_plan_id", "crisis_plan_reviewed_at") if name in payload]
+    # A reference to a crisis plan (its id, review time or owner) says that there is one.
+    named = [
+        name
+        for name in ("crisis_plan_id", "crisis_plan_reviewed_at", "crisis_plan_owner")
+        if name in payload
+    ]
     if named and payload.get("crisis_plan") is False:
+        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
         problems.append(
             Problem(
                 "payload.crisis_plan",
-                f"must be true when {' and '.join(named)} {'is' if len(named) == 1 else 'are'}"
-                " given",
+                f"must be true when {listed} {'is' if len(named) == 1 else 'are'} given",
+            )
+        )
+    owner = payload.get("crisis_plan_owner")
+    if owner is not None and owner["agency"] not in CRISIS_PLAN_OWNERS:
+        problems.append(
+            Problem(
+                "payload.crisis_plan_owner.agency",
+                f"a crisis plan is held by a health service: {', '.join(CRISIS_PLAN_OWNERS)}",
             )
         )
 

@@ -342,9 +342,10 @@ def _open(
     ]
     if setting:
         obligation["deadline"] = min(setting, key=parse_rfc3339)
-    for early in list(state.early):
+    # An early event stays kept after it settles one (until MEMORY): it may settle another
+    # rule's obligation too (a plan update that reviews both the plan and its crisis plan).
+    for early in state.early:
         if _settle(state, oid, rule, early, alerts, context):
-            state.early.remove(early)
             break
 
 

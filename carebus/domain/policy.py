@@ -78,8 +78,14 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
             "kind",
             "crisis_plan_id",
             "crisis_plan_reviewed_at",
+            "crisis_plan_owner",
         ),
-        "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
+        "ip_update": (
+            "crisis_plan",
+            "crisis_plan_id",
+            "crisis_plan_reviewed_at",
+            "crisis_plan_owner",
+        ),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
         # Physical health: what was checked, whether a referral is needed, where it went.

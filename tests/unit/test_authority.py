@@ -954,6 +954,17 @@ def test_a_scheduled_follow_up_names_a_health_service_as_the_one_who_holds_it() 
     assert event_claims({"related_event_id": "d-1"}, None) == []
 
 
+def test_the_crisis_plan_owner_is_checked_against_the_directory() -> None:
+    """The owner a plan or discharge names must be registered as the agency it is said to be."""
+    owner = {"agency": "municipality", "org_id": "940493021"}
+    claims = event_claims({"plan_id": "IP-1", "crisis_plan_owner": owner}, None)
+    assert claims == [Claim("payload.crisis_plan_owner.org_id", "municipality", "940493021")]
+    assert claim_problems(claims, {"940493021": "municipality"}) == []
+    assert claim_problems(claims, {"940493021": "dps"}) == [
+        Problem("payload.crisis_plan_owner.org_id", "is not a registered municipality organisation")
+    ]
+
+
 def test_a_claim_of_one_agency_is_named_alone() -> None:
     """The GP an epikrise goes to must be registered as a GP, and the problem says so."""
     claims = event_claims({"recipient_org": "912345675"}, None)

@@ -486,13 +486,41 @@ INVALID: list[tuple[str, object, str, str]] = [
         "crisis-plan-id-without-a-plan",
         with_payload("discharge", crisis_plan=False),
         "payload.crisis_plan",
-        "must be true when crisis_plan_id and crisis_plan_reviewed_at are given",
+        "must be true when crisis_plan_id, crisis_plan_reviewed_at and crisis_plan_owner are given",
     ),
     (
         "crisis-plan-id-without-a-plan-in-the-ip",
-        with_payload("ip_update", crisis_plan=False, crisis_plan_reviewed_at=...),
+        with_payload(
+            "ip_update", crisis_plan=False, crisis_plan_reviewed_at=..., crisis_plan_owner=...
+        ),
         "payload.crisis_plan",
         "must be true when crisis_plan_id is given",
+    ),
+    (
+        "crisis-plan-owner-without-a-plan",
+        with_payload(
+            "ip_update", crisis_plan=False, crisis_plan_id=..., crisis_plan_reviewed_at=...
+        ),
+        "payload.crisis_plan",
+        "must be true when crisis_plan_owner is given",
+    ),
+    (
+        "crisis-plan-owner-nav",
+        with_payload("ip_update", crisis_plan_owner={"agency": "nav", "org_id": "889640782"}),
+        "payload.crisis_plan_owner.agency",
+        "a crisis plan is held by a health service: dps, municipality, fastlege",
+    ),
+    (
+        "crisis-plan-owner-number",
+        with_payload("discharge", crisis_plan_owner={"agency": "dps", "org_id": "DPS Nord"}),
+        "payload.crisis_plan_owner.org_id",
+        "9-digit organisation number",
+    ),
+    (
+        "crisis-plan-owner-not-an-object",
+        with_payload("discharge", crisis_plan_owner="974705788"),
+        "payload.crisis_plan_owner",
+        "must be an object with agency and org_id",
     ),
     (
         "service-kind",
@@ -851,9 +879,14 @@ def test_a_crisis_plan_with_its_reference_parses() -> None:
     event = parse_ok(raw_event("discharge"))
     assert event.payload["crisis_plan_id"] == "KP-2026-17"
     assert event.payload["crisis_plan_reviewed_at"] == datetime(2026, 11, 27, 13, tzinfo=UTC)
+    assert event.payload["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
     bare = parse_ok(
         with_payload(
-            "discharge", crisis_plan=False, crisis_plan_id=..., crisis_plan_reviewed_at=...
+            "discharge",
+            crisis_plan=False,
+            crisis_plan_id=...,
+            crisis_plan_reviewed_at=...,
+            crisis_plan_owner=...,
         )
     )
     assert bare.payload["crisis_plan"] is False

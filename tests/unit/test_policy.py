@@ -74,6 +74,8 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.crisis_plan",
         "ip_update.crisis_plan_id",
         "ip_update.crisis_plan_reviewed_at",
+        "ip_update.crisis_plan_owner",
+        "discharge.crisis_plan_owner",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
         "somatic_check_done.kind",

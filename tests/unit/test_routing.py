@@ -502,6 +502,7 @@ def test_the_care_team_gets_the_discharge_kind_and_crisis_plan_reference(agency:
     assert payload["dps_contact"] == "Kari Nordmann, sykepleier, 22 00 00 00"
     assert payload["crisis_plan_id"] == "KP-2026-17"
     assert payload["crisis_plan_reviewed_at"] == "2026-11-27T13:00:00Z"
+    assert payload["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
     assert delivery["categories"] == ["logistics", "health"]
     objected = state_of(member(agency), consent(agency, MEMBER[agency], status="objection"))
     assert delivery_for(routed(event("discharge"), objected), MEMBER[agency]) is None
@@ -538,7 +539,9 @@ def test_a_crisis_plan_reference_in_a_plan_goes_to_health_members_only() -> None
     assert gp is not None
     assert nav is not None
     assert payload_of(gp)["crisis_plan_id"] == "KP-2026-17"
-    assert {"crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"}.isdisjoint(payload_of(nav))
+    assert payload_of(gp)["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
+    crisis_plan = {"crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at", "crisis_plan_owner"}
+    assert crisis_plan.isdisjoint(payload_of(nav))
 
 
 def test_the_service_kind_of_an_application_goes_with_the_application() -> None:

@@ -85,6 +85,7 @@ CATEGORY_OF_FIELD = {
     "crisis_plan": "health",
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
+    "crisis_plan_owner": "health",
     "recipient_org": "health",
     "referral_needed": "health",
     "referral_id": "health",

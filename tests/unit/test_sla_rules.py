@@ -392,6 +392,21 @@ CASES += [
         cancel=None,
         recipients={setup: [GP[1]] for setup in SETUPS},
     ),
+    Case(
+        rule_id="crisis_plan.review_due",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1", crisis_plan_id="KP-1", crisis_plan_reviewed_at=None),
+        deadline=lambda at: T0 + 30 * DAY,
+        fulfil=lambda at: _plan(
+            at,
+            "ip-2",
+            crisis_plan_id="KP-1",
+            crisis_plan_reviewed_at=rfc3339(at),
+            next_review_at=rfc3339(T0 + 100 * DAY),
+        ),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
 ]
 CASE = {case.rule_id: case for case in CASES}
 CANCELLABLE = [case for case in CASES if case.cancel is not None]
@@ -454,7 +469,7 @@ def test_fulfilled_in_time_never_alerts(case: Case) -> None:
     person, deadline = triggered(case)
     assert of(case.rule_id, person.see(case.fulfil(deadline - HOUR))) == []
     assert person.deadlines(case.rule_id) == (
-        [T0 + 100 * DAY] if case.rule_id == "ip.review_due" else []
+        [T0 + 100 * DAY] if case.rule_id in ("ip.review_due", "crisis_plan.review_due") else []
     )
     assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
 
@@ -987,7 +1002,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 20
+    assert len(RULES.rules) == 21
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1416,3 +1431,50 @@ def test_the_coordinator_sees_the_somatic_obligations_in_the_person_view() -> No
     ]
     # Without the check delivered (an objection, say), the check's obligations are not shown.
     assert person_view_obligations(person.state, RULES, COORDINATOR, {}) == []
+
+
+# --- the crisis plan's review (issue 17 item 4) -------------------------------------------------
+
+
+def crisis_plan_update(at: datetime, event_id: str, **changes: Any) -> dict[str, Any]:
+    return _plan(
+        at,
+        event_id,
+        **{"crisis_plan_id": "KP-1", "crisis_plan_reviewed_at": rfc3339(T0 - DAY), **changes},
+    )
+
+
+def test_a_plan_review_that_leaves_the_crisis_plan_as_it_was_does_not_fulfil() -> None:
+    """The individual plan is reviewed (a new review date), the crisis plan is not: its review
+    is still owed by the old date, and the coordinator is alerted then."""
+    person = Person()
+    person.see(crisis_plan_update(T0, "ip-1"))
+    person.see(crisis_plan_update(T0 + 20 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
+    assert person.deadlines("crisis_plan.review_due") == [T0 + 30 * DAY]
+    assert orgs(of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))) == [COORDINATOR]
+
+
+def test_a_plan_without_a_crisis_plan_owes_no_crisis_plan_review() -> None:
+    """No crisis_plan_id, no obligation."""
+    person = Person()
+    person.see(_plan(T0, "ip-1", crisis_plan=False, crisis_plan_id=None))
+    assert person.deadlines("crisis_plan.review_due") == []
+
+
+def test_a_crisis_plan_review_time_taken_out_does_not_count_as_a_review() -> None:
+    """An update that drops the review time has not reviewed the crisis plan."""
+    person = Person()
+    person.see(crisis_plan_update(T0, "ip-1"))
+    person.see(crisis_plan_update(T0 + DAY, "ip-2", crisis_plan_reviewed_at=None))
+    assert person.deadlines("crisis_plan.review_due")[:1] == [T0 + 30 * DAY]
+
+
+def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_plan() -> None:
+    """NAV as coordinator with consent for logistics only gets the plan but not crisis_plan_id:
+    its alert does not say that a crisis plan exists."""
+    person = Person(routing_with(coordinator=NAV, home=None, agency="nav"))
+    person.see(crisis_plan_update(T0, "ip-1"))
+    (alert,) = of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))
+    assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
+    assert alert["title"] == "Part of the individual plan not reviewed by its review date"
+    assert "risis" not in alert["summary"]
