@@ -85,8 +85,9 @@ JOURNEYS: tuple[Journey, ...] = (
         followup_agreed=True,
         followed_up=True,
         municipality_replies=True,
-        shows="a notice at discharge (resolved by the follow-up contact), and an open "
-        "housing-work obligation after a discharge to homelessness",
+        shows="a notice at discharge (resolved by the follow-up contact), an open "
+        "housing-work obligation after a discharge to homelessness, and the GP's somatic "
+        "check (the next one due in a year) with its referral sent",
     ),
     Journey(
         person="b",
@@ -284,6 +285,23 @@ def person_journeys(
                 "crisis_plan": True,
             },
         )
+        if person == "a":
+            # The GP checks person a's physical health after the plan was made and finds a
+            # referral needed; the referral follows "a week later" (in fast-forward).
+            check = event(
+                "fastlege",
+                13,
+                "somatic_check_done",
+                at(1.0) + 0.02,
+                {"kind": "annual", "referral_needed": True},
+            )
+            event(
+                "fastlege",
+                14,
+                "somatic_referral",
+                at(1.0) + 0.05,
+                {"referral_id": f"HV-{run}-{person}", "to": "dental", "related_event_id": check},
+            )
     return events
 
 
