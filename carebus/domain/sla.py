@@ -156,6 +156,9 @@ class Rule:
     group: str | None = None
     # Why the obligation exists, one sentence, shown to a recipient that may know the details.
     why: str | None = None
+    # One obligation per identity, ever (as long as it is remembered): a later trigger with the
+    # identity of a settled or breached one opens none (the first somatic check of a plan).
+    once: bool = False
 
     def condition_fields(self) -> tuple[str, ...]:
         """Payload fields the trigger condition reads (`admission.x` reads the admission's x)."""

@@ -479,6 +479,14 @@ class SlaRule(_FileModel):
     window: Duration | None = Field(default=None, validate_default=True)
     group: str | None = Field(default=None, validate_default=True)
     why: str | None = None
+    once: bool = Field(default=False, validate_default=True)
+
+    @field_validator("once")
+    @classmethod
+    def _once(cls, once: bool, info: ValidationInfo) -> bool:
+        if once and info.data.get("kind") != "deadline":
+            raise refused("only a deadline rule opens its obligation once per identity")
+        return once
 
     @field_validator("group")
     @classmethod
@@ -560,6 +568,7 @@ class SlaRule(_FileModel):
             present=tuple(self.trigger.present),
             group=self.group,
             why=self.why.strip() if self.why else None,
+            once=self.once,
         )
 
 

@@ -15,7 +15,15 @@ import pytest
 from carebus.domain.events import rfc3339
 from carebus.domain.obligations import MEMORY, OPEN_ADMISSION_MEMORY
 from carebus.domain.routing import Consent
-from carebus.domain.sla import OSLO, SUBJECT, Link, RuleSet, SlaRulesError, links_to
+from carebus.domain.sla import (
+    OSLO,
+    SUBJECT,
+    Link,
+    RuleSet,
+    SlaRulesError,
+    links_to,
+    parse_duration,
+)
 from carebus.wire.policy_files import load_rules
 from tests.unit.test_sla_rules import (
     COORDINATOR,
@@ -529,3 +537,79 @@ def test_a_replayed_event_that_closed_nothing_is_kept_once(tmp_path: Path) -> No
     for at in (T0 + MINUTE, T0 + HOUR, T0 + DAY):
         person.see(contact(T0, "c-1"), at)
     assert [e["event_id"] for e in person.state.early] == ["c-1"]
+
+
+# --- `once`: one obligation per identity, ever -------------------------------------------------
+
+ONCE = (
+    """\
+  - id: first
+    title: No contact within a week of the plan
+    kind: deadline
+    trigger: {event_type: ip_update, when: {status: active}}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    identity: [plan_id]
+    once: true
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+)
+
+
+def plan_update(at: datetime, event_id: str, plan_id: str = "IP-1") -> dict[str, object]:
+    return event("ip_update", event_id, at, source=MUNI, plan_id=plan_id, status="active")
+
+
+def test_a_once_rule_opens_nothing_for_an_identity_it_settled(tmp_path: Path) -> None:
+    """Fulfilled for plan IP-1: the plan's next updates, even long after MEMORY, owe nothing;
+    another plan owes its own."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    person.see(contact(T0 + DAY, "c-1"))
+    for days in (10, 200, 700):
+        person.see(plan_update(T0 + days * DAY, f"ip-{days}"))
+        assert person.deadlines("first") == []
+    person.see(plan_update(T0 + 701 * DAY, "ip-2a", plan_id="IP-2"))
+    assert person.deadlines("first") == [parse_duration("P7D").after(T0 + 701 * DAY)]
+
+
+def test_a_once_rule_opens_nothing_for_an_identity_it_alerted(tmp_path: Path) -> None:
+    """Breached for IP-1 (alerted): a later update of the plan does not owe it a second time."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    assert orgs(of("first", person.scan(T0 + 8 * DAY))) == [HOME]
+    person.see(plan_update(T0 + 9 * DAY, "ip-9"))
+    assert person.deadlines("first") == []
+    assert of("first", person.scan(T0 + 30 * DAY)) == []
+
+
+def test_without_once_a_settled_identity_is_owed_again(tmp_path: Path) -> None:
+    """The default: a trigger after the fulfilment opens the next obligation of its identity."""
+    person = Person(
+        routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE.replace("once: true", ""))
+    )
+    person.see(plan_update(T0, "ip-1"))
+    person.see(contact(T0 + DAY, "c-1"))
+    person.see(plan_update(T0 + 10 * DAY, "ip-10"))
+    assert person.deadlines("first") == [T0 + 17 * DAY]
+
+
+def test_a_retracted_trigger_does_not_use_up_a_once_rule(tmp_path: Path) -> None:
+    """The plan update was about someone else: the next real one is owed."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    person.see(event("retraction", "r-1", T0 + HOUR, source=MUNI, retracted_event_id="ip-1"))
+    person.see(plan_update(T0 + DAY, "ip-2"))
+    assert person.deadlines("first") == [T0 + 8 * DAY]
+
+
+def test_once_on_a_rule_that_is_not_a_deadline_is_refused(tmp_path: Path) -> None:
+    """`once` counts obligations, which only deadline rules open."""
+    text = ONCE.replace("kind: deadline", "kind: window\n    count: 2\n    window: P1D")
+    with pytest.raises(SlaRulesError) as refused:
+        rules(tmp_path, text)
+    assert any(
+        p.startswith("rule first: once:") and "only a deadline rule" in p
+        for p in refused.value.problems
+    ), refused.value.problems

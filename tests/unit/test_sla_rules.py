@@ -1478,3 +1478,18 @@ def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_pla
     assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
     assert alert["title"] == "Part of the individual plan not reviewed by its review date"
     assert "risis" not in alert["summary"]
+
+
+def test_the_plans_later_updates_owe_no_second_first_check() -> None:
+    """After the first check, the yearly rule takes over: a review of the plan (a new review
+    date) does not ask for a first check again, and a missed year alerts once."""
+    person = Person()
+    person.see(_plan(T0, "ip-1"))
+    person.see(check(T0 + 30 * DAY, "sc-1"))
+    person.see(_plan(T0 + 60 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
+    person.see(_plan(T0 + 300 * DAY, "ip-3", next_review_at=rfc3339(T0 + 400 * DAY)))
+    assert person.deadlines("somatic.first_check") == []
+    alerts = person.scan(T0 + 800 * DAY)
+    assert [a["rule_id"] for a in alerts if a["rule_id"].startswith("somatic.")] == [
+        "somatic.yearly_check"
+    ]
