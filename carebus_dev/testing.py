@@ -469,6 +469,8 @@ TYPICAL_SOURCE: Mapping[str, str] = {
     "temporary_housing_ended": "municipality",
     "tenancy_at_risk": "housing",
     "brukerplan_assessment": "municipality",
+    "somatic_check_done": "fastlege",
+    "somatic_referral": "fastlege",
 }
 
 

@@ -89,7 +89,8 @@ JOURNEYS: tuple[Journey, ...] = (
         "housing-work obligation due within a day of a discharge to homelessness (Brukerplan "
         "housing red), an open three-month obligation for the emergency shelter stay, and a "
         "release from prison announced for ten days ahead, told with the person's consent "
-        "(justice)",
+        "(justice), and the GP's somatic check (the next one due in a year) with its referral "
+        "sent",
     ),
     Journey(
         person="b",
@@ -340,18 +341,33 @@ def person_journeys(
                 "housing_status": "homeless",
             }
             event("corrections", 14, "prison_release", at(1.0), release)
+        if person == "a":
+            # The GP checks person a's physical health after the plan was made and finds a
+            # referral needed; the referral follows "a week later" (in fast-forward).
+            check = event(
+                "fastlege",
+                15,
+                "somatic_check_done",
+                at(1.0) + 0.02,
+                {"kind": "annual", "referral_needed": True},
+            )
+            event(
+                "fastlege",
+                16,
+                "somatic_referral",
+                at(1.0) + 0.05,
+                {"referral_id": f"HV-{run}-{person}", "to": "dental", "related_event_id": check},
+            )
     return events
 
 
 async def play(stack: Stack, run: str, seed: int) -> list[str]:
-    """Post every event of the scenario (and the consents, to the registry, in their place);
-    returns the accepted event ids."""
-    """Post every event of the scenario, then person a's contact persons; returns the accepted
-    event ids."""
+    """Post every event of the scenario (and the consents, to the registry, in their place),
+    then person a's contact persons; returns the accepted event ids."""
     accepted: list[str] = []
     journeys = person_journeys(stack.orgs, run, random.Random(seed))
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
-        for agency, body in person_journeys(stack.orgs, run, random.Random(seed)):
+        for agency, body in journeys:
             headers = {"Authorization": f"Bearer {stack.tokens[agency]}"}
             if "consent" in body:
                 recorded = await client.post(
@@ -361,16 +377,12 @@ async def play(stack: Stack, run: str, seed: int) -> list[str]:
                     raise SystemExit(f"registry refused a consent: {recorded.status_code}")
                 continue
             response = await client.post("/v1/events", json=body, headers=headers)
-        for agency, body in journeys:
-            response = await client.post(
-                "/v1/events", json=body, headers={"Authorization": f"Bearer {stack.tokens[agency]}"}
-            )
             if response.status_code != 202:
                 raise SystemExit(
                     f"gateway refused {body['event_id']}: {response.status_code} {response.text}"
                 )
             accepted.append(body["event_id"])
-    person_a = next(body for _, body in journeys if f"-{run}-a-" in body["event_id"])
+    person_a = next(body for _, body in journeys if f"-{run}-a-" in str(body.get("event_id", "")))
     await name_contacts(stack, person_a["subject"]["nin"])
     return accepted
 

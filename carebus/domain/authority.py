@@ -414,6 +414,12 @@ def event_claims(
                 alternatives=("municipality", "fastlege"),
             )
         )
+    owner = payload.get("crisis_plan_owner")
+    if owner:
+        # ip_update, discharge: the health service that holds the crisis plan.
+        claims.append(
+            Claim(f"{path}payload.crisis_plan_owner.org_id", owner["agency"], owner["org_id"])
+        )
     coordinator = payload.get("coordinator")
     if coordinator:
         claims.append(

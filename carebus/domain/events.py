@@ -70,6 +70,8 @@ EVENT_TYPES: Final = (
     "temporary_housing_ended",
     "tenancy_at_risk",
     "brukerplan_assessment",
+    "somatic_check_done",
+    "somatic_referral",
 )
 # An event that withdraws another event of the same sender about the same person
 # (`carebus.domain.retraction`); it is routed to whoever got that event, not by the policy.
@@ -176,6 +178,11 @@ BRUKERPLAN_DOMAINS: Final = (
 )
 BRUKERPLAN_HEALTH_DOMAINS: Final = ("physical_health", "mental_health", "substance_use")
 
+# Physical health (issue 17 item 5): a check of somatic health and lifestyle, and a referral
+# it led to. `targeted`: a check for a known complaint or risk; `annual`: the yearly check.
+SOMATIC_CHECK_KINDS: Final = ("annual", "targeted", "other")
+SOMATIC_REFERRAL_TARGETS: Final = ("specialist_somatic", "dental", "substitution_clinic", "other")
+
 MAX_TEXT: Final = 200
 MAX_JUSTIFICATION: Final = 2000
 
@@ -257,6 +264,8 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "dps_contact": FieldSpec("text", required=False),
         "crisis_plan_id": _OPTIONAL_IDENTIFIER,
         "crisis_plan_reviewed_at": _OPTIONAL_TIME,
+        # Who holds the crisis plan (a health service; the gateway checks the directory).
+        "crisis_plan_owner": FieldSpec("organisation", required=False),
     },
     "police_callout": {
         "kind": _enum(*POLICE_CALLOUT_KINDS),
@@ -278,6 +287,8 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "crisis_plan": _BOOL,
         "crisis_plan_id": _OPTIONAL_IDENTIFIER,
         "crisis_plan_reviewed_at": _OPTIONAL_TIME,
+        # Who holds the crisis plan (a health service; the gateway checks the directory).
+        "crisis_plan_owner": FieldSpec("organisation", required=False),
     },
     "health_info_sent": {"admission_event_id": _EVENT_REF},
     "municipal_reply": {
@@ -350,6 +361,13 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         # The survey's year, four digits: an identifier, since a client chooses it.
         "assessment_year": _IDENTIFIER,
     },
+    "somatic_check_done": {"kind": _enum(*SOMATIC_CHECK_KINDS), "referral_needed": _BOOL},
+    "somatic_referral": {
+        "referral_id": _IDENTIFIER,
+        "to": _enum(*SOMATIC_REFERRAL_TARGETS),
+        # The check that found the referral needed, when there was one.
+        "related_event_id": FieldSpec("event_ref", required=False),
+    },
 }
 
 # One valid payload per event type: OpenAPI examples, demo traffic and tests start here.
@@ -378,6 +396,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "dps_contact": "Kari Nordmann, sykepleier, 22 00 00 00",
         "crisis_plan_id": "KP-2026-17",
         "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
+        "crisis_plan_owner": {"agency": "dps", "org_id": "974705788"},
     },
     "police_callout": {
         "kind": "welfare_check",
@@ -398,6 +417,7 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "crisis_plan": True,
         "crisis_plan_id": "KP-2026-17",
         "crisis_plan_reviewed_at": "2026-11-27T14:00:00+01:00",
+        "crisis_plan_owner": {"agency": "dps", "org_id": "974705788"},
     },
     "health_info_sent": {"admission_event_id": "dps-974705788-2026-000123"},
     "municipal_reply": {
@@ -467,6 +487,12 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "social_functioning": "yellow",
         "network": "green",
         "assessment_year": "2026",
+    },
+    "somatic_check_done": {"kind": "annual", "referral_needed": True},
+    "somatic_referral": {
+        "referral_id": "HV-2026-0042",
+        "to": "dental",
+        "related_event_id": "gp-912345678-2026-000007",
     },
 }
 
@@ -829,15 +855,31 @@ def _shape_problems(event_type: str, payload: Mapping[str, Any], problems: list[
             problems.append(Problem(f"payload.{name}", problem))
 
 
+# Who may hold a crisis plan: a health service (the DPS, the municipality's, the GP).
+CRISIS_PLAN_OWNERS: Final = ("dps", "municipality", "fastlege")
+
+
 def _crisis_plan_problems(payload: Mapping[str, Any], problems: list[Problem]) -> None:
-    # A reference to a crisis plan (or its review time) says that there is one.
-    named = [name for name in ("crisis_plan_id", "crisis_plan_reviewed_at") if name in payload]
+    # A reference to a crisis plan (its id, review time or owner) says that there is one.
+    named = [
+        name
+        for name in ("crisis_plan_id", "crisis_plan_reviewed_at", "crisis_plan_owner")
+        if name in payload
+    ]
     if named and payload.get("crisis_plan") is False:
+        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
         problems.append(
             Problem(
                 "payload.crisis_plan",
-                f"must be true when {' and '.join(named)} {'is' if len(named) == 1 else 'are'}"
-                " given",
+                f"must be true when {listed} {'is' if len(named) == 1 else 'are'} given",
+            )
+        )
+    owner = payload.get("crisis_plan_owner")
+    if owner is not None and owner["agency"] not in CRISIS_PLAN_OWNERS:
+        problems.append(
+            Problem(
+                "payload.crisis_plan_owner.agency",
+                f"a crisis plan is held by a health service: {', '.join(CRISIS_PLAN_OWNERS)}",
             )
         )
 

@@ -38,6 +38,9 @@ MEMORY: Final = timedelta(days=120)
 # stay is no less a risk discharge). Longer than nearly every inpatient stay; bounded so that a
 # discharge that never reached carebus does not keep the admission for ever.
 OPEN_ADMISSION_MEMORY: Final = timedelta(days=730)
+# How long a settled obligation of a `once` rule is kept, so that its identity opens no second
+# one: a plan's first somatic check, fulfilled, is not owed again at the plan's next update.
+ONCE_MEMORY: Final = timedelta(days=730)
 # The status of an obligation whose trigger was retracted, and the resolution of its alerts.
 RETRACTED: Final = "retracted"
 ADMISSION_FIELDS: Final = ("reason", "housing_status", "needs_municipal_services")
@@ -117,7 +120,7 @@ def observe(
     """
     alerts: list[AlertJson] = []
     now = context.now
-    _forget_old(state, now)
+    _forget_old(state, now, rules)
     context = replace(context, admissions=state.admissions, person=state.person)
     if event.get("event_type") == RETRACTION:
         return withdraw(state, event, context, rules) + breach_due(state, rules, context)
@@ -145,7 +148,7 @@ def observe(
             consumed |= _close_by(state, rule, event, alerts, context)
         if rule.kind == "deadline":
             _set_before_deadline(state, rule, event)
-    if not consumed and _could_close(event, rules):
+    if not consumed and _could_close(event, rules) and not _kept(state.early, event):
         state.early.append(dict(event))
     triggered = [rule for rule in rules.rules if _triggers(rule, event, state)]
     for rule in _first_of_each_group(triggered, event):
@@ -325,6 +328,13 @@ def _assessed(state: SlaState, assessment: Mapping[str, Any]) -> None:
     state.person["brukerplan"] = kept[-BRUKERPLAN_KEPT:]
 
 
+def _kept(early: Sequence[Mapping[str, Any]], event: Mapping[str, Any]) -> bool:
+    """Whether `event` waits among the early events already: a replay of an event that closed
+    nothing (a yearly check that opened its own obligation) is not kept twice."""
+    sent = (event.get("event_id"), event["source"]["org_id"])
+    return any((e.get("event_id"), e["source"]["org_id"]) == sent for e in early)
+
+
 def _could_close(event: Mapping[str, Any], rules: RuleSet) -> bool:
     event_type = event.get("event_type")
     return any(
@@ -347,12 +357,12 @@ def _open(
 ) -> None:
     identity = _identity(rule, trigger)
     for existing in state.obligations.values():
-        if (existing["rule_id"], existing["identity"], existing["status"]) == (
-            rule.rule_id,
-            identity,
-            "open",
-        ):
+        if (existing["rule_id"], existing["identity"]) != (rule.rule_id, identity):
+            continue
+        if existing["status"] == "open":
             return  # the same obligation, already tracked
+        if rule.once and existing["status"] in ("breached", "closed"):
+            return  # owed once: settled or alerted already
     oid = obligation_id(rule.rule_id, trigger["event_id"], trigger["source"]["org_id"])
     if oid in state.obligations:
         return  # a replayed trigger
@@ -376,9 +386,10 @@ def _open(
     ]
     if setting:
         obligation["deadline"] = min(setting, key=parse_rfc3339)
-    for early in list(state.early):
+    # An early event stays kept after it settles one (until MEMORY): it may settle another
+    # rule's obligation too (a plan update that reviews both the plan and its crisis plan).
+    for early in state.early:
         if _settle(state, oid, rule, early, alerts, context):
-            state.early.remove(early)
             break
 
 
@@ -535,7 +546,7 @@ def _raise(
     return build_alerts(rule, trigger, event_ids, deadline, context)
 
 
-def _forget_old(state: SlaState, now: datetime) -> None:
+def _forget_old(state: SlaState, now: datetime, rules: RuleSet) -> None:
     horizon = now - MEMORY
     state.early = [e for e in state.early if parse_rfc3339(e["occurred_at"]) > horizon]
     open_horizon = now - OPEN_ADMISSION_MEMORY
@@ -548,10 +559,12 @@ def _forget_old(state: SlaState, now: datetime) -> None:
             else parse_rfc3339(admission["occurred_at"]) > open_horizon
         )
     }
+    once = {rule.rule_id for rule in rules.rules if rule.once}
+    once_horizon = now - ONCE_MEMORY
     state.obligations = {
         oid: obligation
         for oid, obligation in state.obligations.items()
-        if _remembered(obligation, horizon)
+        if _remembered(obligation, once_horizon if obligation["rule_id"] in once else horizon)
     }
 
 
@@ -564,7 +577,7 @@ def _breach(obligation: Obligation, raised: list[AlertJson], now: datetime) -> N
 def _remembered(obligation: Obligation, horizon: datetime) -> bool:
     """Whether to keep an obligation: open ones with a deadline always; an open one still
     waiting for the event that sets its deadline (a discharge-ready that never came) and a
-    closed or breached one until MEMORY has passed."""
+    closed or breached one until `horizon` (MEMORY ago; ONCE_MEMORY for a `once` rule's)."""
     if obligation["status"] == "open":
         if obligation.get("deadline"):
             return True

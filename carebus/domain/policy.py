@@ -76,6 +76,8 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "followup_scheduled": ("related_event_id", "followup_at", "with_org"),
         # When the survey was taken, not what it found.
         "brukerplan_assessment": ("assessment_year",),
+        # An id link to the check that found the referral needed, not what it found.
+        "somatic_referral": ("related_event_id",),
     },
     "health": {
         "admission": ("reason", "admission_kind"),
@@ -86,13 +88,22 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
             "kind",
             "crisis_plan_id",
             "crisis_plan_reviewed_at",
+            "crisis_plan_owner",
         ),
-        "ip_update": ("crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"),
+        "ip_update": (
+            "crisis_plan",
+            "crisis_plan_id",
+            "crisis_plan_reviewed_at",
+            "crisis_plan_owner",
+        ),
         "epikrise_sent": ("recipient_org",),
         "followup_contact": ("kind",),
         # Which treatment was broken off, how and when the patient was last seen: clinical.
         "treatment_interrupted": ("treatment_id", "kind", "last_contact_at"),
         "brukerplan_assessment": BRUKERPLAN_HEALTH_DOMAINS,
+        # Physical health: what was checked, whether a referral is needed, where it went.
+        "somatic_check_done": ("kind", "referral_needed"),
+        "somatic_referral": ("referral_id", "to"),
     },
     "social": {
         "admission": ("housing_status",),
@@ -144,6 +155,9 @@ EVENT_CATEGORY: Final[Mapping[str, str]] = MappingProxyType(
             "tenancy_at_risk": "social",
             # Being mapped at all says the person receives mental-health or substance services.
             "brukerplan_assessment": "health",
+            # That a somatic check or referral happened is itself health information.
+            "somatic_check_done": "health",
+            "somatic_referral": "health",
         }.get(event_type, "logistics")
         for event_type in EVENT_TYPES
     }

@@ -24,6 +24,7 @@ from carebus.domain.events import PAYLOAD_FIELDS, rfc3339
 
 __all__ = [
     "OSLO",
+    "SUBJECT",
     "Duration",
     "Link",
     "Rule",
@@ -50,6 +51,9 @@ ROLES: Final = (
 )
 AUDIENCES: Final = ("coordinator", "privacy_officer")
 CONTACTS: Final = ("source", "home_municipality")
+# `link: subject`: the linked event is any other event of the same person (the trigger's
+# subject_key), whatever its payload says; a `Link` whose field and trigger field are both this.
+SUBJECT: Final = "subject"
 _DURATION: Final = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -112,10 +116,12 @@ def end_of_day(moment: datetime) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Link:
-    """An event that relates to a trigger: its type, the field pair that links them, conditions."""
+    """An event that relates to a trigger: its type, the field pair that links them, conditions.
+
+    `subject`/`subject` (SUBJECT) links any other event of the trigger's person."""
 
     event_type: str
-    field: str  # on the linking event (`event_id`: its own id)
+    field: str  # on the linking event (`event_id`: its own id; SUBJECT: see above)
     trigger_field: str  # on the trigger
     when: Mapping[str, Any] = dataclass_field(default_factory=dict)
     differs: tuple[str, ...] = ()
@@ -158,6 +164,9 @@ class Rule:
     group: str | None = None
     # Why the obligation exists, one sentence, shown to a recipient that may know the details.
     why: str | None = None
+    # One obligation per identity, ever (as long as it is remembered): a later trigger with the
+    # identity of a settled or breached one opens none (the first somatic check of a plan).
+    once: bool = False
 
     def condition_fields(self) -> tuple[str, ...]:
         """Payload fields the trigger condition reads (`admission.x` reads the admission's x,
@@ -263,14 +272,32 @@ def links_to(link: Link, event: Mapping[str, Any], trigger: Mapping[str, Any]) -
     """Whether `event` is `link`'s kind of event for `trigger`."""
     if event.get("event_type") != link.event_type:
         return False
-    own = value_of(event, link.field)
-    if own is None or own != value_of(trigger, link.trigger_field):
-        return False
+    if link.field == SUBJECT:
+        if not _same_person(event, trigger):
+            return False
+    else:
+        own = value_of(event, link.field)
+        if own is None or own != value_of(trigger, link.trigger_field):
+            return False
     if not matches_when(link.when, event, {}):
         return False
     if any(value_of(event, name) is None for name in link.present):
         return False
     return all(value_of(event, name) != value_of(trigger, name) for name in link.differs)
+
+
+def _same_person(event: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:
+    """Whether `event` is another event of the trigger's person. Never the trigger itself: a
+    check that opens the next yearly check's obligation does not also fulfil it."""
+    person = event.get("subject_key")
+    if person is None or person != trigger.get("subject_key"):
+        return False
+    return _sent(event) != _sent(trigger)
+
+
+def _sent(event: Mapping[str, Any]) -> tuple[Any, Any]:
+    # Event ids are unique per sender only.
+    return event.get("event_id"), (event.get("source") or {}).get("org_id")
 
 
 def deadline_of(rule: Rule, trigger: Mapping[str, Any]) -> datetime | None:

@@ -359,17 +359,26 @@ class SlaLink(_FileModel):
     """An event that relates to a trigger: its type, the field pair that links them, conditions."""
 
     event_type: EventType
-    # One field of this event (`event_id`: its own id) -> one field of the trigger.
-    link: dict[str, str]
+    # One field of this event (`event_id`: its own id) -> one field of the trigger; or
+    # `subject`: any other event of the trigger's person.
+    link: dict[str, str] | Literal["subject"]
     when: dict[str, Any] = Field(default_factory=dict)
     differs: list[str] = Field(default_factory=list)
     present: list[str] = Field(default_factory=list)
 
-    @field_validator("link")
+    @field_validator("link", mode="plain")
     @classmethod
-    def _one_pair(cls, link: dict[str, str]) -> dict[str, str]:
-        if len(link) != 1:
-            raise refused("must map one field of the event to one field of the trigger")
+    def _one_pair(cls, link: object) -> dict[str, str] | Literal["subject"]:
+        if link == sla.SUBJECT:
+            return sla.SUBJECT
+        if (
+            not isinstance(link, dict)
+            or len(link) != 1
+            or not all(isinstance(name, str) for pair in link.items() for name in pair)
+        ):
+            raise refused(
+                "must map one field of the event to one field of the trigger, or be 'subject'"
+            )
         return link
 
     @model_validator(mode="after")
@@ -378,7 +387,9 @@ class SlaLink(_FileModel):
         return self
 
     def link_(self) -> sla.Link:
-        ((own, theirs),) = self.link.items()
+        ((own, theirs),) = (
+            ((sla.SUBJECT, sla.SUBJECT),) if self.link == sla.SUBJECT else self.link.items()
+        )
         return sla.Link(
             event_type=self.event_type,
             field=own,
@@ -478,6 +489,14 @@ class SlaRule(_FileModel):
     window: Duration | None = Field(default=None, validate_default=True)
     group: str | None = Field(default=None, validate_default=True)
     why: str | None = None
+    once: bool = Field(default=False, validate_default=True)
+
+    @field_validator("once")
+    @classmethod
+    def _once(cls, once: bool, info: ValidationInfo) -> bool:
+        if once and info.data.get("kind") != "deadline":
+            raise refused("only a deadline rule opens its obligation once per identity")
+        return once
 
     @field_validator("group")
     @classmethod
@@ -559,6 +578,7 @@ class SlaRule(_FileModel):
             present=tuple(self.trigger.present),
             group=self.group,
             why=self.why.strip() if self.why else None,
+            once=self.once,
         )
 
 

@@ -28,6 +28,9 @@ DEMO_MUNICIPALITY = DEV_ORGANISATIONS["municipality"]
 # Roles besides `system` that get a token at the demo municipality (`admin`: the municipality's
 # own administrator, who manages only its own tokens and webhook).
 MUNICIPAL_ROLES = ("coordinator", "privacy_officer", "admin")
+# Tokens of other roles at other dev organisations: the demo GP office's `coordinator` reads
+# its alerts (the somatic checks it owes) and the person view in the inbox.
+OTHER_ROLE_TOKENS = {"gp_coordinator": ("fastlege", "coordinator")}
 # The organisation that runs carebus: a realm of its own, not an agency. Its `operator` token
 # manages the directory, the registers and tokens; its privacy officer is the bus's data
 # protection officer, who may see every disclosure.
@@ -71,6 +74,8 @@ def _wanted() -> dict[str, tuple[str, str, str]]:
     wanted = {agency: (agency, DEV_ORGANISATIONS[agency], "system") for agency in AGENCIES}
     for role in MUNICIPAL_ROLES:
         wanted[role] = ("municipality", DEMO_MUNICIPALITY, role)
+    for name, (agency, role) in OTHER_ROLE_TOKENS.items():
+        wanted[name] = (agency, DEV_ORGANISATIONS[agency], role)
     for name, role in OPERATOR_TOKENS.items():
         wanted[name] = ("operator", OPERATOR_ORG, role)
     return wanted

@@ -118,6 +118,8 @@ EVENT_WORDS: Final[Mapping[str, str]] = {
     "temporary_housing_ended": "that your stay in temporary housing ended",
     "tenancy_at_risk": "that your tenancy is at risk",
     "brukerplan_assessment": "your Brukerplan survey scores",
+    "somatic_check_done": "a check of your physical health",
+    "somatic_referral": "a referral after a check of your physical health",
 }
 CATEGORY_WORDS: Final[Mapping[str, str]] = {
     "logistics": "practical details",

@@ -464,6 +464,43 @@ async def test_organisations_must_be_registered_as_the_agency_claimed(agencies: 
     assert home.json()["error"]["details"][0]["field"] == "payload.home_municipality_org"
 
 
+async def test_a_crisis_plan_owner_must_be_a_registered_health_service(agencies: Agencies) -> None:
+    """A plan whose crisis plan is said to be held by an unregistered DPS, or by NAV, is 422
+    naming the owner's field; nothing is accepted. A registered DPS is accepted."""
+    bus = agencies
+    nin = bus.nin()
+    await bus.accepted("dps", "admission", nin, admission())
+    base = {**plan(coordinator=("municipality", ORGS["municipality"])), "crisis_plan_id": "KP-1"}
+    unregistered = {**base, "crisis_plan_owner": {"agency": "dps", "org_id": UNREGISTERED}}
+    event_id, response = await bus.post("municipality", "ip_update", nin, unregistered)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"] == [
+        {
+            "field": "payload.crisis_plan_owner.org_id",
+            "problem": "is not a registered dps organisation",
+        }
+    ]
+    assert not await ledger_has(bus, ORGS["municipality"], event_id)
+    nav = {**base, "crisis_plan_owner": {"agency": "nav", "org_id": ORGS["nav"]}}
+    _, response = await bus.post("municipality", "ip_update", nin, nav)
+    assert response.status_code == 422, response.text
+    assert [d["field"] for d in response.json()["error"]["details"]] == [
+        "payload.crisis_plan_owner.agency"
+    ]
+    owned = {**base, "crisis_plan_owner": {"agency": "dps", "org_id": ORGS["dps"]}}
+    await bus.accepted("municipality", "ip_update", nin, owned)
+
+
+async def test_only_health_care_says_a_somatic_check_was_done(agencies: Agencies) -> None:
+    """NAV's somatic_check_done is 403 naming event_type; the GP's is accepted."""
+    bus = agencies
+    nin = bus.nin()
+    check = {"kind": "annual", "referral_needed": False}
+    _, response = await bus.post("nav", "somatic_check_done", nin, check)
+    forbidden(response, "event_type")
+    await bus.accepted("fastlege", "somatic_check_done", nin, check)
+
+
 async def test_nav_cannot_declare_an_emergency(agencies: Agencies) -> None:
     """An emergency request from NAV is 403 naming emergency."""
     bus = agencies

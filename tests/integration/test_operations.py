@@ -164,6 +164,7 @@ def test_up_again_changes_nothing_and_status_prints_the_contract(up: dict[str, s
         "coordinator",
         "privacy_officer",
         "admin",
+        "gp_coordinator",
         "orgs",
         "operator",
         "operator_privacy_officer",

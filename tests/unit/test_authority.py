@@ -258,6 +258,13 @@ def test_the_senders_the_issue_names_are_the_policys(event_type: str, agencies: 
     assert AUTHORITY.senders[event_type] == agencies
 
 
+@pytest.mark.parametrize("event_type", ["somatic_check_done", "somatic_referral"])
+def test_only_health_care_states_a_somatic_check_or_referral(event_type: str) -> None:
+    """Issue 17 item 5: the GP, the municipal health service or the DPS does the check and
+    refers; NAV, housing and police may not say that one was done."""
+    assert AUTHORITY.senders[event_type] == {"fastlege", "municipality", "dps"}
+
+
 def test_a_refused_event_type_names_its_path_in_a_batch() -> None:
     """In a batch, the refusal's field carries the event's path."""
     refusal = AUTHORITY.sender_refusal(actor(POLICE), "admission", False, path="events[3].")
@@ -1007,6 +1014,17 @@ def test_a_scheduled_follow_up_names_a_health_service_as_the_one_who_holds_it() 
     assert claim_problems(claims, {"940493021": "nav"}) == [Problem("payload.with_org", problem)]
     assert claim_problems(claims, {}) == [Problem("payload.with_org", problem)]
     assert event_claims({"related_event_id": "d-1"}, None) == []
+
+
+def test_the_crisis_plan_owner_is_checked_against_the_directory() -> None:
+    """The owner a plan or discharge names must be registered as the agency it is said to be."""
+    owner = {"agency": "municipality", "org_id": "940493021"}
+    claims = event_claims({"plan_id": "IP-1", "crisis_plan_owner": owner}, None)
+    assert claims == [Claim("payload.crisis_plan_owner.org_id", "municipality", "940493021")]
+    assert claim_problems(claims, {"940493021": "municipality"}) == []
+    assert claim_problems(claims, {"940493021": "dps"}) == [
+        Problem("payload.crisis_plan_owner.org_id", "is not a registered municipality organisation")
+    ]
 
 
 def test_a_claim_of_one_agency_is_named_alone() -> None:

@@ -84,6 +84,8 @@ SENDERS: dict[str, frozenset[str]] = {
     "temporary_housing_ended": frozenset({"municipality", "housing", "nav"}),
     "tenancy_at_risk": frozenset({"housing", "nav", "municipality"}),
     "brukerplan_assessment": frozenset({"municipality"}),
+    "somatic_check_done": frozenset({"fastlege", "municipality", "dps"}),
+    "somatic_referral": frozenset({"fastlege", "municipality", "dps"}),
     "application_received": frozenset({"municipality", "nav"}),
     "application_preliminary_reply": frozenset({"municipality", "nav"}),
     "application_decided": frozenset({"municipality", "nav"}),

@@ -65,9 +65,9 @@ def parse_ok(raw: object) -> Event:
 
 
 def test_the_contract_names_every_event_type_once() -> None:
-    """DESIGN's twenty-four event types are each in EVENT_TYPES, the payload table and the
+    """DESIGN's twenty-six event types are each in EVENT_TYPES, the payload table and the
     examples; the policy routes all but the retraction."""
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 24
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 26
     assert set(EVENT_TYPES) - set(POLICY_EVENT_TYPES) == {"retraction"}
     assert set(PAYLOAD_FIELDS) == set(EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
 
@@ -486,13 +486,41 @@ INVALID: list[tuple[str, object, str, str]] = [
         "crisis-plan-id-without-a-plan",
         with_payload("discharge", crisis_plan=False),
         "payload.crisis_plan",
-        "must be true when crisis_plan_id and crisis_plan_reviewed_at are given",
+        "must be true when crisis_plan_id, crisis_plan_reviewed_at and crisis_plan_owner are given",
     ),
     (
         "crisis-plan-id-without-a-plan-in-the-ip",
-        with_payload("ip_update", crisis_plan=False, crisis_plan_reviewed_at=...),
+        with_payload(
+            "ip_update", crisis_plan=False, crisis_plan_reviewed_at=..., crisis_plan_owner=...
+        ),
         "payload.crisis_plan",
         "must be true when crisis_plan_id is given",
+    ),
+    (
+        "crisis-plan-owner-without-a-plan",
+        with_payload(
+            "ip_update", crisis_plan=False, crisis_plan_id=..., crisis_plan_reviewed_at=...
+        ),
+        "payload.crisis_plan",
+        "must be true when crisis_plan_owner is given",
+    ),
+    (
+        "crisis-plan-owner-nav",
+        with_payload("ip_update", crisis_plan_owner={"agency": "nav", "org_id": "889640782"}),
+        "payload.crisis_plan_owner.agency",
+        "a crisis plan is held by a health service: dps, municipality, fastlege",
+    ),
+    (
+        "crisis-plan-owner-number",
+        with_payload("discharge", crisis_plan_owner={"agency": "dps", "org_id": "DPS Nord"}),
+        "payload.crisis_plan_owner.org_id",
+        "9-digit organisation number",
+    ),
+    (
+        "crisis-plan-owner-not-an-object",
+        with_payload("discharge", crisis_plan_owner="974705788"),
+        "payload.crisis_plan_owner",
+        "must be an object with agency and org_id",
     ),
     (
         "service-kind",
@@ -613,6 +641,48 @@ INVALID: list[tuple[str, object, str, str]] = [
         with_payload("treatment_interrupted", last_contact_at="yesterday"),
         "payload.last_contact_at",
         "RFC 3339",
+    ),
+    (
+        "somatic-check-kind",
+        with_payload("somatic_check_done", kind="yearly"),
+        "payload.kind",
+        "annual, targeted, other",
+    ),
+    (
+        "somatic-check-referral-needed",
+        with_payload("somatic_check_done", referral_needed="yes"),
+        "payload.referral_needed",
+        "true or false",
+    ),
+    (
+        "somatic-check-free-text",
+        with_payload("somatic_check_done", finding="blood pressure high"),
+        "payload.finding",
+        "not a field of somatic_check_done",
+    ),
+    (
+        "somatic-referral-to",
+        with_payload("somatic_referral", to="dentist"),
+        "payload.to",
+        "specialist_somatic, dental, substitution_clinic, other",
+    ),
+    (
+        "somatic-referral-id-nin",
+        with_payload("somatic_referral", referral_id=f"HV-{NIN}"),
+        "payload.referral_id",
+        "must not contain a national identity number",
+    ),
+    (
+        "somatic-referral-without-id",
+        with_payload("somatic_referral", referral_id=...),
+        "payload.referral_id",
+        "is required",
+    ),
+    (
+        "somatic-referral-related",
+        with_payload("somatic_referral", related_event_id="a b"),
+        "payload.related_event_id",
+        "1 to 200 characters",
     ),
     ("emergency-string", raw_event(emergency="yes"), "emergency", "must be an object"),
     (
@@ -899,9 +969,14 @@ def test_a_crisis_plan_with_its_reference_parses() -> None:
     event = parse_ok(raw_event("discharge"))
     assert event.payload["crisis_plan_id"] == "KP-2026-17"
     assert event.payload["crisis_plan_reviewed_at"] == datetime(2026, 11, 27, 13, tzinfo=UTC)
+    assert event.payload["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
     bare = parse_ok(
         with_payload(
-            "discharge", crisis_plan=False, crisis_plan_id=..., crisis_plan_reviewed_at=...
+            "discharge",
+            crisis_plan=False,
+            crisis_plan_id=...,
+            crisis_plan_reviewed_at=...,
+            crisis_plan_owner=...,
         )
     )
     assert bare.payload["crisis_plan"] is False

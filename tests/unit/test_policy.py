@@ -64,6 +64,7 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "followup_scheduled.with_org",
         "housing_work_started.related_event_id",
         "brukerplan_assessment.assessment_year",
+        "somatic_referral.related_event_id",
     },
     "health": {
         "admission.reason",
@@ -75,6 +76,8 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "ip_update.crisis_plan",
         "ip_update.crisis_plan_id",
         "ip_update.crisis_plan_reviewed_at",
+        "ip_update.crisis_plan_owner",
+        "discharge.crisis_plan_owner",
         "followup_contact.kind",
         "epikrise_sent.recipient_org",
         "treatment_interrupted.treatment_id",
@@ -83,6 +86,10 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "brukerplan_assessment.physical_health",
         "brukerplan_assessment.mental_health",
         "brukerplan_assessment.substance_use",
+        "somatic_check_done.kind",
+        "somatic_check_done.referral_needed",
+        "somatic_referral.referral_id",
+        "somatic_referral.to",
     },
     "social": {
         "admission.housing_status",
@@ -170,17 +177,21 @@ HOUSING_PATHWAY = (
 
 def test_the_event_category_of_every_type() -> None:
     """Police callouts are police, the housing pathway's events social, a treatment
-    interruption and a Brukerplan assessment health (being mapped says the person receives
-    such services), a prison release justice, the rest logistics."""
+    interruption, a Brukerplan assessment (being mapped says the person receives such
+    services) and somatic checks and referrals health, a prison release justice, the rest
+    logistics."""
     assert EVENT_CATEGORY["police_callout"] == "police"
     assert {EVENT_CATEGORY[event_type] for event_type in HOUSING_PATHWAY} == {"social"}
     assert EVENT_CATEGORY["treatment_interrupted"] == "health"
     assert EVENT_CATEGORY["brukerplan_assessment"] == "health"
+    assert EVENT_CATEGORY["somatic_check_done"] == EVENT_CATEGORY["somatic_referral"] == "health"
     assert EVENT_CATEGORY["prison_release"] == "justice"
     special = {
         "police_callout",
         "treatment_interrupted",
         "brukerplan_assessment",
+        "somatic_check_done",
+        "somatic_referral",
         "prison_release",
         *HOUSING_PATHWAY,
     }

@@ -504,6 +504,7 @@ def test_the_care_team_gets_the_discharge_kind_and_crisis_plan_reference(agency:
     assert payload["dps_contact"] == "Kari Nordmann, sykepleier, 22 00 00 00"
     assert payload["crisis_plan_id"] == "KP-2026-17"
     assert payload["crisis_plan_reviewed_at"] == "2026-11-27T13:00:00Z"
+    assert payload["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
     assert delivery["categories"] == ["logistics", "health"]
     objected = state_of(member(agency), consent(agency, MEMBER[agency], status="objection"))
     assert delivery_for(routed(event("discharge"), objected), MEMBER[agency]) is None
@@ -540,7 +541,9 @@ def test_a_crisis_plan_reference_in_a_plan_goes_to_health_members_only() -> None
     assert gp is not None
     assert nav is not None
     assert payload_of(gp)["crisis_plan_id"] == "KP-2026-17"
-    assert {"crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at"}.isdisjoint(payload_of(nav))
+    assert payload_of(gp)["crisis_plan_owner"] == {"agency": "dps", "org_id": "974705788"}
+    crisis_plan = {"crisis_plan", "crisis_plan_id", "crisis_plan_reviewed_at", "crisis_plan_owner"}
+    assert crisis_plan.isdisjoint(payload_of(nav))
 
 
 def test_the_service_kind_of_an_application_goes_with_the_application() -> None:
@@ -684,6 +687,74 @@ def test_a_prison_release_does_not_set_the_home_municipality() -> None:
     admitted = state_of((event_schema_name("admission"), event("admission")))
     after = state_of((event_schema_name("prison_release"), release), state=admitted)
     assert after.home_municipality == HOME
+
+
+@pytest.mark.parametrize(
+    ("event_type", "expected"),
+    [
+        ("somatic_check_done", {"kind": "annual", "referral_needed": True}),
+        (
+            "somatic_referral",
+            {
+                "referral_id": "HV-2026-0042",
+                "to": "dental",
+                "related_event_id": "gp-912345678-2026-000007",
+            },
+        ),
+    ],
+)
+def test_a_somatic_check_reaches_health_care_in_the_team_only(
+    event_type: str, expected: dict[str, Any]
+) -> None:
+    """Physical health is health care's business: the DPS and the municipality in the team get
+    it whole on the presumed basis; NAV (with consent for everything), housing and the home
+    municipality outside the team get nothing."""
+    state = state_of(
+        (event_schema_name("admission"), event("admission")),
+        member("dps"),
+        member("municipality"),
+        member("nav"),
+        member("housing"),
+        consent("nav"),
+        consent("housing"),
+    )
+    routing = routed(event(event_type), state)
+    for agency in ("dps", "municipality"):
+        delivery = delivery_for(routing, MEMBER[agency])
+        assert delivery is not None
+        assert delivery["basis"] == "presumed"
+        assert payload_of(delivery) == expected
+    for org_id in (MEMBER["nav"], MEMBER["housing"], HOME):
+        assert delivery_for(routing, org_id) is None
+        assert decision_for(routing, org_id)["reason"] == "not_permitted"
+
+
+def test_the_gp_on_the_gp_list_gets_the_somatic_check_of_another_health_service() -> None:
+    """The municipal health service did the check; the GP from the GP list, a care-team member
+    with role gp by default, gets it without any care-team entry."""
+    record = {
+        "change_id": str(uuid.uuid4()),
+        "subject_key": SUBJECT_KEY,
+        "register": "gp",
+        "organisation": {"agency": "fastlege", "org_id": MEMBER["fastlege"]},
+        "recorded_by_org": "918000008",
+        "recorded_at": NOW - DAY,
+    }
+    state = state_of((REGISTER_CHANGE, over_the_wire(REGISTER_CHANGE, record)))
+    check = event("somatic_check_done", source=("municipality", SOURCE["municipality"]))
+    delivery = delivery_for(routed(check, state), MEMBER["fastlege"])
+    assert delivery is not None
+    assert payload_of(delivery) == {"kind": "annual", "referral_needed": True}
+
+
+def test_an_objection_keeps_a_somatic_check_from_a_team_member() -> None:
+    """The patient may object to a member learning of a somatic check, as to any presumed rule."""
+    state = state_of(
+        member("municipality"), consent("municipality", MEMBER["municipality"], status="objection")
+    )
+    routing = routed(event("somatic_check_done"), state)
+    assert delivery_for(routing, MEMBER["municipality"]) is None
+    assert decision_for(routing, MEMBER["municipality"])["reason"] == "objection"
 
 
 def test_other_events_are_not_permitted_to_a_home_municipality_outside_the_team() -> None:

@@ -86,9 +86,13 @@ CATEGORY_OF_FIELD = {
     "crisis_plan": "health",
     "crisis_plan_id": "health",
     "crisis_plan_reviewed_at": "health",
+    "crisis_plan_owner": "health",
     "recipient_org": "health",
     "treatment_id": "health",
     "last_contact_at": "health",
+    "referral_needed": "health",
+    "referral_id": "health",
+    "to": "health",
     "housing_status": "social",
 }
 # A discharge after these is a risk discharge: the home municipality still learns only the
@@ -98,6 +102,7 @@ ADMISSION_IDS = ("adm-1", "adm-2", "adm-3")
 ADMITTING = ("admission", "discharge")
 TYPE_CATEGORY_OF_FIELD = {
     ("followup_contact", "kind"): "health",
+    ("somatic_check_done", "kind"): "health",
     ("discharge", "kind"): "health",
     ("treatment_interrupted", "kind"): "health",
     ("prison_release", "release_at"): "justice",
@@ -144,6 +149,8 @@ FACT_CATEGORY = {
     "temporary_housing_ended": "social",
     "tenancy_at_risk": "social",
     "brukerplan_assessment": "health",
+    "somatic_check_done": "health",
+    "somatic_referral": "health",
 }
 
 

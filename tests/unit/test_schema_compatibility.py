@@ -245,6 +245,8 @@ NOT_YET_RELEASED = frozenset(
         "temporary_housing_ended",
         "tenancy_at_risk",
         "brukerplan_assessment",
+        "somatic_check_done",
+        "somatic_referral",
     )
 )
 

@@ -1,8 +1,8 @@
 """The SLA rule language beyond single conditions (issue 17): `present`, `{field, plus}` and
-`fallback` deadlines, groups, a list of `before` events, notices (immediate rules that are not
-emergencies) that resolve when what they ask for is done, and admissions kept until their
-discharge. Each is tried on a small rule file of its own, so that the reviewed file's rules
-can change without these tests losing their meaning."""
+`fallback` deadlines, groups, `link: subject`, a list of `before` events, notices (immediate
+rules that are not emergencies) that resolve when what they ask for is done, and admissions
+kept until their discharge. Each is tried on a small rule file of its own, so that the
+reviewed file's rules can change without these tests losing their meaning."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ import pytest
 from carebus.domain.events import rfc3339
 from carebus.domain.obligations import MEMORY, OPEN_ADMISSION_MEMORY
 from carebus.domain.routing import Consent
-from carebus.domain.sla import OSLO, RuleSet, SlaRulesError
+from carebus.domain.sla import (
+    OSLO,
+    SUBJECT,
+    Link,
+    RuleSet,
+    SlaRulesError,
+    links_to,
+    parse_duration,
+)
 from carebus.wire.policy_files import load_rules
 from tests.unit.test_sla_rules import (
     COORDINATOR,
@@ -23,6 +31,7 @@ from tests.unit.test_sla_rules import (
     DPS,
     HOME,
     HOUR,
+    MINUTE,
     MUNI,
     T0,
     Person,
@@ -428,3 +437,179 @@ def test_retracting_the_admission_withdraws_what_its_reason_opened(tmp_path: Pat
     ]
     assert open_rules(person) == []
     assert of("risk", person.scan(T0 + 10 * DAY)) == []
+
+
+# --- `link: subject`: any other event of the same person ---------------------------------------
+
+CONTACTED = (
+    """\
+  - id: contacted
+    title: No contact of any kind within a week of a discharge
+    kind: deadline
+    trigger: {event_type: discharge}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+    + """\
+  - id: again
+    title: No contact within a week of the last one
+    kind: deadline
+    trigger: {event_type: followup_contact}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+)
+
+
+def contact(at: datetime, event_id: str, related: str = "elsewhere") -> dict[str, object]:
+    return event("followup_contact", event_id, at, source=MUNI, related_event_id=related)
+
+
+def test_a_subject_link_is_fulfilled_by_any_event_of_the_person(tmp_path: Path) -> None:
+    """A contact about anything at all (its related event is not the discharge) fulfils."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(discharge(T0, followup_at=None))
+    assert person.deadlines("contacted") == [T0 + 7 * DAY]
+    person.see(contact(T0 + DAY, "c-1"))
+    assert person.deadlines("contacted") == []
+    assert of("contacted", person.scan(T0 + 30 * DAY)) == []
+
+
+def test_a_subject_link_needs_the_same_person_and_another_event() -> None:
+    """`links_to` on its own (the engine's state is per person, the link says so itself): an
+    event of another person, or the trigger itself, is not linked."""
+    link = Link("followup_contact", SUBJECT, SUBJECT)
+    first = contact(T0, "c-1")
+    assert links_to(link, contact(T0 + DAY, "c-2"), first)
+    assert not links_to(link, {**contact(T0 + DAY, "c-2"), "subject_key": "8" * 64}, first)
+    assert not links_to(link, first, first)
+    # The same id from another sender is another event.
+    assert links_to(link, {**first, "source": {"agency": "dps", "org_id": DPS[1]}}, first)
+    assert not links_to(link, discharge(T0 + DAY, followup_at=None), first)
+
+
+def test_an_event_of_the_person_before_the_trigger_does_not_fulfil(tmp_path: Path) -> None:
+    """A contact a day before the discharge answers an earlier question, not this one."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(contact(T0 - DAY, "c-0"))
+    person.see(discharge(T0, followup_at=None))
+    assert person.deadlines("contacted") == [T0 + 7 * DAY]
+    assert orgs(of("contacted", person.scan(T0 + 8 * DAY))) == [HOME]
+
+
+def test_the_next_event_closes_the_last_ones_obligation_and_opens_its_own(
+    tmp_path: Path,
+) -> None:
+    """A recurring obligation: each contact is due a week after the last; the one that opens an
+    obligation does not fulfil it, the next one does, and a replay changes nothing."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    person.see(contact(T0, "c-1"))
+    assert person.deadlines("again") == [T0 + 7 * DAY]
+    person.see(contact(T0 + 5 * DAY, "c-2"))
+    assert person.deadlines("again") == [T0 + 12 * DAY]
+    assert person.see(contact(T0 + 5 * DAY, "c-2"), T0 + 6 * DAY) == []
+    assert person.deadlines("again") == [T0 + 12 * DAY]
+    assert orgs(of("again", person.scan(T0 + 13 * DAY))) == [HOME]
+
+
+@pytest.mark.parametrize("link", ["person", "[subject]", "{a: b, c: d}"])
+def test_a_link_that_is_neither_a_pair_nor_subject_is_refused(tmp_path: Path, link: str) -> None:
+    """A link is one field pair or the word `subject`; anything else is refused by its path."""
+    text = CONTACTED.replace(
+        "link: subject}]\n    recipients", f"link: {link}}}]\n    recipients", 1
+    )
+    with pytest.raises(SlaRulesError) as refused:
+        rules(tmp_path, text)
+    assert any(
+        p.startswith("rule contacted: fulfilled_by[0].link:") and "or be 'subject'" in p
+        for p in refused.value.problems
+    ), refused.value.problems
+
+
+def test_a_replayed_event_that_closed_nothing_is_kept_once(tmp_path: Path) -> None:
+    """The first contact opens an obligation and closes none: kept as an early event (it may
+    still close one whose trigger arrives late), once however often it is replayed."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, CONTACTED))
+    for at in (T0 + MINUTE, T0 + HOUR, T0 + DAY):
+        person.see(contact(T0, "c-1"), at)
+    assert [e["event_id"] for e in person.state.early] == ["c-1"]
+
+
+# --- `once`: one obligation per identity, ever -------------------------------------------------
+
+ONCE = (
+    """\
+  - id: first
+    title: No contact within a week of the plan
+    kind: deadline
+    trigger: {event_type: ip_update, when: {status: active}}
+    deadline: P7D
+    fulfilled_by: [{event_type: followup_contact, link: subject}]
+    identity: [plan_id]
+    once: true
+    recipients: [[home_municipality, unassigned]]
+"""
+    + SOURCE
+)
+
+
+def plan_update(at: datetime, event_id: str, plan_id: str = "IP-1") -> dict[str, object]:
+    return event("ip_update", event_id, at, source=MUNI, plan_id=plan_id, status="active")
+
+
+def test_a_once_rule_opens_nothing_for_an_identity_it_settled(tmp_path: Path) -> None:
+    """Fulfilled for plan IP-1: the plan's next updates, even long after MEMORY, owe nothing;
+    another plan owes its own."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    person.see(contact(T0 + DAY, "c-1"))
+    for days in (10, 200, 700):
+        person.see(plan_update(T0 + days * DAY, f"ip-{days}"))
+        assert person.deadlines("first") == []
+    person.see(plan_update(T0 + 701 * DAY, "ip-2a", plan_id="IP-2"))
+    assert person.deadlines("first") == [parse_duration("P7D").after(T0 + 701 * DAY)]
+
+
+def test_a_once_rule_opens_nothing_for_an_identity_it_alerted(tmp_path: Path) -> None:
+    """Breached for IP-1 (alerted): a later update of the plan does not owe it a second time."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    assert orgs(of("first", person.scan(T0 + 8 * DAY))) == [HOME]
+    person.see(plan_update(T0 + 9 * DAY, "ip-9"))
+    assert person.deadlines("first") == []
+    assert of("first", person.scan(T0 + 30 * DAY)) == []
+
+
+def test_without_once_a_settled_identity_is_owed_again(tmp_path: Path) -> None:
+    """The default: a trigger after the fulfilment opens the next obligation of its identity."""
+    person = Person(
+        routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE.replace("once: true", ""))
+    )
+    person.see(plan_update(T0, "ip-1"))
+    person.see(contact(T0 + DAY, "c-1"))
+    person.see(plan_update(T0 + 10 * DAY, "ip-10"))
+    assert person.deadlines("first") == [T0 + 17 * DAY]
+
+
+def test_a_retracted_trigger_does_not_use_up_a_once_rule(tmp_path: Path) -> None:
+    """The plan update was about someone else: the next real one is owed."""
+    person = Person(routing_with(coordinator=None, home=HOME), rules(tmp_path, ONCE))
+    person.see(plan_update(T0, "ip-1"))
+    person.see(event("retraction", "r-1", T0 + HOUR, source=MUNI, retracted_event_id="ip-1"))
+    person.see(plan_update(T0 + DAY, "ip-2"))
+    assert person.deadlines("first") == [T0 + 8 * DAY]
+
+
+def test_once_on_a_rule_that_is_not_a_deadline_is_refused(tmp_path: Path) -> None:
+    """`once` counts obligations, which only deadline rules open."""
+    text = ONCE.replace("kind: deadline", "kind: window\n    count: 2\n    window: P1D")
+    with pytest.raises(SlaRulesError) as refused:
+        rules(tmp_path, text)
+    assert any(
+        p.startswith("rule first: once:") and "only a deadline rule" in p
+        for p in refused.value.problems
+    ), refused.value.problems

@@ -20,6 +20,7 @@ from carebus.domain.routing import Consent, Member, PersonState, apply
 from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.policy_files import load_policy, load_rules
+from services.inbox.person import obligations as person_view_obligations
 
 RULES_FILE = PROJECT_ROOT / "policy" / "sla.yaml"
 RULES: RuleSet = load_rules(RULES_FILE)
@@ -38,6 +39,7 @@ HOME = "940493021"  # the person's home municipality
 COORDINATOR = "940493047"  # a municipality organisation that coordinates the care team
 NAV = "889640790"
 CORRECTIONS = ("corrections", "971278374")
+GP = ("fastlege", "912345683")  # a GP office that does somatic checks
 
 
 # --- building events and driving the engine --------------------------------------------------
@@ -458,6 +460,43 @@ CASES: list[Case] = [
         },
     ),
 ]
+CASES += [
+    Case(
+        rule_id="somatic.first_check",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1"),
+        deadline=lambda at: datetime(2027, 11, 23, 8, 0, tzinfo=UTC),  # P1Y, Oslo calendar
+        fulfil=lambda at: event("somatic_check_done", "sc-1", at, source=GP),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
+        rule_id="somatic.referral_followed",
+        prior=_none,
+        trigger=lambda at: event("somatic_check_done", "sc-1", at, source=GP),
+        deadline=lambda at: datetime(2026, 12, 23, 8, 0, tzinfo=UTC),  # P1M, Oslo calendar
+        fulfil=lambda at: event(
+            "somatic_referral", "ref-1", at, source=GP, related_event_id="sc-1"
+        ),
+        cancel=None,
+        recipients={setup: [GP[1]] for setup in SETUPS},
+    ),
+    Case(
+        rule_id="crisis_plan.review_due",
+        prior=_none,
+        trigger=lambda at: _plan(at, "ip-1", crisis_plan_id="KP-1", crisis_plan_reviewed_at=None),
+        deadline=lambda at: T0 + 30 * DAY,
+        fulfil=lambda at: _plan(
+            at,
+            "ip-2",
+            crisis_plan_id="KP-1",
+            crisis_plan_reviewed_at=rfc3339(at),
+            next_review_at=rfc3339(T0 + 100 * DAY),
+        ),
+        cancel=lambda at: _plan(at, "ip-3", status="closed"),
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+]
 CASE = {case.rule_id: case for case in CASES}
 CANCELLABLE = [case for case in CASES if case.cancel is not None]
 BY_RULE = pytest.mark.parametrize("case", CASES, ids=str)
@@ -487,6 +526,7 @@ def test_every_rule_of_the_file_is_covered() -> None:
         "care_team_meeting.repeated_incidents",
         "emergency_disclosure",
         "followup_notice.discharge",
+        "somatic.yearly_check",
     }
     assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
 
@@ -518,7 +558,7 @@ def test_fulfilled_in_time_never_alerts(case: Case) -> None:
     person, deadline = triggered(case)
     assert of(case.rule_id, person.see(case.fulfil(deadline - HOUR))) == []
     assert person.deadlines(case.rule_id) == (
-        [T0 + 100 * DAY] if case.rule_id == "ip.review_due" else []
+        [T0 + 100 * DAY] if case.rule_id in ("ip.review_due", "crisis_plan.review_due") else []
     )
     assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
 
@@ -1103,6 +1143,49 @@ def homeless_discharge(at: datetime) -> dict[str, Any]:
     return event("discharge", "dis-1", at, admission_event_id="adm-1", destination="homeless")
 
 
+@pytest.mark.parametrize(
+    ("fulfilment", "settles"),
+    [
+        (lambda at: temporary_stay(at), True),
+        (
+            lambda at: event(
+                "application_received",
+                "app-1",
+                at,
+                source=MUNI,
+                application_id="A-1",
+                service_kind="housing",
+            ),
+            True,
+        ),
+        (
+            lambda at: event(
+                "application_received",
+                "app-1",
+                at,
+                source=MUNI,
+                application_id="A-1",
+                service_kind="home_services",
+            ),
+            False,
+        ),
+    ],
+)
+def test_housing_work_after_a_homeless_discharge_is_a_stay_or_a_housing_application(
+    fulfilment: Callable[[datetime], dict[str, Any]], settles: bool
+) -> None:
+    """A temporary stay or a housing application for the person after the discharge is the
+    housing work begun (link: subject); an application for another service is not; one from
+    before the discharge answers an earlier question and settles nothing."""
+    person = Person()
+    person.see(event("admission", "adm-1", T0 - DAY, reason="psychosis"))
+    person.see(fulfilment(T0 - HOUR))  # before the discharge: not an answer to it
+    person.see(homeless_discharge(T0))
+    assert person.deadlines(AFTER_DISCHARGE) == [T0 + 3 * DAY]
+    person.see({**fulfilment(T0 + DAY), "event_id": "later-1"})
+    assert person.deadlines(AFTER_DISCHARGE) == ([] if settles else [T0 + 3 * DAY])
+
+
 def test_day_91_of_a_temporary_stay_breaches_and_its_end_on_day_95_resolves_late() -> None:
     """Three months (P3M, the Oslo calendar: 92 days from 23 November) in an emergency shelter
     alert the coordinator; the stay's end four days later resolves the alert fulfilled_late."""
@@ -1265,7 +1348,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 23
+    assert len(RULES.rules) == 27
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1550,22 +1633,23 @@ def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
 # --- followup.treatment_interrupted ---------------------------------------------------------
 
 TREATMENT = "followup.treatment_interrupted"
-GP = "912345683"
 
 
-def with_gp(routing: PersonState) -> PersonState:
-    return replace(routing, team={**routing.team, GP: Member("fastlege", {"register:gp": "gp"})})
+def with_listed_gp(routing: PersonState) -> PersonState:
+    """`routing` with the GP from the GP list in the care team."""
+    team = {**routing.team, GP[1]: Member("fastlege", {"register:gp": "gp"})}
+    return replace(routing, team=team)
 
 
 def test_a_treatment_interruption_tells_the_coordinator_and_the_gp_what_happened() -> None:
     """The coordinator and the GP on the GP list, both health personnel in the team, get the
     person and the specific title and why."""
-    person = Person(with_gp(SETUPS["coordinator_and_home"]))
+    person = Person(with_listed_gp(SETUPS["coordinator_and_home"]))
     person.see(event("treatment_interrupted", "ti-1", T0, kind="dropout"))
     alerts = of(TREATMENT, person.scan(T0 + 49 * HOUR))
     rule = RULES.rule(TREATMENT)
     assert rule is not None
-    assert sorted(orgs(alerts)) == sorted([COORDINATOR, GP])  # type: ignore[type-var]
+    assert sorted(orgs(alerts)) == sorted([COORDINATOR, GP[1]])  # type: ignore[type-var]
     for alert in alerts:
         assert alert["subject"] == {"nin": NIN}
         assert alert["title"] == rule.title
@@ -1675,3 +1759,214 @@ def test_the_release_deadline_follows_the_release_date() -> None:
         event("prison_release", "rel-1", T0, source=CORRECTIONS, release_at=rfc3339(T0 + 10 * DAY))
     )
     assert person.deadlines(RELEASE) == [T0 + 12 * DAY]
+
+
+# --- physical health (issue 17 item 5) ----------------------------------------------------------
+
+YEAR = parse_duration("P1Y")
+YEAR_AFTER_T0 = datetime(2027, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def check(at: datetime, event_id: str, *, referral_needed: bool = False) -> dict[str, Any]:
+    return event(
+        "somatic_check_done",
+        event_id,
+        at,
+        source=GP,
+        kind="annual",
+        referral_needed=referral_needed,
+    )
+
+
+def with_gp() -> PersonState:
+    """The coordinator and home setup, with the GP from the GP list in the care team."""
+    base = SETUPS["coordinator_and_home"]
+    return replace(base, team={**base.team, GP[1]: Member("fastlege", {"register:gp": "gp"})})
+
+
+def test_the_gp_is_alerted_for_a_missed_somatic_check_before_the_coordinator() -> None:
+    """With a GP on the GP list, the first check's and the yearly check's alerts go to the GP;
+    the coordinator is the fallback (the table cases above) and sees the obligation anyway."""
+    person = Person(with_gp())
+    person.see(_plan(T0, "ip-1"))
+    assert orgs(of("somatic.first_check", person.scan(YEAR_AFTER_T0 + MINUTE))) == [GP[1]]
+    person.see(check(YEAR_AFTER_T0 + DAY, "sc-1"))
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(YEAR_AFTER_T0 + DAY)]
+    alerts = person.scan(YEAR.after(YEAR_AFTER_T0 + 2 * DAY))
+    assert orgs(of("somatic.yearly_check", alerts)) == [GP[1]]
+
+
+def test_a_check_before_the_plan_does_not_fulfil_the_first_check() -> None:
+    """The check a month before the plan became active answers an earlier question."""
+    person = Person()
+    person.see(check(T0 - 30 * DAY, "sc-0"))
+    person.see(_plan(T0, "ip-1"))
+    assert person.deadlines("somatic.first_check") == [YEAR_AFTER_T0]
+    assert orgs(of("somatic.first_check", person.scan(YEAR_AFTER_T0 + MINUTE))) == [COORDINATOR]
+
+
+def test_a_check_by_anyone_in_health_care_fulfils_the_first_check() -> None:
+    """The municipality's health service or the DPS may do the check: any check of the person
+    after the plan fulfils, whoever sent the plan."""
+    for source in (MUNI, DPS, GP):
+        person = Person()
+        person.see(_plan(T0, "ip-1"))
+        person.see(event("somatic_check_done", "sc-1", T0 + 40 * DAY, source=source))
+        assert person.deadlines("somatic.first_check") == []
+
+
+def test_a_new_check_closes_the_old_obligation_and_opens_the_next() -> None:
+    """Each check is due a year after the last: one open yearly obligation per person."""
+    person = Person()
+    first = check(T0, "sc-1")
+    assert person.see(first) == []
+    assert person.deadlines("somatic.yearly_check") == [YEAR_AFTER_T0]
+    person.see(check(T0 + 200 * DAY, "sc-2"))
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(T0 + 200 * DAY)]
+    statuses = sorted(
+        obligation["status"]
+        for obligation in person.state.obligations.values()
+        if obligation["rule_id"] == "somatic.yearly_check"
+    )
+    assert statuses == ["closed", "open"]
+    assert of("somatic.yearly_check", person.scan(YEAR_AFTER_T0 + DAY)) == []
+
+
+def test_a_missed_yearly_check_alerts_and_the_late_check_resolves_it() -> None:
+    """No check for a year: an alert; the late check resolves it and opens the next year's."""
+    person = Person()
+    person.see(check(T0, "sc-1"))
+    (raised,) = of("somatic.yearly_check", person.scan(YEAR_AFTER_T0 + MINUTE))
+    assert orgs([raised]) == [COORDINATOR]
+    late = check(YEAR_AFTER_T0 + 10 * DAY, "sc-2")
+    (resolved,) = of("somatic.yearly_check", person.see(late))
+    assert (resolved["alert_id"], resolved["resolution"]) == (raised["alert_id"], "fulfilled_late")
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(YEAR_AFTER_T0 + 10 * DAY)]
+
+
+def test_a_replayed_check_changes_nothing() -> None:
+    """The same check seen again neither closes its own obligation nor opens another."""
+    person = Person()
+    person.see(check(T0, "sc-1"))
+    for at in (T0 + HOUR, T0 + 100 * DAY):
+        assert person.see(check(T0, "sc-1"), at) == []
+    assert person.deadlines("somatic.yearly_check") == [YEAR_AFTER_T0]
+
+
+def test_a_late_arriving_older_check_does_not_close_the_newer_one() -> None:
+    """Checks out of order: the older one, arriving second, is closed by the newer one at once;
+    the newer one's obligation stays open with its own deadline."""
+    person = Person()
+    newer = check(T0 + 30 * DAY, "sc-2")
+    person.see(newer)
+    person.see(check(T0, "sc-1"), T0 + 31 * DAY)
+    assert person.deadlines("somatic.yearly_check") == [YEAR.after(T0 + 30 * DAY)]
+
+
+def test_no_referral_obligation_when_no_referral_is_needed() -> None:
+    """A check that found no referral needed owes none."""
+    person = Person()
+    person.see(check(T0, "sc-1", referral_needed=False))
+    assert person.deadlines("somatic.referral_followed") == []
+
+
+def test_a_referral_for_another_check_does_not_fulfil() -> None:
+    """The referral must name the check that found it needed (related_event_id)."""
+    person = Person()
+    person.see(check(T0, "sc-1", referral_needed=True))
+    person.see(event("somatic_referral", "ref-1", T0 + DAY, source=GP, related_event_id="sc-0"))
+    person.see(event("somatic_referral", "ref-2", T0 + DAY, source=GP, related_event_id=None))
+    assert person.deadlines("somatic.referral_followed") == [
+        datetime(2026, 12, 23, 8, 0, tzinfo=UTC)
+    ]
+
+
+def test_the_coordinator_sees_the_somatic_obligations_in_the_person_view() -> None:
+    """The GP is alerted, but the coordinator sees what is owed: the person view lists the
+    open somatic obligations whose trigger the coordinator was delivered (routing gives a
+    care-team municipality the plan and the check on the presumed basis), with their titles."""
+    person = Person(with_gp())
+    person.see(_plan(T0, "ip-1"))
+    person.see(check(T0 + 30 * DAY, "sc-1", referral_needed=True))
+    person.see(_plan(T0 + 40 * DAY, "ip-2", status="closed"))
+    seen = {
+        (DPS[1], "ip-1"): frozenset({"plan_id", "status", "next_review_at"}),
+        (GP[1], "sc-1"): frozenset({"kind", "referral_needed"}),
+    }
+    owed = person_view_obligations(person.state, RULES, COORDINATOR, seen)
+    assert [(o["rule_id"], o["title"], o["deadline"]) for o in owed] == [
+        (
+            "somatic.referral_followed",
+            "No referral sent within a month of a somatic check that found one needed",
+            rfc3339(parse_duration("P1M").after(T0 + 30 * DAY)),
+        ),
+        (
+            "somatic.yearly_check",
+            "No somatic health check within a year of the last one",
+            rfc3339(YEAR.after(T0 + 30 * DAY)),
+        ),
+    ]
+    # Without the check delivered (an objection, say), the check's obligations are not shown.
+    assert person_view_obligations(person.state, RULES, COORDINATOR, {}) == []
+
+
+# --- the crisis plan's review (issue 17 item 4) -------------------------------------------------
+
+
+def crisis_plan_update(at: datetime, event_id: str, **changes: Any) -> dict[str, Any]:
+    return _plan(
+        at,
+        event_id,
+        **{"crisis_plan_id": "KP-1", "crisis_plan_reviewed_at": rfc3339(T0 - DAY), **changes},
+    )
+
+
+def test_a_plan_review_that_leaves_the_crisis_plan_as_it_was_does_not_fulfil() -> None:
+    """The individual plan is reviewed (a new review date), the crisis plan is not: its review
+    is still owed by the old date, and the coordinator is alerted then."""
+    person = Person()
+    person.see(crisis_plan_update(T0, "ip-1"))
+    person.see(crisis_plan_update(T0 + 20 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
+    assert person.deadlines("crisis_plan.review_due") == [T0 + 30 * DAY]
+    assert orgs(of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))) == [COORDINATOR]
+
+
+def test_a_plan_without_a_crisis_plan_owes_no_crisis_plan_review() -> None:
+    """No crisis_plan_id, no obligation."""
+    person = Person()
+    person.see(_plan(T0, "ip-1", crisis_plan=False, crisis_plan_id=None))
+    assert person.deadlines("crisis_plan.review_due") == []
+
+
+def test_a_crisis_plan_review_time_taken_out_does_not_count_as_a_review() -> None:
+    """An update that drops the review time has not reviewed the crisis plan."""
+    person = Person()
+    person.see(crisis_plan_update(T0, "ip-1"))
+    person.see(crisis_plan_update(T0 + DAY, "ip-2", crisis_plan_reviewed_at=None))
+    assert person.deadlines("crisis_plan.review_due")[:1] == [T0 + 30 * DAY]
+
+
+def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_plan() -> None:
+    """NAV as coordinator with consent for logistics only gets the plan but not crisis_plan_id:
+    its alert does not say that a crisis plan exists."""
+    person = Person(routing_with(coordinator=NAV, home=None, agency="nav"))
+    person.see(crisis_plan_update(T0, "ip-1"))
+    (alert,) = of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))
+    assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
+    assert alert["title"] == "Part of the individual plan not reviewed by its review date"
+    assert "risis" not in alert["summary"]
+
+
+def test_the_plans_later_updates_owe_no_second_first_check() -> None:
+    """After the first check, the yearly rule takes over: a review of the plan (a new review
+    date) does not ask for a first check again, and a missed year alerts once."""
+    person = Person()
+    person.see(_plan(T0, "ip-1"))
+    person.see(check(T0 + 30 * DAY, "sc-1"))
+    person.see(_plan(T0 + 60 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
+    person.see(_plan(T0 + 300 * DAY, "ip-3", next_review_at=rfc3339(T0 + 400 * DAY)))
+    assert person.deadlines("somatic.first_check") == []
+    alerts = person.scan(T0 + 800 * DAY)
+    assert [a["rule_id"] for a in alerts if a["rule_id"].startswith("somatic.")] == [
+        "somatic.yearly_check"
+    ]

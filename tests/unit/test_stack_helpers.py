@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+import carebus_dev.stack.devdata
 import carebus_dev.testing
 from carebus.domain.events import EVENT_TYPES, parse_event
 from carebus.runtime.config import Settings
@@ -240,3 +241,16 @@ def test_cli_help_lists_the_commands() -> None:
     )
     for command in ("up", "down", "status", "logs", "token"):
         assert command in result.stdout
+
+
+def test_the_demo_gp_office_has_a_coordinator_token() -> None:
+    """The GP is alerted first for the somatic checks it owes (issue 17 item 5): the demo GP
+    office needs a coordinator token to read its alerts; its system token stays as it was."""
+    wanted = carebus_dev.stack.devdata._wanted()
+    assert wanted["gp_coordinator"] == ("fastlege", DEV_ORGANISATIONS["fastlege"], "coordinator")
+    assert wanted["fastlege"] == ("fastlege", DEV_ORGANISATIONS["fastlege"], "system")
+    assert wanted["coordinator"] == (
+        "municipality",
+        DEV_ORGANISATIONS["municipality"],
+        "coordinator",
+    )
