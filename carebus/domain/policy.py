@@ -84,10 +84,16 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
     "social": {
         "admission": ("housing_status",),
         "discharge_ready": ("housing_status",),
-        "housing_incident": ("kind", "severity", "housing_unit_id"),
+        "housing_incident": ("kind", "severity", "housing_unit_id", "housing_site_id"),
     },
     "police": {
-        "police_callout": ("kind", "injuries", "location_type", "housing_unit_id"),
+        "police_callout": (
+            "kind",
+            "injuries",
+            "location_type",
+            "housing_unit_id",
+            "housing_site_id",
+        ),
     },
 }
 

@@ -40,6 +40,10 @@ _ABSENT_SYMBOLS: Final = frozenset(
 )
 KINDS: Final = ("deadline", "window", "immediate")
 ROLES: Final = ("source", "coordinator", "home_municipality", "gp", "unassigned")
+# Whom a rule counted per place (`scope: place`) alerts: the place's owner (a housing
+# organisation) and its municipality, as the registry's housing_places records them.
+PLACE_ROLES: Final = ("housing_owner", "place_municipality", "unassigned")
+SCOPES: Final = ("person", "place")
 AUDIENCES: Final = ("coordinator", "privacy_officer")
 CONTACTS: Final = ("source", "home_municipality")
 _DURATION: Final = re.compile(
@@ -150,6 +154,9 @@ class Rule:
     group: str | None = None
     # Why the obligation exists, one sentence, shown to a recipient that may know the details.
     why: str | None = None
+    # What a window rule counts over: one person's events, or the events at one place
+    # (carebus.domain.places).
+    scope: str = "person"
 
     def condition_fields(self) -> tuple[str, ...]:
         """Payload fields the trigger condition reads (`admission.x` reads the admission's x)."""

@@ -36,6 +36,7 @@ from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.alerts import AlertContext
 from carebus.domain.events import record_to_json
 from carebus.domain.obligations import SlaState, breach_due, observe
+from carebus.domain.places import entry, observe_place, place_key, place_of
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     ALERT,
@@ -45,7 +46,7 @@ from carebus.domain.records import (
     Alert,
     AlertJson,
 )
-from carebus.domain.routing import PersonState, apply
+from carebus.domain.routing import PersonState, apply, route
 from carebus.domain.sla import RuleSet, parse_rfc3339
 from carebus.domain.sla_limits import (
     DEFAULT_CAPS,
@@ -64,7 +65,7 @@ from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy, load_rules
 
-from .store import PgSlaStore, SlaStore
+from .store import PgSlaStore, PlaceEntry, SlaStore, SlaTransaction
 
 log = get_logger(__name__)
 
@@ -97,6 +98,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
         store=store,
         publisher=Publisher.connect(settings, "carebus-sla"),
         dead_letters=DeadLetterPolicy(letters, codec, consumer="sla"),
+        place_secret=settings.subject_key_secret.get_secret_value().encode(),
     )
     readiness.add("broker", lambda: broker_answers(letters))
     readiness.add("database", store.answers)
@@ -142,8 +144,11 @@ class SlaEngine:
         dead_letters: DeadLetterPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         caps: PersonCaps = DEFAULT_CAPS,
+        place_secret: bytes | None = None,
     ) -> None:
         self._rules = rules
+        # Place keys are HMACs under the subject-key secret; without it places are not counted.
+        self._place_secret = place_secret
         self._caps = caps
         self._policy = policy
         self._codec = codec
@@ -198,12 +203,14 @@ class SlaEngine:
             ]
             persons = await tx.load(sorted({_text(m.key) for m in fresh}))
             alerts: list[tuple[str, AlertJson]] = []
+            places: list[PlaceEntry] = []
             applied = 0
             for message in fresh:
-                raised = self._apply(message, persons, alone=len(messages) == 1)
+                raised = self._apply(message, persons, places, alone=len(messages) == 1)
                 if raised is not None:
                     applied += 1
                     alerts.extend(raised)
+            alerts.extend(await self._count_at_places(tx, places))
             await self._publish(alerts)
             await tx.save(persons)
             latest: dict[tuple[str, int], int] = {}
@@ -216,11 +223,37 @@ class SlaEngine:
         metrics.SLA_EVENTS.labels("applied").inc(applied)
         await self._dead_letters.acknowledged(timeout_s=30.0)
 
+    async def _count_at_places(
+        self, tx: SlaTransaction, places: Sequence[PlaceEntry]
+    ) -> list[tuple[str, AlertJson]]:
+        """Count the batch's events at their places, in the batch's transaction (so an event
+        counts once however often it is delivered); the alerts that raises, keyed by place.
+        Places are locked in key order after the persons, so two workers never deadlock."""
+        if not places:
+            return []
+        stored = await tx.load_places(sorted({key for key, _, _ in places}))
+        alerts: list[tuple[str, AlertJson]] = []
+        for key, place, kept in places:
+            state, owners = stored[key]
+            metrics.SLA_PLACE_EVENTS.labels(
+                "unregistered" if owners is None else "registered"
+            ).inc()
+            raised = observe_place(state, kept, place, key, owners, self._rules, self._clock())
+            alerts.extend((f"place:{key}", alert) for alert in raised)
+        await tx.save_places({key: state for key, (state, _) in stored.items()})
+        return alerts
+
     def _apply(
-        self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool
+        self,
+        message: Any,
+        persons: dict[str, tuple[PersonState, SlaState]],
+        places: list[PlaceEntry],
+        *,
+        alone: bool,
     ) -> list[tuple[str, AlertJson]] | None:
         """Apply one record to its person's states in `persons`; the alerts it raises, or None
-        if it was dead-lettered.
+        if it was dead-lettered. A police callout or housing incident at a place is added to
+        `places`, to be counted there once the batch's persons are applied.
 
         A record the engine cannot apply may have changed the person's state half-way, and
         states are changed in place (copying ~6 KB of state per record to undo it was a third
@@ -249,7 +282,8 @@ class SlaEngine:
             ):
                 context = self._context(routing)
                 before = sizes(state)
-                alerts = observe(state, record_to_json(record), self._rules, context)
+                event = record_to_json(record)
+                alerts = observe(state, event, self._rules, context)
                 # The person's state is bounded (carebus.domain.sla_limits): a record that
                 # would grow it past a cap is dead-lettered below, naming the cap.
                 cap = exceeded(before, sizes(state), self._caps)
@@ -258,6 +292,12 @@ class SlaEngine:
                 forgotten = forget_settled(state, self._caps)
                 if forgotten:
                     metrics.SLA_PERSON_CAP.labels("settled_forgotten").inc(forgotten)
+                place = place_of(event)
+                if place is not None and self._place_secret is not None:
+                    routed = route(record, routing, self._policy, context.now)
+                    told = [delivery["recipient"]["org_id"] for delivery in routed.deliveries]
+                    key = place_key(place, self._place_secret)
+                    places.append((key, place, entry(event, told)))
         except Exception as error:  # a record the engine cannot apply is a dead letter
             if not alone:
                 raise RecordFailedError(type(error).__name__) from None

@@ -21,11 +21,14 @@ import orjson
 from carebus.adapters.auth import Connection
 from carebus.adapters.db import create_pool
 from carebus.domain.obligations import SlaState
+from carebus.domain.places import PlaceOwners, PlaceState
 from carebus.domain.routing import PersonState
 from carebus.runtime.config import Settings
 
 Persons = dict[str, tuple[PersonState, SlaState]]
 Place = tuple[str, int]  # topic, partition
+Places = dict[str, tuple[PlaceState, PlaceOwners | None]]  # by place key
+PlaceEntry = tuple[str, str, list[str]]  # place key, place, entry (carebus.domain.places)
 PROBE_TIMEOUT_S: Final = 2.0
 
 
@@ -50,6 +53,13 @@ class SlaTransaction(Protocol):
     async def due(self, now: datetime, limit: int) -> list[str]:
         """Up to `limit` persons with an obligation due at `now`, earliest deadline first."""
         ...
+
+    async def load_places(self, place_keys: Sequence[str]) -> Places:
+        """Every one of these places' state (a new one where none is stored), locked, with
+        its owners as the registry records them (None: not registered)."""
+        ...
+
+    async def save_places(self, places: Mapping[str, PlaceState]) -> None: ...
 
 
 class SlaStore(Protocol):
@@ -166,6 +176,33 @@ class _PgTransaction:
                 "VALUES ($1, $2, $3)",
                 rows,
             )
+
+    async def load_places(self, place_keys: Sequence[str]) -> Places:
+        # Locked in key order, after the persons (services/sla/app.py): no deadlock.
+        rows = await self._conn.fetch(
+            "SELECT place_key, state FROM sla_places WHERE place_key = ANY($1::text[]) "
+            "ORDER BY place_key FOR UPDATE",
+            sorted(place_keys),
+        )
+        states = {row["place_key"]: orjson.loads(row["state"]) for row in rows}
+        owners = await self._conn.fetch(
+            "SELECT place_key, owner_org, municipality_org FROM housing_places "
+            "WHERE place_key = ANY($1::text[])",
+            sorted(place_keys),
+        )
+        known = {
+            row["place_key"]: PlaceOwners(row["owner_org"], row["municipality_org"])
+            for row in owners
+        }
+        return {key: (PlaceState.from_json(states.get(key)), known.get(key)) for key in place_keys}
+
+    async def save_places(self, places: Mapping[str, PlaceState]) -> None:
+        await self._conn.executemany(
+            "INSERT INTO sla_places (place_key, state) VALUES ($1, $2::json) "
+            "ON CONFLICT (place_key) DO UPDATE SET state = EXCLUDED.state, "
+            "updated_at = clock_timestamp()",
+            [(key, orjson.dumps(state.to_json()).decode()) for key, state in places.items()],
+        )
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         rows = await self._conn.fetch(

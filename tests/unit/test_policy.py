@@ -82,12 +82,14 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "housing_incident.kind",
         "housing_incident.severity",
         "housing_incident.housing_unit_id",
+        "housing_incident.housing_site_id",
     },
     "police": {
         "police_callout.kind",
         "police_callout.injuries",
         "police_callout.location_type",
         "police_callout.housing_unit_id",
+        "police_callout.housing_site_id",
     },
 }
 

@@ -35,7 +35,14 @@ from carebus.wire.retention_config import (
 MIGRATIONS = PROJECT_ROOT / "infra" / "postgres" / "migrations" / "versions"
 # Tables without personal data: the directory of organisations, webhook registrations (an
 # organisation's URL and sealed secret), the SLA engine's offsets, the retention rules.
-NO_PERSONAL_DATA = {"organisations", "webhooks", "sla_offsets", "retention_rules"}
+# housing_places: place keys (pseudonyms of housing sites) and organisation numbers only.
+NO_PERSONAL_DATA = {
+    "organisations",
+    "webhooks",
+    "sla_offsets",
+    "retention_rules",
+    "housing_places",
+}
 
 
 def migration(name: str) -> ModuleType:
@@ -83,7 +90,11 @@ def test_every_catalogued_topic_is_inventoried_with_the_catalogues_retention() -
 def test_the_files_minimums_are_the_migrations_floors() -> None:
     """The database refuses cut-offs younger than its floors; the file must say the same, so a
     setting that passes the loader is never refused half-way through a run."""
-    rules = {**migration("retention").RULES, **migration("retraction_marks").RULE_CHANGES}
+    rules = {
+        **migration("retention").RULES,
+        **migration("retraction_marks").RULE_CHANGES,
+        **migration("places").RULES,
+    }
     inventory = load_inventory()
     purged = {store.name: store for store in inventory.purged()}
     assert set(purged) == set(rules) == set(PURGE_ORDER)
