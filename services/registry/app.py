@@ -38,7 +38,7 @@ from carebus.wire.codec import Codec
 from carebus.wire.outbound import Format
 from carebus.wire.policy_files import load_authority
 from carebus.wire.requests import RequestBody, parse, request_body
-from services.registry import erasure
+from services.registry import erasure, places
 from services.registry.history import (
     ChangeNotPublishedError,
     ConsentSupersededError,
@@ -54,6 +54,7 @@ from services.registry.requests import (
     ErasureRequest,
     GpListEntry,
     HomeMunicipalityEntry,
+    HousingPlaceEntry,
     OrganisationEntry,
     Realm,
     Role,
@@ -75,6 +76,8 @@ CONSENT_ROLES: Final = (*CHANGE_ROLES, "patient")
 WEBHOOK_ROLES: Final = ("system", "admin", "operator")
 # An agency's admin issues tokens for its own organisation; the operator for any.
 TOKEN_ROLES: Final = ("admin", "operator")
+# A housing organisation's admin records its own housing places; the operator any.
+PLACE_ROLES: Final = ("admin", "operator")
 RETRY_AFTER_S: Final = "5"
 _ORG_ID: Final = re.compile(r"[0-9]{9}")
 
@@ -105,6 +108,14 @@ class Organisations(BaseModel):
 
 class ChangeRecorded(BaseModel):
     change_id: str
+
+
+class HousingPlaceRecorded(BaseModel):
+    place_key: str = Field(
+        description="the place's pseudonym: place alerts carry it as subject_key place:<key>"
+    )
+    owner_org: str
+    municipality_org: str
 
 
 class ErasureRecorded(BaseModel):
@@ -176,6 +187,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.history = History(pool, outbox, codec, secret, authority)
         app.state.refusals = RefusalLog(publisher, codec, authority.version)
         app.state.operator = OperatorActions(pool, publisher, codec)
+        app.state.secret = secret
         relay = asyncio.create_task(outbox.run_relay(settings.outbox_relay_interval_s))
         try:
             yield
@@ -193,6 +205,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     recorder = principal_dependency(*CHANGE_ROLES)
     consent_recorder = principal_dependency(*CONSENT_ROLES)
     webhook_owner = principal_dependency(*WEBHOOK_ROLES)
+    place_recorder = principal_dependency(*PLACE_ROLES)
 
     @app.post("/v1/tokens", status_code=201, response_model=TokenCreated)
     async def post_token(
@@ -342,6 +355,55 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         GP then has a relation to the person; it is not added to the care team."""
         return await _register(
             request, principal, body.nin, "gp", "fastlege", body.org_id, "org_id"
+        )
+
+    @app.post(
+        "/v1/housing-places",
+        status_code=201,
+        response_model=HousingPlaceRecorded,
+        responses=error_responses(403, 422),
+    )
+    async def post_housing_place(
+        body: HousingPlaceEntry, request: Request, principal: Principal = Depends(place_recorder)
+    ) -> HousingPlaceRecorded:
+        """Record a housing site (or a unit outside any site) with the housing organisation
+        that owns or runs it and its municipality: both get the alerts about patterns at the
+        place (policy/sla.yaml, place.repeated_incidents). A housing organisation's admin
+        records its own places; only the operator records any, or moves a place to another
+        owner. Only the place's key is kept, never the site id."""
+        if not principal.is_operator and (principal.agency, principal.org_id) != (
+            "housing",
+            body.owner_org,
+        ):
+            raise await _refused(request, principal, "housing_place", places.OWN_PLACES)
+        try:
+            recorded = await places.record(
+                request.app.state.pool,
+                request.app.state.secret,
+                body.place(),
+                body.owner_org,
+                body.municipality_org,
+                principal.org_id,
+                may_move=principal.is_operator,
+            )
+        except places.UnknownOrganisationError as error:
+            raise ApiError(
+                422, "the housing place is invalid", [(error.field, error.problem)]
+            ) from error
+        except places.OwnedByAnotherError:
+            raise await _refused(
+                request, principal, "housing_place", places.OWNED_BY_ANOTHER
+            ) from None
+        operator: OperatorActions = request.app.state.operator
+        for org_id, agency in (
+            (body.owner_org, "housing"),
+            (body.municipality_org, "municipality"),
+        ):
+            await operator.touched(principal, "housing_place_recorded", org_id, agency)
+        return HousingPlaceRecorded(
+            place_key=recorded.place_key,
+            owner_org=recorded.owner_org,
+            municipality_org=recorded.municipality_org,
         )
 
     # Consents, care-team changes and webhooks read their own bodies (`_body`): after the

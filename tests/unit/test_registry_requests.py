@@ -30,6 +30,7 @@ from services.registry.requests import (
     ConsentRequest,
     GpListEntry,
     HomeMunicipalityEntry,
+    HousingPlaceEntry,
     OrganisationEntry,
     Realm,
     TokenRequest,
@@ -38,6 +39,7 @@ from services.registry.requests import (
 
 NIN = "14038512324"
 ORG = "889640782"
+CONTROL = "must not contain control or format characters (Unicode Cc, Cf, Cs, Zl, Zp)"
 
 
 @pytest.mark.parametrize(
@@ -82,6 +84,18 @@ ORG = "889640782"
             ("secret", "not a field of a webhook")
         ]),
         (WebhookRequest, ["https://nav.example/hook"], [("body", "must be a JSON object")]),
+        (HousingPlaceEntry, {"owner_org": ORG, "municipality_org": ORG}, [
+            ("housing_unit_id", "required when housing_site_id is not given")
+        ]),
+        (HousingPlaceEntry, {
+            "housing_site_id": "KH", "housing_unit_id": "KH-1", "owner_org": ORG,
+            "municipality_org": ORG,
+        }, [("housing_unit_id", "give housing_site_id or housing_unit_id, not both")]),
+        (HousingPlaceEntry, {"housing_site_id": "KH\n1", "owner_org": "1"}, [
+            ("housing_site_id", CONTROL),
+            ("owner_org", "must be a 9-digit organisation number"),
+            ("municipality_org", "is required"),
+        ]),
     ],
 )  # fmt: skip
 def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
@@ -101,6 +115,8 @@ def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
         (OrganisationEntry, {"org_id": ORG, "agency": "nav", "name": "NAV", "her_id": "1"}),
         (HomeMunicipalityEntry, {"nin": NIN, "home_municipality_org": None}),
         (GpListEntry, {"nin": NIN, "org_id": "912345675"}),
+        (HousingPlaceEntry, {"housing_site_id": "KH", "owner_org": ORG, "municipality_org": ORG}),
+        (HousingPlaceEntry, {"housing_unit_id": "KB-1", "owner_org": ORG, "municipality_org": ORG}),
         (WebhookRequest, {"url": "http://127.0.0.1:9/hook", "org_id": None}),
     ],
 )
@@ -301,3 +317,16 @@ async def test_the_openapi_request_bodies_are_the_models(registry: httpx.AsyncCl
         name = schema["$ref"].removeprefix("#/components/schemas/")
         assert list(schemas[name]["properties"]) == list(model.model_fields)
     assert schemas["TokenRequest"]["properties"]["org_id"]["pattern"] == "^[0-9]{9}$"
+
+
+def test_a_housing_place_is_named_as_the_place_engine_names_it() -> None:
+    """`site:<id>` for a site, `unit:<id>` for a unit: the key the SLA engine computes."""
+    site, _ = parse(
+        HousingPlaceEntry, {"housing_site_id": "KH", "owner_org": ORG, "municipality_org": ORG}
+    )
+    unit, _ = parse(
+        HousingPlaceEntry, {"housing_unit_id": "KB-1", "owner_org": ORG, "municipality_org": ORG}
+    )
+    assert isinstance(site, HousingPlaceEntry)
+    assert isinstance(unit, HousingPlaceEntry)
+    assert (site.place(), unit.place()) == ("site:KH", "unit:KB-1")
