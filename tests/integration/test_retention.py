@@ -309,6 +309,14 @@ async def superseded_register_entry(conn: asyncpg.Connection, key: str, at: date
     return 2
 
 
+async def place(conn: asyncpg.Connection, key: str, at: datetime) -> int:
+    """A place whose last event was counted at `at` (the key stands in for a place key)."""
+    await conn.execute(
+        "INSERT INTO sla_places (place_key, state, updated_at) VALUES ($1, '{}', $2)", key, at
+    )
+    return 1
+
+
 # store -> (insert, the column a row's test key is in, rows of the key that must stay anyway)
 TABLES: dict[str, tuple[Insert, str, int]] = {
     "person_sign_ins": (sign_in, "state", 0),
@@ -318,6 +326,7 @@ TABLES: dict[str, tuple[Insert, str, int]] = {
     "webhook_queue": (webhook, "subject_key", 0),
     "deliveries": (delivery, "subject_key", 0),
     "alerts": (alert, "subject_key", 0),
+    "sla_places": (place, "place_key", 0),
     "accepted_events": (accepted, "subject_key", 0),
     "events": (event, "subject_key", 0),
     "retractions": (retraction, "subject_key", 0),
