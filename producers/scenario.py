@@ -258,6 +258,9 @@ def person_journeys(
                 "injuries": False,
                 "location_type": "home",
                 "housing_unit_id": f"unit-{person}-12",
+                # a, b and c live at one housing site: three callouts there within a day
+                # raise one place alert to its owner and one to the municipality.
+                "housing_site_id": f"site-{run}",
             },
         )
         event(
@@ -290,6 +293,15 @@ def person_journeys(
 async def play(stack: Stack, run: str, seed: int) -> list[str]:
     """Post every event of the scenario; returns the accepted event ids."""
     accepted: list[str] = []
+    place = {"housing_site_id": f"site-{run}", "owner_org": stack.orgs["housing"]}
+    place["municipality_org"] = stack.orgs["municipality"]
+    async with httpx.AsyncClient(timeout=30) as client:  # the persons' housing site
+        headers = {"Authorization": f"Bearer {stack.tokens['operator']}"}
+        response = await client.post(
+            f"{stack.registry}/v1/housing-places", json=place, headers=headers
+        )
+        if response.status_code != 201:
+            raise SystemExit(f"registry refused the housing place: {response.text}")
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         for agency, body in person_journeys(stack.orgs, run, random.Random(seed)):
             response = await client.post(
