@@ -158,6 +158,8 @@ class SlaEngine:
         self._clock = clock
         for rule in rules.rules:  # every series from the start, so increase() sees the first one
             metrics.SLA_BREACHES.labels(rule.rule_id)
+        for place in ("registered", "unregistered"):
+            metrics.SLA_PLACE_EVENTS.labels(place)
 
     async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
         """Apply a batch of records; never raises, so the agent never stops.

@@ -28,6 +28,7 @@ from carebus.domain.obligations import SlaState
 from carebus.domain.places import PlaceOwners, PlaceState, place_key
 from carebus.domain.records import ALERT
 from carebus.domain.routing import PersonState
+from carebus.runtime import metrics
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.runtime.retry import RetryPolicy
 from carebus.wire import topics
@@ -380,6 +381,7 @@ async def test_callouts_of_three_persons_at_one_site_raise_one_alert_per_recipie
     municipality, keyed by the place and naming no one; the state is saved per place."""
     engine = Engine()
     engine.store.owners[PLACE] = PlaceOwners("922222222", "940493021")
+    counted = metrics.SLA_PLACE_EVENTS.labels("registered")._value.get()
     records = [callout(number) for number in (1, 2, 3)]
     for value, key in records:
         await engine.feed(engine.message(value, key))
@@ -395,6 +397,7 @@ async def test_callouts_of_three_persons_at_one_site_raise_one_alert_per_recipie
     stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
     assert len(stored.windows[PLACE_RULE]["events"]) == 3
     assert "site-13" not in PLACE
+    assert metrics.SLA_PLACE_EVENTS.labels("registered")._value.get() == counted + 3
 
 
 async def test_a_redelivered_callout_counts_once_at_its_place() -> None:
