@@ -30,13 +30,17 @@ from carebus.domain.sla import OSLO, Rule, RuleSet, parse_rfc3339, stamp, value_
 
 __all__ = [
     "PLACE_EVENT_TYPES",
+    "Counted",
     "PlaceOwners",
     "PlaceState",
+    "PlaceStep",
+    "Withdrawn",
     "countable",
     "entry",
     "observe_place",
     "place_key",
     "place_of",
+    "withdraw",
 ]
 
 PLACE_EVENT_TYPES: Final = ("police_callout", "housing_incident")
@@ -58,6 +62,26 @@ class PlaceOwners:
 
     owner_org: str
     municipality_org: str
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """An event to count at place `key` (named `place`, `site:KH-1`): its entry."""
+
+    key: str
+    place: str
+    entry: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """A retracted event (its sender's `event_id`), to be taken out of every place's count."""
+
+    sender: str
+    event_id: str
+
+
+PlaceStep = Counted | Withdrawn
 
 
 @dataclass
@@ -154,6 +178,21 @@ def observe_place(
                 alert["rules_version"] = rules.version
                 alerts.append(alert)
     return alerts
+
+
+def withdraw(state: PlaceState, withdrawn: Withdrawn) -> bool:
+    """Take a retracted event out of the place's windows (in place); whether it was there. An
+    alert it helped raise stays: it named no one, and the count it gave was true when raised."""
+    found = False
+    for window in state.windows.values():
+        kept = [
+            e
+            for e in window["events"]
+            if windows.entry_of(e) != (withdrawn.event_id, withdrawn.sender)
+        ]
+        found |= len(kept) != len(window["events"])
+        window["events"] = kept
+    return found
 
 
 def _knowers(kept: list[str]) -> list[str]:

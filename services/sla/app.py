@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -34,9 +34,18 @@ from carebus.adapters.publisher import OutgoingRecord, Publisher, RecordPublishe
 from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.alerts import AlertContext
-from carebus.domain.events import record_to_json
+from carebus.domain.events import RETRACTION, record_to_json
 from carebus.domain.obligations import SlaState, breach_due, observe
-from carebus.domain.places import entry, observe_place, place_key, place_of
+from carebus.domain.places import (
+    Counted,
+    PlaceStep,
+    Withdrawn,
+    entry,
+    observe_place,
+    place_key,
+    place_of,
+    withdraw,
+)
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     ALERT,
@@ -65,7 +74,7 @@ from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy, load_rules
 
-from .store import PgSlaStore, PlaceEntry, SlaStore, SlaTransaction
+from .store import PgSlaStore, SlaStore, SlaTransaction
 
 log = get_logger(__name__)
 
@@ -205,7 +214,7 @@ class SlaEngine:
             ]
             persons = await tx.load(sorted({_text(m.key) for m in fresh}))
             alerts: list[tuple[str, AlertJson]] = []
-            places: list[PlaceEntry] = []
+            places: list[PlaceStep] = []
             applied = 0
             for message in fresh:
                 raised = self._apply(message, persons, places, alone=len(messages) == 1)
@@ -226,22 +235,33 @@ class SlaEngine:
         await self._dead_letters.acknowledged(timeout_s=30.0)
 
     async def _count_at_places(
-        self, tx: SlaTransaction, places: Sequence[PlaceEntry]
+        self, tx: SlaTransaction, places: Sequence[PlaceStep]
     ) -> list[tuple[str, AlertJson]]:
-        """Count the batch's events at their places, in the batch's transaction (so an event
-        counts once however often it is delivered); the alerts that raises, keyed by place.
-        Places are locked in key order after the persons, so two workers never deadlock."""
+        """Count the batch's events at their places and take retracted ones out, in record
+        order and in the batch's transaction (so an event counts once however often it is
+        delivered); the alerts that raises, keyed by place. Place rows are locked after the
+        persons, in key order."""
         if not places:
             return []
-        stored = await tx.load_places(sorted({key for key, _, _ in places}))
+        keys = {step.key for step in places if isinstance(step, Counted)}
+        retracted = [step.event_id for step in places if isinstance(step, Withdrawn)]
+        if retracted:
+            keys.update(await tx.places_counting(retracted))
+        stored = await tx.load_places(sorted(keys))
         alerts: list[tuple[str, AlertJson]] = []
-        for key, place, kept in places:
-            state, owners = stored[key]
+        for step in places:
+            if isinstance(step, Withdrawn):
+                for state, _ in stored.values():
+                    withdraw(state, step)
+                continue
+            state, owners = stored[step.key]
             metrics.SLA_PLACE_EVENTS.labels(
                 "unregistered" if owners is None else "registered"
             ).inc()
-            raised = observe_place(state, kept, place, key, owners, self._rules, self._clock())
-            alerts.extend((f"place:{key}", alert) for alert in raised)
+            raised = observe_place(
+                state, step.entry, step.place, step.key, owners, self._rules, self._clock()
+            )
+            alerts.extend((f"place:{step.key}", alert) for alert in raised)
         await tx.save_places({key: state for key, (state, _) in stored.items()})
         return alerts
 
@@ -249,13 +269,14 @@ class SlaEngine:
         self,
         message: Any,
         persons: dict[str, tuple[PersonState, SlaState]],
-        places: list[PlaceEntry],
+        places: list[PlaceStep],
         *,
         alone: bool,
     ) -> list[tuple[str, AlertJson]] | None:
         """Apply one record to its person's states in `persons`; the alerts it raises, or None
-        if it was dead-lettered. A police callout or housing incident at a place is added to
-        `places`, to be counted there once the batch's persons are applied.
+        if it was dead-lettered. A police callout or housing incident at a place, or a
+        retraction, is added to `places`, to be counted (or withdrawn) there once the batch's
+        persons are applied.
 
         A record the engine cannot apply may have changed the person's state half-way, and
         states are changed in place (copying ~6 KB of state per record to undo it was a third
@@ -294,12 +315,7 @@ class SlaEngine:
                 forgotten = forget_settled(state, self._caps)
                 if forgotten:
                     metrics.SLA_PERSON_CAP.labels("settled_forgotten").inc(forgotten)
-                place = place_of(event)
-                if place is not None and self._place_secret is not None:
-                    routed = route(record, routing, self._policy, context.now)
-                    told = [delivery["recipient"]["org_id"] for delivery in routed.deliveries]
-                    key = place_key(place, self._place_secret)
-                    places.append((key, place, entry(event, told)))
+                places.extend(self._place_steps(event, record, routing, context.now))
         except Exception as error:  # a record the engine cannot apply is a dead letter
             if not alone:
                 raise RecordFailedError(type(error).__name__) from None
@@ -317,6 +333,22 @@ class SlaEngine:
             return None
         persons[subject_key] = (routing, state)
         return [(subject_key, alert) for alert in alerts]
+
+    def _place_steps(
+        self, event: Mapping[str, Any], record: Any, routing: PersonState, now: datetime
+    ) -> list[PlaceStep]:
+        """What `event` (JSON form; `record` its wire form) does at a place: counted there (with
+        the organisations routing delivered it to), withdrawn by a retraction, or nothing."""
+        if self._place_secret is None:
+            return []
+        if event.get("event_type") == RETRACTION:
+            return [Withdrawn(event["source"]["org_id"], event["payload"]["retracted_event_id"])]
+        place = place_of(event)
+        if place is None:
+            return []
+        routed = route(record, routing, self._policy, now)
+        told = [delivery["recipient"]["org_id"] for delivery in routed.deliveries]
+        return [Counted(place_key(place, self._place_secret), place, entry(event, told))]
 
     async def scan(self) -> int:
         """Breach every obligation past its deadline; the number of alert records published.

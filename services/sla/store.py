@@ -28,7 +28,6 @@ from carebus.runtime.config import Settings
 Persons = dict[str, tuple[PersonState, SlaState]]
 Place = tuple[str, int]  # topic, partition
 Places = dict[str, tuple[PlaceState, PlaceOwners | None]]  # by place key
-PlaceEntry = tuple[str, str, list[str]]  # place key, place, entry (carebus.domain.places)
 PROBE_TIMEOUT_S: Final = 2.0
 
 
@@ -60,6 +59,11 @@ class SlaTransaction(Protocol):
         ...
 
     async def save_places(self, places: Mapping[str, PlaceState]) -> None: ...
+
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        """The keys of the places whose stored count may hold one of these events (a
+        superset: the caller matches the sender too)."""
+        ...
 
 
 class SlaStore(Protocol):
@@ -196,6 +200,14 @@ class _PgTransaction:
         }
         return {key: (PlaceState.from_json(states.get(key)), known.get(key)) for key in place_keys}
 
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        # A retraction is rare and places with recent events are few: a scan of their text.
+        patterns = [f"%{_like(orjson.dumps(event_id).decode())}%" for event_id in event_ids]
+        rows = await self._conn.fetch(
+            "SELECT place_key FROM sla_places WHERE state::text LIKE ANY($1::text[])", patterns
+        )
+        return [row["place_key"] for row in rows]
+
     async def save_places(self, places: Mapping[str, PlaceState]) -> None:
         await self._conn.executemany(
             "INSERT INTO sla_places (place_key, state) VALUES ($1, $2::json) "
@@ -212,3 +224,8 @@ class _PgTransaction:
             limit,
         )
         return [row["subject_key"] for row in rows]
+
+
+def _like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern (backslash is LIKE's default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

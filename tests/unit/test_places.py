@@ -11,11 +11,13 @@ from carebus.domain import windows
 from carebus.domain.places import (
     PlaceOwners,
     PlaceState,
+    Withdrawn,
     countable,
     entry,
     observe_place,
     place_key,
     place_of,
+    withdraw,
 )
 from carebus.domain.records import AlertJson
 from carebus.domain.sla import RuleSet, parse_duration
@@ -232,3 +234,14 @@ def test_the_window_functions_are_the_persons_too(count: int) -> None:
     assert not windows.episode(entries, count, window, end, "2026-10-20T00:00:00Z")
     assert windows.episode(entries, count, window, end, "2026-10-01T00:00:00Z")
     assert windows.add(entries, list(entries[0]), window) is None
+
+
+def test_a_withdrawn_event_leaves_the_count_and_only_its_senders() -> None:
+    """A retraction takes its sender's event out; another sender's event of the same id stays,
+    and the place then needs a third event again."""
+    state = PlaceState()
+    feed(state, callouts("a", "b"))
+    assert not withdraw(state, Withdrawn(HOUSING, "police-1"))
+    assert withdraw(state, Withdrawn(POLICE, "police-1"))
+    assert [e[1] for e in state.windows[RULE]["events"]] == ["police-2"]
+    assert feed(state, callouts("a", "b", "c")[2:]) == []

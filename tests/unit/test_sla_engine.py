@@ -104,6 +104,13 @@ class FakeTransaction:
             for key in place_keys
         }
 
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        return [
+            key
+            for key, state in self._working.places.items()
+            if any(orjson.dumps(event_id) in state for event_id in event_ids)
+        ]
+
     async def save_places(self, places: Mapping[str, PlaceState]) -> None:
         for key, state in places.items():
             self._working.places[key] = orjson.dumps(state.to_json())
@@ -427,3 +434,30 @@ async def test_a_dead_lettered_callout_does_not_count_at_its_place() -> None:
     counted = [entry[1] for entry in stored.windows[PLACE_RULE]["events"]]
     assert counted == [event_id(records[0][0]), event_id(records[2][0])]
     assert len(engine.broker.letters()) == 1
+
+
+async def test_a_retracted_callout_no_longer_counts_at_its_place() -> None:
+    """The police retract a callout sent in error: it leaves the place's count, in the batch
+    that carries the retraction or a later one, so the next callout does not complete a
+    pattern it would have completed with it."""
+    engine = Engine()
+    nin = FACTORY.nin()
+    first = encoded("police_callout", nin=nin, housing_site_id="site-13")
+    records = [(first, subject_key(nin, SECRET).encode()), callout(2)]
+    await engine.feed(*(engine.message(value, key) for value, key in records))
+    wrong = FACTORY.event(
+        "retraction",
+        nin=nin,
+        agency="police",
+        occurred_at=NOW,
+        retracted_event_id=event_id(records[0][0]),
+        reason="sent_in_error",
+    )
+    parsed, problems = parse_event(wrong)
+    assert parsed is not None, problems
+    retraction = CODEC.encode_event(event_to_record(parsed, subject_key(nin, SECRET), NOW))
+    await engine.feed(engine.message(retraction, records[0][1]))
+    stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
+    assert [e[1] for e in stored.windows[PLACE_RULE]["events"]] == [event_id(records[1][0])]
+    await engine.feed(engine.message(*callout(3)))
+    assert [a for a in engine.publisher.alerts() if a["rule_id"] == PLACE_RULE] == []
