@@ -162,3 +162,39 @@ async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once
     assert mine[0].get("subject") is None  # the inbox leaves out a subject it has none of
     assert "person_url" not in mine[0]
     assert mine[0]["contact"] == {"agency": "housing", "org_id": ORGS["housing"]}
+
+
+async def test_a_retracted_callout_leaves_its_places_count(bus: Bus) -> None:
+    """The police retract a callout sent in error: the place's stored count no longer holds it
+    (the database finds the place by the event's id), and two more callouts make no pattern."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    key = place_key(f"site:{site}", bus.settings.subject_key_secret.get_secret_value().encode())
+    nin = random_nin(bus.rng)
+    wrong = await bus.publish(
+        "police", "police_callout", nin, {**callout(), "housing_site_id": site}
+    )
+    await bus.tracked(wrong)
+    retraction = await bus.publish(
+        "police", "retraction", nin, {"retracted_event_id": wrong, "reason": "sent_in_error"}
+    )
+    assert retraction
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        state = await bus.conn.fetchval("SELECT state FROM sla_places WHERE place_key = $1", key)
+        if state is not None and wrong not in state:
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError("the retracted callout is still counted at its place")
+    for _ in range(2):
+        more = await bus.publish(
+            "police", "police_callout", random_nin(bus.rng), {**callout(), "housing_site_id": site}
+        )
+    await bus.tracked(more)
+    await asyncio.sleep(1)
+    assert (
+        await bus.conn.fetchval(
+            "SELECT count(*) FROM alerts WHERE subject_key = $1", f"place:{key}"
+        )
+        == 0
+    )
