@@ -25,13 +25,14 @@ pytestmark = pytest.mark.integration
 
 RULE = "place.repeated_incidents"
 WAIT_S = 90.0
+OTHER_HOUSING = "987650001"
 
 
 @pytest.fixture(scope="module")
 def services(stack: TestStack) -> Iterator[dict[str, ServiceProcess]]:
     started = {
         name: stack.start_service(name)
-        for name in ("gateway", "registry", "sla", "alert_store", "inbox")
+        for name in ("gateway", "registry", "sla", "alert_store", "audit_store", "inbox")
     }
     yield started
     for service in reversed(list(started.values())):
@@ -55,6 +56,9 @@ async def bus(stack: TestStack, services: dict[str, ServiceProcess]) -> AsyncIte
         )
     tokens["operator"] = await create_token(
         conn, agency="operator", org_id=OPERATOR_ORG, role="operator"
+    )
+    tokens["other_housing_admin"] = await create_token(
+        conn, agency="housing", org_id=OTHER_HOUSING, role="admin"
     )
     bus = Bus(stack, tokens=tokens, conn=conn)
     warmup = await bus.publish("police", "police_callout", random_nin(bus.rng), callout())
@@ -109,9 +113,40 @@ async def test_a_housing_admin_records_only_its_own_places(bus: Bus) -> None:
     assert "housing_place.own" in refused.text
     refused = await record_place(bus, "nav_admin", site, ORGS["nav"])
     assert refused.status_code == 403, refused.text
+    deadline = time.monotonic() + WAIT_S
+    audited: list[asyncpg.Record] = []
+    while time.monotonic() < deadline and len(audited) < 2:
+        audited = await bus.conn.fetch(
+            "SELECT actor_org, statement, field FROM authority_refusals "
+            "WHERE rule_id = 'housing_place.own' AND actor_org = ANY($1::text[])",
+            [ORGS["housing"], ORGS["nav"]],
+        )
+        await asyncio.sleep(0.25)
+    assert {(r["actor_org"], r["statement"], r["field"]) for r in audited} >= {
+        (ORGS["housing"], "housing_place", "owner_org"),
+        (ORGS["nav"], "housing_place", "owner_org"),
+    }
     invalid = await record_place(bus, "operator", site, ORGS["nav"])
     assert invalid.status_code == 422, invalid.text
     assert "owner_org" in invalid.text
+
+
+async def test_a_place_moves_to_another_owner_only_by_the_operator(bus: Bus) -> None:
+    """Another housing organisation's admin cannot take over a recorded place (and so its
+    alerts); the operator can move it."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    first = await record_place(bus, "housing_admin", site, ORGS["housing"])
+    assert first.status_code == 201, first.text
+    taken = await record_place(bus, "other_housing_admin", site, OTHER_HOUSING)
+    assert taken.status_code == 403, taken.text
+    assert "housing_place.owned" in taken.text
+    owner = await bus.conn.fetchval(
+        "SELECT owner_org FROM housing_places WHERE place_key = $1", first.json()["place_key"]
+    )
+    assert owner == ORGS["housing"]
+    moved = await record_place(bus, "operator", site, OTHER_HOUSING)
+    assert moved.status_code == 201, moved.text
+    assert moved.json()["owner_org"] == OTHER_HOUSING
 
 
 async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once(
