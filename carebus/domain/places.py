@@ -174,7 +174,8 @@ def observe_place(
                     continue
                 episodes[org_id or "unassigned"] = stamp(moment)
                 contact = _contact(recipient, owners)
-                alert = _alert(rule, state.place, key, event, counted, recipient, contact, now)
+                text = summary(rule, state.place, counted, contact, named=recipient is not None)
+                alert = _alert(rule, key, event, counted, recipient, contact, now, text)
                 alert["rules_version"] = rules.version
                 alerts.append(alert)
     return alerts
@@ -241,13 +242,13 @@ def _contact(recipient: Organisation | None, owners: PlaceOwners | None) -> Orga
 
 def _alert(
     rule: Rule,
-    place: str,
     key: str,
     event: list[str],
     counted: Sequence[list[str]],
     recipient: Organisation | None,
     contact: Organisation | None,
     now: datetime,
+    text: str,
 ) -> AlertJson:
     at = stamp(now)
     trigger = {"event_id": event[1], "source": {"org_id": event[2]}}
@@ -266,17 +267,25 @@ def _alert(
         "deadline": None,
         "breached_at": at,
         "escalate_at": stamp(rule.escalation.after(now)),
-        "summary": summary(rule, place, counted, contact),
+        "summary": text,
         "event_ids": [kept[1] for kept in counted],
-        "rules_version": "",
+        "rules_version": "",  # the caller's rule set's
         "changed_at": at,
     }
 
 
 def summary(
-    rule: Rule, place: str, counted: Sequence[list[str]], contact: Organisation | None
+    rule: Rule,
+    place: str,
+    counted: Sequence[list[str]],
+    contact: Organisation | None,
+    *,
+    named: bool = True,
 ) -> str:
-    """What happened at the place and what the recipient can do, naming no person."""
+    """What happened at the place and what the recipient can do, naming no person. The
+    operator's queue (`named` false) is not told the place's name: a unit's id may be an
+    address, and the operator is no party to anyone's care; the reporting services can name
+    it from the event ids."""
     kind, _, name = place.partition(":")
     types = sorted({kept[_TYPE] for kept in counted})
     by_type = ", ".join(
@@ -284,14 +293,15 @@ def summary(
     )
     latest = max(parse_rfc3339(kept[0]) for kept in counted)
     window = rule.window.text if rule.window else ""
+    where = f"{_AT.get(kind, 'place')} {name}" if named else "a place"
     partner = (
         f"Agree on measures for the site with {contact['agency']} {contact['org_id']}"
         if contact
-        else "The site is not in the carebus register of housing places: record its owner "
-        "and municipality (POST /v1/housing-places) so both are told"
+        else "The place is not in the carebus register of housing places: have its owner "
+        "record it with its municipality (POST /v1/housing-places) so both are told"
     )
     return (
-        f"{len(counted)} events at {_AT.get(kind, 'place')} {name} within {window} "
+        f"{len(counted)} events at {where} within {window} "
         f"({by_type}), the latest at {latest.astimezone(OSLO).strftime('%Y-%m-%d %H:%M')} (Oslo). "
         f"No person is named here. {partner}; a person's own services are told of each event "
         "as routing allows, and the reporting services can say more where the person consents."

@@ -213,8 +213,11 @@ def test_an_unregistered_place_alerts_the_reporting_housing_organisations() -> N
 
 
 def test_an_unregistered_place_with_only_police_reports_goes_to_the_operator() -> None:
-    """No owner and no housing reporter: the unassigned queue."""
-    assert to(feed(PlaceState(), callouts("a", "b", "c"), owners=None)) == [None]
+    """No owner and no housing reporter: the unassigned queue, without the place's name."""
+    alerts = feed(PlaceState(), callouts("a", "b", "c"), owners=None)
+    assert to(alerts) == [None]
+    assert alerts[0]["summary"].startswith("3 events at a place within P30D")
+    assert "KH-1" not in alerts[0]["summary"]
 
 
 def test_events_out_of_order_count_once_the_window_holds_them() -> None:
