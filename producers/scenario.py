@@ -415,6 +415,10 @@ def main() -> None:
     print("what the demo municipality's coordinator sees in the inbox:")
     for journey in JOURNEYS:
         print(f"  person {journey.person}: {journey.shows}")
+    print(
+        f"  housing site site-{run}: one alert naming no one, three police callouts there"
+        " within a day (the housing organisation gets its own)"
+    )
     asyncio.run(show_event_store(stack.postgres, event_ids))
     asyncio.run(show_authority(stack, args.seed))
 
