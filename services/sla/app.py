@@ -5,7 +5,9 @@ One faust agent reads `care.events.v1`. For each record it locks the person's ro
 SLA state (`carebus.domain.obligations.observe`), publishes the Alert and Disclosure records that
 causes, and writes the new state, the person's rows of the deadline index and the record's
 offset in ONE transaction. A replayed record (offset at or below the stored one) is skipped,
-so the database sees every record once although faust delivers at least once.
+so the database sees every record once although faust delivers at least once. A police callout
+or housing incident is also counted at its place (`sla_places`, carebus.domain.places) in that
+transaction, so a place sees it once too.
 
 A timer scans the deadline index (`sla_deadlines`, ordered by deadline: never the persons'
 state) for obligations past their deadline and breaches them under the same row lock. Alerts
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -221,7 +224,8 @@ class SlaEngine:
                 if raised is not None:
                     applied += 1
                     alerts.extend(raised)
-            alerts.extend(await self._count_at_places(tx, places))
+            at_places, counted = await self._count_at_places(tx, places)
+            alerts.extend(at_places)
             await self._publish(alerts)
             await tx.save(persons)
             latest: dict[tuple[str, int], int] = {}
@@ -232,17 +236,21 @@ class SlaEngine:
         # Counted once committed: a batch that is rolled back and applied again counts once.
         metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
         metrics.SLA_EVENTS.labels("applied").inc(applied)
+        for registered, count in counted.items():
+            metrics.SLA_PLACE_EVENTS.labels(registered).inc(count)
         await self._dead_letters.acknowledged(timeout_s=30.0)
 
     async def _count_at_places(
         self, tx: SlaTransaction, places: Sequence[PlaceStep]
-    ) -> list[tuple[str, AlertJson]]:
+    ) -> tuple[list[tuple[str, AlertJson]], Counter[str]]:
         """Count the batch's events at their places and take retracted ones out, in record
         order and in the batch's transaction (so an event counts once however often it is
-        delivered); the alerts that raises, keyed by place. Place rows are locked after the
-        persons, in key order."""
+        delivered); the alerts that raises, keyed by place, and the events counted at
+        registered and unregistered places. Place rows are locked after the persons, in key
+        order."""
+        counted: Counter[str] = Counter()
         if not places:
-            return []
+            return [], counted
         keys = {step.key for step in places if isinstance(step, Counted)}
         retracted = [step.event_id for step in places if isinstance(step, Withdrawn)]
         if retracted:
@@ -255,15 +263,13 @@ class SlaEngine:
                     withdraw(state, step)
                 continue
             state, owners = stored[step.key]
-            metrics.SLA_PLACE_EVENTS.labels(
-                "unregistered" if owners is None else "registered"
-            ).inc()
+            counted["unregistered" if owners is None else "registered"] += 1
             raised = observe_place(
                 state, step.entry, step.place, step.key, owners, self._rules, self._clock()
             )
             alerts.extend((f"place:{step.key}", alert) for alert in raised)
         await tx.save_places({key: state for key, (state, _) in stored.items()})
-        return alerts
+        return alerts, counted
 
     def _apply(
         self,
