@@ -429,7 +429,10 @@ async def test_a_dead_lettered_callout_does_not_count_at_its_place() -> None:
     engine = Engine()
     records = [callout(number) for number in (1, 2, 3)]
     engine.store.refuse.add(records[1][1].decode())
+    before = metrics.SLA_PLACE_EVENTS.labels("unregistered")._value.get()
     await engine.feed(*(engine.message(value, key) for value, key in records))
+    # The refused batch was rolled back: only the two committed callouts are counted.
+    assert metrics.SLA_PLACE_EVENTS.labels("unregistered")._value.get() == before + 2
     stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
     counted = [entry[1] for entry in stored.windows[PLACE_RULE]["events"]]
     assert counted == [event_id(records[0][0]), event_id(records[2][0])]
