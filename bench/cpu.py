@@ -249,7 +249,7 @@ def _sla_cpu(engine: SlaEngine, records: list[tuple[bytes, bytes]]) -> tuple[flo
             if key in stored
         }
         for raw_key, value in chunk:
-            engine._apply(_message(raw_key, value), persons, alone=False)
+            engine._apply(_message(raw_key, value), persons, [], alone=False)
         for subject_key, (routing, state) in persons.items():
             state.deadlines()  # the index rows the engine writes
             stored[subject_key] = (orjson.dumps(state.to_json()), orjson.dumps(routing.to_json()))

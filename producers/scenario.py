@@ -297,6 +297,9 @@ def person_journeys(
                 "injuries": False,
                 "location_type": "home",
                 "housing_unit_id": f"unit-{person}-12",
+                # a, b and c live at one housing site: three callouts there within a day
+                # raise one place alert to its owner and one to the municipality.
+                "housing_site_id": f"site-{run}",
             },
         )
         event(
@@ -366,6 +369,15 @@ async def play(stack: Stack, run: str, seed: int) -> list[str]:
     then person a's contact persons; returns the accepted event ids."""
     accepted: list[str] = []
     journeys = person_journeys(stack.orgs, run, random.Random(seed))
+    place = {"housing_site_id": f"site-{run}", "owner_org": stack.orgs["housing"]}
+    place["municipality_org"] = stack.orgs["municipality"]
+    async with httpx.AsyncClient(timeout=30) as client:  # the persons' housing site
+        headers = {"Authorization": f"Bearer {stack.tokens['operator']}"}
+        response = await client.post(
+            f"{stack.registry}/v1/housing-places", json=place, headers=headers
+        )
+        if response.status_code != 201:
+            raise SystemExit(f"registry refused the housing place: {response.text}")
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=30) as client:
         for agency, body in journeys:
             headers = {"Authorization": f"Bearer {stack.tokens[agency]}"}
@@ -513,6 +525,10 @@ def main() -> None:
     print("what the demo municipality's coordinator sees in the inbox:")
     for journey in JOURNEYS:
         print(f"  person {journey.person}: {journey.shows}")
+    print(
+        f"  housing site site-{run}: one alert naming no one, three police callouts there"
+        " within a day (the housing organisation gets its own)"
+    )
     asyncio.run(show_event_store(stack.postgres, event_ids))
     asyncio.run(show_authority(stack, args.seed))
 

@@ -272,11 +272,15 @@ PAYLOAD_FIELDS: Final[Mapping[str, Mapping[str, FieldSpec]]] = {
         "injuries": _BOOL,
         "location_type": _enum(*LOCATION_TYPES),
         "housing_unit_id": FieldSpec("identifier", required=False),
+        # The housing site (a building or project of several units) the callout was to: the
+        # place whose pattern carebus.domain.places counts, the unit where it is left out.
+        "housing_site_id": _OPTIONAL_IDENTIFIER,
     },
     "housing_incident": {
         "kind": _enum(*HOUSING_INCIDENT_KINDS),
         "severity": _enum(*SEVERITIES),
         "housing_unit_id": _IDENTIFIER,
+        "housing_site_id": _OPTIONAL_IDENTIFIER,
     },
     "ip_update": {
         "plan_id": _IDENTIFIER,
@@ -403,8 +407,14 @@ EXAMPLE_PAYLOADS: Final[Mapping[str, Mapping[str, Any]]] = {
         "injuries": False,
         "location_type": "home",
         "housing_unit_id": "KB-0042",
+        "housing_site_id": "KB",
     },
-    "housing_incident": {"kind": "noise", "severity": "low", "housing_unit_id": "KB-0042"},
+    "housing_incident": {
+        "kind": "noise",
+        "severity": "low",
+        "housing_unit_id": "KB-0042",
+        "housing_site_id": "KB",
+    },
     "ip_update": {
         "plan_id": "IP-2026-17",
         "status": "active",

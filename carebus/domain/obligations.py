@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from carebus.domain import windows
 from carebus.domain.alerts import AlertContext, build_alerts, resolved
 from carebus.domain.events import BRUKERPLAN_DOMAINS, RETRACTION
 from carebus.domain.records import AlertJson, Obligation, Window
@@ -229,7 +230,7 @@ def withdraw(
             admission.pop("discharged_by", None)
     for window in state.windows.values():
         window["events"] = [
-            entry for entry in window["events"] if _entry_of(entry) != (target, source_org)
+            entry for entry in window["events"] if windows.entry_of(entry) != (target, source_org)
         ]
     if "brukerplan" in state.person:
         # Its scores go; an obligation a red score opened stands (like a later green score, a
@@ -256,16 +257,12 @@ def _read_the_admission(
     return rule is not None and any(name.startswith("admission.") for name in rule.when)
 
 
-def _entry_of(entry: list[str]) -> tuple[str, str | None]:
-    """A window entry's (event_id, sender): [occurred_at, event_id, source_org]; entries kept
-    before senders were recorded have two elements and no sender."""
-    return entry[1], entry[2] if len(entry) > 2 else None
-
-
 # --- steps ----------------------------------------------------------------------------------
 
 
 def _triggers(rule: Rule, event: Mapping[str, Any], state: SlaState) -> bool:
+    if rule.scope != "person":
+        return False  # counted per place (carebus.domain.places), not per person
     if rule.emergency:
         return bool(event.get("emergency"))
     if event.get("event_type") not in rule.event_types:
@@ -483,25 +480,17 @@ def _count(
 ) -> None:
     assert rule.window is not None
     window = state.windows.setdefault(rule.rule_id, {"events": [], "episode_at": None})
-    entries: list[list[str]] = window["events"]
-    sender = event["source"]["org_id"]
-    if any(_entry_of(entry) == (event["event_id"], sender) for entry in entries):
+    entry = [event["occurred_at"], event["event_id"], event["source"]["org_id"]]
+    entries = windows.add(window["events"], entry, rule.window)
+    if entries is None:
         return  # a replay
-    entries.append([event["occurred_at"], event["event_id"], sender])
-    entries.sort(key=lambda entry: parse_rfc3339(entry[0]))
+    window["events"] = entries
     occurred = parse_rfc3339(event["occurred_at"])
-    latest = max(parse_rfc3339(entry[0]) for entry in entries)
-    window_start = _minus(rule, latest)
-    window["events"] = [e for e in entries if parse_rfc3339(e[0]) > _minus(rule, window_start)]
-    start = _minus(rule, occurred)
-    inside = [e for e in window["events"] if start < parse_rfc3339(e[0]) <= occurred]
-    if len(inside) < rule.count:
-        return
-    episode_at = window.get("episode_at")
-    if episode_at is not None and occurred < rule.window.after(parse_rfc3339(episode_at)):
-        return  # one alert per episode
+    counted = windows.inside(entries, rule.window, occurred)
+    if not windows.episode(counted, rule.count, rule.window, occurred, window.get("episode_at")):
+        return  # too few, or within the last episode: one alert per episode
     window["episode_at"] = event["occurred_at"]
-    involved = [{"event_id": entry[1]} for entry in inside]
+    involved = [{"event_id": entry[1]} for entry in counted]
     alerts.extend(_raise(rule, event, involved, None, context))
 
 
@@ -526,13 +515,6 @@ def _raise_immediate(
         "alerts": raised,
     }
     alerts.extend(raised)
-
-
-def _minus(rule: Rule, moment: datetime) -> datetime:
-    """`moment` minus the rule's window (the calendar part approximated by 30-day months)."""
-    assert rule.window is not None
-    span = timedelta(days=rule.window.months * 30 + rule.window.days, seconds=rule.window.seconds)
-    return moment - span
 
 
 def _raise(

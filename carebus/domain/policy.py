@@ -108,7 +108,6 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
     "social": {
         "admission": ("housing_status",),
         "discharge_ready": ("housing_status",),
-        "housing_incident": ("kind", "severity", "housing_unit_id"),
         "prison_release": ("housing_status",),
         # The housing pathway: where a person lives, waits or is about to lose a home.
         "housing_waitlisted": ("application_id", "housing_kind", "position"),
@@ -119,9 +118,16 @@ _CEILING: Final[Mapping[str, Mapping[str, tuple[str, ...]]]] = {
         "brukerplan_assessment": tuple(
             d for d in BRUKERPLAN_DOMAINS if d not in BRUKERPLAN_HEALTH_DOMAINS
         ),
+        "housing_incident": ("kind", "severity", "housing_unit_id", "housing_site_id"),
     },
     "police": {
-        "police_callout": ("kind", "injuries", "location_type", "housing_unit_id"),
+        "police_callout": (
+            "kind",
+            "injuries",
+            "location_type",
+            "housing_unit_id",
+            "housing_site_id",
+        ),
     },
     # Every field of a release says the person was in prison.
     "justice": {

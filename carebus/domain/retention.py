@@ -30,6 +30,7 @@ PURGE_ORDER: Final = (
     "webhook_queue",
     "deliveries",
     "alerts",
+    "sla_places",
     "accepted_events",
     "events",
     "disclosure_lookups",

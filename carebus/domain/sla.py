@@ -49,6 +49,10 @@ ROLES: Final = (
     "gp",
     "unassigned",
 )
+# Whom a rule counted per place (`scope: place`) alerts: the place's owner (a housing
+# organisation) and its municipality, as the registry's housing_places records them.
+PLACE_ROLES: Final = ("housing_owner", "place_municipality", "unassigned")
+SCOPES: Final = ("person", "place")
 AUDIENCES: Final = ("coordinator", "privacy_officer")
 CONTACTS: Final = ("source", "home_municipality")
 # `link: subject`: the linked event is any other event of the same person (the trigger's
@@ -167,6 +171,9 @@ class Rule:
     # One obligation per identity, ever (as long as it is remembered): a later trigger with the
     # identity of a settled or breached one opens none (the first somatic check of a plan).
     once: bool = False
+    # What a window rule counts over: one person's events, or the events at one place
+    # (carebus.domain.places).
+    scope: str = "person"
 
     def condition_fields(self) -> tuple[str, ...]:
         """Payload fields the trigger condition reads (`admission.x` reads the admission's x,

@@ -269,6 +269,13 @@ SLA_EVENTS: Final = Counter(
     "Records the SLA engine read, by outcome (applied, replayed, dead_lettered).",
     ["outcome"],
 )
+SLA_PLACE_EVENTS: Final = Counter(
+    "carebus_sla_place_events_total",
+    "Police callouts and housing incidents the SLA engine counted at their place, by whether "
+    "the registry records the place's owner and municipality (registered, unregistered: its "
+    "alerts go to the reporting housing organisations or the operator's queue).",
+    ["place"],
+)
 
 
 # Load shedding (docs/reliability.md, "Load shedding"): labels are service, route and error type

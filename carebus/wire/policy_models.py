@@ -287,8 +287,9 @@ def _duration(value: object) -> sla.Duration:
 
 
 def _role(value: str) -> str:
-    if value not in sla.ROLES:
-        raise refused(f"unknown role {value!r} (one of {', '.join(sla.ROLES)})")
+    if value not in (*sla.ROLES, *sla.PLACE_ROLES):
+        roles = dict.fromkeys((*sla.ROLES, *sla.PLACE_ROLES))
+        raise refused(f"unknown role {value!r} (one of {', '.join(roles)})")
     return value
 
 
@@ -498,6 +499,20 @@ class SlaRule(_FileModel):
             raise refused("only a deadline rule opens its obligation once per identity")
         return once
 
+    scope: Annotated[str, _sla_one_of(sla.SCOPES)] = "person"
+
+    @model_validator(mode="after")
+    def _scoped(self) -> SlaRule:
+        roles = {role for chain in self.recipients for role in chain}
+        if self.scope == "place":
+            if self.kind != "window":
+                raise refused("scope: only window rules count per place")
+            if not roles <= set(sla.PLACE_ROLES):
+                raise refused(f"recipients: a place rule alerts {', '.join(sla.PLACE_ROLES)}")
+        elif not roles <= set(sla.ROLES):
+            raise refused(f"recipients: {', '.join(sla.PLACE_ROLES[:2])} are roles of place rules")
+        return self
+
     @field_validator("group")
     @classmethod
     def _grouped(cls, group: str | None, info: ValidationInfo) -> str | None:
@@ -579,6 +594,7 @@ class SlaRule(_FileModel):
             group=self.group,
             why=self.why.strip() if self.why else None,
             once=self.once,
+            scope=self.scope,
         )
 
 

@@ -39,7 +39,7 @@ from carebus.wire.outbound import Format
 from carebus.wire.policy_files import load_authority
 from carebus.wire.requests import RequestBody, parse, request_body
 from carebus.wire.sealing import KeyWrap
-from services.registry import erasure
+from services.registry import erasure, places
 from services.registry.history import (
     ChangeNotPublishedError,
     ConsentSupersededError,
@@ -56,6 +56,7 @@ from services.registry.requests import (
     ErasureRequest,
     GpListEntry,
     HomeMunicipalityEntry,
+    HousingPlaceEntry,
     OrganisationEntry,
     Realm,
     Role,
@@ -77,6 +78,8 @@ CONSENT_ROLES: Final = (*CHANGE_ROLES, "patient")
 WEBHOOK_ROLES: Final = ("system", "admin", "operator")
 # An agency's admin issues tokens for its own organisation; the operator for any.
 TOKEN_ROLES: Final = ("admin", "operator")
+# A housing organisation's admin records its own housing places; the operator any.
+PLACE_ROLES: Final = ("admin", "operator")
 RETRY_AFTER_S: Final = "5"
 # The contact roles only one agency's staff hold: the DPS's forløpskoordinator, the GP.
 _ROLE_AGENCY: Final = {"pathway_coordinator": "dps", "gp": "fastlege"}
@@ -113,6 +116,14 @@ class ChangeRecorded(BaseModel):
 
 class ContactRecorded(BaseModel):
     contact_id: str
+
+
+class HousingPlaceRecorded(BaseModel):
+    place_key: str = Field(
+        description="the place's pseudonym: place alerts carry it as subject_key place:<key>"
+    )
+    owner_org: str
+    municipality_org: str
 
 
 class ErasureRecorded(BaseModel):
@@ -186,6 +197,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.refusals = RefusalLog(publisher, codec, authority.version)
         app.state.operator = OperatorActions(pool, publisher, codec)
+        app.state.secret = secret
         relay = asyncio.create_task(outbox.run_relay(settings.outbox_relay_interval_s))
         try:
             yield
@@ -203,6 +215,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     recorder = principal_dependency(*CHANGE_ROLES)
     consent_recorder = principal_dependency(*CONSENT_ROLES)
     webhook_owner = principal_dependency(*WEBHOOK_ROLES)
+    place_recorder = principal_dependency(*PLACE_ROLES)
 
     @app.post("/v1/tokens", status_code=201, response_model=TokenCreated)
     async def post_token(
@@ -352,6 +365,55 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         GP then has a relation to the person; it is not added to the care team."""
         return await _register(
             request, principal, body.nin, "gp", "fastlege", body.org_id, "org_id"
+        )
+
+    @app.post(
+        "/v1/housing-places",
+        status_code=201,
+        response_model=HousingPlaceRecorded,
+        responses=error_responses(403, 422),
+    )
+    async def post_housing_place(
+        body: HousingPlaceEntry, request: Request, principal: Principal = Depends(place_recorder)
+    ) -> HousingPlaceRecorded:
+        """Record a housing site (or a unit outside any site) with the housing organisation
+        that owns or runs it and its municipality: both get the alerts about patterns at the
+        place (policy/sla.yaml, place.repeated_incidents). A housing organisation's admin
+        records its own places; only the operator records any, or moves a place to another
+        owner. Only the place's key is kept, never the site id."""
+        if not principal.is_operator and (principal.agency, principal.org_id) != (
+            "housing",
+            body.owner_org,
+        ):
+            raise await _refused(request, principal, "housing_place", places.OWN_PLACES)
+        try:
+            recorded = await places.record(
+                request.app.state.pool,
+                request.app.state.secret,
+                body.place(),
+                body.owner_org,
+                body.municipality_org,
+                principal.org_id,
+                may_move=principal.is_operator,
+            )
+        except places.UnknownOrganisationError as error:
+            raise ApiError(
+                422, "the housing place is invalid", [(error.field, error.problem)]
+            ) from error
+        except places.OwnedByAnotherError:
+            raise await _refused(
+                request, principal, "housing_place", places.OWNED_BY_ANOTHER
+            ) from None
+        operator: OperatorActions = request.app.state.operator
+        for org_id, agency in (
+            (body.owner_org, "housing"),
+            (body.municipality_org, "municipality"),
+        ):
+            await operator.touched(principal, "housing_place_recorded", org_id, agency)
+        return HousingPlaceRecorded(
+            place_key=recorded.place_key,
+            owner_org=recorded.owner_org,
+            municipality_org=recorded.municipality_org,
         )
 
     # Consents, care-team changes and webhooks read their own bodies (`_body`): after the

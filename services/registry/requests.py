@@ -294,6 +294,38 @@ class GpListEntry(RequestBody):
     org_id: OrgId | None
 
 
+Identifier = Annotated[str, identifier()]
+
+
+class HousingPlaceEntry(RequestBody):
+    """A housing place: a site (or, for a unit outside any site, the unit) as events name it,
+    the housing organisation that owns or runs it and the municipality it lies in."""
+
+    noun = "a housing place"
+
+    housing_site_id: Identifier | None = None
+    housing_unit_id: Identifier | None = Field(default=None, validate_default=True)
+    owner_org: OrgId
+    municipality_org: OrgId
+
+    @field_validator("housing_unit_id")
+    @classmethod
+    def _one_place(cls, unit: str | None, info: ValidationInfo) -> str | None:
+        # housing_site_id comes first; absent from info.data when it was refused.
+        site = info.data.get("housing_site_id")
+        if unit is not None and site is not None:
+            raise refused("give housing_site_id or housing_unit_id, not both")
+        if unit is None and site is None and "housing_site_id" in info.data:
+            raise refused("required when housing_site_id is not given")
+        return unit
+
+    def place(self) -> str:
+        """The place as carebus.domain.places.place_of names it."""
+        if self.housing_site_id is not None:
+            return f"site:{self.housing_site_id}"
+        return f"unit:{self.housing_unit_id}"
+
+
 class ErasureRequest(RequestBody):
     """A person's erasure on a lawful request: whom, and the request it answers."""
 

@@ -5,7 +5,9 @@ One faust agent reads `care.events.v1`. For each record it locks the person's ro
 SLA state (`carebus.domain.obligations.observe`), publishes the Alert and Disclosure records that
 causes, and writes the new state, the person's rows of the deadline index and the record's
 offset in ONE transaction. A replayed record (offset at or below the stored one) is skipped,
-so the database sees every record once although faust delivers at least once.
+so the database sees every record once although faust delivers at least once. A police callout
+or housing incident is also counted at its place (`sla_places`, carebus.domain.places) in that
+transaction, so a place sees it once too.
 
 A timer scans the deadline index (`sla_deadlines`, ordered by deadline: never the persons'
 state) for obligations past their deadline and breaches them under the same row lock. Alerts
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -34,8 +37,18 @@ from carebus.adapters.publisher import OutgoingRecord, Publisher, RecordPublishe
 from carebus.adapters.resources import broker_answers
 from carebus.adapters.streams import batch_agent, stream_app
 from carebus.domain.alerts import AlertContext
-from carebus.domain.events import record_to_json
+from carebus.domain.events import RETRACTION, record_to_json
 from carebus.domain.obligations import SlaState, breach_due, observe
+from carebus.domain.places import (
+    Counted,
+    PlaceStep,
+    Withdrawn,
+    entry,
+    observe_place,
+    place_key,
+    place_of,
+    withdraw,
+)
 from carebus.domain.policy import Policy
 from carebus.domain.records import (
     ALERT,
@@ -45,7 +58,7 @@ from carebus.domain.records import (
     Alert,
     AlertJson,
 )
-from carebus.domain.routing import PersonState, apply
+from carebus.domain.routing import PersonState, apply, route
 from carebus.domain.sla import RuleSet, parse_rfc3339
 from carebus.domain.sla_limits import (
     DEFAULT_CAPS,
@@ -64,7 +77,7 @@ from carebus.wire import topics
 from carebus.wire.codec import Codec, DecodeError
 from carebus.wire.policy_files import load_policy, load_rules
 
-from .store import PgSlaStore, SlaStore
+from .store import PgSlaStore, SlaStore, SlaTransaction
 
 log = get_logger(__name__)
 
@@ -97,6 +110,7 @@ def create_app(settings: Settings, readiness: Readiness) -> faust.App:
         store=store,
         publisher=Publisher.connect(settings, "carebus-sla"),
         dead_letters=DeadLetterPolicy(letters, codec, consumer="sla"),
+        place_secret=settings.subject_key_secret.get_secret_value().encode(),
     )
     readiness.add("broker", lambda: broker_answers(letters))
     readiness.add("database", store.answers)
@@ -142,8 +156,11 @@ class SlaEngine:
         dead_letters: DeadLetterPolicy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         caps: PersonCaps = DEFAULT_CAPS,
+        place_secret: bytes | None = None,
     ) -> None:
         self._rules = rules
+        # Place keys are HMACs under the subject-key secret; without it places are not counted.
+        self._place_secret = place_secret
         self._caps = caps
         self._policy = policy
         self._codec = codec
@@ -153,6 +170,8 @@ class SlaEngine:
         self._clock = clock
         for rule in rules.rules:  # every series from the start, so increase() sees the first one
             metrics.SLA_BREACHES.labels(rule.rule_id)
+        for place in ("registered", "unregistered"):
+            metrics.SLA_PLACE_EVENTS.labels(place)
 
     async def handle_batch(self, batch: Sequence[EventT[bytes]]) -> None:
         """Apply a batch of records; never raises, so the agent never stops.
@@ -198,12 +217,15 @@ class SlaEngine:
             ]
             persons = await tx.load(sorted({_text(m.key) for m in fresh}))
             alerts: list[tuple[str, AlertJson]] = []
+            places: list[PlaceStep] = []
             applied = 0
             for message in fresh:
-                raised = self._apply(message, persons, alone=len(messages) == 1)
+                raised = self._apply(message, persons, places, alone=len(messages) == 1)
                 if raised is not None:
                     applied += 1
                     alerts.extend(raised)
+            at_places, counted = await self._count_at_places(tx, places)
+            alerts.extend(at_places)
             await self._publish(alerts)
             await tx.save(persons)
             latest: dict[tuple[str, int], int] = {}
@@ -214,13 +236,53 @@ class SlaEngine:
         # Counted once committed: a batch that is rolled back and applied again counts once.
         metrics.SLA_EVENTS.labels("replayed").inc(len(messages) - len(fresh))
         metrics.SLA_EVENTS.labels("applied").inc(applied)
+        for registered, count in counted.items():
+            metrics.SLA_PLACE_EVENTS.labels(registered).inc(count)
         await self._dead_letters.acknowledged(timeout_s=30.0)
 
+    async def _count_at_places(
+        self, tx: SlaTransaction, places: Sequence[PlaceStep]
+    ) -> tuple[list[tuple[str, AlertJson]], Counter[str]]:
+        """Count the batch's events at their places and take retracted ones out, in record
+        order and in the batch's transaction (so an event counts once however often it is
+        delivered); the alerts that raises, keyed by place, and the events counted at
+        registered and unregistered places. Place rows are locked after the persons, in key
+        order."""
+        counted: Counter[str] = Counter()
+        if not places:
+            return [], counted
+        keys = {step.key for step in places if isinstance(step, Counted)}
+        retracted = [step.event_id for step in places if isinstance(step, Withdrawn)]
+        if retracted:
+            keys.update(await tx.places_counting(retracted))
+        stored = await tx.load_places(sorted(keys))
+        alerts: list[tuple[str, AlertJson]] = []
+        for step in places:
+            if isinstance(step, Withdrawn):
+                for state, _ in stored.values():
+                    withdraw(state, step)
+                continue
+            state, owners = stored[step.key]
+            counted["unregistered" if owners is None else "registered"] += 1
+            raised = observe_place(
+                state, step.entry, step.place, step.key, owners, self._rules, self._clock()
+            )
+            alerts.extend((f"place:{step.key}", alert) for alert in raised)
+        await tx.save_places({key: state for key, (state, _) in stored.items()})
+        return alerts, counted
+
     def _apply(
-        self, message: Any, persons: dict[str, tuple[PersonState, SlaState]], *, alone: bool
+        self,
+        message: Any,
+        persons: dict[str, tuple[PersonState, SlaState]],
+        places: list[PlaceStep],
+        *,
+        alone: bool,
     ) -> list[tuple[str, AlertJson]] | None:
         """Apply one record to its person's states in `persons`; the alerts it raises, or None
-        if it was dead-lettered.
+        if it was dead-lettered. A police callout or housing incident at a place, or a
+        retraction, is added to `places`, to be counted (or withdrawn) there once the batch's
+        persons are applied.
 
         A record the engine cannot apply may have changed the person's state half-way, and
         states are changed in place (copying ~6 KB of state per record to undo it was a third
@@ -249,7 +311,8 @@ class SlaEngine:
             ):
                 context = self._context(routing)
                 before = sizes(state)
-                alerts = observe(state, record_to_json(record), self._rules, context)
+                event = record_to_json(record)
+                alerts = observe(state, event, self._rules, context)
                 # The person's state is bounded (carebus.domain.sla_limits): a record that
                 # would grow it past a cap is dead-lettered below, naming the cap.
                 cap = exceeded(before, sizes(state), self._caps)
@@ -258,6 +321,7 @@ class SlaEngine:
                 forgotten = forget_settled(state, self._caps)
                 if forgotten:
                     metrics.SLA_PERSON_CAP.labels("settled_forgotten").inc(forgotten)
+                places.extend(self._place_steps(event, record, routing, context.now))
         except Exception as error:  # a record the engine cannot apply is a dead letter
             if not alone:
                 raise RecordFailedError(type(error).__name__) from None
@@ -275,6 +339,22 @@ class SlaEngine:
             return None
         persons[subject_key] = (routing, state)
         return [(subject_key, alert) for alert in alerts]
+
+    def _place_steps(
+        self, event: Mapping[str, Any], record: Any, routing: PersonState, now: datetime
+    ) -> list[PlaceStep]:
+        """What `event` (JSON form; `record` its wire form) does at a place: counted there (with
+        the organisations routing delivered it to), withdrawn by a retraction, or nothing."""
+        if self._place_secret is None:
+            return []
+        if event.get("event_type") == RETRACTION:
+            return [Withdrawn(event["source"]["org_id"], event["payload"]["retracted_event_id"])]
+        place = place_of(event)
+        if place is None:
+            return []
+        routed = route(record, routing, self._policy, now)
+        told = [delivery["recipient"]["org_id"] for delivery in routed.deliveries]
+        return [Counted(place_key(place, self._place_secret), place, entry(event, told))]
 
     async def scan(self) -> int:
         """Breach every obligation past its deadline; the number of alert records published.

@@ -21,11 +21,13 @@ import orjson
 from carebus.adapters.auth import Connection
 from carebus.adapters.db import create_pool
 from carebus.domain.obligations import SlaState
+from carebus.domain.places import PlaceOwners, PlaceState
 from carebus.domain.routing import PersonState
 from carebus.runtime.config import Settings
 
 Persons = dict[str, tuple[PersonState, SlaState]]
 Place = tuple[str, int]  # topic, partition
+Places = dict[str, tuple[PlaceState, PlaceOwners | None]]  # by place key
 PROBE_TIMEOUT_S: Final = 2.0
 
 
@@ -49,6 +51,18 @@ class SlaTransaction(Protocol):
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         """Up to `limit` persons with an obligation due at `now`, earliest deadline first."""
+        ...
+
+    async def load_places(self, place_keys: Sequence[str]) -> Places:
+        """Every one of these places' state (a new one where none is stored), locked, with
+        its owners as the registry records them (None: not registered)."""
+        ...
+
+    async def save_places(self, places: Mapping[str, PlaceState]) -> None: ...
+
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        """The keys of the places whose stored count may hold one of these events (a
+        superset: the caller matches the sender too)."""
         ...
 
 
@@ -167,6 +181,41 @@ class _PgTransaction:
                 rows,
             )
 
+    async def load_places(self, place_keys: Sequence[str]) -> Places:
+        # Locked in key order, after the persons (services/sla/app.py): no deadlock.
+        rows = await self._conn.fetch(
+            "SELECT place_key, state FROM sla_places WHERE place_key = ANY($1::text[]) "
+            "ORDER BY place_key FOR UPDATE",
+            sorted(place_keys),
+        )
+        states = {row["place_key"]: orjson.loads(row["state"]) for row in rows}
+        owners = await self._conn.fetch(
+            "SELECT place_key, owner_org, municipality_org FROM housing_places "
+            "WHERE place_key = ANY($1::text[])",
+            sorted(place_keys),
+        )
+        known = {
+            row["place_key"]: PlaceOwners(row["owner_org"], row["municipality_org"])
+            for row in owners
+        }
+        return {key: (PlaceState.from_json(states.get(key)), known.get(key)) for key in place_keys}
+
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        # A retraction is rare and places with recent events are few: a scan of their text.
+        patterns = [f"%{_like(orjson.dumps(event_id).decode())}%" for event_id in event_ids]
+        rows = await self._conn.fetch(
+            "SELECT place_key FROM sla_places WHERE state::text LIKE ANY($1::text[])", patterns
+        )
+        return [row["place_key"] for row in rows]
+
+    async def save_places(self, places: Mapping[str, PlaceState]) -> None:
+        await self._conn.executemany(
+            "INSERT INTO sla_places (place_key, state) VALUES ($1, $2::json) "
+            "ON CONFLICT (place_key) DO UPDATE SET state = EXCLUDED.state, "
+            "updated_at = clock_timestamp()",
+            [(key, orjson.dumps(state.to_json()).decode()) for key, state in places.items()],
+        )
+
     async def due(self, now: datetime, limit: int) -> list[str]:
         rows = await self._conn.fetch(
             "SELECT subject_key FROM sla_deadlines WHERE deadline <= $1 "
@@ -175,3 +224,8 @@ class _PgTransaction:
             limit,
         )
         return [row["subject_key"] for row in rows]
+
+
+def _like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern (backslash is LIKE's default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -113,6 +113,34 @@ async def test_the_webhooks_role_cannot_read_the_events(stack: TestStack) -> Non
         await conn.close()
 
 
+async def test_only_the_registry_writes_housing_places_and_only_the_sla_engine_counts(
+    stack: TestStack,
+) -> None:
+    """Who gets a place's alerts is the registry's to record (migration 0025): the SLA engine
+    reads the housing places but cannot change them; the registry cannot read the counts, which
+    hold subject keys; no other service sees either."""
+    sla = await connect_as(stack, "sla")
+    registry = await connect_as(stack, "registry")
+    inbox = await connect_as(stack, "inbox")
+    try:
+        await sla.fetchval("SELECT count(*) FROM housing_places")
+        await sla.fetchval("SELECT count(*) FROM sla_places")
+        await registry.fetchval("SELECT count(*) FROM housing_places")
+        denied = [
+            (sla, "INSERT INTO housing_places VALUES ('" + "0" * 64 + "', '1', '2', 'x')"),
+            (sla, "UPDATE housing_places SET owner_org = owner_org"),
+            (registry, "SELECT count(*) FROM sla_places"),
+            (inbox, "SELECT count(*) FROM housing_places"),
+            (inbox, "SELECT count(*) FROM sla_places"),
+        ]
+        for conn, statement in denied:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        for conn in (sla, registry, inbox):
+            await conn.close()
+
+
 async def test_the_audit_api_sees_who_sent_events_but_never_their_payloads(
     stack: TestStack,
 ) -> None:

@@ -262,7 +262,11 @@ def test_up_with_prometheus_exports_every_metric_and_traces_a_demo_event(
     #    own recipient as the contact, no two read alike, and the dangerous transitions the demo
     #    plays are not silent (a risk notice for each risk discharge, the breach it shows).
     with psycopg.connect(settings.postgres_dsn) as conn:
-        wanted = {"followup_notice.discharge": 2, "municipal_reply.discharge_ready": 1}
+        wanted = {
+            "followup_notice.discharge": 2,
+            "municipal_reply.discharge_ready": 1,
+            "place.repeated_incidents": 2,  # persons a, b, c's housing site
+        }
         deadline = time.monotonic() + 60
         while True:
             alerts = conn.execute(

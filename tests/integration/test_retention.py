@@ -335,6 +335,14 @@ async def replaced_and_ended_contacts(conn: asyncpg.Connection, key: str, at: da
     return 4
 
 
+async def place(conn: asyncpg.Connection, key: str, at: datetime) -> int:
+    """A place whose last event was counted at `at` (the key stands in for a place key)."""
+    await conn.execute(
+        "INSERT INTO sla_places (place_key, state, updated_at) VALUES ($1, '{}', $2)", key, at
+    )
+    return 1
+
+
 # store -> (insert, the column a row's test key is in, rows of the key that must stay anyway)
 TABLES: dict[str, tuple[Insert, str, int]] = {
     "person_sign_ins": (sign_in, "state", 0),
@@ -344,6 +352,7 @@ TABLES: dict[str, tuple[Insert, str, int]] = {
     "webhook_queue": (webhook, "subject_key", 0),
     "deliveries": (delivery, "subject_key", 0),
     "alerts": (alert, "subject_key", 0),
+    "sla_places": (place, "place_key", 0),
     "accepted_events": (accepted, "subject_key", 0),
     "events": (event, "subject_key", 0),
     "retractions": (retraction, "subject_key", 0),

@@ -477,6 +477,18 @@ INVALID: list[tuple[str, object, str, str]] = [
         "must not contain a national identity number",
     ),
     (
+        "site-id-nin",
+        with_payload("police_callout", housing_site_id=f"site-{NIN}"),
+        "payload.housing_site_id",
+        "must not contain a national identity number",
+    ),
+    (
+        "site-id-control",
+        with_payload("housing_incident", housing_site_id="KH\u00001"),
+        "payload.housing_site_id",
+        events.CONTROL_PROBLEM,
+    ),
+    (
         "crisis-plan-reviewed-at",
         with_payload("ip_update", crisis_plan_reviewed_at="last week"),
         "payload.crisis_plan_reviewed_at",

@@ -114,12 +114,14 @@ DESIGN_FIELD_MAP: dict[str, set[str]] = {
         "brukerplan_assessment.finances",
         "brukerplan_assessment.social_functioning",
         "brukerplan_assessment.network",
+        "housing_incident.housing_site_id",
     },
     "police": {
         "police_callout.kind",
         "police_callout.injuries",
         "police_callout.location_type",
         "police_callout.housing_unit_id",
+        "police_callout.housing_site_id",
     },
     "justice": {
         "prison_release.release_at",

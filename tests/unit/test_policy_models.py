@@ -202,8 +202,21 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
             sla_rule(recipients=["source", ["coordinator", "nurse"]]),
             "recipients[1][1]: unknown role 'nurse' "
             "(one of source, coordinator, municipal_coordinator, pathway_coordinator, "
-            "home_municipality, gp, unassigned)",
+            "home_municipality, gp, unassigned, housing_owner, place_municipality)",
         ),
+        (
+            sla_rule(scope="place"),
+            "scope: only window rules count per place",
+        ),
+        (
+            sla_rule(kind="window", count=3, window="P30D", scope="place"),
+            "recipients: a place rule alerts housing_owner, place_municipality, unassigned",
+        ),
+        (
+            sla_rule(recipients=[["housing_owner"]]),
+            "recipients: housing_owner, place_municipality are roles of place rules",
+        ),
+        (sla_rule(scope="street"), "scope: must be one of person, place"),
         (
             sla_rule(recipients=...),
             "recipients: required (a list of fallback chains such as [[coordinator, unassigned]])",

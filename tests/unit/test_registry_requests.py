@@ -31,6 +31,7 @@ from services.registry.requests import (
     ConsentRequest,
     GpListEntry,
     HomeMunicipalityEntry,
+    HousingPlaceEntry,
     OrganisationEntry,
     Realm,
     TokenRequest,
@@ -47,6 +48,7 @@ CONTACT = {
     "name": "Kari Nordmann",
     "status": "active",
 }
+CONTROL = "must not contain control or format characters (Unicode Cc, Cf, Cs, Zl, Zp)"
 
 
 @pytest.mark.parametrize(
@@ -119,6 +121,18 @@ CONTACT = {
         (CareTeamContactRequest, {k: v for k, v in CONTACT.items() if k != "name"}, [
             ("name", "is required")
         ]),
+        (HousingPlaceEntry, {"owner_org": ORG, "municipality_org": ORG}, [
+            ("housing_unit_id", "required when housing_site_id is not given")
+        ]),
+        (HousingPlaceEntry, {
+            "housing_site_id": "KH", "housing_unit_id": "KH-1", "owner_org": ORG,
+            "municipality_org": ORG,
+        }, [("housing_unit_id", "give housing_site_id or housing_unit_id, not both")]),
+        (HousingPlaceEntry, {"housing_site_id": "KH\n1", "owner_org": "1"}, [
+            ("housing_site_id", CONTROL),
+            ("owner_org", "must be a 9-digit organisation number"),
+            ("municipality_org", "is required"),
+        ]),
     ],
 )  # fmt: skip
 def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
@@ -138,6 +152,8 @@ def test_each_body_is_refused_naming_the_field_in_the_contracts_words(
         (OrganisationEntry, {"org_id": ORG, "agency": "nav", "name": "NAV", "her_id": "1"}),
         (HomeMunicipalityEntry, {"nin": NIN, "home_municipality_org": None}),
         (GpListEntry, {"nin": NIN, "org_id": "912345675"}),
+        (HousingPlaceEntry, {"housing_site_id": "KH", "owner_org": ORG, "municipality_org": ORG}),
+        (HousingPlaceEntry, {"housing_unit_id": "KB-1", "owner_org": ORG, "municipality_org": ORG}),
         (WebhookRequest, {"url": "http://127.0.0.1:9/hook", "org_id": None}),
         (CareTeamContactRequest, CONTACT),
         (CareTeamContactRequest, {**CONTACT, "role": "gp", "hpr_number": "123456789",
@@ -376,3 +392,16 @@ def test_a_contact_persons_name_and_phone_are_not_in_its_repr() -> None:
     assert parsed is not None
     assert "Kari" not in repr(parsed.contact())
     assert parsed.contact().name == "Kari Nordmann"
+
+
+def test_a_housing_place_is_named_as_the_place_engine_names_it() -> None:
+    """`site:<id>` for a site, `unit:<id>` for a unit: the key the SLA engine computes."""
+    site, _ = parse(
+        HousingPlaceEntry, {"housing_site_id": "KH", "owner_org": ORG, "municipality_org": ORG}
+    )
+    unit, _ = parse(
+        HousingPlaceEntry, {"housing_unit_id": "KB-1", "owner_org": ORG, "municipality_org": ORG}
+    )
+    assert isinstance(site, HousingPlaceEntry)
+    assert isinstance(unit, HousingPlaceEntry)
+    assert (site.place(), unit.place()) == ("site:KH", "unit:KB-1")

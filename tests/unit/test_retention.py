@@ -35,7 +35,14 @@ from carebus.wire.retention_config import (
 MIGRATIONS = PROJECT_ROOT / "infra" / "postgres" / "migrations" / "versions"
 # Tables without personal data: the directory of organisations, webhook registrations (an
 # organisation's URL and sealed secret), the SLA engine's offsets, the retention rules.
-NO_PERSONAL_DATA = {"organisations", "webhooks", "sla_offsets", "retention_rules"}
+# housing_places: place keys (pseudonyms of housing sites) and organisation numbers only.
+NO_PERSONAL_DATA = {
+    "organisations",
+    "webhooks",
+    "sla_offsets",
+    "retention_rules",
+    "housing_places",
+}
 
 
 def migration(name: str) -> ModuleType:
@@ -87,6 +94,7 @@ def test_the_files_minimums_are_the_migrations_floors() -> None:
         **migration("retention").RULES,
         **migration("retraction_marks").RULE_CHANGES,
         **migration("care_team_contacts").RULE_CHANGES,
+        **migration("places").RULES,
     }
     inventory = load_inventory()
     purged = {store.name: store for store in inventory.purged()}

@@ -111,6 +111,7 @@ TYPE_CATEGORY_OF_FIELD = {
     ("housing_incident", "kind"): "social",
     ("housing_incident", "severity"): "social",
     ("housing_incident", "housing_unit_id"): "social",
+    ("housing_incident", "housing_site_id"): "social",
     ("police_callout", "kind"): "police",
     ("police_callout", "injuries"): "police",
     ("police_callout", "location_type"): "police",
@@ -137,6 +138,7 @@ TYPE_CATEGORY_OF_FIELD = {
     ("brukerplan_assessment", "physical_health"): "health",
     ("brukerplan_assessment", "mental_health"): "health",
     ("brukerplan_assessment", "substance_use"): "health",
+    ("police_callout", "housing_site_id"): "police",
 }
 FACT_CATEGORY = {
     "police_callout": "police",

@@ -25,8 +25,10 @@ from carebus.adapters.publisher import Acknowledged, BrokerUnavailableError, Out
 from carebus.domain.events import event_to_record, parse_event
 from carebus.domain.identity import subject_key
 from carebus.domain.obligations import SlaState
+from carebus.domain.places import PlaceOwners, PlaceState, place_key
 from carebus.domain.records import ALERT
 from carebus.domain.routing import PersonState
+from carebus.runtime import metrics
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.runtime.retry import RetryPolicy
 from carebus.wire import topics
@@ -35,7 +37,7 @@ from carebus.wire.policy_files import load_policy, load_rules
 from carebus_dev.testing import EventFactory
 from services.sla import app as sla_app
 from services.sla.app import SlaEngine
-from services.sla.store import Persons, Place
+from services.sla.store import Persons, Place, Places
 
 CODEC = Codec.default()
 SECRET = "unit-test-secret"
@@ -50,12 +52,14 @@ class Stored:
     persons: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # routing, state JSON
     offsets: dict[Place, int] = field(default_factory=dict)
     deadlines: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    places: dict[str, bytes] = field(default_factory=dict)  # place key -> state JSON
 
     def copy(self) -> Stored:
         return Stored(
             dict(self.persons),
             dict(self.offsets),
             {key: dict(rows) for key, rows in self.deadlines.items()},
+            dict(self.places),
         )
 
 
@@ -91,6 +95,26 @@ class FakeTransaction:
             )
             self._working.deadlines[key] = state.deadlines()
 
+    async def load_places(self, place_keys: Sequence[str]) -> Places:
+        return {
+            key: (
+                PlaceState.from_json(orjson.loads(self._working.places.get(key, b"{}"))),
+                self._store.owners.get(key),
+            )
+            for key in place_keys
+        }
+
+    async def places_counting(self, event_ids: Sequence[str]) -> list[str]:
+        return [
+            key
+            for key, state in self._working.places.items()
+            if any(orjson.dumps(event_id) in state for event_id in event_ids)
+        ]
+
+    async def save_places(self, places: Mapping[str, PlaceState]) -> None:
+        for key, state in places.items():
+            self._working.places[key] = orjson.dumps(state.to_json())
+
     async def due(self, now: datetime, limit: int) -> list[str]:
         first = {
             key: min(rows.values())
@@ -109,6 +133,7 @@ class FakeSlaStore:
         self.refuse: set[str] = set()
         self.outages = 0
         self.loads: list[list[str]] = []
+        self.owners: dict[str, PlaceOwners] = {}  # the registry's housing places
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[FakeTransaction]:
@@ -192,6 +217,7 @@ class Engine:
             publisher=self.publisher,
             dead_letters=DeadLetterPolicy(self.broker, CODEC, "sla"),
             clock=lambda: self.now,
+            place_secret=SECRET.encode(),
         )
         self.offset = 0
 
@@ -341,3 +367,100 @@ async def test_alerts_are_out_before_the_state_that_raised_them_is_saved() -> No
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
     assert all(r.key == KEY.encode() for r in world.publisher.published)
     assert {CODEC.decode(r.value).schema_name for r in world.publisher.published} == {ALERT}
+
+
+PLACE = place_key("site:site-13", SECRET.encode())
+PLACE_RULE = "place.repeated_incidents"
+
+
+def callout(number: int) -> Any:
+    nin = FACTORY.nin()
+    return encoded(
+        "police_callout",
+        at=NOW + timedelta(minutes=number),
+        nin=nin,
+        housing_site_id="site-13",
+    ), subject_key(nin, SECRET).encode()
+
+
+async def test_callouts_of_three_persons_at_one_site_raise_one_alert_per_recipient() -> None:
+    """Three persons' callouts at one registered site: one alert to its owner and one to its
+    municipality, keyed by the place and naming no one; the state is saved per place."""
+    engine = Engine()
+    engine.store.owners[PLACE] = PlaceOwners("922222222", "940493021")
+    counted = metrics.SLA_PLACE_EVENTS.labels("registered")._value.get()
+    records = [callout(number) for number in (1, 2, 3)]
+    for value, key in records:
+        await engine.feed(engine.message(value, key))
+    published = [
+        (r.key, CODEC.decode(r.value).record)
+        for r in engine.publisher.published
+        if r.topic == topics.ALERTS
+    ]
+    places = [(key, alert) for key, alert in published if alert["rule_id"] == PLACE_RULE]
+    assert [alert["recipient"]["org_id"] for _, alert in places] == ["922222222", "940493021"]
+    assert {key for key, _ in places} == {f"place:{PLACE}".encode()}
+    assert all(alert["subject"] is None for _, alert in places)
+    stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
+    assert len(stored.windows[PLACE_RULE]["events"]) == 3
+    assert "site-13" not in PLACE
+    assert metrics.SLA_PLACE_EVENTS.labels("registered")._value.get() == counted + 3
+
+
+async def test_a_redelivered_callout_counts_once_at_its_place() -> None:
+    """At-least-once: the same records again (offsets at or below the stored one) change
+    neither the place's count nor raise its alert twice."""
+    engine = Engine()
+    messages = [engine.message(*callout(number)) for number in (1, 2)]
+    await engine.feed(*messages)
+    await engine.feed(*messages)
+    stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
+    assert len(stored.windows[PLACE_RULE]["events"]) == 2
+    await engine.feed(engine.message(*callout(3)))
+    await engine.feed(*messages)
+    place_alerts = [a for a in engine.publisher.alerts() if a["rule_id"] == PLACE_RULE]
+    # Unregistered, reported by the police only: the operator's queue, once.
+    assert [a["recipient"] for a in place_alerts] == [None]
+
+
+async def test_a_dead_lettered_callout_does_not_count_at_its_place() -> None:
+    """A batch the database refuses is applied again record by record: the refused person's
+    callout is dead-lettered and not counted; the others count once each."""
+    engine = Engine()
+    records = [callout(number) for number in (1, 2, 3)]
+    engine.store.refuse.add(records[1][1].decode())
+    before = metrics.SLA_PLACE_EVENTS.labels("unregistered")._value.get()
+    await engine.feed(*(engine.message(value, key) for value, key in records))
+    # The refused batch was rolled back: only the two committed callouts are counted.
+    assert metrics.SLA_PLACE_EVENTS.labels("unregistered")._value.get() == before + 2
+    stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
+    counted = [entry[1] for entry in stored.windows[PLACE_RULE]["events"]]
+    assert counted == [event_id(records[0][0]), event_id(records[2][0])]
+    assert len(engine.broker.letters()) == 1
+
+
+async def test_a_retracted_callout_no_longer_counts_at_its_place() -> None:
+    """The police retract a callout sent in error: it leaves the place's count, in the batch
+    that carries the retraction or a later one, so the next callout does not complete a
+    pattern it would have completed with it."""
+    engine = Engine()
+    nin = FACTORY.nin()
+    first = encoded("police_callout", nin=nin, housing_site_id="site-13")
+    records = [(first, subject_key(nin, SECRET).encode()), callout(2)]
+    await engine.feed(*(engine.message(value, key) for value, key in records))
+    wrong = FACTORY.event(
+        "retraction",
+        nin=nin,
+        agency="police",
+        occurred_at=NOW,
+        retracted_event_id=event_id(records[0][0]),
+        reason="sent_in_error",
+    )
+    parsed, problems = parse_event(wrong)
+    assert parsed is not None, problems
+    retraction = CODEC.encode_event(event_to_record(parsed, subject_key(nin, SECRET), NOW))
+    await engine.feed(engine.message(retraction, records[0][1]))
+    stored = PlaceState.from_json(orjson.loads(engine.store.committed.places[PLACE]))
+    assert [e[1] for e in stored.windows[PLACE_RULE]["events"]] == [event_id(records[1][0])]
+    await engine.feed(engine.message(*callout(3)))
+    assert [a for a in engine.publisher.alerts() if a["rule_id"] == PLACE_RULE] == []
