@@ -104,7 +104,8 @@ JOURNEYS: tuple[Journey, ...] = (
         followed_up=False,
         municipality_replies=True,
         shows="an open notice: discharged after a possible suicide attempt, the follow-up "
-        "time sent on its own, no follow-up contact yet",
+        "time sent on its own, no follow-up contact yet; a stay at a low-threshold place ended "
+        "by the admission, and rent arrears reported: a follow-up owed within seven days",
     ),
     Journey(
         person="c",
@@ -267,6 +268,16 @@ def person_journeys(
                     "with_org": municipality,
                 },
             )
+        if journey.housing == "unstable":
+            # Before the admission the person stayed at a low-threshold place, left for the
+            # ward (the three-month obligation closes); the landlord of the flat they rent now
+            # reports rent arrears: the municipality owes a follow-up within seven days.
+            earlier = {"stay_id": f"LT-{run}-{person}", "housing_kind": "low_threshold"}
+            event("municipality", 16, "temporary_housing_started", at(0.01), earlier)
+            ended = {"stay_id": f"LT-{run}-{person}", "outcome": "institution"}
+            event("municipality", 17, "temporary_housing_ended", at(0.02), ended)
+            at_risk = {"cause": "rent_arrears", "housing_unit_id": f"unit-{person}-12"}
+            event("housing", 18, "tenancy_at_risk", at(0.9), at_risk)
         if journey.destination == "homeless":
             stay = {"stay_id": f"TB-{run}-{person}", "housing_kind": "emergency_shelter"}
             event("municipality", 14, "temporary_housing_started", at(0.75), stay)

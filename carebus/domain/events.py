@@ -99,7 +99,16 @@ ADMISSION_REASONS: Final = (
 )
 ADMISSION_KINDS: Final = ("voluntary", "involuntary", "unknown")
 HOUSING_STATUSES: Final = ("stable", "unstable", "homeless", "unknown")
-DESTINATIONS: Final = ("home", "municipal_housing", "institution", "homeless", "unknown")
+# temporary_housing (issue 17, item 2): an emergency shelter, a low-threshold place, a hotel or
+# campsite the municipality arranged; a housing obligation opens as for homelessness.
+DESTINATIONS: Final = (
+    "home",
+    "municipal_housing",
+    "institution",
+    "homeless",
+    "temporary_housing",
+    "unknown",
+)
 POLICE_CALLOUT_KINDS: Final = (
     "violence",
     "threats",

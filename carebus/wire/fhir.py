@@ -131,7 +131,14 @@ _DISPOSITION_KIND: Final[Mapping[str, str]] = {
 # carebus's own code system: its codes are the contract's destinations, for what HL7's codes
 # cannot say (municipal housing, no home).
 CAREBUS_DESTINATION_SYSTEM: Final = "https://carebus.no/fhir/CodeSystem/discharge-destination"
-_CAREBUS_DESTINATIONS: Final = ("home", "municipal_housing", "institution", "homeless", "unknown")
+_CAREBUS_DESTINATIONS: Final = (
+    "home",
+    "municipal_housing",
+    "institution",
+    "homeless",
+    "temporary_housing",
+    "unknown",
+)
 
 # Deeper than any Encounter, Patient or Bundle a sender writes, and shallow enough that
 # fhir.resources' recursive validation never meets Python's recursion limit.

@@ -114,6 +114,7 @@ DISPOSITION_OF_DESTINATION: Final[Mapping[str, str]] = {
     "municipal_housing": "home",
     "institution": "other-hcf",
     "homeless": "oth",
+    "temporary_housing": "oth",
 }
 
 # An involuntary admission (tvungent psykisk helsevern) is not elective: ACUTE. A voluntary or

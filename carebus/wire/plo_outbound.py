@@ -103,6 +103,7 @@ _DESTINATION_TEXT: Final = {
     "municipal_housing": "kommunal bolig",
     "institution": "institusjon",
     "homeless": "uten fast bopel",
+    "temporary_housing": "midlertidig bolig",
     "unknown": "ukjent",
 }
 # The admissions the parliamentary proposal asks the municipality to be warned of at discharge.
@@ -220,6 +221,8 @@ def remarks(event_type: str, payload: Mapping[str, Any]) -> str:
         parts.append(f"Bosituasjon: {_HOUSING[housing]}")
     if event_type == "discharge" and payload.get("destination") == "homeless":
         parts.append("OBS: utskrevet uten fast bopel")
+    if event_type == "discharge" and payload.get("destination") == "temporary_housing":
+        parts.append("OBS: utskrevet til midlertidig bolig")
     if payload.get("needs_municipal_services") is True:
         parts.append("Trenger kommunale tjenester")
     if "crisis_plan" in payload:

@@ -187,10 +187,22 @@ class PersonTimeline(BaseModel):
         " staff each named for the person ({position, name, role, hpr_number, phone}),"
         " accountable first."
     )
+    plan: dict[str, object] | None = Field(
+        default=None,
+        description="{plan_id, status, coordinator, next_review_at, crisis_plan: {exists, id,"
+        " owner, reviewed_at}, event_id, occurred_at}: the latest individual plan the caller's"
+        " organisation was delivered or sent, only the fields it was given; null if none.",
+    )
     obligations: list[dict[str, str | None]] = Field(
         description="{rule_id, title, deadline, status}: owed obligations (open or breached)"
         " whose trigger the caller's organisation sent or was delivered; the rule's neutral"
         " title where it may not read what the rule's condition reads."
+    )
+    brukerplan: dict[str, object] | None = Field(
+        default=None,
+        description="{event_id, assessed_at, scores: {domain: green|yellow|red}}: the latest"
+        " Brukerplan assessment, the domains the caller's organisation was given of it (health"
+        " domains to health services in the care team only); null if it was told of none.",
     )
     events: dict[str, object] = Field(
         description="{items, next}: the caller's deliveries about the person (`direction`"
@@ -419,6 +431,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 items=found.items,
                 next_cursor=found.next.encode() if found.next else None,
                 contacts=found.contacts,
+                latest_plan=found.plan,
             )
         )
 

@@ -17,7 +17,7 @@ import asyncpg
 from carebus.domain.alerts import may_read_condition
 from carebus.domain.obligations import SlaState
 from carebus.domain.routing import PersonState
-from carebus.domain.sla import RuleSet, parse_rfc3339
+from carebus.domain.sla import RuleSet, latest_brukerplan, parse_rfc3339
 from services.inbox.alerts import CONTACT_ROLES, ContactPerson
 
 # A stored row as asyncpg returns it, or any mapping with the same keys (tests).
@@ -128,6 +128,7 @@ def obligations(
             trigger,
             org_id,
             lambda event: seen.get((event["source"]["org_id"], event["event_id"])),
+            state.person,
         )
         owed.append(
             {
@@ -143,6 +144,53 @@ def obligations(
 def _by_deadline(obligation: Mapping[str, Any]) -> tuple[bool, Any, str]:
     deadline = obligation["deadline"]
     return (deadline is None, parse_rfc3339(deadline) if deadline else None, obligation["rule_id"])
+
+
+def brukerplan(
+    state: SlaState, org_id: str, seen: Mapping[tuple[str, str], frozenset[str]]
+) -> dict[str, Any] | None:
+    """The person's latest Brukerplan scores (issue 17, item 8), the domains the caller's
+    organisation was given of that assessment (all if it made it); None when it was told of
+    none. Its health domains reach health services in the care team only (routing.yaml)."""
+    latest = latest_brukerplan(state.person)
+    if latest is None:
+        return None
+    key = (latest["source_org"], latest["event_id"])
+    if latest["source_org"] != org_id and key not in seen:
+        return None
+    shown = set(latest["scores"]) if latest["source_org"] == org_id else set(seen[key])
+    scores = {
+        domain: score
+        for domain, score in latest["scores"].items()
+        if domain in shown and score is not None
+    }
+    return {"event_id": latest["event_id"], "assessed_at": latest["occurred_at"], "scores": scores}
+
+
+# What the view shows of the latest individual plan the caller holds, as it was given it.
+_PLAN_FIELDS: Final = ("plan_id", "status", "coordinator", "next_review_at")
+_CRISIS_PLAN_FIELDS: Final = {
+    "crisis_plan": "exists",
+    "crisis_plan_id": "id",
+    "crisis_plan_owner": "owner",
+    "crisis_plan_reviewed_at": "reviewed_at",
+}
+
+
+def plan(item: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The latest individual plan the caller was delivered or sent (a timeline item of type
+    ip_update), with its crisis plan as a shared reference (id, owner, last reviewed): only the
+    fields that item holds, so nothing routing kept from the caller."""
+    if item is None:
+        return None
+    payload = item.get("payload") or {}
+    shown: dict[str, Any] = {name: payload[name] for name in _PLAN_FIELDS if name in payload}
+    crisis = {key: payload[name] for name, key in _CRISIS_PLAN_FIELDS.items() if name in payload}
+    if crisis:
+        shown["crisis_plan"] = crisis
+    shown["event_id"] = item.get("event_id")
+    shown["occurred_at"] = item.get("occurred_at")
+    return shown
 
 
 def received_item(delivery: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,12 +243,15 @@ def view(
     items: Sequence[Mapping[str, Any]],
     next_cursor: str | None,
     contacts: Mapping[str, Sequence[ContactPerson]] | None = None,
+    latest_plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The timeline's JSON for a caller with a relation to the person."""
     return {
         "subject": dict(subject) if subject is not None else None,
         "relations": relations(routing, org_id),
         "care_team": care_team(routing, agency, org_id, contacts),
+        "plan": plan(latest_plan),
         "obligations": obligations(state, rules, org_id, seen),
+        "brukerplan": brukerplan(state, org_id, seen),
         "events": {"items": [dict(item) for item in items], "next": next_cursor},
     }

@@ -53,6 +53,20 @@ _TIMELINE: Final = """
     ORDER BY occurred_at DESC, key COLLATE "C" DESC
     LIMIT $5
 """
+# The latest individual plan the caller was delivered or sent, for the view's `plan`.
+_PLAN: Final = """
+    SELECT direction, key, occurred_at, event_id, event_type, body FROM (
+        SELECT 'received' AS direction, 'd:' || delivery_id AS key, occurred_at, event_id,
+               event_type, body::text AS body
+        FROM deliveries
+        WHERE recipient_org = $1 AND subject_key = $2 AND event_type = 'ip_update'
+        UNION ALL
+        SELECT 'sent', 'e:' || event_id, occurred_at, event_id, event_type, payload::text
+        FROM events WHERE source_org = $1 AND subject_key = $2 AND event_type = 'ip_update'
+    ) AS plans
+    ORDER BY occurred_at DESC, key COLLATE "C" DESC
+    LIMIT 1
+"""
 # The newest delivery to the caller names the person as it was told of them.
 _NIN: Final = """
     SELECT body -> 'subject' ->> 'nin' FROM deliveries
@@ -93,6 +107,8 @@ class Timeline:
     next: Cursor | None
     # org_id -> the contact persons it named for the person (active ones, names opened).
     contacts: dict[str, list[ContactPerson]]
+    # The latest individual plan the caller holds, as a timeline item (None: it holds none).
+    plan: dict[str, Any] | None = None
 
 
 class PersonStore:
@@ -132,6 +148,7 @@ class PersonStore:
                 limit + 1,  # one more than asked tells whether another page follows
             )
             sealed_nin = await conn.fetchval(_NIN, looker.org_id, subject_key)
+            plan_row = await conn.fetchrow(_PLAN, looker.org_id, subject_key)
             keys = await person_keys.keyring(conn, self._wrap, [subject_key])
             contacts = await current_contacts(
                 conn, [(subject_key, member) for member in sorted(person.routing.team)], keys
@@ -159,6 +176,7 @@ class PersonStore:
             items=[_item(row, subject_key, keys) for row in page],
             next=cursor,
             contacts={org: found for (_, org), found in contacts.items()},
+            plan=None if plan_row is None else _item(plan_row, subject_key, keys),
         )
 
 

@@ -72,7 +72,21 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
     key = subject_key(nin, stack.settings.subject_key_secret.get_secret_value())
     now = datetime.now(UTC).replace(microsecond=0)
     admitted, discharged = f"dps-e2e-{uuid.uuid4().hex[:12]}", f"dps-e2e-{uuid.uuid4().hex[:12]}"
+    plan = f"dps-e2e-{uuid.uuid4().hex[:12]}"
     deliveries = [
+        delivery(
+            nin,
+            plan,
+            "ip_update",
+            now - timedelta(hours=6),
+            {
+                "plan_id": "IP-E2E",
+                "status": "active",
+                "crisis_plan": True,
+                "crisis_plan_id": "KP-E2E",
+                "crisis_plan_owner": {"agency": "dps", "org_id": DPS},
+            },
+        ),
         delivery(
             nin,
             admitted,
@@ -116,7 +130,18 @@ async def person(stack: TestStack, db: asyncpg.Connection) -> Person:
                 "breached_at": None,
                 "alerts": [],
             }
-        }
+        },
+        # The municipality's own Brukerplan assessment, as the engine keeps it.
+        person={
+            "brukerplan": [
+                {
+                    "event_id": f"muni-e2e-{uuid.uuid4().hex[:12]}",
+                    "source_org": DEMO_MUNICIPALITY,
+                    "occurred_at": rfc3339(now - timedelta(days=30)),
+                    "scores": {"housing": "red", "network": "green"},
+                }
+            ]
+        },
     )
     await db.execute(
         "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, $2::json, $3::json)",
@@ -245,10 +270,19 @@ def test_an_alert_leads_to_the_persons_view(
     assert (owed["title"], owed["rule_id"], owed["status"]) == (RULE.title, RULE.rule_id, "open")
     assert person.deadline.astimezone(OSLO).strftime("%H:%M") in owed["deadline"], owed
     events = cells(browser, "events")
-    assert [(e["event_id"], e["direction"]) for e in events] == [
+    assert [(e["event_id"], e["direction"]) for e in events][:2] == [
         (person.discharged, "received"),
         (person.admitted, "received"),
     ]
+    assert len(events) == 3  # and the plan, oldest
+    # The plan with its crisis plan as a shared reference, and the Brukerplan scores.
+    plan = page.element("#plan").text
+    assert "IP-E2E" in plan
+    assert "KP-E2E" in plan
+    assert f"dps {DPS}" in plan
+    scores = page.element("#brukerplan").text
+    assert "housing" in scores
+    assert "red" in scores
     assert "reason: overdose" in events[1]["payload"]
     assert not page.element("#error").is_displayed(), page.diagnostics()
     assert page.csp_violations() == [], "the page broke its own CSP"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from carebus.adapters.auth import create_token, hash_token
-from carebus.domain.events import rfc3339
+from carebus.domain.events import EXAMPLE_PAYLOADS, rfc3339
 from carebus.domain.identity import random_nin, subject_key
 from carebus.wire.policy_files import load_rules
 from carebus_dev.stack.devdata import OPERATOR_ORG
@@ -147,7 +147,15 @@ async def test_the_home_municipalitys_coordinator_sees_the_person(
     assert response.status_code == 200, response.text
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"subject", "relations", "care_team", "obligations", "events"}
+    assert set(body) == {
+        "subject",
+        "relations",
+        "care_team",
+        "plan",
+        "obligations",
+        "brukerplan",
+        "events",
+    }
     assert body["subject"] == {"nin": person.nin}
     assert body["relations"] == ["care_team", "home_municipality"]
     assert body["care_team"][0] == {
@@ -344,3 +352,58 @@ async def test_a_dps_with_an_open_admission_sees_the_events_it_sent(
     ]
     assert body["events"]["items"][0]["payload"]["reason"] == "psychosis"
     assert body["subject"] == {"nin": person.nin}
+
+
+async def test_the_plan_and_brukerplan_as_far_as_the_caller_was_given_them(
+    stack: TestStack, bus: Bus, inbox: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The municipality's individual plan with its crisis plan as a shared reference (id, owner,
+    last reviewed) and its Brukerplan scores (issue 17, items 4 and 8) show to its coordinator;
+    NAV in the team without consent is told of neither and sees neither."""
+    nin = random_nin(bus.rng)
+    await bus.member(nin, "municipality", "coordinator")
+    await bus.member(nin, "nav", "participant")
+    now = datetime.now(UTC)
+    payload = dict(EXAMPLE_PAYLOADS["ip_update"])
+    payload["coordinator"] = {"agency": "municipality", "org_id": ORGS["municipality"]}
+    payload["participants"] = [{"agency": "nav", "org_id": ORGS["nav"]}]
+    payload["crisis_plan_owner"] = {"agency": "municipality", "org_id": ORGS["municipality"]}
+    plan = await bus.publish(
+        "municipality", "ip_update", nin, payload, occurred_at=rfc3339(now - timedelta(hours=2))
+    )
+    assessment = await bus.publish(
+        "municipality",
+        "brukerplan_assessment",
+        nin,
+        dict(EXAMPLE_PAYLOADS["brukerplan_assessment"]),
+        occurred_at=rfc3339(now - timedelta(hours=1)),
+    )
+    key = subject_key(nin, stack.settings.subject_key_secret.get_secret_value())
+
+    async def kept() -> list[dict[str, Any]]:
+        rows = await db.fetch(
+            "SELECT 1 FROM sla_persons WHERE subject_key = $1 AND state::text LIKE $2",
+            key,
+            f"%{assessment}%",
+        )
+        stored = await db.fetch("SELECT 1 FROM events WHERE event_id = $1", plan)
+        return [dict(row) for row in rows] if stored else []
+
+    await at_least(kept, 1, timeout_s=60)
+    coordinator = await token(db, "municipality", ORGS["municipality"], "coordinator")
+    body = (await inbox.get(path(key), headers=auth(coordinator))).json()
+    assert body["plan"]["plan_id"] == payload["plan_id"]
+    assert body["plan"]["event_id"] == plan
+    assert body["plan"]["crisis_plan"] == {
+        "exists": True,
+        "id": payload["crisis_plan_id"],
+        "owner": payload["crisis_plan_owner"],
+        "reviewed_at": body["plan"]["crisis_plan"]["reviewed_at"],
+    }
+    assert body["brukerplan"]["event_id"] == assessment
+    assert body["brukerplan"]["scores"]["housing"] == "red"
+    assert body["brukerplan"]["scores"]["substance_use"] == "red"
+    nav = await token(db, "nav", ORGS["nav"], "coordinator")
+    seen_by_nav = (await inbox.get(path(key), headers=auth(nav))).json()
+    assert seen_by_nav["brukerplan"] is None
+    assert seen_by_nav["plan"] is None or "crisis_plan" not in seen_by_nav["plan"]

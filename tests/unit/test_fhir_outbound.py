@@ -389,7 +389,8 @@ def test_a_discharge_carries_how_it_ended_whom_to_contact_and_the_crisis_plan() 
 
 
 @pytest.mark.parametrize(
-    "destination", ["home", "municipal_housing", "institution", "homeless", "unknown"]
+    "destination",
+    ["home", "municipal_housing", "institution", "homeless", "temporary_housing", "unknown"],
 )
 def test_a_discharge_reads_back_with_its_destination_and_its_admission(destination: str) -> None:
     """The inbound mapping reads a discharge of the same person and time, to the same
@@ -611,7 +612,7 @@ DISCHARGE_VALUES = st.fixed_dictionaries(
     {
         "admission_event_id": st.just("dps-admission-1"),
         "destination": st.sampled_from(
-            ["home", "municipal_housing", "institution", "homeless", "unknown"]
+            ["home", "municipal_housing", "institution", "homeless", "temporary_housing", "unknown"]
         ),
         "followup_at": st.just("2026-12-12T10:00:00+01:00"),
         "crisis_plan": st.booleans(),

@@ -15,9 +15,11 @@ from carebus.wire.policy_files import load_rules
 from carebus.wire.sealing import DataKey, Keyring, new_data_key, seal
 from services.inbox.alerts import ContactPerson
 from services.inbox.person import (
+    brukerplan,
     care_team,
     first_sealed_nin,
     obligations,
+    plan,
     received_item,
     relations,
     seen_events,
@@ -282,6 +284,81 @@ def test_the_view_has_exactly_the_documented_keys() -> None:
         "subject": {"nin": "12345678901"},
         "relations": ["care_team"],
         "care_team": [{"agency": "nav", "org_id": NAV, "role": "participant", "contacts": []}],
+        "plan": None,
         "obligations": [],
+        "brukerplan": None,
         "events": {"items": [], "next": None},
     }
+
+
+SCORES = {
+    "housing": "red",
+    "meaningful_activity": "yellow",
+    "finances": "red",
+    "physical_health": "yellow",
+    "mental_health": "yellow",
+    "substance_use": "red",
+    "social_functioning": "yellow",
+    "network": "green",
+}
+
+
+def assessed(event_id: str, at: str) -> dict[str, Any]:
+    return {"event_id": event_id, "source_org": HOME, "occurred_at": at, "scores": dict(SCORES)}
+
+
+def test_brukerplan_shows_the_latest_assessment_as_far_as_the_caller_was_given_it() -> None:
+    """The municipality that made it sees every score; a DPS the domains delivered to it; an
+    organisation never told of the assessment sees none (issue 17, item 8)."""
+    state = SlaState()
+    state.person["brukerplan"] = [
+        assessed("bp-old", "2025-11-01T10:00:00Z"),
+        {**assessed("bp-new", "2026-11-01T10:00:00Z"), "scores": {**SCORES, "housing": "green"}},
+    ]
+    own = brukerplan(state, HOME, {})
+    assert own is not None
+    assert own["event_id"] == "bp-new"
+    assert own["assessed_at"] == "2026-11-01T10:00:00Z"
+    assert own["scores"]["housing"] == "green"
+    assert set(own["scores"]) == set(SCORES)
+    told = {(HOME, "bp-new"): frozenset({"housing", "network", "assessment_year"})}
+    dps = brukerplan(state, DPS, told)
+    assert dps is not None
+    assert dps["scores"] == {"housing": "green", "network": "green"}
+    assert brukerplan(state, NAV, {}) is None
+    assert brukerplan(state, DPS, {(HOME, "bp-old"): frozenset(SCORES)}) is None
+    assert brukerplan(SlaState(), HOME, {}) is None
+
+
+def test_the_plan_is_the_latest_ip_update_as_the_caller_holds_it() -> None:
+    """Only the fields of the item the caller was delivered or sent; the crisis plan as a shared
+    reference (id, owner, last reviewed) under `crisis_plan`."""
+    item = received_item(
+        {
+            "delivery_id": "d-1",
+            "event_id": "muni-ip-1",
+            "event_type": "ip_update",
+            "occurred_at": "2026-12-01T10:00:00Z",
+            "payload": {
+                "plan_id": "IP-1",
+                "status": "active",
+                "next_review_at": "2027-03-01T10:00:00Z",
+                "crisis_plan": True,
+                "crisis_plan_id": "KP-1",
+                "crisis_plan_owner": {"agency": "dps", "org_id": DPS},
+            },
+        }
+    )
+    shown = plan(item)
+    assert shown == {
+        "plan_id": "IP-1",
+        "status": "active",
+        "next_review_at": "2027-03-01T10:00:00Z",
+        "crisis_plan": {"exists": True, "id": "KP-1", "owner": {"agency": "dps", "org_id": DPS}},
+        "event_id": "muni-ip-1",
+        "occurred_at": "2026-12-01T10:00:00Z",
+    }
+    bare = plan({"event_id": "x", "occurred_at": "t", "payload": {"plan_id": "IP-1"}})
+    assert bare is not None
+    assert "crisis_plan" not in bare
+    assert plan(None) is None

@@ -115,6 +115,9 @@ def test_the_dangerous_transitions_are_spelled_out_in_the_remark() -> None:
     assert "Avdeling: Akuttpost Øya" in admission
     discharge = rendered("discharge").decode()
     assert "OBS: utskrevet uten fast bopel" in discharge
+    temporary = rendered("discharge", payload={"destination": "temporary_housing"}).decode()
+    assert "OBS: utskrevet til midlertidig bolig" in temporary
+    assert "OBS: utskrevet uten fast bopel" not in temporary
     assert "Kriseplan: nei" in discharge
     assert "Oppfølging: 2026-12-09T09:00:00" in discharge
     suicide = rendered("admission", payload={"reason": "suicide_attempt"}).decode()
@@ -202,7 +205,14 @@ _TEXT = st.text(
             "needs_municipal_services": st.booleans(),
             "ward": _TEXT,
             "destination": st.sampled_from(
-                ["home", "municipal_housing", "institution", "homeless", "unknown"]
+                [
+                    "home",
+                    "municipal_housing",
+                    "institution",
+                    "homeless",
+                    "temporary_housing",
+                    "unknown",
+                ]
             ),
             "crisis_plan": st.booleans(),
             "followup_at": st.just("2026-12-09T08:00:00Z"),

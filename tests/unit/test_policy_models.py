@@ -248,7 +248,7 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
         (
             sla_rule(trigger={"event_type": "discharge", "when": {"destination": "homless"}}),
             "trigger: when.destination: homless is not a symbol of discharge.destination "
-            "(home, municipal_housing, institution, homeless, unknown)",
+            "(home, municipal_housing, institution, homeless, temporary_housing, unknown)",
         ),
         (
             sla_rule(
@@ -261,7 +261,7 @@ def test_a_rule_file_of_the_wrong_shape_is_refused(document: object, expected: s
                 ]
             ),
             "fulfilled_by[0]: when.destination: hospital is not a symbol of discharge.destination "
-            "(home, municipal_housing, institution, homeless, unknown)",
+            "(home, municipal_housing, institution, homeless, temporary_housing, unknown)",
         ),
         (
             sla_rule(trigger={"event_type": "discharge", "when": {"persn.brukerplan": "red"}}),

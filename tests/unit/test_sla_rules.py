@@ -299,6 +299,19 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
+        rule_id="housing_work.discharge_temporary",
+        prior=_admission_for("psychosis"),
+        trigger=lambda at: event(
+            "discharge", "dis-1", at, admission_event_id="adm-1", destination="temporary_housing"
+        ),
+        deadline=lambda at: at + 7 * DAY,
+        fulfil=lambda at: event(
+            "housing_work_started", "hw-1", at, source=MUNI, admission_event_id="adm-1"
+        ),
+        cancel=None,
+        recipients=CHAIN_COORDINATOR_HOME,
+    ),
+    Case(
         rule_id="followup.self_discharge",
         prior=_admission_for("psychosis"),
         trigger=lambda at: event(
@@ -1187,6 +1200,29 @@ def test_housing_work_after_a_homeless_discharge_is_a_stay_or_a_housing_applicat
     assert person.deadlines(AFTER_DISCHARGE) == ([] if settles else [T0 + 3 * DAY])
 
 
+def test_a_discharge_to_temporary_housing_is_not_settled_by_the_stay_itself() -> None:
+    """The person already has the temporary place; what is owed is the work for a lasting home:
+    a temporary stay reported after the discharge settles nothing, a housing application does."""
+    person = Person()
+    person.see(event("admission", "adm-1", T0 - DAY, reason="psychosis"))
+    person.see(
+        event("discharge", "dis-1", T0, admission_event_id="adm-1", destination="temporary_housing")
+    )
+    person.see(temporary_stay(T0 + HOUR))
+    assert person.deadlines("housing_work.discharge_temporary") == [T0 + 7 * DAY]
+    person.see(
+        event(
+            "application_received",
+            "app-1",
+            T0 + DAY,
+            source=MUNI,
+            application_id="A-1",
+            service_kind="housing",
+        )
+    )
+    assert person.deadlines("housing_work.discharge_temporary") == []
+
+
 def test_day_91_of_a_temporary_stay_breaches_and_its_end_on_day_95_resolves_late() -> None:
     """Three months (P3M, the Oslo calendar: 92 days from 23 November) in an emergency shelter
     alert the coordinator; the stay's end four days later resolves the alert fulfilled_late."""
@@ -1349,7 +1385,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 28
+    assert len(RULES.rules) == 29
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:

@@ -76,6 +76,50 @@
       .map((name) => name + ": " + text(payload[name])).join("; ");
   }
 
+  // A definition list of label -> value pairs, skipping absent values (never innerHTML).
+  function definitions(dl, pairs) {
+    dl.replaceChildren();
+    pairs.filter((pair) => pair[1] !== undefined && pair[1] !== null).forEach((pair) => {
+      const dt = document.createElement("dt");
+      dt.textContent = pair[0];
+      const dd = document.createElement("dd");
+      dd.textContent = text(pair[1]);
+      dd.dataset.field = pair[2] || pair[0];
+      dl.append(dt, dd);
+    });
+    dl.hidden = dl.children.length === 0;
+  }
+
+  function showPlan(plan) {
+    const crisis = (plan && plan.crisis_plan) || {};
+    const owner = crisis.owner ? crisis.owner.agency + " " + crisis.owner.org_id : null;
+    const coordinator = plan && plan.coordinator
+      ? plan.coordinator.agency + " " + plan.coordinator.org_id : null;
+    definitions($("#plan"), plan ? [
+      ["Plan", plan.plan_id, "plan_id"],
+      ["Status", plan.status, "status"],
+      ["Coordinator", coordinator, "coordinator"],
+      ["Next review (Oslo)", plan.next_review_at ? formatTime(plan.next_review_at) : null,
+        "next_review_at"],
+      ["Crisis plan", crisis.exists === undefined ? null : (crisis.exists ? "yes" : "no"),
+        "crisis_plan"],
+      ["Crisis plan id", crisis.id, "crisis_plan_id"],
+      ["Crisis plan owner", owner, "crisis_plan_owner"],
+      ["Crisis plan last reviewed (Oslo)", crisis.reviewed_at ? formatTime(crisis.reviewed_at)
+        : null, "crisis_plan_reviewed_at"],
+    ] : []);
+    $("#plan-empty").hidden = Boolean(plan);
+  }
+
+  function showBrukerplan(assessment) {
+    const scores = (assessment && assessment.scores) || {};
+    definitions($("#brukerplan"), assessment ? [
+      ["Assessed (Oslo)", formatTime(assessment.assessed_at), "assessed_at"],
+    ].concat(Object.keys(scores).sort().map((domain) =>
+      [domain.replaceAll("_", " "), scores[domain], domain])) : []);
+    $("#brukerplan-empty").hidden = Boolean(assessment);
+  }
+
   function showPerson(view) {
     $("#nin").textContent = view.subject && view.subject.nin ? view.subject.nin
       : (view.subject && view.subject.erased ? "erased" : "not known to your organisation");
@@ -94,6 +138,8 @@
       [obligation.title, obligation.rule_id, formatTime(obligation.deadline), obligation.status],
       ["title", "rule_id", "deadline", "status"]));
     $("#obligations-empty").hidden = view.obligations.length > 0;
+    showPlan(view.plan);
+    showBrukerplan(view.brukerplan);
   }
 
   function showEvents(events, append) {
