@@ -63,12 +63,17 @@ def _optional(event_type: str) -> list[str]:
     return [name for name, spec in PAYLOAD_FIELDS[event_type].items() if not spec.required]
 
 
+# Identifiers with a narrower shape than any identifier (carebus.domain.events): a survey year
+# is four digits.
+_SHAPED: Final = frozenset({("brukerplan_assessment", "assessment_year")})
+
+
 def _texts(event_type: str) -> dict[str, Any]:
     """Every text and identifier field of the type, non-ASCII."""
     return {
         name: NON_ASCII if spec.kind == "text" else NON_ASCII_ID
         for name, spec in PAYLOAD_FIELDS[event_type].items()
-        if spec.kind in ("text", "identifier")
+        if spec.kind in ("text", "identifier") and (event_type, name) not in _SHAPED
     }
 
 

@@ -332,7 +332,8 @@ async def test_a_demo_scenario_admission_shows_every_hop(bus: Bus, stack: TestSt
         gateway=stack.settings.service_url(stack.settings.gateway_port),
         registry=stack.settings.service_url(stack.settings.registry_port),
         postgres=stack.settings.postgres_dsn,
-        tokens={agency: bus.tokens[agency] for agency in DEV_ORGANISATIONS},
+        # The agencies' tokens, and the operator's: the demo records the persons' housing site.
+        tokens={name: bus.tokens[name] for name in (*DEV_ORGANISATIONS, "operator")},
         orgs=DEV_ORGANISATIONS,
     )
     posted = await scenario.play(demo, run, seed=2026)

@@ -754,6 +754,8 @@ async def test_outside_local_development_registration_takes_public_https_urls_on
         env={
             "CAREBUS_ENVIRONMENT": "staging",
             "CAREBUS_SUBJECT_KEY_SECRET": "a-long-random-secret-for-staging",
+            # The registry seals contact persons' names under each person's key (issue 17).
+            "CAREBUS_PERSON_KEY_SECRET": "a-long-random-person-key-secret-for-staging",
             "CAREBUS_WEBHOOK_SECRET_KEY": STAGING_WEBHOOK_KEY,
             "CAREBUS_POSTGRES_PASSWORD": local_password_file(
                 stack.state_dir, login_role("registry")

@@ -76,7 +76,7 @@
       .map((name) => name + ": " + text(payload[name])).join("; ");
   }
 
-  // A definition list of label -> value pairs, skipping absent values (never innerHTML).
+  // A definition list of label -> value pairs, skipping absent values (text nodes only).
   function definitions(dl, pairs) {
     dl.replaceChildren();
     pairs.filter((pair) => pair[1] !== undefined && pair[1] !== null).forEach((pair) => {
