@@ -8,7 +8,7 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import httpx
