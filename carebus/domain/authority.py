@@ -209,12 +209,16 @@ class AuthorityPolicy:
             )
         return None
 
-    def contact_refusal(self, state: PersonState, actor: Actor, org_id: str) -> Refusal | None:
+    def contact_refusal(
+        self, state: PersonState, actor: Actor, org_id: str, role: str = "contact"
+    ) -> Refusal | None:
         """The refusal of naming a contact person (issue 17, item 4); None to accept it.
 
         An organisation names only its own staff, and only while it serves the person: in the
         care team, or the GP on the GP list. Ending a contact is judged alike: another
-        organisation cannot take a named person off a team it is not in.
+        organisation cannot take a named person off a team it is not in. A coordinator's,
+        pathway coordinator's or GP's contact only where the organisation holds that role for
+        the person: a participant cannot name "the coordinator" under its own name.
         """
         if org_id != actor.org_id:
             return Refusal(
@@ -226,6 +230,17 @@ class AuthorityPolicy:
                 "nin",
                 "an organisation names its staff for a person only while it is in the person's"
                 " care team or is the GP on the GP list",
+            )
+        member = state.team.get(actor.org_id)
+        holds = {member.role} if member is not None else set()
+        if "gp" in state.relations(actor.org_id):
+            holds.add("gp")
+        if role in ("coordinator", "pathway_coordinator", "gp") and role not in holds:
+            return Refusal(
+                "contact.own_staff",
+                "role",
+                f"a {role.replace('_', ' ')}'s contact person is named only by the organisation"
+                " that holds that role for the person",
             )
         return None
 

@@ -21,6 +21,8 @@ from carebus.domain.alerts import AlertContext, build_alerts, resolved
 from carebus.domain.events import BRUKERPLAN_DOMAINS, RETRACTION
 from carebus.domain.records import AlertJson, Obligation, Window
 from carebus.domain.sla import (
+    SUBJECT,
+    Link,
     Rule,
     RuleSet,
     deadline_of,
@@ -136,7 +138,7 @@ def observe(
     if event.get("event_type") == "discharge":
         _discharged(state, event)
     if event.get("event_type") == "brukerplan_assessment":
-        _assessed(state, event)
+        _assessed(state, event, now)
     consumed = False
     event_type = event.get("event_type")
     for rule in rules.rules:
@@ -303,21 +305,21 @@ def _discharged(state: SlaState, discharge: Mapping[str, Any]) -> None:
     admission["discharged_by"] = [discharge["source"]["org_id"], discharge["event_id"]]
 
 
-def _assessed(state: SlaState, assessment: Mapping[str, Any]) -> None:
+def _assessed(state: SlaState, assessment: Mapping[str, Any], now: datetime) -> None:
     """Keep a Brukerplan assessment's scores, the latest BRUKERPLAN_KEPT by occurred_at (an
     older one arriving late does not displace a newer one); a replay changes nothing."""
     payload = assessment.get("payload") or {}
-    kept = [
-        entry
-        for entry in state.person.get("brukerplan") or []
-        if (entry["source_org"], entry["event_id"])
-        != (assessment["source"]["org_id"], assessment["event_id"])
-    ]
+    sent = (assessment["source"]["org_id"], assessment["event_id"])
+    kept = list(state.person.get("brukerplan") or [])
+    if any((entry["source_org"], entry["event_id"]) == sent for entry in kept):
+        return  # a replay (its time was fixed when it first arrived)
     kept.append(
         {
             "event_id": assessment["event_id"],
             "source_org": assessment["source"]["org_id"],
-            "occurred_at": assessment["occurred_at"],
+            # Never later than its arrival: an assessment dated ahead (2099) would otherwise
+            # stay the latest for good and decide the housing deadline (review finding).
+            "occurred_at": stamp(min(parse_rfc3339(assessment["occurred_at"]), now)),
             "scores": {domain: payload.get(domain) for domain in BRUKERPLAN_DOMAINS},
         }
     )
@@ -403,6 +405,23 @@ def _close_by(
     return closed
 
 
+def _answers(
+    link: Link, event: Mapping[str, Any], trigger: Mapping[str, Any], context: AlertContext
+) -> bool:
+    """Whether `event` settles the trigger's obligation by `link`. A `link: subject` names no
+    event of the obligation, so only a sender with a relation to the person (care team, home
+    municipality, GP, admitting DPS; or the trigger's own source) may settle one by it: a
+    stranger's check or stay must not silence what another organisation owes."""
+    if not links_to(link, event, trigger):
+        return False
+    if link.field != SUBJECT:
+        return True
+    sender = (event.get("source") or {}).get("org_id")
+    if sender == trigger["source"]["org_id"]:
+        return True
+    return isinstance(sender, str) and bool(context.routing.relations(sender))
+
+
 def _settle(
     state: SlaState,
     oid: str,
@@ -414,8 +433,8 @@ def _settle(
     """Close obligation `oid` if `event` fulfils or cancels it; True if it did."""
     obligation = state.obligations[oid]
     trigger = obligation["trigger"]
-    fulfils = any(links_to(link, event, trigger) for link in rule.fulfilled_by)
-    cancels = any(links_to(link, event, trigger) for link in rule.cancelled_by)
+    fulfils = any(_answers(link, event, trigger, context) for link in rule.fulfilled_by)
+    cancels = any(_answers(link, event, trigger, context) for link in rule.cancelled_by)
     if not (fulfils or cancels):
         return False
     if parse_rfc3339(event["occurred_at"]) < parse_rfc3339(trigger["occurred_at"]):

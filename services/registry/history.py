@@ -299,7 +299,9 @@ class History:
             # The care-team changes' locks: a removal recorded meanwhile is judged before or
             # after this, never beside it.
             state = await self._locked(conn, key)
-            _refuse(self._authority.contact_refusal(state, actor, contact.org_id), key)
+            _refuse(
+                self._authority.contact_refusal(state, actor, contact.org_id, contact.role), key
+            )
             data_key = (await person_keys.current(conn, self._wrap, [key]))[key]
             await conn.execute(
                 """

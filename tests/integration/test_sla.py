@@ -55,7 +55,7 @@ rules:
   - {{id: followup.discharge_7d, deadline: PT{DEADLINE_S}S}}
   - {{id: epikrise.after_discharge, deadline: PT{DEADLINE_S}S}}
   - {{id: housing_work.discharge_homeless, deadline: PT{DEADLINE_S + 1}S}}
-  - {{id: housing_work.discharge_homeless_red, deadline: PT{DEADLINE_S}S}}
+  - {{id: housing_work.discharge_1d, deadline: PT{DEADLINE_S}S}}
 """
 
 
@@ -457,7 +457,7 @@ async def test_a_homeless_discharge_with_brukerplan_housing_red_alerts_once(bus:
         nin,
         {"admission_event_id": admitted, "destination": "homeless", "crisis_plan": False},
     )
-    alerts = await bus.alerts_eventually(discharged, "housing_work.discharge_homeless_red", 1)
+    alerts = await bus.alerts_eventually(discharged, "housing_work.discharge_1d", 1)
     await settle()  # past the (shortened) three-day rule's deadline too: it never opened
     assert [(a["recipient_org"], a["nin"]) for a in alerts] == [(ORGS["municipality"], nin)]
     assert await bus.alerts(discharged, "housing_work.discharge_homeless") == []

@@ -1051,3 +1051,25 @@ def test_a_brukerplan_assessment_needs_a_relation(
     a municipality with no relation may not (its red score would shorten another's deadline)."""
     payload = event_record("brukerplan_assessment", sender)["payload"]
     assert rule_of(judge_event(STATE, sender, "brukerplan_assessment", payload)) == expected
+
+
+@pytest.mark.parametrize(
+    ("recorder", "role", "expected"),
+    [
+        (HOME, "coordinator", None),  # the care team's coordinator
+        (MUNICIPAL_MEMBER, "coordinator", ("contact.own_staff", "role")),  # a participant
+        (NAV, "coordinator", ("contact.own_staff", "role")),
+        (NAV, "contact", None),
+        (MUNICIPAL_MEMBER, "pathway_coordinator", ("contact.own_staff", "role")),
+        (GP, "gp", None),  # the GP on the GP list
+        (MUNICIPAL_MEMBER, "gp", ("contact.own_staff", "role")),
+    ],
+)
+def test_a_coordinators_contact_is_named_only_by_the_coordinator(
+    recorder: str, role: str, expected: tuple[str, str] | None
+) -> None:
+    """Review finding: a participant (a municipality, NAV, the police) naming its own staff
+    with the role coordinator would show "coordinator: <name>" to every health member under an
+    organisation that is not the coordinator. A role's contact needs the role."""
+    refusal = AUTHORITY.contact_refusal(CONTACT_STATE, actor(recorder), recorder, role)
+    assert rule_of(refusal) == expected

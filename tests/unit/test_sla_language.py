@@ -466,7 +466,10 @@ CONTACTED = (
 
 
 def contact(at: datetime, event_id: str, related: str = "elsewhere") -> dict[str, object]:
-    return event("followup_contact", event_id, at, source=MUNI, related_event_id=related)
+    # The home municipality: a sender with a relation to the person may settle by `subject`.
+    return event(
+        "followup_contact", event_id, at, source=("municipality", HOME), related_event_id=related
+    )
 
 
 def test_a_subject_link_is_fulfilled_by_any_event_of_the_person(tmp_path: Path) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
@@ -17,7 +18,7 @@ from carebus.domain.obligations import MEMORY, SlaState, breach_due, observe
 from carebus.domain.policy import Policy
 from carebus.domain.records import AlertJson, event_schema_name
 from carebus.domain.routing import Consent, Member, PersonState, apply
-from carebus.domain.sla import OSLO, RuleSet, SlaRulesError, parse_duration
+from carebus.domain.sla import OSLO, Rule, RuleSet, SlaRulesError, parse_duration
 from carebus.runtime.config import PROJECT_ROOT
 from carebus.wire.policy_files import load_policy, load_rules
 from services.inbox.person import obligations as person_view_obligations
@@ -312,7 +313,7 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
-        rule_id="followup.self_discharge",
+        rule_id="followup.discharge_48h_gp",
         prior=_admission_for("psychosis"),
         trigger=lambda at: event(
             "discharge", "dis-1", at, admission_event_id="adm-1", kind="self_discharge"
@@ -325,7 +326,7 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
-        rule_id="followup.treatment_interrupted",
+        rule_id="followup.reported_48h",
         prior=_none,
         trigger=lambda at: event("treatment_interrupted", "ti-1", at),
         deadline=lambda at: at + 48 * HOUR,
@@ -382,7 +383,7 @@ CASES: list[Case] = [
         recipients=EVERYWHERE_SOURCE,
     ),
     Case(
-        rule_id="housing_work.discharge_homeless_red",
+        rule_id="housing_work.discharge_1d",
         prior=lambda: [
             *_admission_for("psychosis")(),
             brukerplan("bp-1", T0 - 2 * DAY, housing="red"),
@@ -422,7 +423,7 @@ CASES: list[Case] = [
         recipients=CHAIN_COORDINATOR_HOME,
     ),
     Case(
-        rule_id="housing.eviction_warning",
+        rule_id="housing.incident_followup_7d",
         prior=_none,
         trigger=lambda at: event(
             "housing_incident", "hi-1", at, source=HOUSING_OFFICE, kind="eviction_warning"
@@ -479,7 +480,11 @@ CASES += [
         prior=_none,
         trigger=lambda at: _plan(at, "ip-1"),
         deadline=lambda at: datetime(2027, 11, 23, 8, 0, tzinfo=UTC),  # P1Y, Oslo calendar
-        fulfil=lambda at: event("somatic_check_done", "sc-1", at, source=GP),
+        # The municipality's health service, in the care team: a check of the person by a
+        # sender with a relation to them (a stranger's settles nothing: tests below).
+        fulfil=lambda at: event(
+            "somatic_check_done", "sc-1", at, source=("municipality", COORDINATOR)
+        ),
         cancel=lambda at: _plan(at, "ip-3", status="closed"),
         recipients=CHAIN_COORDINATOR_HOME,
     ),
@@ -495,7 +500,7 @@ CASES += [
         recipients={setup: [GP[1]] for setup in SETUPS},
     ),
     Case(
-        rule_id="crisis_plan.review_due",
+        rule_id="ip.part_review_due",
         prior=_none,
         trigger=lambda at: _plan(at, "ip-1", crisis_plan_id="KP-1", crisis_plan_reviewed_at=None),
         deadline=lambda at: T0 + 30 * DAY,
@@ -572,7 +577,7 @@ def test_fulfilled_in_time_never_alerts(case: Case) -> None:
     person, deadline = triggered(case)
     assert of(case.rule_id, person.see(case.fulfil(deadline - HOUR))) == []
     assert person.deadlines(case.rule_id) == (
-        [T0 + 100 * DAY] if case.rule_id in ("ip.review_due", "crisis_plan.review_due") else []
+        [T0 + 100 * DAY] if case.rule_id in ("ip.review_due", "ip.part_review_due") else []
     )
     assert of(case.rule_id, person.scan(deadline + 10 * DAY)) == []
 
@@ -750,7 +755,7 @@ def test_cancellation_after_breach_resolves_as_cancelled(case: Case) -> None:
             ),
         ),
         (
-            CASE["housing.eviction_warning"],
+            CASE["housing.incident_followup_7d"],
             event(
                 "housing_work_started",
                 "hw-9",
@@ -1139,7 +1144,7 @@ def test_home_municipality_outside_the_team_gets_the_housing_title() -> None:
 
 STAY = "housing.temporary_over_3_months"
 AFTER_DISCHARGE = "housing_work.discharge_homeless"
-RED = "housing_work.discharge_homeless_red"
+RED = "housing_work.discharge_1d"
 
 
 def temporary_stay(at: datetime, housing_kind: str = "emergency_shelter") -> dict[str, Any]:
@@ -1147,7 +1152,7 @@ def temporary_stay(at: datetime, housing_kind: str = "emergency_shelter") -> dic
         "temporary_housing_started",
         "ths-1",
         at,
-        source=MUNI,
+        source=("municipality", HOME),
         stay_id="TB-1",
         housing_kind=housing_kind,
     )
@@ -1166,7 +1171,7 @@ def homeless_discharge(at: datetime) -> dict[str, Any]:
                 "application_received",
                 "app-1",
                 at,
-                source=MUNI,
+                source=("municipality", HOME),
                 application_id="A-1",
                 service_kind="housing",
             ),
@@ -1177,7 +1182,7 @@ def homeless_discharge(at: datetime) -> dict[str, Any]:
                 "application_received",
                 "app-1",
                 at,
-                source=MUNI,
+                source=("municipality", HOME),
                 application_id="A-1",
                 service_kind="home_services",
             ),
@@ -1200,6 +1205,19 @@ def test_housing_work_after_a_homeless_discharge_is_a_stay_or_a_housing_applicat
     assert person.deadlines(AFTER_DISCHARGE) == ([] if settles else [T0 + 3 * DAY])
 
 
+def test_a_stay_reported_by_an_organisation_with_no_relation_settles_no_housing_work() -> None:
+    """A NAV office outside the care team reporting a stay (review finding: any sender could
+    silence the municipality's housing deadline) settles nothing; the home municipality's
+    report of the same stay does."""
+    person = Person()
+    person.see(event("admission", "adm-1", T0 - DAY, reason="psychosis"))
+    person.see(homeless_discharge(T0))
+    person.see({**temporary_stay(T0 + HOUR), "source": {"agency": "nav", "org_id": NAV}})
+    assert person.deadlines(AFTER_DISCHARGE) == [T0 + 3 * DAY]
+    person.see({**temporary_stay(T0 + 2 * HOUR), "event_id": "ths-2"})
+    assert person.deadlines(AFTER_DISCHARGE) == []
+
+
 def test_a_discharge_to_temporary_housing_is_not_settled_by_the_stay_itself() -> None:
     """The person already has the temporary place; what is owed is the work for a lasting home:
     a temporary stay reported after the discharge settles nothing, a housing application does."""
@@ -1215,7 +1233,7 @@ def test_a_discharge_to_temporary_housing_is_not_settled_by_the_stay_itself() ->
             "application_received",
             "app-1",
             T0 + DAY,
-            source=MUNI,
+            source=("municipality", HOME),
             application_id="A-1",
             service_kind="housing",
         )
@@ -1225,12 +1243,14 @@ def test_a_discharge_to_temporary_housing_is_not_settled_by_the_stay_itself() ->
 
 def test_day_91_of_a_temporary_stay_breaches_and_its_end_on_day_95_resolves_late() -> None:
     """Three months (P3M, the Oslo calendar: 92 days from 23 November) in an emergency shelter
-    alert the coordinator; the stay's end four days later resolves the alert fulfilled_late."""
+    alert the municipality; the stay's end four days later resolves the alert fulfilled_late."""
     person = Person()
     person.see(temporary_stay(T0))
     assert of(STAY, person.scan(T0 + 91 * DAY)) == []
     (alert,) = of(STAY, person.scan(T0 + 92 * DAY + MINUTE))
-    assert alert["recipient"] == {"agency": "municipality", "org_id": COORDINATOR}
+    # The coordinator was not told of the stay (housing information: consent only); the home
+    # municipality, which reported it, knows the person: the alert goes there (item 7).
+    assert alert["recipient"] == {"agency": "municipality", "org_id": HOME}
     ended = event("temporary_housing_ended", "the-1", T0 + 95 * DAY, source=MUNI, stay_id="TB-1")
     (again,) = of(STAY, person.see(ended))
     assert (again["status"], again["resolution"]) == ("resolved", "fulfilled_late")
@@ -1366,11 +1386,11 @@ def test_an_eviction_warning_opens_a_tenancy_obligation_and_other_incidents_do_n
     """Of the housing incidents only the eviction warning asks for a follow-up."""
     person = Person()
     person.see(event("housing_incident", "hi-1", T0, source=HOUSING_OFFICE, kind="noise"))
-    assert person.deadlines("housing.eviction_warning") == []
+    assert person.deadlines("housing.incident_followup_7d") == []
     person.see(
         event("housing_incident", "hi-2", T0, source=HOUSING_OFFICE, kind="eviction_warning")
     )
-    assert person.deadlines("housing.eviction_warning") == [T0 + 7 * DAY]
+    assert person.deadlines("housing.incident_followup_7d") == [T0 + 7 * DAY]
 
 
 # --- load_rules ---------------------------------------------------------------------------------
@@ -1626,7 +1646,7 @@ def test_one_follow_up_obligation_per_risk_discharge() -> None:
     ("kind", "reason", "needs", "opened"),
     [
         ("self_discharge", "overdose", False, "followup.discharge_48h"),  # tie: file order
-        ("against_advice", "psychosis", False, "followup.self_discharge"),
+        ("against_advice", "psychosis", False, "followup.discharge_48h_gp"),
         ("planned", "psychosis", True, "followup.discharge_any"),
         (None, "psychosis", True, "followup.discharge_any"),  # kind left out
         ("planned", "suicide_attempt", True, "followup.discharge_7d"),  # tie: file order
@@ -1662,14 +1682,14 @@ def test_a_self_discharge_also_tells_the_gp_on_the_gp_list() -> None:
     for record in _admission_for("psychosis")():
         person.see(record)
     person.see(event("discharge", "dis-1", T0, admission_event_id="adm-1", kind="against_advice"))
-    alerts = of("followup.self_discharge", person.scan(T0 + 3 * DAY))
+    alerts = of("followup.discharge_48h_gp", person.scan(T0 + 3 * DAY))
     assert set(orgs(alerts)) == {COORDINATOR, "912345683"}
     assert len(alerts) == 2
 
 
-# --- followup.treatment_interrupted ---------------------------------------------------------
+# --- followup.reported_48h ---------------------------------------------------------
 
-TREATMENT = "followup.treatment_interrupted"
+TREATMENT = "followup.reported_48h"
 
 
 def with_listed_gp(routing: PersonState) -> PersonState:
@@ -1845,11 +1865,32 @@ def test_a_check_before_the_plan_does_not_fulfil_the_first_check() -> None:
 def test_a_check_by_anyone_in_health_care_fulfils_the_first_check() -> None:
     """The municipality's health service or the DPS may do the check: any check of the person
     after the plan fulfils, whoever sent the plan."""
+    base = SETUPS["coordinator_and_home"]
+    team = {
+        **base.team,
+        MUNI[1]: Member("municipality", {"registry:t": "participant"}),
+        DPS[1]: Member("dps", {"registry:t": "participant"}),
+        GP[1]: Member("fastlege", {"register:gp": "gp"}),
+    }
     for source in (MUNI, DPS, GP):
-        person = Person()
+        person = Person(replace(base, team=team))
         person.see(_plan(T0, "ip-1"))
         person.see(event("somatic_check_done", "sc-1", T0 + 40 * DAY, source=source))
         assert person.deadlines("somatic.first_check") == []
+
+
+def test_a_check_by_an_organisation_with_no_relation_to_the_person_settles_nothing() -> None:
+    """A DPS outside the care team, with no admission of the person, cannot close the first
+    check the plan owes by sending one (review finding: it would silence the GP's deadline for
+    good, since the first check is owed once); the same check from the GP on the list does."""
+    person = Person()
+    person.see(_plan(T0, "ip-1"))
+    stranger = ("dps", "974700009")  # not the plan's DPS, in no care team, no admission
+    person.see(event("somatic_check_done", "sc-1", T0 + 40 * DAY, source=stranger))
+    assert person.deadlines("somatic.first_check") == [datetime(2027, 11, 23, 8, 0, tzinfo=UTC)]
+    person.routing = with_gp()
+    person.see(check(T0 + 41 * DAY, "sc-2"))
+    assert person.deadlines("somatic.first_check") == []
 
 
 def test_a_new_check_closes_the_old_obligation_and_opens_the_next() -> None:
@@ -1964,15 +2005,15 @@ def test_a_plan_review_that_leaves_the_crisis_plan_as_it_was_does_not_fulfil() -
     person = Person()
     person.see(crisis_plan_update(T0, "ip-1"))
     person.see(crisis_plan_update(T0 + 20 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
-    assert person.deadlines("crisis_plan.review_due") == [T0 + 30 * DAY]
-    assert orgs(of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))) == [COORDINATOR]
+    assert person.deadlines("ip.part_review_due") == [T0 + 30 * DAY]
+    assert orgs(of("ip.part_review_due", person.scan(T0 + 31 * DAY))) == [COORDINATOR]
 
 
 def test_a_plan_without_a_crisis_plan_owes_no_crisis_plan_review() -> None:
     """No crisis_plan_id, no obligation."""
     person = Person()
     person.see(_plan(T0, "ip-1", crisis_plan=False, crisis_plan_id=None))
-    assert person.deadlines("crisis_plan.review_due") == []
+    assert person.deadlines("ip.part_review_due") == []
 
 
 def test_a_crisis_plan_review_time_taken_out_does_not_count_as_a_review() -> None:
@@ -1980,7 +2021,7 @@ def test_a_crisis_plan_review_time_taken_out_does_not_count_as_a_review() -> Non
     person = Person()
     person.see(crisis_plan_update(T0, "ip-1"))
     person.see(crisis_plan_update(T0 + DAY, "ip-2", crisis_plan_reviewed_at=None))
-    assert person.deadlines("crisis_plan.review_due")[:1] == [T0 + 30 * DAY]
+    assert person.deadlines("ip.part_review_due")[:1] == [T0 + 30 * DAY]
 
 
 def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_plan() -> None:
@@ -1988,7 +2029,7 @@ def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_pla
     its alert does not say that a crisis plan exists."""
     person = Person(routing_with(coordinator=NAV, home=None, agency="nav"))
     person.see(crisis_plan_update(T0, "ip-1"))
-    (alert,) = of("crisis_plan.review_due", person.scan(T0 + 31 * DAY))
+    (alert,) = of("ip.part_review_due", person.scan(T0 + 31 * DAY))
     assert alert["recipient"] == {"agency": "nav", "org_id": NAV}
     assert alert["title"] == "Part of the individual plan not reviewed by its review date"
     assert "risis" not in alert["summary"]
@@ -1997,7 +2038,7 @@ def test_the_crisis_plan_title_is_neutral_for_whoever_may_not_see_the_crisis_pla
 def test_the_plans_later_updates_owe_no_second_first_check() -> None:
     """After the first check, the yearly rule takes over: a review of the plan (a new review
     date) does not ask for a first check again, and a missed year alerts once."""
-    person = Person()
+    person = Person(with_gp())
     person.see(_plan(T0, "ip-1"))
     person.see(check(T0 + 30 * DAY, "sc-1"))
     person.see(_plan(T0 + 60 * DAY, "ip-2", next_review_at=rfc3339(T0 + 200 * DAY)))
@@ -2007,3 +2048,56 @@ def test_the_plans_later_updates_owe_no_second_first_check() -> None:
     assert [a["rule_id"] for a in alerts if a["rule_id"].startswith("somatic.")] == [
         "somatic.yearly_check"
     ]
+
+
+# Words an alert's rule id must not carry: a recipient that may not know why (the neutral
+# title) sees the id too (policy/sla.yaml's header). A rule whose every chain ends at the
+# trigger's source never alerts anyone who was not told, so its id may name the event.
+_HEALTH_WORDS: Final = frozenset(
+    {
+        "overdose",
+        "suicide",
+        "self",
+        "advice",
+        "treatment",
+        "interrupted",
+        "red",
+        "crisis",
+        "eviction",
+        "substance",
+        "brukerplan",
+        "prison",
+        "psychosis",
+    }
+)
+
+
+_MAY_ALERT_THE_UNTOLD: Final = [
+    rule for rule in RULES.rules if not all(chain[-1] == "source" for chain in rule.recipients)
+]
+
+
+def test_only_rules_ending_at_the_source_name_their_event() -> None:
+    """The exemption below is narrow: the prison release's follow-up alone."""
+    exempt = {rule.rule_id for rule in RULES.rules} - {r.rule_id for r in _MAY_ALERT_THE_UNTOLD}
+    named = {rid for rid in exempt if set(re.split(r"[._]", rid)) & _HEALTH_WORDS}
+    assert named == {"followup.prison_release"}
+
+
+@pytest.mark.parametrize("rule", _MAY_ALERT_THE_UNTOLD, ids=lambda rule: rule.rule_id)
+def test_no_rule_id_names_what_its_neutral_title_keeps_back(rule: Rule) -> None:
+    words = set(re.split(r"[._]", rule.rule_id))
+    assert not words & _HEALTH_WORDS, f"{rule.rule_id} names {sorted(words & _HEALTH_WORDS)}"
+
+
+def test_a_brukerplan_assessment_dated_ahead_counts_from_its_arrival() -> None:
+    """An assessment dated 2099 (review finding: it would stay the latest for good and decide
+    the housing deadline) is ranked by when it arrived: a later real one replaces it."""
+    person = Person()
+    ahead = {**brukerplan("bp-1", T0, housing="green"), "occurred_at": "2099-01-01T00:00:00Z"}
+    person.see(ahead, at=T0 + MINUTE)
+    person.see(brukerplan("bp-2", T0 + DAY, housing="red"))
+    latest = max(person.state.person["brukerplan"], key=lambda e: e["occurred_at"])
+    assert latest["event_id"] == "bp-2"
+    person.see(ahead, at=T0 + 2 * DAY)  # a replay changes nothing
+    assert [e["event_id"] for e in person.state.person["brukerplan"]][-1] == "bp-2"
