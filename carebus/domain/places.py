@@ -8,10 +8,12 @@ the event's `housing_site_id` (a building or project of several units), else its
 `housing_unit_id`; its key is an HMAC of that under the subject-key secret, so a client id that
 is an address never appears in an alert, a log or a metric.
 
-The alert names no person (`subject` null, `subject_key` `place:<key>`). Privacy rule (issue 17
-item 6, for the privacy officer to confirm): a recipient counts every event in the window only
-when the window holds events of at least two persons (a count over two or more persons singles
-out none); otherwise only the events it reported itself or that routing delivered to it.
+The alert names no person (`subject` null, `subject_key` `place:<key>`) and names the place
+only by its key. Privacy rule (issue 17 item 6, for the privacy officer to confirm): a recipient
+counts the events it was not told of (neither its own nor delivered to it) only when those
+events, on their own, concern at least two persons (a count over two or more persons singles
+out none); otherwise only the events it reported itself or that routing delivered to it. The
+persons of its own reports do not count towards the two: a reporter could make them up.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ __all__ = [
 ]
 
 PLACE_EVENT_TYPES: Final = ("police_callout", "housing_incident")
-# A count over at least this many distinct persons is shown to a recipient that was not told
-# of each event (k-anonymity of the count; the brief's k >= 2).
+# Events a recipient was not told of count for it only when they concern at least this many
+# distinct persons on their own (k-anonymity of the count; the brief's k >= 2).
 DISTINCT_PERSONS: Final = 2
 _WORDS: Final = {"police_callout": "police callouts", "housing_incident": "housing incidents"}
 _AT: Final = {"site": "housing site", "unit": "housing unit"}
+# The summary names a place by this many leading hex characters of its key (the owner maps it
+# by the `place_key` POST /v1/housing-places returns); never by its id, which may be an address.
+KEY_SHOWN: Final = 12
 
 # A place entry: [occurred_at, event_id, sender, event_type, subject_key, sender's agency,
 # *organisations routing delivered the event to]; the first three as every window's.
@@ -86,19 +91,21 @@ PlaceStep = Counted | Withdrawn
 
 @dataclass
 class PlaceState:
-    """One place's counts, JSON-ready: `place` is what the events called it (`site:KH-1`),
-    `windows` rule_id -> {"events": [entry, ...], "episodes": {recipient: episode start}}."""
+    """One place's counts, JSON-ready: `windows` rule_id -> {"events": [entry, ...],
+    "episodes": {recipient: episode start}}. The place's id is not kept (it may be an address;
+    the row's key names the place)."""
 
-    place: str = ""
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"place": self.place, "windows": self.windows}
+        return {"windows": self.windows}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> PlaceState:
+        """Read a stored state; the clear `place` that rows stored before 2026-12 hold is
+        ignored (and dropped when the row is next written)."""
         data = data or {}
-        return cls(place=str(data.get("place") or ""), windows=dict(data.get("windows") or {}))
+        return cls(windows=dict(data.get("windows") or {}))
 
 
 def place_of(event: Mapping[str, Any]) -> str | None:
@@ -134,11 +141,16 @@ def entry(event: Mapping[str, Any], told: Sequence[str]) -> list[str]:
 
 
 def countable(entries: Sequence[list[str]], org_id: str | None) -> list[list[str]]:
-    """The entries `org_id` may be counted: all when they concern at least DISTINCT_PERSONS
-    persons; else those it reported or was delivered (the unassigned queue, None: none)."""
-    if len({kept[_SUBJECT] for kept in entries}) >= DISTINCT_PERSONS:
+    """The entries `org_id` may be counted: those it reported or was delivered, and the others
+    too when the others alone concern at least DISTINCT_PERSONS persons (the unassigned queue,
+    None, is told of none). The others must reach two persons without the known ones: else an
+    organisation could report two made-up persons there and learn of one real person's
+    callout."""
+    known = [kept for kept in entries if org_id is not None and org_id in _knowers(kept)]
+    unknown = [kept for kept in entries if org_id is None or org_id not in _knowers(kept)]
+    if len({kept[_SUBJECT] for kept in unknown}) >= DISTINCT_PERSONS:
         return list(entries)
-    return [kept for kept in entries if org_id is not None and org_id in _knowers(kept)]
+    return known
 
 
 def observe_place(
@@ -152,8 +164,8 @@ def observe_place(
 ) -> list[AlertJson]:
     """Count place entry `event` in `state` (in place) for every place rule of its type; the
     alerts that opens, one per recipient whose count opens an episode. A replayed event
-    changes nothing and raises nothing."""
-    state.place = state.place or place
+    changes nothing and raises nothing. `place` (`site:KH-1`) only says whether it is a site
+    or a unit; its id is neither kept nor shown."""
     alerts: list[AlertJson] = []
     for rule in rules.rules:
         if rule.scope != "place" or event[_TYPE] not in rule.event_types or rule.window is None:
@@ -166,7 +178,7 @@ def observe_place(
         episodes: dict[str, str] = window["episodes"]
         for moment in windows.ends_holding(entries, event, rule.window):
             inside = windows.inside(entries, rule.window, moment)
-            for recipient in _recipients(rule, owners, inside):
+            for recipient in _recipients(rule, owners):
                 org_id = None if recipient is None else recipient["org_id"]
                 counted = countable(inside, org_id)
                 started = episodes.get(org_id or "unassigned")
@@ -174,7 +186,7 @@ def observe_place(
                     continue
                 episodes[org_id or "unassigned"] = stamp(moment)
                 contact = _contact(recipient, owners)
-                text = summary(rule, state.place, counted, contact, named=recipient is not None)
+                text = summary(rule, place, key, counted, contact)
                 alert = _alert(rule, key, event, counted, recipient, contact, now, text)
                 alert["rules_version"] = rules.version
                 alerts.append(alert)
@@ -200,29 +212,26 @@ def _knowers(kept: list[str]) -> list[str]:
     return [kept[2], *kept[_TOLD:]]
 
 
-def _recipients(
-    rule: Rule, owners: PlaceOwners | None, inside: Sequence[list[str]]
-) -> list[Organisation | None]:
-    """One recipient per fallback chain (the housing owner of an unregistered place: each
-    housing organisation that reported an event in the window)."""
+def _recipients(rule: Rule, owners: PlaceOwners | None) -> list[Organisation | None]:
+    """One recipient per fallback chain."""
     chosen: list[Organisation | None] = []
     for chain in rule.recipients:
         for role in chain:
-            found = _resolve(role, owners, inside)
+            found = _resolve(role, owners)
             if found is not None:
                 chosen.extend(org for org in found if org not in chosen)
                 break
     return chosen
 
 
-def _resolve(
-    role: str, owners: PlaceOwners | None, inside: Sequence[list[str]]
-) -> list[Organisation | None] | None:
+def _resolve(role: str, owners: PlaceOwners | None) -> list[Organisation | None] | None:
+    """The organisations a role names at the place. The owner of an unregistered place is the
+    operator's queue, never a housing organisation that reported there: anyone may report at
+    any site id, and reporting must not make it a recipient."""
     if role == "housing_owner":
-        if owners is not None:
-            return [{"agency": "housing", "org_id": owners.owner_org}]
-        reporters = sorted({kept[2] for kept in inside if kept[_AGENCY] == "housing"})
-        return [{"agency": "housing", "org_id": org_id} for org_id in reporters] or None
+        if owners is None:
+            return [None]  # the operator's queue, which asks for the place to be registered
+        return [{"agency": "housing", "org_id": owners.owner_org}]
     if role == "place_municipality":
         if owners is None:
             return None
@@ -277,28 +286,27 @@ def _alert(
 def summary(
     rule: Rule,
     place: str,
+    key: str,
     counted: Sequence[list[str]],
     contact: Organisation | None,
-    *,
-    named: bool = True,
 ) -> str:
-    """What happened at the place and what the recipient can do, naming no person. The
-    operator's queue (`named` false) is not told the place's name: a unit's id may be an
-    address, and the operator is no party to anyone's care; the reporting services can name
-    it from the event ids."""
-    kind, _, name = place.partition(":")
+    """What happened at the place and what the recipient can do, naming no person. The place
+    is named by the first KEY_SHOWN hex characters of its key, never by its id (a site or
+    unit id may be an address): the owner maps the key by the `place_key` its registration
+    returned; the reporting services can name it from the event ids."""
+    kind = place.partition(":")[0]
     types = sorted({kept[_TYPE] for kept in counted})
     by_type = ", ".join(
         f"{_WORDS.get(t, t)} {sum(kept[_TYPE] == t for kept in counted)}" for t in types
     )
     latest = max(parse_rfc3339(kept[0]) for kept in counted)
     window = rule.window.text if rule.window else ""
-    where = f"{_AT.get(kind, 'place')} {name}" if named else "a place"
+    where = f"{_AT.get(kind, 'place')} (place {key[:KEY_SHOWN]})"
     partner = (
         f"Agree on measures for the site with {contact['agency']} {contact['org_id']}"
         if contact
-        else "The place is not in the carebus register of housing places: have its owner "
-        "record it with its municipality (POST /v1/housing-places) so both are told"
+        else "The place is not in the carebus register of housing places: have the operator "
+        "record its owner and municipality (POST /v1/housing-places) so both are told"
     )
     return (
         f"{len(counted)} events at {where} within {window} "

@@ -78,7 +78,8 @@ CONSENT_ROLES: Final = (*CHANGE_ROLES, "patient")
 WEBHOOK_ROLES: Final = ("system", "admin", "operator")
 # An agency's admin issues tokens for its own organisation; the operator for any.
 TOKEN_ROLES: Final = ("admin", "operator")
-# A housing organisation's admin records its own housing places; the operator any.
+# Only the operator records housing places; an agency's admin is let through to be refused with
+# the rule (housing_place.operator, audited) rather than a bare 403.
 PLACE_ROLES: Final = ("admin", "operator")
 RETRY_AFTER_S: Final = "5"
 # The contact roles only one agency's staff hold: the DPS's forløpskoordinator, the GP.
@@ -378,14 +379,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     ) -> HousingPlaceRecorded:
         """Record a housing site (or a unit outside any site) with the housing organisation
         that owns or runs it and its municipality: both get the alerts about patterns at the
-        place (policy/sla.yaml, place.repeated_incidents). A housing organisation's admin
-        records its own places; only the operator records any, or moves a place to another
-        owner. Only the place's key is kept, never the site id."""
-        if not principal.is_operator and (principal.agency, principal.org_id) != (
-            "housing",
-            body.owner_org,
-        ):
-            raise await _refused(request, principal, "housing_place", places.OWN_PLACES)
+        place (policy/sla.yaml, place.repeated_incidents). Only the operator records a place
+        (its first registration, a change of owner or municipality): whoever is recorded gets
+        the place's alerts. A housing admin is refused 403 (rule housing_place.operator,
+        audited, nothing written). Only the place's key is kept, never the site id; the
+        response's `place_key` (its first 12 hex characters name the place in the alerts'
+        summaries) lets the owner map the alerts to its site."""
+        if not principal.is_operator:
+            raise await _refused(request, principal, "housing_place", places.OPERATOR_ONLY)
         try:
             recorded = await places.record(
                 request.app.state.pool,
@@ -394,21 +395,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 body.owner_org,
                 body.municipality_org,
                 principal.org_id,
-                may_move=principal.is_operator,
             )
         except places.UnknownOrganisationError as error:
             raise ApiError(
                 422, "the housing place is invalid", [(error.field, error.problem)]
             ) from error
-        except places.OwnedByAnotherError:
-            raise await _refused(
-                request, principal, "housing_place", places.OWNED_BY_ANOTHER
-            ) from None
+        # The privacy officers of the organisations named, and of those a change replaced.
+        touched = [(body.owner_org, "housing"), (body.municipality_org, "municipality")]
+        if recorded.previous is not None:
+            touched += [(recorded.previous[0], "housing"), (recorded.previous[1], "municipality")]
         operator: OperatorActions = request.app.state.operator
-        for org_id, agency in (
-            (body.owner_org, "housing"),
-            (body.municipality_org, "municipality"),
-        ):
+        for org_id, agency in dict.fromkeys(touched):
             await operator.touched(principal, "housing_place_recorded", org_id, agency)
         return HousingPlaceRecorded(
             place_key=recorded.place_key,

@@ -2,9 +2,12 @@
 lies in, so the SLA engine's place alerts (carebus.domain.places) have recipients.
 
 Only the place's key is stored (an HMAC of the site or unit id under the subject-key secret):
-a client's site id may be an address. A housing organisation's admin records its own places; a
-place recorded for one owner is moved to another only by the operator, so no housing
-organisation can divert another's place alerts to itself.
+a client's site id may be an address. Only the operator records a place: its first
+registration and every change of its owner or municipality. Whoever is recorded gets the
+place's alerts, and nothing proves that a housing organisation runs the site id it names, so a
+first-come registration by a housing admin would let it take another's site (and its alerts)
+or move its municipality silently; the operator's every recording alerts the privacy officers
+of the organisations it names and of those it replaces.
 """
 
 from __future__ import annotations
@@ -16,24 +19,24 @@ import asyncpg
 from carebus.domain.authority import Refusal
 from carebus.domain.places import place_key
 
-# The authority rule ids a refusal names (docs/authority.md, "Housing places").
-OWN_PLACES: Refusal = Refusal(
-    "housing_place.own",
+# The authority rule id a refusal names (docs/authority.md, "Housing places").
+OPERATOR_ONLY: Refusal = Refusal(
+    "housing_place.operator",
     "owner_org",
-    "a housing organisation's admin records only its own places; the operator any",
-)
-OWNED_BY_ANOTHER: Refusal = Refusal(
-    "housing_place.owned",
-    "owner_org",
-    "the place is recorded for another housing organisation; only the operator moves it",
+    "only the operator records a housing place or changes its owner or municipality: whoever "
+    "is recorded gets the place's alerts; ask the operator to record it",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class PlaceRecorded:
+    """The place as recorded; `previous` the owner and municipality it had before (None for a
+    first registration)."""
+
     place_key: str
     owner_org: str
     municipality_org: str
+    previous: tuple[str, str] | None = None
 
 
 class UnknownOrganisationError(Exception):
@@ -45,10 +48,6 @@ class UnknownOrganisationError(Exception):
         self.problem = f"must be a registered {agency} organisation"
 
 
-class OwnedByAnotherError(Exception):
-    """The place is recorded for another owner."""
-
-
 async def record(
     pool: asyncpg.Pool,
     secret: bytes,
@@ -56,11 +55,10 @@ async def record(
     owner_org: str,
     municipality_org: str,
     recorded_by: str,
-    *,
-    may_move: bool,
 ) -> PlaceRecorded:
-    """Record (or update) a place's owner and municipality; `may_move`: the caller may give a
-    place recorded for one owner to another (the operator)."""
+    """Record (or change) a place's owner and municipality (the caller checks that the
+    operator asks). Recordings of one place are serialised by a transaction lock on its key
+    (a row lock would lock nothing on a first registration), so `previous` is exact."""
     key = place_key(place, secret)
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
@@ -72,11 +70,10 @@ async def record(
             raise UnknownOrganisationError("owner_org", "housing")
         if agencies.get(municipality_org) != "municipality":
             raise UnknownOrganisationError("municipality_org", "municipality")
-        held = await conn.fetchval(
-            "SELECT owner_org FROM housing_places WHERE place_key = $1 FOR UPDATE", key
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 17))", key)
+        held = await conn.fetchrow(
+            "SELECT owner_org, municipality_org FROM housing_places WHERE place_key = $1", key
         )
-        if held is not None and held != owner_org and not may_move:
-            raise OwnedByAnotherError
         await conn.execute(
             "INSERT INTO housing_places (place_key, owner_org, municipality_org, recorded_by) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT (place_key) DO UPDATE SET "
@@ -87,4 +84,5 @@ async def record(
             municipality_org,
             recorded_by,
         )
-    return PlaceRecorded(key, owner_org, municipality_org)
+    previous = None if held is None else (held["owner_org"], held["municipality_org"])
+    return PlaceRecorded(key, owner_org, municipality_org, previous)

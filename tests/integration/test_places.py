@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 RULE = "place.repeated_incidents"
 WAIT_S = 90.0
 OTHER_HOUSING = "987650001"
+OTHER_MUNICIPALITY = "940000001"  # refused before it is looked up
 
 
 @pytest.fixture(scope="module")
@@ -96,57 +97,155 @@ async def place_alerts(conn: asyncpg.Connection, key: str, count: int) -> list[d
     raise AssertionError(f"expected {count} place alerts, found {rows}")
 
 
-async def test_a_housing_admin_records_only_its_own_places(bus: Bus) -> None:
-    """Its own place: 201 with the key, never the site id; another owner's or another
-    agency's admin: 403 naming the rule; a place held by another owner moves only by the
-    operator."""
+async def refusals_of(bus: Bus, actors: list[str], count: int) -> set[tuple[str, str, str]]:
+    deadline = time.monotonic() + WAIT_S
+    audited: list[asyncpg.Record] = []
+    while time.monotonic() < deadline and len(audited) < count:
+        audited = await bus.conn.fetch(
+            "SELECT actor_org, statement, field FROM authority_refusals "
+            "WHERE rule_id = 'housing_place.operator' AND actor_org = ANY($1::text[])",
+            actors,
+        )
+        await asyncio.sleep(0.25)
+    return {(r["actor_org"], r["statement"], r["field"]) for r in audited}
+
+
+async def test_only_the_operator_records_a_place(bus: Bus) -> None:
+    """Security review: a housing admin recording even a place it names itself the owner of is
+    refused 403 naming housing_place.operator, audited, nothing written (first come would let
+    it take another's site); another agency's admin too. The operator records it: 201 with the
+    key, never the site id stored."""
     site = f"site-{uuid.uuid4().hex[:8]}"
-    recorded = await record_place(bus, "housing_admin", site, ORGS["housing"])
-    assert recorded.status_code == 201, recorded.text
     key = place_key(f"site:{site}", bus.settings.subject_key_secret.get_secret_value().encode())
+    refused = await record_place(bus, "housing_admin", site, ORGS["housing"])
+    assert refused.status_code == 403, refused.text
+    assert "housing_place.operator" in refused.text
+    assert "only the operator records a housing place" in refused.text
+    refused = await record_place(bus, "nav_admin", site, ORGS["nav"])
+    assert refused.status_code == 403, refused.text
+    assert await bus.conn.fetchval("SELECT 1 FROM housing_places WHERE place_key = $1", key) is None
+    assert await refusals_of(bus, [ORGS["housing"], ORGS["nav"]], 2) >= {
+        (ORGS["housing"], "housing_place", "owner_org"),
+        (ORGS["nav"], "housing_place", "owner_org"),
+    }
+    recorded = await record_place(bus, "operator", site, ORGS["housing"])
+    assert recorded.status_code == 201, recorded.text
     assert recorded.json()["place_key"] == key
     stored = await bus.conn.fetchrow("SELECT * FROM housing_places WHERE place_key = $1", key)
     assert stored is not None
     assert site not in str(dict(stored))
-    refused = await record_place(bus, "housing_admin", site, ORGS["nav"])
-    assert refused.status_code == 403, refused.text
-    assert "housing_place.own" in refused.text
-    refused = await record_place(bus, "nav_admin", site, ORGS["nav"])
-    assert refused.status_code == 403, refused.text
-    deadline = time.monotonic() + WAIT_S
-    audited: list[asyncpg.Record] = []
-    while time.monotonic() < deadline and len(audited) < 2:
-        audited = await bus.conn.fetch(
-            "SELECT actor_org, statement, field FROM authority_refusals "
-            "WHERE rule_id = 'housing_place.own' AND actor_org = ANY($1::text[])",
-            [ORGS["housing"], ORGS["nav"]],
-        )
-        await asyncio.sleep(0.25)
-    assert {(r["actor_org"], r["statement"], r["field"]) for r in audited} >= {
-        (ORGS["housing"], "housing_place", "owner_org"),
-        (ORGS["nav"], "housing_place", "owner_org"),
-    }
     invalid = await record_place(bus, "operator", site, ORGS["nav"])
     assert invalid.status_code == 422, invalid.text
     assert "owner_org" in invalid.text
 
 
-async def test_a_place_moves_to_another_owner_only_by_the_operator(bus: Bus) -> None:
+async def test_no_housing_admin_takes_or_moves_a_recorded_place(bus: Bus) -> None:
     """Another housing organisation's admin cannot take over a recorded place (and so its
-    alerts); the operator can move it."""
+    alerts), nor can the owner's admin move its municipality; the operator moves it, and the
+    privacy officer of the owner it replaces is told."""
     site = f"site-{uuid.uuid4().hex[:8]}"
-    first = await record_place(bus, "housing_admin", site, ORGS["housing"])
+    first = await record_place(bus, "operator", site, ORGS["housing"])
     assert first.status_code == 201, first.text
+    key = first.json()["place_key"]
     taken = await record_place(bus, "other_housing_admin", site, OTHER_HOUSING)
     assert taken.status_code == 403, taken.text
-    assert "housing_place.owned" in taken.text
-    owner = await bus.conn.fetchval(
-        "SELECT owner_org FROM housing_places WHERE place_key = $1", first.json()["place_key"]
+    assert "housing_place.operator" in taken.text
+    moved_municipality = await bus.registry.post(
+        "/v1/housing-places",
+        json={
+            "housing_site_id": site,
+            "owner_org": ORGS["housing"],
+            "municipality_org": OTHER_MUNICIPALITY,
+        },
+        headers=bus.auth("housing_admin"),
     )
-    assert owner == ORGS["housing"]
+    assert moved_municipality.status_code == 403, moved_municipality.text
+    row = await bus.conn.fetchrow(
+        "SELECT owner_org, municipality_org FROM housing_places WHERE place_key = $1", key
+    )
+    assert row is not None
+    assert (row["owner_org"], row["municipality_org"]) == (ORGS["housing"], ORGS["municipality"])
     moved = await record_place(bus, "operator", site, OTHER_HOUSING)
     assert moved.status_code == 201, moved.text
     assert moved.json()["owner_org"] == OTHER_HOUSING
+    told = await bus.conn.fetch(
+        "SELECT target_org FROM operator_actions WHERE action = 'housing_place_recorded' "
+        "AND at >= now() - interval '5 minutes' AND target_org = ANY($1::text[])",
+        [ORGS["housing"], OTHER_HOUSING],
+    )
+    assert {r["target_org"] for r in told} >= {ORGS["housing"], OTHER_HOUSING}
+
+
+async def test_made_up_persons_do_not_reveal_a_callout_to_the_housing_owner(bus: Bus) -> None:
+    """Security review (HIGH): the owner reports two incidents about two persons at its site;
+    one police callout about a third, which routing did not tell it of, counts for the
+    municipality (told of none, three persons) but not for the owner (what it was not told of
+    is one person's), so the owner gets no alert holding the callout."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    recorded = await record_place(bus, "operator", site, ORGS["housing"])
+    assert recorded.status_code == 201, recorded.text
+    key = recorded.json()["place_key"]
+    start = datetime.now(UTC) - timedelta(hours=6)
+    incident = {"kind": "noise", "severity": "low", "housing_unit_id": f"{site}-1"}
+    padding = [
+        await bus.publish(
+            "housing",
+            "housing_incident",
+            random_nin(bus.rng),
+            {**incident, "housing_site_id": site},
+            occurred_at=start + timedelta(hours=hour),
+        )
+        for hour in (0, 1)
+    ]
+    real = await bus.publish(
+        "police",
+        "police_callout",
+        random_nin(bus.rng),
+        {**callout(), "housing_site_id": site},
+        occurred_at=start + timedelta(hours=2),
+    )
+    await place_alerts(bus.conn, key, 1)
+    await bus.tracked(real)
+    await asyncio.sleep(2)  # the owner's alert, were it raised, would be stored by now
+    alerts = await place_alerts(bus.conn, key, 1)
+    assert [a["recipient_org"] for a in alerts] == [ORGS["municipality"]]
+    assert sorted(alerts[0]["event_ids"]) == sorted([*padding, real])
+
+
+async def test_an_unregistered_place_alerts_the_operator_not_a_reporter(bus: Bus) -> None:
+    """Security review (HIGH): reporting at an unregistered site does not make a housing
+    organisation its owner; the alert goes to the operator's queue and names the place by its
+    key only."""
+    site = f"site-{uuid.uuid4().hex[:8]}"
+    key = place_key(f"site:{site}", bus.settings.subject_key_secret.get_secret_value().encode())
+    start = datetime.now(UTC) - timedelta(hours=6)
+    incident = {"kind": "noise", "severity": "low", "housing_unit_id": f"{site}-1"}
+    sent = [
+        await bus.publish(
+            "housing",
+            "housing_incident",
+            random_nin(bus.rng),
+            {**incident, "housing_site_id": site},
+            occurred_at=start,
+        )
+    ]
+    for hour in (1, 2):
+        sent.append(
+            await bus.publish(
+                "police",
+                "police_callout",
+                random_nin(bus.rng),
+                {**callout(), "housing_site_id": site},
+                occurred_at=start + timedelta(hours=hour),
+            )
+        )
+    await place_alerts(bus.conn, key, 1)
+    await asyncio.sleep(2)  # a reporter's alert, were it raised, would be stored by now
+    alerts = await place_alerts(bus.conn, key, 1)
+    assert [a["recipient_org"] for a in alerts] == [None]
+    assert sorted(alerts[0]["event_ids"]) == sorted(sent)
+    assert site not in alerts[0]["summary"]
+    assert key[:12] in alerts[0]["summary"]
 
 
 async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once(
@@ -156,7 +255,7 @@ async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once
     housing organisation and one to the municipality, naming no one; a fourth callout in the
     same episode raises nothing more."""
     site = f"site-{uuid.uuid4().hex[:8]}"
-    recorded = await record_place(bus, "housing_admin", site, ORGS["housing"])
+    recorded = await record_place(bus, "operator", site, ORGS["housing"])
     assert recorded.status_code == 201, recorded.text
     key = recorded.json()["place_key"]
     start = datetime.now(UTC) - timedelta(hours=6)
@@ -175,7 +274,8 @@ async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once
     for alert in alerts:
         assert alert["nin"] is None
         assert sorted(alert["event_ids"]) == sorted(sent)
-        assert site in alert["summary"]
+        assert site not in alert["summary"]  # a site id may be an address: the key names it
+        assert f"(place {key[:12]})" in alert["summary"]
         assert "police callouts 3" in alert["summary"]
     fourth = await bus.publish(
         "police",
@@ -197,6 +297,9 @@ async def test_three_callouts_of_three_persons_alert_owner_and_municipality_once
     assert mine[0].get("subject") is None  # the inbox leaves out a subject it has none of
     assert "person_url" not in mine[0]
     assert mine[0]["contact"] == {"agency": "housing", "org_id": ORGS["housing"]}
+    state = await bus.conn.fetchval("SELECT state FROM sla_places WHERE place_key = $1", key)
+    assert state is not None
+    assert site not in state
 
 
 async def test_a_retracted_callout_leaves_its_places_count(bus: Bus) -> None:

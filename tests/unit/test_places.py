@@ -117,9 +117,9 @@ def test_three_callouts_of_three_persons_alert_the_owner_and_the_municipality() 
     assert alerts[0]["contact"] == {"agency": "municipality", "org_id": MUNICIPALITY}
     assert alerts[1]["contact"] == {"agency": "housing", "org_id": HOUSING}
     assert alerts[0]["summary"].startswith(
-        "3 events at housing site KH-1 within P30D (police callouts 3), the latest at "
-        "2026-11-02 14:00 (Oslo). No person is named here. Agree on measures for the site "
-        f"with municipality {MUNICIPALITY};"
+        f"3 events at housing site (place {KEY[:12]}) within P30D (police callouts 3), the "
+        "latest at 2026-11-02 14:00 (Oslo). No person is named here. Agree on measures for the "
+        f"site with municipality {MUNICIPALITY};"
     )
 
 
@@ -198,25 +198,11 @@ def test_the_state_survives_json() -> None:
     assert to(feed(restored, callouts("a", "b", "c")[2:])) == [HOUSING, MUNICIPALITY]
 
 
-def test_an_unregistered_place_alerts_the_reporting_housing_organisations() -> None:
-    """No owners recorded: each housing organisation that reported in the window; the
-    municipality is unknown, and the summary asks for the place to be registered."""
-    entries = [
-        entry(event("housing_incident", at=T0, number=1, org=HOUSING, person="a"), ()),
-        *callouts("b", "c", start=T0 + timedelta(hours=1)),
-    ]
-    alerts = feed(PlaceState(), entries, owners=None)
-    assert to(alerts) == [HOUSING]
-    assert alerts[0]["contact"] is None
-    assert "POST /v1/housing-places" in alerts[0]["summary"]
-    assert "(housing incidents 1, police callouts 2)" in alerts[0]["summary"]
-
-
 def test_an_unregistered_place_with_only_police_reports_goes_to_the_operator() -> None:
     """No owner and no housing reporter: the unassigned queue, without the place's name."""
     alerts = feed(PlaceState(), callouts("a", "b", "c"), owners=None)
     assert to(alerts) == [None]
-    assert alerts[0]["summary"].startswith("3 events at a place within P30D")
+    assert alerts[0]["summary"].startswith(f"3 events at housing site (place {KEY[:12]}) within")
     assert "KH-1" not in alerts[0]["summary"]
 
 
@@ -248,3 +234,72 @@ def test_a_withdrawn_event_leaves_the_count_and_only_its_senders() -> None:
     assert withdraw(state, Withdrawn(POLICE, "police-1"))
     assert [e[1] for e in state.windows[RULE]["events"]] == ["police-2"]
     assert feed(state, callouts("a", "b", "c")[2:]) == []
+
+
+def test_padding_with_made_up_persons_does_not_reveal_one_persons_callout() -> None:
+    """Security review (HIGH): a housing organisation reports two incidents about two made-up
+    persons; one police callout about a real person it was not told of does not count for it
+    (what it was not told of covers one person), so it is shown nothing it did not know."""
+    padding = [
+        entry(event("housing_incident", at=T0, number=1, org=HOUSING, person="x"), ()),
+        entry(event("housing_incident", at=T0, number=2, org=HOUSING, person="y"), ()),
+    ]
+    real = entry(event(at=T0 + timedelta(hours=1), number=3, person="a"), ())
+    window = [*padding, real]
+    assert countable(window, HOUSING) == padding
+    alerts = feed(PlaceState(), window)
+    assert HOUSING not in to(alerts)
+    for alert in alerts:
+        assert alert["recipient"] is not None or "police-3" not in alert["event_ids"]
+    # The municipality was told of none of them: three persons among them, all count.
+    assert to(alerts) == [MUNICIPALITY]
+    assert alerts[0]["event_ids"] == ["housing-1", "housing-2", "police-3"]
+
+
+def test_what_a_recipient_was_not_told_of_counts_over_two_persons_of_its_own() -> None:
+    """Events a recipient was not told of count only when they alone cover two persons."""
+    own = entry(event("housing_incident", at=T0, number=1, org=HOUSING, person="x"), ())
+    one = callouts("a", "a", start=T0 + timedelta(hours=1))
+    two = callouts("a", "b", start=T0 + timedelta(hours=1))
+    told = entry(event(at=T0 + timedelta(hours=5), number=9, person="c"), told=[HOUSING])
+    assert countable([own, *one], HOUSING) == [own]
+    assert countable([own, *two], HOUSING) == [own, *two]
+    assert countable([told, *one], HOUSING) == [told]
+    assert countable([*one, told], None) == [*one, told]  # two persons, none told the operator
+    assert countable(one, None) == []
+
+
+def test_an_unregistered_place_never_makes_a_reporter_its_owner() -> None:
+    """Security review (HIGH): at an unregistered place the owner role is the operator's
+    queue, never a housing organisation that reported there (anyone could report)."""
+    entries = [
+        entry(event("housing_incident", at=T0, number=1, org=HOUSING, person="a"), ()),
+        *callouts("b", "c", start=T0 + timedelta(hours=1)),
+    ]
+    alerts = feed(PlaceState(), entries, owners=None)
+    assert to(alerts) == [None]
+    assert alerts[0]["contact"] is None
+    assert "POST /v1/housing-places" in alerts[0]["summary"]
+    assert alerts[0]["event_ids"] == ["housing-1", "police-1", "police-2"]
+
+
+def test_the_summary_names_the_place_by_its_key_never_its_id() -> None:
+    """Security review: a site id may be an address; the summary gives the first 12 hex
+    characters of the place key (POST /v1/housing-places returns the key to the owner)."""
+    for owners in (OWNERS, None):
+        alerts = feed(PlaceState(), callouts("a", "b", "c"), owners=owners)
+        assert alerts
+        for alert in alerts:
+            assert "KH-1" not in alert["summary"]
+            assert f"place {KEY[:12]}" in alert["summary"]
+
+
+def test_the_stored_state_holds_no_clear_place() -> None:
+    """Only the key names a place in sla_places; a row stored with the old `place` reads."""
+    state = PlaceState()
+    feed(state, callouts("a", "b"))
+    assert "KH-1" not in repr(state.to_json())
+    old = {"place": "site:KH-1", **state.to_json()}
+    restored = PlaceState.from_json(old)
+    assert "KH-1" not in repr(restored.to_json())
+    assert to(feed(restored, callouts("a", "b", "c")[2:])) == [HOUSING, MUNICIPALITY]
