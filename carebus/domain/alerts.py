@@ -631,8 +631,8 @@ OPERATOR_ACTIONS: Final[dict[str, str]] = {
     "gp_set": "put a person on your organisation's GP list",
     "gp_cleared": "took a person off your organisation's GP list",
     "housing_place_recorded": (
-        "recorded a housing place your organisation owns or lies in, so it gets the alerts "
-        "about patterns at that place"
+        "recorded a housing place your organisation owns or lies in (or did before this "
+        "change), which decides who gets the alerts about patterns at that place"
     ),
 }
 
