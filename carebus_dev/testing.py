@@ -50,6 +50,11 @@ __all__ = ["EventFactory", "ServiceProcess", "StackError", "TestStack", "capture
 # it binds it (a CI run lost a module to EADDRINUSE that way), and one below the range cannot.
 _LISTENER_PORTS = range(20000, 32768)
 _local_ports = random.SystemRandom()
+# Every port free_ports handed out in this process: never handed out twice, so a service started
+# later on a fresh port cannot take a port a stopped service of the stack restarts on (the e2e
+# modules restart the inbox on the stack's inbox port; a fresh clone's run once found another
+# service there, whose /healthz answered for it).
+_handed_out: set[int] = set()
 
 
 def _ephemeral_low() -> int:
@@ -83,12 +88,15 @@ def free_ports(count: int) -> list[int]:
     for port in candidates:
         if len(ports) == count:
             break
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
         ports.append(port)
+    _handed_out.update(ports)
     if len(ports) < count:
         raise StackError(f"only {len(ports)} of {count} free ports below the ephemeral range")
     return ports

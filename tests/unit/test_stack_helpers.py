@@ -188,8 +188,10 @@ def test_a_port_something_listens_on_is_never_handed_out(monkeypatch: pytest.Mon
         taken = listener.getsockname()[1]
         monkeypatch.setattr(carebus_dev.testing, "_LISTENER_PORTS", range(taken, taken + 2))
         monkeypatch.setattr(carebus_dev.testing, "_ephemeral_low", lambda: 65536)
+        monkeypatch.setattr(carebus_dev.testing, "_handed_out", set())
         assert free_ports(1) == [taken + 1]
-        with pytest.raises(carebus_dev.testing.StackError, match="only 1 of 2"):
+        # taken is listened on, taken + 1 was handed out above: neither is free to hand out.
+        with pytest.raises(carebus_dev.testing.StackError, match="only 0 of 2"):
             free_ports(2)
 
 
@@ -254,3 +256,12 @@ def test_the_demo_gp_office_has_a_coordinator_token() -> None:
         DEV_ORGANISATIONS["municipality"],
         "coordinator",
     )
+
+
+def test_a_port_is_handed_out_once_per_process() -> None:
+    """A port given to one service is never given to another, even once the first stopped: the
+    stack restarts services on the ports it chose at the start."""
+    first = free_ports(5)
+    again = free_ports(50)
+    assert len(set(first)) == 5
+    assert not set(first) & set(again)
