@@ -370,9 +370,18 @@ def test_signing_out_ends_the_session_on_the_page(
 
 
 def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
-    stack: TestStack, inbox: ServiceProcess, browser: WebDriver, privacy_officer: Caller
+    stack: TestStack,
+    alert_store: ServiceProcess,
+    inbox: ServiceProcess,
+    browser: WebDriver,
+    privacy_officer: Caller,
 ) -> None:
-    """The target organisation's privacy officer sees the operator's action; it names no one."""
+    """The target organisation's privacy officer sees the operator's action; it names no one.
+
+    The alert is stored before the page opens, so the page's first load must list it (arriving
+    live is the first test's concern). A CI run once failed here with no way to tell a slow
+    store from a page that missed a stored alert: the wait for the store now says which.
+    """
     record = operator_action_alert(
         "webhook_registered",
         OPERATOR_ORG,
@@ -382,6 +391,12 @@ def test_an_operator_action_shows_in_the_privacy_officers_page_with_no_person(
         str(uuid.uuid4()),
     )
     produce(stack, [record])
+    try:
+        until(partial(stored, stack, record["alert_id"]), "the operator action is stored", 90.0)
+    except AssertionError as failure:
+        raise AssertionError(
+            f"{failure}\n--- alert store log (tail) ---\n{alert_store.log_tail(40)}"
+        ) from None
     page = InboxPage(browser, inbox)
     page.open()
     page.sign_in(privacy_officer.person)
