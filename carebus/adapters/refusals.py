@@ -4,6 +4,8 @@ log line.
 The gateway and the registry call it when they refuse a statement for want of authority, after
 the request's own transaction has rolled back: the refusal is the one thing a refused request
 leaves behind, and it names who tried, what, about whom (subject key only) and which rule said no.
+The inbox, which has no broker connection, writes its refused person-view look-ups from
+`refusal_record` straight into `authority_refusals` (migration 0026).
 """
 
 from __future__ import annotations
@@ -23,6 +25,28 @@ from carebus.wire.codec import Codec
 log = get_logger(__name__)
 
 
+def refusal_record(
+    principal: Any,
+    statement: str,
+    refusal: Refusal,
+    subject_key: str | None,
+    policy_version: str,
+) -> dict[str, Any]:
+    """The AuthorityRefusal record of one attempt (a new audit_id: every attempt is its own)."""
+    return {
+        "audit_id": str(uuid.uuid4()),
+        "subject_key": subject_key,
+        "actor_org": principal.org_id,
+        "actor_agency": principal.agency,
+        "actor_role": principal.role,
+        "statement": statement,
+        "rule_id": refusal.rule_id,
+        "field": refusal.field or None,
+        "policy_version": policy_version,
+        "decided_at": datetime.now(UTC),
+    }
+
+
 class RefusalLog:
     """Publishes each refusal to the refusals topic (keyed by the person, when there is one)."""
 
@@ -35,18 +59,7 @@ class RefusalLog:
         self, principal: Any, statement: str, refusal: Refusal, subject_key: str | None
     ) -> dict[str, Any]:
         """The AuthorityRefusal record (its audit_id is new: every attempt is its own)."""
-        return {
-            "audit_id": str(uuid.uuid4()),
-            "subject_key": subject_key,
-            "actor_org": principal.org_id,
-            "actor_agency": principal.agency,
-            "actor_role": principal.role,
-            "statement": statement,
-            "rule_id": refusal.rule_id,
-            "field": refusal.field or None,
-            "policy_version": self._policy_version,
-            "decided_at": datetime.now(UTC),
-        }
+        return refusal_record(principal, statement, refusal, subject_key, self._policy_version)
 
     async def refused(
         self, principal: Any, statement: str, refusal: Refusal, subject_key: str | None = None

@@ -32,6 +32,7 @@ RULES: Final = (
     "retraction.repeated",
     "erasure.data_protection_officer",
     "contact.own_staff",
+    "person_view.relation",
 )
 PENDING_REASONS: Final = ("consent.self_recipient", "consent.non_health_recorder")
 PATIENT: Final = "patient"
@@ -45,6 +46,11 @@ JUDGED_EVENT_TYPES: Final = frozenset({"ip_update", "brukerplan_assessment"})
 _SELF_NAMING: Final = frozenset({"home_municipality", "admitting"})
 
 ConsentEffect = Literal["effective", "pending"]
+
+# A look at the person view (GET /v1/persons/{subject_key}/timeline) by an organisation with no
+# relation to the person: the statement and the refusal its attempt is kept under in the
+# person's log (answered 404, as for a key no person has).
+PERSON_VIEW: Final = "person_view"
 
 
 class AuthorityPolicyError(ValueError):
@@ -69,6 +75,14 @@ class Refusal:
     field: str
     message: str
     status: int = 403
+
+
+PERSON_VIEW_REFUSAL: Final = Refusal(
+    "person_view.relation",
+    "subject_key",
+    "no person of that key is known to your organisation",
+    404,
+)
 
 
 class NotEntitledError(Exception):

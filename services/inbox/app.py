@@ -28,14 +28,16 @@ from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, bearer_token, create_app, error_responses
 from carebus.adapters.oidc import issuer_client
 from carebus.adapters.pages import PAGE_HEADERS, add_page_routes
+from carebus.adapters.refusals import refusal_record
 from carebus.adapters.resources import pool_answers
 from carebus.adapters.sessions import Caller, PersonSessions, session_caller
+from carebus.domain.authority import PERSON_VIEW, PERSON_VIEW_REFUSAL
 from carebus.domain.text import text_problem
 from carebus.runtime import metrics
 from carebus.runtime.config import Settings, get_settings
 from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor, CursorError
-from carebus.wire.policy_files import load_rules
+from carebus.wire.policy_files import load_authority, load_rules
 from carebus.wire.sealing import KeyWrap
 from services.inbox.alerts import (
     AlertRow,
@@ -252,12 +254,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     wrap = KeyWrap.from_settings(settings)
     # The person view titles obligations as the alerts do: the same rule file as the SLA engine.
     rules = load_rules(settings.sla_rules, settings.sla_rules_override)
+    # A refused person-view look-up is kept under the authority policy's version, as every
+    # refusal is.
+    authority_version = load_authority().version
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
         store = AlertStore(pool, wrap)
         app.state.people = PersonStore(pool, wrap)
+        app.state.authority_version = authority_version
         feed = AlertFeed(settings.postgres_dsn, store.load)
         app.state.tokens = TokenCache(pool)
         app.state.store = store
@@ -406,7 +412,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         person = await people.person(subject_key if well_formed(subject_key) else NO_KEY)
         if person is None or not person.routing.relations(principal.org_id):
             metrics.PERSON_VIEWS.labels("not_found").inc()
-            log.info("inbox.person_not_found", org_id=principal.org_id, role=principal.role)
+            await _refuse_look(request, principal, subject_key if person is not None else None)
             raise ApiError(404, NO_SUCH_PERSON, [("subject_key", "unknown")])
         looker = Looker(principal.org_id, principal.role, caller.actor)
         found = await people.timeline(subject_key, person, looker, before=after, limit=limit)
@@ -441,6 +447,26 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return Response(PERSON_PAGE.read_bytes(), media_type="text/html", headers=PAGE_HEADERS)
 
     return app
+
+
+async def _refuse_look(request: Request, principal: Principal, subject_key: str | None) -> None:
+    """Count and log a refused person-view look-up (`person_view.relation`); when the key names a
+    person carebus knows (`subject_key`), keep the attempt in the person's log too."""
+    refusal = PERSON_VIEW_REFUSAL
+    metrics.AUTHORITY_REFUSALS.labels(refusal.rule_id).inc()
+    record = refusal_record(
+        principal, PERSON_VIEW, refusal, subject_key, request.app.state.authority_version
+    )
+    log.info(
+        "inbox.person_not_found",
+        org_id=principal.org_id,
+        role=principal.role,
+        rule_id=refusal.rule_id,
+        audit_id=record["audit_id"] if subject_key is not None else None,
+    )
+    if subject_key is not None:
+        people: PersonStore = request.app.state.people
+        await people.refused(record)
 
 
 def _checked_alert_id(alert_id: str) -> None:

@@ -1,5 +1,6 @@
 """The person view's reads, and the record of each lookup (`disclosure_lookups`, what
-`person_timeline`): one transaction, so no answer goes out unrecorded.
+`person_timeline`): one transaction, so no answer goes out unrecorded. A look-up refused for
+want of a relation to a known person is kept in `authority_refusals` (statement `person_view`).
 
 Reads only what migration 0022 grants the inbox: the SLA engine's state of the person
 (`sla_persons`), the caller organisation's delivered disclosures (which events it was told
@@ -9,6 +10,7 @@ of, and with which fields), its deliveries (as delivered) and the events it sent
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -79,6 +81,14 @@ _RECORD: Final = """
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
+# A refused look-up of a known person, as the audit store writes an AuthorityRefusal record
+# (migration 0026 lets the inbox add rows of statement `person_view` only).
+_REFUSED: Final = """
+    INSERT INTO authority_refusals (audit_id, subject_key, actor_org, actor_agency, actor_role,
+                                    statement, rule_id, field, policy_version, decided_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Looker:
@@ -124,6 +134,22 @@ class PersonStore:
         return Person(
             PersonState.from_json(orjson.loads(row["routing"])),
             SlaState.from_json(orjson.loads(row["state"])),
+        )
+
+    async def refused(self, record: Mapping[str, Any]) -> None:
+        """Keep a refused look-up (an AuthorityRefusal record) in the person's log."""
+        await self._pool.execute(
+            _REFUSED,
+            record["audit_id"],
+            record["subject_key"],
+            record["actor_org"],
+            record["actor_agency"],
+            record["actor_role"],
+            record["statement"],
+            record["rule_id"],
+            record["field"],
+            record["policy_version"],
+            record["decided_at"],
         )
 
     async def timeline(

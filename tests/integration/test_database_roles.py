@@ -317,6 +317,55 @@ async def test_the_inbox_only_adds_person_view_lookups_and_never_reads_the_log(
         await audit.close()
 
 
+REFUSAL = (
+    "INSERT INTO authority_refusals (audit_id, subject_key, actor_org, actor_agency, actor_role,"
+    " statement, rule_id, policy_version, decided_at) VALUES (gen_random_uuid()::text, 'k',"
+    " '974705788', 'dps', 'coordinator', $1, 'person_view.relation', 'v', now())"
+)
+
+
+async def test_the_inbox_only_adds_refused_person_views_to_the_refusals(
+    stack: TestStack,
+) -> None:
+    """Migration 0026: the inbox keeps a refused person-view look-up in `authority_refusals`,
+    but only as statement `person_view` (row-level security), so it cannot make up a refused
+    care-team change or consent in anyone's log; it may not read, change or remove a refusal.
+    The audit store still adds every statement, and the audit service still reads them all."""
+    conn = await connect_as(stack, "inbox")
+    try:
+        trying = conn.transaction()
+        await trying.start()
+        assert await conn.execute(REFUSAL, "person_view") == "INSERT 0 1"
+        await trying.rollback()  # leave no row behind: the audit trail cannot lose it later
+        for statement_name in ("care_team_change", "consent", "event:admission"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+                await conn.execute(REFUSAL, statement_name)
+        for statement in (
+            "SELECT count(*) FROM authority_refusals",
+            "UPDATE authority_refusals SET field = field WHERE false",
+            "DELETE FROM authority_refusals WHERE false",
+            "TRUNCATE authority_refusals",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
+    store = await connect_as(stack, "audit_store")
+    audit = await connect_as(stack, "audit")
+    try:
+        trying = store.transaction()
+        await trying.start()
+        assert await store.execute(REFUSAL, "care_team_change") == "INSERT 0 1"
+        assert await store.fetchval("SELECT count(*) FROM authority_refusals") >= 1
+        await trying.rollback()
+        await audit.fetchval("SELECT count(*) FROM authority_refusals")  # still reads them all
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+            await audit.execute(REFUSAL, "person_view")
+    finally:
+        await store.close()
+        await audit.close()
+
+
 @pytest.mark.parametrize(
     "query",
     [

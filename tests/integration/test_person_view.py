@@ -233,6 +233,47 @@ async def test_unrelated_unknown_and_malformed_keys_get_one_and_the_same_404(
     assert len(await lookups(db, person.key)) == before
 
 
+async def test_a_refused_look_at_a_known_person_is_kept_in_the_persons_log(
+    inbox: httpx.AsyncClient, db: asyncpg.Connection, person: Person, bus: Bus
+) -> None:
+    """policy/authority.yaml `person_view.relation`: an organisation with no relation to a known
+    person is answered 404 and its attempt is a refusal in the person's log (who, which role,
+    which rule), which the patient reads in plain words; a key no person has leaves no row."""
+    other = await token(db, "municipality", OTHER_MUNICIPALITY, "coordinator")
+
+    async def refusals() -> list[asyncpg.Record]:
+        return await db.fetch(
+            "SELECT * FROM authority_refusals WHERE actor_org = $1 AND statement = 'person_view'"
+            " ORDER BY decided_at",
+            OTHER_MUNICIPALITY,
+        )
+
+    before = len(await refusals())
+    assert (await inbox.get(path(person.key), headers=auth(other))).status_code == 404
+    for key in (uuid.uuid4().hex * 2, "not-a-key", person.nin):
+        assert (await inbox.get(path(key), headers=auth(other))).status_code == 404
+    kept = await refusals()
+    assert len(kept) == before + 1, "one row for the known person, none for the other keys"
+    row = kept[-1]
+    assert (row["subject_key"], row["actor_agency"], row["actor_role"], row["rule_id"]) == (
+        person.key,
+        "municipality",
+        "coordinator",
+        "person_view.relation",
+    )
+    assert row["field"] == "subject_key"
+
+    patient = await create_token(
+        db, agency="operator", org_id=OPERATOR_ORG, role="patient", subject_key=person.key
+    )
+    log = await bus.audit.get("/v1/me/disclosures", headers=auth(patient))
+    assert log.status_code == 200, log.text
+    tried = [r for r in log.json()["items"] if r.get("statement") == "person_view"]
+    assert tried, log.text
+    assert "tried to look at what carebus holds about you" in tried[-1]["text"]
+    assert tried[-1]["rule_id"] == "person_view.relation"
+
+
 async def test_a_system_token_and_the_operator_are_refused(
     inbox: httpx.AsyncClient, db: asyncpg.Connection, person: Person
 ) -> None:
