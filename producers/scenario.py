@@ -104,7 +104,8 @@ JOURNEYS: tuple[Journey, ...] = (
         followed_up=False,
         municipality_replies=True,
         shows="an open notice: discharged after a possible suicide attempt, the follow-up "
-        "time sent on its own, no follow-up contact yet; a stay at a low-threshold place ended "
+        "time sent on its own, no follow-up contact yet, and a contact owed in the fifth week "
+        "(follow-up for at least a month); a stay at a low-threshold place ended "
         "by the admission, and rent arrears reported: a follow-up owed within seven days",
     ),
     Journey(

@@ -130,6 +130,9 @@ class Link:
     when: Mapping[str, Any] = dataclass_field(default_factory=dict)
     differs: tuple[str, ...] = ()
     present: tuple[str, ...] = ()
+    # Only an event that occurred this long after the trigger or later links (a follow-up that
+    # must still run a month on): None links any.
+    not_before: Duration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +293,17 @@ def links_to(link: Link, event: Mapping[str, Any], trigger: Mapping[str, Any]) -
         return False
     if any(value_of(event, name) is None for name in link.present):
         return False
+    if link.not_before is not None and not _late_enough(link.not_before, event, trigger):
+        return False
     return all(value_of(event, name) != value_of(trigger, name) for name in link.differs)
+
+
+def _late_enough(wait: Duration, event: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:
+    """Whether `event` occurred `wait` after the trigger or later (a time it lacks: no)."""
+    occurred, started = event.get("occurred_at"), trigger.get("occurred_at")
+    if not isinstance(occurred, str) or not isinstance(started, str):
+        return False
+    return parse_rfc3339(occurred) >= wait.after(parse_rfc3339(started))
 
 
 def _same_person(event: Mapping[str, Any], trigger: Mapping[str, Any]) -> bool:

@@ -366,6 +366,15 @@ class SlaLink(_FileModel):
     when: dict[str, Any] = Field(default_factory=dict)
     differs: list[str] = Field(default_factory=list)
     present: list[str] = Field(default_factory=list)
+    # Only an event that occurred this long after the trigger or later links.
+    not_before: Duration | None = None
+
+    @field_validator("not_before")
+    @classmethod
+    def _a_wait(cls, wait: sla.Duration | None) -> sla.Duration | None:
+        if wait is not None and not (wait.months or wait.days or wait.seconds > 0):
+            raise refused("must be a positive duration such as P28D")
+        return wait
 
     @field_validator("link", mode="plain")
     @classmethod
@@ -398,6 +407,7 @@ class SlaLink(_FileModel):
             when=self.when,
             differs=tuple(self.differs),
             present=tuple(self.present),
+            not_before=self.not_before,
         )
 
 

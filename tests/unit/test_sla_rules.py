@@ -546,6 +546,7 @@ def test_every_rule_of_the_file_is_covered() -> None:
         "followup_notice.discharge",
         "somatic.yearly_check",
         "place.repeated_incidents",  # tests/unit/test_places.py
+        "followup.continued_month",  # settles only from day 28: the table's early fulfilments
     }
     assert {rule.rule_id for rule in RULES.rules} == {c.rule_id for c in CASES} | dedicated
 
@@ -804,6 +805,92 @@ def test_follow_up_rules_need_the_admission_reason() -> None:
     assert person.deadlines("followup.discharge_7d") == []
     assert person.deadlines("followup.discharge_48h") == []
     assert len(person.deadlines("epikrise.after_discharge")) == 1
+
+
+# --- followup.continued_month ------------------------------------------------------------------
+
+MONTH_RULE = "followup.continued_month"
+
+
+def _contact(event_id: str, at: datetime, related: str = "dis-1") -> dict[str, Any]:
+    return event("followup_contact", event_id, at, source=MUNI, related_event_id=related)
+
+
+def _discharged_after(reason: str) -> Person:
+    person = Person()
+    person.see(_admission_for(reason)()[0])
+    person.see(event("discharge", "dis-1", T0, admission_event_id="adm-1"))
+    return person
+
+
+@pytest.mark.parametrize("reason", ["suicide_attempt", "possible_suicide_attempt"])
+def test_follow_up_after_suicidal_behaviour_is_owed_for_a_month(reason: str) -> None:
+    """The guideline's "at least 30 days": a discharge after (possible) suicidal behaviour owes,
+    beside the first contact within 7 days, a contact in the fifth week, due on day 35."""
+    person = _discharged_after(reason)
+    assert person.deadlines(MONTH_RULE) == [T0 + 35 * DAY]
+    assert person.deadlines("followup.discharge_7d") == [T0 + 7 * DAY]
+
+
+def test_early_contacts_do_not_show_the_follow_up_ran_a_month() -> None:
+    """Contacts in the first four weeks settle the 7-day obligation, not the month's: with none
+    later, the scan after day 35 alerts the coordinator, naming why to one that may know."""
+    person = _discharged_after("suicide_attempt")
+    for day, event_id in ((2, "fu-1"), (14, "fu-2"), (27, "fu-3")):
+        assert of(MONTH_RULE, person.see(_contact(event_id, T0 + day * DAY))) == []
+    assert person.deadlines("followup.discharge_7d") == []
+    assert person.deadlines(MONTH_RULE) == [T0 + 35 * DAY]
+    alerts = of(MONTH_RULE, person.scan(T0 + 35 * DAY + MINUTE))
+    assert orgs(alerts) == [COORDINATOR]
+    assert alerts[0]["deadline"] == rfc3339(T0 + 35 * DAY)
+    assert "at least 30 days" in alerts[0]["summary"]
+
+
+@pytest.mark.parametrize("related", ["dis-1", "adm-1"])
+def test_a_contact_in_the_fifth_week_settles_the_month(related: str) -> None:
+    """A contact on day 28 or later (linked to the discharge or the admission) settles it: no
+    alert, not even long after; the same contact arriving before the discharge counts too."""
+    person = _discharged_after("suicide_attempt")
+    assert of(MONTH_RULE, person.see(_contact("fu-9", T0 + 29 * DAY, related))) == []
+    assert person.deadlines(MONTH_RULE) == []
+    assert of(MONTH_RULE, person.scan(T0 + 60 * DAY)) == []
+
+    early = Person()
+    early.see(_admission_for("suicide_attempt")()[0])
+    early.see(_contact("fu-9", T0 + 28 * DAY, related), T0 + HOUR)
+    early.see(event("discharge", "dis-1", T0, admission_event_id="adm-1"), T0 + 2 * HOUR)
+    assert early.deadlines(MONTH_RULE) == []
+
+
+def test_a_late_fifth_week_contact_resolves_the_month_alert() -> None:
+    """A contact after day 35 resolves the breach as fulfilled late."""
+    person = _discharged_after("suicide_attempt")
+    raised = of(MONTH_RULE, person.scan(T0 + 35 * DAY + MINUTE))
+    assert raised
+    resolved = of(MONTH_RULE, person.see(_contact("fu-9", T0 + 36 * DAY)))
+    assert [a["alert_id"] for a in resolved] == [a["alert_id"] for a in raised]
+    assert {(a["status"], a["resolution"]) for a in resolved} == {("resolved", "fulfilled_late")}
+
+
+def test_other_discharges_owe_no_month() -> None:
+    """An overdose discharge and a discharge after a psychosis owe no month's follow-up."""
+    for reason in ("overdose", "psychosis"):
+        assert _discharged_after(reason).deadlines(MONTH_RULE) == []
+
+
+def test_not_before_must_be_a_positive_duration(tmp_path: Path) -> None:
+    """`not_before` is a wait after the trigger: zero or not a duration is refused by name."""
+    for wait in ("P0D", "soon"):
+        path = write(
+            tmp_path,
+            "version: t\nrules:\n  - id: a.b\n    title: T\n    kind: deadline\n"
+            "    trigger: {event_type: discharge}\n    deadline: P7D\n"
+            "    fulfilled_by: [{event_type: followup_contact, link: {related_event_id: event_id},"
+            f" not_before: {wait}}}]\n    recipients: [[source]]\n"
+            "    source: carebus-default: test\n",
+        )
+        with pytest.raises(SlaRulesError, match="not_before"):
+            load_rules(path)
 
 
 # --- ip.review_due ------------------------------------------------------------------------------
@@ -1405,7 +1492,7 @@ def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
 def test_rule_file_loads_every_rule() -> None:
     """The reviewed file loads with a version that names its content."""
     assert RULES.version.startswith("2026.1+")
-    assert len(RULES.rules) == 29
+    assert len(RULES.rules) == 30
 
 
 def test_override_changes_only_the_keys_it_names(tmp_path: Path) -> None:
@@ -1629,11 +1716,13 @@ def test_one_follow_up_obligation_per_risk_discharge() -> None:
     assert sorted(o["rule_id"] for o in early.state.obligations.values() if o["deadline"]) == [
         "epikrise.after_discharge",
         "followup.at_agreed_time",
+        "followup.continued_month",  # not of the group: the month after the first contact
     ]
     late = Person(SETUPS["home_only"])
     risk_discharge(late, "suicide_attempt", followup_at=None)
     assert sorted(o["rule_id"] for o in late.state.obligations.values() if o["deadline"]) == [
         "epikrise.after_discharge",
+        "followup.continued_month",
         "followup.discharge_7d",
         "followup.time_in_hand",  # the DPS owes the agreed time, by the end of the day
     ]
@@ -1664,7 +1753,8 @@ def test_one_follow_up_obligation_per_discharge_whatever_its_kind(
     followups = [
         ob["rule_id"]
         for ob in person.state.obligations.values()
-        if ob["rule_id"].startswith("followup.") and ob["deadline"]
+        # The month's follow-up after suicidal behaviour is owed beside the first contact.
+        if ob["rule_id"].startswith("followup.") and ob["rule_id"] != MONTH_RULE and ob["deadline"]
     ]
     assert followups == ([] if opened is None else [opened])
 
