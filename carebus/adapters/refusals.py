@@ -31,10 +31,12 @@ def refusal_record(
     refusal: Refusal,
     subject_key: str | None,
     policy_version: str,
+    audit_id: str | None = None,
 ) -> dict[str, Any]:
-    """The AuthorityRefusal record of one attempt (a new audit_id: every attempt is its own)."""
+    """The AuthorityRefusal record of one attempt (a new audit_id unless given: every attempt
+    is its own)."""
     return {
-        "audit_id": str(uuid.uuid4()),
+        "audit_id": audit_id or str(uuid.uuid4()),
         "subject_key": subject_key,
         "actor_org": principal.org_id,
         "actor_agency": principal.agency,

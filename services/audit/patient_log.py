@@ -148,7 +148,7 @@ REASON_WORDS: Final[Mapping[str, str]] = {
 STATEMENT_WORDS: Final[Mapping[str, str]] = {
     "care_team_change": "change who is in your care team",
     "contact": "name who at an organisation is responsible for you",
-    "person_view": "look at what carebus holds about you",
+    "person_view": "open your page in the coordinators' inbox",
     "consent": "record a consent or an objection for you",
     "consent_confirmation": "confirm a consent for you",
     "register_change": "change your home municipality or GP in the register",

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from carebus.adapters.auth import Principal, TokenCache
+from carebus.adapters.auth import OPERATOR, Principal, TokenCache
 from carebus.adapters.db import create_pool
 from carebus.adapters.http import ApiError, bearer_token, create_app, error_responses
 from carebus.adapters.oidc import issuer_client
@@ -40,6 +40,7 @@ from carebus.wire.cursor import Cursor, CursorError
 from carebus.wire.policy_files import load_authority, load_rules
 from carebus.wire.sealing import KeyWrap
 from services.inbox.alerts import (
+    AUDIENCE_OF_ROLE,
     AlertRow,
     FilterError,
     alert_json,
@@ -50,7 +51,7 @@ from services.inbox.live import AlertFeed, Subscriber
 from services.inbox.person import DEFAULT_LIMIT as PERSON_DEFAULT_LIMIT
 from services.inbox.person import MAX_LIMIT as PERSON_MAX_LIMIT
 from services.inbox.person import VIEW_ROLES, view, well_formed
-from services.inbox.person_store import Looker, PersonStore
+from services.inbox.person_store import Looker, PersonStore, RefusalKeeper, refusal_id
 from services.inbox.sign_in import (
     STAFF_ISSUER,
     add_inbox_sign_in,
@@ -181,7 +182,8 @@ class PersonTimeline(BaseModel):
     )
     relations: list[str] = Field(
         description="care_team, home_municipality, gp, admitting: how the caller's organisation"
-        " is related to the person."
+        " is related to the person; `alert` alone: it has no relation left (a DPS after the"
+        " discharge) but holds an unresolved alert that names the person."
     )
     care_team: list[dict[str, object]] = Field(
         description="{agency, org_id, role, contacts}: every member for a health organisation"
@@ -217,9 +219,11 @@ What the caller's organisation may know about one person, for a coordinator or a
 officer (a token or a signed-in person); a `system` token and the operator are `403`.
 
 `404`, always with the same body, for a person the caller's organisation has no relation to
-(care team, home municipality, GP list, open admission), for a subject key carebus does not
-know and for anything that is not a subject key (64 lower-case hex digits), so the answer never
-tells whether a person exists. The subject key is the keyed hash of the nin, never the nin.
+(care team, home municipality, GP list, open admission) and no unresolved alert naming them,
+for a subject key carebus does not know and for anything that is not a subject key (64
+lower-case hex digits), so the answer never tells whether a person exists. The subject key is
+the keyed hash of the nin, never the nin. A refused look at a person carebus knows is kept in
+the person's log (rule `person_view.relation`).
 
 `events` pages newest first: `limit` 1 to {PERSON_MAX_LIMIT} (default {PERSON_DEFAULT_LIMIT}),
 `next` an opaque cursor to pass back as `before`. Every answered call is recorded in the
@@ -262,8 +266,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=10)
         store = AlertStore(pool, wrap)
-        app.state.people = PersonStore(pool, wrap)
+        people = PersonStore(pool, wrap)
+        app.state.people = people
         app.state.authority_version = authority_version
+        refusals = RefusalKeeper(people)
+        app.state.refusals = refusals
         feed = AlertFeed(settings.postgres_dsn, store.load)
         app.state.tokens = TokenCache(pool)
         app.state.store = store
@@ -287,6 +294,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 escalate_forever(store, settings.inbox_escalation_interval_s),
                 name="inbox-escalation",
             ),
+            asyncio.create_task(refusals.run(), name="inbox-refusals"),
         ]
         try:
             yield
@@ -296,6 +304,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await refusals.drain()
             await http.aclose()
             await pool.close()
 
@@ -407,13 +416,17 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(422, "`before` is invalid", [("before", str(error))]) from None
         principal = caller.principal
         people: PersonStore = request.app.state.people
-        # A malformed key is looked up too (as one no person has), so it takes the time an
-        # unknown one does: neither answer may tell the other apart.
-        person = await people.person(subject_key if well_formed(subject_key) else NO_KEY)
-        if person is None or not person.routing.relations(principal.org_id):
+        # A malformed key is looked up too (as one no person has), and every key is asked
+        # about alerts, so each answer takes the same queries: none may tell another apart.
+        key = subject_key if well_formed(subject_key) else NO_KEY
+        person = await people.person(key)
+        named = await people.named_in_alert(key, principal.org_id, AUDIENCE_OF_ROLE[principal.role])
+        related = person is not None and bool(person.routing.relations(principal.org_id))
+        if person is None or not (related or named):
             metrics.PERSON_VIEWS.labels("not_found").inc()
-            await _refuse_look(request, principal, subject_key if person is not None else None)
+            _refuse_look(request, caller, None if person is None else subject_key)
             raise ApiError(404, NO_SUCH_PERSON, [("subject_key", "unknown")])
+        alerted = not related
         looker = Looker(principal.org_id, principal.role, caller.actor)
         found = await people.timeline(subject_key, person, looker, before=after, limit=limit)
         metrics.PERSON_VIEWS.labels("shown").inc()
@@ -438,6 +451,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                 next_cursor=found.next.encode() if found.next else None,
                 contacts=found.contacts,
                 latest_plan=found.plan,
+                alerted=alerted,
             )
         )
 
@@ -449,24 +463,36 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _refuse_look(request: Request, principal: Principal, subject_key: str | None) -> None:
-    """Count and log a refused person-view look-up (`person_view.relation`); when the key names a
-    person carebus knows (`subject_key`), keep the attempt in the person's log too."""
+def _refuse_look(request: Request, caller: Caller, subject_key: str | None) -> None:
+    """Log a refused person-view look-up; when the key names a person carebus knows
+    (`subject_key`), count it as a refusal of `person_view.relation` and keep it in the person's
+    log, after the answer (RefusalKeeper). The operator realm's data protection officer reads
+    the log through the audit API and is not counted as having tried."""
+    principal = caller.principal
+    if subject_key is None or principal.agency == OPERATOR:
+        log.info("inbox.person_not_found", org_id=principal.org_id, role=principal.role)
+        return
     refusal = PERSON_VIEW_REFUSAL
-    metrics.AUTHORITY_REFUSALS.labels(refusal.rule_id).inc()
+    now = datetime.now(UTC)
     record = refusal_record(
-        principal, PERSON_VIEW, refusal, subject_key, request.app.state.authority_version
+        principal,
+        PERSON_VIEW,
+        refusal,
+        subject_key,
+        request.app.state.authority_version,
+        audit_id=refusal_id(principal.org_id, principal.role, subject_key, now),
     )
+    metrics.AUTHORITY_REFUSALS.labels(refusal.rule_id).inc()
     log.info(
         "inbox.person_not_found",
         org_id=principal.org_id,
         role=principal.role,
         rule_id=refusal.rule_id,
-        audit_id=record["audit_id"] if subject_key is not None else None,
+        audit_id=record["audit_id"],
+        token_id=str(caller.actor.token_id) if caller.actor.token_id else None,
     )
-    if subject_key is not None:
-        people: PersonStore = request.app.state.people
-        await people.refused(record)
+    keeper: RefusalKeeper = request.app.state.refusals
+    keeper.keep(record)
 
 
 def _checked_alert_id(alert_id: str) -> None:

@@ -244,11 +244,13 @@ def view(
     next_cursor: str | None,
     contacts: Mapping[str, Sequence[ContactPerson]] | None = None,
     latest_plan: Mapping[str, Any] | None = None,
+    alerted: bool = False,
 ) -> dict[str, Any]:
-    """The timeline's JSON for a caller with a relation to the person."""
+    """The timeline's JSON for a caller with a relation to the person, or (`alerted`) one with
+    none left that holds an unresolved alert naming the person: relation `alert`."""
     return {
         "subject": dict(subject) if subject is not None else None,
-        "relations": relations(routing, org_id),
+        "relations": relations(routing, org_id) + (["alert"] if alerted else []),
         "care_team": care_team(routing, agency, org_id, contacts),
         "plan": plan(latest_plan),
         "obligations": obligations(state, rules, org_id, seen),

@@ -9,6 +9,8 @@ of, and with which fields), its deliveries (as delivered) and the events it sent
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,12 +25,15 @@ from carebus.adapters.sessions import Actor
 from carebus.domain.events import rfc3339
 from carebus.domain.obligations import SlaState
 from carebus.domain.routing import PersonState
+from carebus.runtime.telemetry import get_logger
 from carebus.wire.cursor import Cursor
 from carebus.wire.sealing import PREFIX, Keyring, KeyWrap, open_body, open_sealed
 from carebus.wire.sealing import SealedUnreadableError as Unreadable
 from services.inbox.alerts import ContactPerson
 from services.inbox.person import Row, first_sealed_nin, received_item, seen_events, sent_item
 from services.inbox.store import current_contacts
+
+log = get_logger(__name__)
 
 PERSON_TIMELINE: Final = "person_timeline"
 
@@ -81,13 +86,33 @@ _RECORD: Final = """
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 
+# An alert that names the person to the caller's organisation, for the caller's audience, and is
+# not resolved: the way from an alert to the person stays open while there is something to act
+# on (the discharging DPS's alerts after the discharge ended its relation).
+_NAMED_IN_ALERT: Final = """
+    SELECT EXISTS (
+        SELECT 1 FROM alerts
+        WHERE recipient_org = $1 AND audience = $2 AND subject_key = $3
+          AND nin IS NOT NULL AND status <> 'resolved'
+    )
+"""
 # A refused look-up of a known person, as the audit store writes an AuthorityRefusal record
-# (migration 0026 lets the inbox add rows of statement `person_view` only).
+# (migration 0026 lets the inbox add rows of statement `person_view` only). The audit id is one
+# per organisation, role, person and hour (`refusal_id`): repeats within the hour are one row.
 _REFUSED: Final = """
     INSERT INTO authority_refusals (audit_id, subject_key, actor_org, actor_agency, actor_role,
                                     statement, rule_id, field, policy_version, decided_at)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT DO NOTHING
 """
+_REFUSAL_IDS: Final = uuid.UUID("5f0c8a52-7c1e-4d0b-9a57-2f3f1b6f3c11")
+
+
+def refusal_id(org_id: str, role: str, subject_key: str, at: datetime) -> str:
+    """The audit id of `org_id`'s `role`'s refused looks at one person within `at`'s hour: a
+    caller repeating a refused look adds one row an hour to the person's log, not thousands."""
+    hour = at.strftime("%Y-%m-%dT%H")
+    return str(uuid.uuid5(_REFUSAL_IDS, "\x1f".join((org_id, role, subject_key, hour))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +160,10 @@ class PersonStore:
             PersonState.from_json(orjson.loads(row["routing"])),
             SlaState.from_json(orjson.loads(row["state"])),
         )
+
+    async def named_in_alert(self, subject_key: str, org_id: str, audience: str) -> bool:
+        """Whether an unresolved alert names the person to `org_id`'s `audience`."""
+        return bool(await self._pool.fetchval(_NAMED_IN_ALERT, org_id, audience, subject_key))
 
     async def refused(self, record: Mapping[str, Any]) -> None:
         """Keep a refused look-up (an AuthorityRefusal record) in the person's log."""
@@ -228,3 +257,51 @@ def _item(row: Row, subject_key: str, keys: Keyring) -> dict[str, Any]:
         payload = open_body({"payload": body}, subject_key, keys).get("payload") or {}
     occurred_at: datetime = row["occurred_at"]
     return sent_item(row["event_id"], row["event_type"], rfc3339(occurred_at), payload)
+
+
+class RefusalKeeper:
+    """Writes refused look-ups to the person's log after their `404` has gone out.
+
+    The answer never waits for the write, so a refused look at a known person takes the time a
+    look at an unknown key does, and a failing write (the database full, read-only or behind
+    a migration) is logged and never turns the `404` into a `500` or `503` that would tell the
+    two apart. The queue is bounded: under a flood, what does not fit is logged and dropped
+    (the hourly audit id keeps one row per caller and person an hour anyway).
+    """
+
+    def __init__(self, people: PersonStore, capacity: int = 1000) -> None:
+        self._people = people
+        self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(maxsize=capacity)
+
+    def keep(self, record: Mapping[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            log.error(
+                "inbox.person_view_refusal_not_kept",
+                audit_id=record["audit_id"],
+                error="queue full",
+            )
+
+    async def run(self) -> None:
+        """Write queued refusals one by one until cancelled."""
+        while True:
+            record = await self._queue.get()
+            await self._write(record)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Write what is still queued, for at most `timeout_s` (at shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while not self._queue.empty():
+                    await self._write(self._queue.get_nowait())
+
+    async def _write(self, record: Mapping[str, Any]) -> None:
+        try:
+            await self._people.refused(record)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+            log.error(
+                "inbox.person_view_refusal_not_kept",
+                audit_id=record["audit_id"],
+                error=type(error).__name__,
+            )

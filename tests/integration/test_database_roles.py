@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ import pytest
 import sqlalchemy.exc
 
 from carebus.adapters import db
+from carebus.adapters.auth import ensure_organisation
 from carebus.runtime.config import with_local_password
 from carebus_dev.stack.postgres import login_role, with_user
 from carebus_dev.stack.process import pids_in_group
@@ -319,27 +321,47 @@ async def test_the_inbox_only_adds_person_view_lookups_and_never_reads_the_log(
 
 REFUSAL = (
     "INSERT INTO authority_refusals (audit_id, subject_key, actor_org, actor_agency, actor_role,"
-    " statement, rule_id, policy_version, decided_at) VALUES (gen_random_uuid()::text, 'k',"
-    " '974705788', 'dps', 'coordinator', $1, 'person_view.relation', 'v', now())"
+    " statement, rule_id, field, policy_version, decided_at) VALUES (gen_random_uuid()::text,"
+    " $1, $2, $3, 'coordinator', $4, $5, 'subject_key', 'v', now() + $6::text::interval)"
 )
 
 
 async def test_the_inbox_only_adds_refused_person_views_to_the_refusals(
-    stack: TestStack,
+    stack: TestStack, owner: asyncpg.Connection
 ) -> None:
     """Migration 0026: the inbox keeps a refused person-view look-up in `authority_refusals`,
-    but only as statement `person_view` (row-level security), so it cannot make up a refused
-    care-team change or consent in anyone's log; it may not read, change or remove a refusal.
-    The audit store still adds every statement, and the audit service still reads them all."""
+    but only its own kind (row-level security): statement `person_view` under its rule, about a
+    person carebus knows, by an organisation of the directory as its agency, decided now. So it
+    cannot make up a refused care-team change in anyone's log, plant rows for keys no one has
+    or date one past retention; it may not read, change or remove a refusal. The audit store
+    still adds every statement, and the audit service still reads them all."""
+    person = uuid.uuid4().hex * 2
+    await owner.execute(
+        "INSERT INTO sla_persons (subject_key, state, routing) VALUES ($1, '{}', '{}')", person
+    )
+    await ensure_organisation(owner, agency="dps", org_id="974705788")
+    good = (person, "974705788", "dps", "person_view", "person_view.relation", "0 seconds")
     conn = await connect_as(stack, "inbox")
     try:
         trying = conn.transaction()
         await trying.start()
-        assert await conn.execute(REFUSAL, "person_view") == "INSERT 0 1"
+        assert await conn.execute(REFUSAL, *good) == "INSERT 0 1"
         await trying.rollback()  # leave no row behind: the audit trail cannot lose it later
-        for statement_name in ("care_team_change", "consent", "event:admission"):
+        for position, wrong in (
+            (3, "care_team_change"),
+            (3, "consent"),
+            (3, "event:admission"),
+            (4, "contact.own_staff"),
+            (0, "f" * 64),  # a key no person has
+            (2, "municipality"),  # not the organisation's agency
+            (1, "999999999"),  # not in the directory
+            (5, "100 years"),  # past retention
+            (5, "-1 day"),
+        ):
+            values = list(good)
+            values[position] = wrong
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
-                await conn.execute(REFUSAL, statement_name)
+                await conn.execute(REFUSAL, *values)
         for statement in (
             "SELECT count(*) FROM authority_refusals",
             "UPDATE authority_refusals SET field = field WHERE false",
@@ -353,14 +375,24 @@ async def test_the_inbox_only_adds_refused_person_views_to_the_refusals(
     store = await connect_as(stack, "audit_store")
     audit = await connect_as(stack, "audit")
     try:
-        trying = store.transaction()
-        await trying.start()
-        assert await store.execute(REFUSAL, "care_team_change") == "INSERT 0 1"
-        assert await store.fetchval("SELECT count(*) FROM authority_refusals") >= 1
-        await trying.rollback()
-        await audit.fetchval("SELECT count(*) FROM authority_refusals")  # still reads them all
+        # The audit store writes every statement, about any key (a refused statement may name
+        # a person carebus does not know yet); committed, so the readers below must see it.
+        stranger = uuid.uuid4().hex * 2
+        other = (
+            stranger,
+            "974705788",
+            "dps",
+            "care_team_change",
+            "care_team.recorder",
+            "0 seconds",
+        )
+        assert await store.execute(REFUSAL, *other) == "INSERT 0 1"
+        everything = await owner.fetchval("SELECT count(*) FROM authority_refusals")
+        assert everything > 0
+        assert await store.fetchval("SELECT count(*) FROM authority_refusals") == everything
+        assert await audit.fetchval("SELECT count(*) FROM authority_refusals") == everything
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
-            await audit.execute(REFUSAL, "person_view")
+            await audit.execute(REFUSAL, *good)
     finally:
         await store.close()
         await audit.close()

@@ -223,6 +223,11 @@ def test_lookups_say_who_looked_and_why(record: Lookup, text: str) -> None:
             "for you; carebus refused, because it is not entitled to.",
         ),
         (
+            "person_view",
+            "Demo police district (police 987654321) tried to open your page in the "
+            "coordinators' inbox; carebus refused, because it is not entitled to.",
+        ),
+        (
             "something_new",
             "Demo police district (police 987654321) tried to say something about you; carebus "
             "refused, because it is not entitled to.",

@@ -291,6 +291,23 @@ def test_the_view_has_exactly_the_documented_keys() -> None:
     }
 
 
+def test_an_organisation_led_by_an_alert_reads_relation_alert() -> None:
+    """No relation left, an unresolved alert naming the person: `relations` says `alert`."""
+    shown = view(
+        subject=None,
+        routing=PersonState(home_municipality=HOME),
+        state=SlaState(),
+        rules=RULES,
+        agency="dps",
+        org_id="974705788",
+        seen={},
+        items=[],
+        next_cursor=None,
+        alerted=True,
+    )
+    assert shown["relations"] == ["alert"]
+
+
 SCORES = {
     "housing": "red",
     "meaningful_activity": "yellow",

@@ -7,9 +7,13 @@ the registry refused, so the person's own log and a privacy officer's disclosure
 tried to look. The inbox has no broker connection: it writes the row itself, in the shape the
 audit store writes an AuthorityRefusal record.
 
-The inbox may only add rows, and only of its own statement: row-level security holds it to
-`statement = 'person_view'`, so a compromised inbox cannot make up a refused care-team change or
-consent in anyone's log, nor read the log. The audit store keeps adding and reading every row,
+The inbox may only add rows, and only of its own kind: row-level security holds it to
+statement `person_view` under rule `person_view.relation`, about a person carebus knows (a
+subject key of `sla_persons`), by an organisation of the directory as its agency, decided now
+(within five minutes), so a compromised inbox cannot make up a refused care-team change or
+consent in anyone's log, date a row past retention, or plant rows for keys no one has; nor may
+it read the log. Its audit ids are one per organisation, role, person and hour, inserted with
+ON CONFLICT DO NOTHING, so repeating a refused look does not flood the person's log. The audit store keeps adding and reading every row,
 the audit service keeps reading them; the retention function runs as the owner (0016), which
 row-level security does not bind.
 
@@ -27,6 +31,15 @@ depends_on = None
 INBOX = "carebus_svc_inbox"
 AUDIT = "carebus_svc_audit"
 AUDIT_STORE = "carebus_svc_audit_store"
+# What an inbox row must be (the policy's check; the inbox may read both tables it consults).
+INBOX_ROWS = """
+    statement = 'person_view' AND rule_id = 'person_view.relation' AND field = 'subject_key'
+    AND decided_at BETWEEN now() - interval '5 minutes' AND now() + interval '5 minutes'
+    AND EXISTS (SELECT 1 FROM sla_persons p WHERE p.subject_key = authority_refusals.subject_key)
+    AND EXISTS (SELECT 1 FROM organisations o
+                WHERE o.org_id = authority_refusals.actor_org
+                  AND o.agency = authority_refusals.actor_agency)
+"""
 COLUMNS = (
     "audit_id, subject_key, actor_org, actor_agency, actor_role, statement, rule_id, field, "
     "policy_version, decided_at"
@@ -45,7 +58,7 @@ def upgrade() -> None:
     )
     op.execute(
         f"CREATE POLICY authority_refusals_inbox ON authority_refusals FOR INSERT TO {INBOX} "
-        "WITH CHECK (statement = 'person_view')"
+        f"WITH CHECK ({INBOX_ROWS})"
     )
     op.execute(f"GRANT INSERT ({COLUMNS}) ON authority_refusals TO {INBOX}")
 
