@@ -439,6 +439,21 @@ def test_a_date_alone_is_its_midnight_in_norway() -> None:
     assert event["occurred_at"] == "2026-07-01T00:00:00+02:00"
 
 
+def test_a_dotnet_senders_seven_fraction_digits_are_cut_to_microseconds() -> None:
+    """The Firely .NET SDK writes a DateTimeOffset in ticks of 100 ns (7 digits), which FHIR R4's
+    dateTime takes (up to 9): the admission is mapped, its time cut to the microsecond, and the
+    retraction's time from meta.lastUpdated alike (tests/data/fhir/README.md)."""
+    body = example("encounter-in-progress-dotnet-ticks")
+    [admission] = translate(body).events
+    assert admission["occurred_at"] == "2026-11-23T08:15:00.724752+01:00"
+    [same] = translate(example("encounter-in-progress")).events
+    assert admission["event_id"] == same["event_id"]
+    retracted = {**body, "status": "entered-in-error"}
+    del retracted["period"]
+    [retraction] = translate(retracted).events
+    assert retraction["occurred_at"] == "2026-11-23T08:20:00.188243+01:00"
+
+
 def test_a_time_fhir_does_not_take_is_named_by_fhir_path() -> None:
     """fhir.resources' complaint becomes the element's FHIRPath, without pydantic's text."""
     error = refusal(encounter(period={"start": "2026-13-01T10:00:00+01:00"}))
