@@ -146,6 +146,12 @@ def derived_event_id(secret: bytes, protocol: str, sender_org: str, *parts: str)
     return f"{protocol}-" + "-".join(digest[i : i + 8] for i in range(0, 32, 8))
 
 
+# FHIR's dateTime (and XML Schema's gYearMonth) may be a year or a month alone, which says no
+# day for an event to have happened on.
+PARTIAL_OR_NO_TIME: Final = (
+    "must be a whole date (YYYY-MM-DD) or a date and time (ISO 8601): a year or a month alone "
+    "does not say when"
+)
 # The fraction of a second may have any number of digits (XML Schema's dateTime; FHIR R4's
 # dateTime up to 9): Java writes nanoseconds (`LocalDateTime.now()` in a MsgHead GenDate),
 # .NET ticks of 100 ns (7 digits, the Firely SDK's FHIR times).
@@ -165,7 +171,7 @@ def norwegian_time(value: str, where: str) -> str:
     text = value.strip()
     match = _LOCAL_TIME.fullmatch(text)
     if match is None:
-        raise Untranslatable(where, "must be a date or a date and time (ISO 8601)")
+        raise Untranslatable(where, PARTIAL_OR_NO_TIME)
     fraction = match["fraction"]
     if fraction is not None and len(fraction) > 1 + _MICROSECOND_DIGITS:
         start, end = match.span("fraction")

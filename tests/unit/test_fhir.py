@@ -29,6 +29,7 @@ from carebus.wire.fhir import (
     validation_error,
 )
 from carebus.wire.translation import (
+    PARTIAL_OR_NO_TIME,
     Party,
     StaticDirectory,
     Translation,
@@ -452,6 +453,15 @@ def test_a_dotnet_senders_seven_fraction_digits_are_cut_to_microseconds() -> Non
     del retracted["period"]
     [retraction] = translate(retracted).events
     assert retraction["occurred_at"] == "2026-11-23T08:20:00.188243+01:00"
+
+
+@pytest.mark.parametrize("start", ["2026", "2026-11"])
+def test_a_year_or_month_alone_is_refused_saying_a_whole_date_is_needed(start: str) -> None:
+    """FHIR's dateTime may be a year or a month; an admission needs at least its day, and the
+    refusal says so rather than calling the value no date."""
+    error = refusal(encounter(period={"start": start}))
+    assert (error.where, issue_code(error)) == ("Encounter.period.start", "value")
+    assert error.problem == PARTIAL_OR_NO_TIME
 
 
 def test_a_time_fhir_does_not_take_is_named_by_fhir_path() -> None:
