@@ -320,6 +320,22 @@ def test_the_fodselsnummer_is_taken_before_the_d_nummer() -> None:
     assert translate(bundle).events[0]["subject"] == {"nin": NINS[1]}
 
 
+def test_an_earlier_fodselsnummer_listed_first_is_not_the_person() -> None:
+    """no-basis lets a Patient list the fødselsnummer it had before (use old, its period
+    ended) beside the current one, in any order: the current one is the person
+    (tests/data/fhir/README.md); a number marked old is taken only when there is no other."""
+    body = example("encounter-in-progress-earlier-fnr")
+    translation = translate(body)
+    [event] = translation.events
+    assert event["subject"]["nin"] == NINS[0]
+    assert translation.origin_of("events[0].subject.nin") == (
+        "Encounter.contained[0].identifier[1]"
+    )
+    body["contained"][0]["identifier"] = body["contained"][0]["identifier"][:1]
+    [only_old] = translate(body).events
+    assert only_old["subject"]["nin"] == NINS[1]
+
+
 def test_a_wrong_check_digit_is_refused_without_the_number() -> None:
     """The error names the identifier's place, never its value."""
     body = encounter(subject={"identifier": {"system": FNR, "value": "15076500566"}})
