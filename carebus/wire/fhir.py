@@ -653,14 +653,31 @@ def _person(encounter: _Located, resolver: _Resolver) -> tuple[str, str, _Locate
 
 def _patient_nin(patient: _Located) -> tuple[str, str] | None:
     """The Patient's fødselsnummer, else its D-nummer (a person who has both is known by the
-    fødselsnummer from then on), with where it is."""
-    for system in (FNR_SYSTEM, DNR_SYSTEM):
-        for index, identifier in _objects(patient.resource, "identifier"):
-            if identifier.get("system") == system:
-                where = f"{patient.path}.identifier[{index}]"
-                value = _string(identifier, "value") or ""
-                return national_identity_number(value, f"{where}.value"), where
-    return None
+    fødselsnummer from then on), with where it is. A number the Patient says is no longer in
+    use (`use` old, or a `period` that has ended) comes after every number in use: no-basis
+    lets a person's earlier fødselsnummer be listed beside the current one, with the period
+    each was valid, and in any order."""
+    found = [
+        (not _in_use(identifier), rank, index, identifier)
+        for rank, system in enumerate((FNR_SYSTEM, DNR_SYSTEM))
+        for index, identifier in _objects(patient.resource, "identifier")
+        if identifier.get("system") == system
+    ]
+    if not found:
+        return None
+    _, _, index, identifier = min(found, key=lambda candidate: candidate[:3])
+    where = f"{patient.path}.identifier[{index}]"
+    value = _string(identifier, "value") or ""
+    return national_identity_number(value, f"{where}.value"), where
+
+
+def _in_use(identifier: Mapping[str, Any]) -> bool:
+    """Whether an Identifier is not marked as replaced: `use` old, or a `period.end` (the end
+    of the time the number was valid; a mapping reads no clock, and a number still in use has
+    no end)."""
+    period = identifier.get("period")
+    ended = isinstance(period, dict) and _string(period, "end") is not None
+    return identifier.get("use") != "old" and not ended
 
 
 def _admission(

@@ -202,6 +202,7 @@ _KOMMUNENUMMER: Final = re.compile(r"[0-9]{4}")
 _DIGITS: Final = re.compile(r"[0-9]{1,20}")
 _ORG_NUMBER: Final = re.compile(r"[0-9]{9}")
 _WHERE: Final = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:-(?P<field>[0-9]{1,3}))?")
+_BATCH_HEADERS: Final = ("FHS", "BHS")
 _MLLP_START: Final = b"\x0b"
 _MLLP_END: Final = b"\x1c"
 
@@ -305,6 +306,10 @@ def read(text: str) -> Message:
         raise Untranslatable("MSH", TOO_LONG, "rejected")
     # Senders end segments with \r (the standard), \n or \r\n; python-hl7 splits on \r only.
     text = re.sub(r"[\r\n]+", "\r", text.strip().strip("\x0b\x1c").strip())
+    if text[:3] in _BATCH_HEADERS:
+        # HL7's batch protocol (chapter 2): file and batch headers around the messages. Said
+        # as such, not as "no MSH", so the sender knows to send the messages one by one.
+        raise Untranslatable("MSH", BATCH, "rejected")
     encoding = _encoding(text)
     # The escape character too: each escape sequence costs as much to decode as a part.
     delimiters = (
@@ -331,7 +336,7 @@ def _one_message(message: Message) -> None:
     """Untranslatable "rejected" when `message` is not one HL7 v2 message of segments."""
     if any(not _SEGMENT_ID.fullmatch(s.name) for s in message.segments):
         raise Untranslatable("MSH", BAD_SEGMENT_ID, "rejected")
-    if any(s.name in ("MSH", "BHS", "FHS") for s in message.segments[1:]):
+    if any(s.name in ("MSH", *_BATCH_HEADERS) for s in message.segments[1:]):
         raise Untranslatable("MSH", BATCH, "rejected")
 
 

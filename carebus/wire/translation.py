@@ -146,18 +146,36 @@ def derived_event_id(secret: bytes, protocol: str, sender_org: str, *parts: str)
     return f"{protocol}-" + "-".join(digest[i : i + 8] for i in range(0, 32, 8))
 
 
+# FHIR's dateTime (and XML Schema's gYearMonth) may be a year or a month alone, which says no
+# day for an event to have happened on.
+PARTIAL_OR_NO_TIME: Final = (
+    "must be a whole date (YYYY-MM-DD) or a date and time (ISO 8601): a year or a month alone "
+    "does not say when"
+)
+# The fraction of a second may have any number of digits (XML Schema's dateTime; FHIR R4's
+# dateTime up to 9): Java writes nanoseconds (`LocalDateTime.now()` in a MsgHead GenDate),
+# .NET ticks of 100 ns (7 digits, the Firely SDK's FHIR times).
 _LOCAL_TIME: Final = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?P<fraction>\.[0-9]+)?)?)?"
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})?"
 )
+# A datetime holds microseconds: a finer fraction is cut to them (not rounded, so that the same
+# time always gives the same instant, and the same derived event id).
+_MICROSECOND_DIGITS: Final = 6
 
 
 def norwegian_time(value: str, where: str) -> str:
     """An XML/ISO time as RFC 3339 with an offset; without one it is Norwegian wall time, and a
-    date alone is its midnight there. Untranslatable (naming `where`) when it is neither."""
+    date alone is its midnight there; a fraction of a second finer than a microsecond is cut to
+    microseconds. Untranslatable (naming `where`) when it is neither."""
     text = value.strip()
-    if not _LOCAL_TIME.fullmatch(text):
-        raise Untranslatable(where, "must be a date or a date and time (ISO 8601)")
+    match = _LOCAL_TIME.fullmatch(text)
+    if match is None:
+        raise Untranslatable(where, PARTIAL_OR_NO_TIME)
+    fraction = match["fraction"]
+    if fraction is not None and len(fraction) > 1 + _MICROSECOND_DIGITS:
+        start, end = match.span("fraction")
+        text = text[:start] + fraction[: 1 + _MICROSECOND_DIGITS] + text[end:]
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

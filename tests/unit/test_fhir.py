@@ -29,6 +29,7 @@ from carebus.wire.fhir import (
     validation_error,
 )
 from carebus.wire.translation import (
+    PARTIAL_OR_NO_TIME,
     Party,
     StaticDirectory,
     Translation,
@@ -319,6 +320,22 @@ def test_the_fodselsnummer_is_taken_before_the_d_nummer() -> None:
     assert translate(bundle).events[0]["subject"] == {"nin": NINS[1]}
 
 
+def test_an_earlier_fodselsnummer_listed_first_is_not_the_person() -> None:
+    """no-basis lets a Patient list the fødselsnummer it had before (use old, its period
+    ended) beside the current one, in any order: the current one is the person
+    (tests/data/fhir/README.md); a number marked old is taken only when there is no other."""
+    body = example("encounter-in-progress-earlier-fnr")
+    translation = translate(body)
+    [event] = translation.events
+    assert event["subject"]["nin"] == NINS[0]
+    assert translation.origin_of("events[0].subject.nin") == (
+        "Encounter.contained[0].identifier[1]"
+    )
+    body["contained"][0]["identifier"] = body["contained"][0]["identifier"][:1]
+    [only_old] = translate(body).events
+    assert only_old["subject"]["nin"] == NINS[1]
+
+
 def test_a_wrong_check_digit_is_refused_without_the_number() -> None:
     """The error names the identifier's place, never its value."""
     body = encounter(subject={"identifier": {"system": FNR, "value": "15076500566"}})
@@ -437,6 +454,30 @@ def test_a_date_alone_is_its_midnight_in_norway() -> None:
     """FHIR lets a dateTime be a date; Norwegian senders mean Norway's day."""
     [event] = translate(encounter(period={"start": "2026-07-01"})).events
     assert event["occurred_at"] == "2026-07-01T00:00:00+02:00"
+
+
+def test_a_dotnet_senders_seven_fraction_digits_are_cut_to_microseconds() -> None:
+    """The Firely .NET SDK writes a DateTimeOffset in ticks of 100 ns (7 digits), which FHIR R4's
+    dateTime takes (up to 9): the admission is mapped, its time cut to the microsecond, and the
+    retraction's time from meta.lastUpdated alike (tests/data/fhir/README.md)."""
+    body = example("encounter-in-progress-dotnet-ticks")
+    [admission] = translate(body).events
+    assert admission["occurred_at"] == "2026-11-23T08:15:00.724752+01:00"
+    [same] = translate(example("encounter-in-progress")).events
+    assert admission["event_id"] == same["event_id"]
+    retracted = {**body, "status": "entered-in-error"}
+    del retracted["period"]
+    [retraction] = translate(retracted).events
+    assert retraction["occurred_at"] == "2026-11-23T08:20:00.188243+01:00"
+
+
+@pytest.mark.parametrize("start", ["2026", "2026-11"])
+def test_a_year_or_month_alone_is_refused_saying_a_whole_date_is_needed(start: str) -> None:
+    """FHIR's dateTime may be a year or a month; an admission needs at least its day, and the
+    refusal says so rather than calling the value no date."""
+    error = refusal(encounter(period={"start": start}))
+    assert (error.where, issue_code(error)) == ("Encounter.period.start", "value")
+    assert error.problem == PARTIAL_OR_NO_TIME
 
 
 def test_a_time_fhir_does_not_take_is_named_by_fhir_path() -> None:

@@ -619,6 +619,17 @@ def test_a_batch_of_several_messages_is_rejected() -> None:
     assert refusal(text).problem == hl7v2.BATCH
 
 
+def test_a_batch_file_is_rejected_as_a_batch() -> None:
+    """A message in HL7's batch protocol (FHS/BHS first; tests/data/hl7v2/README.md) is AR
+    saying it is a batch, not that it is no HL7 v2 message."""
+    text = example("adt_a01_batch_v25.hl7")
+    refused = refusal(text)
+    assert (refused.where, refused.problem, refused.severity) == ("MSH", hl7v2.BATCH, "rejected")
+    ack = hl7v2.acknowledgement(text, refused, now=NOW)
+    assert fields_of(ack, "MSA")[1] == "AR"
+    assert fields_of(ack, "ERR")[8] == hl7v2.BATCH
+
+
 def test_a_segment_without_a_segment_id_is_rejected() -> None:
     """A line that is no segment means the message was cut or joined wrongly."""
     text = example("adt_a01_v25.hl7") + "\rthis is a note\r"

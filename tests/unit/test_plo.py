@@ -143,6 +143,27 @@ def test_an_admission_names_the_receiving_municipality_and_says_what_it_does_not
     assert result.origin_of("events[0].payload.home_municipality_org") == plo.RECEIVER_PATH
 
 
+def test_a_gen_date_in_nanoseconds_is_read() -> None:
+    """A Java sender's GenDate (LocalDateTime.toString(), 9 fraction digits; tests/data/plo/
+    README.md) is a valid dateTime: the discharge-ready notice is mapped at that time, to the
+    microsecond, as the same event as without the fraction, and answered with a valid AppRec."""
+    body = (
+        DATA / "vendor" / "Pasientlogistikk_Utskrivningsklar_pasient_v1-6_GenDate_nanosekunder.xml"
+    ).read_bytes()
+    message, result = outcome(body)
+    assert isinstance(result, Translation), result
+    [event] = result.events
+    assert event["occurred_at"] == "2018-01-31T10:20:11.232947+01:00"
+    assert parse_event(dict(event))[1] == []
+    _, standard = outcome(
+        (DATA / "1_6" / "Pasientlogistikk_Utskrivningsklar_pasient_v1-6_Ny.xml").read_bytes()
+    )
+    assert isinstance(standard, Translation)
+    assert event["event_id"] == standard.events[0]["event_id"]
+    document = plo.apprec(message, plo.Receipt.ok(), now=NOW, original=body)
+    assert plo.apprec_schema().validate(etree.fromstring(document))
+
+
 def test_a_sender_or_receiver_the_directory_does_not_know_is_refused() -> None:
     """Unknown sender: X99 naming the sender; unknown receiver of an admission: E21."""
     body = (DATA / "1_6" / "Pasientlogistikk_Innlagt_pasient_v1-6_Ny.xml").read_bytes()

@@ -59,6 +59,25 @@ def test_a_time_without_offset_is_norwegian_wall_time(value: str, expected: str)
     assert norwegian_time(value, "TidspunktForHendelse") == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # Java's LocalDateTime.toString() (a MsgHead GenDate of navikt's builders): nanoseconds.
+        ("2026-04-08T09:12:20.232947798", "2026-04-08T09:12:20.232947+02:00"),
+        # .NET ticks (the Firely SDK's DateTimeOffset): 7 digits, cut, not rounded.
+        ("2020-06-15T19:23:53.7247525+01:00", "2020-06-15T19:23:53.724752+01:00"),
+        ("2020-06-15T19:23:53.9999999Z", "2020-06-15T19:23:53.999999+00:00"),
+        ("2020-06-15T19:23:53.5", "2020-06-15T19:23:53.500000+02:00"),
+    ],
+)
+def test_a_fraction_finer_than_a_microsecond_is_cut_to_microseconds(
+    value: str, expected: str
+) -> None:
+    """XML Schema's dateTime has fractions of any length and FHIR R4's up to 9 digits: a valid
+    time is never refused for its precision."""
+    assert norwegian_time(value, "MsgHead/MsgInfo/GenDate") == expected
+
+
 @pytest.mark.parametrize("value", ["29.01.2018", "2018-02-30", "tomorrow", "2018-01-29T25:00:00"])
 def test_a_time_that_is_not_one_is_untranslatable_naming_where(value: str) -> None:
     """The error names the place in the message, never the value."""
