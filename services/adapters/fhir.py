@@ -4,6 +4,7 @@ OperationOutcome out."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import Callable
 
 import orjson
@@ -46,7 +47,7 @@ class FhirAdapter:
         created: int,
     ) -> Answer:
         try:
-            resource = orjson.loads(body)
+            resource = orjson.loads(without_bom(body))
         except orjson.JSONDecodeError:
             return _answer(400, fhir.operation_outcome(_malformed()), "refused")
         view = await self._directory.view()
@@ -85,6 +86,12 @@ class FhirAdapter:
         return _answer(
             outcome.status, {"resourceType": "OperationOutcome", "issue": issues}, "refused"
         )
+
+
+def without_bom(body: bytes) -> bytes:
+    """The body without a leading UTF-8 byte order mark: RFC 8259 forbids sending one but lets
+    a parser ignore it, and .NET writers add it (the HL7 v2 and PLO adapters ignore it too)."""
+    return body.removeprefix(codecs.BOM_UTF8)
 
 
 def _malformed() -> Untranslatable:

@@ -18,6 +18,7 @@ from carebus.adapters.auth import Principal
 from carebus.runtime import metrics
 from carebus.wire import fhir
 from carebus.wire.fhir import FhirUntranslatable
+from services.adapters.fhir import without_bom
 from services.adapters.plo import Answer
 from services.adapters.registry import FHIR_FORMAT, Answered, Webhooks
 
@@ -162,7 +163,7 @@ class SubscriptionAdapter:
     async def create(self, body: bytes, authorization: str) -> Answer:
         """Subscribe the caller's organisation: 201 with the Subscription and its secret."""
         try:
-            resource = orjson.loads(body)
+            resource = orjson.loads(without_bom(body))
         except orjson.JSONDecodeError:
             refusal = FhirUntranslatable("", "the body is not valid JSON", code="structure")
             return _answer(400, fhir.operation_outcome(refusal), "refused")

@@ -3,6 +3,7 @@ out, and the events they map to in the event store (docs/adapters.md)."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -83,6 +84,14 @@ async def test_an_encounter_in_progress_is_an_admission_stored_once(
         adapters, "/fhir/Encounter", token, resource("encounter-in-progress.json")
     )
     assert again.status_code == 201
+    # As a .NET writer sends it, with a UTF-8 byte order mark first: the same Encounter.
+    marked, _ = await post(
+        adapters,
+        "/fhir/Encounter",
+        token,
+        codecs.BOM_UTF8 + resource("encounter-in-progress.json"),
+    )
+    assert marked.status_code == 201, marked.text
     [admission] = await at_least(lambda: stored(db, "admission"), 1)
     assert admission["payload"]["reason"] == "overdose"
     assert admission["payload"]["home_municipality_org"] == MUNICIPALITIES["0301"]
