@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,8 @@ from tests.e2e.test_inbox_page import (
     alert,
     coordinator,
     produce,
+    stored,
+    until,
 )
 
 pytestmark = pytest.mark.integration
@@ -234,6 +237,9 @@ def test_an_alert_leads_to_the_persons_view(
     record["subject_key"] = person.key
     record["recipient_role"] = "municipal_coordinator"
     produce(stack, [record])
+    # Stored before the page opens, so its first load lists it (as the operator-action test
+    # in test_inbox_page.py: a slow store on a busy box is not the page's fault).
+    until(partial(stored, stack, record["alert_id"]), "the alert is stored", 90.0)
 
     page = InboxPage(browser, inbox)
     page.open()
