@@ -32,7 +32,7 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
-from carebus.domain.events import MAX_TEXT
+from carebus.domain.events import DESTINATIONS, MAX_TEXT
 from carebus.domain.text import shown_field_name, text_problem
 from carebus.wire.translation import (
     DNR_OID,
@@ -131,14 +131,6 @@ _DISPOSITION_KIND: Final[Mapping[str, str]] = {
 # carebus's own code system: its codes are the contract's destinations, for what HL7's codes
 # cannot say (municipal housing, no home).
 CAREBUS_DESTINATION_SYSTEM: Final = "https://carebus.no/fhir/CodeSystem/discharge-destination"
-_CAREBUS_DESTINATIONS: Final = (
-    "home",
-    "municipal_housing",
-    "institution",
-    "homeless",
-    "temporary_housing",
-    "unknown",
-)
 
 # Deeper than any Encounter, Patient or Bundle a sender writes, and shallow enough that
 # fhir.resources' recursive validation never meets Python's recursion limit.
@@ -894,10 +886,10 @@ def _destination(encounter: _Located) -> tuple[str, str]:
     for coding in codings:
         if coding.get("system") == CAREBUS_DESTINATION_SYSTEM:
             code = coding.get("code")
-            if code not in _CAREBUS_DESTINATIONS:
+            if code not in DESTINATIONS:
                 raise FhirUntranslatable(
                     f"{where}.coding.code",
-                    "must be one of: " + ", ".join(_CAREBUS_DESTINATIONS),
+                    "must be one of: " + ", ".join(DESTINATIONS),
                     code="value",
                 )
             return str(code), where

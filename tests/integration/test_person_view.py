@@ -95,7 +95,10 @@ async def person(stack: TestStack, bus: Bus) -> Person:
         "dps",
         "discharge",
         nin,
-        discharge(admitted),
+        # With the follow-up time agreed, the DPS owes nothing at the end of the day: without
+        # it, `followup.time_in_hand` alerted the DPS from 23:00 UTC (Oslo's midnight), and that
+        # alert, naming the person, gave the DPS the view the tests below expect it to lack.
+        {**discharge(admitted), "followup_at": rfc3339(now + timedelta(hours=36))},
         occurred_at=rfc3339(now - timedelta(hours=1)),
     )
     key = subject_key(nin, stack.settings.subject_key_secret.get_secret_value())

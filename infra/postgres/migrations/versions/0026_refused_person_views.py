@@ -1,4 +1,4 @@
-"""Refused person-view look-ups in the person's log.
+"""Refused person-view look-ups in the person's log, and the alerts by person.
 
 `GET /v1/persons/{subject_key}/timeline` answers 404 to an organisation with no relation to the
 person (policy/authority.yaml, `person_view.relation`). When the key names a person carebus
@@ -47,6 +47,9 @@ COLUMNS = (
 
 
 def upgrade() -> None:
+    # The person view asks, for every key, whether an unresolved alert names the person to the
+    # caller (services/inbox/person_store.py): by person, not a scan of the organisation's alerts.
+    op.execute("CREATE INDEX alerts_subject_idx ON alerts (subject_key, recipient_org)")
     op.execute("ALTER TABLE authority_refusals ENABLE ROW LEVEL SECURITY")
     op.execute(
         f"CREATE POLICY authority_refusals_audit_store ON authority_refusals TO {AUDIT_STORE} "
@@ -68,3 +71,4 @@ def downgrade() -> None:
     for name in ("inbox", "audit", "audit_store"):
         op.execute(f"DROP POLICY authority_refusals_{name} ON authority_refusals")
     op.execute("ALTER TABLE authority_refusals DISABLE ROW LEVEL SECURITY")
+    op.execute("DROP INDEX alerts_subject_idx")
